@@ -1,0 +1,99 @@
+"""The lab's state file: the contract between the pod builder (lab/pods.py) and the API server.
+
+`podnat lab up` writes `<root>/state.json` (root: $PODNAT_LAB_DIR, default /run/podnat-lab); the API
+server re-reads it when its mtime changes. Everything a pod is, for the API, is here: the Pod object
+the API serves, and for each container how to run a command "inside" it (network namespace, uid,
+gid, capabilities, PATH) and where its log is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ROOT = Path("/run/podnat-lab")
+
+
+def lab_root() -> Path:
+    """Where the lab keeps its state, kubeconfig, logs and helper binaries."""
+    return Path(os.environ.get("PODNAT_LAB_DIR", str(DEFAULT_ROOT)))
+
+
+@dataclass(slots=True)
+class LabContainer:
+    """How to run a command as this container: its identity and what it may do."""
+
+    name: str
+    uid: int
+    gid: int
+    capabilities: list[str] = field(default_factory=list)  # e.g. ["NET_ADMIN", "NET_RAW"]
+    path: list[str] = field(default_factory=list)  # extra PATH dirs first (e.g. the pilot-agent shim)
+    log_file: str | None = None  # what `kubectl logs -c NAME` returns
+    pid: int | None = None  # the container's main process (Envoy for istio-proxy, the app server)
+    init: bool = False  # an init container (istio-init): has a log, exec is refused (not running)
+    ephemeral: bool = False
+
+
+@dataclass(slots=True)
+class LabPod:
+    """One lab pod: a network namespace with Istio's rules, a real Envoy and a real app."""
+
+    namespace: str
+    name: str
+    ip: str
+    netns: str  # name under /run/netns
+    manifest: dict[str, Any]  # the v1 Pod the API serves (metadata, spec, status)
+    containers: dict[str, LabContainer] = field(default_factory=dict)
+    ip6: str | None = None
+
+
+@dataclass(slots=True)
+class LabApiServer:
+    """Where the lab's Kubernetes API listens and how to authenticate."""
+
+    port: int
+    pid: int | None
+    token: str
+    readonly_token: str  # a second token: may get/list/log, lacks pods/exec and ephemeralcontainers
+    kubeconfig: str
+    ca_file: str
+
+
+@dataclass(slots=True)
+class LabState:
+    """Everything `podnat lab up` built: pods, processes, the API server."""
+
+    root: str
+    backend: str = "nft"  # iptables backend the rules were loaded with: nft | legacy
+    mode: str = "redirect"
+    pods: list[LabPod] = field(default_factory=list)
+    apiserver: LabApiServer | None = None
+    netns: list[str] = field(default_factory=list)  # every namespace the lab created (for `down`)
+    pids: list[int] = field(default_factory=list)  # every process the lab started (for `down`)
+
+    def find(self, namespace: str, name: str) -> LabPod | None:
+        return next((p for p in self.pods if p.namespace == namespace and p.name == name), None)
+
+    def save(self) -> Path:
+        path = Path(self.root) / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, root: Path | None = None) -> LabState:
+        root = root or lab_root()
+        raw = json.loads((root / "state.json").read_text())
+        pods = [
+            LabPod(
+                **{k: v for k, v in p.items() if k != "containers"},
+                containers={n: LabContainer(**c) for n, c in p["containers"].items()},
+            )
+            for p in raw.pop("pods")
+        ]
+        api = raw.pop("apiserver")
+        return cls(pods=pods, apiserver=LabApiServer(**api) if api else None, **raw)
