@@ -1,0 +1,169 @@
+"""The six traffic types of an Istio sidecar pod (podnat's vocabulary), built from a pod context.
+
+Each flow is where a first connection starts: who sends it (the app, the proxy, a remote peer), from
+where, to where. podnat/istio/paths.py then decides which way it goes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from enum import Enum, IntEnum
+
+from podnat.netfilter.model import IPAddress
+
+
+class FlowType(IntEnum):
+    """The six textbook traffic types (numbered as users know them)."""
+
+    REMOTE_TO_LOCAL = 1
+    LOCAL_TO_REMOTE = 2
+    PROMETHEUS_TO_LOCAL = 3
+    LOCAL_TO_LOCAL = 4
+    ENVOY_LOCALHOST = 5
+    SIDECAR_TO_ISTIOD = 6
+
+    @property
+    def title(self) -> str:
+        return FLOW_TITLES[self]
+
+
+FLOW_TITLES = {
+    FlowType.REMOTE_TO_LOCAL: "remote pod -> local pod",
+    FlowType.LOCAL_TO_REMOTE: "local pod -> remote pod",
+    FlowType.PROMETHEUS_TO_LOCAL: "Prometheus -> local pod (15090)",
+    FlowType.LOCAL_TO_LOCAL: "local pod -> local pod (via its own Service)",
+    FlowType.ENVOY_LOCALHOST: "Envoy-internal localhost",
+    FlowType.SIDECAR_TO_ISTIOD: "sidecar -> istiod",
+}
+
+
+class Actor(str, Enum):
+    """Who opens a connection."""
+
+    APP = "app"
+    PROXY = "proxy"
+    REMOTE = "remote"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An address and port."""
+
+    address: IPAddress
+    port: int
+
+    def __str__(self) -> str:
+        if self.address.version == 6:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str, default_port: int | None = None) -> Endpoint:
+        """`10.0.0.1:80`, `[fd00::1]:80`, or an address alone when a default port is given."""
+        text = text.strip()
+        host, port = text, None
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else None
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+        if port is None and default_port is None:
+            raise ValueError(f"{text!r}: expected IP:PORT")
+        try:
+            address = ipaddress.ip_address(host)
+            number = int(port) if port is not None else default_port
+        except ValueError:
+            raise ValueError(f"{text!r}: expected IP:PORT") from None
+        if number is None or not 0 < number < 65536:
+            raise ValueError(f"{text!r}: bad port")
+        return cls(address, number)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The uid and primary gid a local socket carries (what owner matches see)."""
+
+    uid: int
+    gid: int
+    groups: frozenset[int] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class PodContext:
+    """What podnat needs to know about a pod to build and follow its flows. Defaults are documented."""
+
+    pod_ip: IPAddress = ipaddress.IPv4Address("10.99.0.2")
+    app_ports: tuple[int, ...] = (9080,)
+    remote: Endpoint = Endpoint(ipaddress.IPv4Address("10.99.0.1"), 9080)
+    service: Endpoint = Endpoint(ipaddress.IPv4Address("10.96.12.3"), 9080)
+    istiod: Endpoint = Endpoint(ipaddress.IPv4Address("10.96.0.10"), 15012)
+    app: Identity = Identity(1000, 1000)
+    proxy: Identity = Identity(1337, 1337)
+    admin: Endpoint = Endpoint(ipaddress.IPv4Address("127.0.0.1"), 15000)
+    agent_ports: tuple[int, ...] = (15020,)  # pilot-agent: status (and 15053 DNS when captured)
+    iface: str = "eth0"
+    inbound_source: IPAddress = ipaddress.IPv4Address("127.0.0.6")  # ::6 on IPv6
+    endpoints: tuple[tuple[Endpoint, Endpoint], ...] = ()  # Service VIP -> endpoint Envoy picks
+    transparent_inbound: bool = False  # TPROXY: Envoy keeps the client's address on its inbound leg
+
+    @property
+    def app_port(self) -> int:
+        return self.app_ports[0]
+
+    def endpoint_for(self, destination: Endpoint) -> Endpoint:
+        """The endpoint Envoy's outbound listener picks for an original destination."""
+        for vip, endpoint in self.endpoints:
+            if vip == destination:
+                return endpoint
+        return destination
+
+    @property
+    def loopback(self) -> IPAddress:
+        return ipaddress.ip_address("::1" if self.pod_ip.version == 6 else "127.0.0.1")
+
+    def is_local(self, address: IPAddress) -> bool:
+        return address.is_loopback or address == self.pod_ip or address == self.inbound_source
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSpec:
+    """Where a flow starts: its type, who opens the first connection, from where, to where."""
+
+    type: FlowType
+    name: str
+    actor: Actor
+    destination: Endpoint
+    source: IPAddress | None = None  # None: decided by routing (pod IP, or loopback for loopback)
+    identity: Identity | None = None  # for app/proxy actors
+    proto: str = "tcp"
+    variant: str | None = None
+
+
+def six_flows(ctx: PodContext) -> tuple[FlowSpec, ...]:
+    """The six flow types for this pod, plus the 'own pod IP' variant of type 4."""
+    pod = Endpoint(ctx.pod_ip, ctx.app_port)
+    return (
+        FlowSpec(FlowType.REMOTE_TO_LOCAL, FLOW_TITLES[FlowType.REMOTE_TO_LOCAL], Actor.REMOTE, pod,
+                 source=ctx.remote.address),
+        FlowSpec(FlowType.LOCAL_TO_REMOTE, FLOW_TITLES[FlowType.LOCAL_TO_REMOTE], Actor.APP, ctx.remote,
+                 identity=ctx.app),
+        FlowSpec(FlowType.PROMETHEUS_TO_LOCAL, FLOW_TITLES[FlowType.PROMETHEUS_TO_LOCAL], Actor.REMOTE,
+                 Endpoint(ctx.pod_ip, 15090), source=ctx.remote.address),
+        FlowSpec(FlowType.LOCAL_TO_LOCAL, FLOW_TITLES[FlowType.LOCAL_TO_LOCAL], Actor.APP, ctx.service,
+                 identity=ctx.app),
+        FlowSpec(FlowType.LOCAL_TO_LOCAL, "local pod -> its own pod IP (no Service)", Actor.APP, pod,
+                 identity=ctx.app, variant="own-pod-ip"),
+        FlowSpec(FlowType.ENVOY_LOCALHOST, FLOW_TITLES[FlowType.ENVOY_LOCALHOST], Actor.PROXY, ctx.admin,
+                 identity=ctx.proxy),
+        FlowSpec(FlowType.SIDECAR_TO_ISTIOD, FLOW_TITLES[FlowType.SIDECAR_TO_ISTIOD], Actor.PROXY, ctx.istiod,
+                 identity=ctx.proxy),
+    )
+
+
+def service_context(ctx: PodContext) -> PodContext:
+    """The context with the Service VIP resolving to this pod (what type 4 means), unless already mapped."""
+    if any(vip == ctx.service for vip, _ in ctx.endpoints):
+        return ctx
+    own = Endpoint(ctx.pod_ip, ctx.app_port)
+    return replace(ctx, endpoints=((ctx.service, own), *ctx.endpoints))
