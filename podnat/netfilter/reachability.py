@@ -1,0 +1,188 @@
+"""Shadowed rules: rules no packet can reach, and the earlier rules that take their packets first.
+
+podnat builds representative packets from every address, port, interface, owner and mark the
+rules mention (plus one value none of them mention), keeps only what routing can produce (traffic to
+or from a loopback address leaves by `lo`), and walks each through the real traversal. A rule that
+some representative packet satisfies but that no walk reaches is shadowed by the rules where those
+walks ended. Exhaustive over the equivalence classes the rules define, so not a guess; skipped (and
+said so) when a table mentions too many distinct values to enumerate.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from podnat.netfilter.matches import parse_mark, rule_matches
+from podnat.netfilter.model import BUILTIN_CHAINS, Family, IPAddress, Rule, Ruleset, Table
+from podnat.netfilter.packet import Packet
+from podnat.netfilter.traverse import traverse
+
+MAX_PACKETS = 20000
+_LOCAL_HOOKS = ("OUTPUT", "POSTROUTING")
+
+
+@dataclass(frozen=True, slots=True)
+class Shadowed:
+    """A rule that can never count, with the rules that take its packets first."""
+
+    rule: Rule
+    by: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reachability:
+    """The shadowed rules of a table, and what could not be analysed."""
+
+    shadowed: tuple[Shadowed, ...]
+    skipped: tuple[str, ...] = ()
+
+
+def shadowed_rules(ruleset: Ruleset, table: str = "nat") -> Reachability:
+    """Every rule of `table` that no first packet can reach, hook by hook."""
+    tab = ruleset.table(table)
+    if tab is None:
+        return Reachability(())
+    found: dict[str, Shadowed] = {}
+    skipped: list[str] = []
+    for hook in BUILTIN_CHAINS.get(table, ()):
+        chains = _reachable_chains(tab, hook)
+        if not chains or not any(tab.chains[c].rules for c in chains):
+            continue
+        rules = [rule for c in chains for rule in tab.chains[c].rules]
+        space = _PacketSpace(rules, hook, ruleset.family)
+        if space.size > MAX_PACKETS:
+            skipped.append(f"{table} {hook}: {space.size} representative packets, over {MAX_PACKETS}")
+            continue
+        packets = list(space.packets())
+        hit: set[str] = set()
+        for packet in packets:
+            hit.update(traverse(ruleset, table, hook, packet).refs)
+        for rule in rules:
+            if rule.ref in hit or rule.ref in found:
+                continue
+            shadow = _explain(ruleset, table, hook, rule, packets)
+            if shadow is not None:
+                found[rule.ref] = shadow
+    ordered = sorted(found.values(), key=lambda s: (s.rule.chain, s.rule.position))
+    return Reachability(tuple(ordered), tuple(skipped))
+
+
+def _explain(ruleset: Ruleset, table: str, hook: str, rule: Rule, packets: list[Packet]) -> Shadowed | None:
+    candidates = [p for p in packets if rule_matches(rule, p, hook) is True]
+    if not candidates:
+        undecidable = any(not isinstance(rule_matches(rule, p, hook), bool) for p in packets[:1])
+        if undecidable:
+            return None
+        return Shadowed(rule, (), f"no packet at {hook} can satisfy its conditions")
+    by: set[str] = set()
+    for packet in candidates:
+        trace = traverse(ruleset, table, hook, packet, start=rule.chain)
+        if rule.ref in trace.refs:
+            return Shadowed(rule, (), f"nothing jumps to {rule.chain} with the packets it matches")
+        before = [h for h in trace.hits if h.chain == rule.chain and h.position < rule.position]
+        if before:
+            by.add(before[-1].ref)
+        elif trace.verdict.rule:
+            by.add(trace.verdict.rule)
+    refs = tuple(sorted(by, key=_ref_key))
+    return Shadowed(rule, refs, "every packet it could match is taken first by " + ", ".join(refs))
+
+
+def _ref_key(ref: str) -> tuple[str, int]:
+    chain, _, pos = ref.rpartition(":")
+    return chain, int(pos)
+
+
+def _reachable_chains(table: Table, hook: str) -> list[str]:
+    if hook not in table.chains:
+        return []
+    order, todo = [hook], [hook]
+    while todo:
+        for rule in table.chains[todo.pop()].rules:
+            name = rule.target.name if rule.target else None
+            if name in table.chains and name not in order:
+                order.append(name)
+                todo.append(name)
+    return order
+
+
+class _PacketSpace:
+    """The representative packets for a set of rules at one hook."""
+
+    def __init__(self, rules: list[Rule], hook: str, family: Family) -> None:
+        v6 = family is Family.IPV6
+        self.hook = hook
+        self.local = hook in _LOCAL_HOOKS
+        other = ipaddress.ip_address("fd00::ffff:fe" if v6 else "10.255.255.254")
+        loop = ipaddress.ip_address("::1" if v6 else "127.0.0.1")
+        srcs: set[IPAddress] = {other}
+        dsts: set[IPAddress] = {other, loop}
+        ifaces: set[str] = {"lo", "eth0", "other0"}
+        protos = {"tcp", "udp"}
+        dports: set[int | None] = {8080}
+        sports: set[int | None] = {50000}
+        ids: set[int] = {1000}
+        marks: set[int] = {0}
+        for rule in rules:
+            for cond, bucket in ((rule.source, srcs), (rule.destination, dsts)):
+                if cond is not None:
+                    for part in cond.value.split(","):
+                        net = ipaddress.ip_network(part, strict=False)
+                        bucket.add(net.network_address)
+                        if net.num_addresses > 1:
+                            bucket.add(net.broadcast_address)
+            for cond in (rule.in_iface, rule.out_iface):
+                if cond is not None:
+                    ifaces.add(cond.value[:-1] + "0" if cond.value.endswith("+") else cond.value)
+            if rule.protocol is not None and rule.protocol.value not in ("all", "0"):
+                protos.add(rule.protocol.value)
+            for match in rule.matches:
+                for option in match.options:
+                    if option.name in ("dport", "destination-port", "dports", "destination-ports", "ports"):
+                        dports.update(_ports(option.args[0]))
+                    if option.name in ("sport", "source-port", "sports", "source-ports", "ports"):
+                        sports.update(_ports(option.args[0]))
+                    if option.name in ("uid-owner", "gid-owner") and option.args[0].split("-")[0].isdigit():
+                        ids.update(int(x) for x in option.args[0].split("-"))
+                    if match.module in ("mark", "connmark") and option.name == "mark":
+                        marks.add(parse_mark(option.args[0])[0])
+        self.srcs, self.dsts, self.ifaces, self.protos = sorted(srcs, key=str), sorted(dsts, key=str), \
+            sorted(ifaces), sorted(protos)
+        self.dports, self.sports = sorted(dports, key=lambda p: p or 0), sorted(sports, key=lambda p: p or 0)
+        self.ids, self.marks = sorted(ids), sorted(marks)
+
+    @property
+    def size(self) -> int:
+        identities = len(self.ids) ** 2 if self.local else 1
+        return (len(self.srcs) * len(self.dsts) * len(self.ifaces) * len(self.protos) * len(self.dports)
+                * len(self.sports) * identities * len(self.marks))
+
+    def packets(self) -> Iterator[Packet]:
+        identities: list[tuple[int | None, int | None]] = (
+            list(itertools.product(self.ids, self.ids)) if self.local else [(None, None)]
+        )
+        for src, dst, iface, proto, dport, sport, (uid, gid), mark in itertools.product(
+            self.srcs, self.dsts, self.ifaces, self.protos, self.dports, self.sports, identities, self.marks
+        ):
+            if (src.is_loopback or dst.is_loopback) and iface != "lo":
+                continue  # routing sends loopback traffic by lo, and only by lo
+            if not self.local and iface == "lo" and not src.is_loopback:
+                continue
+            yield Packet(
+                proto=proto, src=src, dst=dst, sport=sport, dport=dport,
+                in_iface=None if self.local else iface, out_iface=iface if self.local else None,
+                uid=uid, gid=gid, mark=mark, ctmark=mark,
+            )
+
+
+def _ports(spec: str) -> set[int | None]:
+    ports: set[int | None] = set()
+    for part in spec.split(","):
+        for bound in part.split(":"):
+            if bound.isdigit():
+                ports.add(int(bound))
+    return ports
