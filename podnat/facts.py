@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from podnat.errors import PodnatError
+from podnat.exitcodes import ExitCode
+
 
 class NatSource(str, Enum):
     """Where a pod's nat table was read from, most live first."""
@@ -18,6 +21,15 @@ class NatSource(str, Enum):
     EXEC = "exec"  # iptables-save -c in istio-proxy (works only where the proxy is privileged)
     DEBUG = "debug"  # an ephemeral debug container with NET_ADMIN (opt-in: --debug-container)
     INIT_LOG = "init-log"  # the istio-init log: applied at pod start, not necessarily live
+
+
+class MeshMode(str, Enum):
+    """How the pod is (or is not) in the mesh; anything but SIDECAR is reported, not an error."""
+
+    SIDECAR = "sidecar"  # istio-proxy (container or native sidecar) with traffic capture
+    NO_SIDECAR = "no-sidecar"  # no istio-proxy container
+    AMBIENT = "ambient"  # ambient mode: ztunnel captures, there is no sidecar
+    NO_CAPTURE = "no-capture"  # istio-proxy without capture (interceptionMode NONE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +75,14 @@ class PodFacts:
     nat: NatReading | None = None
     listeners: ListenersReading | None = None
     notes: Sequence[str] = field(default_factory=tuple)  # e.g. "added ephemeral container podnat-debug"
+    mesh: MeshMode = MeshMode.SIDECAR  # not SIDECAR: nat/listeners are None and `notes` says why
 
 
-class SourceError(Exception):
+class SourceError(PodnatError):
     """A fact could not be read. `message` is one line that says what to do; `code` an ExitCode."""
 
-    def __init__(self, message: str, code: int = 3) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+    def __init__(self, message: str, code: int = ExitCode.CLUSTER) -> None:
+        super().__init__(message, code)
 
 
 class PodSource(Protocol):
