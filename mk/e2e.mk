@@ -1,0 +1,140 @@
+# End-to-end runs on kind + Istio + Bookinfo (issue 6). Included by the top Makefile:
+#
+#   make e2e-up E2E_SETUP=cni   kind cluster, Istio for one capture setup, Bookinfo, rollout waited for
+#   make e2e                    the suite (tests/e2e, --e2e) against the CURRENT kubeconfig
+#   make e2e-dump               pods, istio-init logs and podnat's JSON into out/e2e/ (CI on failure)
+#   make e2e-down               delete the kind cluster
+#   make e2e-lab                the same suite against the podnat lab (no cluster, needs root)
+#   make e2e-tools              fetch kind, kubectl and istioctl into .tools/ (done by e2e-up when missing)
+#
+# `make -n e2e-up` prints what would run. Tools are fetched at pinned versions into .tools/, one file
+# per version, so changing a version fetches again and nothing on PATH is used or touched.
+
+# Capture setups (manifests/istio/<setup>.yaml): redirect | cni | nftables | tproxy | native-sidecars
+E2E_SETUPS := redirect cni nftables tproxy native-sidecars
+E2E_SETUP ?= redirect
+
+# Istio releases the nightly matrix covers: the newest and the older still supported minor.
+# ISTIO_RELEASE picks one by role; ISTIO_VERSION=1.x.y overrides it.
+ISTIO_VERSION_newest := 1.31.1
+ISTIO_VERSION_older := 1.30.5
+ISTIO_RELEASE ?= newest
+ISTIO_VERSION ?= $(ISTIO_VERSION_$(ISTIO_RELEASE))
+
+KIND_VERSION ?= v0.33.0
+KUBECTL_VERSION ?= v1.35.8
+# sha256 of each download, pinned. Empty: the checksum file the project publishes beside the
+# download is used (and the fetch says so); `make e2e-tools-sums` prints the values to pin here.
+KIND_SHA256 ?=
+KUBECTL_SHA256 ?=
+ISTIOCTL_SHA256 ?=
+
+KIND_CLUSTER ?= podnat-e2e
+KIND_CONTEXT := kind-$(KIND_CLUSTER)
+E2E_TIMEOUT ?= 300s
+E2E_OUT ?= out/e2e
+E2E_PYTEST_ARGS ?=
+E2E_PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+
+TOOLS_DIR ?= .tools
+TOOLS_OS := $(shell uname -s | tr '[:upper:]' '[:lower:]')
+TOOLS_ARCH := $(patsubst x86_64,amd64,$(patsubst aarch64,arm64,$(shell uname -m)))
+# istioctl names macOS builds "osx" (amd64) and "osx-arm64"
+ISTIO_PLATFORM := $(if $(filter darwin,$(TOOLS_OS)),osx$(if $(filter arm64,$(TOOLS_ARCH)),-arm64),$(TOOLS_OS)-$(TOOLS_ARCH))
+
+KIND := $(TOOLS_DIR)/kind-$(KIND_VERSION)
+KUBECTL := $(TOOLS_DIR)/kubectl-$(KUBECTL_VERSION)
+ISTIOCTL := $(TOOLS_DIR)/istioctl-$(ISTIO_VERSION)
+E2E_KUBECTL := $(KUBECTL) --context $(KIND_CONTEXT)
+
+KIND_URL := https://kind.sigs.k8s.io/dl/$(KIND_VERSION)/kind-$(TOOLS_OS)-$(TOOLS_ARCH)
+KUBECTL_URL := https://dl.k8s.io/release/$(KUBECTL_VERSION)/bin/$(TOOLS_OS)/$(TOOLS_ARCH)/kubectl
+ISTIOCTL_URL := https://github.com/istio/istio/releases/download/$(ISTIO_VERSION)/istioctl-$(ISTIO_VERSION)-$(ISTIO_PLATFORM).tar.gz
+
+ifeq ($(filter $(E2E_SETUP),$(E2E_SETUPS)),)
+$(error E2E_SETUP=$(E2E_SETUP) is not a capture setup; pick one of: $(E2E_SETUPS))
+endif
+ifeq ($(strip $(ISTIO_VERSION)),)
+$(error ISTIO_RELEASE=$(ISTIO_RELEASE) is unknown; use newest or older, or set ISTIO_VERSION=1.x.y)
+endif
+
+# $(call e2e_fetch,URL,PINNED_SHA256,SUMS_URL,DEST): download URL to DEST.download and check its sha256
+# against the pinned value, or else against the first field of SUMS_URL; nothing lands at DEST unless
+# the check passed.
+define e2e_fetch
+	@mkdir -p $(TOOLS_DIR)
+	curl -fsSL --retry 3 -o $(4).download $(1)
+	@want='$(2)'; \
+	if [ -z "$$want" ]; then \
+	  echo "e2e: no sha256 pinned for $(notdir $(4)); checking against $(3)" >&2; \
+	  want=$$(curl -fsSL --retry 3 $(3) | awk '{print $$1}'); \
+	fi; \
+	echo "$$want  $(4).download" | sha256sum -c - || { rm -f $(4).download; exit 1; }
+endef
+
+$(KIND):
+	$(call e2e_fetch,$(KIND_URL),$(KIND_SHA256),$(KIND_URL).sha256sum,$@)
+	chmod +x $@.download && mv $@.download $@
+
+$(KUBECTL):
+	$(call e2e_fetch,$(KUBECTL_URL),$(KUBECTL_SHA256),$(KUBECTL_URL).sha256,$@)
+	chmod +x $@.download && mv $@.download $@
+
+$(ISTIOCTL):
+	$(call e2e_fetch,$(ISTIOCTL_URL),$(ISTIOCTL_SHA256),$(ISTIOCTL_URL).sha256,$@)
+	tar -xzf $@.download -C $(TOOLS_DIR) istioctl && mv $(TOOLS_DIR)/istioctl $@ && rm -f $@.download
+
+.PHONY: e2e-tools e2e-tools-sums e2e-up e2e e2e-dump e2e-down e2e-lab
+
+e2e-tools: $(KIND) $(KUBECTL) $(ISTIOCTL)
+
+e2e-tools-sums:
+	@for u in $(KIND_URL).sha256sum $(KUBECTL_URL).sha256 $(ISTIOCTL_URL).sha256; do \
+	  printf '%s  %s\n' "$$(curl -fsSL --retry 3 $$u | awk '{print $$1}')" "$$u"; done
+
+e2e-up: $(KIND) $(KUBECTL) $(ISTIOCTL)
+	@echo "e2e: kind $(KIND_VERSION), Istio $(ISTIO_VERSION), capture setup $(E2E_SETUP)"
+	$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || \
+	  $(KIND) create cluster --name $(KIND_CLUSTER) --config manifests/kind/cluster.yaml --wait $(E2E_TIMEOUT)
+	$(ISTIOCTL) install --context $(KIND_CONTEXT) -y -f manifests/istio/$(E2E_SETUP).yaml
+	$(E2E_KUBECTL) -n istio-system wait --for=condition=Available deployment --all --timeout=$(E2E_TIMEOUT)
+	$(E2E_KUBECTL) apply -f manifests/bookinfo/
+ifeq ($(E2E_SETUP),tproxy)
+	for d in $$($(E2E_KUBECTL) -n bookinfo get deployment -o name); do \
+	  $(E2E_KUBECTL) -n bookinfo patch $$d --type strategic --patch-file manifests/istio/tproxy-bookinfo-patch.yaml || exit 1; \
+	done
+endif
+	for d in $$($(E2E_KUBECTL) -n bookinfo get deployment -o name); do \
+	  $(E2E_KUBECTL) -n bookinfo rollout status $$d --timeout=$(E2E_TIMEOUT) || exit 1; \
+	done
+	$(E2E_KUBECTL) -n bookinfo wait --for=condition=Ready pod --all --timeout=$(E2E_TIMEOUT)
+	$(E2E_KUBECTL) -n bookinfo get pods -o wide
+
+# The suite uses whatever the current kubeconfig points at (kind after e2e-up; the lab for e2e-lab).
+e2e:
+	PODNAT_E2E_OUT=$(E2E_OUT) $(E2E_PYTHON) -m pytest tests/e2e --e2e -m e2e $(E2E_PYTEST_ARGS)
+
+# Evidence for a failed nightly: kept as a CI artifact. Every step runs even if one fails.
+e2e-dump: $(KUBECTL)
+	mkdir -p $(E2E_OUT)/pods $(E2E_OUT)/podnat
+	-$(E2E_KUBECTL) get pods -A -o wide > $(E2E_OUT)/pods/pods.txt 2>&1
+	-$(E2E_KUBECTL) get pods -A -o yaml > $(E2E_OUT)/pods/pods.yaml 2>&1
+	-$(E2E_KUBECTL) get events -A --sort-by=.lastTimestamp > $(E2E_OUT)/pods/events.txt 2>&1
+	-for p in $$($(E2E_KUBECTL) -n bookinfo get pods -o name); do \
+	  n=$${p#pod/}; \
+	  $(E2E_KUBECTL) -n bookinfo logs $$n -c istio-init > $(E2E_OUT)/pods/$$n.istio-init.log 2>&1; \
+	  $(E2E_KUBECTL) -n bookinfo logs $$n -c istio-proxy --tail=500 > $(E2E_OUT)/pods/$$n.istio-proxy.log 2>&1; \
+	done
+	-$(E2E_KUBECTL) -n istio-system logs -l k8s-app=istio-cni-node --tail=-1 > $(E2E_OUT)/pods/istio-cni-node.log 2>&1
+	-$(E2E_PYTHON) -m podnat verify --context $(KIND_CONTEXT) --namespace bookinfo -o json \
+	  > $(E2E_OUT)/podnat/verify-bookinfo.json 2> $(E2E_OUT)/podnat/verify-bookinfo.stderr
+
+e2e-down: $(KIND)
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+# The lab (podnat lab, issue 4) serves Bookinfo pods behind a small API server on this machine (root).
+e2e-lab:
+	$(E2E_PYTHON) -m podnat lab up
+	KUBECONFIG=$$($(E2E_PYTHON) -m podnat lab kubeconfig) PODNAT_E2E_OUT=$(E2E_OUT) \
+	  $(E2E_PYTHON) -m pytest tests/e2e --e2e -m e2e $(E2E_PYTEST_ARGS); \
+	  rc=$$?; $(E2E_PYTHON) -m podnat lab down; exit $$rc

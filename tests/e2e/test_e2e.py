@@ -1,0 +1,220 @@
+"""podnat against a real cluster: the one the current kubeconfig names (kind + Istio nightly, the lab in CI).
+
+Opt-in with --e2e. Without a kubeconfig or a reachable API server with Bookinfo running, the suite
+skips locally and fails under CI=true. Tests that change things work in a namespace of their own and
+delete it; where the API has no apps/v1 (the lab) they work on namespace bookinfo and put back what
+they changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require
+from e2e_support import (
+    BOOKINFO,
+    BREAK_PREROUTING_JUMP,
+    CALL_REVIEWS,
+    ENVOY_PORTS,
+    FLOW_TYPES,
+    Cluster,
+    diff_text,
+    flows_by_type,
+    listener_ports,
+    pod_name,
+    pod_reports,
+    predicted_rules,
+    proxy_image,
+    report_for,
+    restore_command,
+    rule_counters,
+    run_podnat,
+    source_kinds,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+WORKLOADS = ("productpage-v1", "details-v1", "ratings-v1", "reviews-v1", "reviews-v2", "reviews-v3")
+EXCLUDE_OUTBOUND_PORTS = "traffic.sidecar.istio.io/excludeOutboundPorts"
+BREAKER = "podnat-e2e-break"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    paths = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    require(
+        any(Path(p).is_file() for p in paths.split(os.pathsep) if p),
+        "no kubeconfig: run `make e2e-up` (kind) or `export KUBECONFIG=$(podnat lab kubeconfig)`",
+    )
+    try:
+        found = Cluster()
+    except Exception as err:
+        require(False, f"the kubeconfig cannot be loaded: {err}")
+        raise
+    unreachable = found.reachable()
+    require(unreachable is None, f"the API server in the kubeconfig does not answer: {unreachable}")
+    require(
+        bool(found.running_pods(BOOKINFO)),
+        "no running pods in namespace bookinfo: run `make e2e-up` or `podnat lab up`",
+    )
+    return found
+
+
+@contextmanager
+def workspace(cluster: Cluster, purpose: str, deployments: set[str]) -> Iterator[str]:
+    """A namespace of its own with a copy of some Bookinfo workloads; the lab (no Deployments): bookinfo."""
+    if not cluster.has_apps:
+        yield BOOKINFO
+        return
+    with cluster.scratch_namespace(purpose) as namespace:
+        cluster.clone_bookinfo(namespace, deployments)
+        yield namespace
+
+
+def statuses(report: dict[str, Any]) -> dict[int, str]:
+    return {t: str(f["status"]) for t, f in flows_by_type(report).items() if t in FLOW_TYPES}
+
+
+def test_verify_bookinfo_reports_six_ok_flows_for_every_pod(cluster: Cluster) -> None:
+    run = run_podnat("verify", "--namespace", BOOKINFO, "-o", "json", record="verify-bookinfo")
+    assert run.returncode == 0, run.describe()
+    reports = pod_reports(run.json())
+    assert {pod_name(r) for r in reports} == {p.metadata.name for p in cluster.running_pods(BOOKINFO)}
+    for report in reports:
+        assert statuses(report) == dict.fromkeys(FLOW_TYPES, "ok"), pod_name(report)
+
+
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_inspect_shows_envoy_listeners_and_where_each_fact_came_from(cluster: Cluster, workload: str) -> None:
+    pods = cluster.pod_per_workload(BOOKINFO)
+    assert workload in pods, f"no running pod for {workload}: {sorted(pods)}"
+    pod = pods[workload].metadata.name
+
+    run = run_podnat("inspect", pod, "--namespace", BOOKINFO, "-o", "json", record=f"inspect-{workload}")
+    assert run.returncode == 0, run.describe()
+    report = run.json()
+    assert pod_name(report) == pod
+    assert listener_ports(report) >= ENVOY_PORTS
+    sources = source_kinds(report)
+    assert sources.get("nat"), f"inspect does not say where the nat table came from: {sources}"
+    assert sources.get("listeners"), f"inspect does not say where the listeners came from: {sources}"
+    assert set(flows_by_type(report)) >= FLOW_TYPES
+
+    table = run_podnat("inspect", pod, "--namespace", BOOKINFO, record=f"inspect-{workload}-table")
+    assert table.returncode == 0, table.describe()
+    for port in sorted(ENVOY_PORTS):
+        assert str(port) in table.stdout, f"the human report of {pod} does not show {port}"
+
+
+def counters_of(pod: str, namespace: str, record: str) -> tuple[dict[str, Any], dict[str, int]]:
+    run = run_podnat(
+        "inspect", pod, "--namespace", namespace, "--debug-container", "-o", "json", record=record
+    )
+    assert run.returncode == 0, run.describe()
+    report = run.json()
+    return report, rule_counters(report)
+
+
+def test_real_traffic_counts_the_rules_podnat_predicted(cluster: Cluster) -> None:
+    with workspace(cluster, "traffic", {"productpage-v1", "reviews-v1"}) as namespace:
+        pods = cluster.pod_per_workload(namespace)
+        productpage, reviews = pods["productpage-v1"], pods["reviews-v1"]
+        client, server = productpage.metadata.name, reviews.metadata.name
+        _, client_before = counters_of(client, namespace, "traffic-productpage-before")
+        _, server_before = counters_of(server, namespace, "traffic-reviews-before")
+
+        # nat counts a connection's first packet only: repeat a burst until every predicted rule moved
+        for attempt in range(3):
+            code, out, err = cluster.exec(
+                namespace,
+                client,
+                "productpage",
+                ["python3", "-c", CALL_REVIEWS, f"http://{reviews.status.pod_ip}:9080"],
+            )
+            assert code == 0, f"calling reviews from {client} failed: {err}"
+            answers = json.loads(out.strip().splitlines()[-1])
+            assert any(isinstance(a, int) and a < 500 for a in answers), f"reviews never answered: {answers}"
+
+            client_report, client_after = counters_of(client, namespace, f"traffic-productpage-{attempt}")
+            server_report, server_after = counters_of(server, namespace, f"traffic-reviews-{attempt}")
+            expected = {
+                client: (predicted_rules(flows_by_type(client_report)[2]), client_before, client_after),
+                server: (predicted_rules(flows_by_type(server_report)[1]), server_before, server_after),
+            }
+            silent = {
+                pod: [rule for rule in rules if after.get(rule, 0) - before.get(rule, 0) < 1]
+                for pod, (rules, before, after) in expected.items()
+            }
+            if not any(silent.values()):
+                break
+
+        for pod, (rules, _, _) in expected.items():
+            assert rules, f"podnat predicted no rules for {pod}"
+        assert not any(silent.values()), (
+            f"predicted rules that did not count (type 2 in {client}, type 1 in {server}): {silent}"
+        )
+
+
+def test_declared_bypass_is_expected_not_drift(cluster: Cluster) -> None:
+    if not cluster.has_apps:
+        pytest.skip(
+            "a declared bypass needs a Deployment rollout (apps/v1); this API server (the lab) has none"
+        )
+    with workspace(cluster, "bypass", {"details-v1"}) as namespace:
+        before = cluster.pod_per_workload(namespace)["details-v1"].metadata.name
+        run = run_podnat("inspect", before, "--namespace", namespace, "-o", "json", record="bypass-before")
+        assert run.returncode == 0, run.describe()
+        outbound = flows_by_type(run.json())[2]
+        port = outbound["legs"][0]["dst"].rsplit(":", 1)[1]
+        assert 15001 in outbound["envoy_ports"], "before the annotation, type 2 goes through Envoy"
+
+        cluster.annotate_template(namespace, "details-v1", {EXCLUDE_OUTBOUND_PORTS: port})
+        after = cluster.pod_per_workload(namespace)["details-v1"]
+        assert after.metadata.name != before
+        assert (after.metadata.annotations or {}).get(EXCLUDE_OUTBOUND_PORTS) == port
+
+        run = run_podnat(
+            "verify", "--namespace", namespace, "--debug-container", "-o", "json", record="bypass-verify"
+        )
+        assert run.returncode == 0, run.describe()
+        report = report_for(run.json(), after.metadata.name)
+        assert statuses(report) == dict.fromkeys(FLOW_TYPES, "ok")
+        assert 15001 not in flows_by_type(report)[2]["envoy_ports"], f"port {port} should bypass Envoy now"
+
+
+def test_deleted_prerouting_jump_is_drift_of_flow_type_1_in_that_pod(cluster: Cluster) -> None:
+    with workspace(cluster, "drift", {"details-v1", "ratings-v1"}) as namespace:
+        victim = cluster.pod_per_workload(namespace)["details-v1"]
+        name = victim.metadata.name
+        image = proxy_image(victim)
+        cluster.add_ephemeral_container(namespace, victim, BREAKER, image, ["NET_ADMIN", "NET_RAW"])
+        code, removed, err = cluster.exec(namespace, name, BREAKER, ["sh", "-c", BREAK_PREROUTING_JUMP])
+        assert code == 0, f"could not delete the PREROUTING jump in {name}: {err}"
+        try:
+            run = run_podnat(
+                "verify", "--namespace", namespace, "--debug-container", "-o", "json", record="drift-verify"
+            )
+            assert run.returncode == 1, run.describe()
+            verify = run.json()
+            report = report_for(verify, name)
+            assert statuses(report)[1] in ("drift", "broken"), statuses(report)
+            named = diff_text(report).lower()
+            assert "prerouting" in named and ("istio_inbound" in named or "istio-inbound" in named), named
+            assert "missing" in named, f"the diff does not call the rule missing: {named[:500]}"
+            for other in pod_reports(verify):
+                if pod_name(other) != name:
+                    assert statuses(other) == dict.fromkeys(FLOW_TYPES, "ok"), pod_name(other)
+
+            table = run_podnat("verify", "--namespace", namespace, "--debug-container", record="drift-table")
+            assert table.returncode == 1, table.describe()
+            assert name in table.stdout, "the summary names the drifted pod"
+        finally:
+            restore = restore_command(removed)
+            if namespace == BOOKINFO and restore:
+                cluster.exec(namespace, name, BREAKER, restore)
