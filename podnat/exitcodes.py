@@ -11,3 +11,4 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad flags or arguments
     CLUSTER = 3  # the cluster could not be reached or read (access, timeout, pod state)
     BAD_INPUT = 4  # an input file or table could not be read
+    INTERNAL = 5  # a bug in podnat: rerun with --debug and report it

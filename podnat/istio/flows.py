@@ -107,6 +107,13 @@ class PodContext:
     endpoints: tuple[tuple[Endpoint, Endpoint], ...] = ()  # Service VIP -> endpoint Envoy picks
     transparent_inbound: bool = False  # TPROXY: Envoy keeps the client's address on its inbound leg
 
+    def replace(self, **changes: object) -> PodContext:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def with_endpoint(self, vip: Endpoint, endpoint: Endpoint) -> PodContext:
+        """The context where Envoy sends connections for `vip` to `endpoint`."""
+        return replace(self, endpoints=((vip, endpoint), *self.endpoints))
+
     @property
     def app_port(self) -> int:
         return self.app_ports[0]
@@ -167,3 +174,37 @@ def service_context(ctx: PodContext) -> PodContext:
         return ctx
     own = Endpoint(ctx.pod_ip, ctx.app_port)
     return replace(ctx, endpoints=((ctx.service, own), *ctx.endpoints))
+
+
+_V6_DEFAULTS = {
+    "pod_ip": "fd00:10:99::2",
+    "remote": "fd00:10:99::1",
+    "service": "fd00:10:96::3",
+    "istiod": "fd00:10:96::a",
+}
+
+
+def context_for(
+    pod_ip: IPAddress | None = None,
+    family: str | None = None,
+    app_ports: tuple[int, ...] = (9080,),
+    proxy: Identity = Identity(1337, 1337),
+) -> PodContext:
+    """A PodContext with podnat's documented defaults for the pod's IP family."""
+    v6 = (pod_ip.version == 6) if pod_ip is not None else family == "ipv6"
+    port = app_ports[0]
+    if not v6:
+        ctx = PodContext(app_ports=app_ports, proxy=proxy,
+                         remote=Endpoint(ipaddress.IPv4Address("10.99.0.1"), port),
+                         service=Endpoint(ipaddress.IPv4Address("10.96.12.3"), port))
+        return replace(ctx, pod_ip=pod_ip) if pod_ip is not None else ctx
+    return PodContext(
+        pod_ip=pod_ip or ipaddress.IPv6Address(_V6_DEFAULTS["pod_ip"]),
+        app_ports=app_ports,
+        remote=Endpoint(ipaddress.IPv6Address(_V6_DEFAULTS["remote"]), port),
+        service=Endpoint(ipaddress.IPv6Address(_V6_DEFAULTS["service"]), port),
+        istiod=Endpoint(ipaddress.IPv6Address(_V6_DEFAULTS["istiod"]), 15012),
+        proxy=proxy,
+        admin=Endpoint(ipaddress.IPv6Address("::1"), 15000),
+        inbound_source=ipaddress.IPv6Address("::6"),
+    )

@@ -1,0 +1,5 @@
+"""`python -m podnat`."""
+
+from podnat.cli import main
+
+main()

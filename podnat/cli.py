@@ -1,0 +1,299 @@
+"""podnat's command line: parse flags, call one use case, render, pick the exit code.
+
+Offline commands (trace, explain) never import the Kubernetes client; live commands import it
+lazily. Errors are one line on stderr with the documented exit code; a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from podnat import __version__
+from podnat.errors import BadInput, PodnatError, UsageError
+from podnat.exitcodes import ExitCode
+
+app = typer.Typer(
+    name="podnat",
+    help="Which iptables rule did that? Explains an Istio sidecar's traffic capture, pod by pod.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_debug = False
+
+
+class Output(str, Enum):
+    """Output formats (kubectl style)."""
+
+    table = "table"
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+
+
+class From(str, Enum):
+    """Who opens the traced connection."""
+
+    app = "app"
+    proxy = "proxy"
+    remote = "remote"
+
+
+class Proto(str, Enum):
+    tcp = "tcp"
+    udp = "udp"
+
+
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide, json or yaml.")]
+ProxyUid = Annotated[int, typer.Option("--proxy-uid", help="uid Envoy's own connections carry.")]
+ProxyGid = Annotated[int, typer.Option("--proxy-gid", help="gid Envoy's own connections carry.")]
+ListenersOpt = Annotated[
+    Path | None,
+    typer.Option("--listeners", help="Envoy's listeners?format=json (default: Istio's standard sidecar set)."),
+]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", envvar="PODNAT_DEBUG", help="Show tracebacks.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+
+
+def fail(error: PodnatError) -> NoReturn:
+    from podnat.render.console import error as print_error
+
+    print_error(error.message)
+    raise typer.Exit(int(error.code))
+
+
+def read_text(path: Path | str, what: str = "file") -> str:
+    """Read an input file (or stdin for "-") as text, with a one-line error when it cannot be read."""
+    try:
+        raw = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if b"\x00" in raw:
+        raise BadInput(f"{path} is binary data, not an iptables-save dump: pass the output of iptables-save")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path} is not UTF-8 text (byte {exc.start}): pass the output of iptables-save") from None
+
+
+def load_ruleset(path: Path | str) -> Any:
+    from podnat.netfilter.parse import ParseError, parse_ruleset
+
+    text = read_text(path)
+    try:
+        ruleset = parse_ruleset(text)
+    except ParseError as exc:
+        raise BadInput(f"cannot read {path}: {exc}") from None
+    if not ruleset.tables:
+        raise BadInput(f"{path} holds no table: pass the output of iptables-save (or iptables-save -t nat)")
+    return ruleset
+
+
+def load_listeners(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from podnat.envoy.listeners import ListenersError, parse_listeners
+
+    try:
+        return parse_listeners(read_text(path, "listeners file"))
+    except ListenersError as exc:
+        raise BadInput(f"cannot read {path}: {exc}") from None
+
+
+def _endpoint(text: str, flag: str, default_port: int | None = None) -> Any:
+    from podnat.istio.flows import Endpoint
+
+    try:
+        return Endpoint.parse(text, default_port)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def _address(text: str, flag: str) -> Any:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise UsageError(f"{flag}: {text!r} is not an IP address") from None
+
+
+@app.command()
+def trace(
+    nat_file: Annotated[Path, typer.Option("--nat-file", help="iptables-save output ('-': stdin).")],
+    pod_ip: Annotated[str, typer.Option("--pod-ip", help="The pod's IP.")],
+    from_: Annotated[From, typer.Option("--from", help="Who opens the connection: app, proxy or remote.")],
+    to: Annotated[str, typer.Option("--to", help="Destination IP:PORT.")],
+    src: Annotated[str | None, typer.Option("--src", help="Source IP (default: routing's choice).")] = None,
+    uid: Annotated[int | None, typer.Option("--uid", help="Client uid (app default 1000; proxy: --proxy-uid).")] = None,
+    gid: Annotated[int | None, typer.Option("--gid", help="Client primary gid (default: the uid's).")] = None,
+    proto: Annotated[Proto, typer.Option("--proto", help="tcp or udp.")] = Proto.tcp,
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="Endpoint Envoy picks for a Service VIP (default: the VIP).")
+    ] = None,
+    app_port: Annotated[
+        list[int] | None, typer.Option("--app-port", help="Ports the app listens on (default: --to's port).")
+    ] = None,
+    proxy_uid: ProxyUid = 1337,
+    proxy_gid: ProxyGid = 1337,
+    listeners: ListenersOpt = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Follow one connection through a saved nat table and Envoy's listeners."""
+    try:
+        from podnat.istio.flows import Actor, FlowSpec, FlowType, Identity, context_for
+        from podnat.istio.paths import Outcome, trace_flow
+
+        ruleset = load_ruleset(nat_file)
+        pod = _address(pod_ip, "--pod-ip")
+        destination = _endpoint(to, "--to")
+        ports = tuple(app_port or (destination.port,))
+        ctx = context_for(pod, app_ports=ports, proxy=Identity(proxy_uid, proxy_gid))
+        if endpoint:
+            ctx = ctx.with_endpoint(destination, _endpoint(endpoint, "--endpoint", destination.port))
+        actor = Actor(from_.value)
+        identity = None
+        if actor is Actor.APP:
+            identity = Identity(1000 if uid is None else uid, gid if gid is not None else (uid or 1000))
+        elif actor is Actor.PROXY:
+            identity = Identity(proxy_uid if uid is None else uid, proxy_gid if gid is None else gid)
+        source = _address(src, "--src") if src else (ctx.remote.address if actor is Actor.REMOTE else None)
+        spec = FlowSpec(FlowType.LOCAL_TO_REMOTE, "trace", actor, destination, source, identity, proto.value)
+        result = trace_flow(ruleset, spec, ctx, load_listeners(listeners))
+        if output in (Output.json, Output.yaml):
+            from podnat.render.console import print_data
+            from podnat.render.data import trace_data
+
+            print_data(trace_data(result, ruleset), output.value)
+        else:
+            from podnat.render.console import print_trace
+
+            print_trace(result, ruleset)
+        broken = result.outcome in (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED)
+        raise typer.Exit(int(ExitCode.DRIFT if broken else ExitCode.OK))
+    except PodnatError as exc:
+        fail(exc)
+
+
+@app.command()
+def explain(
+    file: Annotated[Path, typer.Argument(help="iptables-save output of the pod ('-': stdin).")],
+    pod_ip: Annotated[str | None, typer.Option("--pod-ip", help="The pod's IP (default 10.99.0.2).")] = None,
+    app_port: Annotated[int, typer.Option("--app-port", help="The app's port.")] = 9080,
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="A remote pod IP[:PORT] (default 10.99.0.1, app port).")
+    ] = None,
+    service_vip: Annotated[
+        str | None, typer.Option("--service-vip", help="This pod's Service VIP[:PORT] (default 10.96.12.3).")
+    ] = None,
+    istiod: Annotated[str | None, typer.Option("--istiod", help="istiod IP:PORT (default 10.96.0.10:15012).")] = None,
+    proxy_uid: ProxyUid = 1337,
+    proxy_gid: ProxyGid = 1337,
+    listeners: ListenersOpt = None,
+    args: Annotated[
+        str | None, typer.Option("--args", help='istio-init command line, e.g. "istio-iptables -p 15001 ...".')
+    ] = None,
+    istio_version: Annotated[
+        str | None, typer.Option("--istio-version", help="Istio release the --args are from (default: newest).")
+    ] = None,
+    pod_spec: Annotated[
+        Path | None, typer.Option("--pod-spec", help="The pod as `kubectl get pod -o yaml` prints it.")
+    ] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Explain every flow of a saved table; with --args or --pod-spec, reconcile it with Istio's intent."""
+    try:
+        from podnat.istio.explain import explain as run_explain
+        from podnat.istio.flows import Identity, context_for
+
+        ruleset = load_ruleset(file)
+        pod = _address(pod_ip, "--pod-ip") if pod_ip else None
+        ctx = context_for(pod, family=ruleset.family.value, app_ports=(app_port,),
+                          proxy=Identity(proxy_uid, proxy_gid))
+        if remote:
+            ctx = ctx.replace(remote=_endpoint(remote, "--remote", app_port))
+        if service_vip:
+            ctx = ctx.replace(service=_endpoint(service_vip, "--service-vip", app_port))
+        if istiod:
+            ctx = ctx.replace(istiod=_endpoint(istiod, "--istiod", 15012))
+        expected = None
+        if args is not None or pod_spec is not None:
+            from podnat.intent import expected_ruleset
+
+            expected = expected_ruleset(ruleset.family, args=args, version=istio_version,
+                                        pod=_load_pod(pod_spec) if pod_spec else None)
+        result = run_explain(ruleset, ctx, load_listeners(listeners), expected=expected)
+        if output in (Output.json, Output.yaml):
+            from podnat.render.console import print_data
+            from podnat.render.data import explanation_data
+
+            print_data(explanation_data(result, ruleset), output.value)
+        else:
+            from podnat.render.console import print_explanation
+
+            print_explanation(result, ruleset, wide=output is Output.wide)
+        raise typer.Exit(int(ExitCode.DRIFT if result.failed else ExitCode.OK))
+    except PodnatError as exc:
+        fail(exc)
+
+
+def _load_pod(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(read_text(path, "pod spec")) if d]
+    except yaml.YAMLError as exc:
+        raise BadInput(f"cannot read {path}: not YAML ({str(exc).splitlines()[0]})") from None
+    if not docs or not isinstance(docs[0], dict):
+        raise BadInput(f"{path} holds no pod: pass `kubectl get pod NAME -o yaml` output")
+    return docs[0]
+
+
+@app.command()
+def version() -> None:
+    """Print podnat's version."""
+    typer.echo(f"podnat {__version__}")
+
+
+def _mount_subcommands() -> None:
+    try:
+        from podnat.lab.cli import app as lab_app
+    except ImportError:
+        return
+    app.add_typer(lab_app, name="lab", help="A local lab: real pods (netns, Istio's rules, a real Envoy) behind a Kubernetes API.")
+
+
+_mount_subcommands()
+
+
+def main() -> None:
+    """Entry point for `podnat` and `kubectl-podnat`."""
+    try:
+        app()
+    except PodnatError as exc:  # raised outside a command's own handler
+        from podnat.render.console import error
+
+        error(exc.message)
+        sys.exit(int(exc.code))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if _debug or os.environ.get("PODNAT_DEBUG"):
+            raise
+        from podnat.render.console import error
+
+        error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug and report it)")
+        sys.exit(int(ExitCode.INTERNAL))

@@ -1,0 +1,210 @@
+"""Reconcile a live rule set with the one Istio meant to install: rule by rule, then flow by flow.
+
+`diff_rules(live, expected)` lists missing, extra, changed and reordered rules per chain (and
+missing/extra chains), naming for each the likely cause in Istio terms: the annotation or
+istio-iptables flag that would produce it, or "not something Istio installs". Pure.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from podnat.netfilter.model import Rule, Ruleset
+
+ISTIO_CHAIN = re.compile(r"^ISTIO_")
+
+
+class DiffKind(str, Enum):
+    """How a live rule differs from the intended one."""
+
+    MISSING = "missing"
+    EXTRA = "extra"
+    CHANGED = "changed"
+    REORDERED = "reordered"
+    MISSING_CHAIN = "missing-chain"
+    EXTRA_CHAIN = "extra-chain"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleDiff:
+    """One difference between the live table and the expected one."""
+
+    kind: DiffKind
+    table: str
+    chain: str
+    live: Rule | None  # the live rule (extra, changed, reordered)
+    expected: Rule | None  # the intended rule (missing, changed, reordered)
+    cause: str
+    foreign: bool = False  # a rule from another owner (not an ISTIO_ chain, not Istio's jump)
+
+    @property
+    def ref(self) -> str:
+        rule = self.live or self.expected
+        return rule.ref if rule is not None else f"{self.table}/{self.chain}"
+
+    @property
+    def text(self) -> str:
+        rule = self.live or self.expected
+        return rule.text if rule is not None else f":{self.chain}"
+
+
+def _norm(spec: str) -> str:
+    return " ".join(spec.split())
+
+
+def diff_rules(live: Ruleset, expected: Ruleset, tables: tuple[str, ...] = ("nat", "mangle", "raw")) -> tuple[RuleDiff, ...]:
+    """Rule-level differences in the tables Istio writes, in table and chain order."""
+    diffs: list[RuleDiff] = []
+    for table in tables:
+        want = expected.table(table)
+        have = live.table(table)
+        want_chains = want.chains if want else {}
+        have_chains = have.chains if have else {}
+        for name, chain in want_chains.items():
+            if name not in have_chains:
+                diffs.append(RuleDiff(DiffKind.MISSING_CHAIN, table, name, None, None,
+                                      f"chain {name} is missing: {_missing_cause(None, name)}"))
+                diffs.extend(RuleDiff(DiffKind.MISSING, table, name, None, rule, _missing_cause(rule, name))
+                             for rule in chain.rules)
+                continue
+            diffs.extend(_diff_chain(table, name, have_chains[name].rules, chain.rules))
+        for name, chain in have_chains.items():
+            if name in want_chains:
+                continue
+            if not chain.rules and not ISTIO_CHAIN.match(name):
+                continue
+            foreign = not ISTIO_CHAIN.match(name)
+            diffs.append(RuleDiff(DiffKind.EXTRA_CHAIN, table, name, None, None,
+                                  _extra_cause_chain(name), foreign))
+            diffs.extend(RuleDiff(DiffKind.EXTRA, table, name, rule, None, _extra_cause(rule), foreign)
+                         for rule in chain.rules)
+    return tuple(diffs)
+
+
+def _diff_chain(table: str, chain: str, live: tuple[Rule, ...], expected: tuple[Rule, ...]) -> list[RuleDiff]:
+    have = [_norm(r.spec) for r in live]
+    want = [_norm(r.spec) for r in expected]
+    out: list[RuleDiff] = []
+    matcher = difflib.SequenceMatcher(a=want, b=have, autojunk=False)
+    removed: list[Rule] = []
+    added: list[Rule] = []
+    pairs: list[tuple[Rule, Rule]] = []
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            continue
+        exp, got = list(expected[i1:i2]), list(live[j1:j2])
+        if op == "replace" and len(exp) == len(got):
+            pairs.extend(zip(exp, got, strict=True))
+            continue
+        removed.extend(exp)
+        added.extend(got)
+    # A rule that is both "removed" and "added" moved: report it once, as reordered.
+    added_by_spec = {}
+    for rule in added:
+        added_by_spec.setdefault(_norm(rule.spec), []).append(rule)
+    for rule in removed:
+        twins = added_by_spec.get(_norm(rule.spec))
+        if twins:
+            moved = twins.pop(0)
+            out.append(RuleDiff(DiffKind.REORDERED, table, chain, moved, rule,
+                                f"{rule.ref} is at position {moved.position} (expected {rule.position}): "
+                                "not something Istio does; rules were re-inserted by hand or by another tool"))
+        else:
+            out.append(RuleDiff(DiffKind.MISSING, table, chain, None, rule, _missing_cause(rule, chain)))
+    for rules in added_by_spec.values():
+        for rule in rules:
+            out.append(RuleDiff(DiffKind.EXTRA, table, chain, rule, None, _extra_cause(rule),
+                                foreign=_is_foreign(rule)))
+    for exp_rule, got_rule in pairs:
+        if _norm(exp_rule.spec) == _norm(got_rule.spec):
+            continue
+        out.append(RuleDiff(DiffKind.CHANGED, table, chain, got_rule, exp_rule, _changed_cause(exp_rule, got_rule)))
+    out.sort(key=lambda d: (d.live or d.expected).position if (d.live or d.expected) else 0)  # type: ignore[union-attr]
+    return out
+
+
+def _is_foreign(rule: Rule) -> bool:
+    target = rule.target.name if rule.target else ""
+    return not ISTIO_CHAIN.match(rule.chain) and not ISTIO_CHAIN.match(target)
+
+
+_PORT = re.compile(r"--dport (\d+)")
+_DEST = re.compile(r"(?:^| )-d (\S+)")
+
+
+def _extra_cause(rule: Rule) -> str:
+    """Which Istio setting would put this rule here (or that none would)."""
+    spec, chain = rule.spec, rule.chain
+    target = rule.target.name if rule.target else ""
+    port = _PORT.search(spec)
+    dest = _DEST.search(spec)
+    if chain == "ISTIO_INBOUND" and target == "RETURN" and port:
+        return (f"inbound port {port.group(1)} bypasses the sidecar: Istio adds this for "
+                "traffic.sidecar.istio.io/excludeInboundPorts (istio-iptables -d), which this pod does not set")
+    if chain == "ISTIO_INBOUND" and target == "ISTIO_IN_REDIRECT" and port:
+        return (f"inbound port {port.group(1)} is captured by an explicit rule: Istio adds this for "
+                "traffic.sidecar.istio.io/includeInboundPorts (-b), which this pod does not set")
+    if chain == "ISTIO_OUTPUT" and target == "RETURN" and port:
+        return (f"outbound port {port.group(1)} bypasses the sidecar: Istio adds this for "
+                "traffic.sidecar.istio.io/excludeOutboundPorts (-o), which this pod does not set")
+    if chain == "ISTIO_OUTPUT" and target == "RETURN" and dest:
+        return (f"outbound traffic to {dest.group(1)} bypasses the sidecar: Istio adds this for "
+                "traffic.sidecar.istio.io/excludeOutboundIPRanges (-x), which this pod does not set")
+    if chain == "ISTIO_OUTPUT" and target == "ISTIO_REDIRECT" and dest:
+        return (f"only traffic to {dest.group(1)} is captured by this rule: Istio adds it for "
+                "traffic.sidecar.istio.io/includeOutboundIPRanges (-i), which this pod does not set")
+    if chain in ("PREROUTING", "OUTPUT") and target == "RETURN" and (rule.in_iface or rule.out_iface):
+        iface = (rule.in_iface or rule.out_iface).value  # type: ignore[union-attr]
+        return (f"interface {iface} is excluded from capture: Istio adds this for "
+                "traffic.sidecar.istio.io/excludeInterfaces (-c), which this pod does not set")
+    if chain == "PREROUTING" and target == "ISTIO_REDIRECT" and rule.in_iface:
+        return (f"interface {rule.in_iface.value} is rerouted to the sidecar: Istio adds this for "
+                "traffic.sidecar.istio.io/kubevirtInterfaces (-k), which this pod does not set")
+    if _is_foreign(rule):
+        where = " at the top of " + chain if rule.position == 1 and chain in ("OUTPUT", "PREROUTING") else ""
+        return f"not something Istio installs: a rule from another owner (a CNI, a firewall, an operator){where}"
+    return "not something Istio installs for this pod's configuration"
+
+
+def _extra_cause_chain(name: str) -> str:
+    if ISTIO_CHAIN.match(name):
+        return f"chain {name} is Istio's but this pod's configuration does not create it"
+    return f"chain {name} is not something Istio installs: another owner (a CNI, kube-proxy, a firewall)"
+
+
+def _missing_cause(rule: Rule | None, chain: str) -> str:
+    if rule is None:
+        return "Istio creates it for this pod's configuration; it was deleted or never installed"
+    spec = _norm(rule.spec)
+    if chain == "PREROUTING" and "ISTIO_INBOUND" in spec:
+        return ("inbound capture is off: Istio leaves out this jump only for "
+                "traffic.sidecar.istio.io/includeInboundPorts=\"\", which this pod does not set; "
+                "the rule was deleted after istio-init ran")
+    if chain == "OUTPUT" and "ISTIO_OUTPUT" in spec:
+        return ("outbound capture is off: Istio always installs this jump; "
+                "the rule was deleted after istio-init ran")
+    if chain == "ISTIO_OUTPUT" and spec.endswith("-j ISTIO_REDIRECT"):
+        return ("outbound capture is off: Istio leaves out the catch-all only for "
+                "traffic.sidecar.istio.io/includeOutboundIPRanges=\"\", which this pod does not set")
+    if "owner" in spec:
+        return "the proxy's own traffic is no longer recognised: this owner rule was deleted"
+    return "Istio installs this rule for this pod's configuration; it was deleted after istio-init ran"
+
+
+def _changed_cause(expected: Rule, live: Rule) -> str:
+    exp, got = _norm(expected.spec), _norm(live.spec)
+    owner_exp = re.findall(r"--(uid|gid)-owner (\S+)", exp)
+    owner_got = re.findall(r"--(uid|gid)-owner (\S+)", got)
+    if owner_exp and owner_got and owner_exp != owner_got:
+        return (f"the proxy identity differs ({' '.join(f'{k} {v}' for k, v in owner_got)} instead of "
+                f"{' '.join(f'{k} {v}' for k, v in owner_exp)}): istio-iptables -u/-g follows the proxy's "
+                "runAsUser/runAsGroup; Envoy's own traffic is not recognised and gets re-captured")
+    ports_exp = re.findall(r"--to-ports (\S+)", exp)
+    ports_got = re.findall(r"--to-ports (\S+)", got)
+    if ports_exp and ports_got and ports_exp != ports_got:
+        return (f"redirects to port {ports_got[0]} instead of {ports_exp[0]}: istio-iptables -p/-z set "
+                "these from the proxy's ports; not something Istio changes at runtime")
+    return "not something Istio installs for this pod's configuration"

@@ -1,0 +1,108 @@
+"""Reports as plain data (dicts and lists) for `-o json` and `-o yaml`: the documented contract.
+
+Field names here are an interface (README: "JSON output"); users' scripts depend on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from podnat.istio.explain import Explanation, Finding
+from podnat.istio.paths import FlowTrace, Leg
+from podnat.istio.reconcile import RuleDiff
+from podnat.netfilter.model import Ruleset
+from podnat.netfilter.reachability import Shadowed
+
+
+def leg_data(leg: Leg, counters: Ruleset | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "actor": leg.actor.value,
+        "src": str(leg.src),
+        "dst": str(leg.dst),
+        "hook": leg.hook,
+        "rules": list(leg.rules),
+        "verdict": leg.verdict,
+        "to": str(leg.to) if leg.to else None,
+    }
+    if leg.identity is not None:
+        data["uid"], data["gid"] = leg.identity.uid, leg.identity.gid
+    if counters is not None and counters.counters:
+        data["packets"] = {ref: _packets(counters, ref) for ref in leg.rules}
+    return data
+
+
+def _packets(ruleset: Ruleset, ref: str) -> int | None:
+    rule = ruleset.rule_by_ref(ref)
+    return rule.counters.packets if rule is not None and rule.counters is not None else None
+
+
+def trace_data(trace: FlowTrace, counters: Ruleset | None = None) -> dict[str, Any]:
+    """The `podnat trace` object: legs, envoy_ports, outcome, delivered_to (and a reason)."""
+    return {
+        "legs": [leg_data(leg, counters) for leg in trace.legs],
+        "envoy_ports": list(trace.envoy_ports),
+        "outcome": trace.outcome.value,
+        "delivered_to": str(trace.delivered_to) if trace.delivered_to else None,
+        "reason": trace.reason,
+    }
+
+
+def flow_data(trace: FlowTrace, counters: Ruleset | None = None) -> dict[str, Any]:
+    """One element of `flows`: type, name (and variant), then the trace fields."""
+    data: dict[str, Any] = {"type": int(trace.spec.type), "name": trace.spec.name}
+    if trace.spec.variant:
+        data["variant"] = trace.spec.variant
+    data.update(trace_data(trace, counters))
+    return data
+
+
+def shadowed_data(shadowed: Shadowed) -> dict[str, Any]:
+    return {
+        "rule": shadowed.rule.ref,
+        "text": shadowed.rule.text,
+        "by": list(shadowed.by),
+        "reason": shadowed.reason,
+    }
+
+
+def explanation_data(expl: Explanation, counters: Ruleset | None = None) -> dict[str, Any]:
+    """The `podnat explain` object: flows (with expected and status given an intent), shadowed, findings, diff."""
+    flows = []
+    for report in expl.flows:
+        data = flow_data(report.live, counters)
+        if expl.diff is not None:
+            data["expected"] = trace_data(report.expected) if report.expected else None
+            data["status"] = report.status.value
+        elif report.status.value != "ok":
+            data["status"] = report.status.value
+        flows.append(data)
+    result: dict[str, Any] = {
+        "flows": flows,
+        "shadowed": [shadowed_data(s) for s in expl.shadowed],
+        "findings": [finding_data(f) for f in expl.findings],
+    }
+    if expl.diff is not None:
+        result["diff"] = [diff_data(d) for d in expl.diff]
+    return result
+
+
+def finding_data(finding: Finding) -> dict[str, Any]:
+    return {
+        "severity": finding.severity,
+        "message": finding.message,
+        "rules": list(finding.rules),
+        "flow_types": list(finding.flow_types),
+    }
+
+
+def diff_data(diff: RuleDiff) -> dict[str, Any]:
+    return {
+        "kind": diff.kind.value,
+        "table": diff.table,
+        "chain": diff.chain,
+        "rule": diff.ref,
+        "live": diff.live.text if diff.live else None,
+        "expected": diff.expected.text if diff.expected else None,
+        "cause": diff.cause,
+        "foreign": diff.foreign,
+    }

@@ -1,0 +1,121 @@
+"""The six flows through the injected default table equal what a real kernel counted (FACTS.md)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from podnat.envoy.listeners import istio_default_listeners
+from podnat.istio.flows import Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext, service_context, six_flows
+from podnat.istio.paths import Outcome, trace_flow
+from podnat.netfilter.parse import parse_ruleset
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+@pytest.fixture(scope="module")
+def default():
+    return parse_ruleset((DATA / "default.v4.iptables-save").read_text())
+
+
+def flows_by_name(ruleset, ctx=None, listeners=None):
+    ctx = service_context(ctx or PodContext())
+    return {(s.type, s.variant): trace_flow(ruleset, s, ctx, listeners) for s in six_flows(ctx)}
+
+
+# FACTS.md, "Measured on a real kernel with a real Envoy": rules counted per leg and Envoy ports.
+KERNEL = {
+    (FlowType.REMOTE_TO_LOCAL, None): (
+        (("PREROUTING:1", "ISTIO_INBOUND:5", "ISTIO_IN_REDIRECT:1"), ("OUTPUT:1", "ISTIO_OUTPUT:1")),
+        (15006,), "10.99.0.2:9080"),
+    (FlowType.LOCAL_TO_REMOTE, None): (
+        (("OUTPUT:1", "ISTIO_OUTPUT:9", "ISTIO_REDIRECT:1"), ("OUTPUT:1", "ISTIO_OUTPUT:4")),
+        (15001,), "10.99.0.1:9080"),
+    (FlowType.PROMETHEUS_TO_LOCAL, None): (
+        (("PREROUTING:1", "ISTIO_INBOUND:2"), ("OUTPUT:1", "ISTIO_OUTPUT:4")),
+        (15090,), "127.0.0.1:15000"),
+    (FlowType.LOCAL_TO_LOCAL, None): (
+        (("OUTPUT:1", "ISTIO_OUTPUT:9", "ISTIO_REDIRECT:1"),
+         ("OUTPUT:1", "ISTIO_OUTPUT:2", "ISTIO_IN_REDIRECT:1"),
+         ("OUTPUT:1", "ISTIO_OUTPUT:1")),
+        (15001, 15006), "10.99.0.2:9080"),
+    (FlowType.LOCAL_TO_LOCAL, "own-pod-ip"): ((("OUTPUT:1", "ISTIO_OUTPUT:3"),), (), "10.99.0.2:9080"),
+    (FlowType.ENVOY_LOCALHOST, None): ((("OUTPUT:1", "ISTIO_OUTPUT:4"),), (), "127.0.0.1:15000"),
+    (FlowType.SIDECAR_TO_ISTIOD, None): ((("OUTPUT:1", "ISTIO_OUTPUT:4"),), (), "10.96.0.10:15012"),
+}
+
+
+@pytest.mark.parametrize("key", list(KERNEL), ids=lambda k: f"type{int(k[0])}{'-' + k[1] if k[1] else ''}")
+def test_default_table_matches_the_kernel(default, key):
+    legs, ports, delivered = KERNEL[key]
+    trace = flows_by_name(default)[key]
+    assert tuple(leg.rules for leg in trace.legs) == legs
+    assert trace.envoy_ports == ports
+    assert trace.outcome is Outcome.DELIVERED
+    assert str(trace.delivered_to) == delivered
+
+
+def test_redirect_targets_follow_the_hook(default):
+    trace = flows_by_name(default)[(FlowType.LOCAL_TO_LOCAL, None)]
+    assert [str(leg.to) if leg.to else None for leg in trace.legs] == [
+        "127.0.0.1:15001", "127.0.0.1:15006", None]
+    inbound = flows_by_name(default)[(FlowType.REMOTE_TO_LOCAL, None)]
+    assert str(inbound.legs[0].to) == "10.99.0.2:15006"
+    assert str(inbound.legs[1].src) == "127.0.0.6"
+
+
+def test_uid_1000_with_gid_1337_hits_rule_7(default):
+    spec = FlowSpec(FlowType.LOCAL_TO_REMOTE, "x", Actor.APP,
+                    Endpoint(ipaddress.ip_address("10.99.0.1"), 9080), identity=Identity(1000, 1337))
+    trace = trace_flow(default, spec, PodContext())
+    assert trace.legs[0].rules == ("OUTPUT:1", "ISTIO_OUTPUT:7")
+    assert trace.envoy_ports == ()
+
+
+def test_wrong_proxy_uid_loops(default):
+    ctx = PodContext(proxy=Identity(1338, 1338))
+    trace = flows_by_name(default, ctx)[(FlowType.LOCAL_TO_REMOTE, None)]
+    assert trace.outcome is Outcome.LOOP
+    assert trace.envoy_ports == (15001,)
+    assert trace.legs[1].rules == ("OUTPUT:1", "ISTIO_OUTPUT:9", "ISTIO_REDIRECT:1")
+
+
+def test_redirect_to_a_port_without_listener_is_refused(default):
+    listeners = tuple(l for l in istio_default_listeners() if l.port != 15001)
+    trace = flows_by_name(default, listeners=listeners)[(FlowType.LOCAL_TO_REMOTE, None)]
+    assert trace.outcome is Outcome.REFUSED
+    assert "ISTIO_REDIRECT:1 sent it to 127.0.0.1:15001" in trace.reason
+
+
+def test_udp_falls_through_istio_redirect(default):
+    spec = FlowSpec(FlowType.LOCAL_TO_REMOTE, "x", Actor.APP,
+                    Endpoint(ipaddress.ip_address("10.99.0.1"), 53), identity=Identity(1000, 1000), proto="udp")
+    trace = trace_flow(default, spec, PodContext())
+    assert trace.legs[0].rules == ("OUTPUT:1", "ISTIO_OUTPUT:9")
+    assert trace.outcome is Outcome.DELIVERED and str(trace.delivered_to) == "10.99.0.1:53"
+
+
+def test_no_prerouting_jump_bypasses_inbound(default):
+    text = (DATA / "default.v4.iptables-save").read_text().replace("-A PREROUTING -p tcp -j ISTIO_INBOUND\n", "")
+    trace = flows_by_name(parse_ruleset(text))[(FlowType.REMOTE_TO_LOCAL, None)]
+    assert trace.legs[0].rules == ()
+    assert trace.envoy_ports == ()
+    assert str(trace.delivered_to) == "10.99.0.2:9080"
+
+
+def test_drop_is_dropped(default):
+    text = (DATA / "default.v4.iptables-save").read_text().replace(
+        "-A OUTPUT -j ISTIO_OUTPUT\n", "-A OUTPUT -d 10.99.0.1/32 -j DROP\n-A OUTPUT -j ISTIO_OUTPUT\n")
+    trace = flows_by_name(parse_ruleset(text))[(FlowType.LOCAL_TO_REMOTE, None)]
+    assert trace.outcome is Outcome.DROPPED
+    assert trace.legs[0].rules == ("OUTPUT:1",)
+
+
+def test_unknown_match_is_undecided_and_named(default):
+    text = (DATA / "default.v4.iptables-save").read_text().replace(
+        "-A OUTPUT -j ISTIO_OUTPUT\n", "-A OUTPUT -m set --match-set blocked dst -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n")
+    trace = flows_by_name(parse_ruleset(text))[(FlowType.LOCAL_TO_REMOTE, None)]
+    assert trace.outcome is Outcome.UNDECIDED
+    assert "OUTPUT:1" in trace.reason and "blocked" in trace.reason
