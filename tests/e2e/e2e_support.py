@@ -6,7 +6,8 @@ log, exec, ephemeral containers) but no apps/v1: whatever needs a Deployment ask
 The JSON readers below are the suite's one statement of podnat's output contract (issues 2, 3 and 5):
   inspect -o json: {"pod": {"name", "namespace", ...}, "sources": {...}, "listeners": [...],
                     "flows": [{"type", "name", "status", "legs": [{"rules", "dst", ...}],
-                               "envoy_ports", "expected", ...}], "diff": ..., "counters": {...}}
+                               "envoy_ports", "expected", ...}], "diff": [...], "findings": [...]}
+                   with counters, every leg also has "packets": {rule: packets}
   verify -o json:  {"pods": [<inspect object>, ...], ...}
 """
 
@@ -134,12 +135,16 @@ def source_kinds(report: Mapping[str, Any]) -> dict[str, str]:
 
 
 def rule_counters(report: Mapping[str, Any]) -> dict[str, int]:
-    """Packets per rule ("CHAIN:N" or "TABLE/CHAIN:N") from a table read with counters."""
-    counters = report.get("counters")
-    assert counters is not None, "inspect JSON carries no counters (a source with -c, e.g. --debug-container)"
-    if isinstance(counters, Mapping):
-        return {rule: int(v["packets"] if isinstance(v, Mapping) else v) for rule, v in counters.items()}
-    return {str(c.get("rule", c.get("id"))): int(c["packets"]) for c in counters}
+    """Packets per rule ("CHAIN:N" or "TABLE/CHAIN:N") from a table read with counters: each leg's
+    `packets` ({rule: packets}, podnat/render/data.py), or a top-level `counters` map."""
+    found: dict[str, int] = {}
+    for flow in report["flows"]:
+        for leg in flow["legs"]:
+            found.update({rule: int(n) for rule, n in (leg.get("packets") or {}).items() if n is not None})
+    for rule, value in (report.get("counters") or {}).items():
+        found[rule] = int(value["packets"] if isinstance(value, Mapping) else value)
+    assert found, "inspect JSON carries no counters (a source read with -c, e.g. --debug-container)"
+    return found
 
 
 def diff_text(report: Mapping[str, Any]) -> str:

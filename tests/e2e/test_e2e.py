@@ -78,7 +78,8 @@ def workspace(cluster: Cluster, purpose: str, deployments: set[str]) -> Iterator
 
 
 def statuses(report: dict[str, Any]) -> dict[int, str]:
-    return {t: str(f["status"]) for t, f in flows_by_type(report).items() if t in FLOW_TYPES}
+    # podnat leaves `status` out of a flow that is ok when it had no intent to compare with
+    return {t: str(f.get("status", "ok")) for t, f in flows_by_type(report).items() if t in FLOW_TYPES}
 
 
 def test_verify_bookinfo_reports_six_ok_flows_for_every_pod(cluster: Cluster) -> None:
