@@ -1,0 +1,65 @@
+# podnat: the verbs a newcomer looks for. Everything runs from a fresh clone as root:
+#   make demo    the lab (real pods on this machine), then podnat against it
+#   make test    unit + integration (root: netns, iptables, Envoy) + the e2e suite on the lab
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+APT_PACKAGES := iptables iproute2 nftables procps util-linux
+STAMP := $(VENV)/.installed
+
+.PHONY: install system-deps demo test unit integration lint bench clean conformance
+
+install: system-deps $(STAMP)
+
+# System packages the lab and the integration tests need (root only; a no-op when present).
+system-deps:
+	@missing=""; for b in iptables-restore iptables-legacy-restore ip nft setpriv pkill; do \
+	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (apt: $(APT_PACKAGES))"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  else echo "missing$$missing: install $(APT_PACKAGES) (as root) for the lab and integration tests"; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>/dev/null || true
+	$(PY) -m pip install -q -e '.[lab,dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/podnat lab up
+	export KUBECONFIG=$$($(BIN)/podnat lab kubeconfig); \
+	$(BIN)/podnat verify -n bookinfo; \
+	$(BIN)/podnat inspect deploy/reviews-v1 -n bookinfo --debug-container; \
+	$(BIN)/podnat lab break reviews-v1 no-prerouting-jump; \
+	$(BIN)/podnat verify -n bookinfo; rc=$$?; \
+	$(BIN)/podnat lab down; echo "(verify exit $$rc after the fault: 1 = drift found, as expected)"
+
+test: install
+	$(PY) -m pytest tests/unit tests/integration tests/e2e/test_manifests.py
+	$(MAKE) --no-print-directory e2e-lab
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+integration: install
+	$(PY) -m pytest tests/integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check podnat tests
+	$(BIN)/mypy podnat/netfilter podnat/istio podnat/envoy
+
+conformance: $(STAMP)
+	$(PY) -m podnat.istio.conformance
+
+bench: install
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out
+
+include mk/e2e.mk
