@@ -16,8 +16,8 @@ E2E_SETUP ?= redirect
 
 # Istio releases the nightly matrix covers: the newest and the older still supported minor.
 # ISTIO_RELEASE picks one by role; ISTIO_VERSION=1.x.y overrides it.
-ISTIO_VERSION_newest := 1.31.1
-ISTIO_VERSION_older := 1.30.5
+ISTIO_VERSION_newest := 1.30.3
+ISTIO_VERSION_older := 1.29.0
 ISTIO_RELEASE ?= newest
 ISTIO_VERSION ?= $(ISTIO_VERSION_$(ISTIO_RELEASE))
 

@@ -34,7 +34,7 @@ def require(condition: bool, reason: str) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run_e2e = config.getoption("--e2e")
     for item in items:
-        if "e2e" in item.keywords and not run_e2e:
+        if item.get_closest_marker("e2e") is not None and not run_e2e:
             item.add_marker(pytest.mark.skip(reason="end-to-end suite is opt-in: pass --e2e"))
 
 
