@@ -262,6 +262,166 @@ def _load_pod(path: Path) -> dict[str, Any]:
     return docs[0]
 
 
+class SourceChoice(str, Enum):
+    """Where to read the nat table from (default: the most live that works)."""
+
+    exec = "exec"
+    debug = "debug"
+    init_log = "init-log"
+
+
+class VerifyOutput(str, Enum):
+    table = "table"
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+    junit = "junit"
+
+
+Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: the context's).")]
+Kubeconfig = Annotated[str | None, typer.Option("--kubeconfig", help="Path to the kubeconfig file.")]
+Context = Annotated[str | None, typer.Option("--context", help="The kubeconfig context to use.")]
+RequestTimeout = Annotated[
+    str | None, typer.Option("--request-timeout", help="Per-request timeout, e.g. 10s, 1m (default 30s).")
+]
+SourceOpt = Annotated[
+    SourceChoice | None,
+    typer.Option("--source", help="Read the nat table from: exec (istio-proxy), debug (ephemeral container), "
+                 "init-log (istio-init log: applied at start, not necessarily live)."),
+]
+DebugContainer = Annotated[
+    bool,
+    typer.Option("--debug-container", help="Allow an ephemeral debug container (NET_ADMIN) to read the live "
+                 "table and listeners; it cannot be removed, podnat reuses it."),
+]
+
+
+def _timeout(text: str | None) -> float | None:
+    if text is None:
+        return None
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * units[unit]
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    raise UsageError(f"--request-timeout: {text!r} is not a duration (e.g. 10s, 1m)")
+
+
+def _connect(kubeconfig: str | None, context: str | None, request_timeout: str | None) -> tuple[Any, str]:
+    from podnat.kube.client import KubeClient, KubeOptions
+    from podnat.kube.source import KubePodSource
+
+    options = KubeOptions(kubeconfig=kubeconfig, context=context, request_timeout=_timeout(request_timeout))
+    client = KubeClient.connect(options)
+    return KubePodSource(client), _context_namespace(kubeconfig, context)
+
+
+def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
+    """The namespace the kubeconfig context names (kubectl's default), else "default"."""
+    try:
+        from kubernetes import config as kube_config
+
+        contexts, current = kube_config.list_kube_config_contexts(config_file=kubeconfig)
+        chosen = next((c for c in contexts if c["name"] == context), current) if context else current
+        return str((chosen or {}).get("context", {}).get("namespace") or "default")
+    except Exception:
+        in_cluster = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        return in_cluster.read_text().strip() if in_cluster.is_file() else "default"
+
+
+@app.command()
+def inspect(
+    pod: Annotated[str, typer.Argument(help="POD, deploy/NAME or POD.NAMESPACE.")],
+    namespace: Namespace = None,
+    source: SourceOpt = None,
+    debug_container: DebugContainer = False,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+    request_timeout: RequestTimeout = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Explain one live pod: each flow's path through its rules and Envoy, what Istio meant, what differs."""
+    try:
+        from podnat.facts import NatSource, PodRef
+        from podnat.usecases import inspect_pod
+
+        pod_source, default_ns = _connect(kubeconfig, context, request_timeout)
+        nat_source = NatSource(source.value) if source else None
+        if nat_source is NatSource.DEBUG:
+            debug_container = True
+        manifest = pod_source.get_pod(PodRef(namespace or default_ns, pod))
+        report = inspect_pod(pod_source, manifest, nat_source, debug_container)
+        if output in (Output.json, Output.yaml):
+            from podnat.render.console import print_data
+            from podnat.render.data import pod_report_data
+
+            print_data(pod_report_data(report), output.value)
+        else:
+            from podnat.render.console import print_pod_report
+
+            print_pod_report(report, wide=output is Output.wide)
+        if report.error is not None:
+            if output in (Output.table, Output.wide):
+                from podnat.render.console import error as print_error
+
+                print_error(report.error)
+            raise typer.Exit(int(report.error_code or ExitCode.CLUSTER))
+        raise typer.Exit(int(ExitCode.DRIFT if report.status in ("drift", "broken") else ExitCode.OK))
+    except PodnatError as exc:
+        fail(exc)
+
+
+@app.command()
+def verify(
+    namespace: Namespace = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Every namespace.")] = False,
+    selector: Annotated[str | None, typer.Option("--selector", "-l", help="Label selector, e.g. app=reviews.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Pods read at once.")] = 8,
+    source: SourceOpt = None,
+    debug_container: DebugContainer = False,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+    request_timeout: RequestTimeout = None,
+    output: Annotated[VerifyOutput, typer.Option("--output", "-o", help="table, wide, json, yaml or junit.")] = VerifyOutput.table,
+) -> None:
+    """Check every sidecar pod: exit 0 all ok, 1 drift or broken, 3 some pods could not be read."""
+    try:
+        from podnat.facts import NatSource
+        from podnat.render.console import VerifyProgress
+        from podnat.usecases import verify_pods
+
+        if all_namespaces and namespace:
+            raise UsageError("give --namespace or --all-namespaces, not both")
+        pod_source, default_ns = _connect(kubeconfig, context, request_timeout)
+        pods = pod_source.list_pods(None if all_namespaces else (namespace or default_ns), selector)
+        nat_source = NatSource(source.value) if source else None
+        with VerifyProgress(len(pods)) as progress:
+            report = verify_pods(lambda: pod_source, pods, concurrency, nat_source,
+                                 debug_container or nat_source is NatSource.DEBUG, progress.advance)
+        if output is VerifyOutput.junit:
+            from podnat.render.junit import verify_junit
+
+            sys.stdout.write(verify_junit(report))
+        elif output in (VerifyOutput.json, VerifyOutput.yaml):
+            from podnat.render.console import print_data
+            from podnat.render.data import verify_data
+
+            print_data(verify_data(report), output.value)
+        else:
+            from podnat.render.console import print_verify
+
+            print_verify(report)
+        if not pods:
+            from podnat.render.console import note
+
+            note(f"no pods in {'any namespace' if all_namespaces else (namespace or default_ns)}"
+                 + (f" matching {selector}" if selector else ""))
+        raise typer.Exit(int(report.exit_code))
+    except PodnatError as exc:
+        fail(exc)
+
+
 @app.command()
 def version() -> None:
     """Print podnat's version."""

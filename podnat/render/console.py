@@ -11,12 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from podnat.istio.explain import Explanation, FlowReport, FlowStatus
+from podnat.istio.explain import Explanation, FlowReport, FlowStatus, flow_types
+from podnat.usecases import PodReport, VerifyReport
 from podnat.istio.paths import FlowTrace, Leg, Outcome
 from podnat.netfilter.model import Ruleset
 
 out = Console(soft_wrap=False, highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATUS_STYLE = {
     FlowStatus.OK: "green",
@@ -146,3 +147,81 @@ def _expected_cell(report: FlowReport) -> Text:
     if report.status is FlowStatus.OK:
         return Text("same", style="dim")
     return path_text(report.expected)
+
+
+def print_pod_report(report: PodReport, wide: bool = False) -> None:
+    """`podnat inspect`: a header (pod, node, IP, release, capture mode, sources), flows, diff, advice."""
+    header = Table.grid(padding=(0, 2))
+    header.add_column(style="bold")
+    header.add_column()
+    header.add_row("pod", f"{report.ref.namespace}/{report.ref.name}")
+    header.add_row("node", report.node or "-")
+    header.add_row("pod IP", report.pod_ip or "-")
+    header.add_row("Istio", report.istio_version or "-")
+    header.add_row("capture", report.capture_mode or report.mesh)
+    for name, label in report.sources.items():
+        header.add_row(f"{name} from", label)
+    out.print(header)
+    if report.listeners is not None:
+        bound = ", ".join(f"{l.port} ({l.name})" for l in report.listeners if l.binds)
+        out.print(Text.assemble(("listeners ", "bold"), bound or "none"))
+    for item in report.notes:
+        out.print(Text(f"note: {item}", style="yellow"))
+    if report.error is not None:
+        out.print(Text(f"error: {report.error}", style="bold red"))
+        return
+    if report.explanation is None:
+        out.print(Text(f"not checked: {report.mesh}", style="dim"))
+        return
+    print_explanation(report.explanation, report.ruleset, wide=wide)  # type: ignore[arg-type]
+    out.print(Text.assemble(("status: ", "bold"), (report.status, _STATUS_WORD.get(report.status, ""))))
+
+
+_STATUS_WORD = {"ok": "green", "drift": "yellow", "broken": "bold red", "error": "bold red",
+                "unknown": "magenta", "skipped": "dim"}
+
+
+def print_verify(report: VerifyReport) -> None:
+    """`podnat verify`: one row per pod, then the totals."""
+    table = Table(expand=False)
+    for column in ("NAMESPACE", "POD", "STATUS", "FLOWS 1-6", "WHY"):
+        table.add_column(column, overflow="fold")
+    for pod in report.pods:
+        flows = Text()
+        if pod.explanation is not None:
+            for flow_type, status in sorted(flow_types(pod.explanation.flows).items()):
+                mark = "✓" if status is FlowStatus.OK else ("?" if status is FlowStatus.UNKNOWN else "✗")
+                flows.append(f"{int(flow_type)}{mark} ", style=STATUS_STYLE[status])
+        why = pod.error or next((f.message for f in (pod.explanation.findings if pod.explanation else ())
+                                 if f.severity == "error"), "") or ("; ".join(pod.notes) if pod.status == "skipped" else "")
+        table.add_row(pod.ref.namespace, pod.ref.name, Text(pod.status, style=_STATUS_WORD.get(pod.status, "")),
+                      flows, why)
+    out.print(table)
+    counts: dict[str, int] = {}
+    for pod in report.pods:
+        counts[pod.status] = counts.get(pod.status, 0) + 1
+    out.print(f"{len(report.pods)} pods: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+class VerifyProgress:
+    """A progress bar on stderr while `verify` reads pods (only on a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.enabled = err.is_terminal
+        self._progress = Progress(TextColumn("reading pods"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=err, transient=True)
+        self._task = self._progress.add_task("pods", total=total)
+
+    def __enter__(self) -> VerifyProgress:
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def advance(self, _report: object = None) -> None:
+        self._progress.advance(self._task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.stop()

@@ -12,6 +12,7 @@ from podnat.istio.paths import FlowTrace, Leg
 from podnat.istio.reconcile import RuleDiff
 from podnat.netfilter.model import Ruleset
 from podnat.netfilter.reachability import Shadowed
+from podnat.usecases import PodReport, VerifyReport
 
 
 def leg_data(leg: Leg, counters: Ruleset | None = None) -> dict[str, Any]:
@@ -106,3 +107,38 @@ def diff_data(diff: RuleDiff) -> dict[str, Any]:
         "cause": diff.cause,
         "foreign": diff.foreign,
     }
+
+
+def pod_report_data(report: PodReport) -> dict[str, Any]:
+    """`podnat inspect -o json`, and each element of `verify`'s `pods`."""
+    data: dict[str, Any] = {
+        "pod": {
+            "namespace": report.ref.namespace,
+            "name": report.ref.name,
+            "node": report.node,
+            "ip": report.pod_ip,
+            "istio_version": report.istio_version,
+            "capture_mode": report.capture_mode,
+            "mesh": report.mesh,
+        },
+        "status": report.status,
+        "sources": dict(report.sources),
+        "notes": list(report.notes),
+    }
+    if report.error is not None:
+        data["error"] = {"message": report.error, "exit_code": report.error_code}
+    if report.listeners is not None:
+        data["listeners"] = [{"name": l.name, "address": l.address, "port": l.port, "binds": l.binds}
+                             for l in report.listeners]
+    if report.explanation is not None:
+        data.update(explanation_data(report.explanation, report.ruleset))
+    return data
+
+
+def verify_data(report: VerifyReport) -> dict[str, Any]:
+    """`podnat verify -o json`: every pod, and counts per status."""
+    summary: dict[str, int] = {"pods": len(report.pods)}
+    for pod in report.pods:
+        summary[pod.status] = summary.get(pod.status, 0) + 1
+    return {"pods": [pod_report_data(p) for p in report.pods], "summary": summary,
+            "exit_code": int(report.exit_code)}

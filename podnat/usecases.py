@@ -1,0 +1,200 @@
+"""The live use cases: inspect one pod, verify many. They see a PodSource, never the cluster itself.
+
+Each pod's facts (nat table, listeners, spec) are read through the source, its intent is derived
+from its spec (podnat/intent.py), and podnat/istio/explain.py does the rest. One pod's failure
+never stops the others: it becomes that pod's report.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+from podnat.envoy.listeners import Listener, ListenersError, istio_default_listeners, parse_listeners
+from podnat.errors import PodnatError
+from podnat.exitcodes import ExitCode
+from podnat.facts import NatSource, PodFacts, PodRef, PodSource
+from podnat.istio.explain import Explanation, Finding, FlowStatus, explain
+from podnat.istio.flows import Endpoint, Identity, PodContext, context_for
+from podnat.netfilter.model import Family, Ruleset
+from podnat.netfilter.parse import ParseError, parse_ruleset
+
+PROXY = "istio-proxy"
+REQUIRED_LISTENERS = (15001, 15006, 15090, 15021)
+
+
+@dataclass(frozen=True, slots=True)
+class PodReport:
+    """What podnat found in one pod (or why it could not look)."""
+
+    ref: PodRef
+    mesh: str = "sidecar"  # sidecar | none | ambient | interception-none | unknown
+    node: str | None = None
+    pod_ip: str | None = None
+    istio_version: str | None = None
+    capture_mode: str | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)
+    explanation: Explanation | None = None
+    ruleset: Ruleset | None = None
+    listeners: tuple[Listener, ...] | None = None
+    notes: tuple[str, ...] = ()
+    error: str | None = None
+    error_code: int | None = None
+
+    @property
+    def status(self) -> str:
+        """ok | drift | broken | unknown | error | skipped (no sidecar to check)."""
+        if self.error is not None:
+            return "error"
+        if self.explanation is None:
+            return "skipped"
+        statuses = {f.status for f in self.explanation.flows}
+        for status in (FlowStatus.BROKEN, FlowStatus.DRIFT, FlowStatus.UNKNOWN):
+            if status in statuses:
+                return status.value
+        if any(f.severity == "error" for f in self.explanation.findings):
+            return "drift"
+        return "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """Every pod `verify` looked at."""
+
+    pods: tuple[PodReport, ...]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        statuses = {p.status for p in self.pods}
+        if statuses & {"drift", "broken"}:
+            return ExitCode.DRIFT
+        if "error" in statuses:
+            return ExitCode.CLUSTER
+        return ExitCode.OK
+
+
+def inspect_pod(
+    source: PodSource, pod: Mapping[str, Any], nat_source: NatSource | None = None, debug_container: bool = False
+) -> PodReport:
+    """Read one pod's facts and explain them against its intent."""
+    ref = PodRef(pod["metadata"]["namespace"], pod["metadata"]["name"])
+    base = _pod_header(pod, ref)
+    from podnat.intent import PodIntent, intent_for_pod
+
+    try:
+        intent: PodIntent = intent_for_pod(pod)
+    except PodnatError as exc:
+        return _with(base, error=exc.message, error_code=int(exc.code))
+    base = _with(base, mesh=intent.mesh, istio_version=intent.version, capture_mode=intent.mode,
+                 sources={"intent": intent.label})
+    if intent.mesh != "sidecar":
+        return _with(base, notes=(intent.label,))
+    try:
+        facts = source.read_facts(pod, nat_source, debug_container)
+    except PodnatError as exc:
+        return _with(base, error=exc.message, error_code=int(exc.code))
+    return explain_facts(base, facts, intent)
+
+
+def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
+    """The pure half of inspect: facts + intent -> explanation."""
+    sources = dict(base.sources)
+    notes = list(facts.notes)
+    if facts.nat is None:
+        return _with(base, error="no nat table could be read", error_code=int(ExitCode.CLUSTER))
+    sources["nat"] = facts.nat.label
+    if not facts.nat.v4.strip():
+        message = ("the nat table is empty: this pod may use native nftables (Istio 1.27+); "
+                   "podnat reads iptables rules only" if not facts.nat.nft else
+                   "the pod's rules are in native nftables, which this podnat reads as text only")
+        return _with(base, sources=sources, error=message, error_code=int(ExitCode.CLUSTER))
+    try:
+        live = parse_ruleset(facts.nat.v4, Family.IPV4)
+    except ParseError as exc:
+        return _with(base, sources=sources, error=f"cannot read the pod's table ({sources['nat']}): {exc}",
+                     error_code=int(ExitCode.BAD_INPUT))
+    listeners: tuple[Listener, ...] | None = None
+    findings: list[Finding] = []
+    listeners_text = facts.listeners.json_text if facts.listeners else facts.nat.listeners_json
+    if listeners_text:
+        sources["listeners"] = facts.listeners.label if facts.listeners else sources["nat"]
+        try:
+            listeners = parse_listeners(listeners_text)
+        except ListenersError as exc:
+            notes.append(f"Envoy's listeners could not be read ({exc}); assuming Istio's standard set")
+    else:
+        notes.append("Envoy's listeners could not be read; assuming Istio's standard set")
+    if listeners is not None:
+        bound = {l.port for l in listeners if l.binds}
+        for port in REQUIRED_LISTENERS:
+            if port not in bound:
+                findings.append(Finding("error", f"Envoy has no listener on {port}: traffic redirected there "
+                                        "is refused (is istio-proxy running and configured?)"))
+    ctx = pod_context(base.pod_ip, intent)
+    expected = intent.expected_v4
+    report = explain(live, ctx, listeners, expected=expected,
+                     expected_listeners=istio_default_listeners(intent.outbound_port, intent.inbound_port))
+    if findings:
+        report = Explanation(report.flows, report.shadowed, tuple(findings) + report.findings, report.diff)
+    if facts.nat.debug_container_added:
+        notes.append(f"added ephemeral container {facts.nat.debug_container} (it stays until the pod is deleted; "
+                     "podnat reuses it next time)")
+    return _with(base, sources=sources, explanation=report, ruleset=live, listeners=listeners, notes=tuple(notes))
+
+
+def pod_context(pod_ip: str | None, intent: Any) -> PodContext:
+    """The flows' context for a live pod: its IP, app ports and proxy identity; peers are stand-ins."""
+    address = ipaddress.ip_address(pod_ip) if pod_ip else None
+    ctx = context_for(address, app_ports=intent.app_ports, proxy=Identity(intent.proxy_uid, intent.proxy_gid))
+    if address is not None and address.version == 4:
+        # A remote peer in the pod's own subnet (never contacted: podnat only computes paths).
+        peer = address + 1 if int(address) & 0xFF != 254 else address - 1
+        ctx = ctx.replace(remote=Endpoint(peer, ctx.app_port))
+    if intent.mode == "TPROXY":
+        ctx = ctx.replace(transparent_inbound=True)
+    return ctx
+
+
+def _pod_header(pod: Mapping[str, Any], ref: PodRef) -> PodReport:
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    return PodReport(ref=ref, node=spec.get("nodeName"), pod_ip=status.get("podIP"))
+
+
+def _with(report: PodReport, **changes: Any) -> PodReport:
+    from dataclasses import replace
+
+    return replace(report, **changes)
+
+
+def verify_pods(
+    source_factory: Callable[[], PodSource],
+    pods: list[dict[str, Any]],
+    concurrency: int,
+    nat_source: NatSource | None = None,
+    debug_container: bool = False,
+    progress: Callable[[PodReport], None] | None = None,
+) -> VerifyReport:
+    """Inspect every pod, `concurrency` at a time; each worker uses its own source (own API clients)."""
+    reports: list[PodReport] = []
+
+    def one(pod: dict[str, Any]) -> PodReport:
+        try:
+            return inspect_pod(source_factory(), pod, nat_source, debug_container)
+        except PodnatError as exc:
+            meta = pod.get("metadata") or {}
+            return PodReport(PodRef(meta.get("namespace", "?"), meta.get("name", "?")),
+                             error=exc.message, error_code=int(exc.code))
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = [pool.submit(one, pod) for pod in pods]
+        for future in as_completed(futures):
+            report = future.result()
+            reports.append(report)
+            if progress is not None:
+                progress(report)
+    reports.sort(key=lambda r: (r.ref.namespace, r.ref.name))
+    return VerifyReport(tuple(reports))
