@@ -1,0 +1,801 @@
+"""`KubePodSource`: pods and their facts through the Kubernetes API (PodSource for the use cases).
+
+The nat table, most live first (unless `source` picks one):
+  1. exec in istio-proxy: ONE exec runs iptables-save -c, ip6tables-save -c, nft list ruleset and
+     `pilot-agent request GET listeners?format=json`, split by a random marker (an image without
+     `sh` gets one exec per command instead). Works only where the proxy may read the table; the
+     permission errors of both iptables backends are recognised and lead to the next source.
+  2. with debug_container=True: the ephemeral container `podnat-debug` (the proxy's image, uid 0,
+     NET_ADMIN/NET_RAW, targeting istio-proxy), added once and reused, runs the same single exec.
+  3. the istio-init log (or, for istio-cni pods, the istio-cni-node log of the pod's node).
+So a pod costs one exec, plus one log read when the proxy is unprivileged: two requests.
+
+"No sidecar" is not an error: read_facts returns PodFacts with `mesh` != SIDECAR and a note.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from podnat.facts import (
+    ListenersReading,
+    MeshMode,
+    NatReading,
+    NatSource,
+    PodFacts,
+    PodRef,
+)
+from podnat.istio.initlog import InitLogError, InitLogRules, RulesKind, parse_cni_log, parse_initlog
+from podnat.kube.client import KubeClient
+from podnat.kube.errors import Action, Failure, KubeSourceError, translate
+
+PROXY = "istio-proxy"
+DEBUG_CONTAINER = "podnat-debug"
+INIT_CONTAINER = "istio-init"
+CNI_VALIDATION = "istio-validation"
+CNI_NAMESPACES = ("kube-system", "istio-system")
+CNI_LABEL = "k8s-app=istio-cni-node"
+CNI_CONTAINER = "install-cni"
+DEFAULT_ADMIN_PORT = 15000
+INIT_LOG_LABEL = "istio-init log: applied at pod start, not necessarily live"
+
+# Exit status 4 (nft backend) / 1 (legacy): a process without CAP_NET_ADMIN asked for the table.
+_PERMISSION = re.compile(
+    r"Permission denied \(you must be root\)|Could not fetch rule set generation id|"
+    r"Cannot initialize: Permission denied|can't open lock file|Operation not permitted"
+)
+_MISSING = re.compile(r"executable file not found|not found|No such file or directory")
+_DEPLOY_PREFIXES = ("deploy/", "deployment/", "deployments/", "deployment.apps/", "deployments.apps/")
+# Errors after which the next source may still work (anything else: the API itself failed).
+_FALLBACK = frozenset({
+    Failure.NAT_PERMISSION, Failure.TOOL_MISSING, Failure.EMPTY_TABLE, Failure.FORBIDDEN,
+    Failure.EXEC_DENIED, Failure.PROXY_NOT_READY, Failure.POD_SECURITY, Failure.DEBUG_CONTAINER,
+})
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """What one exec printed and how it ended (None: the server sent no exit status)."""
+
+    stdout: str
+    stderr: str
+    returncode: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Section:
+    stdout: str
+    stderr: str
+    returncode: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Capture:
+    """One container's reading: the nat table or why not, the listeners or why not."""
+
+    nat: NatReading | None
+    nat_error: KubeSourceError | None
+    listeners: ListenersReading | None
+    listeners_error: str | None
+
+
+class KubePodSource:
+    """PodSource against a real API server; safe to share between threads (exec has its own client)."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        debug_wait: float = 60.0,
+        cni_namespaces: tuple[str, ...] = CNI_NAMESPACES,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.timeout = client.options.timeout
+        self.debug_wait = debug_wait
+        self.cni_namespaces = cni_namespaces
+        self._sleep = sleep
+
+    # --- pods -------------------------------------------------------------------------------------
+
+    def list_pods(self, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
+        action = Action("list", "pods", namespace)
+        kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self.timeout}
+        if selector:
+            kwargs["label_selector"] = selector
+        try:
+            if namespace is None:
+                resp = self.client.core.list_pod_for_all_namespaces(**kwargs)
+            else:
+                resp = self.client.core.list_namespaced_pod(namespace, **kwargs)
+            items = json.loads(_body(resp)).get("items") or []
+        except Exception as exc:
+            raise translate(exc, action, self.client.server) from exc
+        return [dict(item) for item in items]
+
+    def get_pod(self, ref: PodRef) -> dict[str, Any]:
+        """One pod by name, `deploy/NAME` (a pod of the Deployment) or `POD.NAMESPACE` (as istioctl)."""
+        name = ref.name
+        for prefix in _DEPLOY_PREFIXES:
+            if name.startswith(prefix):
+                return self._pod_of_deployment(ref.namespace, name[len(prefix):])
+        if "." in name:
+            pod, _, namespace = name.rpartition(".")
+            if pod and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace):
+                try:
+                    return self._read_pod(namespace, pod)
+                except KubeSourceError as err:
+                    if err.failure is not Failure.NOT_FOUND:
+                        raise
+                    # A pod name may itself contain dots: try it whole in the given namespace.
+        return self._read_pod(ref.namespace, name)
+
+    def _read_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        try:
+            resp = self.client.core.read_namespaced_pod(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout
+            )
+            return dict(json.loads(_body(resp)))
+        except Exception as exc:
+            raise translate(exc, Action("get", "pods", namespace, name), self.client.server) from exc
+
+    def _pod_of_deployment(self, namespace: str, deployment: str) -> dict[str, Any]:
+        selector: str | None = None
+        try:
+            resp = self.client.apps.read_namespaced_deployment(
+                deployment, namespace, _preload_content=False, _request_timeout=self.timeout
+            )
+            selector = _selector_string(json.loads(_body(resp)).get("spec", {}).get("selector") or {})
+        except Exception as exc:
+            status = int(getattr(exc, "status", 0) or 0)
+            body = _json_or_none(getattr(exc, "body", None))
+            details = (body or {}).get("details") or {}
+            if status == 404 and details.get("name") == deployment:
+                raise KubeSourceError(
+                    Failure.NOT_FOUND,
+                    f"deployment {deployment} not found in namespace {namespace}: "
+                    "check the name and -n/--namespace",
+                ) from exc
+            if status not in (403, 404):  # 403: podnat's role need not read deployments
+                raise translate(exc, Action("get", "deployments", namespace, deployment),
+                                self.client.server) from exc
+        if selector:
+            pods = self.list_pods(namespace, selector)
+        else:
+            # No apps/v1 (or no right to read it): the pods a Deployment's ReplicaSet names NAME-HASH-XXXXX.
+            pods = [p for p in self.list_pods(namespace) if _owned_by_deployment(p, deployment)]
+        if not pods:
+            raise KubeSourceError(
+                Failure.NOT_FOUND,
+                f"deployment {namespace}/{deployment} has no pods: check `kubectl get deploy -n {namespace}`",
+            )
+        return min(pods, key=_pod_preference)
+
+    # --- facts ------------------------------------------------------------------------------------
+
+    def read_facts(
+        self, pod: Mapping[str, Any], source: NatSource | None, debug_container: bool
+    ) -> PodFacts:
+        ref = _ref(pod)
+        mesh, why = classify(pod)
+        if mesh in (MeshMode.NO_SIDECAR, MeshMode.AMBIENT):
+            return PodFacts(ref=ref, pod=pod, mesh=mesh, notes=(why,))
+        notes: list[str] = [why] if why else []
+        phase = (pod.get("status") or {}).get("phase")
+        if phase != "Running" and source is not NatSource.INIT_LOG:
+            raise KubeSourceError(
+                Failure.POD_NOT_RUNNING,
+                f"pod {ref} is {phase or 'in an unknown phase'}, not Running: wait for it "
+                "(`kubectl get pod`), or read the rules applied at start with --source init-log",
+            )
+
+        proxy_error = _proxy_not_running(pod, ref)
+        if mesh is MeshMode.NO_CAPTURE:
+            listeners = None
+            if proxy_error is None:
+                listeners, listeners_error = self._listeners_only(pod, ref)
+                if listeners_error:
+                    notes.append(listeners_error)
+            return PodFacts(ref=ref, pod=pod, listeners=listeners, notes=tuple(notes), mesh=mesh)
+
+        nat: NatReading | None = None
+        listeners_reading: ListenersReading | None = None
+        listeners_tried = False
+        failures: list[KubeSourceError] = []
+
+        def give_up(err: KubeSourceError) -> None:
+            if source is not None or err.failure not in _FALLBACK:
+                raise err
+            failures.append(err)
+            notes.append(err.message)
+
+        if source in (None, NatSource.EXEC):
+            if proxy_error is not None:
+                give_up(proxy_error)
+            else:
+                try:
+                    cap = self._capture(pod, ref, PROXY, NatSource.EXEC)
+                    listeners_tried = True
+                    listeners_reading = cap.listeners
+                    if cap.listeners_error:
+                        notes.append(cap.listeners_error)
+                    if cap.nat is not None:
+                        nat = cap.nat
+                    elif cap.nat_error is not None:
+                        give_up(cap.nat_error)
+                except KubeSourceError as err:
+                    listeners_tried = err.failure not in (Failure.TOOL_MISSING,)
+                    give_up(err)
+
+        if nat is None and (source is NatSource.DEBUG or (source is None and debug_container)):
+            try:
+                name, added = self._ensure_debug_container(pod, ref)
+                notes.append(
+                    f"added ephemeral container {name} to pod {ref} (ephemeral containers cannot be "
+                    "removed; later runs reuse it)" if added else f"reused ephemeral container {name}"
+                )
+                cap = self._capture(pod, ref, name, NatSource.DEBUG, debug_added=added)
+                if cap.listeners is not None:
+                    listeners_reading = cap.listeners
+                elif cap.listeners_error and listeners_reading is None:
+                    notes.append(cap.listeners_error)
+                listeners_tried = True
+                if cap.nat is not None:
+                    nat = cap.nat
+                elif cap.nat_error is not None:
+                    give_up(cap.nat_error)
+            except KubeSourceError as err:
+                give_up(err)
+
+        if nat is None and source in (None, NatSource.INIT_LOG):
+            try:
+                nat, log_notes = self._read_from_log(pod, ref)
+                notes.extend(log_notes)
+            except KubeSourceError as err:
+                if source is not None or not failures:
+                    raise
+                first = failures[0].message.split(": ")[0]
+                message = f"{first}; the log fallback failed too: {err.message}"
+                raise KubeSourceError(err.failure, message) from err
+
+        if nat is None:  # only reachable when every fallback recorded a failure
+            raise failures[-1] if failures else KubeSourceError(Failure.API_ERROR, f"nothing read from {ref}")
+
+        if listeners_reading is None and not listeners_tried and proxy_error is None:
+            listeners_reading, listeners_error = self._listeners_only(pod, ref)
+            if listeners_error:
+                notes.append(listeners_error)
+        return PodFacts(ref=ref, pod=pod, nat=nat, listeners=listeners_reading, notes=tuple(notes), mesh=mesh)
+
+    # --- exec -------------------------------------------------------------------------------------
+
+    def exec(self, ref: PodRef, container: str, argv: list[str]) -> ExecResult:
+        """Run argv in a container, read stdout/stderr until the server closes, bounded by the timeout."""
+        action = Action("create", "pods/exec", ref.namespace, ref.name, container)
+        api = self.client.exec_core()
+        ws: Any = None
+        try:
+            try:
+                ws = self.client.stream_exec(
+                    api, name=ref.name, namespace=ref.namespace, container=container, command=argv,
+                    stderr=True, stdin=False, stdout=True, tty=False, _request_timeout=self.timeout,
+                )
+            except Exception as exc:
+                raise translate(exc, action, self.client.server) from exc
+            out: list[str] = []
+            err: list[str] = []
+            deadline = time.monotonic() + self.timeout
+            try:
+                while ws.is_open():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise KubeSourceError(
+                            Failure.TIMEOUT,
+                            f"exec in {container} of pod {ref} did not finish within {self.timeout:g}s: "
+                            "rerun, or raise --request-timeout",
+                        )
+                    ws.update(timeout=min(remaining, 1.0))
+                    out.append(ws.read_stdout(timeout=0))
+                    err.append(ws.read_stderr(timeout=0))
+                out.append(ws.read_stdout(timeout=0))
+                err.append(ws.read_stderr(timeout=0))
+                returncode = _returncode(ws)
+            except KubeSourceError:
+                raise
+            except Exception as exc:
+                raise translate(exc, action, self.client.server) from exc
+            return ExecResult("".join(out), "".join(err), returncode)
+        finally:
+            if ws is not None:
+                with contextlib.suppress(Exception):
+                    ws.close()
+            self.client.close_exec_core(api)
+
+    def _capture(
+        self,
+        pod: Mapping[str, Any],
+        ref: PodRef,
+        container: str,
+        kind: NatSource,
+        *,
+        debug_added: bool = False,
+    ) -> _Capture:
+        port = admin_port(pod)
+        marker = f"podnat-{secrets.token_hex(8)}"
+        result = self.exec(ref, container, ["sh", "-c", capture_script(marker, port)])
+        sections = split_sections(result, marker)
+        if sections is None:
+            if _looks_missing(result):  # no shell in the image (distroless): one exec per command
+                sections = self._capture_without_shell(ref, container, port)
+            else:
+                detail = " ".join((result.stderr or result.stdout).split())[:200]
+                raise KubeSourceError(
+                    Failure.API_ERROR,
+                    f"exec in {container} of pod {ref} ended (exit {result.returncode}) "
+                    f"without output: {detail}",
+                )
+        where = "istio-proxy" if kind is NatSource.EXEC else f"ephemeral container {container}"
+        nat, nat_error = interpret_nat(sections, ref, where, kind)
+        if nat is not None and kind is NatSource.DEBUG:
+            nat = NatReading(
+                source=nat.source, label=nat.label, v4=nat.v4, v6=nat.v6, nft=nat.nft, counters=nat.counters,
+                debug_container=container, debug_container_added=debug_added,
+                listeners_json=_listeners_text(sections),
+            )
+        listeners, listeners_error = interpret_listeners(sections.get("listeners"), where)
+        return _Capture(nat, nat_error, listeners, listeners_error)
+
+    def _capture_without_shell(self, ref: PodRef, container: str, port: int) -> dict[str, _Section]:
+        sections: dict[str, _Section] = {}
+        for name, argv in (
+            ("v4", ["iptables-save", "-c"]),
+            ("v6", ["ip6tables-save", "-c"]),
+            ("listeners", listeners_argv(port)),
+        ):
+            r = self.exec(ref, container, argv)
+            rc = r.returncode if r.returncode is not None else 1
+            sections[name] = _Section(r.stdout, r.stderr, 127 if rc and _looks_missing(r) else rc)
+            if name == "v4" and _PERMISSION.search(r.stderr + r.stdout):
+                sections["v6"] = _Section("", "", rc)  # same verdict: spare the exec
+                break
+        return sections
+
+    def _listeners_only(
+        self, pod: Mapping[str, Any], ref: PodRef
+    ) -> tuple[ListenersReading | None, str | None]:
+        try:
+            r = self.exec(ref, PROXY, listeners_argv(admin_port(pod)))
+        except KubeSourceError as err:
+            return None, f"Envoy listeners not read: {err.message}"
+        rc = r.returncode if r.returncode is not None else 1
+        return interpret_listeners(_Section(r.stdout, r.stderr, rc), "istio-proxy")
+
+    # --- debug container --------------------------------------------------------------------------
+
+    def _ensure_debug_container(self, pod: Mapping[str, Any], ref: PodRef) -> tuple[str, bool]:
+        spec = pod.get("spec") or {}
+        existing = any(c.get("name") == DEBUG_CONTAINER for c in spec.get("ephemeralContainers") or [])
+        added = False
+        if not existing:
+            body = {"spec": {"ephemeralContainers": [debug_container_spec(pod)]}}
+            try:
+                self.client.core.patch_namespaced_pod_ephemeralcontainers(
+                    ref.name, ref.namespace, body, _preload_content=False, _request_timeout=self.timeout
+                )
+            except Exception as exc:
+                action = Action("patch", "pods/ephemeralcontainers", ref.namespace, ref.name)
+                raise translate(exc, action, self.client.server) from exc
+            added = True
+        self._wait_running(ref, DEBUG_CONTAINER)
+        return DEBUG_CONTAINER, added
+
+    def _wait_running(self, ref: PodRef, name: str) -> None:
+        deadline = time.monotonic() + self.debug_wait
+        delay = 0.2
+        while True:
+            status = _ephemeral_status(self._read_pod(ref.namespace, ref.name), name)
+            state = (status or {}).get("state") or {}
+            if "running" in state:
+                return
+            if "terminated" in state:
+                why = state["terminated"].get("reason") or f"exit {state['terminated'].get('exitCode')}"
+                raise KubeSourceError(
+                    Failure.DEBUG_CONTAINER,
+                    f"ephemeral container {name} in pod {ref} has exited ({why}) and cannot be restarted: "
+                    "use --source init-log (or recreate the pod)",
+                )
+            waiting = state.get("waiting") or {}
+            if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                                         "CreateContainerConfigError", "CreateContainerError"):
+                raise KubeSourceError(
+                    Failure.DEBUG_CONTAINER,
+                    f"ephemeral container {name} in pod {ref} cannot start ({waiting.get('reason')}: "
+                    f"{' '.join(str(waiting.get('message', '')).split())[:120]}): use --source init-log",
+                )
+            if time.monotonic() >= deadline:
+                raise KubeSourceError(
+                    Failure.TIMEOUT,
+                    f"ephemeral container {name} in pod {ref} was not running after {self.debug_wait:g}s "
+                    f"({waiting.get('reason') or 'no status yet'}): rerun later, or use --source init-log",
+                )
+            self._sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # --- logs -------------------------------------------------------------------------------------
+
+    def read_log(self, namespace: str, name: str, container: str) -> str:
+        try:
+            resp = self.client.core.read_namespaced_pod_log(
+                name, namespace, container=container, _preload_content=False, _request_timeout=self.timeout
+            )
+            return _body(resp).decode("utf-8", "replace")
+        except Exception as exc:
+            raise translate(
+                exc, Action("get", "pods/log", namespace, name, container), self.client.server
+            ) from exc
+
+    def _read_from_log(self, pod: Mapping[str, Any], ref: PodRef) -> tuple[NatReading, list[str]]:
+        spec = pod.get("spec") or {}
+        init_names = [c.get("name") for c in spec.get("initContainers") or []]
+        if INIT_CONTAINER in init_names:
+            text = self.read_log(ref.namespace, ref.name, INIT_CONTAINER)
+            try:
+                rules = parse_initlog(text)
+            except InitLogError as err:
+                raise KubeSourceError(
+                    Failure.LOG, f"the istio-init log of pod {ref} has no rules podnat recognises ({err})"
+                ) from err
+            return _reading_from_rules(rules, INIT_LOG_LABEL), [_log_note(rules, "istio-init")]
+        if uses_istio_cni(pod):
+            return self._read_from_cni_log(pod, ref)
+        raise KubeSourceError(
+            Failure.LOG,
+            f"pod {ref} has no istio-init container and no sign of istio-cni: there is no log of its rules; "
+            "read the live table with --debug-container",
+        )
+
+    def _read_from_cni_log(self, pod: Mapping[str, Any], ref: PodRef) -> tuple[NatReading, list[str]]:
+        node = (pod.get("spec") or {}).get("nodeName")
+        lead = f"pod {ref} uses istio-cni: its rules are in the istio-cni-node log on node {node}"
+        cni_pod: Mapping[str, Any] | None = None
+        for namespace in self.cni_namespaces:
+            try:
+                resp = self.client.core.list_namespaced_pod(
+                    namespace, label_selector=CNI_LABEL,
+                    field_selector=f"spec.nodeName={node}" if node else None,
+                    _preload_content=False, _request_timeout=self.timeout,
+                )
+                items = json.loads(_body(resp)).get("items") or []
+            except Exception as exc:
+                err = translate(exc, Action("list", "pods", namespace), self.client.server)
+                if err.failure is Failure.NOT_FOUND:
+                    continue
+                message = f"{lead}, which podnat cannot list: {err.message}"
+                raise KubeSourceError(err.failure, message) from exc
+            # The server may ignore the field selector: check the node here too.
+            on_node = [p for p in items if not node or (p.get("spec") or {}).get("nodeName") == node]
+            cni_pod = on_node[0] if on_node else None
+            if cni_pod is not None:
+                break
+        if cni_pod is None:
+            raise KubeSourceError(
+                Failure.LOG,
+                f"{lead}, and no istio-cni-node pod ({CNI_LABEL}) runs there in "
+                f"{' or '.join(self.cni_namespaces)}: read the live table with --debug-container",
+            )
+        cni_ref = _ref(cni_pod)
+        containers = [c.get("name") for c in (cni_pod.get("spec") or {}).get("containers") or []]
+        container = CNI_CONTAINER if CNI_CONTAINER in containers or not containers else str(containers[0])
+        text = self.read_log(cni_ref.namespace, cni_ref.name, container)
+        try:
+            rules = parse_cni_log(text, ref.name)
+        except InitLogError as err:
+            raise KubeSourceError(Failure.LOG, f"{lead} ({cni_ref}), but: {err}") from err
+        label = f"istio-cni-node log ({cni_ref}): applied at pod start, not necessarily live"
+        return _reading_from_rules(rules, label), [_log_note(rules, f"istio-cni-node {cni_ref}")]
+
+
+# --- pure helpers (tested directly) -------------------------------------------------------------
+
+
+def classify(pod: Mapping[str, Any]) -> tuple[MeshMode, str]:
+    """Is the pod in the mesh with a sidecar? The second value is a note for the user ("" if plain)."""
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    ref = _ref(pod)
+    if proxy_container(pod) is None:
+        if annotations.get("ambient.istio.io/redirection") == "enabled":
+            return MeshMode.AMBIENT, f"pod {ref} is in ambient mode (ztunnel captures): no sidecar rules"
+        return MeshMode.NO_SIDECAR, f"pod {ref} has no istio-proxy sidecar: nothing to explain"
+    mode = annotations.get("sidecar.istio.io/interceptionMode")
+    if mode == "NONE":
+        return MeshMode.NO_CAPTURE, f"pod {ref} has interceptionMode NONE: istio-proxy captures no traffic"
+    return MeshMode.SIDECAR, ""
+
+
+def proxy_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """istio-proxy as a container, or as a native sidecar (an init container with restartPolicy Always)."""
+    spec = pod.get("spec") or {}
+    for c in spec.get("containers") or []:
+        if c.get("name") == PROXY:
+            return dict(c)
+    for c in spec.get("initContainers") or []:
+        if c.get("name") == PROXY and c.get("restartPolicy") == "Always":
+            return dict(c)
+    return None
+
+
+def uses_istio_cni(pod: Mapping[str, Any]) -> bool:
+    spec = pod.get("spec") or {}
+    init_names = {c.get("name") for c in spec.get("initContainers") or []}
+    status = (pod.get("metadata") or {}).get("annotations", {}).get("sidecar.istio.io/status", "")
+    return CNI_VALIDATION in init_names or (INIT_CONTAINER not in init_names and CNI_VALIDATION in status)
+
+
+def admin_port(pod: Mapping[str, Any]) -> int:
+    """Envoy's admin port: `proxyAdminPort` in the proxy.istio.io/config annotation, else 15000."""
+    config = ((pod.get("metadata") or {}).get("annotations") or {}).get("proxy.istio.io/config", "")
+    m = re.search(r"proxyAdminPort\"?\s*:\s*\"?(\d+)", config)
+    return int(m.group(1)) if m else DEFAULT_ADMIN_PORT
+
+
+def listeners_argv(port: int) -> list[str]:
+    argv = ["pilot-agent", "request", "GET", "listeners?format=json"]
+    return [*argv, "--debug-port", str(port)] if port != DEFAULT_ADMIN_PORT else argv
+
+
+def capture_script(marker: str, port: int) -> str:
+    """One shell run printing each reading between `MARKER begin NAME` and `MARKER end NAME RC` lines.
+
+    Both stdout and stderr get the markers, so each section's stderr is attributed too. The end marker
+    starts on a fresh line (`printf '\\n...'`): output without a final newline stays intact."""
+    listeners = " ".join(listeners_argv(port)[:3]) + " 'listeners?format=json'" + (
+        f" --debug-port {port}" if port != DEFAULT_ADMIN_PORT else ""
+    )
+    commands = {
+        "v4": "iptables-save -c",
+        "v6": "ip6tables-save -c",
+        "nft": "nft list ruleset",
+        "listeners": f"{listeners} || curl -sf http://127.0.0.1:{port}/listeners?format=json",
+    }
+    parts = []
+    for name, command in commands.items():
+        parts.append(
+            f"echo '{marker} begin {name}'; echo '{marker} begin {name}' >&2; {command}; rc=$?; "
+            f"printf '\\n{marker} end {name} %s\\n' $rc; printf '\\n{marker} end {name} %s\\n' $rc >&2"
+        )
+    return "\n".join(parts) + "\n"
+
+
+def split_sections(result: ExecResult, marker: str) -> dict[str, _Section] | None:
+    """The sections of a capture_script run, or None when the script never started (no shell)."""
+    out, err = _split(result.stdout, marker), _split(result.stderr, marker)
+    if not out:
+        return None
+    return {
+        name: _Section(text, err.get(name, ("", rc))[0], rc) for name, (text, rc) in out.items()
+    }
+
+
+def _split(text: str, marker: str) -> dict[str, tuple[str, int]]:
+    pattern = re.compile(
+        rf"^{re.escape(marker)} begin (\w+)\n(.*?)\n{re.escape(marker)} end \1 (\d+)$", re.S | re.M
+    )
+    return {m.group(1): (m.group(2), int(m.group(3))) for m in pattern.finditer(text)}
+
+
+def interpret_nat(
+    sections: Mapping[str, _Section], ref: PodRef, where: str, kind: NatSource
+) -> tuple[NatReading | None, KubeSourceError | None]:
+    """The nat reading out of the v4/v6/nft sections, or the one-line reason there is none."""
+    v4 = sections.get("v4")
+    if v4 is None:
+        return None, KubeSourceError(Failure.API_ERROR, f"no iptables-save output from {where} of pod {ref}")
+    both = v4.stderr + v4.stdout
+    if v4.returncode != 0:
+        if _PERMISSION.search(both):
+            hint = (
+                "rerun with --debug-container, or read the rules applied at start with --source init-log"
+                if kind is NatSource.EXEC else "use --source init-log"
+            )
+            return None, KubeSourceError(
+                Failure.NAT_PERMISSION,
+                f"{where} cannot read the nat table without NET_ADMIN (pod {ref}): {hint}",
+            )
+        if v4.returncode in (126, 127) or _MISSING.search(both):
+            return None, KubeSourceError(
+                Failure.TOOL_MISSING,
+                f"iptables-save is not in the image of {where} (pod {ref}): "
+                + ("rerun with --debug-container or use --source init-log" if kind is NatSource.EXEC
+                   else "use --source init-log"),
+            )
+        return None, KubeSourceError(
+            Failure.API_ERROR,
+            f"iptables-save failed in {where} of pod {ref} (exit {v4.returncode}): "
+            f"{' '.join(both.split())[:160]}",
+        )
+    nft = sections.get("nft")
+    nft_text = nft.stdout if nft is not None and nft.returncode == 0 and nft.stdout.strip() else None
+    v6 = sections.get("v6")
+    v6_text = v6.stdout if v6 is not None and v6.returncode == 0 and v6.stdout.strip() else None
+    label = (
+        "exec istio-proxy: iptables-save -c" if kind is NatSource.EXEC
+        else f"{where} (uid 0, NET_ADMIN): iptables-save -c"
+    )
+    if _has_rules(v4.stdout) or (v6_text and _has_rules(v6_text)):
+        reading = NatReading(source=kind, label=label, v4=v4.stdout, v6=v6_text, nft=nft_text, counters=True)
+        return reading, None
+    if nft_text and "istio" in nft_text:
+        return NatReading(
+            source=kind, label=label.replace("iptables-save -c", "nft list ruleset (native nftables)"),
+            v4="", v6=None, nft=nft_text, counters=True,
+        ), None
+    legacy = " (iptables-save warns that iptables-legacy tables are present: the rules may be there)" if (
+        "iptables-legacy tables present" in both) else ""
+    nft_hint = (
+        "nft is not available there" if nft is None or nft.returncode != 0 else "nft shows no istio tables"
+    )
+    return None, KubeSourceError(
+        Failure.EMPTY_TABLE,
+        f"the nat table read in {where} of pod {ref} is empty{legacy}: native nftables mode (Istio 1.27+) "
+        f"keeps the rules in `nft list ruleset`, and {nft_hint}: "
+        + ("rerun with --debug-container or use --source init-log" if kind is NatSource.EXEC
+           else "use --source init-log"),
+    )
+
+
+def interpret_listeners(section: _Section | None, where: str) -> tuple[ListenersReading | None, str | None]:
+    who = "exec istio-proxy" if where == PROXY else where
+    label = f"{who}: pilot-agent request GET listeners?format=json"
+    if section is None:
+        return None, None
+    text = section.stdout.strip()
+    if section.returncode == 0 and text.startswith("{"):
+        return ListenersReading(label=label, json_text=text), None
+    detail = " ".join((section.stderr or section.stdout).split())[:160]
+    return None, f"Envoy listeners not read in {where} (exit {section.returncode}): {detail or 'no output'}"
+
+
+def _listeners_text(sections: Mapping[str, _Section]) -> str | None:
+    reading, _ = interpret_listeners(sections.get("listeners"), "")
+    return reading.json_text if reading else None
+
+
+def debug_container_spec(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """podnat's ephemeral container: the proxy's own image, uid 0 with NET_ADMIN/NET_RAW, idle."""
+    proxy = proxy_container(pod) or {}
+    return {
+        "name": DEBUG_CONTAINER,
+        "image": proxy.get("image"),
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sleep", "infinity"],
+        "targetContainerName": PROXY,
+        "stdin": False,
+        "tty": False,
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]},
+        },
+    }
+
+
+def _reading_from_rules(rules: InitLogRules, label: str) -> NatReading:
+    return NatReading(
+        source=NatSource.INIT_LOG, label=label, v4=rules.v4, v6=rules.v6, nft=rules.nft, counters=False
+    )
+
+
+def _log_note(rules: InitLogRules, where: str) -> str:
+    what = "restore input (no iptables-save dump was logged)" if rules.kind is RulesKind.RESTORE_INPUT else (
+        rules.kind.value)
+    return f"{where} log, Istio {rules.log_format.value} format: {what}, from line {rules.line}"
+
+
+def _proxy_not_running(pod: Mapping[str, Any], ref: PodRef) -> KubeSourceError | None:
+    status = pod.get("status") or {}
+    statuses = [*(status.get("containerStatuses") or []), *(status.get("initContainerStatuses") or [])]
+    proxy = next((s for s in statuses if s.get("name") == PROXY), None)
+    if proxy is None:
+        return None  # no status reported (yet): let the exec say what is wrong
+    state = proxy.get("state") or {}
+    if "running" in state:
+        return None
+    phase, detail = next(iter(state.items()), ("unknown", None))
+    reason = (detail or {}).get("reason") or phase
+    return KubeSourceError(
+        Failure.PROXY_NOT_READY,
+        f"istio-proxy in pod {ref} is not ready: not running ({phase}: {reason}): see `kubectl describe pod "
+        f"{ref.name} -n {ref.namespace}`, or read the rules applied at start with --source init-log",
+    )
+
+
+def _ephemeral_status(pod: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    for s in (pod.get("status") or {}).get("ephemeralContainerStatuses") or []:
+        if s.get("name") == name:
+            return dict(s)
+    return None
+
+
+def _returncode(ws: Any) -> int | None:
+    try:
+        rc = ws.returncode
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None  # a Failure without a numeric cause, or no status frame at all
+    return int(rc) if rc is not None else None
+
+
+def _looks_missing(result: ExecResult) -> bool:
+    text = result.stderr + result.stdout
+    if "executable file not found" in text:
+        return True
+    return result.returncode in (126, 127, 128) and bool(_MISSING.search(text))
+
+
+def _has_rules(text: str) -> bool:
+    return bool(re.search(r"^(?:\[\d+:\d+\] )?-A ", text, re.M))
+
+
+def _ref(pod: Mapping[str, Any]) -> PodRef:
+    meta = pod.get("metadata") or {}
+    return PodRef(str(meta.get("namespace") or "default"), str(meta.get("name") or "?"))
+
+
+def _body(resp: Any) -> bytes:
+    """The raw body of a `_preload_content=False` answer (a urllib3 response)."""
+    data = resp.data
+    return data if isinstance(data, bytes) else str(data).encode()
+
+
+def _json_or_none(body: Any) -> dict[str, Any] | None:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(body) if isinstance(body, str) else None
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _selector_string(selector: Mapping[str, Any]) -> str | None:
+    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        if op == "In":
+            parts.append(f"{key} in ({','.join(values)})")
+        elif op == "NotIn":
+            parts.append(f"{key} notin ({','.join(values)})")
+        elif op == "Exists":
+            parts.append(str(key))
+        elif op == "DoesNotExist":
+            parts.append(f"!{key}")
+    return ",".join(parts) or None
+
+
+def _owned_by_deployment(pod: Mapping[str, Any], deployment: str) -> bool:
+    meta = pod.get("metadata") or {}
+    owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == "ReplicaSet"]
+    if owners:
+        rs = str(owners[0].get("name", ""))
+        return rs.startswith(f"{deployment}-") and "-" not in rs[len(deployment) + 1:]
+    name = str(meta.get("name", ""))
+    rest = name[len(deployment) + 1:] if name.startswith(f"{deployment}-") else ""
+    return bool(re.fullmatch(r"[a-z0-9]+-[a-z0-9]+", rest))
+
+
+def _pod_preference(pod: Mapping[str, Any]) -> tuple[int, int, str]:
+    """kubectl's choice for `deploy/NAME`: running and ready first, then the newest."""
+    status = pod.get("status") or {}
+    running = status.get("phase") == "Running"
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    created = str((pod.get("metadata") or {}).get("creationTimestamp") or "")
+    # Newest first: complementing each character makes a later RFC 3339 timestamp sort lower.
+    return (0 if running else 1, 0 if ready else 1, "".join(chr(0x10FFFF - ord(ch)) for ch in created))
