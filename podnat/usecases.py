@@ -139,9 +139,6 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
                      expected_listeners=istio_default_listeners(intent.outbound_port, intent.inbound_port))
     if findings:
         report = Explanation(report.flows, report.shadowed, tuple(findings) + report.findings, report.diff)
-    if facts.nat.debug_container_added:
-        notes.append(f"added ephemeral container {facts.nat.debug_container} (it stays until the pod is deleted; "
-                     "podnat reuses it next time)")
     return _with(base, sources=sources, explanation=report, ruleset=live, listeners=listeners, notes=tuple(notes))
 
 

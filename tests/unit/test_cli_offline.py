@@ -1,0 +1,122 @@
+"""The offline commands as a user runs them: JSON contract, exit codes, one-line errors, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+DEFAULT = DATA / "default.v4.iptables-save"
+
+
+def podnat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "podnat", *args], input=stdin, capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def test_trace_json_contract():
+    result = podnat("trace", "--nat-file", str(DEFAULT), "--pod-ip", "10.99.0.2", "--from", "app",
+                    "--to", "10.99.0.1:9080", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) >= {"legs", "envoy_ports", "outcome", "delivered_to"}
+    assert [leg["rules"] for leg in data["legs"]] == [
+        ["OUTPUT:1", "ISTIO_OUTPUT:9", "ISTIO_REDIRECT:1"], ["OUTPUT:1", "ISTIO_OUTPUT:4"]]
+    first = data["legs"][0]
+    assert {k: first[k] for k in ("actor", "src", "dst", "hook", "verdict", "to")} == {
+        "actor": "app", "src": "10.99.0.2", "dst": "10.99.0.1:9080", "hook": "OUTPUT",
+        "verdict": "REDIRECT", "to": "127.0.0.1:15001"}
+    assert data["envoy_ports"] == [15001]
+    assert data["outcome"] == "delivered" and data["delivered_to"] == "10.99.0.1:9080"
+
+
+def test_trace_remote_and_endpoint():
+    result = podnat("trace", "--nat-file", "-", "--pod-ip", "10.99.0.2", "--from", "app",
+                    "--to", "10.96.12.3:9080", "--endpoint", "10.99.0.2", "-o", "json", stdin=DEFAULT.read_text())
+    data = json.loads(result.stdout)
+    assert data["envoy_ports"] == [15001, 15006]
+    assert data["delivered_to"] == "10.99.0.2:9080"
+    inbound = podnat("trace", "--nat-file", str(DEFAULT), "--pod-ip", "10.99.0.2", "--from", "remote",
+                     "--to", "10.99.0.2:9080", "-o", "json")
+    legs = json.loads(inbound.stdout)["legs"]
+    assert legs[0]["hook"] == "PREROUTING" and legs[0]["to"] == "10.99.0.2:15006"
+    assert legs[1]["src"] == "127.0.0.6"
+
+
+def test_trace_refused_exits_1(tmp_path):
+    listeners = tmp_path / "l.json"
+    listeners.write_text(json.dumps({"listener_statuses": [
+        {"name": "virtualInbound", "local_address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}}}]}))
+    result = podnat("trace", "--nat-file", str(DEFAULT), "--pod-ip", "10.99.0.2", "--from", "app",
+                    "--to", "10.99.0.1:80", "--listeners", str(listeners), "-o", "json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["outcome"] == "refused"
+
+
+def test_explain_json_has_flows_shadowed_findings():
+    result = podnat("explain", str(DEFAULT), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert sorted({f["type"] for f in data["flows"]}) == [1, 2, 3, 4, 5, 6]
+    assert [s["rule"] for s in data["shadowed"]] == ["ISTIO_OUTPUT:5", "ISTIO_OUTPUT:6", "ISTIO_OUTPUT:8"]
+    assert "findings" in data and "diff" not in data
+
+
+def test_explain_human_output_names_rules():
+    result = podnat("explain", str(DEFAULT))
+    assert result.returncode == 0
+    assert "ISTIO_OUTPUT:9" in result.stdout and "Envoy 15001" in result.stdout
+
+
+BAD_INPUTS = {
+    "truncated": "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j RETURN\n",
+    "garbage": "\x7fELF\x02\x01 garbage\n",
+    "unknown option": "*nat\n-A PREROUTING --frobnicate -j RETURN\nCOMMIT\n",
+    "rule before chain": "*nat\n-A FOO -j RETURN\nCOMMIT\n",
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_4(tmp_path, name):
+    path = tmp_path / "bad.txt"
+    path.write_text(BAD_INPUTS[name])
+    result = podnat("explain", str(path))
+    assert result.returncode == 4
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("podnat: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_binary_file_exit_4(tmp_path):
+    path = tmp_path / "bin"
+    path.write_bytes(b"\x00\x01\x02\xff" * 64)
+    result = podnat("explain", str(path))
+    assert result.returncode == 4 and "binary" in result.stderr
+
+
+def test_missing_file_exit_4():
+    result = podnat("explain", "/nonexistent/table")
+    assert result.returncode == 4 and "cannot read" in result.stderr
+
+
+def test_usage_errors_exit_2():
+    assert podnat("trace", "--nat-file", str(DEFAULT), "--pod-ip", "nope", "--from", "app",
+                  "--to", "1.2.3.4:80").returncode == 2
+    assert podnat("trace", "--nat-file", str(DEFAULT)).returncode == 2
+    assert podnat("explain", str(DEFAULT), "-o", "xml").returncode == 2
+
+
+def test_offline_commands_do_not_import_the_kubernetes_client():
+    code = ("import sys, runpy; sys.argv=['podnat','explain',%r,'-o','json'];\n"
+            "try:\n  runpy.run_module('podnat', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "assert 'kubernetes' not in sys.modules, 'kubernetes imported'\n") % str(DEFAULT)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
