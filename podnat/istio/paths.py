@@ -30,12 +30,9 @@ from podnat.netfilter.traverse import TableTrace, VerdictKind, traverse
 MAX_LEGS = 8
 EPHEMERAL_PORT = 50000  # the source port podnat gives a connection's first packet
 
-# The hooks the kernel runs, in priority order, for a connection's first packet.
-LOCAL_OUT = (("raw", "OUTPUT"), ("mangle", "OUTPUT"), ("nat", "OUTPUT"), ("filter", "OUTPUT"),
-             ("mangle", "POSTROUTING"), ("nat", "POSTROUTING"))
-LOOPBACK_IN = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INPUT"), ("filter", "INPUT"))
-REMOTE_IN = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("mangle", "INPUT"),
-             ("filter", "INPUT"), ("nat", "INPUT"))
+# The hooks the kernel runs for a connection's first packet; at each, every base chain in priority order.
+LOCAL_OUT = ("OUTPUT", "POSTROUTING")
+REMOTE_IN = ("PREROUTING", "INPUT")
 
 
 class Outcome(str, Enum):
@@ -171,9 +168,9 @@ def _walk(
     to: Endpoint | None = None
     verdict = "ACCEPT"
     current = dst
-    stages = LOCAL_OUT if local_sender else REMOTE_IN
-    for table, table_hook in stages:
-        trace = traverse(ruleset, table, table_hook, packet)
+    stages = [(c, h) for h in (LOCAL_OUT if local_sender else REMOTE_IN) for c in ruleset.base_chains(h)]
+    for base, table_hook in stages:
+        trace = traverse(ruleset, base.table, table_hook, packet, start=base.chain)
         hits.extend(trace.hits)
         packet = trace.packet
         stop = _stop(trace)
@@ -199,8 +196,9 @@ def _walk(
     if local_sender and ctx.is_local(current.address):
         # Looped back over lo: nat is done with this connection, the other tables see it again.
         arrival_packet = replace(packet, in_iface="lo", out_iface=None)
-        for table, table_hook in LOOPBACK_IN:
-            trace = traverse(ruleset, table, table_hook, arrival_packet)
+        arrivals = [(c, h) for h in REMOTE_IN for c in ruleset.base_chains(h) if c.kind != "nat"]
+        for base, table_hook in arrivals:
+            trace = traverse(ruleset, base.table, table_hook, arrival_packet, start=base.chain)
             hits.extend(trace.hits)
             arrival_packet = trace.packet
             stop = _stop(trace)
