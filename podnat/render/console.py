@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, FlowReport, FlowStatus, flow_types
 from podnat.usecases import PodReport, VerifyReport
 from podnat.istio.paths import FlowTrace, Leg, Outcome
@@ -134,6 +135,16 @@ def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, t
         for s in expl.shadowed:
             out.print(Text.assemble("  ", (f"{s.rule.ref:<18}", "cyan"), s.rule.text))
             out.print(Text(f"      {s.reason}", style="dim"))
+    observed = evidence(expl, ruleset) if ruleset is not None else None
+    if observed is not None:
+        out.print(Text("Counters (packets since the rules were loaded):", style="bold"))
+        for flow in observed.flows:
+            word = "consistent" if flow.consistent else "not yet seen: " + ", ".join(flow.silent) + " never counted"
+            label = f"type {flow.flow}" + (f" ({flow.variant})" if flow.variant else "")
+            out.print(Text.assemble("  ", (f"{label:<22}", "bold"), (word, "green" if flow.consistent else "yellow")))
+        for ref, text, packets in observed.unexpected:
+            out.print(Text.assemble("  traffic you did not expect: ", (ref, "cyan"), f", {packets:,} packets  ",
+                                    (text, "dim")))
     if expl.findings:
         out.print(Text("Findings:", style="bold"))
         for f in expl.findings:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, Finding
 from podnat.istio.paths import FlowTrace, Leg
 from podnat.istio.reconcile import RuleDiff
@@ -84,6 +85,14 @@ def explanation_data(expl: Explanation, counters: Ruleset | None = None) -> dict
     }
     if expl.diff is not None:
         result["diff"] = [diff_data(d) for d in expl.diff]
+    observed = evidence(expl, counters) if counters is not None else None
+    if observed is not None:
+        result["evidence"] = {
+            "flows": [{"type": f.flow, "variant": f.variant, "consistent": f.consistent,
+                       "packets": dict(f.counts)} for f in observed.flows],
+            "unexpected": [{"rule": ref, "text": text, "packets": packets}
+                           for ref, text, packets in observed.unexpected],
+        }
     return result
 
 
