@@ -309,25 +309,12 @@ def _timeout(text: str | None) -> float | None:
 
 
 def _connect(kubeconfig: str | None, context: str | None, request_timeout: str | None) -> tuple[Any, str]:
-    from podnat.kube.client import KubeClient, KubeOptions
+    from podnat.kube.client import KubeClient, KubeOptions, context_namespace
     from podnat.kube.source import KubePodSource
 
     options = KubeOptions(kubeconfig=kubeconfig, context=context, request_timeout=_timeout(request_timeout))
     client = KubeClient.connect(options)
-    return KubePodSource(client), _context_namespace(kubeconfig, context)
-
-
-def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
-    """The namespace the kubeconfig context names (kubectl's default), else "default"."""
-    try:
-        from kubernetes import config as kube_config
-
-        contexts, current = kube_config.list_kube_config_contexts(config_file=kubeconfig)
-        chosen = next((c for c in contexts if c["name"] == context), current) if context else current
-        return str((chosen or {}).get("context", {}).get("namespace") or "default")
-    except Exception:
-        in_cluster = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-        return in_cluster.read_text().strip() if in_cluster.is_file() else "default"
+    return KubePodSource(client), context_namespace(options)
 
 
 @app.command()

@@ -135,3 +135,20 @@ def _set_websocket_timeout(seconds: float) -> None:
     import websocket
 
     websocket.setdefaulttimeout(seconds)
+
+
+def context_namespace(options: KubeOptions) -> str:
+    """The namespace kubectl would use: the context's, in-cluster the pod's own, else "default"."""
+    from kubernetes import config as kube_config
+
+    paths = [options.kubeconfig] if options.kubeconfig else _default_kubeconfig()
+    existing = [p for p in paths if Path(p).expanduser().is_file()]
+    if existing:
+        try:
+            contexts, current = kube_config.list_kube_config_contexts(config_file=existing[0])
+        except Exception:
+            return "default"
+        chosen = next((c for c in contexts if c["name"] == options.context), current) if options.context else current
+        return str((chosen or {}).get("context", {}).get("namespace") or "default")
+    namespace_file = IN_CLUSTER_TOKEN.with_name("namespace")
+    return namespace_file.read_text().strip() if namespace_file.is_file() else "default"
