@@ -29,6 +29,7 @@ from podnat.netfilter.traverse import TableTrace, VerdictKind, traverse
 
 MAX_LEGS = 8
 EPHEMERAL_PORT = 50000  # the source port podnat gives a connection's first packet
+TPROXY_SOCKET_MARK = 1337  # Istio's inbound original_src filter marks Envoy's upstream sockets 0x539
 
 # The hooks the kernel runs for a connection's first packet; at each, every base chain in priority order.
 LOCAL_OUT = ("OUTPUT", "POSTROUTING")
@@ -102,10 +103,10 @@ def trace_flow(
     legs: list[Leg] = []
     ports: list[int] = []
     seen: set[tuple[int, Endpoint]] = set()
-    actor, dst, identity = spec.actor, spec.destination, spec.identity
+    actor, dst, identity, mark = spec.actor, spec.destination, spec.identity, 0
     src = spec.source if spec.source is not None else _source_for(dst, ctx)
     for _ in range(MAX_LEGS):
-        arrival = _walk(ruleset, ctx, actor, src, dst, identity, spec.proto)
+        arrival = _walk(ruleset, ctx, actor, src, dst, identity, spec.proto, mark)
         legs.append(arrival.leg)
         if arrival.stop is not None:
             return FlowTrace(spec, tuple(legs), tuple(ports), arrival.stop, None, arrival.reason)
@@ -131,7 +132,7 @@ def trace_flow(
         if upstream is None:
             return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final,
                              f"handled by Envoy listener {listener.name}")
-        next_src, next_dst = upstream
+        next_src, next_dst, mark = upstream
         if next_dst == final and arrival.leg.to is None:
             return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.LOOP, None,
                              f"{listener.name} would connect to itself ({final})")
@@ -148,6 +149,7 @@ def _walk(
     dst: Endpoint,
     identity: Identity | None,
     proto: str,
+    mark: int = 0,
 ) -> _Arrival:
     local_sender = actor is not Actor.REMOTE
     packet = Packet(
@@ -161,6 +163,7 @@ def _walk(
         uid=identity.uid if (local_sender and identity) else None,
         gid=identity.gid if (local_sender and identity) else None,
         groups=identity.groups if (local_sender and identity) else frozenset(),
+        mark=mark,
         local_addresses=frozenset({ctx.pod_ip, ctx.loopback}),
     )
     hook = "OUTPUT" if local_sender else "PREROUTING"
@@ -257,17 +260,20 @@ def _socket_name(ctx: PodContext, final: Endpoint) -> str:
 
 def _envoy_upstream(
     listener: Listener, original: Endpoint, client: IPAddress, ctx: PodContext
-) -> tuple[IPAddress, Endpoint] | None:
-    """The connection Envoy opens for what `listener` received (None: Envoy answers it itself)."""
+) -> tuple[IPAddress, Endpoint, int] | None:
+    """The connection Envoy opens for what `listener` received: (source, destination, socket mark);
+    None when Envoy answers it itself."""
     kind = listener.kind
     if kind == "virtualOutbound":
         upstream = ctx.endpoint_for(original)
-        return _source_for(upstream, ctx), upstream
+        return _source_for(upstream, ctx), upstream, 0
     if kind == "virtualInbound":
-        source = client if ctx.transparent_inbound else ctx.inbound_source
-        return source, original
+        if ctx.transparent_inbound:
+            # TPROXY: the original_src filter keeps the client's address and marks the socket 1337.
+            return client, original, TPROXY_SOCKET_MARK
+        return ctx.inbound_source, original, 0
     if kind == "prometheus":
-        return ctx.loopback, ctx.admin
+        return ctx.loopback, ctx.admin, 0
     if kind == "health":
-        return ctx.loopback, Endpoint(ctx.loopback, ctx.agent_ports[0] if ctx.agent_ports else 15020)
+        return ctx.loopback, Endpoint(ctx.loopback, ctx.agent_ports[0] if ctx.agent_ports else 15020), 0
     return None
