@@ -119,3 +119,26 @@ def test_unknown_match_is_undecided_and_named(default):
     trace = flows_by_name(parse_ruleset(text))[(FlowType.LOCAL_TO_REMOTE, None)]
     assert trace.outcome is Outcome.UNDECIDED
     assert "OUTPUT:1" in trace.reason and "blocked" in trace.reason
+
+
+def test_tproxy_paths_match_the_kernel_bench():
+    """FACTS.md, TPROXY: inbound is diverted by mangle ISTIO_TPROXY to 15006; the app sees the client's
+    address (ISTIO_OUTPUT #1 never counts); Envoy's legs over lo return at #3, its outbound legs at #7."""
+    from conftest import REFERENCE
+
+    text = (REFERENCE / "kernel-save/iptables/inbound-ports-wildcard-tproxy.v4.iptables-save").read_text()
+    text = text.replace("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n",
+                        "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n")
+    ctx = PodContext(proxy=Identity(0, 1337), transparent_inbound=True)
+    flows = flows_by_name(parse_ruleset(text), ctx)
+    inbound = flows[(FlowType.REMOTE_TO_LOCAL, None)]
+    assert inbound.legs[0].rules == ("mangle/PREROUTING:1", "mangle/ISTIO_INBOUND:5", "mangle/ISTIO_TPROXY:1")
+    assert inbound.legs[0].verdict == "TPROXY" and inbound.envoy_ports == (15006,)
+    assert str(inbound.legs[1].src) == "10.99.0.1"
+    assert "ISTIO_OUTPUT:3" in inbound.legs[1].rules and "ISTIO_OUTPUT:1" not in inbound.legs[1].rules
+    assert inbound.outcome is Outcome.DELIVERED and str(inbound.delivered_to) == "10.99.0.2:9080"
+    outbound = flows[(FlowType.LOCAL_TO_REMOTE, None)]
+    assert outbound.legs[1].rules == ("OUTPUT:1", "ISTIO_OUTPUT:7")
+    hairpin = flows[(FlowType.LOCAL_TO_LOCAL, None)]
+    assert hairpin.envoy_ports == (15001, 15006)
+    assert "mangle/OUTPUT:3" in hairpin.legs[1].rules and hairpin.legs[1].verdict == "TPROXY"
