@@ -7,11 +7,20 @@ the rules, naming causes. This is the one function the CLI's explain, inspect an
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from enum import Enum
 
 from podnat.envoy.listeners import Listener
-from podnat.istio.flows import FlowSpec, FlowType, PodContext, service_context, six_flows
+from podnat.istio.flows import (
+    DNS_PROXY_PORT,
+    Endpoint,
+    FlowSpec,
+    FlowType,
+    PodContext,
+    service_context,
+    six_flows,
+)
 from podnat.istio.paths import FlowTrace, Outcome, trace_flow
 from podnat.istio.reconcile import DiffKind, RuleDiff, diff_rules
 from podnat.netfilter.model import Ruleset
@@ -93,6 +102,10 @@ def explain(
 ) -> Explanation:
     """Trace every flow through `live` (and `expected`), diff the rules, list what stands out."""
     ctx = service_context(ctx)
+    if ctx.nameserver is None:
+        nameserver = captured_nameserver(expected) if expected is not None else captured_nameserver(live)
+        if nameserver is not None:
+            ctx = ctx.replace(nameserver=nameserver)
     specs = flows if flows is not None else six_flows(ctx)
     reports: list[FlowReport] = []
     for spec in specs:
@@ -104,6 +117,21 @@ def explain(
     findings = _findings(reports, diff or (), live)
     findings += [Finding("info", f"shadow analysis skipped for {s}") for s in reach.skipped]
     return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff)
+
+
+def captured_nameserver(ruleset: Ruleset) -> Endpoint | None:
+    """The resolver whose DNS traffic the table redirects to pilot-agent (15053), if any."""
+    for table in ruleset.tables.values():
+        for rule in table.rules():
+            target = rule.target
+            ports = target.get("to-ports") if target is not None and target.name == "REDIRECT" else None
+            if ports is None or ports.args[0] != str(DNS_PROXY_PORT):
+                continue
+            if rule.destination is not None and not rule.destination.negated:
+                address = ipaddress.ip_network(rule.destination.value.split(",")[0], strict=False)
+                return Endpoint(address.network_address, 53)
+            return Endpoint(ipaddress.ip_address("10.96.0.10" if ruleset.family.value == "ipv4" else "fd00:10:96::a"), 53)
+    return None
 
 
 def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Ruleset) -> list[Finding]:

@@ -22,6 +22,7 @@ class FlowType(IntEnum):
     LOCAL_TO_LOCAL = 4
     ENVOY_LOCALHOST = 5
     SIDECAR_TO_ISTIOD = 6
+    DNS = 7  # only with DNS capture: app -> cluster DNS, answered by pilot-agent on 15053
 
     @property
     def title(self) -> str:
@@ -35,7 +36,9 @@ FLOW_TITLES = {
     FlowType.LOCAL_TO_LOCAL: "local pod -> local pod (via its own Service)",
     FlowType.ENVOY_LOCALHOST: "Envoy-internal localhost",
     FlowType.SIDECAR_TO_ISTIOD: "sidecar -> istiod",
+    FlowType.DNS: "app -> cluster DNS (captured to pilot-agent 15053)",
 }
+DNS_PROXY_PORT = 15053
 
 
 class Actor(str, Enum):
@@ -106,6 +109,7 @@ class PodContext:
     inbound_source: IPAddress = ipaddress.IPv4Address("127.0.0.6")  # ::6 on IPv6
     endpoints: tuple[tuple[Endpoint, Endpoint], ...] = ()  # Service VIP -> endpoint Envoy picks
     transparent_inbound: bool = False  # TPROXY: Envoy keeps the client's address on its inbound leg
+    nameserver: Endpoint | None = None  # set when DNS capture is on: the pod's resolver (flow type 7)
 
     def replace(self, **changes: object) -> PodContext:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -165,6 +169,18 @@ def six_flows(ctx: PodContext) -> tuple[FlowSpec, ...]:
                  identity=ctx.proxy),
         FlowSpec(FlowType.SIDECAR_TO_ISTIOD, FLOW_TITLES[FlowType.SIDECAR_TO_ISTIOD], Actor.PROXY, ctx.istiod,
                  identity=ctx.proxy),
+        *dns_flows(ctx),
+    )
+
+
+def dns_flows(ctx: PodContext) -> tuple[FlowSpec, ...]:
+    """Flow type 7, over UDP and TCP, when the pod captures DNS."""
+    if ctx.nameserver is None:
+        return ()
+    return tuple(
+        FlowSpec(FlowType.DNS, f"app -> cluster DNS ({proto})", Actor.APP, ctx.nameserver, identity=ctx.app,
+                 proto=proto, variant=proto)
+        for proto in ("udp", "tcp")
     )
 
 

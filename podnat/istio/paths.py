@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from podnat.envoy.listeners import Listener, istio_default_listeners
-from podnat.istio.flows import Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
+from podnat.istio.flows import DNS_PROXY_PORT, Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.netfilter.model import IPAddress, Rule, Ruleset
 from podnat.netfilter.packet import Packet
 from podnat.netfilter.traverse import TableTrace, VerdictKind, traverse
@@ -115,6 +115,10 @@ def trace_flow(
             return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final,
                              f"left the pod for {final}")
         listener = _bound_listener(listeners, final)
+        if listener is None and ctx.nameserver is not None and final.port == DNS_PROXY_PORT and final.address.is_loopback:
+            # pilot-agent's DNS proxy answers from its cache or asks the original resolver as the proxy uid.
+            return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final,
+                             f"answered by pilot-agent's DNS proxy on {final}")
         if listener is None:
             if _other_socket(ctx, final):
                 return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final,

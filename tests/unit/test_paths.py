@@ -142,3 +142,19 @@ def test_tproxy_paths_match_the_kernel_bench():
     hairpin = flows[(FlowType.LOCAL_TO_LOCAL, None)]
     assert hairpin.envoy_ports == (15001, 15006)
     assert "mangle/OUTPUT:3" in hairpin.legs[1].rules and hairpin.legs[1].verdict == "TPROXY"
+
+
+def test_dns_capture_adds_flow_7_to_pilot_agent():
+    from conftest import REFERENCE
+
+    from podnat.istio.explain import explain
+
+    ruleset = parse_ruleset((REFERENCE / "kernel-save/iptables/dns-uid-gid.v4.iptables-save").read_text())
+    expl = explain(ruleset, PodContext(proxy=Identity(3, 1)))
+    dns = {f.spec.variant: f.live for f in expl.flows if f.spec.type is FlowType.DNS}
+    assert set(dns) == {"udp", "tcp"}
+    assert dns["udp"].legs[0].rules == ("raw/OUTPUT:1", "raw/ISTIO_OUTPUT_DNS:9", "OUTPUT:1", "ISTIO_OUTPUT:14",
+                                        "ISTIO_OUTPUT_DNS:2", "raw/PREROUTING:1")
+    assert str(dns["udp"].delivered_to) == "127.0.0.1:15053" and dns["tcp"].legs[0].verdict == "REDIRECT"
+    default = parse_ruleset((DATA / "default.v4.iptables-save").read_text())
+    assert not [f for f in explain(default, PodContext()).flows if f.spec.type is FlowType.DNS]
