@@ -40,6 +40,9 @@ class PodReport:
     explanation: Explanation | None = None
     ruleset: Ruleset | None = None
     listeners: tuple[Listener, ...] | None = None
+    pod_ips: tuple[str, ...] = ()  # status.podIPs: two on a dual-stack pod
+    second: Explanation | None = None  # the other IP family's flows, on a dual-stack pod
+    second_ruleset: Ruleset | None = None
     notes: tuple[str, ...] = ()
     error: str | None = None
     error_code: int | None = None
@@ -52,6 +55,8 @@ class PodReport:
         if self.explanation is None:
             return "skipped"
         statuses = {f.status for f in self.explanation.flows}
+        if self.second is not None:
+            statuses |= {f.status for f in self.second.flows}
         for status in (FlowStatus.BROKEN, FlowStatus.DRIFT, FlowStatus.UNKNOWN):
             if status in statuses:
                 return status.value
@@ -100,46 +105,84 @@ def inspect_pod(
 
 
 def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
-    """The pure half of inspect: facts + intent -> explanation."""
+    """The pure half of inspect: facts + intent -> explanation, for each IP family the pod has."""
     sources = dict(base.sources)
     notes = list(facts.notes)
     if facts.nat is None:
         return _with(base, error="no nat table could be read", error_code=int(ExitCode.CLUSTER))
     sources["nat"] = facts.nat.label
-    if not facts.nat.v4.strip():
+    families = _pod_families(base)
+    primary = families[0]
+    text = facts.nat.v4 if primary is Family.IPV4 else (facts.nat.v6 or "")
+    if not text.strip():
         message = ("the nat table is empty: this pod may use native nftables (Istio 1.27+); "
                    "podnat reads iptables rules only" if not facts.nat.nft else
                    "the pod's rules are in native nftables, which this podnat reads as text only")
         return _with(base, sources=sources, error=message, error_code=int(ExitCode.CLUSTER))
     try:
-        live = parse_ruleset(facts.nat.v4, Family.IPV4)
+        live = parse_ruleset(text, primary)
     except ParseError as exc:
         return _with(base, sources=sources, error=f"cannot read the pod's table ({sources['nat']}): {exc}",
                      error_code=int(ExitCode.BAD_INPUT))
-    listeners: tuple[Listener, ...] | None = None
-    findings: list[Finding] = []
-    listeners_text = facts.listeners.json_text if facts.listeners else facts.nat.listeners_json
-    if listeners_text:
-        sources["listeners"] = facts.listeners.label if facts.listeners else sources["nat"]
-        try:
-            listeners = parse_listeners(listeners_text)
-        except ListenersError as exc:
-            notes.append(f"Envoy's listeners could not be read ({exc}); assuming Istio's standard set")
-    else:
-        notes.append("Envoy's listeners could not be read; assuming Istio's standard set")
-    if listeners is not None:
-        bound = {l.port for l in listeners if l.binds}
-        for port in REQUIRED_LISTENERS:
-            if port not in bound:
-                findings.append(Finding("error", f"Envoy has no listener on {port}: traffic redirected there "
-                                        "is refused (is istio-proxy running and configured?)"))
-    ctx = pod_context(base.pod_ip, intent)
-    expected = intent.expected_v4
-    report = explain(live, ctx, listeners, expected=expected,
-                     expected_listeners=istio_default_listeners(intent.outbound_port, intent.inbound_port))
-    if findings:
-        report = Explanation(report.flows, report.shadowed, tuple(findings) + report.findings, report.diff)
-    return _with(base, sources=sources, explanation=report, ruleset=live, listeners=listeners, notes=tuple(notes))
+    listeners, listener_findings, listener_note = _listeners(facts, sources)
+    if listener_note:
+        notes.append(listener_note)
+    expected_listeners = istio_default_listeners(intent.outbound_port, intent.inbound_port)
+    address = base.pod_ips[0] if base.pod_ips else base.pod_ip
+    report = explain(live, pod_context(address, intent), listeners, expected=intent.expected(primary),
+                     expected_listeners=expected_listeners)
+    if listener_findings:
+        report = Explanation(report.flows, report.shadowed, tuple(listener_findings) + report.findings, report.diff)
+    second: Explanation | None = None
+    second_live: Ruleset | None = None
+    if len(families) > 1:
+        other = families[1]
+        other_text = facts.nat.v6 if other is Family.IPV6 else facts.nat.v4
+        other_ip = base.pod_ips[1]
+        if not (other_text or "").strip() or not _has_rules(other_text or "", other):
+            missing = Finding("error", f"the pod has {other.value} address {other_ip} but no {other.value} rules: "
+                              f"its {other.value} traffic bypasses the sidecar (Istio adds them when the pod "
+                              "is dual-stack; was istio-init run with IPv6 on?)")
+            report = Explanation(report.flows, report.shadowed, (*report.findings, missing), report.diff)
+        else:
+            try:
+                second_live = parse_ruleset(other_text or "", other)
+            except ParseError as exc:
+                notes.append(f"the {other.value} table could not be read: {exc}")
+            else:
+                second = explain(second_live, pod_context(other_ip, intent), listeners,
+                                 expected=intent.expected(other), expected_listeners=expected_listeners)
+    return _with(base, sources=sources, explanation=report, ruleset=live, listeners=listeners,
+                 notes=tuple(notes), second=second, second_ruleset=second_live)
+
+
+def _has_rules(text: str, family: Family) -> bool:
+    try:
+        return not parse_ruleset(text, family).empty
+    except ParseError:
+        return True  # let the caller report the parse error
+
+
+def _pod_families(report: PodReport) -> list[Family]:
+    ips = report.pod_ips or ((report.pod_ip,) if report.pod_ip else ())
+    families = [Family.IPV6 if ":" in ip else Family.IPV4 for ip in ips]
+    return list(dict.fromkeys(families)) or [Family.IPV4]
+
+
+def _listeners(facts: PodFacts, sources: dict[str, str]) -> tuple[tuple[Listener, ...] | None, list[Finding], str]:
+    listeners_text = facts.listeners.json_text if facts.listeners else (facts.nat.listeners_json if facts.nat else None)
+    if not listeners_text:
+        return None, [], "Envoy's listeners could not be read; assuming Istio's standard set"
+    sources["listeners"] = facts.listeners.label if facts.listeners else sources["nat"]
+    try:
+        listeners = parse_listeners(listeners_text)
+    except ListenersError as exc:
+        return None, [], f"Envoy's listeners could not be read ({exc}); assuming Istio's standard set"
+    bound = {listener.port for listener in listeners if listener.binds}
+    findings = [Finding("error", f"Envoy has no listener on {port}: traffic redirected there is refused "
+                        "(is istio-proxy running and configured?)")
+                for port in REQUIRED_LISTENERS if port not in bound]
+    return listeners, findings, ""
 
 
 def pod_context(pod_ip: str | None, intent: Any) -> PodContext:
@@ -158,7 +201,9 @@ def pod_context(pod_ip: str | None, intent: Any) -> PodContext:
 def _pod_header(pod: Mapping[str, Any], ref: PodRef) -> PodReport:
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
-    return PodReport(ref=ref, node=spec.get("nodeName"), pod_ip=status.get("podIP"))
+    ips = tuple(str(entry.get("ip")) for entry in status.get("podIPs") or [] if entry.get("ip"))
+    return PodReport(ref=ref, node=spec.get("nodeName"), pod_ip=status.get("podIP"),
+                     pod_ips=ips or ((status["podIP"],) if status.get("podIP") else ()))
 
 
 def _with(report: PodReport, **changes: Any) -> PodReport:

@@ -141,6 +141,9 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
                              for l in report.listeners]
     if report.explanation is not None:
         data.update(explanation_data(report.explanation, report.ruleset))
+    if report.second is not None and report.second_ruleset is not None:
+        data["second_family"] = {"family": report.second_ruleset.family.value,
+                                 **explanation_data(report.second, report.second_ruleset)}
     return data
 
 

@@ -1,0 +1,152 @@
+"""What Istio meant to install in a pod: its interception config and the expected rule sets. Pure.
+
+From a live pod's spec (istio-init args and env, or istio-cni annotations and defaults, the proxy
+image tag for the release) or from an istio-init command line given offline (`explain --args`).
+podnat/istio/config.py and generator.py do the Istio work; this module adapts them for the use cases.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from podnat.errors import BadInput, UsageError
+from podnat.netfilter.model import Family, Ruleset
+from podnat.netfilter.parse import ParseError, parse_ruleset
+
+PROXY = "istio-proxy"
+
+
+@dataclass(frozen=True, slots=True)
+class PodIntent:
+    """A pod's place in the mesh and, for a sidecar pod, the rules Istio meant to install."""
+
+    mesh: str  # sidecar | no-sidecar | ambient | no-capture
+    label: str  # where the intent came from, for the user
+    version: str | None = None
+    mode: str | None = None  # REDIRECT | TPROXY
+    expected_rules: Mapping[Family, Ruleset] = field(default_factory=dict)
+    app_ports: tuple[int, ...] = (9080,)
+    proxy_uid: int = 1337
+    proxy_gid: int = 1337
+    outbound_port: int = 15001
+    inbound_port: int = 15006
+
+    def expected(self, family: Family) -> Ruleset | None:
+        return self.expected_rules.get(family)
+
+    @property
+    def expected_v4(self) -> Ruleset | None:
+        return self.expected(Family.IPV4)
+
+
+def intent_for_pod(pod: Mapping[str, Any]) -> PodIntent:
+    """The intent of a live pod (a Pod as the API returns it)."""
+    from podnat.istio.config import InterceptionConfig
+
+    config = InterceptionConfig.from_pod(pod)
+    return _intent(config, pod)
+
+
+def expected_ruleset(
+    family: Family, args: str | None = None, version: str | None = None, pod: Mapping[str, Any] | None = None
+) -> Ruleset:
+    """For `podnat explain --args ... | --pod-spec ...`: the expected rules of one family."""
+    from podnat.istio.config import InterceptionConfig
+
+    if pod is not None:
+        if _kind(pod) not in ("Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", ""):
+            raise BadInput(f"--pod-spec holds a {_kind(pod)}, not a pod: pass `kubectl get pod NAME -o yaml`")
+        config = InterceptionConfig.from_pod(pod)
+    else:
+        try:
+            argv = shlex.split(args or "")
+        except ValueError as exc:
+            raise UsageError(f"--args: {exc}") from None
+        try:
+            config = InterceptionConfig.from_args(argv, {}, version)
+        except ValueError as exc:
+            raise UsageError(f"--args: {exc}") from None
+    intent = _intent(config, pod or {})
+    if intent.mesh != "sidecar":
+        raise UsageError(f"no expected rules: {intent.label}")
+    expected = intent.expected(family)
+    if expected is None:
+        raise UsageError(f"the configuration installs no {family.value} rules (is IPv6 enabled?)")
+    return expected
+
+
+def _kind(pod: Mapping[str, Any]) -> str:
+    return str(pod.get("kind") or "")
+
+
+def _intent(config: Any, pod: Mapping[str, Any]) -> PodIntent:
+    from podnat.istio.generator import expected_rules
+
+    mesh = getattr(config, "mesh", "sidecar")
+    label = getattr(config, "source", "") or "istio-init arguments"
+    if mesh != "sidecar":
+        return PodIntent(mesh=mesh, label=getattr(config, "reason", label))
+    rules = expected_rules(config)
+    parsed: dict[Family, Ruleset] = {}
+    for family, text in ((Family.IPV4, rules.v4), (Family.IPV6, rules.v6)):
+        if not text:
+            continue
+        try:
+            parsed[family] = parse_ruleset(text, family)
+        except ParseError as exc:  # a generator bug, not the user's input
+            raise RuntimeError(f"podnat generated an unreadable {family.value} table: {exc}") from exc
+    uid, gid = _proxy_identity(config, pod)
+    return PodIntent(
+        mesh="sidecar",
+        label=label,
+        version=str(config.version) if getattr(config, "version", None) is not None else None,
+        mode=str(getattr(config, "mode", "REDIRECT")),
+        expected_rules=parsed,
+        app_ports=_app_ports(pod),
+        proxy_uid=uid,
+        proxy_gid=gid,
+        outbound_port=int(getattr(config, "proxy_port", 15001)),
+        inbound_port=int(getattr(config, "inbound_capture_port", 15006)),
+    )
+
+
+def _proxy_identity(config: Any, pod: Mapping[str, Any]) -> tuple[int, int]:
+    """The uid/gid Envoy's sockets carry: istio-proxy's securityContext, else Istio's defaults."""
+    proxy = _proxy_container(pod)
+    security = (proxy or {}).get("securityContext") or {}
+    spec_security = (pod.get("spec") or {}).get("securityContext") or {}
+    tproxy = str(getattr(config, "mode", "")).upper() == "TPROXY"
+    uid = security.get("runAsUser", spec_security.get("runAsUser"))
+    gid = security.get("runAsGroup", spec_security.get("runAsGroup"))
+    default_uid = 0 if tproxy else 1337
+    uid = int(uid) if uid is not None else default_uid
+    gid = int(gid) if gid is not None else (1337 if tproxy else uid)
+    return uid, gid
+
+
+def _proxy_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    spec = pod.get("spec") or {}
+    template = (spec.get("template") or {}).get("spec") if "template" in spec else None
+    spec = template or spec
+    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+        if container.get("name") == PROXY:
+            return dict(container)
+    return None
+
+
+def _app_ports(pod: Mapping[str, Any]) -> tuple[int, ...]:
+    """The ports the app containers declare (podnat assumes 9080 when none are declared)."""
+    spec = pod.get("spec") or {}
+    template = (spec.get("template") or {}).get("spec") if "template" in spec else None
+    spec = template or spec
+    ports = [
+        int(port["containerPort"])
+        for container in spec.get("containers") or []
+        if container.get("name") != PROXY
+        for port in container.get("ports") or []
+        if str(port.get("protocol", "TCP")).upper() == "TCP" and port.get("containerPort")
+    ]
+    return tuple(dict.fromkeys(ports)) or (9080,)
