@@ -121,7 +121,7 @@ def pod_addresses(expl: Explanation) -> frozenset[IPAddress]:
 
 
 def _chain_visits(leg: Leg) -> Iterator[tuple[str, tuple[str, ...]]]:
-    chain, numbers = "", []
+    chain, numbers = "", list[str]()
     for ref in leg.rules:
         name, _, number = ref.rpartition(":")
         if name != chain and numbers:
@@ -287,24 +287,17 @@ def _layout(expl: Explanation, stops: list[tuple[Stop, ...]]) -> _Layout:
 
     boxes: dict[str, _Box] = {}
     x = POD_X + 16
-    boxes["app"] = _Box("app", x, TOP_Y, BOX_W, TOP_H, "app", _app_note(expl))
+    boxes["app"] = _Box("app", x, TOP_Y, BOX_W, TOP_H, *node_caption(expl, "app"))
     x += BOX_W + 24
     envoy_x = x
     x += 10
-    boxes["proxy"] = _Box("proxy", x, TOP_Y, LISTENER_W, TOP_H, "upstream", _proxy_note(expl))
-    x += LISTENER_W + 8
-    for port in [*listeners, ADMIN_PORT]:
-        title = f"{port}" if port != ADMIN_PORT else "admin 15000"
-        note = STANDARD_LISTENERS.get(port) or LISTENER_NAMES.get(port, "listener")
-        node = "admin" if port == ADMIN_PORT else f"listener:{port}"
-        boxes[node] = _Box(node, x, TOP_Y, LISTENER_W, TOP_H, title, "socket" if port == ADMIN_PORT else note)
+    for node in ["proxy", *(f"listener:{port}" for port in listeners), "admin"]:
+        boxes[node] = _Box(node, x, TOP_Y, LISTENER_W, TOP_H, *node_caption(expl, node))
         x += LISTENER_W + 8
     envoy = _Box("envoy", envoy_x, TOP_Y - 28, x + 2 - envoy_x, TOP_H + 38, "Envoy (istio-proxy)")
     x += 24
-    boxes["agent"] = _Box("agent", x, TOP_Y, BOX_W, TOP_H, "pilot-agent", "15020, 15053")
-    x += BOX_W + 16
-    for port in voids:
-        boxes[f"void:{port}"] = _Box(f"void:{port}", x, TOP_Y, BOX_W, TOP_H, f":{port}", "nothing listens")
+    for node in ["agent", *(f"void:{port}" for port in voids)]:
+        boxes[node] = _Box(node, x, TOP_Y, BOX_W, TOP_H, *node_caption(expl, node))
         x += BOX_W + 16
     top_right = x
 
@@ -324,8 +317,8 @@ def _layout(expl: Explanation, stops: list[tuple[Stop, ...]]) -> _Layout:
     for column, peers in ((MARGIN, left), (width - MARGIN - PEER_W, right)):
         y = UP_Y - 30
         for role in peers:
-            title, note = _peer_names(expl, role)
-            boxes[f"peer:{role}"] = _Box(f"peer:{role}", column, y, PEER_W, PEER_H, title, note)
+            boxes[f"peer:{role}"] = _Box(f"peer:{role}", column, y, PEER_W, PEER_H,
+                                         *node_caption(expl, f"peer:{role}"))
             y += PEER_H + 22
     return _Layout(boxes, envoy, pod, lanes, width, low_y)
 
@@ -334,6 +327,22 @@ def _proxy_note(expl: Explanation) -> str:
     uids = sorted({leg.identity.uid for r in expl.flows for leg in r.live.legs
                    if leg.actor is Actor.PROXY and leg.identity is not None})
     return f"uid {uids[0]}" if uids else "connections"
+
+
+def node_caption(expl: Explanation, node: str) -> tuple[str, str]:
+    """A node's name and a second line (a port's role, an identity, an address)."""
+    kind, _, key = node.partition(":")
+    if kind == "chain":
+        return key, ""
+    if kind == "listener":
+        port = int(key)
+        return key, STANDARD_LISTENERS.get(port) or LISTENER_NAMES.get(port, "listener")
+    if kind == "void":
+        return f":{key}", "nothing listens"
+    if kind == "peer":
+        return _peer_names(expl, key)
+    return {"app": ("app", _app_note(expl)), "proxy": ("upstream", _proxy_note(expl)),
+            "admin": ("admin 15000", "socket"), "agent": ("pilot-agent", "15020, 15053")}[node]
 
 
 def _app_note(expl: Explanation) -> str:
