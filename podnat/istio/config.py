@@ -132,11 +132,8 @@ class InterceptionConfig:
     ) -> InterceptionConfig:
         """istio-init command + args (a leading `istio-iptables` is skipped) and its env -> config."""
         words = shlex.split(argv) if isinstance(argv, str) else list(argv)
-        while words and (
-            words[0].rsplit("/", 1)[-1] in ("istio-iptables", "pilot-agent") or words[0] == "istio-iptables"
-        ):
-            words = words[1:]
-        if words and words[0] == "istio-iptables":
+        # `istio-iptables`, `/usr/local/bin/istio-iptables`, `pilot-agent istio-iptables`: program words
+        while words and not words[0].startswith("-"):
             words = words[1:]
         values = _parse_flags(words)
         env = dict(env or {})

@@ -1,0 +1,76 @@
+"""Golden conformance over the shared corpus: every non-ambient golden reproduced."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from podnat.istio import conformance
+from podnat.istio.conformance import Verdict, chains, compare, run, summary
+from podnat.istio.generator import expected_rules
+from podnat.istio.goldens import GOLDEN_CASES, CaseKind, case_config, case_for
+from podnat.istio.normalise import normalise_restore
+
+
+def test_every_golden_is_reproduced(reference: Path) -> None:
+    results = run(reference)
+    failures = [f"{r.path}: {r.reason}" for r in results if r.verdict is Verdict.NOT_REPRODUCED]
+    assert failures == []
+    reproduced, total = summary(results)
+    assert (reproduced, total) == (188, 188)
+    assert sum(r.verdict is Verdict.AMBIENT for r in results) == 14
+
+
+def test_every_golden_file_has_a_case(reference: Path) -> None:
+    on_disk = set(conformance.golden_paths(reference))
+    assert on_disk == {case.path for case in GOLDEN_CASES}
+
+
+def test_bad_input_goldens_are_noted_not_failed(reference: Path) -> None:
+    result = conformance.check_golden(reference, "iptables/outbound-owner-groups.golden")
+    assert result.verdict is Verdict.REPRODUCED
+    assert result.kernel_save.startswith("bad input, not loaded: ")
+    assert "java" in result.kernel_save
+
+
+def test_kernel_dump_is_checked(reference: Path) -> None:
+    result = conformance.check_golden(reference, "iptables/tproxy.golden")
+    assert result.kernel_save == "matches the kernel's dump (v4, v6)"
+
+
+def test_a_wrong_release_is_not_reproduced(reference: Path) -> None:
+    case = case_for("history/1.12.0/inbound-ports-wildcard.golden")
+    assert case is not None
+    config = case_config(case)
+    assert config is not None
+    golden = conformance.load_golden(reference / "goldens" / case.path)
+    want = chains(normalise_restore(golden.v4, ipv6=False), "v4")
+    got = chains(expected_rules(replace(config, release=config.release.__class__(1, 30))).v4, "v4")
+    assert compare(want, got) == (
+        "v4 nat ISTIO_INBOUND rule 2: golden '-A ISTIO_INBOUND -p tcp -m tcp --dport 22 -j RETURN', "
+        "generated '-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT'"
+    )
+
+
+def test_ambient_cases_are_listed() -> None:
+    ambient = [c for c in GOLDEN_CASES if c.kind is CaseKind.AMBIENT]
+    assert len(ambient) == 14
+    assert all(case_config(c) is None for c in ambient)
+
+
+def test_cli_text_and_json(reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert conformance.main(["--reference", str(reference)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "188 of 188 goldens reproduced"
+    assert any(line.startswith("ambient: not generated") for line in out)
+    assert conformance.main(["--reference", str(reference), "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["reproduced"], doc["total"]) == (188, 188)
+
+
+def test_cli_without_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert conformance.main(["--reference", str(tmp_path)]) == 2
+    assert "no goldens under" in capsys.readouterr().err
