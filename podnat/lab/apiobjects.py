@@ -1,0 +1,452 @@
+"""The Kubernetes API objects the lab's server answers with, built as the real API server builds them.
+
+Pure: Status errors, label and field selectors, the server-side Table kubectl asks for, discovery
+documents and the kubeconfig. No I/O; apiserver.py does the serving.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.4-podnat-lab"}
+CHANNEL_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+
+
+# --- Status errors ----------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """A request the API refuses: answered as a v1 Status with this HTTP code."""
+
+    def __init__(
+        self, code: int, reason: str, message: str, details: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = dict(details) if details else None
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.message, "reason": self.reason,
+        }
+        if self.details:
+            body["details"] = self.details
+        body["code"] = self.code
+        return body
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "Unauthorized", "Unauthorized")
+
+
+def forbidden(user: str, verb: str, resource: str, namespace: str | None, name: str | None) -> ApiError:
+    """The RBAC authorizer's refusal, naming the verb, the (sub)resource and the namespace."""
+    kind = resource.split("/", maxsplit=1)[0]
+    subject = f'{kind} "{name}"' if name else kind
+    where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+    message = (
+        f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group ""{where}'
+    )
+    details: dict[str, Any] = {"kind": kind}
+    if name:
+        details = {"name": name, "kind": kind}
+    return ApiError(403, "Forbidden", message, details)
+
+
+def not_found(kind: str, name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{kind} "{name}" not found', {"name": name, "kind": kind})
+
+
+def no_such_path() -> ApiError:
+    return ApiError(
+        404, "NotFound", "the server could not find the requested resource",
+        {"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]},
+    )
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+def method_not_allowed() -> ApiError:
+    return ApiError(
+        405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+    )
+
+
+def conflict(kind: str, name: str) -> ApiError:
+    return ApiError(
+        409, "Conflict",
+        f'Operation cannot be fulfilled on {kind} "{name}": the object has been modified; '
+        "please apply your changes to the latest version and try again",
+        {"name": name, "kind": kind},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """One field error of a 422: `field: Reason-phrase: detail`."""
+
+    field: str
+    reason: str  # FieldValueRequired, FieldValueDuplicate, FieldValueForbidden, FieldValueNotFound, ...
+    detail: str
+
+    @property
+    def message(self) -> str:
+        return f"{_PHRASES.get(self.reason, self.reason)}{': ' + self.detail if self.detail else ''}"
+
+
+_PHRASES = {
+    "FieldValueRequired": "Required value",
+    "FieldValueDuplicate": "Duplicate value",
+    "FieldValueForbidden": "Forbidden",
+    "FieldValueNotFound": "Not found",
+    "FieldValueInvalid": "Invalid value",
+}
+
+
+def invalid(kind: str, name: str, causes: list[Cause]) -> ApiError:
+    """422 as the API server's validation reports it: `Pod "x" is invalid: field: Reason: detail`."""
+    parts = [f"{c.field}: {c.message}" for c in causes]
+    summary = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
+    return ApiError(
+        422, "Invalid", f'{kind} "{name}" is invalid: {summary}',
+        {"name": name, "kind": kind,
+         "causes": [{"reason": c.reason, "message": c.message, "field": c.field} for c in causes]},
+    )
+
+
+def exec_status(returncode: int, command: list[str]) -> dict[str, Any]:
+    """Channel 3 after the command ended, in the kubelet's shape (no kind/apiVersion)."""
+    if returncode == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {
+        "metadata": {}, "status": "Failure",
+        "message": "command terminated with non-zero exit code: error executing command "
+                   f"[{' '.join(command)}], exit code {returncode}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(returncode)}]},
+    }
+
+
+def exec_internal_error(message: str) -> dict[str, Any]:
+    """Channel 3 when the runtime could not start the command (containerd's words)."""
+    return {
+        "metadata": {}, "status": "Failure", "message": f"Internal error occurred: {message}",
+        "reason": "InternalError", "details": {"causes": [{"message": message}]}, "code": 500,
+    }
+
+
+# --- selectors --------------------------------------------------------------------------------------
+
+_KEY = r"[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?"
+_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_SET = re.compile(rf"^\s*({_KEY})\s+(in|notin)\s*\((.*)\)\s*$")
+_CMP = re.compile(rf"^\s*({_KEY})\s*(==|!=|=|>|<)\s*(\S*)\s*$")
+_EXISTS = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRequirement:
+    """One term of a label selector: `key op values` (op: in, notin, =, !=, exists, !, gt, lt)."""
+
+    key: str
+    op: str
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        value = labels.get(self.key)
+        if self.op in ("in", "="):
+            return value in self.values
+        if self.op in ("notin", "!="):
+            return value not in self.values
+        if self.op == "exists":
+            return self.key in labels
+        if self.op == "!":
+            return self.key not in labels
+        if value is None or not re.fullmatch(r"-?\d+", value):
+            return False
+        return int(value) > int(self.values[0]) if self.op == "gt" else int(value) < int(self.values[0])
+
+
+def _split_top(text: str) -> list[str]:
+    """Split on commas outside parentheses: `a in (x,y),b` -> [`a in (x,y)`, `b`]."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _check_value(value: str, requirement: str) -> str:
+    if not re.fullmatch(_VALUE, value) or len(value) > 63:
+        raise bad_request(
+            f"unable to parse requirement: values[0][{requirement}]: Invalid value: \"{value}\": a valid "
+            "label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"
+        )
+    return value
+
+
+def parse_label_selector(text: str | None) -> list[LabelRequirement]:
+    """kubectl's -l grammar: `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`, `a>1`."""
+    if not text or not text.strip():
+        return []
+    requirements: list[LabelRequirement] = []
+    for part in _split_top(text):
+        if m := _SET.match(part):
+            values = tuple(_check_value(v.strip(), part) for v in m.group(4).split(",") if v.strip())
+            requirements.append(LabelRequirement(m.group(1), m.group(3), values))
+        elif m := _CMP.match(part):
+            key, op, value = m.group(1), m.group(3), m.group(4)
+            if op in ("=", "==", "!="):
+                kind = "!=" if op == "!=" else "="
+                requirements.append(LabelRequirement(key, kind, (_check_value(value, part),)))
+            elif re.fullmatch(r"-?\d+", value):
+                requirements.append(LabelRequirement(key, "gt" if op == ">" else "lt", (value,)))
+            else:
+                raise bad_request(f"unable to parse requirement: for 'Gt', 'Lt' operators, the value "
+                                  f"must be an integer: {part.strip()}")
+        elif m := _EXISTS.match(part):
+            requirements.append(LabelRequirement(m.group(2), "!" if m.group(1) else "exists"))
+        else:
+            raise bad_request(f"unable to parse requirement: found '{part.strip()}', expected: "
+                              "identifier, '!', 'in', 'notin', '=', '==', '!='")
+    return requirements
+
+
+def _field(*path: str) -> Callable[[Mapping[str, Any]], str]:
+    def get(pod: Mapping[str, Any]) -> str:
+        node: Any = pod
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if isinstance(node, bool):
+            return str(node).lower()
+        return "" if node is None else str(node)
+
+    return get
+
+
+POD_FIELDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    name: _field(*name.split("."))
+    for name in ("metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy",
+                 "spec.schedulerName", "spec.serviceAccountName", "status.phase", "status.podIP",
+                 "status.nominatedNodeName")
+}
+POD_FIELDS["spec.hostNetwork"] = lambda pod: str(bool((pod.get("spec") or {}).get("hostNetwork"))).lower()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRequirement:
+    """One term of a field selector: `field=value` or `field!=value`."""
+
+    field: str
+    equal: bool
+    value: str
+
+    def matches(self, pod: Mapping[str, Any]) -> bool:
+        return (POD_FIELDS[self.field](pod) == self.value) == self.equal
+
+
+def parse_field_selector(text: str | None) -> list[FieldRequirement]:
+    """`metadata.name=x,status.phase!=Failed`; a field pods do not index is a 400, as in Kubernetes."""
+    if not text or not text.strip():
+        return []
+    checks: list[FieldRequirement] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([^=!\s]+)\s*(==|!=|=)\s*(.*?)\s*", part)
+        if not m:
+            raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
+        field, op, value = m.groups()
+        if field not in POD_FIELDS:
+            raise bad_request(f"field label not supported: {field}")
+        checks.append(FieldRequirement(field, op != "!=", value))
+    return checks
+
+
+def selects(
+    pod: Mapping[str, Any], labels: Iterable[LabelRequirement], fields: Iterable[FieldRequirement]
+) -> bool:
+    pod_labels = (pod.get("metadata") or {}).get("labels") or {}
+    return all(r.matches(pod_labels) for r in labels) and all(f.matches(pod) for f in fields)
+
+
+# --- the Table kubectl prints -----------------------------------------------------------------------
+
+POD_COLUMNS = (
+    ("Name", "string", "name", 0, "Name must be unique within a namespace."),
+    ("Ready", "string", "", 0, "The aggregate readiness state of this pod for accepting traffic."),
+    ("Status", "string", "", 0, "The aggregate status of the containers in this pod."),
+    ("Restarts", "string", "", 0, "The number of times the containers in this pod have been restarted."),
+    ("Age", "string", "", 0, "CreationTimestamp is a timestamp representing the server time when this "
+                             "object was created."),
+    ("IP", "string", "", 1, "IP address allocated to the pod. Routable at least within the cluster."),
+    ("Node", "string", "", 1, "NodeName is a request to schedule this pod onto a specific node."),
+    ("Nominated Node", "string", "", 1, "nominatedNodeName is set when this pod preempts other pods."),
+    ("Readiness Gates", "string", "", 1, "If specified, all readiness gates will be evaluated."),
+)
+
+
+def wants_table(accept: str) -> bool:
+    return any("as=Table" in part for part in accept.split(","))
+
+
+def human_duration(seconds: float) -> str:
+    """apimachinery's HumanDuration: `45s`, `5m3s`, `12m`, `3h5m`, `20h`, `3d4h`, `40d`, `2y30d`."""
+    if seconds < -1:
+        return "<invalid>"
+    if seconds < 0:
+        return "0s"
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        return f"{minutes}m" if s % 60 == 0 else f"{minutes}m{s % 60}s"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        return f"{hours}h" if minutes % 60 == 0 else f"{hours}h{minutes % 60}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{hours // 24}d" if hours % 24 == 0 else f"{hours // 24}d{hours % 24}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    if hours < 24 * 365 * 8:
+        days = (hours // 24) % 365
+        return f"{hours // 24 // 365}y" if days == 0 else f"{hours // 24 // 365}y{days}d"
+    return f"{hours // 24 // 365}y"
+
+
+def _age(pod: Mapping[str, Any], now: datetime.datetime) -> str:
+    created = (pod.get("metadata") or {}).get("creationTimestamp")
+    if not created:
+        return "<unknown>"
+    try:
+        when = datetime.datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    except ValueError:
+        return "<unknown>"
+    return human_duration((now - when).total_seconds())
+
+
+def pod_row_cells(pod: Mapping[str, Any], now: datetime.datetime) -> list[Any]:
+    """NAME READY STATUS RESTARTS AGE IP NODE NOMINATED-NODE READINESS-GATES, as kubectl shows a pod."""
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    total = len(spec.get("containers") or [])
+    ready = sum(1 for s in statuses if s.get("ready"))
+    restarts = sum(int(s.get("restartCount") or 0) for s in statuses)
+    reason = status.get("reason") or status.get("phase") or "Unknown"
+    for s in statuses:
+        state = s.get("state") or {}
+        detail = state.get("waiting") or state.get("terminated")
+        if detail and detail.get("reason"):
+            reason = detail["reason"]
+    if meta.get("deletionTimestamp"):
+        reason = "Terminating"
+    gates = spec.get("readinessGates") or []
+    return [
+        meta.get("name"), f"{ready}/{total}", reason, str(restarts), _age(pod, now),
+        status.get("podIP") or "<none>", spec.get("nodeName") or "<none>",
+        status.get("nominatedNodeName") or "<none>",
+        f"0/{len(gates)}" if gates else "<none>",
+    ]
+
+
+def pod_table(
+    pods: Sequence[Mapping[str, Any]], resource_version: str, include_object: str, now: datetime.datetime
+) -> dict[str, Any]:
+    """A meta.k8s.io/v1 Table of pods; rows carry PartialObjectMetadata unless includeObject=Object."""
+    rows = []
+    for pod in pods:
+        if include_object == "Object":
+            obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", **pod}
+        elif include_object == "None":
+            obj = {}
+        else:
+            obj = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                   "metadata": pod.get("metadata") or {}}
+        row: dict[str, Any] = {"cells": pod_row_cells(pod, now)}
+        if obj:
+            row["object"] = obj
+        rows.append(row)
+    return {
+        "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": [
+            {"name": n, "type": t, "format": f, "description": d, "priority": p}
+            for n, t, f, p, d in POD_COLUMNS
+        ],
+        "rows": rows,
+    }
+
+
+# --- discovery and kubeconfig -----------------------------------------------------------------------
+
+
+def api_versions(server_address: str) -> dict[str, Any]:
+    return {
+        "kind": "APIVersions", "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    }
+
+
+def api_group_list() -> dict[str, Any]:
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+
+
+def core_v1_resources() -> dict[str, Any]:
+    def resource(
+        name: str, kind: str, verbs: list[str], namespaced: bool = True, **extra: Any
+    ) -> dict[str, Any]:
+        singular = extra.pop("singularName", "")
+        return {"name": name, "singularName": singular, "namespaced": namespaced, "kind": kind,
+                "verbs": verbs, **extra}
+
+    return {
+        "kind": "APIResourceList", "groupVersion": "v1",
+        "resources": [
+            resource("namespaces", "Namespace", ["get", "list"], namespaced=False,
+                     singularName="namespace", shortNames=["ns"]),
+            resource("pods", "Pod", ["get", "list"], singularName="pod", shortNames=["po"],
+                     categories=["all"]),
+            resource("pods/ephemeralcontainers", "Pod", ["get", "patch"]),
+            resource("pods/exec", "PodExecOptions", ["create", "get"]),
+            resource("pods/log", "Pod", ["get"]),
+        ],
+    }
+
+
+def version_info() -> dict[str, Any]:
+    return {
+        **SERVER_VERSION, "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+        "buildDate": "2025-04-22T00:00:00Z", "goVersion": "go1.23.8", "compiler": "gc",
+        "platform": "linux/amd64",
+    }
+
+
+def kubeconfig(server: str, ca_pem: bytes, token: str, user: str, namespace: str) -> dict[str, Any]:
+    import base64
+
+    return {
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": [{"name": "podnat-lab", "cluster": {
+            "server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "podnat-lab", "context": {
+            "cluster": "podnat-lab", "user": user, "namespace": namespace}}],
+        "current-context": "podnat-lab",
+    }
