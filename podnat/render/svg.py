@@ -50,7 +50,7 @@ MARGIN = 20
 PEER_W, PEER_H = 120, 54
 POD_X = MARGIN + PEER_W + 36
 BOX_W, BOX_GAP = 108, 10
-LISTENER_W = 96
+LISTENER_W = 90
 TOP_Y, TOP_H = 110, 54
 UP_Y, UP_BAND = 206, 18  # the upper corridor: one band per lane, one sub-track per leg
 LOW_BAND = 9
@@ -288,17 +288,18 @@ def _layout(expl: Explanation, stops: list[tuple[Stop, ...]]) -> _Layout:
     boxes: dict[str, _Box] = {}
     x = POD_X + 16
     boxes["app"] = _Box("app", x, TOP_Y, BOX_W, TOP_H, *node_caption(expl, "app"))
-    x += BOX_W + 24
+    x += BOX_W + 18
     envoy_x = x
     x += 10
     for node in ["proxy", *(f"listener:{port}" for port in listeners), "admin"]:
         boxes[node] = _Box(node, x, TOP_Y, LISTENER_W, TOP_H, *node_caption(expl, node))
-        x += LISTENER_W + 8
-    envoy = _Box("envoy", envoy_x, TOP_Y - 28, x + 2 - envoy_x, TOP_H + 38, "Envoy (istio-proxy)")
-    x += 24
-    for node in ["agent", *(f"void:{port}" for port in voids)]:
+        x += LISTENER_W + 6
+    envoy = _Box("envoy", envoy_x, TOP_Y - 28, x + 4 - envoy_x, TOP_H + 38, "Envoy (istio-proxy)")
+    x += 22
+    agent = ["agent"] if "agent" in visited else []  # pilot-agent appears when a flow reaches it
+    for node in [*agent, *(f"void:{port}" for port in voids)]:
         boxes[node] = _Box(node, x, TOP_Y, BOX_W, TOP_H, *node_caption(expl, node))
-        x += BOX_W + 16
+        x += BOX_W + 14
     top_right = x
 
     chain_y = UP_Y + UP_BAND * lanes + 4  # the upper corridor sits between the top row and the chains
