@@ -212,6 +212,10 @@ def explain(
     pod_spec: Annotated[
         Path | None, typer.Option("--pod-spec", help="The pod as `kubectl get pod -o yaml` prints it.")
     ] = None,
+    nameserver: Annotated[
+        list[str] | None,
+        typer.Option("--nameserver", help="The pod's resolver(s), for DNS capture (istio-init reads /etc/resolv.conf)."),
+    ] = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Explain every flow of a saved table; with --args or --pod-spec, reconcile it with Istio's intent."""
@@ -233,8 +237,11 @@ def explain(
         if args is not None or pod_spec is not None:
             from podnat.intent import expected_ruleset
 
+            for address in nameserver or ():
+                _address(address, "--nameserver")
             expected = expected_ruleset(ruleset.family, args=args, version=istio_version,
-                                        pod=_load_pod(pod_spec) if pod_spec else None)
+                                        pod=_load_pod(pod_spec) if pod_spec else None,
+                                        nameservers=tuple(nameserver or ()))
         result = run_explain(ruleset, ctx, load_listeners(listeners), expected=expected)
         if output in (Output.json, Output.yaml):
             from podnat.render.console import print_data

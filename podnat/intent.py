@@ -7,9 +7,10 @@ podnat/istio/config.py and generator.py do the Istio work; this module adapts th
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from podnat.errors import BadInput, UsageError
@@ -42,34 +43,45 @@ class PodIntent:
         return self.expected(Family.IPV4)
 
 
-def intent_for_pod(pod: Mapping[str, Any]) -> PodIntent:
+def intent_for_pod(pod: Mapping[str, Any], nameservers: Sequence[str] = ()) -> PodIntent:
     """The intent of a live pod (a Pod as the API returns it)."""
-    from podnat.istio.config import InterceptionConfig
+    from podnat.istio.config import PodMode, from_pod
 
-    config = InterceptionConfig.from_pod(pod)
-    return _intent(config, pod)
+    found = from_pod(pod)
+    label = found.reason + "".join(f"; {note}" for note in found.notes)
+    if found.mode is not PodMode.SIDECAR or found.config is None:
+        mesh = {PodMode.NO_SIDECAR: "no-sidecar", PodMode.AMBIENT: "ambient"}.get(found.mode, "no-capture")
+        return PodIntent(mesh=mesh, label=label)
+    config = found.config
+    if nameservers and config.redirect_dns:
+        config = replace(config, dns_servers_v4=tuple(ipaddress.IPv4Address(n) for n in nameservers if ":" not in n),
+                         dns_servers_v6=tuple(ipaddress.IPv6Address(n) for n in nameservers if ":" in n))
+    return _intent(config, pod, label)
 
 
 def expected_ruleset(
-    family: Family, args: str | None = None, version: str | None = None, pod: Mapping[str, Any] | None = None
+    family: Family,
+    args: str | None = None,
+    version: str | None = None,
+    pod: Mapping[str, Any] | None = None,
+    nameservers: Sequence[str] = (),
 ) -> Ruleset:
     """For `podnat explain --args ... | --pod-spec ...`: the expected rules of one family."""
-    from podnat.istio.config import InterceptionConfig
+    from podnat.istio.config import NEWEST_SUPPORTED, InterceptionConfig, IstioRelease
 
     if pod is not None:
-        if _kind(pod) not in ("Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", ""):
-            raise BadInput(f"--pod-spec holds a {_kind(pod)}, not a pod: pass `kubectl get pod NAME -o yaml`")
-        config = InterceptionConfig.from_pod(pod)
+        if str(pod.get("kind") or "Pod") not in ("Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job"):
+            raise BadInput(f"--pod-spec holds a {pod.get('kind')}, not a pod: pass `kubectl get pod NAME -o yaml`")
+        intent = intent_for_pod(pod, nameservers)
     else:
         try:
             argv = shlex.split(args or "")
+            release = IstioRelease.parse(version) if version else NEWEST_SUPPORTED
+            config = InterceptionConfig.from_args(argv, {}, release, nameservers=tuple(nameservers),
+                                                  ipv6=family is Family.IPV6)
         except ValueError as exc:
-            raise UsageError(f"--args: {exc}") from None
-        try:
-            config = InterceptionConfig.from_args(argv, {}, version)
-        except ValueError as exc:
-            raise UsageError(f"--args: {exc}") from None
-    intent = _intent(config, pod or {})
+            raise UsageError(f"--args/--istio-version: {exc}") from None
+        intent = _intent(config, {}, "istio-init arguments given with --args")
     if intent.mesh != "sidecar":
         raise UsageError(f"no expected rules: {intent.label}")
     expected = intent.expected(family)
@@ -78,17 +90,9 @@ def expected_ruleset(
     return expected
 
 
-def _kind(pod: Mapping[str, Any]) -> str:
-    return str(pod.get("kind") or "")
-
-
-def _intent(config: Any, pod: Mapping[str, Any]) -> PodIntent:
+def _intent(config: Any, pod: Mapping[str, Any], label: str) -> PodIntent:
     from podnat.istio.generator import expected_rules
 
-    mesh = getattr(config, "mesh", "sidecar")
-    label = getattr(config, "source", "") or "istio-init arguments"
-    if mesh != "sidecar":
-        return PodIntent(mesh=mesh, label=getattr(config, "reason", label))
     rules = expected_rules(config)
     parsed: dict[Family, Ruleset] = {}
     for family, text in ((Family.IPV4, rules.v4), (Family.IPV6, rules.v6)):
@@ -102,14 +106,14 @@ def _intent(config: Any, pod: Mapping[str, Any]) -> PodIntent:
     return PodIntent(
         mesh="sidecar",
         label=label,
-        version=str(config.version) if getattr(config, "version", None) is not None else None,
-        mode=str(getattr(config, "mode", "REDIRECT")),
+        version=str(config.release),
+        mode=config.mode.value,
         expected_rules=parsed,
         app_ports=_app_ports(pod),
         proxy_uid=uid,
         proxy_gid=gid,
-        outbound_port=int(getattr(config, "proxy_port", 15001)),
-        inbound_port=int(getattr(config, "inbound_capture_port", 15006)),
+        outbound_port=config.proxy_port,
+        inbound_port=config.inbound_capture_port,
     )
 
 
@@ -118,12 +122,14 @@ def _proxy_identity(config: Any, pod: Mapping[str, Any]) -> tuple[int, int]:
     proxy = _proxy_container(pod)
     security = (proxy or {}).get("securityContext") or {}
     spec_security = (pod.get("spec") or {}).get("securityContext") or {}
-    tproxy = str(getattr(config, "mode", "")).upper() == "TPROXY"
+    tproxy = config.mode.value == "TPROXY"
     uid = security.get("runAsUser", spec_security.get("runAsUser"))
     gid = security.get("runAsGroup", spec_security.get("runAsGroup"))
-    default_uid = 0 if tproxy else 1337
+    # Without a securityContext, Envoy runs as the uid/gid the rules were written for.
+    default_uid = 0 if tproxy else int(config.proxy_uids[0]) if config.proxy_uids[0].isdigit() else 1337
     uid = int(uid) if uid is not None else default_uid
-    gid = int(gid) if gid is not None else (1337 if tproxy else uid)
+    default_gid = config.proxy_gids[0] if config.proxy_gids else str(uid)
+    gid = int(gid) if gid is not None else (int(default_gid) if default_gid.isdigit() else uid)
     return uid, gid
 
 

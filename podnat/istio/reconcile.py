@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from podnat.istio.config import rule_origin
 from podnat.netfilter.model import Rule, Ruleset
 
 ISTIO_CHAIN = re.compile(r"^ISTIO_")
@@ -136,37 +137,42 @@ _DEST = re.compile(r"(?:^| )-d (\S+)")
 
 
 def _extra_cause(rule: Rule) -> str:
-    """Which Istio setting would put this rule here (or that none would)."""
-    spec, chain = rule.spec, rule.chain
-    target = rule.target.name if rule.target else ""
-    port = _PORT.search(spec)
-    dest = _DEST.search(spec)
-    if chain == "ISTIO_INBOUND" and target == "RETURN" and port:
-        return (f"inbound port {port.group(1)} bypasses the sidecar: Istio adds this for "
-                "traffic.sidecar.istio.io/excludeInboundPorts (istio-iptables -d), which this pod does not set")
-    if chain == "ISTIO_INBOUND" and target == "ISTIO_IN_REDIRECT" and port:
-        return (f"inbound port {port.group(1)} is captured by an explicit rule: Istio adds this for "
-                "traffic.sidecar.istio.io/includeInboundPorts (-b), which this pod does not set")
-    if chain == "ISTIO_OUTPUT" and target == "RETURN" and port:
-        return (f"outbound port {port.group(1)} bypasses the sidecar: Istio adds this for "
-                "traffic.sidecar.istio.io/excludeOutboundPorts (-o), which this pod does not set")
-    if chain == "ISTIO_OUTPUT" and target == "RETURN" and dest:
-        return (f"outbound traffic to {dest.group(1)} bypasses the sidecar: Istio adds this for "
-                "traffic.sidecar.istio.io/excludeOutboundIPRanges (-x), which this pod does not set")
-    if chain == "ISTIO_OUTPUT" and target == "ISTIO_REDIRECT" and dest:
-        return (f"only traffic to {dest.group(1)} is captured by this rule: Istio adds it for "
-                "traffic.sidecar.istio.io/includeOutboundIPRanges (-i), which this pod does not set")
-    if chain in ("PREROUTING", "OUTPUT") and target == "RETURN" and (rule.in_iface or rule.out_iface):
-        iface = (rule.in_iface or rule.out_iface).value  # type: ignore[union-attr]
-        return (f"interface {iface} is excluded from capture: Istio adds this for "
-                "traffic.sidecar.istio.io/excludeInterfaces (-c), which this pod does not set")
-    if chain == "PREROUTING" and target == "ISTIO_REDIRECT" and rule.in_iface:
-        return (f"interface {rule.in_iface.value} is rerouted to the sidecar: Istio adds this for "
-                "traffic.sidecar.istio.io/kubevirtInterfaces (-k), which this pod does not set")
+    """What this rule does to traffic, and which Istio setting would put it here (or that none would)."""
+    origin = rule_origin(rule.table, rule.chain, rule.spec)
+    effect = _effect(rule)
+    if origin is not None:
+        return f"{effect}: Istio adds this for {origin}, which this pod does not set"
     if _is_foreign(rule):
-        where = " at the top of " + chain if rule.position == 1 and chain in ("OUTPUT", "PREROUTING") else ""
-        return f"not something Istio installs: a rule from another owner (a CNI, a firewall, an operator){where}"
-    return "not something Istio installs for this pod's configuration"
+        top = rule.position == 1 and rule.chain in ("OUTPUT", "PREROUTING")
+        where = f" at the top of {rule.chain}" if top else ""
+        return f"{effect}: not something Istio installs: a rule from another owner (a CNI, a firewall, an operator){where}"
+    return f"{effect}: not something Istio installs for this pod's configuration"
+
+
+def _effect(rule: Rule) -> str:
+    """One phrase: what the rule does to the traffic it matches."""
+    target = rule.target.name if rule.target else ""
+    port = _PORT.search(rule.spec)
+    dest = _DEST.search(rule.spec)
+    bypass = target in ("RETURN", "ACCEPT")
+    if rule.chain in ("ISTIO_INBOUND", "PREROUTING") and bypass and port:
+        return f"inbound port {port.group(1)} bypasses the sidecar ({rule.ref} returns it)"
+    if rule.chain in ("ISTIO_OUTPUT", "OUTPUT") and bypass and port:
+        return f"outbound port {port.group(1)} bypasses the sidecar ({rule.ref} returns it)"
+    if rule.chain in ("ISTIO_OUTPUT", "OUTPUT") and bypass and dest:
+        return f"outbound traffic to {dest.group(1)} bypasses the sidecar ({rule.ref})"
+    if bypass and (rule.in_iface or rule.out_iface):
+        iface = (rule.in_iface or rule.out_iface).value  # type: ignore[union-attr]
+        return f"traffic on {iface} bypasses the sidecar ({rule.ref})"
+    if target in ("ISTIO_REDIRECT", "ISTIO_IN_REDIRECT") and (port or dest or rule.in_iface):
+        what = f"port {port.group(1)}" if port else (f"traffic to {dest.group(1)}" if dest else
+                                                      f"interface {rule.in_iface.value}")  # type: ignore[union-attr]
+        return f"{what} is captured by {rule.ref}"
+    if bypass and rule.position == 1 and rule.chain in ("OUTPUT", "PREROUTING"):
+        return f"everything {rule.ref} matches skips Istio's chains"
+    if target in ("DROP", "REJECT"):
+        return f"{rule.ref} drops what it matches"
+    return f"{rule.ref} ({rule.text})"
 
 
 def _extra_cause_chain(name: str) -> str:

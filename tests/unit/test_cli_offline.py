@@ -120,3 +120,35 @@ def test_offline_commands_do_not_import_the_kubernetes_client():
             "assert 'kubernetes' not in sys.modules, 'kubernetes imported'\n") % str(DEFAULT)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_pod_spec_reconciles_cleanly_against_its_own_default_table():
+    from conftest import REFERENCE
+
+    result = podnat("explain", str(DEFAULT), "--pod-spec", str(REFERENCE / "pod-specs/hello.yaml.injected"),
+                    "-o", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert {f["status"] for f in data["flows"]} == {"ok"}
+    assert data["diff"] == []
+
+
+def test_args_intent_finds_the_deleted_jump(tmp_path):
+    live = tmp_path / "live.txt"
+    live.write_text(DEFAULT.read_text().replace("-A PREROUTING -p tcp -j ISTIO_INBOUND\n", ""))
+    args = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020"
+    result = podnat("explain", str(live), "--args", args, "--istio-version", "1.30", "-o", "json")
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    flow1 = next(f for f in data["flows"] if f["type"] == 1)
+    assert flow1["status"] == "drift" and flow1["expected"]["envoy_ports"] == [15006]
+    assert [d["kind"] for d in data["diff"]] == ["missing"]
+    assert data["diff"][0]["expected"] == "-A PREROUTING -p tcp -j ISTIO_INBOUND"
+
+
+def test_older_release_intent_differs():
+    args = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020"
+    result = podnat("explain", str(DEFAULT), "--args", args, "--istio-version", "1.24", "-o", "json")
+    data = json.loads(result.stdout)
+    # 1.24 installed `-A OUTPUT -p tcp -j ISTIO_OUTPUT`; the live 1.25+ table has no -p tcp
+    assert {d["kind"] for d in data["diff"]} == {"changed"}
