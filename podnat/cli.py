@@ -214,7 +214,7 @@ def explain(
     ] = None,
     nameserver: Annotated[
         list[str] | None,
-        typer.Option("--nameserver", help="The pod's resolver(s), for DNS capture (istio-init reads /etc/resolv.conf)."),
+        typer.Option("--nameserver", help="The pod's resolver(s), for DNS capture (from its /etc/resolv.conf)."),
     ] = None,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -377,7 +377,9 @@ def verify(
     kubeconfig: Kubeconfig = None,
     context: Context = None,
     request_timeout: RequestTimeout = None,
-    output: Annotated[VerifyOutput, typer.Option("--output", "-o", help="table, wide, json, yaml or junit.")] = VerifyOutput.table,
+    output: Annotated[
+        VerifyOutput, typer.Option("--output", "-o", help="table, wide, json, yaml or junit.")
+    ] = VerifyOutput.table,
 ) -> None:
     """Check every sidecar pod: exit 0 all ok, 1 drift or broken, 3 some pods could not be read."""
     try:
@@ -427,7 +429,8 @@ def _mount_subcommands() -> None:
         from podnat.lab.cli import app as lab_app
     except ImportError:
         return
-    app.add_typer(lab_app, name="lab", help="A local lab: real pods (netns, Istio's rules, a real Envoy) behind a Kubernetes API.")
+    app.add_typer(lab_app, name="lab",
+                  help="A local lab: real pods (netns, Istio's rules, a real Envoy) behind a Kubernetes API.")
 
 
 _mount_subcommands()

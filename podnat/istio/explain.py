@@ -130,7 +130,8 @@ def captured_nameserver(ruleset: Ruleset) -> Endpoint | None:
             if rule.destination is not None and not rule.destination.negated:
                 address = ipaddress.ip_network(rule.destination.value.split(",")[0], strict=False)
                 return Endpoint(address.network_address, 53)
-            return Endpoint(ipaddress.ip_address("10.96.0.10" if ruleset.family.value == "ipv4" else "fd00:10:96::a"), 53)
+            default = "10.96.0.10" if ruleset.family.value == "ipv4" else "fd00:10:96::a"
+            return Endpoint(ipaddress.ip_address(default), 53)
     return None
 
 
@@ -179,7 +180,9 @@ def _first_difference(live: FlowTrace, want: FlowTrace) -> tuple[str, ...]:
 
 
 def _drift_summary(live: FlowTrace, want: FlowTrace) -> str:
-    ports = lambda t: "->".join(map(str, t.envoy_ports)) or "no Envoy"  # noqa: E731
+    def ports(trace: FlowTrace) -> str:
+        return "->".join(map(str, trace.envoy_ports)) or "no Envoy"
+
     parts = []
     if live.envoy_ports != want.envoy_ports:
         parts.append(f"crosses {ports(live)} instead of {ports(want)}")

@@ -92,11 +92,15 @@ class Identity:
     groups: frozenset[int] = field(default_factory=frozenset)
 
 
+DEFAULT_POD_IP = ipaddress.IPv4Address("10.99.0.2")
+INBOUND_SOURCE_V4 = ipaddress.IPv4Address("127.0.0.6")  # where Envoy's inbound legs come from
+
+
 @dataclass(frozen=True, slots=True)
 class PodContext:
     """What podnat needs to know about a pod to build and follow its flows. Defaults are documented."""
 
-    pod_ip: IPAddress = ipaddress.IPv4Address("10.99.0.2")
+    pod_ip: IPAddress = DEFAULT_POD_IP
     app_ports: tuple[int, ...] = (9080,)
     remote: Endpoint = Endpoint(ipaddress.IPv4Address("10.99.0.1"), 9080)
     service: Endpoint = Endpoint(ipaddress.IPv4Address("10.96.12.3"), 9080)
@@ -106,7 +110,7 @@ class PodContext:
     admin: Endpoint = Endpoint(ipaddress.IPv4Address("127.0.0.1"), 15000)
     agent_ports: tuple[int, ...] = (15020,)  # pilot-agent: status (and 15053 DNS when captured)
     iface: str = "eth0"
-    inbound_source: IPAddress = ipaddress.IPv4Address("127.0.0.6")  # ::6 on IPv6
+    inbound_source: IPAddress = INBOUND_SOURCE_V4  # ::6 on IPv6
     endpoints: tuple[tuple[Endpoint, Endpoint], ...] = ()  # Service VIP -> endpoint Envoy picks
     transparent_inbound: bool = False  # TPROXY: Envoy keeps the client's address on its inbound leg
     nameserver: Endpoint | None = None  # set when DNS capture is on: the pod's resolver (flow type 7)
@@ -134,7 +138,7 @@ class PodContext:
         return ipaddress.ip_address("::1" if self.pod_ip.version == 6 else "127.0.0.1")
 
     def is_local(self, address: IPAddress) -> bool:
-        return address.is_loopback or address == self.pod_ip or address == self.inbound_source
+        return address.is_loopback or address in (self.pod_ip, self.inbound_source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,7 +115,8 @@ def trace_flow(
             return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final,
                              f"left the pod for {final}")
         listener = _bound_listener(listeners, final)
-        if listener is None and ctx.nameserver is not None and final.port == DNS_PROXY_PORT and final.address.is_loopback:
+        dns_proxy = ctx.nameserver is not None and final.port == DNS_PROXY_PORT and final.address.is_loopback
+        if listener is None and dns_proxy:
             # pilot-agent's DNS proxy answers from its cache or asks the original resolver as the proxy uid.
             return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final,
                              f"answered by pilot-agent's DNS proxy on {final}")

@@ -56,7 +56,9 @@ def _norm(spec: str) -> str:
     return " ".join(spec.split())
 
 
-def diff_rules(live: Ruleset, expected: Ruleset, tables: tuple[str, ...] = ("nat", "mangle", "raw")) -> tuple[RuleDiff, ...]:
+def diff_rules(
+    live: Ruleset, expected: Ruleset, tables: tuple[str, ...] = ("nat", "mangle", "raw")
+) -> tuple[RuleDiff, ...]:
     """Rule-level differences in the tables Istio writes, in table and chain order."""
     diffs: list[RuleDiff] = []
     for table in tables:
@@ -103,7 +105,7 @@ def _diff_chain(table: str, chain: str, live: tuple[Rule, ...], expected: tuple[
         removed.extend(exp)
         added.extend(got)
     # A rule that is both "removed" and "added" moved: report it once, as reordered.
-    added_by_spec = {}
+    added_by_spec: dict[str, list[Rule]] = {}
     for rule in added:
         added_by_spec.setdefault(_norm(rule.spec), []).append(rule)
     for rule in removed:
@@ -145,7 +147,8 @@ def _extra_cause(rule: Rule) -> str:
     if _is_foreign(rule):
         top = rule.position == 1 and rule.chain in ("OUTPUT", "PREROUTING")
         where = f" at the top of {rule.chain}" if top else ""
-        return f"{effect}: not something Istio installs: a rule from another owner (a CNI, a firewall, an operator){where}"
+        owner = "a rule from another owner (a CNI, a firewall, an operator)"
+        return f"{effect}: not something Istio installs: {owner}{where}"
     return f"{effect}: not something Istio installs for this pod's configuration"
 
 

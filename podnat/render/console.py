@@ -13,9 +13,9 @@ from rich.text import Text
 
 from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, FlowReport, FlowStatus, flow_types
-from podnat.usecases import PodReport, VerifyReport
 from podnat.istio.paths import FlowTrace, Leg, Outcome
 from podnat.netfilter.model import Ruleset
+from podnat.usecases import PodReport, VerifyReport
 
 out = Console(soft_wrap=False, highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -174,7 +174,7 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
         header.add_row(f"{name} from", label)
     out.print(header)
     if report.listeners is not None:
-        bound = ", ".join(f"{l.port} ({l.name})" for l in report.listeners if l.binds)
+        bound = ", ".join(f"{listener.port} ({listener.name})" for listener in report.listeners if listener.binds)
         out.print(Text.assemble(("listeners ", "bold"), bound or "none"))
     for item in report.notes:
         out.print(Text(f"note: {item}", style="yellow"))
@@ -203,8 +203,9 @@ def print_verify(report: VerifyReport) -> None:
             for flow_type, status in sorted(flow_types(pod.explanation.flows).items()):
                 mark = "✓" if status is FlowStatus.OK else ("?" if status is FlowStatus.UNKNOWN else "✗")
                 flows.append(f"{int(flow_type)}{mark} ", style=STATUS_STYLE[status])
-        why = pod.error or next((f.message for f in (pod.explanation.findings if pod.explanation else ())
-                                 if f.severity == "error"), "") or ("; ".join(pod.notes) if pod.status == "skipped" else "")
+        findings = pod.explanation.findings if pod.explanation else ()
+        first_error = next((f.message for f in findings if f.severity == "error"), "")
+        why = pod.error or first_error or ("; ".join(pod.notes) if pod.status == "skipped" else "")
         table.add_row(pod.ref.namespace, pod.ref.name, Text(pod.status, style=_STATUS_WORD.get(pod.status, "")),
                       flows, why)
     out.print(table)

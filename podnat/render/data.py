@@ -137,8 +137,8 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
     if report.error is not None:
         data["error"] = {"message": report.error, "exit_code": report.error_code}
     if report.listeners is not None:
-        data["listeners"] = [{"name": l.name, "address": l.address, "port": l.port, "binds": l.binds}
-                             for l in report.listeners]
+        data["listeners"] = [{"name": listener.name, "address": listener.address, "port": listener.port,
+                              "binds": listener.binds} for listener in report.listeners]
     if report.explanation is not None:
         data.update(explanation_data(report.explanation, report.ruleset))
     if report.second is not None and report.second_ruleset is not None:

@@ -29,7 +29,8 @@ def verify_junit(report: VerifyReport) -> str:
                                  name=f"type {int(flow_type)}: {FLOW_TITLES[flow_type]}")
             if status in (FlowStatus.DRIFT, FlowStatus.BROKEN):
                 messages = [f.message for f in pod.explanation.findings if int(flow_type) in f.flow_types]
-                failure = ET.SubElement(case, "failure", message=f"{status.value}: " + (messages[0] if messages else ""))
+                summary = f"{status.value}: " + (messages[0] if messages else "")
+                failure = ET.SubElement(case, "failure", message=summary)
                 failure.text = "\n".join(messages)
             elif status is FlowStatus.UNKNOWN:
                 ET.SubElement(case, "skipped", message="podnat cannot decide this path")

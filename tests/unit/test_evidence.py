@@ -15,9 +15,8 @@ def counted(values: dict[str, int]) -> str:
     """The default table with counters: rule text -> packets (others 0)."""
     out = []
     for line in DEFAULT.splitlines():
-        if line.startswith("-A "):
-            line = f"[{values.get(line, 0)}:{values.get(line, 0) * 60}] {line}"
-        out.append(line)
+        packets = values.get(line, 0)
+        out.append(f"[{packets}:{packets * 60}] {line}" if line.startswith("-A ") else line)
     return "\n".join(out) + "\n"
 
 

@@ -1,6 +1,6 @@
 """The expected-rules generator: FACTS.md's injected default, release differences, pods."""
 
-# ruff: noqa: E501  (literal iptables-save lines are longer than the code limit)
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,13 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REFERENCE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from podnat.netfilter.model import Family
 from podnat.netfilter.parse import ParseError, parse_ruleset
-
-from conftest import REFERENCE
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 KERNEL_SAVE = sorted((REFERENCE / "kernel-save" / "iptables").glob("*.iptables-save"))

@@ -83,7 +83,7 @@ def test_wrong_proxy_uid_loops(default):
 
 
 def test_redirect_to_a_port_without_listener_is_refused(default):
-    listeners = tuple(l for l in istio_default_listeners() if l.port != 15001)
+    listeners = tuple(listener for listener in istio_default_listeners() if listener.port != 15001)
     trace = flows_by_name(default, listeners=listeners)[(FlowType.LOCAL_TO_REMOTE, None)]
     assert trace.outcome is Outcome.REFUSED
     assert "ISTIO_REDIRECT:1 sent it to 127.0.0.1:15001" in trace.reason
@@ -115,7 +115,8 @@ def test_drop_is_dropped(default):
 
 def test_unknown_match_is_undecided_and_named(default):
     text = (DATA / "default.v4.iptables-save").read_text().replace(
-        "-A OUTPUT -j ISTIO_OUTPUT\n", "-A OUTPUT -m set --match-set blocked dst -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n")
+        "-A OUTPUT -j ISTIO_OUTPUT\n",
+        "-A OUTPUT -m set --match-set blocked dst -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n")
     trace = flows_by_name(parse_ruleset(text))[(FlowType.LOCAL_TO_REMOTE, None)]
     assert trace.outcome is Outcome.UNDECIDED
     assert "OUTPUT:1" in trace.reason and "blocked" in trace.reason
