@@ -38,6 +38,7 @@ class Output(str, Enum):
     wide = "wide"
     json = "json"
     yaml = "yaml"
+    mermaid = "mermaid"
 
 
 class From(str, Enum):
@@ -56,6 +57,9 @@ class Proto(str, Enum):
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide, json or yaml.")]
 ProxyUid = Annotated[int, typer.Option("--proxy-uid", help="uid Envoy's own connections carry.")]
 ProxyGid = Annotated[int, typer.Option("--proxy-gid", help="gid Envoy's own connections carry.")]
+DiagramOpt = Annotated[
+    Path | None, typer.Option("--diagram", help="Also draw the pod's paths as an SVG file.")
+]
 ListenersOpt = Annotated[
     Path | None,
     typer.Option("--listeners", help="Envoy's listeners?format=json (default: Istio's standard sidecar set)."),
@@ -212,6 +216,7 @@ def explain(
     pod_spec: Annotated[
         Path | None, typer.Option("--pod-spec", help="The pod as `kubectl get pod -o yaml` prints it.")
     ] = None,
+    diagram: DiagramOpt = None,
     nameserver: Annotated[
         list[str] | None,
         typer.Option("--nameserver", help="The pod's resolver(s), for DNS capture (from its /etc/resolv.conf)."),
@@ -243,7 +248,15 @@ def explain(
                                         pod=_load_pod(pod_spec) if pod_spec else None,
                                         nameservers=tuple(nameserver or ()))
         result = run_explain(ruleset, ctx, load_listeners(listeners), expected=expected)
-        if output in (Output.json, Output.yaml):
+        if diagram is not None:
+            from podnat.render.svg import diagram_svg
+
+            write_file(diagram, diagram_svg(result, f"podnat explain {file.name}"))
+        if output is Output.mermaid:
+            from podnat.render.mermaid import diagram_mermaid
+
+            sys.stdout.write(diagram_mermaid(result))
+        elif output in (Output.json, Output.yaml):
             from podnat.render.console import print_data
             from podnat.render.data import explanation_data
 
@@ -255,6 +268,14 @@ def explain(
         raise typer.Exit(int(ExitCode.DRIFT if result.failed else ExitCode.OK))
     except PodnatError as exc:
         fail(exc)
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write an output file (SVG, HTML), with a one-line error when it cannot be written."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _load_pod(path: Path) -> dict[str, Any]:
@@ -330,6 +351,7 @@ def inspect(
     namespace: Namespace = None,
     source: SourceOpt = None,
     debug_container: DebugContainer = False,
+    diagram: DiagramOpt = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
     request_timeout: RequestTimeout = None,
@@ -346,7 +368,20 @@ def inspect(
             debug_container = True
         manifest = pod_source.get_pod(PodRef(namespace or default_ns, pod))
         report = inspect_pod(pod_source, manifest, nat_source, debug_container)
-        if output in (Output.json, Output.yaml):
+        if diagram is not None:
+            if report.explanation is None:
+                why = report.error or f"not a sidecar pod ({report.mesh})"
+                raise UsageError(f"no diagram for {report.ref}: {why}")
+            from podnat.render.svg import diagram_svg
+
+            write_file(diagram, diagram_svg(report.explanation, str(report.ref)))
+        if output is Output.mermaid:
+            if report.explanation is None:
+                raise UsageError(f"no diagram for {report.ref}: {report.error or report.mesh}")
+            from podnat.render.mermaid import diagram_mermaid
+
+            sys.stdout.write(diagram_mermaid(report.explanation))
+        elif output in (Output.json, Output.yaml):
             from podnat.render.console import print_data
             from podnat.render.data import pod_report_data
 
@@ -374,6 +409,7 @@ def verify(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Pods read at once.")] = 8,
     source: SourceOpt = None,
     debug_container: DebugContainer = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
     request_timeout: RequestTimeout = None,
@@ -395,6 +431,10 @@ def verify(
         with VerifyProgress(len(pods)) as progress:
             report = verify_pods(lambda: pod_source, pods, concurrency, nat_source,
                                  debug_container or nat_source is NatSource.DEBUG, progress.advance)
+        if html is not None:
+            from podnat.render.html import verify_html
+
+            write_file(html, verify_html(report))
         if output is VerifyOutput.junit:
             from podnat.render.junit import verify_junit
 
