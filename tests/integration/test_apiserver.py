@@ -1,0 +1,512 @@
+"""The lab's API server against the official Python client and kubectl.
+
+A tiny state in a tmp dir: two pods whose containers run as our own uid on the host (netns ""), so
+everything but the `root`-marked tests runs unprivileged. The root tests build a real network
+namespace and check the identities: istio-proxy (uid 1337, no capabilities) cannot read the nat table,
+an ephemeral container with NET_ADMIN can.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from conftest import require
+from kubernetes import client, config
+from kubernetes.stream import stream
+
+from podnat.kube.errors import parse_handshake
+from podnat.lab.apiserver import start_apiserver, stop_apiserver
+from podnat.lab.state import LabApiServer, LabContainer, LabPod, LabState
+
+NS = "bookinfo"
+REVIEWS = "reviews-v1-7d9c6b-x1"
+DETAILS = "details-v1-5f8b4c-x2"
+INIT_LOG = "2025-01-01T00:00:00.000000Z\tinfo\tIstio iptables environment:\nline 2\nline 3\n"
+
+
+def pod_manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {
+            "nodeName": "lab",
+            "initContainers": [{"name": "istio-init", "image": "docker.io/istio/proxyv2:1.30.3"}],
+            "containers": [
+                {"name": "app", "image": "docker.io/istio/examples-bookinfo-reviews-v1:1.20.2"},
+                {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.30.3"},
+            ],
+        },
+        "status": {
+            "phase": "Running", "podIP": "10.89.0.2",
+            "containerStatuses": [
+                {"name": n, "ready": True, "restartCount": 0, "state": {"running": {}}} for n in ("app", "istio-proxy")
+            ],
+        },
+    }
+
+
+def build_state(root: Path) -> LabState:
+    uid, gid = os.getuid(), os.getgid()
+    (root / "istio-init.log").write_text(INIT_LOG)
+    (root / "app.log").write_text("GET /health 200\n")
+    state = LabState(root=str(root))
+    pods = ((REVIEWS, {"app": "reviews", "version": "v1"}), (DETAILS, {"app": "details", "version": "v1"}))
+    for name, labels in pods:
+        state.pods.append(LabPod(NS, name, "10.89.0.2", "", pod_manifest(name, labels), {
+            "app": LabContainer("app", uid, gid, log_file=str(root / "app.log")),
+            "istio-proxy": LabContainer("istio-proxy", uid, gid),
+            "istio-init": LabContainer("istio-init", uid, gid, log_file=str(root / "istio-init.log"), init=True),
+        }))
+    return state
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabApiServer]:
+    root = tmp_path_factory.mktemp("lab")
+    state = build_state(root)
+    server = start_apiserver(root, state=state)
+    try:
+        yield server
+    finally:
+        stop_apiserver(server)
+
+
+@pytest.fixture
+def core(lab: LabApiServer) -> client.CoreV1Api:
+    return client.CoreV1Api(api_client(lab.kubeconfig))
+
+
+def api_client(kubeconfig: str, token: str | None = None) -> client.ApiClient:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    if token is not None:
+        configuration.refresh_api_key_hook = None  # else the kubeconfig token comes back on every request
+        configuration.api_key = {"BearerToken": f"Bearer {token}"}
+    return client.ApiClient(configuration)
+
+
+def exec_in(lab: LabApiServer, pod: str, container: str, command: list[str], token: str | None = None,
+            stdin: str | None = None) -> tuple[str, str, int | None]:
+    api = client.CoreV1Api(api_client(lab.kubeconfig, token))  # stream() swaps call_api: its own client
+    ws = stream(api.connect_get_namespaced_pod_exec, pod, NS, container=container, command=command,
+                stdin=stdin is not None, stdout=True, stderr=True, tty=False, _preload_content=False)
+    if stdin is not None:
+        ws.write_stdin(stdin)
+    ws.run_forever(timeout=20)
+    return ws.read_stdout(), ws.read_stderr(), ws.returncode
+
+
+def raw(lab: LabApiServer, method: str, path: str, *, token: str | None = "", body: Any = None,
+        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTPS request with TLS verification on; token "" = the admin token, None = no header."""
+    context = ssl.create_default_context(cafile=lab.ca_file)
+    connection = http.client.HTTPSConnection("127.0.0.1", lab.port, context=context, timeout=10)
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token or lab.token}"
+    data = json.dumps(body).encode() if body is not None else None
+    try:
+        connection.request(method, path, body=data, headers=sent)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def status_of(body: bytes) -> dict[str, Any]:
+    parsed = json.loads(body)
+    assert parsed["kind"] == "Status" and parsed["apiVersion"] == "v1" and parsed["status"] == "Failure"
+    return dict(parsed)
+
+
+# --- the official Python client ---------------------------------------------------------------------
+
+
+def test_list_pods_with_label_selector(core: client.CoreV1Api) -> None:
+    selected = core.list_namespaced_pod(NS, label_selector="app in (reviews,x),version!=v2").items
+    names = [p.metadata.name for p in selected]
+    assert names == [REVIEWS]
+    every = core.list_pod_for_all_namespaces(field_selector=f"metadata.name={DETAILS}").items
+    assert [(p.metadata.namespace, p.metadata.name) for p in every] == [(NS, DETAILS)]
+    assert core.list_namespaced_pod("kube-system").items == []
+
+
+def test_read_pod(core: client.CoreV1Api) -> None:
+    pod = core.read_namespaced_pod(REVIEWS, NS)
+    assert pod.kind == "Pod" and pod.api_version == "v1"
+    assert [c.name for c in pod.spec.containers] == ["app", "istio-proxy"]
+    assert pod.status.phase == "Running" and pod.status.pod_ip == "10.89.0.2"
+
+
+def test_read_pod_log(core: client.CoreV1Api) -> None:
+    assert core.read_namespaced_pod_log(REVIEWS, NS, container="istio-init") == INIT_LOG
+    assert core.read_namespaced_pod_log(REVIEWS, NS, container="istio-init", tail_lines=1) == "line 3\n"
+    with pytest.raises(client.ApiException) as err:
+        core.read_namespaced_pod_log(REVIEWS, NS)
+    assert err.value.status == 400
+    assert json.loads(err.value.body)["message"] == (
+        f"a container name must be specified for pod {REVIEWS}, choose one of: [app istio-proxy] "
+        "or one of the init containers: [istio-init]"
+    )
+
+
+def test_exec_exit_zero_and_nonzero(lab: LabApiServer) -> None:
+    assert exec_in(lab, REVIEWS, "app", ["sh", "-c", "echo out; echo err >&2"]) == ("out\n", "err\n", 0)
+    assert exec_in(lab, REVIEWS, "istio-proxy", ["sh", "-c", "echo x; exit 3"]) == ("x\n", "", 3)
+
+
+def test_exec_large_output_arrives_whole(lab: LabApiServer) -> None:
+    out, _, rc = exec_in(lab, REVIEWS, "app", ["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' a"])
+    assert rc == 0 and out == "a" * 300000
+
+
+def test_exec_stdin(lab: LabApiServer) -> None:
+    api = client.CoreV1Api(api_client(lab.kubeconfig))
+    ws = stream(api.connect_get_namespaced_pod_exec, REVIEWS, NS, container="app", command=["head", "-n", "1"],
+                stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+    ws.write_stdin("piped\n")
+    ws.run_forever(timeout=20)
+    assert ws.read_stdout() == "piped\n" and ws.returncode == 0
+
+
+def test_exec_command_not_in_the_image(lab: LabApiServer) -> None:
+    api = client.CoreV1Api(api_client(lab.kubeconfig))
+    ws = stream(api.connect_get_namespaced_pod_exec, REVIEWS, NS, container="app", command=["no-such-tool"],
+                stdin=False, stdout=True, stderr=True, tty=False, _preload_content=False)
+    ws.run_forever(timeout=20)
+    error = json.loads(ws.read_channel(3))
+    assert error["reason"] == "InternalError"
+    assert 'exec: "no-such-tool": executable file not found in $PATH' in error["message"]
+
+
+def test_exec_errors_before_the_upgrade(lab: LabApiServer) -> None:
+    api = client.CoreV1Api(api_client(lab.kubeconfig))
+    cases = {
+        "istio-init": 'container not found ("istio-init")',
+        "nope": f"container nope is not valid for pod {REVIEWS}",
+    }
+    for container, message in cases.items():
+        with pytest.raises(client.ApiException) as err:
+            stream(api.connect_get_namespaced_pod_exec, REVIEWS, NS, container=container, command=["true"],
+                   stdin=False, stdout=True, stderr=True, tty=False, _preload_content=False)
+        code, status = parse_handshake(str(err.value.reason))
+        assert code == 400 and status is not None
+        assert (status["reason"], status["message"]) == ("BadRequest", message)
+
+
+def test_ephemeral_container_strategic_merge_then_exec(lab: LabApiServer, core: client.CoreV1Api) -> None:
+    body = {"spec": {"ephemeralContainers": [{
+        "name": "debug-a", "image": "docker.io/istio/proxyv2:1.30.3", "command": ["sleep", "infinity"],
+        "targetContainerName": "istio-proxy",
+        "securityContext": {"runAsUser": os.getuid(), "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
+    }]}}
+    pod = core.patch_namespaced_pod_ephemeralcontainers(DETAILS, NS, body)
+    assert [c.name for c in pod.spec.ephemeral_containers] == ["debug-a"]
+    (status,) = pod.status.ephemeral_container_statuses
+    assert status.name == "debug-a" and status.state.running is not None
+    again = core.patch_namespaced_pod_ephemeralcontainers(DETAILS, NS, body)  # the same again: no change
+    assert [c.name for c in again.spec.ephemeral_containers] == ["debug-a"]
+    assert exec_in(lab, DETAILS, "debug-a", ["sh", "-c", "echo $HOSTNAME"]) == (f"{DETAILS}\n", "", 0)
+    state = LabState.load(Path(lab.kubeconfig).parent)
+    added = state.find(NS, DETAILS).containers["debug-a"]  # type: ignore[union-attr]
+    assert (added.uid, added.capabilities, added.ephemeral) == (os.getuid(), ["NET_ADMIN", "NET_RAW"], True)
+
+
+def test_ephemeral_container_json_patch_and_kubectl_style_directives(core: client.CoreV1Api) -> None:
+    pod = core.patch_namespaced_pod_ephemeralcontainers(REVIEWS, NS, [
+        {"op": "add", "path": "/spec/ephemeralContainers", "value": []},
+        {"op": "add", "path": "/spec/ephemeralContainers/-", "value": {"name": "debug-j", "image": "busybox:1.36"}},
+    ])
+    assert [c.name for c in pod.spec.ephemeral_containers] == ["debug-j"]
+    pod = core.patch_namespaced_pod_ephemeralcontainers(REVIEWS, NS, {"spec": {
+        "$setElementOrder/ephemeralContainers": [{"name": "debug-j"}, {"name": "debug-s"}],
+        "ephemeralContainers": [{"name": "debug-s", "image": "busybox:1.36", "stdin": True, "tty": True}],
+    }})
+    assert [c.name for c in pod.spec.ephemeral_containers] == ["debug-j", "debug-s"]
+    assert [s.name for s in pod.status.ephemeral_container_statuses] == ["debug-j", "debug-s"]
+
+
+# --- error shapes -----------------------------------------------------------------------------------
+
+
+def test_401_for_a_wrong_or_missing_token(lab: LabApiServer) -> None:
+    api = client.CoreV1Api(api_client(lab.kubeconfig, token="wrong"))
+    with pytest.raises(client.exceptions.UnauthorizedException):
+        api.list_namespaced_pod(NS)
+    code, _, body = raw(lab, "GET", f"/api/v1/namespaces/{NS}/pods", token=None)
+    assert code == 401 and status_of(body)["reason"] == "Unauthorized"
+    assert raw(lab, "GET", "/version", token=None)[0] == 200  # public, as on a real server
+
+
+def test_403_readonly_token_may_read_but_not_exec_or_debug(lab: LabApiServer) -> None:
+    api = client.CoreV1Api(api_client(lab.kubeconfig, token=lab.readonly_token))
+    assert [p.metadata.name for p in api.list_namespaced_pod(NS).items] == [DETAILS, REVIEWS]
+    assert api.read_namespaced_pod_log(REVIEWS, NS, container="app") == "GET /health 200\n"
+    with pytest.raises(client.ApiException) as err:
+        exec_in(lab, REVIEWS, "istio-proxy", ["true"], token=lab.readonly_token)
+    code, handshake = parse_handshake(str(err.value.reason))
+    assert err.value.status == 0 and code == 403 and handshake is not None
+    assert handshake["message"] == (f'pods "{REVIEWS}" is forbidden: User "podnat-readonly" cannot create '
+                                    f'resource "pods/exec" in API group "" in the namespace "{NS}"')
+    with pytest.raises(client.exceptions.ForbiddenException) as forbidden:
+        api.patch_namespaced_pod_ephemeralcontainers(REVIEWS, NS, {"spec": {"ephemeralContainers": []}})
+    status = json.loads(forbidden.value.body)
+    assert status["reason"] == "Forbidden" and status["code"] == 403
+    assert status["details"] == {"name": REVIEWS, "kind": "pods"}
+    assert 'cannot patch resource "pods/ephemeralcontainers"' in status["message"]
+
+
+def test_404_shapes(core: client.CoreV1Api, lab: LabApiServer) -> None:
+    with pytest.raises(client.exceptions.NotFoundException) as err:
+        core.read_namespaced_pod("nope", NS)
+    assert json.loads(err.value.body) == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": 'pods "nope" not found', "reason": "NotFound",
+        "details": {"name": "nope", "kind": "pods"}, "code": 404,
+    }
+    code, _, body = raw(lab, "GET", "/api/v1/namespaces/nowhere")
+    assert code == 404 and status_of(body)["message"] == 'namespaces "nowhere" not found'
+    code, _, body = raw(lab, "GET", "/apis/apps/v1/namespaces/x/deployments/y")
+    assert code == 404 and status_of(body)["reason"] == "NotFound"
+
+
+def test_409_on_a_stale_resource_version(lab: LabApiServer) -> None:
+    code, _, body = raw(
+        lab, "PATCH", f"/api/v1/namespaces/{NS}/pods/{REVIEWS}/ephemeralcontainers",
+        body={"metadata": {"resourceVersion": "999999"}, "spec": {}},
+        headers={"Content-Type": "application/strategic-merge-patch+json"},
+    )
+    status = status_of(body)
+    assert code == 409 and status["reason"] == "Conflict" and status["details"] == {"name": REVIEWS, "kind": "pods"}
+
+
+def test_422_merge_patch_may_not_remove_and_415_unknown_patch_type(lab: LabApiServer, core: client.CoreV1Api) -> None:
+    pod = core.patch_namespaced_pod_ephemeralcontainers(REVIEWS, NS, {"spec": {"ephemeralContainers": [
+        {"name": "debug-m", "image": "busybox:1.36"}]}})
+    serialize = core.api_client.sanitize_for_serialization
+    kept = [serialize(c) for c in pod.spec.ephemeral_containers if c.name != "debug-m"]
+    path = f"/api/v1/namespaces/{NS}/pods/{REVIEWS}/ephemeralcontainers"
+    code, _, body = raw(lab, "PATCH", path, body={"spec": {"ephemeralContainers": kept}},
+                        headers={"Content-Type": "application/merge-patch+json"})
+    status = status_of(body)
+    assert code == 422 and status["reason"] == "Invalid"
+    assert status["message"] == (f'Pod "{REVIEWS}" is invalid: spec.ephemeralContainers: Forbidden: '
+                                 'existing ephemeral containers "debug-m" may not be removed')
+    assert status["details"]["causes"] == [{
+        "reason": "FieldValueForbidden", "field": "spec.ephemeralContainers",
+        "message": 'Forbidden: existing ephemeral containers "debug-m" may not be removed',
+    }]
+    code, _, body = raw(lab, "PATCH", path, body={}, headers={"Content-Type": "text/plain"})
+    assert code == 415 and status_of(body)["reason"] == "UnsupportedMediaType"
+
+
+def test_websocket_negotiation_and_spdy(lab: LabApiServer) -> None:
+    path = f"/api/v1/namespaces/{NS}/pods/{REVIEWS}/exec?command=true&container=app&stdout=true"
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    code, _, body = raw(lab, "GET", path, headers={**upgrade, "Sec-WebSocket-Protocol": "channel.k8s.io"})
+    assert code == 400 and "subprotocol" in status_of(body)["message"]
+    code, headers, _ = raw(lab, "GET", path,
+                           headers={**upgrade, "Sec-WebSocket-Protocol": "v3.channel.k8s.io, v4.channel.k8s.io"})
+    assert code == 101 and headers["Sec-WebSocket-Protocol"] == "v4.channel.k8s.io"
+    code, _, body = raw(lab, "POST", path, headers={"Connection": "Upgrade", "Upgrade": "SPDY/3.1"})
+    assert code == 400 and "not SPDY" in status_of(body)["message"]
+
+
+def test_server_side_table(lab: LabApiServer) -> None:
+    accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+    code, _, body = raw(lab, "GET", f"/api/v1/namespaces/{NS}/pods?limit=1", headers={"Accept": accept})
+    table = json.loads(body)
+    assert code == 200 and table["kind"] == "Table"
+    assert [c["name"] for c in table["columnDefinitions"]][:5] == ["Name", "Ready", "Status", "Restarts", "Age"]
+    assert [r["cells"][:4] for r in table["rows"]] == [[DETAILS, "2/2", "Running", "0"]]
+    assert table["metadata"]["remainingItemCount"] == 1 and table["metadata"]["continue"]
+
+
+def test_client_disconnect_kills_the_process_group(lab: LabApiServer, tmp_path: Path) -> None:
+    import websocket
+
+    pidfile = tmp_path / "pid"
+    command = ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"]
+    query = urlencode([*(("command", c) for c in command), ("container", "app"), ("stdout", "true")])
+    ws = websocket.create_connection(
+        f"wss://127.0.0.1:{lab.port}/api/v1/namespaces/{NS}/pods/{REVIEWS}/exec?{query}",
+        header=[f"Authorization: Bearer {lab.token}"], subprotocols=["v5.channel.k8s.io"],
+        sslopt={"ca_certs": lab.ca_file}, timeout=10,
+    )
+    deadline = time.monotonic() + 10
+    while not (pidfile.is_file() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sleeper = int(pidfile.read_text())
+    ws.close()
+    deadline = time.monotonic() + 10
+    while _alive(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(sleeper), "the exec's background child outlived the client"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
+    return ") Z " not in stat
+
+
+def test_latency_is_added_to_every_request(tmp_path: Path) -> None:
+    server = start_apiserver(tmp_path, latency_ms=300, state=build_state(tmp_path))
+    try:
+        started = time.perf_counter()
+        assert raw(server, "GET", "/version")[0] == 200
+        assert time.perf_counter() - started >= 0.3
+    finally:
+        stop_apiserver(server)
+    assert not Path(f"/proc/{server.pid}").exists() or "podnat" not in Path(f"/proc/{server.pid}/cmdline").read_text()
+
+
+# --- kubectl ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kubectl(lab: LabApiServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    binary = shutil.which("kubectl")
+    require(binary is not None, "needs kubectl")
+    home = tmp_path_factory.mktemp("kubectl-home")
+
+    def run(*args: str, kubeconfig: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [str(binary), "--kubeconfig", kubeconfig or lab.kubeconfig, "--cache-dir", str(home / "cache"), *args]
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "HOME": str(home)}, check=False)
+
+    return run
+
+
+def test_kubectl_get_pods(kubectl: Any) -> None:
+    result = kubectl("get", "pods", "-n", NS)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert [line.split()[:4] for line in lines[1:]] == [
+        [DETAILS, "2/2", "Running", "0"], [REVIEWS, "2/2", "Running", "0"],
+    ]
+    selected = kubectl("get", "pods", "-n", NS, "-l", "app=reviews", "-o", "name")
+    assert selected.stdout.split() == [f"pod/{REVIEWS}"]
+    missing = kubectl("get", "pod", "nope", "-n", NS)
+    assert missing.returncode == 1 and 'Error from server (NotFound): pods "nope" not found' in missing.stderr
+
+
+def test_kubectl_logs(kubectl: Any) -> None:
+    result = kubectl("logs", REVIEWS, "-n", NS, "-c", "istio-init")
+    assert result.returncode == 0 and result.stdout == INIT_LOG
+
+
+def test_kubectl_exec_and_exit_code(kubectl: Any) -> None:
+    result = kubectl("exec", REVIEWS, "-n", NS, "-c", "app", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3")
+    assert result.returncode == 3 and result.stdout == "hi\n"
+    assert "oops" in result.stderr and "command terminated with exit code 3" in result.stderr
+    assert kubectl("exec", REVIEWS, "-n", NS, "-c", "app", "--", "true").returncode == 0
+
+
+def test_kubectl_exec_stdin(kubectl: Any) -> None:
+    result = kubectl("exec", "-i", REVIEWS, "-n", NS, "-c", "app", "--", "cat", stdin="x\n")
+    assert result.returncode == 0 and result.stdout == "x\n"
+
+
+def test_kubectl_errors(kubectl: Any, lab: LabApiServer) -> None:
+    readonly = str(Path(lab.kubeconfig).with_name("kubeconfig.readonly"))
+    denied = kubectl("exec", REVIEWS, "-n", NS, "-c", "app", "--", "true", kubeconfig=readonly)
+    assert denied.returncode == 1
+    assert (f'pods "{REVIEWS}" is forbidden: User "podnat-readonly" cannot create resource "pods/exec" in API '
+            f'group "" in the namespace "{NS}"') in denied.stderr
+    assert kubectl("get", "pods", "-n", NS, kubeconfig=readonly).returncode == 0
+    wrong = kubectl("--token", "wrong", "get", "pods", "-n", NS)
+    assert wrong.returncode == 1 and "You must be logged in to the server (Unauthorized)" in wrong.stderr
+    init = kubectl("exec", REVIEWS, "-n", NS, "-c", "istio-init", "--", "true")
+    assert init.returncode == 1 and 'container not found ("istio-init")' in init.stderr
+
+
+# --- root: real network namespaces and identities ---------------------------------------------------
+
+
+@pytest.fixture
+def netns_lab(tmp_path: Path) -> Iterator[tuple[LabApiServer, str]]:
+    netns = f"podnat-t-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        state = LabState(root=str(tmp_path))
+        manifest = pod_manifest("productpage-v1-1", {"app": "productpage"})
+        state.pods.append(LabPod(NS, "productpage-v1-1", "10.89.0.9", netns, manifest, {
+            "app": LabContainer("app", 1000, 1000),
+            "istio-proxy": LabContainer("istio-proxy", 1337, 1337),
+        }))
+        server = start_apiserver(tmp_path, state=state)
+        try:
+            yield server, netns
+        finally:
+            stop_apiserver(server)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+@pytest.mark.root
+def test_proxy_cannot_read_the_nat_table_but_a_debug_container_can(netns_lab: tuple[LabApiServer, str]) -> None:
+    lab, _ = netns_lab
+    pod = "productpage-v1-1"
+    out, err, rc = exec_in(lab, pod, "istio-proxy", ["sh", "-c", "id -u; id -g; iptables-save -t nat"])
+    assert out.splitlines()[:2] == ["1337", "1337"]
+    assert rc not in (0, None) and "Permission denied (you must be root)" in err
+    core = client.CoreV1Api(api_client(lab.kubeconfig))
+    core.patch_namespaced_pod_ephemeralcontainers(pod, NS, {"spec": {"ephemeralContainers": [{
+        "name": "podnat-debug", "image": "docker.io/istio/proxyv2:1.30.3", "targetContainerName": "istio-proxy",
+        "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
+    }]}})
+    script = "grep CapEff /proc/self/status; iptables-save -t nat"
+    out, err, rc = exec_in(lab, pod, "podnat-debug", ["sh", "-c", script])
+    assert rc == 0, err
+    assert out.splitlines()[0].split() == ["CapEff:", "0000000000003000"]  # NET_ADMIN | NET_RAW, nothing else
+
+
+@pytest.mark.root
+def test_exec_runs_in_the_pod_network_namespace(netns_lab: tuple[LabApiServer, str]) -> None:
+    lab, netns = netns_lab
+    out, _, rc = exec_in(lab, "productpage-v1-1", "app", ["sh", "-c", "id -u; readlink /proc/self/ns/net"])
+    expected = Path(f"/run/netns/{netns}").stat().st_ino
+    uid, link = out.split()
+    assert rc == 0 and uid == "1000" and link == f"net:[{expected}]"
+
+
+def test_stop_kills_running_execs(tmp_path: Path) -> None:
+    server = start_apiserver(tmp_path, state=build_state(tmp_path))
+    pidfile = tmp_path / "pid"
+    api = client.CoreV1Api(api_client(server.kubeconfig))
+    ws = stream(api.connect_get_namespaced_pod_exec, REVIEWS, NS, container="app",
+                command=["sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"],
+                stdin=False, stdout=True, stderr=True, tty=False, _preload_content=False)
+    deadline = time.monotonic() + 10
+    while not (pidfile.is_file() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        ws.update(timeout=0.1)
+    sleeper = int(pidfile.read_text())
+    stop_apiserver(server)
+    deadline = time.monotonic() + 10
+    while _alive(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = _alive(sleeper)
+    if alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sleeper, signal.SIGKILL)
+    assert not alive, "the exec outlived the server"
