@@ -7,6 +7,7 @@ podnat/istio/config.py and generator.py do the Istio work; this module adapts th
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import shlex
 from collections.abc import Mapping, Sequence
@@ -90,7 +91,9 @@ def expected_ruleset(
     return expected
 
 
-def _intent(config: Any, pod: Mapping[str, Any], label: str) -> PodIntent:
+@functools.lru_cache(maxsize=64)
+def _expected_rulesets(config: Any) -> Mapping[Family, Ruleset]:
+    """The generator's tables, parsed; once per distinct configuration (many pods share one)."""
     from podnat.istio.generator import expected_rules
 
     rules = expected_rules(config)
@@ -102,6 +105,11 @@ def _intent(config: Any, pod: Mapping[str, Any], label: str) -> PodIntent:
             parsed[family] = parse_ruleset(text, family)
         except ParseError as exc:  # a generator bug, not the user's input
             raise RuntimeError(f"podnat generated an unreadable {family.value} table: {exc}") from exc
+    return parsed
+
+
+def _intent(config: Any, pod: Mapping[str, Any], label: str) -> PodIntent:
+    parsed = _expected_rulesets(config)
     uid, gid = _proxy_identity(config, pod)
     return PodIntent(
         mesh="sidecar",

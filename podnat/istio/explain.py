@@ -24,7 +24,7 @@ from podnat.istio.flows import (
 from podnat.istio.paths import FlowTrace, Outcome, trace_flow
 from podnat.istio.reconcile import DiffKind, RuleDiff, diff_rules
 from podnat.netfilter.model import Ruleset
-from podnat.netfilter.reachability import Shadowed, shadowed_rules
+from podnat.netfilter.reachability import Reachability, Shadowed, shadowed_rules
 
 BROKEN = (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED)
 
@@ -112,11 +112,26 @@ def explain(
         got = trace_flow(live, spec, ctx, listeners)
         want = trace_flow(expected, spec, ctx, expected_listeners) if expected is not None else None
         reports.append(FlowReport(got, want, flow_status(got, want)))
-    reach = shadowed_rules(live)
+    reach = _shadowed(live)
     diff = diff_rules(live, expected) if expected is not None else None
     findings = _findings(reports, diff or (), live)
     findings += [Finding("info", f"shadow analysis skipped for {s}") for s in reach.skipped]
     return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff)
+
+
+_SHADOW_CACHE: dict[tuple[object, ...], Reachability] = {}
+
+
+def _shadowed(ruleset: Ruleset) -> Reachability:
+    """shadowed_rules, computed once per distinct table: `verify` meets the same table in many pods."""
+    key = (ruleset.family, *((t.name, c.name, c.policy, tuple(r.spec for r in c.rules))
+                            for t in ruleset.tables.values() for c in t.chains.values()))
+    found = _SHADOW_CACHE.get(key)
+    if found is None:
+        if len(_SHADOW_CACHE) > 256:
+            _SHADOW_CACHE.clear()
+        found = _SHADOW_CACHE[key] = shadowed_rules(ruleset)
+    return found
 
 
 def captured_nameserver(ruleset: Ruleset) -> Endpoint | None:
