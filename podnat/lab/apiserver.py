@@ -334,29 +334,36 @@ class LabApi:
     async def watch_pods(
         self, request: web.Request, matching: Callable[[], list[dict[str, Any]]]
     ) -> web.StreamResponse:
-        """Newline-delimited watch events: ADDED for what exists, then MODIFIED/DELETED as the state
-        changes, until timeoutSeconds (default 30 min) or the client leaves."""
+        """Newline-delimited watch events: ADDED for what exists (after `resourceVersion`, if given),
+        then MODIFIED/DELETED as the state changes, until timeoutSeconds (default 30 min) or the
+        client leaves. Objects are Tables when the client asks for them (`kubectl get -w`)."""
         asked = request.query.get("timeoutSeconds", "")
         timeout = float(asked) if asked.isdigit() else 1800.0
+        since = request.query.get("resourceVersion", "")
+        table = api.wants_table(request.headers.get("Accept", ""))
+        include = request.query.get("includeObject", "Metadata")
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         seen: dict[tuple[str, str], str] = {}
+        if since.isdigit() and since != "0":  # what the client listed already is no news
+            seen = {(p["metadata"]["namespace"], p["metadata"]["name"]): str(p["metadata"]["resourceVersion"])
+                    for p in matching() if _version(p) <= int(since)}
         deadline = time.monotonic() + timeout
         while True:
             current = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in matching()}
-            events = []
+            events: list[tuple[str, dict[str, Any]]] = []
             for key, pod in current.items():
-                version = str(pod["metadata"].get("resourceVersion"))
                 if key not in seen:
-                    events.append({"type": "ADDED", "object": pod})
-                elif seen[key] != version:
-                    events.append({"type": "MODIFIED", "object": pod})
-            events += [{"type": "DELETED", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {
-                "namespace": k[0], "name": k[1]}}} for k in seen if k not in current]
-            seen = {k: str(p["metadata"].get("resourceVersion")) for k, p in current.items()}
+                    events.append(("ADDED", pod))
+                elif seen[key] != str(pod["metadata"]["resourceVersion"]):
+                    events.append(("MODIFIED", pod))
+            events += [("DELETED", {"kind": "Pod", "apiVersion": "v1", "metadata": {
+                "namespace": k[0], "name": k[1], "resourceVersion": v}}) for k, v in seen.items() if k not in current]
+            seen = {k: str(p["metadata"]["resourceVersion"]) for k, p in current.items()}
             try:
-                for event in events:
-                    await response.write(json.dumps(event).encode() + b"\n")
+                for kind, pod in events:
+                    obj = api.pod_table([pod], str(_version(pod)), include, _now()) if table else pod
+                    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
             except (ConnectionError, RuntimeError):
                 return response
             if time.monotonic() >= deadline:
@@ -601,9 +608,13 @@ def _table_response(table: Mapping[str, Any]) -> web.Response:
     )
 
 
+def _version(pod: Mapping[str, Any]) -> int:
+    version = str((pod.get("metadata") or {}).get("resourceVersion", "1"))
+    return int(version) if version.isdigit() else 1
+
+
 def _list_version(pods: list[dict[str, Any]]) -> str:
-    versions = [int(v) for p in pods if str(v := p["metadata"].get("resourceVersion", "1")).isdigit()]
-    return str(max(versions, default=1))
+    return str(max((_version(p) for p in pods), default=1))
 
 
 def _continue_offset(token: str | None) -> int:

@@ -338,6 +338,17 @@ def test_server_side_table(lab: LabApiServer) -> None:
     assert table["metadata"]["remainingItemCount"] == 1 and table["metadata"]["continue"]
 
 
+def test_watch_streams_events_until_the_timeout(lab: LabApiServer) -> None:
+    pods = f"/api/v1/namespaces/{NS}/pods"
+    code, _, body = raw(lab, "GET", f"{pods}?watch=true&timeoutSeconds=1&labelSelector=app%3Dreviews")
+    events = [json.loads(line) for line in body.splitlines()]
+    assert code == 200 and [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", REVIEWS)]
+    _, _, listed = raw(lab, "GET", pods)
+    version = json.loads(listed)["metadata"]["resourceVersion"]
+    code, _, body = raw(lab, "GET", f"{pods}?watch=1&timeoutSeconds=1&resourceVersion={version}")
+    assert code == 200 and body == b""  # nothing changed since the list
+
+
 def test_client_disconnect_kills_the_process_group(lab: LabApiServer, tmp_path: Path) -> None:
     import websocket
 
