@@ -96,15 +96,17 @@ def read_text(path: Path | str, what: str = "file") -> str:
 
 
 def load_ruleset(path: Path | str) -> Any:
-    from podnat.netfilter.parse import ParseError, parse_ruleset
+    """iptables-save / ip6tables-save output, `nft list ruleset` text or `nft -j list ruleset` JSON."""
+    from podnat.netfilter.nft import detect_and_parse
+    from podnat.netfilter.parse import ParseError
 
     text = read_text(path)
     try:
-        ruleset = parse_ruleset(text)
+        ruleset = detect_and_parse(text)
     except ParseError as exc:
         raise BadInput(f"cannot read {path}: {exc}") from None
     if not ruleset.tables:
-        raise BadInput(f"{path} holds no table: pass the output of iptables-save (or iptables-save -t nat)")
+        raise BadInput(f"{path} holds no table: pass the output of iptables-save or nft list ruleset")
     return ruleset
 
 

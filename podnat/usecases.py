@@ -114,13 +114,20 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
     families = _pod_families(base)
     primary = families[0]
     text = facts.nat.v4 if primary is Family.IPV4 else (facts.nat.v6 or "")
+    native = _istio_nft(facts.nat.nft)
+    if native and not _has_rules(text, primary):
+        # Native nftables mode (Istio 1.27+): iptables-save prints nothing, `nft list ruleset` has it all.
+        text = native
+        notes.append("native nftables mode: the rules were read from `nft list ruleset`")
+    elif native:
+        notes.append("both iptables and Istio's native nftables rules are loaded: the kernel runs both")
     if not text.strip():
-        message = ("the nat table is empty: this pod may use native nftables (Istio 1.27+); "
-                   "podnat reads iptables rules only" if not facts.nat.nft else
-                   "the pod's rules are in native nftables, which this podnat reads as text only")
+        message = ("the nat table is empty: no Istio rules in iptables-save"
+                   + ("" if facts.nat.nft is not None else " and nft could not be read (native nftables mode?)")
+                   + ": read the rules applied at start with --source init-log")
         return _with(base, sources=sources, error=message, error_code=int(ExitCode.CLUSTER))
     try:
-        live = parse_ruleset(text, primary)
+        live = _read_table(text, primary)
     except ParseError as exc:
         return _with(base, sources=sources, error=f"cannot read the pod's table ({sources['nat']}): {exc}",
                      error_code=int(ExitCode.BAD_INPUT))
@@ -139,14 +146,14 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
         other = families[1]
         other_text = facts.nat.v6 if other is Family.IPV6 else facts.nat.v4
         other_ip = base.pod_ips[1]
-        if not (other_text or "").strip() or not _has_rules(other_text or "", other):
+        if not _has_rules(native or other_text or "", other):
             missing = Finding("error", f"the pod has {other.value} address {other_ip} but no {other.value} rules: "
                               f"its {other.value} traffic bypasses the sidecar (Istio adds them when the pod "
                               "is dual-stack; was istio-init run with IPv6 on?)")
             report = Explanation(report.flows, report.shadowed, (*report.findings, missing), report.diff)
         else:
             try:
-                second_live = parse_ruleset(other_text or "", other)
+                second_live = _read_table(native or other_text or "", other)
             except ParseError as exc:
                 notes.append(f"the {other.value} table could not be read: {exc}")
             else:
@@ -157,10 +164,23 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
 
 
 def _has_rules(text: str, family: Family) -> bool:
+    if not text.strip():
+        return False
     try:
-        return not parse_ruleset(text, family).empty
+        return not _read_table(text, family).empty
     except ParseError:
         return True  # let the caller report the parse error
+
+
+def _read_table(text: str, family: Family) -> Ruleset:
+    from podnat.netfilter.nft import detect_and_parse
+
+    return detect_and_parse(text, family)
+
+
+def _istio_nft(text: str | None) -> str:
+    """`nft list ruleset` output when it holds Istio's native tables (istio-proxy-*), else ""."""
+    return text if text and "istio-proxy-" in text else ""
 
 
 def _pod_families(report: PodReport) -> list[Family]:

@@ -142,7 +142,9 @@ def captured_nameserver(ruleset: Ruleset) -> Endpoint | None:
             ports = target.get("to-ports") if target is not None and target.name == "REDIRECT" else None
             if ports is None or ports.args[0] != str(DNS_PROXY_PORT):
                 continue
-            if rule.destination is not None and not rule.destination.negated:
+            if rule.destination is not None:
+                if rule.destination.negated:
+                    continue  # e.g. nftables' IPv4-only rule in the IPv6 view: never matches
                 address = ipaddress.ip_network(rule.destination.value.split(",")[0], strict=False)
                 return Endpoint(address.network_address, 53)
             default = "10.96.0.10" if ruleset.family.value == "ipv4" else "fd00:10:96::a"

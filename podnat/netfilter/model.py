@@ -103,7 +103,8 @@ class Rule:
 
     @property
     def text(self) -> str:
-        return f"-A {self.chain} {self.spec}"
+        """The rule as its tool prints it: `-A CHAIN spec` (iptables), the rule alone (nftables)."""
+        return f"-A {self.chain} {self.spec}" if self.table in BUILTIN_CHAINS else self.spec
 
 
 def rule_ref(table: str, chain: str, position: int) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from podnat.netfilter.matches import parse_mark, rule_matches
-from podnat.netfilter.model import BUILTIN_CHAINS, Family, IPAddress, Rule, Ruleset, Table
+from podnat.netfilter.model import Family, IPAddress, Rule, Ruleset, Table
 from podnat.netfilter.packet import Packet
 from podnat.netfilter.traverse import traverse
 
@@ -41,34 +41,45 @@ class Reachability:
     skipped: tuple[str, ...] = ()
 
 
-def shadowed_rules(ruleset: Ruleset, table: str = "nat") -> Reachability:
-    """Every rule of `table` that no first packet can reach, hook by hook."""
-    tab = ruleset.table(table)
-    if tab is None:
-        return Reachability(())
+NAT_HOOKS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+
+
+def shadowed_rules(ruleset: Ruleset) -> Reachability:
+    """Every nat rule that no first packet can reach, base chain by base chain (iptables' nat table,
+    or nftables' `type nat` chains)."""
     found: dict[str, Shadowed] = {}
     skipped: list[str] = []
-    for hook in BUILTIN_CHAINS.get(table, ()):
-        chains = _reachable_chains(tab, hook)
+    for hook in NAT_HOOKS:
+        for base in ruleset.base_chains(hook):
+            if base.kind == "nat":
+                _analyse(ruleset, base.table, base.chain, hook, found, skipped)
+    ordered = sorted(found.values(), key=lambda s: (s.rule.table, s.rule.chain, s.rule.position))
+    return Reachability(tuple(ordered), tuple(skipped))
+
+
+def _analyse(
+    ruleset: Ruleset, table: str, entry: str, hook: str, found: dict[str, Shadowed], skipped: list[str]
+) -> None:
+    tab = ruleset.table(table)
+    if tab is not None:
+        chains = _reachable_chains(tab, entry)
         if not chains or not any(tab.chains[c].rules for c in chains):
-            continue
+            return
         rules = [rule for c in chains for rule in tab.chains[c].rules]
         space = _PacketSpace(rules, hook, ruleset.family)
         if space.size > MAX_PACKETS:
             skipped.append(f"{table} {hook}: {space.size} representative packets, over {MAX_PACKETS}")
-            continue
+            return
         packets = list(space.packets())
         hit: set[str] = set()
         for packet in packets:
-            hit.update(traverse(ruleset, table, hook, packet).refs)
+            hit.update(traverse(ruleset, table, hook, packet, start=entry).refs)
         for rule in rules:
             if rule.ref in hit or rule.ref in found:
                 continue
             shadow = _explain(ruleset, table, hook, rule, packets)
             if shadow is not None:
                 found[rule.ref] = shadow
-    ordered = sorted(found.values(), key=lambda s: (s.rule.chain, s.rule.position))
-    return Reachability(tuple(ordered), tuple(skipped))
 
 
 def _explain(ruleset: Ruleset, table: str, hook: str, rule: Rule, packets: list[Packet]) -> Shadowed | None:
@@ -97,10 +108,10 @@ def _ref_key(ref: str) -> tuple[str, int]:
     return chain, int(pos)
 
 
-def _reachable_chains(table: Table, hook: str) -> list[str]:
-    if hook not in table.chains:
+def _reachable_chains(table: Table, entry: str) -> list[str]:
+    if entry not in table.chains:
         return []
-    order, todo = [hook], [hook]
+    order, todo = [entry], [entry]
     while todo:
         for rule in table.chains[todo.pop()].rules:
             name = rule.target.name if rule.target else None

@@ -105,7 +105,7 @@ def _print_leg_rules(trace: FlowTrace, ruleset: Ruleset) -> None:
         out.print(f"  leg {number}: {who} {leg.src} -> {leg.dst} ({leg.hook})"
                   + (f", {leg.verdict} to {leg.to}" if leg.to else ""))
         for rule in leg.hits:
-            out.print(Text.assemble("    ", (f"{rule.ref:<22}", "cyan"), rule.text))
+            out.print(Text.assemble("    ", (f"{rule.ref:<22}", "cyan"), " ", rule.text))
 
 
 def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, title: str | None = None) -> None:
@@ -133,7 +133,7 @@ def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, t
     if expl.shadowed:
         out.print(Text("Shadowed rules (no packet can reach them):", style="bold"))
         for s in expl.shadowed:
-            out.print(Text.assemble("  ", (f"{s.rule.ref:<18}", "cyan"), s.rule.text))
+            out.print(Text.assemble("  ", (f"{s.rule.ref:<18}", "cyan"), " ", s.rule.text))
             out.print(Text(f"      {s.reason}", style="dim"))
     observed = evidence(expl, ruleset) if ruleset is not None else None
     if observed is not None:
