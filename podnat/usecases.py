@@ -20,7 +20,7 @@ from podnat.facts import NatSource, PodFacts, PodRef, PodSource
 from podnat.istio.explain import Explanation, Finding, FlowStatus, explain
 from podnat.istio.flows import Endpoint, Identity, PodContext, context_for
 from podnat.netfilter.model import Family, Ruleset
-from podnat.netfilter.parse import ParseError, parse_ruleset
+from podnat.netfilter.parse import ParseError
 
 PROXY = "istio-proxy"
 REQUIRED_LISTENERS = (15001, 15006, 15090, 15021)
