@@ -445,9 +445,7 @@ class LabApi:
             )
             statuses.append(ephemeral.running_status(container, now))
         meta = manifest.setdefault("metadata", {})
-        versions = [int(v) for p in state.pods if str(v := (p.manifest.get("metadata") or {}).get(
-            "resourceVersion", "1")).isdigit()]
-        meta["resourceVersion"] = str(max(versions, default=1) + 1)
+        meta["resourceVersion"] = str(max((_version(p.manifest) for p in state.pods), default=1) + 1)
         self.store.save(state)
         log.info("pod %s/%s: added ephemeral containers %s", pod.namespace, pod.name,
                  ", ".join(str(c["name"]) for c in added))
