@@ -306,7 +306,10 @@ class KubePodSource:
                     err.append(ws.read_stderr(timeout=0))
                 out.append(ws.read_stdout(timeout=0))
                 err.append(ws.read_stderr(timeout=0))
+                status = _status_message(ws)
                 returncode = _returncode(ws)
+                if returncode is None and status:
+                    err.append(status)  # e.g. containerd's "executable file not found" comes only on channel 3
             except KubeSourceError:
                 raise
             except Exception as exc:
@@ -722,6 +725,21 @@ def _ephemeral_status(pod: Mapping[str, Any], name: str) -> Mapping[str, Any] | 
         if s.get("name") == name:
             return dict(s)
     return None
+
+
+def _status_message(ws: Any) -> str:
+    """The message of a Failure status on the exec error channel (3), if the server sent one."""
+    try:
+        raw = ws.peek_channel(3, timeout=0) if hasattr(ws, "peek_channel") else ""  # peek: returncode reads it
+    except Exception:
+        return ""
+    if not raw:
+        return ""
+    try:
+        status = json.loads(raw)
+    except ValueError:
+        return ""
+    return str(status.get("message", "")) if status.get("status") == "Failure" else ""
 
 
 def _returncode(ws: Any) -> int | None:
