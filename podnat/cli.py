@@ -468,7 +468,7 @@ def version() -> None:
 
 def _mount_subcommands() -> None:
     try:
-        from podnat.lab.cli import app as lab_app
+        from podnat.lab.commands import app as lab_app
     except ImportError:
         return
     app.add_typer(lab_app, name="lab",

