@@ -51,6 +51,7 @@ _PERMISSION = re.compile(
     r"Permission denied \(you must be root\)|Could not fetch rule set generation id|"
     r"Cannot initialize: Permission denied|can't open lock file|Operation not permitted"
 )
+_REFUSED = re.compile(r"connection refused|Errno 111", re.IGNORECASE)
 _MISSING = re.compile(r"executable file not found|not found|No such file or directory")
 _DEPLOY_PREFIXES = ("deploy/", "deployment/", "deployments/", "deployment.apps/", "deployments.apps/")
 # Errors after which the next source may still work (anything else: the API itself failed).
@@ -565,6 +566,8 @@ def capture_script(marker: str, port: int) -> str:
     commands = {
         "v4": "iptables-save -c",
         "v6": "ip6tables-save -c",
+        # istio-iptables 1.22+ uses the legacy backend when legacy rules exist: read both.
+        "legacy": "iptables-legacy-save -c",
         "nft": "nft list ruleset",
         "listeners": f"{listeners} || curl -sf http://127.0.0.1:{port}/listeners?format=json",
     }
@@ -626,6 +629,16 @@ def interpret_nat(
         )
     nft = sections.get("nft")
     nft_text = nft.stdout if nft is not None and nft.returncode == 0 and nft.stdout.strip() else None
+    legacy_section = sections.get("legacy")
+    if (legacy_section is not None and legacy_section.returncode == 0 and _has_rules(legacy_section.stdout)
+            and not _has_rules(v4.stdout)):
+        # The rules live in the legacy backend (iptables-save, the nft one, only warns about them).
+        label = ("exec istio-proxy: iptables-legacy-save -c" if kind is NatSource.EXEC
+                 else f"{where} (uid 0, NET_ADMIN): iptables-legacy-save -c")
+        v6 = sections.get("v6")
+        v6_text = v6.stdout if v6 is not None and v6.returncode == 0 and v6.stdout.strip() else None
+        return NatReading(source=kind, label=label, v4=legacy_section.stdout, v6=v6_text, nft=nft_text,
+                          counters=True), None
     v6 = sections.get("v6")
     v6_text = v6.stdout if v6 is not None and v6.returncode == 0 and v6.stdout.strip() else None
     label = (
@@ -633,7 +646,12 @@ def interpret_nat(
         else f"{where} (uid 0, NET_ADMIN): iptables-save -c"
     )
     if _has_rules(v4.stdout) or (v6_text and _has_rules(v6_text)):
-        reading = NatReading(source=kind, label=label, v4=v4.stdout, v6=v6_text, nft=nft_text, counters=True)
+        # iptables-save (nft) warns on stderr when legacy tables exist too: keep it with the dump, as a
+        # comment line, so the analysis can say that the kernel runs both rule sets.
+        warnings = "".join(f"# {line.strip().lstrip('# ')}\n" for line in v4.stderr.splitlines()
+                           if "iptables-legacy tables present" in line)
+        reading = NatReading(source=kind, label=label, v4=warnings + v4.stdout, v6=v6_text, nft=nft_text,
+                             counters=True)
         return reading, None
     if nft_text and "istio" in nft_text:
         return NatReading(
@@ -662,6 +680,10 @@ def interpret_listeners(section: _Section | None, where: str) -> tuple[Listeners
     text = section.stdout.strip()
     if section.returncode == 0 and text.startswith("{"):
         return ListenersReading(label=label, json_text=text), None
+    if _REFUSED.search(section.stderr + section.stdout):
+        # The exec ran and Envoy's admin port refused: Envoy is not running, so nothing listens.
+        return ListenersReading(label=f"{who}: Envoy's admin port refused the connection (Envoy is not running)",
+                                json_text='{"listener_statuses": []}'), None
     detail = " ".join((section.stderr or section.stdout).split())[:160]
     return None, f"Envoy listeners not read in {where} (exit {section.returncode}): {detail or 'no output'}"
 

@@ -12,6 +12,7 @@ the state file, so `down` (and `up` after a crash) removes exactly that. Traffic
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -202,7 +203,8 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
             "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/{name}")), "labels": labels,
             "annotations": annotations, "creationTimestamp": now, "resourceVersion": "1",
             "generateName": f"{deploy_name}-{template_hash}-",
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{deploy_name}-{template_hash}",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                 "name": f"{deploy_name}-{template_hash}",
                                  "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/rs/{deploy_name}")),
                                  "controller": True, "blockOwnerDeletion": True}],
         },
@@ -272,6 +274,8 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None)
             routes.append(ServiceRoute(f"{svc_name}.{NAMESPACE}.svc.cluster.local", vips[svc_name],
                                        int(port["port"]), endpoints))
     hosts = _hosts(vips)
+    state.services = dict(vips)
+    state.peers = {"node": NODE_IP, "istiod": ISTIOD_IP}
     for deployment, name, ip, template_hash in pods:
         say(f"pod {name} ({ip})")
         state.pods.append(_pod(state, deployment, name, ip, template_hash, routes, hosts, backend))
@@ -388,7 +392,7 @@ def _wait_ready(state: LabState, timeout: float = 30.0) -> None:
     for pod in state.pods:
         while True:
             envoy = run(["curl", "-sf", "-m", "1", "http://127.0.0.1:15000/ready"], netns=pod.netns, check=False)
-            app = run(["curl", "-sf", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:9080/health"],
+            app = run(["curl", "-sf", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9080/health"],
                       netns=pod.netns, check=False)
             if "LIVE" in envoy and app == "200":
                 break
@@ -446,10 +450,8 @@ def _kill(pid: int) -> bool:
         except ProcessLookupError:
             return True
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return True
 
 
@@ -489,7 +491,8 @@ def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
     elif fault in ("owner-uid", "dead-port"):
         table = run([save, "-t", "nat"], netns=ns)
         if fault == "owner-uid":
-            table = table.replace("--uid-owner 1337", "--uid-owner 1338").replace("--gid-owner 1337", "--gid-owner 1338")
+            table = table.replace("--uid-owner 1337", "--uid-owner 1338")
+            table = table.replace("--gid-owner 1337", "--gid-owner 1338")
         else:
             table = table.replace("--to-ports 15001", "--to-ports 15002")
         run([restore, "-T", "nat"], netns=ns, input=table)

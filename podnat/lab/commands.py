@@ -38,7 +38,9 @@ def _fail(exc: PodnatError) -> None:
 
 @app.command()
 def up(
-    backend: Annotated[Backend, typer.Option("--backend", help="iptables backend the rules are loaded with.")] = Backend.nft,
+    backend: Annotated[
+        Backend, typer.Option("--backend", help="iptables backend the rules are loaded with.")
+    ] = Backend.nft,
     root: Root = None,
 ) -> None:
     """Build the Bookinfo pods (netns, Istio's rules, a real Envoy, the apps) and the lab's Kubernetes API."""
@@ -94,9 +96,10 @@ def status(
                               "ephemeral": c.ephemeral} for name, c in p.containers.items()},
     } for p in state.pods]
     if output is StatusOutput.json:
-        sys.stdout.write(json.dumps({"root": state.root, "backend": state.backend, "pods": pods,
-                                     "kubeconfig": state.apiserver.kubeconfig if state.apiserver else None,
-                                     "apiserver_pid": state.apiserver.pid if state.apiserver else None}, indent=2) + "\n")
+        api = state.apiserver
+        data = {"root": state.root, "backend": state.backend, "pods": pods,
+                "kubeconfig": api.kubeconfig if api else None, "apiserver_pid": api.pid if api else None}
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     for pod in pods:
         pids = ", ".join(f"{n}={c['pid']}" for n, c in pod["containers"].items() if c["pid"])

@@ -78,6 +78,16 @@ ORIGINAL_DST_FILTER = {
 }
 
 
+# A fresh upstream connection per request, so that every scrape's leg to the admin port is a new
+# connection the nat table sees (Istio pools it; FACTS.md: then ISTIO_OUTPUT #4 counts only once).
+ONE_REQUEST_PER_CONNECTION = {"typed_extension_protocol_options": {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"max_requests_per_connection": 1},
+        "explicit_http_config": {"http_protocol_options": {}},
+    }}}
+
+
 def envoy_bootstrap(node_id: str, services: Sequence[ServiceRoute], outbound_port: int = 15001,
                     inbound_port: int = 15006) -> Mapping[str, Any]:
     """The bootstrap for one pod's Envoy."""
@@ -118,8 +128,8 @@ def envoy_bootstrap(node_id: str, services: Sequence[ServiceRoute], outbound_por
         {"name": "InboundPassthroughCluster", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
          "connect_timeout": "2s",
          "upstream_bind_config": {"source_address": {"address": INBOUND_SOURCE, "port_value": 0}}},
-        _static("prometheus_stats", [("127.0.0.1", ADMIN_PORT)]),
-        _static("agent", [("127.0.0.1", AGENT_PORT)]),
+        {**_static("prometheus_stats", [("127.0.0.1", ADMIN_PORT)]), **ONE_REQUEST_PER_CONNECTION},
+        {**_static("agent", [("127.0.0.1", AGENT_PORT)]), **ONE_REQUEST_PER_CONNECTION},
         *(_static(_cluster_name(service), [(ip, service.port) for ip in service.endpoints]) for service in services),
     ]
     return {

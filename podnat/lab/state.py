@@ -73,6 +73,8 @@ class LabState:
     apiserver: LabApiServer | None = None
     netns: list[str] = field(default_factory=list)  # every namespace the lab created (for `down`)
     pids: list[int] = field(default_factory=list)  # every process the lab started (for `down`)
+    services: dict[str, str] = field(default_factory=dict)  # Service name -> VIP (pods resolve them by name)
+    peers: dict[str, str] = field(default_factory=dict)  # lab peers outside the pods: node, istiod -> IP
 
     def find(self, namespace: str, name: str) -> LabPod | None:
         return next((p for p in self.pods if p.namespace == namespace and p.name == name), None)

@@ -903,5 +903,5 @@ def test_capture_script_sections(tmp_path: Path) -> None:
     from podnat.kube.source import ExecResult
 
     sections = split_sections(ExecResult(out.decode(), err.decode(), rc), "M1")
-    assert sections is not None and set(sections) == {"v4", "v6", "nft", "listeners"}
+    assert sections is not None and set(sections) == {"v4", "v6", "legacy", "nft", "listeners"}
     assert sections["v4"].returncode == 127 and "iptables-save" in sections["v4"].stderr

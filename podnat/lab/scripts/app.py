@@ -37,7 +37,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: object) -> None:
-        sys.stderr.write("%s %s\n" % (self.client_address[0], format % args))
+        sys.stderr.write(f"{self.client_address[0]} {format % args}\n")
 
 
 ThreadingHTTPServer.daemon_threads = True
