@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -17,7 +18,9 @@ from podnat.istio.paths import FlowTrace, Leg, Outcome
 from podnat.netfilter.model import Ruleset
 from podnat.usecases import PodReport, VerifyReport
 
-out = Console(soft_wrap=False, highlight=False)
+# Piped output (scripts, CI logs) gets long lines rather than an 80-column wrap, as kubectl does.
+_PIPED_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+out = Console(soft_wrap=False, highlight=False, width=_PIPED_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATUS_STYLE = {
@@ -195,8 +198,9 @@ _STATUS_WORD = {"ok": "green", "drift": "yellow", "broken": "bold red", "error":
 def print_verify(report: VerifyReport) -> None:
     """`podnat verify`: one row per pod, then the totals."""
     table = Table(expand=False)
-    for column in ("NAMESPACE", "POD", "STATUS", "FLOWS 1-6", "WHY"):
-        table.add_column(column, overflow="fold")
+    for column in ("NAMESPACE", "POD", "STATUS", "FLOWS 1-6"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("WHY", overflow="fold")
     for pod in report.pods:
         flows = Text()
         if pod.explanation is not None:
