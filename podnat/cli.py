@@ -354,6 +354,10 @@ def inspect(
     source: SourceOpt = None,
     debug_container: DebugContainer = False,
     diagram: DiagramOpt = None,
+    probe: Annotated[
+        bool, typer.Option("--probe", help="Also make one real connection per flow podnat can start inside the pod "
+                           "and show the counted path beside the predicted one (uses --debug-container).")
+    ] = False,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
     request_timeout: RequestTimeout = None,
@@ -369,7 +373,11 @@ def inspect(
         if nat_source is NatSource.DEBUG:
             debug_container = True
         manifest = pod_source.get_pod(PodRef(namespace or default_ns, pod))
-        report = inspect_pod(pod_source, manifest, nat_source, debug_container)
+        report = inspect_pod(pod_source, manifest, nat_source, debug_container or probe)
+        if probe:
+            from podnat.usecases import probe_report
+
+            report = probe_report(pod_source, manifest, report)
         if diagram is not None:
             if report.explanation is None:
                 why = report.error or f"not a sidecar pod ({report.mesh})"

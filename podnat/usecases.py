@@ -43,6 +43,7 @@ class PodReport:
     pod_ips: tuple[str, ...] = ()  # status.podIPs: two on a dual-stack pod
     second: Explanation | None = None  # the other IP family's flows, on a dual-stack pod
     second_ruleset: Ruleset | None = None
+    probe: tuple[Any, ...] | None = None  # ProbeObservation, with --probe
     notes: tuple[str, ...] = ()
     error: str | None = None
     error_code: int | None = None
@@ -203,6 +204,19 @@ def _listeners(facts: PodFacts, sources: dict[str, str]) -> tuple[tuple[Listener
                         "(is istio-proxy running and configured?)")
                 for port in REQUIRED_LISTENERS if port not in bound]
     return listeners, findings, ""
+
+
+def probe_report(source: PodSource, pod: Mapping[str, Any], report: PodReport) -> PodReport:
+    """`--probe`: real connections from inside the pod, the counted path beside the predicted one."""
+    if report.explanation is None or report.ruleset is None:
+        return report
+    from podnat.intent import intent_for_pod
+    from podnat.probe import probe_pod
+
+    intent = intent_for_pod(pod)
+    ctx = pod_context(report.pod_ips[0] if report.pod_ips else report.pod_ip, intent)
+    legacy = "legacy" in report.sources.get("nat", "")
+    return _with(report, probe=probe_pod(source, pod, ctx, report.listeners, legacy=legacy))
 
 
 def pod_context(pod_ip: str | None, intent: Any) -> PodContext:

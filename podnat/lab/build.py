@@ -386,7 +386,7 @@ def _istio_init(manifest: Mapping[str, Any], netns: str, backend: str) -> str:
             f"{stamp}\tinfo\tFinal iptables state (IPv4):\n{final}")
 
 
-def _wait_ready(state: LabState, timeout: float = 30.0) -> None:
+def _wait_ready(state: LabState, timeout: float = 120.0) -> None:
     """Every Envoy answers on its admin port and every app on 9080 (asked from inside the pod, as root)."""
     deadline = time.monotonic() + timeout
     for pod in state.pods:

@@ -188,6 +188,16 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
         out.print(Text(f"not checked: {report.mesh}", style="dim"))
         return
     print_explanation(report.explanation, report.ruleset, wide=wide)  # type: ignore[arg-type]
+    if report.probe is not None:
+        table = Table(title="Probe: one real connection each (counted by the kernel vs predicted by podnat)",
+                      title_justify="left")
+        for column in ("type", "sent", "counted rules", "predicted", "match"):
+            table.add_column(column, overflow="fold")
+        for p in report.probe:
+            label = f"{p.flow}" + (f" ({p.variant})" if p.variant else "")
+            match = Text("yes", style="green") if p.matches else Text(p.error or "NO", style="bold red")
+            table.add_row(label, p.sent, " → ".join(p.observed) or "(none)", " → ".join(p.predicted), match)
+        out.print(table)
     out.print(Text.assemble(("status: ", "bold"), (report.status, _STATUS_WORD.get(report.status, ""))))
 
 

@@ -141,6 +141,10 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
                               "binds": listener.binds} for listener in report.listeners]
     if report.explanation is not None:
         data.update(explanation_data(report.explanation, report.ruleset))
+    if report.probe is not None:
+        data["probe"] = [{"type": p.flow, "variant": p.variant, "sent": p.sent, "observed": list(p.observed),
+                          "predicted": list(p.predicted), "matches": p.matches, "error": p.error}
+                         for p in report.probe]
     if report.second is not None and report.second_ruleset is not None:
         data["second_family"] = {"family": report.second_ruleset.family.value,
                                  **explanation_data(report.second, report.second_ruleset)}

@@ -1,11 +1,12 @@
 """KubePodSource against the lab: its real API server and real network-namespace pods.
 
-Written against the lab state contract (podnat/lab/state.py) before the lab's API server landed:
-it needs `podnat lab up` to have run (state.json with an `apiserver`), and skips otherwise (fails
-under CI=true, like every root test).
+The module brings its own lab up (root) and takes it down afterwards.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import require
@@ -14,19 +15,24 @@ from podnat.facts import NatSource, PodRef
 from podnat.kube.client import KubeClient, KubeOptions
 from podnat.kube.errors import Failure, KubeSourceError
 from podnat.kube.source import KubePodSource
-from podnat.lab.state import LabState, lab_root
+from podnat.lab.state import LabState
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
-def lab() -> LabState:
-    state_file = lab_root() / "state.json"
-    require(state_file.is_file(), f"the lab is not up ({state_file} missing): run `podnat lab up`")
-    state = LabState.load()
-    require(state.apiserver is not None, "the lab has no API server (podnat/lab/apiserver.py)")
-    require(bool(state.pods), "the lab has no pods")
-    return state
+def lab() -> Iterator[LabState]:
+    import os
+
+    require(os.geteuid() == 0, "the lab needs root")
+    from podnat.lab.build import lab_down, lab_up
+
+    root = Path("/run/podnat-lab-kube-source")
+    state = lab_up("nft", root)
+    try:
+        yield state
+    finally:
+        lab_down(root)
 
 
 def source(lab: LabState, token: str | None = None) -> KubePodSource:
