@@ -80,7 +80,8 @@ def probe_pod(
         (FlowType.ENVOY_LOCALHOST, None, PROXY, ["pilot-agent", "request", "GET", "ready"],
          FlowSpec(FlowType.ENVOY_LOCALHOST, "", Actor.PROXY, ctx.admin, identity=ctx.proxy), ctx),
     ]
-    service = next((l for l in listeners or () if l.kind == "service" and l.address not in ("0.0.0.0", "::")), None)
+    service = next((listener for listener in listeners or ()
+                    if listener.kind == "service" and listener.address not in ("0.0.0.0", "::")), None)
     if service is not None:
         vip = Endpoint(ipaddress.ip_address(service.address), service.port)
         peer = ctx.with_endpoint(vip, Endpoint(ctx.remote.address, service.port))
@@ -91,7 +92,8 @@ def probe_pod(
                    FlowSpec(FlowType.SIDECAR_TO_ISTIOD, "", Actor.PROXY, ctx.istiod, identity=ctx.proxy), ctx))
     save = "iptables-legacy-save" if legacy else "iptables-save"
     observations = []
-    for flow, variant, container, argv, spec, context in probes:
+    for probed_flow, variant, container, argv, spec, context in probes:
+        flow = probed_flow
         sent = f"{container} -> {spec.destination if flow is not FlowType.SIDECAR_TO_ISTIOD else 'istiod:15012'}"
         try:
             text, before = _counters(source, ref, save)
