@@ -50,7 +50,9 @@ def _rules(trace: Any) -> tuple[str, ...]:
 def _connect_script(address: str, port: int) -> list[str]:
     url = f"http://{address}:{port}/" if ":" not in address else f"http://[{address}]:{port}/"
     python = (f"import socket; socket.create_connection(({address!r}, {port}), {TIMEOUT}).close()")
-    return ["sh", "-c", f"curl -s -o /dev/null -m {TIMEOUT} {url} || python3 -c \"{python}\" || true"]
+    # Exactly one connection: curl when the image has it, else python3 (never both: a retry would count twice).
+    return ["sh", "-c", f"if command -v curl >/dev/null; then curl -s -o /dev/null -m {TIMEOUT} {url}; "
+            f"else python3 -c \"{python}\"; fi; true"]
 
 
 def _counters(source: Any, ref: PodRef, save: str) -> tuple[str, Counter[str]]:
@@ -110,5 +112,7 @@ def probe_pod(
             own_service = _rules(trace_flow(table, spec, ctx.with_endpoint(spec.destination, own), listeners))
             if Counter(observed) == Counter(own_service):
                 flow, predicted, sent = FlowType.LOCAL_TO_LOCAL, own_service, sent + " (its own Service)"
+        order = {ref_: index for index, ref_ in reversed(list(enumerate(predicted)))}
+        observed = tuple(sorted(observed, key=lambda r: order.get(r, len(predicted))))
         observations.append(ProbeObservation(int(flow), variant, sent, observed, predicted))
     return tuple(observations)

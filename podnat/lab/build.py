@@ -6,8 +6,9 @@ real Envoy as uid/gid 1337 with Istio's listeners, pilot-agent's status port, an
 as uid 1000. Service names resolve (per-pod /etc/hosts via `ip netns`) to VIPs that only the pods'
 Envoys handle. The lab's Kubernetes API (podnat/lab/apiserver.py) serves it all.
 
-Everything the lab makes is named `pnl-*` (namespaces) or lives under its root, and is recorded in
-the state file, so `down` (and `up` after a crash) removes exactly that. Traffic stays inside.
+Everything the lab makes is a namespace named with its root's prefix (`pnl-*` for the default root,
+`pnl<hash>-*` for any other, so labs in different roots never meet) or lives under its root, and is
+recorded in the state file, so `down` (and `up` after a crash) removes exactly that. Traffic stays inside.
 """
 
 from __future__ import annotations
@@ -31,11 +32,9 @@ import yaml
 from podnat.errors import PodnatError
 from podnat.exitcodes import ExitCode
 from podnat.lab.sidecar import ServiceRoute, envoy_bootstrap
-from podnat.lab.state import LabContainer, LabPod, LabState, lab_root
+from podnat.lab.state import DEFAULT_ROOT, LabContainer, LabPod, LabState, lab_root
 
 PREFIX = "pnl-"
-NODE_NS = "pnl-node"
-ISTIOD_NS = "pnl-istiod"
 SUBNET = "10.99.0"
 NODE_IP = f"{SUBNET}.1"
 ISTIOD_IP = f"{SUBNET}.250"
@@ -62,6 +61,16 @@ class LabError(PodnatError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, ExitCode.CLUSTER)
+
+
+def netns_prefix(root: Path) -> str:
+    """The lab's namespace prefix: `pnl-` for the default root, `pnl<4 hex of the root>-` for any other.
+
+    Namespace names are global; with a prefix per root, a test lab never sweeps the demo lab (or a CI
+    checkout's lab) and the other way round."""
+    if root.resolve() == DEFAULT_ROOT.resolve():
+        return PREFIX
+    return f"pnl{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:4]}-"
 
 
 # --- running things --------------------------------------------------------------------------------
@@ -244,17 +253,19 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None)
     envoy = bin_dir / "envoy"
     shutil.copy(envoy_binary(), envoy)
     envoy.chmod(0o755)
-    state = LabState(root=str(root), backend=backend)
+    prefix = netns_prefix(root)
+    node_ns, istiod_ns = f"{prefix}node", f"{prefix}istiod"
+    state = LabState(root=str(root), backend=backend, netns_prefix=prefix)
     state.save()  # from here on, `down` can undo whatever happens
     deployments, services = load_manifests()
     say("network: node namespace and bridge")
-    _add_netns(state, NODE_NS)
-    run(["ip", "link", "add", "br0", "type", "bridge"], netns=NODE_NS)
-    run(["ip", "addr", "add", f"{NODE_IP}/24", "dev", "br0"], netns=NODE_NS)
-    run(["ip", "link", "set", "br0", "up"], netns=NODE_NS)
-    run(["ip", "link", "set", "lo", "up"], netns=NODE_NS)
-    _peer_namespace(state, ISTIOD_NS, ISTIOD_IP, "vistiod", root)
-    state.pids.append(spawn(["/usr/bin/python3", str(bin_dir / "peer.py"), "15012"], ISTIOD_NS, 65534, 65534,
+    _add_netns(state, node_ns)
+    run(["ip", "link", "add", "br0", "type", "bridge"], netns=node_ns)
+    run(["ip", "addr", "add", f"{NODE_IP}/24", "dev", "br0"], netns=node_ns)
+    run(["ip", "link", "set", "br0", "up"], netns=node_ns)
+    run(["ip", "link", "set", "lo", "up"], netns=node_ns)
+    _peer_namespace(state, istiod_ns, ISTIOD_IP, "vistiod", root)
+    state.pids.append(spawn(["/usr/bin/python3", str(bin_dir / "peer.py"), "15012"], istiod_ns, 65534, 65534,
                             root / "istiod.log"))
     pods = []
     for index, deployment in enumerate(sorted(deployments, key=lambda d: d["metadata"]["name"])):
@@ -300,8 +311,9 @@ def _peer_namespace(state: LabState, netns: str, ip: str, host_if: str, root: Pa
     """A namespace on the lab bridge with one address (eth0) and a default route via the node."""
     del root
     _add_netns(state, netns)
-    run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns], netns=NODE_NS)
-    run(["ip", "link", "set", host_if, "master", "br0", "up"], netns=NODE_NS)
+    node_ns = f"{state.netns_prefix}node"
+    run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns], netns=node_ns)
+    run(["ip", "link", "set", host_if, "master", "br0", "up"], netns=node_ns)
     run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], netns=netns)
     run(["ip", "link", "set", "eth0", "up"], netns=netns)
     run(["ip", "route", "add", "default", "via", NODE_IP], netns=netns)
@@ -323,7 +335,7 @@ def _etc(netns: str) -> Path:
 def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, template_hash: str,
          routes: Sequence[ServiceRoute], hosts: str, backend: str) -> LabPod:
     root = Path(state.root)
-    netns = PREFIX + deployment["metadata"]["name"]
+    netns = state.netns_prefix + deployment["metadata"]["name"]
     logs = root / "pods" / name
     logs.mkdir(parents=True, exist_ok=True)
     logs.chmod(0o755)
@@ -419,11 +431,13 @@ def lab_down(root: Path | None = None, quiet: bool = False) -> list[str]:
             stop_apiserver(state.apiserver)
             removed.append(f"api server pid {state.apiserver.pid}")
         for pid in [*state.pids, *(c.pid for p in state.pods for c in p.containers.values() if c.pid)]:
-            if _kill(pid):
+            # After a crash a recorded pid may belong to someone else now: only ours (they run from root).
+            if _runs_from(pid, root) and _kill(pid):
                 removed.append(f"pid {pid}")
-    # Namespaces: the recorded ones, and any pnl-* a crashed run did not get to record.
+    # Namespaces: the recorded ones, and any of this root's prefix a crashed run did not get to record.
+    prefix = netns_prefix(root)
     names = set(state.netns if state else []) | {n.split()[0] for n in run(["ip", "netns", "list"]).splitlines()
-                                                  if n.startswith(PREFIX)}
+                                                  if n.startswith(prefix)}
     for name in sorted(names):
         _kill_netns_processes(name)
         run(["ip", "netns", "delete", name], check=False)
@@ -445,14 +459,33 @@ def _kill(pid: int) -> bool:
         except (ProcessLookupError, PermissionError):
             return False
     for _ in range(20):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _gone(pid):
             return True
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     return True
+
+
+def _gone(pid: int) -> bool:
+    """Exited: reaped, or a zombie (when `down` runs in the process that started the lab, its children
+    stay zombies until reaped; waiting for them to vanish cost a second per process)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _runs_from(pid: int, root: Path) -> bool:
+    """The process's command line names the lab's root (every process the lab starts runs from it)."""
+    try:
+        return f"{root}/" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return False
 
 
 def _kill_netns_processes(netns: str) -> None:

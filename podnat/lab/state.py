@@ -75,6 +75,7 @@ class LabState:
     pids: list[int] = field(default_factory=list)  # every process the lab started (for `down`)
     services: dict[str, str] = field(default_factory=dict)  # Service name -> VIP (pods resolve them by name)
     peers: dict[str, str] = field(default_factory=dict)  # lab peers outside the pods: node, istiod -> IP
+    netns_prefix: str = "pnl-"  # every namespace of this lab starts with it (one prefix per root)
 
     def find(self, namespace: str, name: str) -> LabPod | None:
         return next((p for p in self.pods if p.namespace == namespace and p.name == name), None)

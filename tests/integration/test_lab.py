@@ -74,12 +74,12 @@ def _flows(lab: Lab, pod) -> list[tuple[str, FlowSpec, str, str | None, int | No
     app, proxy = Identity(1000, 1000), Identity(1337, 1337)
     return [
         ("1-remote-to-local", FlowSpec(FlowType.REMOTE_TO_LOCAL, "", Actor.REMOTE, Endpoint(ip, 9080), node),
-         f"http://{ip}:9080/health", "pnl-node", None, None),
+         f"http://{ip}:9080/health", f"{lab.state.netns_prefix}node", None, None),
         ("2-local-to-remote", FlowSpec(FlowType.LOCAL_TO_REMOTE, "", Actor.APP,
                                        Endpoint(ipaddress.ip_address(other.ip), REMOTE_PORT), identity=app),
          f"http://{other.ip}:{REMOTE_PORT}/health", pod.netns, 1000, None),
         ("3-prometheus", FlowSpec(FlowType.PROMETHEUS_TO_LOCAL, "", Actor.REMOTE, Endpoint(ip, 15090), node),
-         f"http://{ip}:15090/stats/prometheus", "pnl-node", None, None),
+         f"http://{ip}:15090/stats/prometheus", f"{lab.state.netns_prefix}node", None, None),
         ("4-own-service", FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP,
                                    Endpoint(ipaddress.ip_address(vip), 9080), identity=app),
          f"http://{vip}:9080/health", pod.netns, 1000, Endpoint(ip, 9080)),
@@ -152,12 +152,32 @@ def test_inbound_really_crosses_the_sidecar(lab: Lab) -> None:
     from podnat.lab.probe import connect
 
     pod = lab.state.pods[0]
-    body = connect("pnl-node", f"http://{pod.ip}:9080/health").json()
+    body = connect(f"{lab.state.netns_prefix}node", f"http://{pod.ip}:9080/health").json()
     assert body["client"] == "127.0.0.6"  # Envoy's inbound leg, not the node's 10.99.0.1
     page = connect(next(p for p in lab.state.pods if p.name.startswith("productpage")).netns,
                    "http://127.0.0.1:9080/", 1000, timeout=8).json()
     assert set(page["calls"]) == {"http://details:9080/details/0", "http://reviews:9080/reviews/0"}
     assert all(call.get("client") == "127.0.0.6" for call in page["calls"].values()), page
+
+
+def test_probe_observes_the_predicted_paths_and_a_fault_changes_them(lab: Lab) -> None:
+    pod = _pod(lab, "ratings")
+    healthy = json.loads(podnat(lab, "inspect", pod.name, "-n", "bookinfo", "--probe", "-o", "json").stdout)
+    assert sorted((p["type"], p["variant"]) for p in healthy["probe"]) == [
+        (2, None), (4, "own-pod-ip"), (5, None), (6, None)] or sorted(
+        (p["type"], p["variant"]) for p in healthy["probe"]) == [(4, None), (4, "own-pod-ip"), (5, None), (6, None)]
+    assert all(p["matches"] for p in healthy["probe"]), healthy["probe"]
+    before = {(p["type"], p["variant"]): p["observed"] for p in healthy["probe"]}
+    from podnat.lab.build import lab_break
+
+    lab_break(pod.name, "foreign-accept", lab.root)
+    broken = json.loads(podnat(lab, "inspect", pod.name, "-n", "bookinfo", "--probe", "-o", "json").stdout)
+    after = {(p["type"], p["variant"]): p for p in broken["probe"]}
+    # Everything the pod sends now stops at the foreign ACCEPT (OUTPUT:1): the observed paths change
+    # exactly there, and podnat's live prediction still equals what the kernel counted.
+    assert after[(5, None)]["observed"] == ["OUTPUT:1"] != before[(5, None)]
+    assert after[(4, "own-pod-ip")]["observed"] == ["OUTPUT:1"] != before[(4, "own-pod-ip")]
+    assert all(p["matches"] for p in broken["probe"]), broken["probe"]
 
 
 def podnat(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
@@ -188,7 +208,7 @@ def test_faults_podnat_verdict_matches_what_the_connection_did(lab: Lab) -> None
     for prefix, fault in (("reviews-v1", "no-prerouting-jump"), ("reviews-v2", "exclude-port")):
         pod = _pod(lab, prefix)
         lab_break(pod.name, fault, lab.root)
-        assert connect("pnl-node", f"http://{pod.ip}:9080/health").json()["client"] == node
+        assert connect(f"{lab.state.netns_prefix}node", f"http://{pod.ip}:9080/health").json()["client"] == node
         result = podnat(lab, "inspect", pod.name, "-n", "bookinfo", "--debug-container", "-o", "json")
         assert result.returncode == 1, result.stderr
         flow1 = _flow(json.loads(result.stdout), 1)
@@ -220,9 +240,9 @@ def test_faults_podnat_verdict_matches_what_the_connection_did(lab: Lab) -> None
     report = inspect(lab, pod)
     assert _flow(report, 2)["outcome"] == "refused" and _flow(report, 1)["outcome"] == "refused"
     # Envoy's own traffic re-captured: it loops for real (the connection never reaches the peer).
-    pod = _pod(lab, "ratings")
+    pod = _pod(lab, "reviews-v1")
     lab_break(pod.name, "owner-uid", lab.root)
-    assert not connect(pod.netns, f"http://{_pod(lab, 'reviews-v1').ip}:9080/health", 1000, timeout=2).answered
+    assert not connect(pod.netns, f"http://{_pod(lab, 'details').ip}:9080/health", 1000, timeout=2).answered
     report = inspect(lab, pod)
     assert _flow(report, 2)["outcome"] == "loop" and _flow(report, 2)["status"] == "broken"
     # verify names every broken pod and exits 1.

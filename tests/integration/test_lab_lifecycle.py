@@ -62,17 +62,18 @@ def _lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[tuple[LabState, dict[str, object]]]:
     require(os.geteuid() == 0, "the lab needs root")
-    require(not any(n.startswith("pnl-") for n in _netns()),
-            "another podnat lab is up on this machine (its namespaces are global): take it down first")
+    from podnat.lab.build import lab_down, lab_up, netns_prefix
+
+    prefix = netns_prefix(ROOT)
+    require(not any(n.startswith(prefix) for n in _netns()), f"a lab in {ROOT} is up already: take it down first")
     before = {"netns": _netns(), "links": _host_links()}
-    from podnat.lab.build import lab_down, lab_up
 
     state = lab_up("nft", ROOT)
     identity = _identity(state)
     try:
         yield state, {**before, "identity": identity}
     finally:
-        # `down` removes every pnl-* namespace: only when they are still the ones this test made.
+        # Only when the namespaces are still the ones this test made.
         if _still_ours(state, identity):
             lab_down(ROOT)
 
@@ -145,7 +146,7 @@ def test_service_names_resolve_to_vips_inside_pods(lab) -> None:
     state, _ = lab
     pod = state.pods[0]
     for name in ("reviews", "reviews.bookinfo.svc.cluster.local", "istiod.istio-system.svc"):
-        out = subprocess.run(["ip", "netns", "exec", pod.netns, "getent", "hosts", name], capture_output=True,
+        out = subprocess.run(["ip", "netns", "exec", pod.netns, "getent", "ahostsv4", name], capture_output=True,
                              text=True, timeout=10, check=False).stdout.split()
         expected = state.peers["istiod"] if name.startswith("istiod") else state.services["reviews"]
         assert out and out[0] == expected, (name, out)

@@ -1,5 +1,6 @@
 """pilot-agent's status server for the lab (15020): /healthz/ready and merged stats, as uid 1337."""
 
+import socketserver
 import sys
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,5 +25,14 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write(format % args + "\n")
 
 
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("0.0.0.0", 15020), Handler).serve_forever()
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind asks DNS for the bind address's name (socket.getfqdn); in a lab pod
+        # nothing answers the nameserver, which held every app's start for ~20 s.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", self.server_address[1]
+
+
+Server(("0.0.0.0", 15020), Handler).serve_forever()

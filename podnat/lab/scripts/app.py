@@ -5,6 +5,7 @@ Service name (the pod's /etc/hosts maps names to Service VIPs), so every call cr
 """
 
 import json
+import socketserver
 import sys
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,5 +41,14 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write(f"{self.client_address[0]} {format % args}\n")
 
 
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("0.0.0.0", PORT), Handler).serve_forever()
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind asks DNS for the bind address's name (socket.getfqdn); in a lab pod
+        # nothing answers the nameserver, which held every app's start for ~20 s.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", self.server_address[1]
+
+
+Server(("0.0.0.0", PORT), Handler).serve_forever()
