@@ -31,13 +31,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
+	@mkdir -p out
 	$(BIN)/podnat lab up
 	export KUBECONFIG=$$($(BIN)/podnat lab kubeconfig); \
+	pp=$$(kubectl get pods -n bookinfo -l app=productpage -o name); \
+	kubectl exec -n bookinfo $$pp -c productpage -- curl -s -o /dev/null -w 'productpage: HTTP %{http_code}\n' 127.0.0.1:9080/; \
 	$(BIN)/podnat verify -n bookinfo; \
-	$(BIN)/podnat inspect deploy/reviews-v1 -n bookinfo --debug-container; \
+	$(BIN)/podnat inspect deploy/reviews-v1 -n bookinfo --debug-container --probe --diagram out/reviews-v1.svg; \
 	$(BIN)/podnat lab break reviews-v1 no-prerouting-jump; \
-	$(BIN)/podnat verify -n bookinfo; rc=$$?; \
-	$(BIN)/podnat lab down; echo "(verify exit $$rc after the fault: 1 = drift found, as expected)"
+	$(BIN)/podnat verify -n bookinfo --debug-container --html out/verify.html; rc=$$?; \
+	$(BIN)/podnat lab down; \
+	echo "verify exited $$rc after the fault (1: drift found, as expected); see out/reviews-v1.svg and out/verify.html"
 
 test: install
 	$(PY) -m pytest tests/unit tests/integration tests/e2e/test_manifests.py
