@@ -8,7 +8,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from podnat.netfilter.model import Cond, Match, Option, Rule
+from podnat.netfilter.addresses import cond_networks, in_networks
+from podnat.netfilter.model import Cond, IPAddress, Match, Option, Rule
 from podnat.netfilter.packet import Packet
 
 PROTOCOL_NUMBERS = {"6": "tcp", "17": "udp", "1": "icmp", "58": "icmp6", "132": "sctp",
@@ -28,11 +29,16 @@ Result = bool | Unknown
 
 def rule_matches(rule: Rule, packet: Packet, hook: str) -> Result:
     """Whether every condition of `rule` holds for `packet` (the first packet of its connection)."""
-    if rule.protocol is not None and not _protocol(rule.protocol, packet):
-        return False
     if rule.source is not None and not _address(rule.source, packet.src):
         return False
     if rule.destination is not None and not _address(rule.destination, packet.dst):
+        return False
+    return rest_matches(rule, packet, hook)
+
+
+def rest_matches(rule: Rule, packet: Packet, hook: str) -> Result:
+    """rule_matches without the `-s`/`-d` tests: what rules that differ only by address share."""
+    if rule.protocol is not None and not _protocol(rule.protocol, packet):
         return False
     if rule.in_iface is not None and not _iface(rule.in_iface, packet.in_iface):
         return False
@@ -56,9 +62,8 @@ def _protocol(cond: Cond, packet: Packet) -> bool:
     return hit != cond.negated
 
 
-def _address(cond: Cond, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    hit = any(address in ipaddress.ip_network(part, strict=False) for part in cond.value.split(","))
-    return hit != cond.negated
+def _address(cond: Cond, address: IPAddress) -> bool:
+    return in_networks(address, cond_networks(cond)) != cond.negated
 
 
 def iface_matches(pattern: str, iface: str | None) -> bool:

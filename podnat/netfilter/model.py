@@ -9,9 +9,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from podnat.netfilter.runs import RunIndex
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Net = tuple[int, int, int]  # a network as integers: (IP version, prefix length, network address)
 
 BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
@@ -63,6 +68,8 @@ class Cond:
 
     value: str
     negated: bool = False
+    # For -s/-d: `value` read once at parse time (podnat.netfilter.addresses); () when not read.
+    networks: tuple[Net, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +128,8 @@ class Chain:
     rules: tuple[Rule, ...] = ()
     counters: Counters | None = None
     line: int = 0
+    # Built on the first traversal (podnat.netfilter.runs): derived from `rules`, never compared.
+    _runs: RunIndex | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def builtin(self) -> bool:

@@ -52,6 +52,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from podnat.netfilter.addresses import address_cond
 from podnat.netfilter.model import (
     BaseChain,
     Chain,
@@ -641,7 +642,7 @@ def _translate(draft: _RuleDraft, table: str, chain: str, position: int, *, tabl
     matches += [Match(f"nft {text!r}", ()) for text in parts.unknown]
     source, destination = parts.source, parts.destination
     if parts.families and parts.families != {family}:
-        impossible = Cond(_ANY_ADDRESS[family], negated=True)
+        impossible = address_cond(_ANY_ADDRESS[family], negated=True)
         if parts.family_field == "source":
             source = impossible
         else:
@@ -824,7 +825,7 @@ def _address_test(parts: _RuleParts, head: str, key: str, *, mask: int | None, n
         return
     if getattr(parts, attr) is not None:
         raise _Unrecognised(f"{head} {key} twice")
-    setattr(parts, attr, Cond(",".join(networks), negated))
+    setattr(parts, attr, address_cond(",".join(networks), negated))
 
 
 def _networks(value: str) -> list[IPNetwork]:

@@ -15,8 +15,9 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from podnat.netfilter.addresses import cond_networks, network_bounds, to_address
 from podnat.netfilter.matches import parse_mark, rule_matches
-from podnat.netfilter.model import Family, IPAddress, Rule, Ruleset, Table
+from podnat.netfilter.model import Cond, Family, Match, Rule, Ruleset, Table
 from podnat.netfilter.packet import Packet
 from podnat.netfilter.traverse import traverse
 
@@ -130,27 +131,30 @@ class _PacketSpace:
         self.local = hook in _LOCAL_HOOKS
         other = ipaddress.ip_address("fd00::ffff:fe" if v6 else "10.255.255.254")
         loop = ipaddress.ip_address("::1" if v6 else "127.0.0.1")
-        srcs: set[IPAddress] = {other}
-        dsts: set[IPAddress] = {other, loop}
+        # Addresses as (version, int) until they are needed: a table with 100,000 networks is counted
+        # (and skipped) without building 200,000 address objects.
+        srcs: set[tuple[int, int]] = {(other.version, int(other))}
+        dsts: set[tuple[int, int]] = {(other.version, int(other)), (loop.version, int(loop))}
         ifaces: set[str] = {"lo", "eth0", "other0"}
         protos = {"tcp", "udp"}
         dports: set[int | None] = {8080}
         sports: set[int | None] = {50000}
         ids: set[int] = {1000}
         marks: set[int] = {0}
+        last_matches: tuple[Match, ...] = ()
         for rule in rules:
-            for cond, bucket in ((rule.source, srcs), (rule.destination, dsts)):
-                if cond is not None:
-                    for part in cond.value.split(","):
-                        net = ipaddress.ip_network(part, strict=False)
-                        bucket.add(net.network_address)
-                        if net.num_addresses > 1:
-                            bucket.add(net.broadcast_address)
+            if rule.source is not None:
+                _add_ends(rule.source, srcs)
+            if rule.destination is not None:
+                _add_ends(rule.destination, dsts)
             for cond in (rule.in_iface, rule.out_iface):
                 if cond is not None:
                     ifaces.add(cond.value[:-1] + "0" if cond.value.endswith("+") else cond.value)
             if rule.protocol is not None and rule.protocol.value not in ("all", "0"):
                 protos.add(rule.protocol.value)
+            if rule.matches is last_matches:
+                continue  # rules read from one template share their matches: seen already
+            last_matches = rule.matches
             for match in rule.matches:
                 for option in match.options:
                     if option.name in ("dport", "destination-port", "dports", "destination-ports", "ports"):
@@ -161,23 +165,25 @@ class _PacketSpace:
                         ids.update(int(x) for x in option.args[0].split("-"))
                     if match.module in ("mark", "connmark") and option.name == "mark":
                         marks.add(parse_mark(option.args[0])[0])
-        self.srcs, self.dsts, self.ifaces, self.protos = sorted(srcs, key=str), sorted(dsts, key=str), \
-            sorted(ifaces), sorted(protos)
+        self._srcs, self._dsts = srcs, dsts
+        self.ifaces, self.protos = sorted(ifaces), sorted(protos)
         self.dports, self.sports = sorted(dports, key=lambda p: p or 0), sorted(sports, key=lambda p: p or 0)
         self.ids, self.marks = sorted(ids), sorted(marks)
 
     @property
     def size(self) -> int:
         identities = len(self.ids) ** 2 if self.local else 1
-        return (len(self.srcs) * len(self.dsts) * len(self.ifaces) * len(self.protos) * len(self.dports)
+        return (len(self._srcs) * len(self._dsts) * len(self.ifaces) * len(self.protos) * len(self.dports)
                 * len(self.sports) * identities * len(self.marks))
 
     def packets(self) -> Iterator[Packet]:
         identities: list[tuple[int | None, int | None]] = (
             list(itertools.product(self.ids, self.ids)) if self.local else [(None, None)]
         )
+        srcs = sorted((to_address(*address) for address in self._srcs), key=str)
+        dsts = sorted((to_address(*address) for address in self._dsts), key=str)
         for src, dst, iface, proto, dport, sport, (uid, gid), mark in itertools.product(
-            self.srcs, self.dsts, self.ifaces, self.protos, self.dports, self.sports, identities, self.marks
+            srcs, dsts, self.ifaces, self.protos, self.dports, self.sports, identities, self.marks
         ):
             if (src.is_loopback or dst.is_loopback) and iface != "lo":
                 continue  # routing sends loopback traffic by lo, and only by lo
@@ -188,6 +194,15 @@ class _PacketSpace:
                 in_iface=None if self.local else iface, out_iface=iface if self.local else None,
                 uid=uid, gid=gid, mark=mark, ctmark=mark,
             )
+
+
+def _add_ends(cond: Cond, bucket: set[tuple[int, int]]) -> None:
+    """A network's first and last address, as (version, int)."""
+    for net in cond_networks(cond):
+        first, last = network_bounds(net)
+        bucket.add((net[0], first))
+        if last != first:
+            bucket.add((net[0], last))
 
 
 def _ports(spec: str) -> set[int | None]:

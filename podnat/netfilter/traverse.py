@@ -12,9 +12,10 @@ import ipaddress
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from podnat.netfilter.matches import Unknown, parse_mark, rule_matches
+from podnat.netfilter.matches import Result, Unknown, parse_mark, rule_matches
 from podnat.netfilter.model import Chain, Rule, Ruleset, Target
 from podnat.netfilter.packet import Packet
+from podnat.netfilter.runs import chain_runs
 
 MAX_DEPTH = 64  # the kernel refuses deeper jump stacks; a deeper walk means a loop
 _TERMINAL_NAT = {"REDIRECT", "DNAT", "SNAT", "MASQUERADE"}
@@ -63,8 +64,14 @@ class TableTrace:
         return tuple(rule.ref for rule in self.hits)
 
 
-def traverse(ruleset: Ruleset, table: str, hook: str, packet: Packet, start: str | None = None) -> TableTrace:
-    """Walk `table` at `hook` (from chain `start`, default the hook's built-in chain) for `packet`."""
+def traverse(
+    ruleset: Ruleset, table: str, hook: str, packet: Packet, start: str | None = None, *, indexed: bool = True
+) -> TableTrace:
+    """Walk `table` at `hook` (from chain `start`, default the hook's built-in chain) for `packet`.
+
+    Runs of rules that differ only by address are looked up by prefix (podnat.netfilter.runs), with
+    the same result as testing each rule; `indexed=False` tests each rule (the reference).
+    """
     tab = ruleset.table(table)
     entry = tab.chain(start or hook) if tab is not None else None
     if tab is None or entry is None:
@@ -72,15 +79,27 @@ def traverse(ruleset: Ruleset, table: str, hook: str, packet: Packet, start: str
     hits: list[Rule] = []
     stack: list[tuple[Chain, int]] = []
     chain, index = entry, 0
+    runs = chain_runs(chain) if indexed else ()
     while True:
         if index >= len(chain.rules):
             if chain.builtin or not stack:
                 return _policy(table, hook, chain, entry, hits, packet)
             chain, index = stack.pop()
+            runs = chain_runs(chain) if indexed else ()
             continue
-        rule = chain.rules[index]
+        run = runs[index] if runs else None
+        result: Result
+        if run is not None:
+            found = run.first_match(chain.rules, packet, hook, index)
+            if found is None:
+                index = run.stop
+                continue
+            index, result = found
+            rule = chain.rules[index]
+        else:
+            rule = chain.rules[index]
+            result = rule_matches(rule, packet, hook)
         index += 1
-        result = rule_matches(rule, packet, hook)
         if isinstance(result, Unknown):
             verdict = Verdict(VerdictKind.UNDECIDED, rule.ref, reason=result.reason)
             return TableTrace(table, hook, tuple(hits), verdict, packet)
@@ -98,11 +117,13 @@ def traverse(ruleset: Ruleset, table: str, hook: str, packet: Packet, start: str
             if not target.goto:
                 stack.append((chain, index))
             chain, index = tab.chains[name], 0
+            runs = chain_runs(chain) if indexed else ()
             continue
         if name == "RETURN":
             if chain.builtin or not stack:
                 return _policy(table, hook, chain, entry, hits, packet)
             chain, index = stack.pop()
+            runs = chain_runs(chain) if indexed else ()
             continue
         if name in ("MARK", "CONNMARK"):
             packet = _apply_mark(target, packet)
@@ -154,7 +175,7 @@ def _first_port(spec: str) -> int:
 
 
 def _split_host_port(spec: str) -> tuple[str | None, int | None]:
-    spec = spec.split("-")[0] if spec.count(":") <= 1 else spec
+    spec = spec.split("-", maxsplit=1)[0] if spec.count(":") <= 1 else spec
     if spec.startswith("["):
         host, _, rest = spec[1:].partition("]")
         return host or None, _first_port(rest[1:]) if rest.startswith(":") else None

@@ -1,0 +1,182 @@
+"""The fast paths of the engine give exactly what the plain ones give.
+
+- networks read as integers (podnat.netfilter.addresses) equal what ipaddress reads, and fail where it fails;
+- rules read from a template (parse.py) equal rules read one by one;
+- the run index (podnat.netfilter.runs) finds the same first match and counts the same rules as
+  testing every rule (`traverse(..., indexed=False)`), on random tables and packets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from podnat.netfilter.addresses import parse_networks
+from podnat.netfilter.model import Family
+from podnat.netfilter.packet import Packet
+from podnat.netfilter.parse import _parse_rule, parse_ruleset
+from podnat.netfilter.runs import MIN_RUN, AddressRun, chain_runs, find_runs
+from podnat.netfilter.traverse import traverse
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- networks -------------------------------------------------------------------------------------
+
+def _reference(value: str) -> tuple[tuple[int, int, int], ...] | None:
+    try:
+        nets = [ipaddress.ip_network(part, strict=False) for part in value.split(",")]
+    except ValueError:
+        return None
+    return tuple((n.version, n.prefixlen, int(n.network_address)) for n in nets)
+
+
+def _read(value: str) -> tuple[tuple[int, int, int], ...] | None:
+    try:
+        return parse_networks(value)
+    except ValueError:
+        return None
+
+
+@given(st.text(alphabet="0123456789./:af,", max_size=24))
+def test_networks_read_as_ipaddress_reads_them(value: str) -> None:
+    assert _read(value) == _reference(value)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.booleans())
+def test_ipv4_networks_as_iptables_save_prints_them(address: int, length: int, bare: bool) -> None:
+    text = str(ipaddress.IPv4Address(address)) + ("" if bare else f"/{length}")
+    assert _read(text) == _reference(text)
+
+
+def test_odd_forms_go_to_ipaddress() -> None:
+    for value in ("010.0.0.1/8", "10.0.0.0/255.0.0.0", "10.0.0.0/033", "1.2.3", "fd00::1/64", "::ffff:1.2.3.4",
+                  "10.0.0.0/8,fd00::/8", "10.0.0.0/٣", "256.0.0.0/8", ""):
+        assert _read(value) == _reference(value), value
+
+
+# --- random tables ----------------------------------------------------------------------------------
+
+POOL = [f"10.0.0.{i}" for i in range(0, 256, 17)] + ["10.0.1.1", "192.168.0.1"]
+RESTS = ["", "-p tcp", "-p udp", "-o lo", "-p tcp -m tcp --dport 80", "-m mark --mark 0x1",
+         "-m owner --uid-owner 1337", "-m owner ! --uid-owner 1337", "-m set --match-set s dst"]
+TARGETS = ["-j RETURN", "-j ACCEPT", "-j DROP", "-j MARK --set-xmark 0x1/0xffffffff", "-j LOG", "-j SUB",
+           "-g SUB", "-j REDIRECT --to-ports 15001", ""]
+SUB_TARGETS = [t for t in TARGETS if "SUB" not in t]
+
+networks = st.builds(lambda host, length: f"{ipaddress.ip_network(f'{host}/{length}', strict=False)}",
+                     st.sampled_from(POOL), st.integers(24, 32))
+address_forms = st.sampled_from(["-d {}", "-s {}", "! -d {}", "-s 10.0.0.0/28 -d {}", "-d {},10.0.0.64/27"])
+
+
+@st.composite
+def segments(draw: st.DrawFn, targets: list[str]) -> list[str]:
+    """A run: rules with one address form, rest and target, differing only by network."""
+    form, rest, target = draw(address_forms), draw(st.sampled_from(RESTS)), draw(st.sampled_from(targets))
+    nets = draw(st.lists(networks, min_size=1, max_size=2 * MIN_RUN + 4))
+    return [" ".join(part for part in (form.format(net), rest, target) if part) for net in nets]
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> str:
+    main = [rule for segment in draw(st.lists(segments(TARGETS), max_size=5)) for rule in segment]
+    sub = [rule for segment in draw(st.lists(segments(SUB_TARGETS), max_size=3)) for rule in segment]
+    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             ":POSTROUTING ACCEPT [0:0]", ":MAIN - [0:0]", ":SUB - [0:0]", "-A OUTPUT -p tcp -j MAIN",
+             "-A OUTPUT -j MAIN"]
+    lines += [f"-A MAIN {rule}" for rule in main] + [f"-A SUB {rule}" for rule in sub] + ["COMMIT"]
+    return "\n".join(lines) + "\n"
+
+
+packets = st.builds(
+    Packet,
+    proto=st.sampled_from(["tcp", "udp"]),
+    src=st.sampled_from(POOL).map(ipaddress.IPv4Address),
+    dst=st.sampled_from(POOL).map(ipaddress.IPv4Address),
+    sport=st.just(50000),
+    dport=st.sampled_from([80, 443]),
+    out_iface=st.sampled_from(["lo", "eth0"]),
+    uid=st.sampled_from([None, 1000, 1337]),
+    gid=st.sampled_from([None, 1000, 1337]),
+    mark=st.sampled_from([0, 1]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tables(), st.lists(packets, min_size=1, max_size=8))
+def test_indexed_traversal_equals_the_plain_walk(text: str, packets: list[Packet]) -> None:
+    ruleset = parse_ruleset(text, Family.IPV4)
+    for packet in packets:
+        for start in (None, "MAIN", "SUB"):
+            plain = traverse(ruleset, "nat", "OUTPUT", packet, start=start, indexed=False)
+            assert traverse(ruleset, "nat", "OUTPUT", packet, start=start) == plain
+
+
+@settings(max_examples=200, deadline=None)
+@given(tables())
+def test_rules_read_from_templates_equal_rules_read_one_by_one(text: str) -> None:
+    ruleset = parse_ruleset(text, Family.IPV4)
+    chain_names = set(ruleset.tables["nat"].chains)
+    for rule in ruleset.tables["nat"].rules():
+        alone = _parse_rule("nat", rule.chain, rule.position, rule.line, rule.text, None, rule.spec.split(),
+                            chain_names)
+        assert rule == alone
+        for cond in (rule.source, rule.destination):
+            if cond is not None:
+                assert cond.networks == parse_networks(cond.value)
+
+
+# --- the index itself -----------------------------------------------------------------------------
+
+def _synthetic(rules: int) -> str:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from synth import synthetic_table
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return synthetic_table(rules)
+
+
+def _packet(dst: str, uid: int = 1000) -> Packet:
+    return Packet("tcp", ipaddress.IPv4Address("10.99.0.2"), ipaddress.IPv4Address(dst), 50000, 9080,
+                  out_iface="eth0", uid=uid, gid=uid)
+
+
+def test_excluded_cidrs_are_one_run_and_only_the_matching_rule_counts() -> None:
+    ruleset = parse_ruleset(_synthetic(1000))
+    chain = ruleset.tables["nat"].chains["ISTIO_OUTPUT"]
+    runs = chain_runs(chain)
+    run = runs[8]
+    assert isinstance(run, AddressRun)
+    # ISTIO_OUTPUT:8, `-d 127.0.0.1/32 -j RETURN`, has the same form: the run starts there
+    assert (run.start, run.stop, run.field) == (7, 1008, "destination")
+    assert runs[6] is None and runs[1008] is None
+    hit = traverse(ruleset, "nat", "OUTPUT", _packet("100.64.3.233"))  # in 100.64.3.232/30: rule 250 + 8
+    assert hit.refs == ("OUTPUT:1", "ISTIO_OUTPUT:259")
+    miss = traverse(ruleset, "nat", "OUTPUT", _packet("10.1.2.3"))
+    assert miss.refs == ("OUTPUT:1", "ISTIO_OUTPUT:1009", "ISTIO_REDIRECT:1")
+
+
+def test_a_walk_that_comes_back_into_a_run_finds_the_next_match() -> None:
+    # The same networks twice in one run, each jumping to a chain that returns: the walk comes back
+    # into the middle of the run, and the second copy counts too.
+    nets = [f"10.0.{i}.0/24" for i in range(MIN_RUN)]
+    rules = [f"-A MAIN -d {net} -j SUB" for net in [*nets, "10.9.0.0/16", *nets]]
+    text = "\n".join(["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                      ":POSTROUTING ACCEPT [0:0]", ":MAIN - [0:0]", ":SUB - [0:0]", "-A OUTPUT -j MAIN",
+                      *rules, "-A SUB -j RETURN", "COMMIT", ""])
+    ruleset = parse_ruleset(text)
+    assert len({id(run) for run in chain_runs(ruleset.tables["nat"].chains["MAIN"])}) == 1
+    trace = traverse(ruleset, "nat", "OUTPUT", _packet("10.0.3.7"))
+    assert trace.refs == ("OUTPUT:1", "MAIN:4", "SUB:1", "MAIN:13", "SUB:1")
+    assert trace == traverse(ruleset, "nat", "OUTPUT", _packet("10.0.3.7"), indexed=False)
+
+
+def test_short_runs_and_mixed_rules_are_not_indexed() -> None:
+    ruleset = parse_ruleset((REPO / "tests/data/default.v4.iptables-save").read_text())
+    for chain in ruleset.tables["nat"].chains.values():
+        assert find_runs(chain.rules) == ()
