@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from podnat.netfilter.addresses import cond_networks, network_bounds, to_address
+from podnat.netfilter.alloc import collector_paused
 from podnat.netfilter.matches import parse_mark, rule_matches
 from podnat.netfilter.model import Cond, Family, Match, Rule, Ruleset, Table
 from podnat.netfilter.packet import Packet
@@ -67,7 +68,8 @@ def _analyse(
         if not chains or not any(tab.chains[c].rules for c in chains):
             return
         rules = [rule for c in chains for rule in tab.chains[c].rules]
-        space = _PacketSpace(rules, hook, ruleset.family)
+        with collector_paused():
+            space = _PacketSpace(rules, hook, ruleset.family)
         if space.size > MAX_PACKETS:
             skipped.append(f"{table} {hook}: {space.size} representative packets, over {MAX_PACKETS}")
             return

@@ -15,6 +15,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 
 from podnat.netfilter.addresses import WIDTH
+from podnat.netfilter.alloc import collector_paused
 from podnat.netfilter.matches import Result, rest_matches
 from podnat.netfilter.model import Chain, Cond, Rule
 from podnat.netfilter.packet import Packet
@@ -68,7 +69,8 @@ def chain_runs(chain: Chain) -> RunIndex:
     """The address runs of `chain`, per rule, found on first use and kept on the chain."""
     runs = chain._runs
     if runs is None:
-        runs = find_runs(chain.rules)
+        with collector_paused():
+            runs = find_runs(chain.rules)
         object.__setattr__(chain, "_runs", runs)  # a cache of a pure function of the frozen rules
     return runs
 
