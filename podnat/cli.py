@@ -139,10 +139,14 @@ def _address(text: str, flag: str) -> Any:
 
 @app.command()
 def trace(
-    nat_file: Annotated[Path, typer.Option("--nat-file", help="iptables-save output ('-': stdin).")],
-    pod_ip: Annotated[str, typer.Option("--pod-ip", help="The pod's IP.")],
-    from_: Annotated[From, typer.Option("--from", help="Who opens the connection: app, proxy or remote.")],
-    to: Annotated[str, typer.Option("--to", help="Destination IP:PORT.")],
+    nat_file: Annotated[
+        Path | None, typer.Option("--nat-file", help="iptables-save output ('-': stdin). Required.")
+    ] = None,
+    pod_ip: Annotated[str | None, typer.Option("--pod-ip", help="The pod's IP. Required.")] = None,
+    from_: Annotated[
+        From | None, typer.Option("--from", help="Who opens the connection: app, proxy or remote. Required.")
+    ] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Destination IP:PORT. Required.")] = None,
     src: Annotated[str | None, typer.Option("--src", help="Source IP (default: routing's choice).")] = None,
     uid: Annotated[int | None, typer.Option("--uid", help="Client uid (app default 1000; proxy: --proxy-uid).")] = None,
     gid: Annotated[int | None, typer.Option("--gid", help="Client primary gid (default: the uid's).")] = None,
@@ -160,6 +164,11 @@ def trace(
 ) -> None:
     """Follow one connection through a saved nat table and Envoy's listeners."""
     try:
+        missing = [flag for flag, value in (("--nat-file", nat_file), ("--pod-ip", pod_ip), ("--from", from_),
+                                             ("--to", to)) if value is None]
+        if missing:
+            raise UsageError(f"missing {', '.join(missing)}: see podnat trace --help")
+        assert nat_file is not None and pod_ip is not None and from_ is not None and to is not None
         from podnat.istio.flows import Actor, FlowSpec, FlowType, Identity, context_for
         from podnat.istio.paths import Outcome, trace_flow
 
