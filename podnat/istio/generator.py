@@ -433,37 +433,20 @@ def _dns_tcp_legacy(cfg: InterceptionConfig, b: _Builder) -> None:
             DNS_PROXY_PORT,
         )
         return
-    for server in cfg.dns_servers_v4:
-        b.append_v4(
-            "ISTIO_OUTPUT",
-            "nat",
-            "-p",
-            "tcp",
-            "--dport",
-            "53",
-            "-d",
-            f"{server}/32",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            DNS_PROXY_PORT,
-        )
-    for server6 in cfg.dns_servers_v6:
-        b.append_v6(
-            "ISTIO_OUTPUT",
-            "nat",
-            "-p",
-            "tcp",
-            "--dport",
-            "53",
-            "-d",
-            f"{server6}/128",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            DNS_PROXY_PORT,
-        )
+    _redirect_resolvers(cfg, b, "ISTIO_OUTPUT", "tcp", "--to-ports")
 
+
+
+def _redirect_resolvers(cfg: InterceptionConfig, b: _Builder, chain: str, proto: str, to_flag: str) -> None:
+    """DNS (`proto` port 53) to each resolver of each family, redirected to pilot-agent's DNS proxy.
+
+    `to_flag` is kept as istio-iptables wrote it (`--to-ports` or `--to-port`, releases differ)."""
+    for server in cfg.dns_servers_v4:
+        b.append_v4(chain, "nat", "-p", proto, "--dport", "53", "-d", f"{server}/32", "-j", "REDIRECT",
+                    to_flag, DNS_PROXY_PORT)
+    for server6 in cfg.dns_servers_v6:
+        b.append_v6(chain, "nat", "-p", proto, "--dport", "53", "-d", f"{server6}/128", "-j", "REDIRECT",
+                    to_flag, DNS_PROXY_PORT)
 
 def _dns_udp_legacy(cfg: InterceptionConfig, b: _Builder, owner_filter: list[tuple[str, ...]]) -> None:
     """Before 1.25: UDP DNS in nat/raw OUTPUT (up to 1.22) or at the end of ISTIO_OUTPUT (1.23, 1.24)."""
@@ -481,36 +464,7 @@ def _dns_udp_legacy(cfg: InterceptionConfig, b: _Builder, owner_filter: list[tup
     if cfg.capture_all_dns:
         b.append(chain, "nat", "-p", "udp", "--dport", "53", "-j", "REDIRECT", "--to-port", DNS_PROXY_PORT)
     else:
-        for server in cfg.dns_servers_v4:
-            b.append_v4(
-                chain,
-                "nat",
-                "-p",
-                "udp",
-                "--dport",
-                "53",
-                "-d",
-                f"{server}/32",
-                "-j",
-                "REDIRECT",
-                "--to-port",
-                DNS_PROXY_PORT,
-            )
-        for server6 in cfg.dns_servers_v6:
-            b.append_v6(
-                chain,
-                "nat",
-                "-p",
-                "udp",
-                "--dport",
-                "53",
-                "-d",
-                f"{server6}/128",
-                "-j",
-                "REDIRECT",
-                "--to-port",
-                DNS_PROXY_PORT,
-            )
+        _redirect_resolvers(cfg, b, chain, "udp", "--to-port")
     _conntrack_zones(cfg, b, chain, "PREROUTING", legacy=True)
 
 
@@ -666,66 +620,8 @@ def _dns_modern(cfg: InterceptionConfig, b: _Builder) -> None:
             DNS_PROXY_PORT,
         )
     else:
-        for server in cfg.dns_servers_v4:
-            b.append_v4(
-                "ISTIO_OUTPUT_DNS",
-                "nat",
-                "-p",
-                "tcp",
-                "--dport",
-                "53",
-                "-d",
-                f"{server}/32",
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                DNS_PROXY_PORT,
-            )
-        for server6 in cfg.dns_servers_v6:
-            b.append_v6(
-                "ISTIO_OUTPUT_DNS",
-                "nat",
-                "-p",
-                "tcp",
-                "--dport",
-                "53",
-                "-d",
-                f"{server6}/128",
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                DNS_PROXY_PORT,
-            )
-        for server in cfg.dns_servers_v4:
-            b.append_v4(
-                "ISTIO_OUTPUT_DNS",
-                "nat",
-                "-p",
-                "udp",
-                "--dport",
-                "53",
-                "-d",
-                f"{server}/32",
-                "-j",
-                "REDIRECT",
-                "--to-port",
-                DNS_PROXY_PORT,
-            )
-        for server6 in cfg.dns_servers_v6:
-            b.append_v6(
-                "ISTIO_OUTPUT_DNS",
-                "nat",
-                "-p",
-                "udp",
-                "--dport",
-                "53",
-                "-d",
-                f"{server6}/128",
-                "-j",
-                "REDIRECT",
-                "--to-port",
-                DNS_PROXY_PORT,
-            )
+        _redirect_resolvers(cfg, b, "ISTIO_OUTPUT_DNS", "tcp", "--to-ports")
+        _redirect_resolvers(cfg, b, "ISTIO_OUTPUT_DNS", "udp", "--to-port")
     _conntrack_zones(cfg, b, "ISTIO_OUTPUT_DNS", "ISTIO_INBOUND", legacy=False)
 
 
