@@ -67,6 +67,26 @@ class ListenersReading:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyRouting:
+    """`ip rule show` and `ip route show table TABLE` (and the `ip -6` twins) as read in the pod.
+
+    Read for TPROXY pods only. A text is "" when the command printed nothing (iproute2 says "FIB table
+    does not exist" for an empty table), None when it could not be read: `error` says why."""
+
+    label: str  # e.g. "exec istio-proxy: ip rule show; ip route show table 133 (and ip -6)"
+    table: int
+    rules_v4: str | None
+    routes_v4: str | None
+    rules_v6: str | None = None
+    routes_v6: str | None = None
+    error: str | None = None  # e.g. "`ip` is not in the image of istio-proxy"
+
+    @property
+    def complete(self) -> bool:
+        return None not in (self.rules_v4, self.routes_v4, self.rules_v6, self.routes_v6)
+
+
+@dataclass(frozen=True, slots=True)
 class PodFacts:
     """Everything read from one pod; `errors` says what could not be read, and why."""
 
@@ -76,6 +96,7 @@ class PodFacts:
     listeners: ListenersReading | None = None
     notes: Sequence[str] = field(default_factory=tuple)  # e.g. "added ephemeral container podnat-debug"
     mesh: MeshMode = MeshMode.SIDECAR  # not SIDECAR: nat/listeners are None and `notes` says why
+    routing: PolicyRouting | None = None  # TPROXY pods: policy routing, read by the same exec as the table
 
 
 class SourceError(PodnatError):

@@ -10,6 +10,10 @@ The nat table, most live first (unless `source` picks one):
   3. the istio-init log (or, for istio-cni pods, the istio-cni-node log of the pod's node).
 So a pod costs one exec, plus one log read when the proxy is unprivileged: two requests.
 
+For a TPROXY pod the same exec also prints `ip rule show` and `ip route show table T` (and the `ip -6`
+twins): Istio's policy routing, which needs no privilege to read, so istio-proxy's exec reads it even
+when the nat table comes from elsewhere.
+
 "No sidecar" is not an error: read_facts returns PodFacts with `mesh` != SIDECAR and a note.
 """
 
@@ -31,6 +35,7 @@ from podnat.facts import (
     NatSource,
     PodFacts,
     PodRef,
+    PolicyRouting,
 )
 from podnat.istio.initlog import InitLogError, InitLogRules, RulesKind, parse_cni_log, parse_initlog
 from podnat.kube.client import KubeClient
@@ -85,6 +90,7 @@ class _Capture:
     nat_error: KubeSourceError | None
     listeners: ListenersReading | None
     listeners_error: str | None
+    routing: PolicyRouting | None = None
 
 
 class KubePodSource:
@@ -208,6 +214,7 @@ class KubePodSource:
 
         nat: NatReading | None = None
         listeners_reading: ListenersReading | None = None
+        routing: PolicyRouting | None = None
         listeners_tried = False
         failures: list[KubeSourceError] = []
 
@@ -225,6 +232,7 @@ class KubePodSource:
                     cap = self._capture(pod, ref, PROXY, NatSource.EXEC)
                     listeners_tried = True
                     listeners_reading = cap.listeners
+                    routing = cap.routing
                     if cap.listeners_error:
                         notes.append(cap.listeners_error)
                     if cap.nat is not None:
@@ -243,6 +251,8 @@ class KubePodSource:
                     "removed; later runs reuse it)" if added else f"reused ephemeral container {name}"
                 )
                 cap = self._capture(pod, ref, name, NatSource.DEBUG, debug_added=added)
+                if cap.routing is not None and (routing is None or not routing.complete):
+                    routing = cap.routing
                 if cap.listeners is not None:
                     listeners_reading = cap.listeners
                 elif cap.listeners_error and listeners_reading is None:
@@ -273,7 +283,8 @@ class KubePodSource:
             listeners_reading, listeners_error = self._listeners_only(pod, ref)
             if listeners_error:
                 notes.append(listeners_error)
-        return PodFacts(ref=ref, pod=pod, nat=nat, listeners=listeners_reading, notes=tuple(notes), mesh=mesh)
+        return PodFacts(ref=ref, pod=pod, nat=nat, listeners=listeners_reading, notes=tuple(notes), mesh=mesh,
+                        routing=routing)
 
     # --- exec -------------------------------------------------------------------------------------
 
@@ -332,12 +343,13 @@ class KubePodSource:
         debug_added: bool = False,
     ) -> _Capture:
         port = admin_port(pod)
+        table = tproxy_route_table(pod)
         marker = f"podnat-{secrets.token_hex(8)}"
-        result = self.exec(ref, container, ["sh", "-c", capture_script(marker, port)])
+        result = self.exec(ref, container, ["sh", "-c", capture_script(marker, port, table)])
         sections = split_sections(result, marker)
         if sections is None:
             if _looks_missing(result):  # no shell in the image (distroless): one exec per command
-                sections = self._capture_without_shell(ref, container, port)
+                sections = self._capture_without_shell(ref, container, port, table)
             else:
                 detail = " ".join((result.stderr or result.stdout).split())[:200]
                 raise KubeSourceError(
@@ -354,9 +366,12 @@ class KubePodSource:
                 listeners_json=_listeners_text(sections),
             )
         listeners, listeners_error = interpret_listeners(sections.get("listeners"), where)
-        return _Capture(nat, nat_error, listeners, listeners_error)
+        routing = interpret_routing(sections, where, table) if table is not None else None
+        return _Capture(nat, nat_error, listeners, listeners_error, routing)
 
-    def _capture_without_shell(self, ref: PodRef, container: str, port: int) -> dict[str, _Section]:
+    def _capture_without_shell(
+        self, ref: PodRef, container: str, port: int, table: int | None
+    ) -> dict[str, _Section]:
         sections: dict[str, _Section] = {}
         for name, argv in (
             ("v4", ["iptables-save", "-c"]),
@@ -369,6 +384,12 @@ class KubePodSource:
             if name == "v4" and _PERMISSION.search(r.stderr + r.stdout):
                 sections["v6"] = _Section("", "", rc)  # same verdict: spare the exec
                 break
+        for name, command in routing_commands(table).items():
+            r = self.exec(ref, container, command.split())
+            rc = r.returncode if r.returncode is not None else 1
+            sections[name] = _Section(r.stdout, r.stderr, 127 if rc and _looks_missing(r) else rc)
+            if sections[name].returncode == 127:
+                break  # no `ip` in the image: the other commands would say the same
         return sections
 
     def _listeners_only(
@@ -555,11 +576,35 @@ def listeners_argv(port: int) -> list[str]:
     return [*argv, "--debug-port", str(port)] if port != DEFAULT_ADMIN_PORT else argv
 
 
-def capture_script(marker: str, port: int) -> str:
+def tproxy_route_table(pod: Mapping[str, Any]) -> int | None:
+    """The routing table of a TPROXY pod's `ip rule fwmark ... lookup TABLE` (-r), None if not TPROXY."""
+    from podnat.istio.config import InterceptionMode, from_pod
+
+    try:
+        config = from_pod(pod).config
+    except (ValueError, TypeError, KeyError):
+        return None
+    return config.tproxy_route_table if config is not None and config.mode is InterceptionMode.TPROXY else None
+
+
+def routing_commands(table: int | None) -> dict[str, str]:
+    """The capture's policy-routing sections (none when the pod is not in TPROXY mode)."""
+    if table is None:
+        return {}
+    return {
+        "rule": "ip rule show",
+        "route": f"ip route show table {table}",
+        "rule6": "ip -6 rule show",
+        "route6": f"ip -6 route show table {table}",
+    }
+
+
+def capture_script(marker: str, port: int, routing_table: int | None = None) -> str:
     """One shell run printing each reading between `MARKER begin NAME` and `MARKER end NAME RC` lines.
 
     Both stdout and stderr get the markers, so each section's stderr is attributed too. The end marker
-    starts on a fresh line (`printf '\\n...'`): output without a final newline stays intact."""
+    starts on a fresh line (`printf '\\n...'`): output without a final newline stays intact. With a
+    `routing_table` (TPROXY pods) it also prints the policy routing (`ip rule`, `ip route`)."""
     listeners = " ".join(listeners_argv(port)[:3]) + " 'listeners?format=json'" + (
         f" --debug-port {port}" if port != DEFAULT_ADMIN_PORT else ""
     )
@@ -570,6 +615,7 @@ def capture_script(marker: str, port: int) -> str:
         "legacy": "iptables-legacy-save -c",
         "nft": "nft list ruleset",
         "listeners": f"{listeners} || curl -sf http://127.0.0.1:{port}/listeners?format=json",
+        **routing_commands(routing_table),
     }
     parts = []
     for name, command in commands.items():
@@ -669,6 +715,44 @@ def interpret_nat(
         f"keeps the rules in `nft list ruleset`, and {nft_hint}: "
         + ("rerun with --debug-container or use --source init-log" if kind is NatSource.EXEC
            else "use --source init-log"),
+    )
+
+
+_NO_TABLE = re.compile(r"FIB table does not exist|table .* does not exist", re.IGNORECASE)
+
+
+def interpret_routing(sections: Mapping[str, _Section], where: str, table: int) -> PolicyRouting:
+    """The policy-routing sections of a capture: each text, "" for an empty table, None when unread."""
+    who = "exec istio-proxy" if where == PROXY else where
+    problems: list[str] = []
+
+    def text(name: str, command: str) -> str | None:
+        section = sections.get(name)
+        if section is None:
+            return None
+        if section.returncode == 0:
+            return section.stdout
+        both = section.stderr + section.stdout
+        if _NO_TABLE.search(both):
+            return ""  # iproute2 on a table with no route in it
+        if section.returncode in (126, 127) or _MISSING.search(both):
+            problem = f"`ip` is not in the image of {where}"
+        else:
+            problem = f"`{command}` failed in {where} (exit {section.returncode}): {' '.join(both.split())[:120]}"
+        if problem not in problems:
+            problems.append(problem)
+        return None
+
+    commands = routing_commands(table)
+    texts = {name: text(name, command) for name, command in commands.items()}
+    return PolicyRouting(
+        label=f"{who}: ip rule show; ip route show table {table} (and ip -6)",
+        table=table,
+        rules_v4=texts["rule"],
+        routes_v4=texts["route"],
+        rules_v6=texts["rule6"],
+        routes_v6=texts["route6"],
+        error="; ".join(problems) or None,
     )
 
 

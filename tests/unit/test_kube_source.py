@@ -905,3 +905,125 @@ def test_capture_script_sections(tmp_path: Path) -> None:
     sections = split_sections(ExecResult(out.decode(), err.decode(), rc), "M1")
     assert sections is not None and set(sections) == {"v4", "v6", "legacy", "nft", "listeners"}
     assert sections["v4"].returncode == 127 and "iptables-save" in sections["v4"].stderr
+
+
+# --- TPROXY: policy routing, read by the same exec --------------------------------------------------
+
+ROUTING = REPO / "tests" / "data" / "routing"
+
+
+def tproxy_pod(*extra: str) -> dict[str, Any]:
+    pod = make_pod(annotations={"sidecar.istio.io/interceptionMode": "TPROXY"})
+    pod["spec"]["initContainers"][0]["args"] = ["istio-iptables", "-p", "15001", "-m", "TPROXY", *extra]
+    return pod
+
+
+def ip_stub(directory: Path, answers: dict[str, tuple[str, str, int]]) -> None:
+    """An `ip` that answers by its arguments ("rule show", "-6 route show table 133", ...)."""
+    cases = []
+    for index, (args, (out, err, rc)) in enumerate(answers.items()):
+        (directory / f"ip.{index}.out").write_text(out)
+        (directory / f"ip.{index}.err").write_text(err)
+        cases.append(f"  '{args}') /bin/cat '{directory}/ip.{index}.out'; /bin/cat '{directory}/ip.{index}.err' >&2; "
+                     f"exit {rc};;")
+    script = directory / "ip"
+    script.write_text('#!/bin/sh\ncase "$*" in\n' + "\n".join(cases) + "\n  *) exit 99;;\nesac\n")
+    script.chmod(0o755)
+
+
+def recorded_ip(table: int = 133) -> dict[str, tuple[str, str, int]]:
+    """The rule is there, table 133 is not (v4), both are there (v6): as iproute2 6.1 printed them."""
+    return {
+        "rule show": ((ROUTING / "rule-present.txt").read_text(), "", 0),
+        f"route show table {table}": ("", (ROUTING / "route-missing.stderr").read_text(), 2),
+        "-6 rule show": ((ROUTING / "rule6-present.txt").read_text(), "", 0),
+        f"-6 route show table {table}": ((ROUTING / "route6-present.txt").read_text(), "", 0),
+    }
+
+
+def test_tproxy_pod_reads_policy_routing_in_the_same_exec(fake: FakeApi, tmp_path: Path) -> None:
+    pod = fake.add_pod(tproxy_pod())
+    d = fake.container(POD, "istio-proxy", {"iptables-save": (LIVE.read_text(), "", 0),
+                                            "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)})
+    ip_stub(d, recorded_ip())
+    facts = source_for(fake, tmp_path).read_facts(pod, None, False)
+    routing = facts.routing
+    assert routing is not None
+    assert routing.label == "exec istio-proxy: ip rule show; ip route show table 133 (and ip -6)"
+    assert routing.table == 133 and routing.error is None and routing.complete
+    assert routing.rules_v4 == (ROUTING / "rule-present.txt").read_text()
+    assert routing.routes_v4 == ""  # "FIB table does not exist": an empty table, not an unreadable one
+    assert routing.routes_v6 == (ROUTING / "route6-present.txt").read_text()
+    assert fake.count("GET", r"/exec$") == 1
+
+
+def test_tproxy_custom_table_and_unprivileged_proxy(fake: FakeApi, tmp_path: Path) -> None:
+    # istio-proxy cannot read the nat table, but `ip rule` needs no privilege: routing comes from its exec.
+    pod = fake.add_pod(tproxy_pod("-t", "4242", "-r", "200"))
+    unprivileged_proxy(fake)
+    ip_stub(fake.containers[(NS, POD, "istio-proxy")], recorded_ip(200))
+    fake.logs[(NS, POD, "istio-init")] = init_log()
+    facts = source_for(fake, tmp_path).read_facts(pod, None, False)
+    assert facts.nat is not None and facts.nat.source is NatSource.INIT_LOG
+    assert facts.routing is not None and facts.routing.table == 200
+    assert facts.routing.label == "exec istio-proxy: ip rule show; ip route show table 200 (and ip -6)"
+    assert facts.routing.rules_v4 and facts.routing.error is None
+
+
+def test_tproxy_without_ip_is_unknown(fake: FakeApi, tmp_path: Path) -> None:
+    pod = fake.add_pod(tproxy_pod())
+    fake.container(POD, "istio-proxy", {"iptables-save": (LIVE.read_text(), "", 0),
+                                        "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)})
+    facts = source_for(fake, tmp_path).read_facts(pod, None, False)
+    assert facts.routing is not None
+    assert (facts.routing.rules_v4, facts.routing.routes_v4, facts.routing.rules_v6) == (None, None, None)
+    assert facts.routing.error == "`ip` is not in the image of istio-proxy"
+    assert facts.nat is not None  # the table itself is unaffected
+
+
+def test_tproxy_debug_container_reads_routing(fake: FakeApi, tmp_path: Path) -> None:
+    pod = fake.add_pod(tproxy_pod())
+    unprivileged_proxy(fake)  # and no `ip` in istio-proxy
+    d = fake.container(POD, "podnat-debug", {"iptables-save": (LIVE.read_text(), "", 0),
+                                             "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)})
+    ip_stub(d, recorded_ip())
+    facts = source_for(fake, tmp_path).read_facts(pod, None, True)
+    assert facts.nat is not None and facts.nat.source is NatSource.DEBUG
+    assert facts.routing is not None and facts.routing.error is None
+    assert facts.routing.label == "ephemeral container podnat-debug: ip rule show; ip route show table 133 (and ip -6)"
+
+
+def test_tproxy_without_shell_one_exec_per_command(fake: FakeApi, tmp_path: Path) -> None:
+    pod = fake.add_pod(tproxy_pod())
+    d = fake.container(POD, "istio-proxy", {"iptables-save": (LIVE.read_text(), "", 0),
+                                            "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)},
+                       shell=False)
+    facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
+    assert facts.routing is not None and facts.routing.error == "`ip` is not in the image of istio-proxy"
+    assert fake.count("GET", r"/exec$") == 5  # sh, iptables-save, ip6tables-save, pilot-agent, ip (missing)
+    ip_stub(d, recorded_ip())
+    again = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
+    assert again.routing is not None and again.routing.complete and again.routing.routes_v4 == ""
+    assert fake.count("GET", r"/exec$") == 5 + 8  # ... and the four `ip` commands
+
+
+def test_redirect_pod_reads_no_routing(fake: FakeApi, tmp_path: Path) -> None:
+    pod = fake.add_pod(make_pod())
+    d = fake.container(POD, "istio-proxy", {"iptables-save": (LIVE.read_text(), "", 0),
+                                            "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)})
+    ip_stub(d, recorded_ip())
+    assert source_for(fake, tmp_path).read_facts(pod, None, False).routing is None
+
+
+def test_capture_script_routing_sections(tmp_path: Path) -> None:
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "sh").symlink_to(shutil.which("sh") or "/bin/sh")
+    from podnat.kube.source import ExecResult
+
+    out, err, rc = run_in_container(d, ["sh", "-c", capture_script("M2", 15000, 200)])
+    sections = split_sections(ExecResult(out.decode(), err.decode(), rc), "M2")
+    assert sections is not None
+    assert set(sections) == {"v4", "v6", "legacy", "nft", "listeners", "rule", "route", "rule6", "route6"}
+    assert sections["rule"].returncode == 127 and "ip" in sections["rule"].stderr
+    assert "ip -6 route show table 200" in capture_script("M2", 15000, 200)
