@@ -250,15 +250,21 @@ def explain(
         if istiod:
             ctx = ctx.replace(istiod=_endpoint(istiod, "--istiod", 15012))
         expected = None
+        dns_requested = False
         if args is not None or pod_spec is not None:
             from podnat.intent import expected_ruleset
+            from podnat.istio.explain import captured_nameservers, dns_capture_requested
 
             for address in nameserver or ():
                 _address(address, "--nameserver")
-            expected = expected_ruleset(ruleset.family, args=args, version=istio_version,
-                                        pod=_load_pod(pod_spec) if pod_spec else None,
-                                        nameservers=tuple(nameserver or ()))
-        result = run_explain(ruleset, ctx, load_listeners(listeners), expected=expected)
+            pod_object = _load_pod(pod_spec) if pod_spec else None
+            dns_requested = dns_capture_requested(args, pod_object)
+            # Without --nameserver: the resolvers the table redirects are the ones istio-init found.
+            nameservers = tuple(nameserver or ()) or (captured_nameservers(ruleset) if dns_requested else ())
+            expected = expected_ruleset(ruleset.family, args=args, version=istio_version, pod=pod_object,
+                                        nameservers=nameservers)
+        result = run_explain(ruleset, ctx, load_listeners(listeners), expected=expected,
+                             dns_requested=dns_requested)
         if diagram is not None:
             from podnat.render.svg import diagram_svg
 

@@ -3,6 +3,11 @@
 Each pod's facts (nat table, listeners, spec) are read through the source, its intent is derived
 from its spec (podnat/intent.py), and podnat/istio/explain.py does the rest. One pod's failure
 never stops the others: it becomes that pod's report.
+
+Two facts of the pod beyond its table: a TPROXY pod's policy routing (`ip rule`, `ip route`, read by
+the same exec) decides whether its inbound connections complete; and a pod that asked for DNS capture
+expects the table to redirect its nameservers, which only the live table (istio-init read them from
+/etc/resolv.conf at start) can tell.
 """
 
 from __future__ import annotations
@@ -10,15 +15,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from podnat.envoy.listeners import Listener, ListenersError, istio_default_listeners, parse_listeners
 from podnat.errors import PodnatError
 from podnat.exitcodes import ExitCode
 from podnat.facts import NatSource, PodFacts, PodRef, PodSource
-from podnat.istio.explain import Explanation, Finding, FlowStatus, explain
+from podnat.istio.explain import Explanation, Finding, FlowStatus, captured_nameservers, explain
 from podnat.istio.flows import Endpoint, Identity, PodContext, context_for
+from podnat.istio.routing import TproxyRouting, tproxy_routing
 from podnat.netfilter.model import Family, Ruleset
 from podnat.netfilter.parse import ParseError
 
@@ -135,12 +141,24 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
     listeners, listener_findings, listener_note = _listeners(facts, sources)
     if listener_note:
         notes.append(listener_note)
+    config = _interception(facts.pod)
+    dns_requested = config is not None and config.redirect_dns
+    if config is not None and dns_requested and not config.dns_active and captured_nameservers(live):
+        # istio-init read the nameservers from /etc/resolv.conf at start: the live table shows which.
+        from podnat.intent import intent_for_pod
+
+        intent = intent_for_pod(facts.pod, captured_nameservers(live))
+    tproxy = intent.mode == "TPROXY"
+    if tproxy and facts.routing is not None:
+        sources["routing"] = facts.routing.label
     expected_listeners = istio_default_listeners(intent.outbound_port, intent.inbound_port)
     address = base.pod_ips[0] if base.pod_ips else base.pod_ip
     report = explain(live, pod_context(address, intent), listeners, expected=intent.expected(primary),
-                     expected_listeners=expected_listeners)
+                     expected_listeners=expected_listeners,
+                     policy_routing=_policy_routing(facts, config, primary) if tproxy else None,
+                     dns_requested=dns_requested)
     if listener_findings:
-        report = Explanation(report.flows, report.shadowed, tuple(listener_findings) + report.findings, report.diff)
+        report = replace(report, findings=tuple(listener_findings) + report.findings)
     second: Explanation | None = None
     second_live: Ruleset | None = None
     if len(families) > 1:
@@ -151,7 +169,7 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
             missing = Finding("error", f"the pod has {other.value} address {other_ip} but no {other.value} rules: "
                               f"its {other.value} traffic bypasses the sidecar (Istio adds them when the pod "
                               "is dual-stack; was istio-init run with IPv6 on?)")
-            report = Explanation(report.flows, report.shadowed, (*report.findings, missing), report.diff)
+            report = replace(report, findings=(*report.findings, missing))
         else:
             try:
                 second_live = _read_table(native or other_text or "", other)
@@ -159,9 +177,35 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
                 notes.append(f"the {other.value} table could not be read: {exc}")
             else:
                 second = explain(second_live, pod_context(other_ip, intent), listeners,
-                                 expected=intent.expected(other), expected_listeners=expected_listeners)
+                                 expected=intent.expected(other), expected_listeners=expected_listeners,
+                                 policy_routing=_policy_routing(facts, config, other) if tproxy else None)
     return _with(base, sources=sources, explanation=report, ruleset=live, listeners=listeners,
                  notes=tuple(notes), second=second, second_ruleset=second_live)
+
+
+def _interception(pod: Mapping[str, Any]) -> Any:
+    """The pod's InterceptionConfig (None without one): the TPROXY mark and table, DNS capture."""
+    from podnat.istio.config import from_pod
+
+    try:
+        return from_pod(pod).config
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _policy_routing(facts: PodFacts, config: Any, family: Family) -> TproxyRouting:
+    """One family's TPROXY policy routing, from what the capture read (or why it is not known)."""
+    mark = config.tproxy_mark if config is not None else 1337
+    table = config.tproxy_route_table if config is not None else 133
+    reading = facts.routing
+    if reading is None:
+        return TproxyRouting(family.value, mark, table, "not read", None, None,
+                             unknown="`ip rule` and `ip route` were not read (podnat reads them in the exec "
+                             "of istio-proxy or of its debug container, which did not run)")
+    v6 = family is Family.IPV6
+    return tproxy_routing(reading.rules_v6 if v6 else reading.rules_v4, reading.routes_v6 if v6 else reading.routes_v4,
+                          family=family.value, mark=mark, table=reading.table, source=reading.label,
+                          unreadable=reading.error)
 
 
 def _has_rules(text: str, family: Family) -> bool:
@@ -241,8 +285,6 @@ def _pod_header(pod: Mapping[str, Any], ref: PodRef) -> PodReport:
 
 
 def _with(report: PodReport, **changes: Any) -> PodReport:
-    from dataclasses import replace
-
     return replace(report, **changes)
 
 

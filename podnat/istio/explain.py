@@ -3,17 +3,25 @@
 `explain(live, ctx)` traces the six flows; given the `expected` rule set (podnat.istio.generator) it
 also traces them through the intended rules, gives each flow a status (ok, drift, broken) and diffs
 the rules, naming causes. This is the one function the CLI's explain, inspect and verify share.
+
+Two facts outside the table also decide paths: a TPROXY pod's policy routing (`policy_routing`, read
+live: without `ip rule fwmark 1337 lookup 133` and its local route inbound connections never complete)
+and whether DNS capture was asked for (`dns_requested`: istio-init silently skips it when it finds no
+nameserver).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 from podnat.envoy.listeners import Listener
 from podnat.istio.flows import (
     DNS_PROXY_PORT,
+    Actor,
     Endpoint,
     FlowSpec,
     FlowType,
@@ -21,9 +29,10 @@ from podnat.istio.flows import (
     service_context,
     six_flows,
 )
-from podnat.istio.paths import FlowTrace, Outcome, trace_flow
+from podnat.istio.paths import FlowTrace, Leg, Outcome, trace_flow
 from podnat.istio.reconcile import DiffKind, RuleDiff, diff_rules
-from podnat.netfilter.model import Ruleset
+from podnat.istio.routing import TproxyRouting
+from podnat.netfilter.model import IPAddress, Ruleset
 from podnat.netfilter.reachability import Reachability, Shadowed, shadowed_rules
 
 BROKEN = (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED)
@@ -69,6 +78,7 @@ class Explanation:
     shadowed: tuple[Shadowed, ...]
     findings: tuple[Finding, ...]
     diff: tuple[RuleDiff, ...] | None  # None when no intent was given
+    policy_routing: TproxyRouting | None = None  # TPROXY pods read live: the routing the flows depend on
 
     @property
     def failed(self) -> bool:
@@ -99,24 +109,106 @@ def explain(
     expected: Ruleset | None = None,
     flows: tuple[FlowSpec, ...] | None = None,
     expected_listeners: tuple[Listener, ...] | None = None,
+    *,
+    policy_routing: TproxyRouting | None = None,
+    dns_requested: bool = False,
 ) -> Explanation:
-    """Trace every flow through `live` (and `expected`), diff the rules, list what stands out."""
+    """Trace every flow through `live` (and `expected`), diff the rules, list what stands out.
+
+    `policy_routing`: a TPROXY pod's `ip rule`/`ip route` as read; when broken, the flows whose
+    replies depend on it are dropped. `dns_requested`: DNS capture was asked for (istio-init's
+    --redirect-dns / ISTIO_META_DNS_CAPTURE), so a table without it gets a finding."""
     ctx = service_context(ctx)
     if ctx.nameserver is None:
-        nameserver = captured_nameserver(expected) if expected is not None else captured_nameserver(live)
+        nameserver = (captured_nameserver(expected) if expected is not None else None) or captured_nameserver(live)
         if nameserver is not None:
             ctx = ctx.replace(nameserver=nameserver)
     specs = flows if flows is not None else six_flows(ctx)
     reports: list[FlowReport] = []
     for spec in specs:
         got = trace_flow(live, spec, ctx, listeners)
+        if policy_routing is not None and policy_routing.broken and replies_need_policy_routing(got, ctx):
+            got = _without_policy_routing(got, policy_routing, ctx)
         want = trace_flow(expected, spec, ctx, expected_listeners) if expected is not None else None
         reports.append(FlowReport(got, want, flow_status(got, want)))
     reach = _shadowed(live)
     diff = diff_rules(live, expected) if expected is not None else None
     findings = _findings(reports, diff or (), live)
+    if policy_routing is not None:
+        findings += _routing_findings(policy_routing, reports, ctx)
+    if dns_requested and captured_nameserver(live) is None:
+        findings.append(_dns_switched_off(live))
     findings += [Finding("info", f"shadow analysis skipped for {s}") for s in reach.skipped]
-    return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff)
+    return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing)
+
+
+def replies_need_policy_routing(trace: FlowTrace, ctx: PodContext) -> bool:
+    """Does the flow hand the app a connection from an address outside the pod (TPROXY's original_src)?
+
+    The app answers that address; only the fwmark rule and its local route bring the answer back to
+    Envoy over lo instead of out of the pod."""
+    return any(_spoofed(leg, ctx) for leg in trace.legs)
+
+
+def _spoofed(leg: Leg, ctx: PodContext) -> bool:
+    return leg.actor is Actor.PROXY and not ctx.is_local(leg.src) and ctx.is_local(leg.dst.address)
+
+
+def _without_policy_routing(trace: FlowTrace, routing: TproxyRouting, ctx: PodContext) -> FlowTrace:
+    leg = next(leg for leg in trace.legs if _spoofed(leg, ctx))
+    reason = (f"the app's replies to {leg.src} (marked {routing.mark:#x} by CONNMARK) are routed out of the pod "
+              f"instead of back to Envoy over lo: {_routing_gap(routing)}")
+    return replace(trace, outcome=Outcome.DROPPED, delivered_to=None, reason=reason)
+
+
+def _routing_gap(routing: TproxyRouting) -> str:
+    parts = []
+    if routing.fwmark_rule is False:
+        parts.append(f"no `{routing.family_ip} rule fwmark {routing.mark:#x} lookup {routing.table}`")
+    if routing.local_route is False:
+        parts.append(f"no `local default dev lo` in table {routing.table}")
+    return " and ".join(parts)
+
+
+def _routing_findings(routing: TproxyRouting, reports: list[FlowReport], ctx: PodContext) -> list[Finding]:
+    ip, table = routing.family_ip, routing.table
+    if routing.broken:
+        affected = tuple(sorted({int(r.spec.type) for r in reports if replies_need_policy_routing(r.live, ctx)}))
+        tproxy = tuple(dict.fromkeys(ref for r in reports for leg in r.live.legs if leg.verdict == "TPROXY"
+                                     for ref in leg.rules[-1:]))
+        missing = " and ".join(f"`{command}`" for command in routing.missing())
+        first = (f" (they meet `{routing.first_rule}` first)"
+                 if routing.fwmark_rule is False and routing.first_rule else "")
+        return [Finding(
+            "error",
+            f"TPROXY policy routing ({routing.family}) is incomplete: {missing} "
+            f"{'are' if len(routing.missing()) > 1 else 'is'} missing (istio-init runs "
+            f"{'them' if len(routing.missing()) > 1 else 'it'} in TPROXY mode). Packets marked {routing.mark:#x}, "
+            "the app's replies on inbound connections diverted by mangle ISTIO_TPROXY (they carry the client's "
+            f"address), are routed out of the pod instead of being delivered locally to Envoy over lo{first}: "
+            f"inbound connections never complete. Restart the pod so istio-init runs again; check with `{ip} rule "
+            f"show` and `{ip} route show table {table}` in the pod.",
+            tproxy, affected)]
+    if routing.unknown is not None:
+        return [Finding(
+            "warning",
+            f"TPROXY policy routing ({routing.family}) not known: {routing.unknown}. Inbound connections need "
+            f"`{ip} rule fwmark {routing.mark:#x} lookup {table}` and `local default dev lo` in table {table}; "
+            f"podnat assumes they are there (check with `{ip} rule show` and `{ip} route show table {table}` in "
+            "the pod, or rerun with --debug-container).")]
+    return []
+
+
+def _dns_switched_off(live: Ruleset) -> Finding:
+    return Finding(
+        "warning",
+        "DNS capture was requested (ISTIO_META_DNS_CAPTURE=true / --redirect-dns) but the table redirects "
+        f"no DNS to pilot-agent's DNS proxy ({DNS_PROXY_PORT}): istio-init switches DNS capture off, silently, "
+        "when it finds no nameserver in the pod's /etc/resolv.conf at start. The app's DNS goes straight to the "
+        "resolver, not through the proxy, so ServiceEntry hostnames (and other names only the mesh knows) will "
+        "not resolve. Check the pod's /etc/resolv.conf (`kubectl exec POD -c istio-proxy -- cat "
+        "/etc/resolv.conf`, and the pod's dnsPolicy/dnsConfig), then restart the pod.",
+        (), (int(FlowType.DNS),))
 
 
 _SHADOW_CACHE: dict[tuple[object, ...], Reachability] = {}
@@ -136,20 +228,45 @@ def _shadowed(ruleset: Ruleset) -> Reachability:
 
 def captured_nameserver(ruleset: Ruleset) -> Endpoint | None:
     """The resolver whose DNS traffic the table redirects to pilot-agent (15053), if any."""
+    for address in _dns_redirects(ruleset):
+        # None: capture-all, any resolver; podnat picks the usual cluster DNS address
+        default = ipaddress.ip_address("10.96.0.10" if ruleset.family.value == "ipv4" else "fd00:10:96::a")
+        return Endpoint(address or default, 53)
+    return None
+
+
+def dns_capture_requested(args: str | None, pod: Mapping[str, Any] | None = None) -> bool:
+    """Was istio-init asked to capture DNS (--redirect-dns / ISTIO_META_DNS_CAPTURE=true), whether or
+    not it found a nameserver? From its command line, or from a pod as `kubectl get pod -o yaml` prints it."""
+    from podnat.istio.config import InterceptionConfig, from_pod
+
+    try:
+        config = from_pod(pod).config if pod is not None else InterceptionConfig.from_args(args or "")
+    except ValueError:
+        return False  # the caller's own reading of the same arguments reports what is wrong
+    return config is not None and config.redirect_dns
+
+
+def captured_nameservers(ruleset: Ruleset) -> tuple[str, ...]:
+    """Every resolver the table redirects to 15053 by address: the nameservers istio-init found."""
+    return tuple(dict.fromkeys(str(a) for a in _dns_redirects(ruleset) if a is not None))
+
+
+def _dns_redirects(ruleset: Ruleset) -> list[IPAddress | None]:
+    """The destinations of the rules that redirect DNS to 15053, in order (None: any destination)."""
+    found: list[IPAddress | None] = []
     for table in ruleset.tables.values():
         for rule in table.rules():
             target = rule.target
             ports = target.get("to-ports") if target is not None and target.name == "REDIRECT" else None
             if ports is None or ports.args[0] != str(DNS_PROXY_PORT):
                 continue
-            if rule.destination is not None:
-                if rule.destination.negated:
-                    continue  # e.g. nftables' IPv4-only rule in the IPv6 view: never matches
-                address = ipaddress.ip_network(rule.destination.value.split(",")[0], strict=False)
-                return Endpoint(address.network_address, 53)
-            default = "10.96.0.10" if ruleset.family.value == "ipv4" else "fd00:10:96::a"
-            return Endpoint(ipaddress.ip_address(default), 53)
-    return None
+            if rule.destination is None:
+                found.append(None)
+            elif not rule.destination.negated:  # negated: e.g. nftables' IPv4-only rule in the IPv6 view
+                for value in rule.destination.value.split(","):
+                    found.append(ipaddress.ip_network(value, strict=False).network_address)
+    return found
 
 
 def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Ruleset) -> list[Finding]:

@@ -56,7 +56,7 @@ class PolicyRule:
     negated: bool  # `not from ...`
     selectors: tuple[str, ...]  # other selectors than `from all` and fwmark, e.g. ("iif eth0",)
     suppressed: bool  # suppress_prefixlength / suppress_ifgroup: the lookup result may be discarded
-    text: str
+    text: str  # the line, single-spaced
 
     def matches_mark(self, mark: int) -> bool:
         """Does this rule select any packet carrying `mark` (nothing else known about the packet)?"""
@@ -139,7 +139,8 @@ def _rule(priority: int, words: list[str], number: int, raw: str) -> PolicyRule:
             raise RoutingParseError(number, raw, f"unknown word {word!r} in an `ip rule` line")
     if not action:
         raise RoutingParseError(number, raw, "an `ip rule` line without an action (lookup, goto, ...)")
-    return PolicyRule(priority, action, table, fwmark, fwmask, negated, tuple(selectors), suppressed, raw.strip())
+    text = " ".join(raw.split())  # iproute2 puts a tab after the priority
+    return PolicyRule(priority, action, table, fwmark, fwmask, negated, tuple(selectors), suppressed, text)
 
 
 def parse_routes(text: str, version: int) -> tuple[Route, ...]:
@@ -157,7 +158,7 @@ def parse_routes(text: str, version: int) -> tuple[Route, ...]:
             raise RoutingParseError(number, raw, "a route without a destination")
         destination = _destination(words[0], version, number, raw)
         options = dict(zip(words[1::2], words[2::2], strict=False))
-        routes.append(Route(kind, destination, options.get("dev"), options.get("table"), raw.strip()))
+        routes.append(Route(kind, destination, options.get("dev"), options.get("table"), " ".join(raw.split())))
     return tuple(routes)
 
 

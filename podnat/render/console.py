@@ -15,6 +15,7 @@ from rich.text import Text
 from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, FlowReport, FlowStatus, flow_types
 from podnat.istio.paths import FlowTrace, Leg, Outcome
+from podnat.istio.routing import TproxyRouting
 from podnat.netfilter.model import Ruleset
 from podnat.usecases import PodReport, VerifyReport
 
@@ -175,6 +176,9 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
     header.add_row("capture", report.capture_mode or report.mesh)
     for name, label in report.sources.items():
         header.add_row(f"{name} from", label)
+    for expl in (report.explanation, report.second):
+        if expl is not None and expl.policy_routing is not None:
+            header.add_row(f"TPROXY routing ({expl.policy_routing.family})", _routing_text(expl.policy_routing))
     out.print(header)
     if report.listeners is not None:
         bound = ", ".join(f"{listener.port} ({listener.name})" for listener in report.listeners if listener.binds)
@@ -199,6 +203,23 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
             table.add_row(label, p.sent, " → ".join(p.observed) or "(none)", " → ".join(p.predicted), match)
         out.print(table)
     out.print(Text.assemble(("status: ", "bold"), (report.status, _STATUS_WORD.get(report.status, ""))))
+
+
+def _routing_text(routing: TproxyRouting) -> Text:
+    """`ip rule fwmark 0x539 lookup 133 ✓  local default dev lo in 133 ✗` (? when not known)."""
+    text = Text()
+    for index, (label, known) in enumerate((
+        (f"{routing.family_ip} rule fwmark {routing.mark:#x} lookup {routing.table}", routing.fwmark_rule),
+        (f"local default dev lo in table {routing.table}", routing.local_route),
+    )):
+        if index:
+            text.append("  ")
+        mark, style = ("?", "magenta") if known is None else ("✓", "green") if known else ("✗ missing", "bold red")
+        text.append(f"{label} ")
+        text.append(mark, style=style)
+    if routing.unknown:
+        text.append(f" ({routing.unknown})", style="dim")
+    return text
 
 
 _STATUS_WORD = {"ok": "green", "drift": "yellow", "broken": "bold red", "error": "bold red",

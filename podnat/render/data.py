@@ -11,6 +11,7 @@ from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, Finding
 from podnat.istio.paths import FlowTrace, Leg
 from podnat.istio.reconcile import RuleDiff
+from podnat.istio.routing import TproxyRouting
 from podnat.netfilter.model import Ruleset
 from podnat.netfilter.reachability import Shadowed
 from podnat.usecases import PodReport, VerifyReport
@@ -85,6 +86,8 @@ def explanation_data(expl: Explanation, counters: Ruleset | None = None) -> dict
     }
     if expl.diff is not None:
         result["diff"] = [diff_data(d) for d in expl.diff]
+    if expl.policy_routing is not None:
+        result["policy_routing"] = policy_routing_data(expl.policy_routing)
     observed = evidence(expl, counters) if counters is not None else None
     if observed is not None:
         result["evidence"] = {
@@ -94,6 +97,20 @@ def explanation_data(expl: Explanation, counters: Ruleset | None = None) -> dict
                            for ref, text, packets in observed.unexpected],
         }
     return result
+
+
+def policy_routing_data(routing: TproxyRouting) -> dict[str, Any]:
+    """A TPROXY pod's `ip rule` / `ip route` check: true, false, or null when not known (`unknown` says why)."""
+    return {
+        "family": routing.family,
+        "source": routing.source,
+        "mark": routing.mark,
+        "table": routing.table,
+        "fwmark_rule": routing.fwmark_rule,
+        "local_route": routing.local_route,
+        "missing": list(routing.missing()),
+        "unknown": routing.unknown,
+    }
 
 
 def finding_data(finding: Finding) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def test_rule_show_is_parsed() -> None:
         (32766, "lookup", "main", None, FULL_MASK),
         (32767, "lookup", "default", None, FULL_MASK),
     ]
-    assert rules[1].text == "32765:\tfrom all fwmark 0x539 lookup 133"
+    assert rules[1].text == "32765: from all fwmark 0x539 lookup 133"
     assert all(not r.selectors and not r.negated for r in rules)
 
 
@@ -107,7 +107,7 @@ def test_present_v4_and_v6() -> None:
 def test_missing_rule() -> None:
     result = check(recorded("rule-default.txt"), recorded("route-present.txt"))
     assert (result.fwmark_rule, result.local_route, result.broken) == (False, True, True)
-    assert result.first_rule == "32766:\tfrom all lookup main"
+    assert result.first_rule == "32766: from all lookup main"
     assert result.missing() == ("ip rule add fwmark 1337 lookup 133",)
 
 
