@@ -15,6 +15,10 @@ cni/pkg/plugin/sidecar_redirect.go): flags -p -z -e -u -g -m -b -d -c -i -x -q -
 long forms; env ISTIO_META_DNS_CAPTURE / REDIRECT_DNS, INVALID_DROP / DROP_INVALID,
 ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE], ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR, ISTIO_DUAL_STACK. gid
 defaults to uid. IPv6 rules are written when the pod's own IP is IPv6 or dual-stack is on.
+`--native-nftables` (env NATIVE_NFTABLES; Istio 1.27+, `values.global.nativeNftables`) is kept as
+`native_nftables`: the injection template passes it to istio-init, and to istio-validation in
+istio-cni pods (whose other args were not applied; the same `global.nativeNftables` value switches
+the istio-cni node agent to nftables, so the flag is read there too).
 Pure: no I/O.
 """
 
@@ -111,6 +115,7 @@ class InterceptionConfig:
     enable_ipv6: bool = False
     tproxy_mark: int = 1337
     tproxy_route_table: int = 133
+    native_nftables: bool = False  # Istio 1.27+ `--native-nftables`: inet istio-proxy-* tables, not iptables
     source: ConfigSource = ConfigSource.ARGS
 
     @property
@@ -149,6 +154,7 @@ class InterceptionConfig:
         capture_all = _truthy(values.get("capture-all-dns", env.get("CAPTURE_ALL_DNS", "")))
         drop = _truthy(values.get("drop-invalid", env.get("INVALID_DROP", env.get("DROP_INVALID", ""))))
         dual = _truthy(values.get("dual-stack", env.get("ISTIO_DUAL_STACK", env.get("DUAL_STACK", ""))))
+        nftables = _truthy(values.get("native-nftables", env.get("NATIVE_NFTABLES", "")))
         v4_dns, v6_dns = _split_servers(nameservers)
         return cls(
             release=rel,
@@ -177,6 +183,7 @@ class InterceptionConfig:
             enable_ipv6=ipv6 or dual,
             tproxy_mark=int(values.get("t", "1337") or "1337", 0),
             tproxy_route_table=int(values.get("r", "133") or "133"),
+            native_nftables=nftables,
             source=ConfigSource.ARGS,
         )
 
@@ -464,6 +471,7 @@ def from_pod(obj: Mapping[str, Any]) -> PodInterception:
             return PodInterception(
                 PodMode.INTERCEPTION_NONE, None, "istio-init -m NONE: no capture rules", notes
             )
+        notes = (*notes, *_nftables_notes(config))
         if config.redirect_dns and not config.dns_active:
             notes = (
                 *notes,
@@ -481,9 +489,25 @@ def from_pod(obj: Mapping[str, Any]) -> PodInterception:
         gid=int(gid) if gid is not None else None,
         release=release,
     )
+    validation = next((c for c in inits if c.get("name") == "istio-validation"), None)
+    if validation is not None:
+        words = [str(a) for a in [*(validation.get("command") or []), *(validation.get("args") or [])]]
+        if _truthy(_parse_flags(words).get("native-nftables", "")):
+            config = replace(config, native_nftables=True)
+    notes = (*notes, *_nftables_notes(config))
     return PodInterception(
         PodMode.SIDECAR, config, "istio-cni: annotations, istio-proxy env and CNI defaults", notes
     )
+
+
+def _nftables_notes(config: InterceptionConfig) -> tuple[str, ...]:
+    """What a user should know about a pod in native nftables mode (none for iptables pods)."""
+    if not config.native_nftables:
+        return ()
+    note = "native nftables (--native-nftables): the rules are the inet istio-proxy-* tables of `nft list ruleset`"
+    if config.release < IstioRelease(1, 27):
+        note += f"; but Istio {config.release} predates the flag (added in 1.27)"
+    return (note,)
 
 
 # --- where a rule comes from ---------------------------------------------------------------------

@@ -1,15 +1,23 @@
-"""Golden conformance: does the generator reproduce every Istio golden in the shared reference?
+"""Golden conformance: do the generators reproduce every Istio golden in the shared reference?
 
     python -m podnat.istio.conformance [--reference DIR] [-o text|json]
 
-For each golden under DIR/goldens (iptables/*.golden, iptables/cni-sidecar-plugin/*,
+iptables: for each golden under DIR/goldens (iptables/*.golden, iptables/cni-sidecar-plugin/*,
 history/<tag>/*), the configuration it was made from (podnat.istio.goldens) goes through
 `expected_rules`, the golden through `normalise_restore`, and the two are compared rule by rule per
 (family, table, chain). Where the golden was loaded into a real kernel (DIR/kernel-save/iptables/
-NAME.v4|v6.iptables-save), the normalised golden must also equal that dump; a `*.FAILED.txt` there is
-a bad-input case (a group that does not exist on the loading host): noted, not a failure. Ambient
-goldens are listed as "ambient: not generated". Prints one line per golden and "N of M goldens
-reproduced"; exits 0 only when every non-ambient golden is reproduced.
+NAME.v4|v6.iptables-save), the normalised golden must also equal that dump.
+
+nftables: for each golden under DIR/goldens/nftables, `nft_script` (podnat.istio.generator_nft) must
+equal the golden line for line. Where it was loaded (DIR/kernel-save/nftables/NAME.nft-list-ruleset),
+the generated script, parsed (inserts resolved: the order the kernel holds), and with each rule in the
+kernel's spelling, must equal the dump parsed, rule for rule per (family view, table, chain), with the
+same base chains; and `nft_listing` must be the dump's text.
+
+A `*.FAILED.txt` kernel load is a bad-input case (a group that does not exist on the loading host):
+noted, not a failure. Ambient goldens are listed as "ambient: not generated". Prints one line per
+golden and "N of M iptables goldens reproduced; N of M nftables goldens reproduced"; exits 0 only
+when every non-ambient golden is reproduced.
 
 The default reference is $PODNAT_SHARED/istio-reference, else ../shared/istio-reference next to the
 repository. This is the one module of podnat.istio that reads files: `load_golden(path)` lives here.
@@ -26,11 +34,17 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
+from podnat.istio.config import InterceptionConfig
 from podnat.istio.generator import expected_rules
-from podnat.istio.goldens import CaseKind, Golden, case_config, case_for, split_golden
+from podnat.istio.generator_nft import listing_rule, nft_listing, nft_script
+from podnat.istio.goldens import CaseKind, Golden, GoldenCase, case_config, case_for, split_golden
 from podnat.istio.normalise import NormaliseError, normalise_restore
+from podnat.netfilter.model import BaseChain, Family, Ruleset
+from podnat.netfilter.nft import parse_nft
+from podnat.netfilter.parse import ParseError
 
 ChainKey = tuple[str, str, str]  # (family, table, chain)
+BACKENDS = ("iptables", "nftables")
 
 
 def load_golden(path: Path | str) -> Golden:
@@ -63,6 +77,11 @@ class GoldenResult:
     reason: str = ""
     kernel_save: str = ""  # "matches (v4, v6)", "bad input: ...", "" when the golden was not loaded
 
+    @property
+    def backend(self) -> str:
+        """`nftables` for Istio's native nftables goldens, else `iptables`."""
+        return "nftables" if self.path.startswith("nftables/") else "iptables"
+
 
 def chains(save_text: str, family: str) -> dict[ChainKey, list[str]]:
     """`iptables-save` text -> rules per (family, table, chain); declared empty chains included."""
@@ -79,24 +98,24 @@ def chains(save_text: str, family: str) -> dict[ChainKey, list[str]]:
     return out
 
 
-def compare(want: dict[ChainKey, list[str]], got: dict[ChainKey, list[str]]) -> str:
-    """ "" when equal, else the first difference in words."""
+def compare(want: dict[ChainKey, list[str]], got: dict[ChainKey, list[str]], source: str = "golden") -> str:
+    """ "" when equal, else the first difference in words (`source` names where `want` came from)."""
     for key in sorted(set(want) | set(got)):
         family, table, chain = key
         where = f"{family} {table} {chain}"
         if key not in got:
-            return f"{where}: chain missing from the generated rules ({len(want[key])} rules in the golden)"
+            return f"{where}: chain missing from the generated rules ({len(want[key])} rules in the {source})"
         if key not in want:
-            return f"{where}: chain generated but not in the golden ({len(got[key])} rules)"
+            return f"{where}: chain generated but not in the {source} ({len(got[key])} rules)"
         a, b = want[key], got[key]
         if a == b:
             continue
         for i, (x, y) in enumerate(zip(a, b, strict=False), start=1):
             if x != y:
-                return f"{where} rule {i}: golden {x!r}, generated {y!r}"
+                return f"{where} rule {i}: {source} {x!r}, generated {y!r}"
         if len(a) > len(b):
-            return f"{where}: generated {len(b)} rules, golden has {len(a)}; first missing {a[len(b)]!r}"
-        return f"{where}: generated {len(b)} rules, golden has {len(a)}; first extra {b[len(a)]!r}"
+            return f"{where}: generated {len(b)} rules, {source} has {len(a)}; first missing {a[len(b)]!r}"
+        return f"{where}: generated {len(b)} rules, {source} has {len(a)}; first extra {b[len(a)]!r}"
     return ""
 
 
@@ -115,14 +134,16 @@ def check_golden(reference: Path, rel: str) -> GoldenResult:
         return GoldenResult(rel, Verdict.NOT_REPRODUCED, "no configuration known for this golden")
     if case.kind is CaseKind.AMBIENT:
         return GoldenResult(rel, Verdict.AMBIENT, case.note)
+    config = case_config(case)
+    if config is None:  # pragma: no cover - only ambient cases have none
+        return GoldenResult(rel, Verdict.AMBIENT, case.note)
+    if case.kind is CaseKind.ISTIO_NFTABLES:
+        return _check_nft_golden(reference, rel, case, config)
     golden = load_golden(reference / "goldens" / rel)
     try:
         want = _golden_chains(golden)
     except NormaliseError as exc:
         return GoldenResult(rel, Verdict.NOT_REPRODUCED, f"golden does not parse: {exc}")
-    config = case_config(case)
-    if config is None:  # pragma: no cover - only ambient cases have none
-        return GoldenResult(rel, Verdict.AMBIENT, case.note)
     expected = expected_rules(config)
     got = chains(expected.v4, "v4")
     if expected.v6 is not None:
@@ -159,10 +180,81 @@ def _kernel_check(reference: Path, stem: str | None, golden: Golden) -> str:
     return f"matches the kernel's dump ({', '.join(seen)})" if seen else ""
 
 
+def _check_nft_golden(reference: Path, rel: str, case: GoldenCase, config: InterceptionConfig) -> GoldenResult:
+    """An nftables golden: the generated `nft -f` script, line for line, then the kernel's dump."""
+    golden = (reference / "goldens" / rel).read_text(encoding="utf-8")
+    script = nft_script(config)
+    reason = compare_lines(golden, script)
+    kernel = _nft_kernel_check(reference, case.kernel_save, script, config)
+    if not reason and kernel.startswith("DIFFERS"):
+        reason = f"generated script differs from the kernel's dump: {kernel}"
+    verdict = Verdict.NOT_REPRODUCED if reason else Verdict.REPRODUCED
+    note = f" ({case.note})" if case.note and not reason else ""
+    return GoldenResult(rel, verdict, reason + note, kernel)
+
+
+def compare_lines(want: str, got: str, source: str = "golden") -> str:
+    """ "" when two texts are equal line for line, else the first difference in words."""
+    a, b = want.splitlines(), got.splitlines()
+    for i, (x, y) in enumerate(zip(a, b, strict=False), start=1):
+        if x != y:
+            return f"line {i}: {source} {x!r}, generated {y!r}"
+    if len(a) > len(b):
+        return f"generated {len(b)} lines, {source} has {len(a)}; first missing {a[len(b)]!r}"
+    if len(b) > len(a):
+        return f"generated {len(b)} lines, {source} has {len(a)}; first extra {b[len(a)]!r}"
+    return ""
+
+
+def nft_chains(ruleset: Ruleset, *, kernel_spelling: bool = False) -> dict[ChainKey, list[str]]:
+    """A parsed nftables rule set -> rule texts per (family view, table, chain), declared chains included.
+
+    `kernel_spelling` rewrites each rule of a script as `nft list ruleset` prints it (listing_rule)."""
+    out: dict[ChainKey, list[str]] = {}
+    for table in ruleset.tables.values():
+        for chain in table.chains.values():
+            texts = [listing_rule(r.spec, counter_values=False) if kernel_spelling else r.spec for r in chain.rules]
+            out[(ruleset.family.value, table.name, chain.name)] = texts
+    return out
+
+
+def _bases(ruleset: Ruleset) -> list[BaseChain]:
+    return sorted(ruleset.declared_base_chains, key=lambda b: (b.table, b.chain))
+
+
+def _nft_kernel_check(reference: Path, stem: str | None, script: str, config: InterceptionConfig) -> str:
+    """The generated script against kernel-save/nftables/STEM.nft-list-ruleset, in words."""
+    if not stem:
+        return ""
+    base = reference / "kernel-save" / "nftables"
+    failed = base / f"{stem}.FAILED.txt"
+    if failed.exists():
+        first = failed.read_text(encoding="utf-8").strip().splitlines()[0]
+        return f"bad input, not loaded: {first}"
+    dump = base / f"{stem}.nft-list-ruleset"
+    if not dump.exists():
+        return ""
+    live_text = dump.read_text(encoding="utf-8")
+    for family in Family:
+        try:
+            live, generated = parse_nft(live_text, family), parse_nft(script, family)
+        except ParseError as exc:
+            return f"DIFFERS: does not parse: {exc}"
+        diff = compare(nft_chains(live), nft_chains(generated, kernel_spelling=True), "kernel")
+        if diff:
+            return f"DIFFERS {diff}"
+        if _bases(live) != _bases(generated):
+            return f"DIFFERS {family.value} base chains: kernel {_bases(live)}, generated {_bases(generated)}"
+    listing = compare_lines(live_text, nft_listing(config), "kernel")
+    if listing:
+        return f"DIFFERS nft_listing is not the kernel's text: {listing}"
+    return "matches the kernel's dump (ipv4 and ipv6 views, rule for rule; nft_listing is its text)"
+
+
 def golden_paths(reference: Path) -> list[str]:
-    """Every golden under reference/goldens/{iptables,history}, relative to goldens/."""
+    """Every golden under reference/goldens/{iptables,nftables,history}, relative to goldens/."""
     root = reference / "goldens"
-    found = [p for sub in ("iptables", "history") for p in (root / sub).rglob("*.golden")]
+    found = [p for sub in ("iptables", "nftables", "history") for p in (root / sub).rglob("*.golden")]
     return sorted(str(p.relative_to(root)) for p in found)
 
 
@@ -171,10 +263,17 @@ def run(reference: Path) -> list[GoldenResult]:
     return [check_golden(reference, rel) for rel in golden_paths(reference)]
 
 
-def summary(results: Sequence[GoldenResult]) -> tuple[int, int]:
-    """(reproduced, counted): ambient goldens are not counted."""
-    counted = [r for r in results if r.verdict is not Verdict.AMBIENT]
+def summary(results: Sequence[GoldenResult], backend: str | None = None) -> tuple[int, int]:
+    """(reproduced, counted), of one backend's goldens or of all: ambient goldens are not counted."""
+    counted = [r for r in results if r.verdict is not Verdict.AMBIENT and backend in (None, r.backend)]
     return sum(r.verdict is Verdict.REPRODUCED for r in counted), len(counted)
+
+
+def summary_line(results: Sequence[GoldenResult]) -> str:
+    """`188 of 188 iptables goldens reproduced; 28 of 28 nftables goldens reproduced`."""
+    return "; ".join(
+        "{} of {} {} goldens reproduced".format(*summary(results, backend), backend) for backend in BACKENDS
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,11 +291,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(reference)
     ok, total = summary(results)
     if args.output == "json":
+        backends = {}
+        for backend in BACKENDS:
+            reproduced, counted = summary(results, backend)
+            backends[backend] = {"reproduced": reproduced, "total": counted}
         doc = {
             "reference": str(reference),
             "reproduced": ok,
             "total": total,
-            "goldens": [{**asdict(r), "verdict": r.verdict.value} for r in results],
+            "backends": backends,
+            "goldens": [{**asdict(r), "backend": r.backend, "verdict": r.verdict.value} for r in results],
         }
         print(json.dumps(doc, indent=2))
     else:
@@ -207,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if r.kernel_save:
                 line += f" [kernel-save: {r.kernel_save}]"
             print(line)
-        print(f"{ok} of {total} goldens reproduced")
+        print(summary_line(results))
     return 0 if ok == total else 1
 
 

@@ -1,4 +1,4 @@
-"""Istio's own iptables goldens: the file format, and the configuration each golden was made from.
+"""Istio's own goldens (iptables and native nftables): the file format, and each golden's configuration.
 
 Stable API:
   split_golden(text) -> Golden         a golden's text -> IPv4 and IPv6 restore input, probes dropped
@@ -15,10 +15,13 @@ Golden format (Istio's test stub records every command istio-iptables ran):
          previous one starts the IPv6 block.
   ..1.23 one `iptables -t T ...` / `ip6tables -t T ...` command per line.
   CNI    (cni/pkg/plugin/testdata) the IPv4 restore input only, tables in sorted order.
+  nft    (goldens/nftables/) the `nft -f` transaction, compared as text (podnat.istio.generator_nft).
 
 The configurations are data (the tables below), read out of Istio's test sources
 (tools/istio-iptables/pkg/capture/run_test.go, cni/pkg/plugin/plugin_dryrun_test.go); the history
-goldens (goldens/history/<tag>/) use the same test cases at every release. Pure: no I/O.
+goldens (goldens/history/<tag>/) use the same test cases at every release, and the nftables goldens
+(tools/istio-nftables/pkg/capture/run_test.go) the same cases plus `inbound-ports-empty-tproxy`, with
+`native_nftables` on. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class CaseKind(str, Enum):
 
     ISTIO_IPTABLES = "istio-iptables"  # run_test.go: a config.Config built in the test
     CNI_SIDECAR = "cni-sidecar"  # plugin_dryrun_test.go: pod annotations + istio-proxy env/securityContext
+    ISTIO_NFTABLES = "istio-nftables"  # istio-nftables run_test.go: the same config.Config, native nftables
     AMBIENT = "ambient"  # ztunnel in-pod rules: not sidecar mode, not generated
 
 
@@ -95,7 +99,7 @@ class GoldenCase:
     release: str  # "1.30" etc.
     settings: dict[str, Any]  # istio-iptables config fields, or {"annotations","env","uid","gid"} for CNI
     note: str = ""  # why a golden is special (orphan file, bad input, ...)
-    kernel_save: str | None = None  # stem under kernel-save/iptables/, when the golden was loaded
+    kernel_save: str | None = None  # stem under kernel-save/iptables/ (nftables/ for nft goldens), when loaded
 
 
 # Istio's test configurations, as data. Keys are Istio's config.Config field names; the values are
@@ -197,6 +201,12 @@ ISTIO_IPTABLES_CASES: dict[str, dict[str, Any]] = {
     "drop-invalid": {"DropInvalid": True},
     "host-ipv4-loopback-cidr": {"HostIPv4LoopbackCidr": "127.0.0.1/8"},
 }
+# tools/istio-nftables/pkg/capture/run_test.go has every case above and one more (TPROXY with
+# includeInboundPorts "", the case Istio 1.29 fixed).
+ISTIO_NFTABLES_CASES: dict[str, dict[str, Any]] = {
+    **ISTIO_IPTABLES_CASES,
+    "inbound-ports-empty-tproxy": {"InboundPortsInclude": "", "InboundInterceptionMode": "TPROXY"},
+}
 
 # cni/pkg/plugin/plugin_dryrun_test.go: pod annotations (sidecar.istio.io/status is always set),
 # istio-proxy env and securityContext runAsUser/runAsGroup.
@@ -263,6 +273,7 @@ HISTORY_CNI: tuple[str, ...] = ("basic", "dns")
 UNKNOWN_GROUP_NOTE = (
     "names a group (java, ftp) that does not exist on the loading host: iptables-restore fails"
 )
+UNKNOWN_GROUP_NOTE_NFT = "names a group (java, ftp) that does not exist on the loading host: nft -f fails"
 KERNEL_SAVE_FAILED: frozenset[str] = frozenset(
     {
         "outbound-owner-groups",
@@ -292,16 +303,22 @@ def _load_table() -> tuple[GoldenCase, ...]:
                 str(pod.get("note", "")),
             )
         )
-    for name in AMBIENT_GOLDENS:
+    for name, settings in ISTIO_NFTABLES_CASES.items():
+        note = UNKNOWN_GROUP_NOTE_NFT if name in KERNEL_SAVE_FAILED else ""
         cases.append(
-            GoldenCase(
-                f"iptables/cni-ambient-iptables/{name}.golden",
-                CaseKind.AMBIENT,
-                latest,
-                {},
-                "ambient (ztunnel) in-pod rules: not sidecar mode, not generated",
-            )
+            GoldenCase(f"nftables/{name}.golden", CaseKind.ISTIO_NFTABLES, latest, settings, note, name)
         )
+    for folder in ("iptables/cni-ambient-iptables", "nftables/cni-ambient-nftables"):
+        for name in AMBIENT_GOLDENS:
+            cases.append(
+                GoldenCase(
+                    f"{folder}/{name}.golden",
+                    CaseKind.AMBIENT,
+                    latest,
+                    {},
+                    "ambient (ztunnel) in-pod rules: not sidecar mode, not generated",
+                )
+            )
     for tag in HISTORY_TAGS:
         release = ".".join(tag.split(".")[:2])
         for name in HISTORY_ISTIO_IPTABLES:
@@ -369,6 +386,7 @@ def case_config(case: GoldenCase) -> InterceptionConfig | None:
         owner_groups_exclude=_split(text("OwnerGroupsExclude")),
         ipv4_loopback_cidr=text("HostIPv4LoopbackCidr", "127.0.0.1/32"),
         enable_ipv6=bool(s.get("EnableIPv6", False)),
+        native_nftables=case.kind is CaseKind.ISTIO_NFTABLES,
         source=ConfigSource.GOLDEN,
     )
 

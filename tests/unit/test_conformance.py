@@ -19,9 +19,10 @@ def test_every_golden_is_reproduced(reference: Path) -> None:
     results = run(reference)
     failures = [f"{r.path}: {r.reason}" for r in results if r.verdict is Verdict.NOT_REPRODUCED]
     assert failures == []
-    reproduced, total = summary(results)
-    assert (reproduced, total) == (188, 188)
-    assert sum(r.verdict is Verdict.AMBIENT for r in results) == 14
+    assert summary(results, "iptables") == (188, 188)
+    assert summary(results, "nftables") == (28, 28)
+    assert summary(results) == (216, 216)
+    assert sum(r.verdict is Verdict.AMBIENT for r in results) == 28
 
 
 def test_every_golden_file_has_a_case(reference: Path) -> None:
@@ -39,6 +40,33 @@ def test_bad_input_goldens_are_noted_not_failed(reference: Path) -> None:
 def test_kernel_dump_is_checked(reference: Path) -> None:
     result = conformance.check_golden(reference, "iptables/tproxy.golden")
     assert result.kernel_save == "matches the kernel's dump (v4, v6)"
+    result = conformance.check_golden(reference, "nftables/tproxy.golden")
+    assert result.verdict is Verdict.REPRODUCED
+    assert result.kernel_save == (
+        "matches the kernel's dump (ipv4 and ipv6 views, rule for rule; nft_listing is its text)")
+
+
+def test_nft_bad_input_and_a_wrong_config(reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = conformance.check_golden(reference, "nftables/outbound-owner-groups.golden")
+    assert result.verdict is Verdict.REPRODUCED
+    assert result.kernel_save.startswith("bad input, not loaded: ") and "Group does not exist" in result.kernel_save
+    case = case_for("nftables/empty.golden")
+    assert case is not None
+    monkeypatch.setitem(case.settings, "InboundPortsInclude", "*")
+    result = conformance.check_golden(reference, "nftables/empty.golden")
+    assert result.verdict is Verdict.NOT_REPRODUCED
+    assert result.reason == (
+        "line 3: golden 'add chain inet istio-proxy-nat output { type nat hook output priority -100 ; }', "
+        "generated 'add chain inet istio-proxy-nat prerouting { type nat hook prerouting priority -100 ; }'")
+
+
+def test_nft_kernel_check_compares_the_kernels_spelling(reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the listing normalisation the script's rules are not the kernel's: the check notices."""
+    monkeypatch.setattr(conformance, "listing_rule", lambda text, counter_values=True: text)
+    result = conformance.check_golden(reference, "nftables/empty.golden")
+    assert result.verdict is Verdict.NOT_REPRODUCED
+    assert "ipv4 istio-proxy-nat istio-inbound rule 1: kernel 'tcp dport 15008 counter return', " \
+           "generated 'meta l4proto tcp tcp dport 15008 counter return'" in result.reason
 
 
 def test_a_wrong_release_is_not_reproduced(reference: Path) -> None:
@@ -57,18 +85,21 @@ def test_a_wrong_release_is_not_reproduced(reference: Path) -> None:
 
 def test_ambient_cases_are_listed() -> None:
     ambient = [c for c in GOLDEN_CASES if c.kind is CaseKind.AMBIENT]
-    assert len(ambient) == 14
+    assert len(ambient) == 28  # 14 per backend
     assert all(case_config(c) is None for c in ambient)
 
 
 def test_cli_text_and_json(reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert conformance.main(["--reference", str(reference)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == "188 of 188 goldens reproduced"
+    assert out[-1] == "188 of 188 iptables goldens reproduced; 28 of 28 nftables goldens reproduced"
     assert any(line.startswith("ambient: not generated") for line in out)
     assert conformance.main(["--reference", str(reference), "-o", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert (doc["reproduced"], doc["total"]) == (188, 188)
+    assert (doc["reproduced"], doc["total"]) == (216, 216)
+    assert doc["backends"] == {"iptables": {"reproduced": 188, "total": 188},
+                               "nftables": {"reproduced": 28, "total": 28}}
+    assert {g["backend"] for g in doc["goldens"]} == {"iptables", "nftables"}
 
 
 def test_cli_without_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
