@@ -93,7 +93,17 @@ def expected_ruleset(
 
 @functools.lru_cache(maxsize=64)
 def _expected_rulesets(config: Any) -> Mapping[Family, Ruleset]:
-    """The generator's tables, parsed; once per distinct configuration (many pods share one)."""
+    """The generator's tables, parsed; once per distinct configuration (many pods share one).
+
+    A pod in native nftables mode gets them in the form `nft list ruleset` prints (inet tables, both
+    families), so that reconcile compares like with like."""
+    if config.native_nftables:
+        from podnat.istio.generator_nft import expected_nft
+
+        try:
+            return expected_nft(config)
+        except ParseError as exc:  # a generator bug, not the user's input
+            raise RuntimeError(f"podnat generated an unreadable nftables listing: {exc}") from exc
     from podnat.istio.generator import expected_rules
 
     rules = expected_rules(config)

@@ -2,7 +2,9 @@
 
 `diff_rules(live, expected)` lists missing, extra, changed and reordered rules per chain (and
 missing/extra chains), naming for each the likely cause in Istio terms: the annotation or
-istio-iptables flag that would produce it, or "not something Istio installs". Pure.
+istio-iptables flag that would produce it, or "not something Istio installs". Tables: iptables'
+nat/mangle/raw and native nftables' istio-proxy-nat/-mangle/-raw (rule texts as `nft list ruleset`
+prints them, which the nftables expected model is written in). Pure.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from enum import Enum
 from podnat.istio.config import rule_origin
 from podnat.netfilter.model import Rule, Ruleset
 
-ISTIO_CHAIN = re.compile(r"^ISTIO_")
+ISTIO_CHAIN = re.compile(r"^(ISTIO_|istio-)")  # iptables' ISTIO_OUTPUT, native nftables' istio-output
+ISTIO_TABLES = ("nat", "mangle", "raw", "istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw")
 
 
 class DiffKind(str, Enum):
@@ -56,10 +59,8 @@ def _norm(spec: str) -> str:
     return " ".join(spec.split())
 
 
-def diff_rules(
-    live: Ruleset, expected: Ruleset, tables: tuple[str, ...] = ("nat", "mangle", "raw")
-) -> tuple[RuleDiff, ...]:
-    """Rule-level differences in the tables Istio writes, in table and chain order."""
+def diff_rules(live: Ruleset, expected: Ruleset, tables: tuple[str, ...] = ISTIO_TABLES) -> tuple[RuleDiff, ...]:
+    """Rule-level differences in the tables Istio writes (iptables' or native nftables'), in table and chain order."""
     diffs: list[RuleDiff] = []
     for table in tables:
         want = expected.table(table)
