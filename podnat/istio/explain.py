@@ -137,7 +137,7 @@ def explain(
     if policy_routing is not None:
         findings += _routing_findings(policy_routing, reports, ctx)
     if dns_requested and captured_nameserver(live) is None:
-        findings.append(_dns_switched_off(live))
+        findings.append(_dns_switched_off())
     findings += [Finding("info", f"shadow analysis skipped for {s}") for s in reach.skipped]
     return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing)
 
@@ -199,7 +199,7 @@ def _routing_findings(routing: TproxyRouting, reports: list[FlowReport], ctx: Po
     return []
 
 
-def _dns_switched_off(live: Ruleset) -> Finding:
+def _dns_switched_off() -> Finding:
     return Finding(
         "warning",
         "DNS capture was requested (ISTIO_META_DNS_CAPTURE=true / --redirect-dns) but the table redirects "
