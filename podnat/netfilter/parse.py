@@ -11,9 +11,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import groupby, repeat
+from operator import itemgetter
 
-from podnat.netfilter.addresses import address_cond
+from podnat.netfilter.addresses import address_cond, bulk_networks
 from podnat.netfilter.alloc import collector_paused
 from podnat.netfilter.model import (
     BUILTIN_CHAINS,
@@ -113,13 +117,113 @@ _OPTION_LIKE = re.compile(r"^-{1,2}[A-Za-z]")
 _COMMAND = re.compile(r"^(ip6?tables)(?:-(?:nft|legacy))?\s+(.*)$")
 
 
+_Entry = tuple[int, str, "Counters | None", list[str]]  # a rule line: number, text, counters, tokens after the chain
+
+# A table's long runs of rules that differ only by one address (a pod's thousands of excluded CIDRs)
+# are found in the text: lines whose "shape" (the line with its `-s`/`-d` address and its counters
+# replaced by a slot) is the same are read together, in C where possible, instead of line by line.
+_SLOT = "\x00address"  # cannot occur in input: text with NUL is rejected
+_SHAPE_SOURCE = re.compile(r" -s \S+")
+_SHAPE_DESTINATION = re.compile(r" -d \S+")
+_SHAPE_COUNTERS = re.compile(r"^\[\d+:\d+\] ", re.M)
+_BLOCK_ADDRESS = re.compile(r" -[sd] (\S+)")
+_BLOCK_COUNTERS = re.compile(r"^\[(\d+):(\d+)\] ", re.M)
+_BLOCK_SPEC = re.compile(r"^(?:\[\d+:\d+\] )?-A \S+ (\S(?:.*\S)?)[ \t]*$", re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """Consecutive `-A` lines of one chain that differ only by one address (and their counters)."""
+
+    first: int  # the first line's number
+    chain: str
+    raws: list[str]
+    shape: str  # the lines, with the address (and counters) as slots
+    counted: bool  # the lines carry [packets:bytes]
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """The shape's words after the chain, the address as _SLOT."""
+        words = self.shape.split()
+        return tuple(words[3:] if self.counted else words[2:])
+
+    def addresses(self) -> list[str] | None:
+        if not self.counted:  # the address sits at the same place in every line: slice it out, in C
+            shape = self.shape
+            start = shape.index(_SLOT)
+            tail = len(shape) - start - len(_SLOT)
+            return list(map(itemgetter(slice(start, -tail if tail else None)), self.raws))
+        found = _BLOCK_ADDRESS.findall("\n".join(self.raws))
+        return found if len(found) == len(self.raws) else None
+
+    def specs(self) -> list[str]:
+        head = f"-A {self.chain} "
+        shape = self.shape
+        if not self.counted and shape.startswith(head) and shape[len(head)] != " " and shape == shape.rstrip():
+            return list(map(itemgetter(slice(len(head), None)), self.raws))
+        found = _BLOCK_SPEC.findall("\n".join(self.raws))
+        return found if len(found) == len(self.raws) else list(map(_spec, self.raws))
+
+    def counters(self) -> list[Counters | None]:
+        if not self.counted:
+            return [None] * len(self.raws)
+        return [Counters(int(p), int(b)) for p, b in _BLOCK_COUNTERS.findall("\n".join(self.raws))]
+
+    def entries(self) -> list[_Entry]:
+        """The block as single rule lines, for the general path."""
+        out: list[_Entry] = []
+        for number, raw in enumerate(self.raws, start=self.first):
+            line, counters = raw.strip(), None
+            m = _COUNTER_PREFIX.match(line)
+            if m:
+                counters = Counters(int(m.group(1)), int(m.group(2)))
+                line = line[m.end():]
+            out.append((number, raw, counters, _tokenise(line, number, raw)[2:]))
+        return out
+
+
+def _blocks(text: str, lines: list[str], binary: bool) -> Iterator[tuple[int, str, _Block | None]]:
+    """(number, line, None) for each line, except that runs of `-A` lines of one shape come as one
+    (first number, first line, block)."""
+    if binary or len(lines) < 64:
+        for number, raw in enumerate(lines, start=1):
+            yield number, raw, None
+        return
+    shape_text = _SHAPE_DESTINATION.sub(" -d " + _SLOT, _SHAPE_SOURCE.sub(" -s " + _SLOT, text))
+    if text.startswith("[") or "\n[" in text:  # iptables-save -c
+        shape_text = _SHAPE_COUNTERS.sub("[\x00] ", shape_text)
+    shapes = shape_text.splitlines()
+    if len(shapes) != len(lines):
+        shapes = lines  # a line break the regexes see differently: no blocks
+    number = 1
+    for shape, group in groupby(zip(shapes, lines, strict=True), key=itemgetter(0)):
+        items = list(group)
+        if (len(items) >= 2 and shape.startswith(("-A ", "[\x00] -A ")) and shape.count(_SLOT) == 1
+                and not any(c in shape for c in "\"'\\")):
+            counted = shape.startswith("[")
+            chain = shape.split(None, 3 if counted else 2)[2 if counted else 1]
+            yield number, items[0][1], _Block(number, chain, list(map(itemgetter(1), items)), shape, counted)
+            number += len(items)
+            continue
+        for _, raw in items:
+            yield number, raw, None
+            number += 1
+
+
+def _singles(entries: list[_Entry | _Block]) -> list[_Entry | _Block]:
+    """A chain's entries with its blocks split into single lines (an `-I` can land inside one)."""
+    if not any(isinstance(e, _Block) for e in entries):
+        return entries
+    return [single for e in entries for single in (e.entries() if isinstance(e, _Block) else (e,))]
+
+
 @dataclass
 class _ChainBuilder:
     name: str
     policy: str | None
     counters: Counters | None
     line: int
-    rules: list[tuple[int, str, Counters | None, list[str]]] = field(default_factory=list)
+    rules: list[_Entry | _Block] = field(default_factory=list)
 
 
 @dataclass
@@ -143,7 +247,16 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
     has_counters = False
     commands: dict[str, _TableBuilder] = {}  # tables built from `iptables -t T -A ...` command lines
     binary = "\x00" in text
-    for number, raw in enumerate(text.splitlines(), start=1):
+    seen = _Addresses()
+    lines = text.splitlines()
+    for number, raw, block in _blocks(text, lines, binary):
+        if block is not None and current is not None:
+            chain = current.chains.get(block.chain)
+            if chain is not None:
+                chain.rules.append(block)
+                has_counters = has_counters or block.counted
+                continue
+            # (a block outside a table or of an undeclared chain: its first line fails below)
         line = raw.strip()
         if binary and "\x00" in raw:
             raise ParseError(number, raw, "binary data, not iptables-save output")
@@ -180,7 +293,7 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
         if line == "COMMIT":
             if current is None:
                 raise ParseError(number, raw, "COMMIT outside a table")
-            tables.append(_build_table(current))
+            tables.append(_build_table(current, seen))
             current = None
             continue
         if current is None:
@@ -229,21 +342,24 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
                 if rest and rest[0].isdigit():
                     index = int(rest[0])
                     rest = rest[1:]
+                chain.rules = _singles(chain.rules)
                 if not 1 <= index <= len(chain.rules) + 1:
                     raise ParseError(number, raw, f"insert position {index} out of range")
                 chain.rules.insert(index - 1, (number, raw, counters, rest))
             continue
         raise ParseError(number, raw, f"unknown command {verb}")
     if current is not None:
-        raise ParseError(len(text.splitlines()), f"*{current.name}", f"table {current.name} has no COMMIT (truncated?)")
-    tables.extend(_build_table(builder) for builder in commands.values())
+        raise ParseError(len(lines), f"*{current.name}", f"table {current.name} has no COMMIT (truncated?)")
+    tables.extend(_build_table(builder, seen) for builder in commands.values())
     ruleset_tables: dict[str, Table] = {}
     for table in tables:
         if table.name in ruleset_tables:
             raise ParseError(0, f"*{table.name}", f"table {table.name} appears twice: pass one family's dump at a time")
         ruleset_tables[table.name] = table
-    fam = family or _guess_family(ruleset_tables)
-    _check_addresses(ruleset_tables, fam)
+    fam = family or (_guess_family(ruleset_tables) if len(seen.versions) != 1
+                     else Family.IPV6 if 6 in seen.versions else Family.IPV4)
+    if seen.unread or not seen.versions <= {6 if fam is Family.IPV6 else 4}:
+        _check_addresses(ruleset_tables, fam)
     return Ruleset(fam, ruleset_tables, has_counters, generator, tuple(warnings))
 
 
@@ -296,23 +412,167 @@ def _tokenise(line: str, number: int, raw: str) -> list[str]:
         raise ParseError(number, raw, f"unbalanced quotes ({exc})") from None
 
 
-def _build_table(builder: _TableBuilder) -> Table:
+def _build_table(builder: _TableBuilder, seen: _Addresses) -> Table:
     chain_names = set(builder.chains)
     templates: dict[tuple[str, ...], Rule | None] = {}
     chains: dict[str, Chain] = {}
     for chain in builder.chains.values():
-        rules = tuple(
-            _parse_rule_cached(builder.name, chain.name, position, number, raw, counters, tokens, chain_names,
-                               templates)
-            for position, (number, raw, counters, tokens) in enumerate(chain.rules, start=1)
-        )
+        rules = _chain_rules(builder.name, chain.name, chain.rules, chain_names, templates, seen)
         chains[chain.name] = Chain(chain.name, chain.policy, rules, chain.counters, chain.line)
     return Table(builder.name, chains)
 
 
-# Stands for the address of `-s`/`-d` in a rule template; cannot occur in input (NUL is rejected).
-_ADDRESS_SLOT = "\x00address"
 _MISSING = Rule("", "", 0, "", 0)
+# NamedTuple._make without its Python-level length check: for fields built exactly in _fill.
+_new_rule = partial(tuple.__new__, Rule)
+_new_cond = partial(tuple.__new__, Cond)
+
+
+@dataclass
+class _Addresses:
+    """The IP versions of the addresses read so far, so that checking a table's family does not walk
+    every rule again; `unread` when some address was left for _check_addresses to reject."""
+
+    versions: set[int] = field(default_factory=set)
+    unread: bool = False
+
+    def note(self, rule: Rule) -> None:
+        for cond in (rule.source, rule.destination):
+            if cond is not None:
+                if not cond.networks:
+                    self.unread = True
+                self.versions.update(net[0] for net in cond.networks)
+
+
+def _chain_rules(
+    table: str,
+    chain: str,
+    entries: list[_Entry | _Block],
+    chain_names: set[str],
+    templates: dict[tuple[str, ...], Rule | None],
+    seen: _Addresses,
+) -> tuple[Rule, ...]:
+    """A chain's rules, reading rules that differ only by one `-s`/`-d` address once.
+
+    The rule with its address replaced by a slot is parsed once per table (a template); the parser
+    never looks inside an address, so every rule of that form parses to the template with its own
+    address. Consecutive rules of one template (a pod's thousands of excluded CIDRs) are built
+    together (_Group). A template whose slot does not land exactly in -s/-d is not used.
+    """
+    rules: list[Rule] = []
+    group = _Group(chain, None)
+    position = 1
+    for entry, template, addresses in _with_templates(table, chain, entries, chain_names, templates):
+        if template is not group.template:
+            group.flush_into(rules, seen)
+            group = _Group(chain, template)
+        if isinstance(entry, _Block):
+            count = len(entry.raws)
+            group.add(range(position, position + count), range(entry.first, entry.first + count), entry.specs(),
+                      entry.counters(), addresses)
+            position += count
+        elif template is not None:
+            group.add((position,), (entry[0],), (_spec(entry[1]),), (entry[2],), addresses)
+            position += 1
+        else:
+            number, raw, counters, tokens = entry
+            rule = _parse_rule_cached(table, chain, position, number, raw, counters, tokens, chain_names, templates)
+            seen.note(rule)
+            rules.append(rule)
+            position += 1
+    group.flush_into(rules, seen)
+    return tuple(rules)
+
+
+def _with_templates(
+    table: str,
+    chain: str,
+    entries: list[_Entry | _Block],
+    chain_names: set[str],
+    templates: dict[tuple[str, ...], Rule | None],
+) -> Iterator[tuple[_Entry | _Block, Rule | None, Sequence[str]]]:
+    """Each entry with its template and address(es); a block without a usable template comes as its
+    single lines, and a line with no template (not one address) with None."""
+    for entry in entries:
+        if isinstance(entry, _Block):
+            field_name = "source" if entry.tokens[entry.tokens.index(_SLOT) - 1] == "-s" else "destination"
+            template = _cached_template(table, chain, entry.tokens, field_name, chain_names, templates)
+            addresses = entry.addresses() if template is not None else None
+            if template is not None and addresses is not None:
+                yield entry, template, addresses
+                continue
+            singles: list[_Entry | _Block] = list(entry.entries())
+            yield from _with_templates(table, chain, singles, chain_names, templates)
+            continue
+        tokens = entry[3]
+        has_source, has_destination = "-s" in tokens, "-d" in tokens
+        i = tokens.index("-s" if has_source else "-d") + 1 if has_source != has_destination else len(tokens)
+        if i >= len(tokens):
+            yield entry, None, ()
+            continue
+        address = tokens[i]
+        tokens[i] = _SLOT
+        shape = tuple(tokens)
+        tokens[i] = address
+        template = _cached_template(table, chain, shape, "source" if has_source else "destination", chain_names,
+                                    templates)
+        yield entry, template, (address,)
+
+
+def _cached_template(
+    table: str, chain: str, shape: tuple[str, ...], field_name: str, chain_names: set[str],
+    templates: dict[tuple[str, ...], Rule | None],
+) -> Rule | None:
+    template = templates.get(shape, _MISSING)
+    if template is _MISSING:
+        template = templates[shape] = _template(table, chain, list(shape), chain_names, [field_name])
+    return template
+
+
+class _Group:
+    """Consecutive rules of one template, as columns, built together when the group ends."""
+
+    def __init__(self, chain: str, template: Rule | None) -> None:
+        self.chain = chain  # (a template is shared by the table's chains)
+        self.template = template
+        self.positions: list[int] = []
+        self.numbers: list[int] = []
+        self.specs: list[str] = []
+        self.counters: list[Counters | None] = []
+        self.addresses: list[str] = []
+
+    def add(self, positions: Sequence[int], numbers: Sequence[int], specs: Sequence[str],
+            counters: Sequence[Counters | None], addresses: Sequence[str]) -> None:
+        self.positions.extend(positions)
+        self.numbers.extend(numbers)
+        self.specs.extend(specs)
+        self.counters.extend(counters)
+        self.addresses.extend(addresses)
+
+    def flush_into(self, rules: list[Rule], seen: _Addresses) -> None:
+        """Append the group's rules: the template with each rule's address, position, line, text, counters."""
+        template = self.template
+        if template is None or not self.specs:
+            return
+        slot = template.source if template.source is not None else template.destination
+        assert slot is not None
+        networks = bulk_networks(self.addresses)
+        if networks is None:
+            conds = [address_cond(address, slot.negated) for address in self.addresses]
+            for cond in conds:
+                seen.unread = seen.unread or not cond.networks
+                seen.versions.update(net[0] for net in cond.networks)
+        else:
+            conds = list(map(_new_cond, zip(self.addresses, repeat(slot.negated), networks)))
+            seen.versions.add(4)
+        source = template.source is not None
+        rules.extend(map(_new_rule, zip(
+            repeat(template.table), repeat(self.chain), self.positions, self.specs, self.numbers,
+            repeat(template.protocol), conds if source else repeat(None), repeat(None) if source else conds,
+            repeat(template.in_iface), repeat(template.out_iface), repeat(template.fragment),
+            repeat(template.matches), repeat(template.target),
+            repeat(template.counters) if template.counters is not None else self.counters,
+        )))
 
 
 def _parse_rule_cached(
@@ -326,19 +586,15 @@ def _parse_rule_cached(
     chain_names: set[str],
     templates: dict[tuple[str, ...], Rule | None],
 ) -> Rule:
-    """_parse_rule, reading rules that differ only by their `-s`/`-d` address once.
-
-    The rule with its addresses replaced by a slot is parsed once per table (a template); the parser
-    never looks inside an address, so every rule of that form parses to the template with its own
-    addresses. A template whose slots do not land exactly in -s/-d is not used.
-    """
+    """_parse_rule, reading rules that differ only by their `-s`/`-d` addresses once (as _chain_rules
+    does for rules with one address; this is for rules with both)."""
     key = tokens.copy()
     slots: list[tuple[str, int]] = []
     for flag, field_name in (("-s", "source"), ("-d", "destination")):
         if flag in tokens:
             i = tokens.index(flag) + 1
             if i < len(tokens):
-                key[i] = _ADDRESS_SLOT
+                key[i] = _SLOT
                 slots.append((field_name, i))
     if not slots:
         return _parse_rule(table, chain, position, number, raw, counters, tokens, chain_names)
@@ -354,9 +610,9 @@ def _parse_rule_cached(
             source = address_cond(tokens[i], source.negated)
         elif destination is not None:
             destination = address_cond(tokens[i], destination.negated)
-    return Rule(table, chain, position, _spec(raw), number, template.protocol, source, destination,
-                template.in_iface, template.out_iface, template.fragment, template.matches, template.target,
-                template.counters if template.counters is not None else counters)
+    return template._replace(chain=chain, position=position, spec=_spec(raw), line=number, source=source,
+                             destination=destination,
+                             counters=template.counters if template.counters is not None else counters)
 
 
 def _template(table: str, chain: str, key: list[str], chain_names: set[str], slots: list[str]) -> Rule | None:
@@ -365,7 +621,7 @@ def _template(table: str, chain: str, key: list[str], chain_names: set[str], slo
     except ParseError:
         return None  # the rule itself will say what is wrong, with its line
     filled = {name for name in ("source", "destination")
-              if (cond := getattr(rule, name)) is not None and cond.value == _ADDRESS_SLOT}
+              if (cond := getattr(rule, name)) is not None and cond.value == _SLOT}
     return rule if filled == set(slots) and len(slots) == len(filled) else None
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain as concat
+from itertools import compress, groupby, repeat
+from operator import attrgetter, itemgetter, or_
 
-from podnat.netfilter.addresses import cond_networks, network_bounds, to_address
+from podnat.netfilter.addresses import WIDTH, by_prefix, cond_networks, network_bounds, to_address
 from podnat.netfilter.alloc import collector_paused
 from podnat.netfilter.matches import parse_mark, rule_matches
-from podnat.netfilter.model import Cond, Family, Match, Rule, Ruleset, Table
+from podnat.netfilter.model import Cond, Family, Rule, Ruleset, Table
 from podnat.netfilter.packet import Packet
 from podnat.netfilter.traverse import traverse
 
@@ -116,8 +119,9 @@ def _reachable_chains(table: Table, entry: str) -> list[str]:
         return []
     order, todo = [entry], [entry]
     while todo:
-        for rule in table.chains[todo.pop()].rules:
-            name = rule.target.name if rule.target else None
+        # consecutive rules with one target (read from one template) are looked at once
+        for target, _ in groupby(map(_TARGET, table.chains[todo.pop()].rules)):
+            name = target.name if target else None
             if name in table.chains and name not in order:
                 order.append(name)
                 todo.append(name)
@@ -135,28 +139,29 @@ class _PacketSpace:
         loop = ipaddress.ip_address("::1" if v6 else "127.0.0.1")
         # Addresses as (version, int) until they are needed: a table with 100,000 networks is counted
         # (and skipped) without building 200,000 address objects.
-        srcs: set[tuple[int, int]] = {(other.version, int(other))}
-        dsts: set[tuple[int, int]] = {(other.version, int(other)), (loop.version, int(loop))}
+        srcs: Addresses = {4: set(), 6: set()}
+        dsts: Addresses = {4: set(), 6: set()}
+        srcs[other.version].add(int(other))
+        dsts[other.version].add(int(other))
+        dsts[loop.version].add(int(loop))
         ifaces: set[str] = {"lo", "eth0", "other0"}
         protos = {"tcp", "udp"}
         dports: set[int | None] = {8080}
         sports: set[int | None] = {50000}
         ids: set[int] = {1000}
         marks: set[int] = {0}
-        last_matches: tuple[Match, ...] = ()
-        for rule in rules:
-            if rule.source is not None:
-                _add_ends(rule.source, srcs)
-            if rule.destination is not None:
-                _add_ends(rule.destination, dsts)
+        # Rules whose other conditions are equal (a pod's thousands of excluded CIDRs) come together:
+        # their addresses are counted in bulk, the rest read once.
+        for _, same in groupby(rules, key=_REST):
+            group = list(same)
+            _add_all_ends(filter(None, map(_SOURCE, group)), srcs)
+            _add_all_ends(filter(None, map(_DESTINATION, group)), dsts)
+            rule = group[0]
             for cond in (rule.in_iface, rule.out_iface):
                 if cond is not None:
                     ifaces.add(cond.value[:-1] + "0" if cond.value.endswith("+") else cond.value)
             if rule.protocol is not None and rule.protocol.value not in ("all", "0"):
                 protos.add(rule.protocol.value)
-            if rule.matches is last_matches:
-                continue  # rules read from one template share their matches: seen already
-            last_matches = rule.matches
             for match in rule.matches:
                 for option in match.options:
                     if option.name in ("dport", "destination-port", "dports", "destination-ports", "ports"):
@@ -175,15 +180,15 @@ class _PacketSpace:
     @property
     def size(self) -> int:
         identities = len(self.ids) ** 2 if self.local else 1
-        return (len(self._srcs) * len(self._dsts) * len(self.ifaces) * len(self.protos) * len(self.dports)
+        return (_count(self._srcs) * _count(self._dsts) * len(self.ifaces) * len(self.protos) * len(self.dports)
                 * len(self.sports) * identities * len(self.marks))
 
     def packets(self) -> Iterator[Packet]:
         identities: list[tuple[int | None, int | None]] = (
             list(itertools.product(self.ids, self.ids)) if self.local else [(None, None)]
         )
-        srcs = sorted((to_address(*address) for address in self._srcs), key=str)
-        dsts = sorted((to_address(*address) for address in self._dsts), key=str)
+        srcs = sorted((to_address(v, a) for v, values in self._srcs.items() for a in values), key=str)
+        dsts = sorted((to_address(v, a) for v, values in self._dsts.items() for a in values), key=str)
         for src, dst, iface, proto, dport, sport, (uid, gid), mark in itertools.product(
             srcs, dsts, self.ifaces, self.protos, self.dports, self.sports, identities, self.marks
         ):
@@ -198,13 +203,38 @@ class _PacketSpace:
             )
 
 
-def _add_ends(cond: Cond, bucket: set[tuple[int, int]]) -> None:
-    """A network's first and last address, as (version, int)."""
-    for net in cond_networks(cond):
-        first, last = network_bounds(net)
-        bucket.add((net[0], first))
-        if last != first:
-            bucket.add((net[0], last))
+Addresses = dict[int, set[int]]  # IP version -> addresses as integers
+
+
+def _count(addresses: Addresses) -> int:
+    return sum(map(len, addresses.values()))
+
+
+def _add_all_ends(conds: Iterable[Cond], bucket: Addresses) -> None:
+    """Each network's first and last address, by IP version, as integers: in C when the networks
+    are read, else one by one."""
+    conds = list(conds)
+    if not conds:
+        return
+    nets = list(concat.from_iterable(map(_NETWORKS, conds)))
+    kinds = by_prefix(nets) if all(map(_NETWORKS, conds)) else None
+    if kinds is not None:
+        for (version, length), mask in kinds.items():
+            firsts = list(map(_NETWORK, compress(nets, mask)))
+            host = (1 << (WIDTH[version] - length)) - 1
+            bucket[version].update(firsts)
+            bucket[version].update(map(or_, firsts, repeat(host)))
+        return
+    for cond in conds:
+        for net in cond_networks(cond):
+            first, last = network_bounds(net)
+            bucket[net[0]].update((first, last))
+
+
+_REST = attrgetter("protocol", "in_iface", "out_iface", "fragment", "matches", "target")
+_SOURCE, _DESTINATION, _NETWORKS = attrgetter("source"), attrgetter("destination"), attrgetter("networks")
+_NETWORK = itemgetter(2)
+_TARGET = attrgetter("target")
 
 
 def _ports(spec: str) -> set[int | None]:

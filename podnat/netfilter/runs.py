@@ -12,9 +12,14 @@ derived from a chain's rules and kept on the chain on first use.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain as concat
+from itertools import compress, groupby, repeat
+from operator import attrgetter, itemgetter, rshift
+from typing import cast
 
-from podnat.netfilter.addresses import WIDTH
+from podnat.netfilter.addresses import WIDTH, by_prefix
 from podnat.netfilter.alloc import collector_paused
 from podnat.netfilter.matches import Result, rest_matches
 from podnat.netfilter.model import Chain, Cond, Rule
@@ -80,18 +85,42 @@ def find_runs(rules: tuple[Rule, ...], min_run: int = MIN_RUN) -> RunIndex:
     if len(rules) < min_run:
         return ()
     at: list[AddressRun | None] = [None] * len(rules)
-    start = 0
-    while start < len(rules):
-        first = rules[start]
-        field = _address_field(first)
-        stop = start + 1
-        if field is not None:
-            while stop < len(rules) and _address_field(rules[stop]) == field and _same_rest(first, rules[stop]):
-                stop += 1
-            if stop - start >= min_run:
-                at[start:stop] = [_build(rules, start, stop, field)] * (stop - start)
-        start = stop
+    stop = 0
+    # Rules whose other conditions and target are equal come together, compared in C (rules read
+    # from one template share those objects); each such group is then split by address field.
+    for _, group in groupby(map(_REST, rules)):
+        start, stop = stop, stop + len(list(group))
+        if stop - start >= min_run:
+            for run in _address_runs(rules, start, stop, min_run):
+                at[run.start:run.stop] = [run] * (run.stop - run.start)
     return tuple(at) if any(run is not None for run in at) else ()
+
+
+_REST = attrgetter("protocol", "in_iface", "out_iface", "fragment", "matches", "target")
+_SOURCE, _DESTINATION = attrgetter("source"), attrgetter("destination")
+_NEGATED, _NETWORKS = attrgetter("negated"), attrgetter("networks")
+
+
+def _address_runs(rules: tuple[Rule, ...], start: int, stop: int, min_run: int) -> Iterator[AddressRun]:
+    """The runs among rules start..stop-1, whose other conditions are all the same."""
+    segment = rules[start:stop]
+    sources, destinations = list(map(_SOURCE, segment)), list(map(_DESTINATION, segment))
+    for field, conds, others in (("source", sources, destinations), ("destination", destinations, sources)):
+        if not any(others) and all(conds):  # (truth, not == None: a Cond compares in Python)
+            addressed = cast("list[Cond]", conds)
+            if not any(map(_NEGATED, addressed)) and all(map(_NETWORKS, addressed)):
+                yield _build(addressed, start, field)  # the whole group: one field, every address indexable
+                return
+    i = start
+    while i < stop:  # the general case: rule by rule
+        found = _address_field(rules[i])
+        j = i + 1
+        if found is not None:
+            while j < stop and _address_field(rules[j]) == found:
+                j += 1
+            if j - i >= min_run:
+                yield _build([getattr(rule, found) for rule in rules[i:j]], i, found)
+        i = j
 
 
 def _address_field(rule: Rule) -> str | None:
@@ -107,29 +136,37 @@ def _indexable(cond: Cond | None) -> bool:
     return cond is not None and not cond.negated and bool(cond.networks)
 
 
-def _same_rest(a: Rule, b: Rule) -> bool:
-    """Everything but the addresses is the same (rest_matches gives both the same answer). Rules read
-    from one template share these objects, hence `is` first."""
-    return ((a.protocol is b.protocol or a.protocol == b.protocol)
-            and (a.in_iface is b.in_iface or a.in_iface == b.in_iface)
-            and (a.out_iface is b.out_iface or a.out_iface == b.out_iface)
-            and a.fragment == b.fragment
-            and (a.matches is b.matches or a.matches == b.matches)
-            and (a.target is b.target or a.target == b.target))
-
-
-def _build(rules: tuple[Rule, ...], start: int, stop: int, field: str) -> AddressRun:
+def _build(conds: list[Cond], start: int, field: str) -> AddressRun:
+    """The prefix tables of the rules start.. whose addresses are `conds` (one per rule)."""
+    stop = start + len(conds)
+    nets = list(concat.from_iterable(map(_NETWORKS, conds)))
+    kinds = by_prefix(nets) if len(nets) == len(conds) else None
+    if kinds is not None:  # one network per rule: each prefix length's table built in C
+        fast: list[PrefixTable] = []
+        for (version, length), mask in kinds.items():
+            shift = WIDTH[version] - length
+            keys = list(map(rshift, map(_NETWORK, compress(nets, mask)), repeat(shift)))
+            positions = list(compress(range(start, stop), mask))
+            first = dict(zip(reversed(keys), reversed(positions), strict=True))  # the first position wins
+            if len(first) != len(keys):
+                break  # a network listed again: the general way below keeps the later positions too
+            fast.append(PrefixTable(version, shift, first, {}))
+        else:
+            return AddressRun(start, stop, field, tuple(fast))
     tables: dict[tuple[int, int], PrefixTable] = {}
-    for position in range(start, stop):
-        for version, length, network in getattr(rules[position], field).networks:
+    for position, cond in enumerate(conds, start=start):
+        for version, length, network in cond.networks:
             shift = WIDTH[version] - length
             table = tables.get((version, shift))
             if table is None:
                 table = tables[(version, shift)] = PrefixTable(version, shift, {}, {})
             key = network >> shift
-            first = table.first.setdefault(key, position)
-            if first != position:
+            first_at = table.first.setdefault(key, position)
+            if first_at != position:
                 later = table.later.setdefault(key, [])
                 if not later or later[-1] != position:  # a network listed twice in one rule counts once
                     later.append(position)
     return AddressRun(start, stop, field, tuple(tables.values()))
+
+
+_NETWORK = itemgetter(2)

@@ -15,8 +15,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from podnat.netfilter.addresses import parse_networks
-from podnat.netfilter.model import Family
+from podnat.netfilter.addresses import bulk_networks, parse_networks
+from podnat.netfilter.model import Counters, Family
 from podnat.netfilter.packet import Packet
 from podnat.netfilter.parse import _parse_rule, parse_ruleset
 from podnat.netfilter.runs import MIN_RUN, AddressRun, chain_runs, find_runs
@@ -180,3 +180,70 @@ def test_short_runs_and_mixed_rules_are_not_indexed() -> None:
     ruleset = parse_ruleset((REPO / "tests/data/default.v4.iptables-save").read_text())
     for chain in ruleset.tables["nat"].chains.values():
         assert find_runs(chain.rules) == ()
+
+
+# --- rules read in blocks (runs of one shape read together, in C) ----------------------------------
+
+def _counted(text: str) -> str:
+    """The table as `iptables-save -c` prints it: every rule with [packets:bytes]."""
+    return "\n".join(f"[{i}:{i * 60}] {line}" if line.startswith("-A ") else line
+                     for i, line in enumerate(text.splitlines())) + "\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(tables(), st.booleans(), st.integers(0, 80))
+def test_rules_read_in_blocks_equal_rules_read_one_by_one(text: str, counted: bool, padding: int) -> None:
+    # Padding with comments moves the table past the size where blocks are used.
+    lines = text.splitlines()
+    text = "\n".join(["# padding"] * padding + (_counted(text) if counted else text).splitlines()) + "\n"
+    source = text.splitlines()
+    ruleset = parse_ruleset(text, Family.IPV4)
+    chain_names = set(ruleset.tables["nat"].chains)
+    assert len(ruleset.tables["nat"].rules()) == sum(1 for line in lines if line.startswith("-A "))
+    for chain in ruleset.tables["nat"].chains.values():
+        for position, rule in enumerate(chain.rules, start=1):
+            raw = source[rule.line - 1]
+            assert rule.position == position and f"-A {chain.name} " in raw
+            words = raw.split()
+            counters = None
+            if counted:
+                packets, _, octets = words[0].strip("[]").partition(":")
+                counters = Counters(int(packets), int(octets))
+                words = words[1:]
+            assert rule.spec == " ".join(words[2:])
+            alone = _parse_rule("nat", chain.name, position, rule.line, raw, counters, words[2:], chain_names)
+            assert rule == alone
+            for cond in (rule.source, rule.destination):
+                if cond is not None:
+                    assert cond.networks == parse_networks(cond.value)
+
+
+cidr_values = st.one_of(
+    st.builds(lambda a, n: f"{ipaddress.IPv4Address(a)}/{n}", st.integers(0, 2**32 - 1), st.integers(0, 32)),
+    st.text(alphabet="0123456789./:af", max_size=18),
+)
+
+
+@given(st.lists(cidr_values, max_size=12))
+def test_bulk_networks_read_as_parse_networks_reads_them(values: list[str]) -> None:
+    bulk = bulk_networks(values)
+    if bulk is None:  # some value is not a.b.c.d/N: each is then read alone
+        assert not all(v.count("/") == 1 and _read(v) is not None and ":" not in v and _reference(v)
+                       and v.split("/")[1].isdigit() and len(v.split("/")[0].split(".")) == 4
+                       and all(p.isdigit() and str(int(p)) == p for p in v.split("/")[0].split("."))
+                       for v in values)
+    else:
+        assert bulk == [parse_networks(v) for v in values]
+
+
+def test_a_table_of_excluded_cidrs_is_read_in_blocks_and_indexed() -> None:
+    ruleset = parse_ruleset(_synthetic(5000))
+    chain = ruleset.tables["nat"].chains["ISTIO_OUTPUT"]
+    assert len(chain.rules) == 5000 + 9
+    # ISTIO_OUTPUT:4008 is the 4000th excluded CIDR (after the 8 rules up to -d 127.0.0.1/32)
+    network = ipaddress.IPv4Address("100.64.0.0") + 4 * 3999
+    rule = chain.rules[4007]
+    assert (rule.ref, rule.spec) == ("ISTIO_OUTPUT:4008", f"-d {network}/30 -j RETURN")
+    assert rule.destination is not None and rule.destination.networks == ((4, 30, int(network)),)
+    lines = _synthetic(5000).splitlines()
+    assert lines[rule.line - 1] == f"-A ISTIO_OUTPUT -d {network}/30 -j RETURN"
