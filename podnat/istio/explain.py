@@ -16,6 +16,9 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
+from itertools import chain as concat
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from podnat.envoy.listeners import Listener
@@ -212,11 +215,12 @@ def _dns_switched_off() -> Finding:
 
 
 _SHADOW_CACHE: dict[tuple[object, ...], Reachability] = {}
+_SPEC, _TARGET = attrgetter("spec"), attrgetter("target")
 
 
 def _shadowed(ruleset: Ruleset) -> Reachability:
     """shadowed_rules, computed once per distinct table: `verify` meets the same table in many pods."""
-    key = (ruleset.family, *((t.name, c.name, c.policy, tuple(r.spec for r in c.rules))
+    key = (ruleset.family, *((t.name, c.name, c.policy, tuple(map(_SPEC, c.rules)))
                             for t in ruleset.tables.values() for c in t.chains.values()))
     found = _SHADOW_CACHE.get(key)
     if found is None:
@@ -255,12 +259,12 @@ def captured_nameservers(ruleset: Ruleset) -> tuple[str, ...]:
 def _dns_redirects(ruleset: Ruleset) -> list[IPAddress | None]:
     """The destinations of the rules that redirect DNS to 15053, in order (None: any destination)."""
     found: list[IPAddress | None] = []
-    for table in ruleset.tables.values():
-        for rule in table.rules():
-            target = rule.target
-            ports = target.get("to-ports") if target is not None and target.name == "REDIRECT" else None
-            if ports is None or ports.args[0] != str(DNS_PROXY_PORT):
-                continue
+    # consecutive rules with one target (read from one template) are looked at once
+    for target, same in groupby(concat.from_iterable(t.rules() for t in ruleset.tables.values()), key=_TARGET):
+        ports = target.get("to-ports") if target is not None and target.name == "REDIRECT" else None
+        if ports is None or ports.args[0] != str(DNS_PROXY_PORT):
+            continue
+        for rule in same:
             if rule.destination is None:
                 found.append(None)
             elif not rule.destination.negated:  # negated: e.g. nftables' IPv4-only rule in the IPv6 view
