@@ -43,17 +43,18 @@ class Counters:
     bytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One `--option args` of a match or target, possibly negated with `!`."""
+class Option(NamedTuple):
+    """One `--option args` of a match or target, possibly negated with `!`.
+
+    Option, Match, Target, Cond and Rule are NamedTuples: rules read from one template share these
+    parts, and tuples compare shared parts by identity in C (a dataclass's __eq__ runs in Python)."""
 
     name: str
     args: tuple[str, ...]
     negated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
+class Match(NamedTuple):
     """A match module (`-m NAME`, or implicit after `-p tcp`) and its options."""
 
     module: str
@@ -84,8 +85,7 @@ class Cond(NamedTuple):
         return hash((self.value, self.negated))
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     """What a matching rule does: `-j NAME` or `-g NAME` with the target's options."""
 
     name: str
