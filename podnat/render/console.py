@@ -55,7 +55,9 @@ def print_data(data: Any, fmt: str) -> None:
 
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
     else:
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        # Streamed: json.dumps would hold every piece of a 200-pod report in one list before joining.
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
 
 
 def path_text(trace: FlowTrace, counters: Ruleset | None = None) -> Text:
