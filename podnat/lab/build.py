@@ -6,6 +6,11 @@ real Envoy as uid/gid 1337 with Istio's listeners, pilot-agent's status port, an
 as uid 1000. Service names resolve (per-pod /etc/hosts via `ip netns`) to VIPs that only the pods'
 Envoys handle. The lab's Kubernetes API (podnat/lab/apiserver.py) serves it all.
 
+`--mode` picks the capture setup of the pods it starts (MODES): Istio's default REDIRECT, TPROXY,
+native nftables, dual-stack IPv4/IPv6, or DNS capture. Each mode is a few differences in the pod
+spec (what injection writes), the rules and routes istio-init installs, Envoy's bootstrap and
+identity, and pilot-agent's ports; everything else is the same lab.
+
 Everything the lab makes is a namespace named with its root's prefix (`pnl-*` for the default root,
 `pnl<hash>-*` for any other, so labs in different roots never meet) or lives under its root, and is
 recorded in the state file, so `down` (and `up` after a crash) removes exactly that. Traffic stays inside.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import platform
@@ -24,6 +30,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,11 @@ SUBNET = "10.99.0"
 NODE_IP = f"{SUBNET}.1"
 ISTIOD_IP = f"{SUBNET}.250"
 VIP_BASE = "10.96.0"
+NAMESERVER = f"{VIP_BASE}.2"  # the pods' resolver: a VIP nothing answers (names are in /etc/hosts)
+SUBNET6 = "fd00:99:"  # dual-stack mode: pods, node and istiod get an IPv6 address too (lab only)
+NODE_IP6 = f"{SUBNET6}:1"
+ISTIOD_IP6 = f"{SUBNET6}:fa"
+VIP6_BASE = "fd00:96:"
 PROXY_IMAGE = "docker.io/istio/proxyv2:1.30.3"
 APP_UID = 1000
 PROXY_UID = 1337
@@ -54,6 +66,16 @@ FAULTS = {
     "dead-port": "make ISTIO_REDIRECT send to 15002, where nothing listens",
     "legacy-copy": "load a second copy of the rules with iptables-legacy (both run)",
 }
+MODES = {
+    "redirect": "istio-init with iptables REDIRECT (Istio's default)",
+    "tproxy": "sidecar.istio.io/interceptionMode: TPROXY: inbound diverted in mangle, Envoy as uid 0/gid 1337 "
+              "with NET_ADMIN and transparent listeners, ip rule fwmark 1337 lookup 133",
+    "nftables": "istio-init --native-nftables (Istio 1.27+): the rules loaded with nft -f",
+    "dual-stack": "an IPv6 address beside the IPv4 one (fd00:99::/64), IPv6 rules too (ISTIO_DUAL_STACK)",
+    "dns": "DNS capture (ISTIO_META_DNS_CAPTURE): queries to the pod's resolver go to pilot-agent on 15053",
+}
+TPROXY_MARK = "1337"
+TPROXY_TABLE = "133"
 
 
 class LabError(PodnatError):
@@ -85,10 +107,13 @@ def run(argv: Sequence[str], *, netns: str | None = None, input: str | None = No
     return result.stdout
 
 
-def spawn(argv: Sequence[str], netns: str, uid: int, gid: int, log: Path) -> int:
-    """Start a long-running process in a namespace as uid/gid, detached, output to `log`; its pid."""
+def spawn(argv: Sequence[str], netns: str, uid: int, gid: int, log: Path, capabilities: Sequence[str] = ()) -> int:
+    """Start a long-running process in a namespace as uid/gid (with only `capabilities`, when given),
+    detached, output to `log`; its pid."""
+    caps = "".join(f",+{c.lower()}" for c in capabilities)
+    limits = [f"--inh-caps=-all{caps}", f"--ambient-caps=-all{caps}", f"--bounding-set=-all{caps}"] if caps else []
     command = ["ip", "netns", "exec", netns, "setpriv", "--reuid", str(uid), "--regid", str(gid),
-               "--clear-groups", "--", *argv]
+               "--clear-groups", *limits, "--", *argv]
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True, cwd="/")
@@ -168,8 +193,14 @@ def istio_init_args(annotations: Mapping[str, str]) -> list[str]:
     return [*args, "--log_output_level=default:info"]
 
 
-def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_hash: str) -> dict[str, Any]:
-    """The Pod the API serves: the Deployment's template after Istio's sidecar injection, running."""
+def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_hash: str, mode: str = "redirect",
+                 ip6: str | None = None) -> dict[str, Any]:
+    """The Pod the API serves: the Deployment's template after Istio's sidecar injection, running.
+
+    Per mode, what Istio's injection template writes differently: TPROXY (the annotation, so `-m
+    TPROXY`, and istio-proxy as uid 0/gid 1337 with NET_ADMIN), nftables (`--native-nftables`),
+    dual-stack and dns (proxy metadata ISTIO_DUAL_STACK / ISTIO_META_DNS_CAPTURE in the env of
+    istio-init and istio-proxy)."""
     template = deployment["spec"]["template"]
     meta = template.get("metadata") or {}
     labels = {**(meta.get("labels") or {}), "pod-template-hash": template_hash,
@@ -177,6 +208,10 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
               "service.istio.io/canonical-name": (meta.get("labels") or {}).get("app", name),
               "service.istio.io/canonical-revision": (meta.get("labels") or {}).get("version", "latest")}
     annotations = dict(meta.get("annotations") or {})
+    if mode == "tproxy":
+        annotations["sidecar.istio.io/interceptionMode"] = "TPROXY"
+    metadata_env = {"dns": {"ISTIO_META_DNS_CAPTURE": "true"}, "dual-stack": {"ISTIO_DUAL_STACK": "true"}}.get(mode, {})
+    env = [{"name": k, "value": v} for k, v in metadata_env.items()]
     app_containers = [dict(c) for c in template["spec"]["containers"]]
     annotations.update({
         "kubectl.kubernetes.io/default-container": app_containers[0]["name"],
@@ -187,13 +222,16 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
             "imagePullSecrets": None, "revision": "default"}),
         "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020", "prometheus.io/scrape": "true",
     })
+    init_args = istio_init_args(annotations)
+    if mode == "nftables":
+        init_args.insert(-1, "--native-nftables")
     init = {
-        "name": "istio-init", "image": PROXY_IMAGE, "args": istio_init_args(annotations),
+        "name": "istio-init", "image": PROXY_IMAGE, "args": init_args, **({"env": env} if env else {}),
         "securityContext": {"allowPrivilegeEscalation": False, "privileged": False, "runAsUser": 0,
                             "runAsGroup": 0, "runAsNonRoot": False,
                             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}},
     }
-    proxy = {
+    proxy: dict[str, Any] = {
         "name": "istio-proxy", "image": PROXY_IMAGE,
         "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local"],
         "ports": [{"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}],
@@ -201,7 +239,12 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
         "securityContext": {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
                             "runAsGroup": PROXY_UID, "runAsNonRoot": True, "runAsUser": PROXY_UID,
                             "capabilities": {"drop": ["ALL"]}},
+        **({"env": env} if env else {}),
     }
+    if mode == "tproxy":  # transparent sockets need CAP_NET_ADMIN: as 1337 Envoy cannot start (FACTS.md)
+        proxy["securityContext"] = {**proxy["securityContext"], "allowPrivilegeEscalation": True,
+                                    "runAsNonRoot": False, "runAsUser": 0,
+                                    "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]}}
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     deploy_name = deployment["metadata"]["name"]
     running = {"running": {"startedAt": now}}
@@ -220,7 +263,8 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
         "spec": {"nodeName": "podnat-lab", "initContainers": [init], "containers": [*app_containers, proxy],
                  "restartPolicy": "Always", "serviceAccountName": "default"},
         "status": {
-            "phase": "Running", "hostIP": NODE_IP, "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,
+            "phase": "Running", "hostIP": NODE_IP, "podIP": ip, "podIPs": [{"ip": a} for a in (ip, ip6) if a],
+            "startTime": now,
             "conditions": [{"type": t, "status": "True"} for t in ("Initialized", "Ready", "ContainersReady",
                                                                     "PodScheduled")],
             "initContainerStatuses": [{"name": "istio-init", "ready": True, "restartCount": 0, "image": PROXY_IMAGE,
@@ -234,11 +278,18 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
 # --- up, down, status, break -----------------------------------------------------------------------
 
 
-def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None) -> LabState:
-    """Build the lab (cleaning up what a previous run left), start its API server, return its state."""
+def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None, mode: str = "redirect",
+           deployments: Sequence[str] | None = None) -> LabState:
+    """Build the lab (cleaning up what a previous run left), start its API server, return its state.
+
+    `mode` is one of MODES; `deployments` (e.g. ["details-v1", "ratings-v1"]) starts only those pods."""
     check_requirements()
     if backend not in ("nft", "legacy"):
         raise LabError(f"--backend {backend}: use nft or legacy")
+    if mode not in MODES:
+        raise LabError(f"--mode {mode}: one of {', '.join(MODES)}")
+    if mode == "nftables" and shutil.which("nft") is None:
+        raise LabError("--mode nftables needs nft: run `make install` (apt: nftables)")
     root = (root or lab_root()).resolve()
     lab_down(root, quiet=True)
     started = time.monotonic()
@@ -255,41 +306,56 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None)
     envoy.chmod(0o755)
     prefix = netns_prefix(root)
     node_ns, istiod_ns = f"{prefix}node", f"{prefix}istiod"
-    state = LabState(root=str(root), backend=backend, netns_prefix=prefix)
+    state = LabState(root=str(root), backend=backend, mode=mode, netns_prefix=prefix)
     state.save()  # from here on, `down` can undo whatever happens
-    deployments, services = load_manifests()
+    dual = mode == "dual-stack"
+    all_deployments, services = load_manifests()
+    chosen = [d for d in all_deployments if deployments is None or d["metadata"]["name"] in deployments]
+    if deployments is not None and len(chosen) != len(set(deployments)):
+        known = ", ".join(d["metadata"]["name"] for d in all_deployments)
+        raise LabError(f"unknown Deployment in {', '.join(deployments)}: one of {known}")
     say("network: node namespace and bridge")
     _add_netns(state, node_ns)
     run(["ip", "link", "add", "br0", "type", "bridge"], netns=node_ns)
     run(["ip", "addr", "add", f"{NODE_IP}/24", "dev", "br0"], netns=node_ns)
+    if dual:
+        run(["ip", "-6", "addr", "add", f"{NODE_IP6}/64", "dev", "br0", "nodad"], netns=node_ns)
     run(["ip", "link", "set", "br0", "up"], netns=node_ns)
     run(["ip", "link", "set", "lo", "up"], netns=node_ns)
-    _peer_namespace(state, istiod_ns, ISTIOD_IP, "vistiod", root)
-    state.pids.append(spawn(["/usr/bin/python3", str(bin_dir / "peer.py"), "15012"], istiod_ns, 65534, 65534,
-                            root / "istiod.log"))
+    _peer_namespace(state, istiod_ns, ISTIOD_IP, "vistiod", root, ISTIOD_IP6 if dual else None)
+    state.pids.append(spawn(["/usr/bin/python3", str(bin_dir / "peer.py"), "15012", *(["ipv6"] if dual else [])],
+                            istiod_ns, 65534, 65534, root / "istiod.log"))
     pods = []
-    for index, deployment in enumerate(sorted(deployments, key=lambda d: d["metadata"]["name"])):
+    for index, deployment in enumerate(sorted(chosen, key=lambda d: d["metadata"]["name"])):
         deploy = deployment["metadata"]["name"]
         template_hash = _hash(deploy, 9)
         name = f"{deploy}-{template_hash}-{_hash(deploy + '/pod', 5)}"
-        pods.append((deployment, name, f"{SUBNET}.{10 + index}", template_hash))
-    vips = {svc["metadata"]["name"]: f"{VIP_BASE}.{10 + i}" for i, svc in enumerate(sorted(
-        services, key=lambda s: s["metadata"]["name"]))}
+        pods.append((deployment, name, f"{SUBNET}.{10 + index}", template_hash,
+                     f"{SUBNET6}:{10 + index}" if dual else None))
+    ordered = sorted(services, key=lambda s: s["metadata"]["name"])
+    vips = {svc["metadata"]["name"]: f"{VIP_BASE}.{10 + i}" for i, svc in enumerate(ordered)}
+    vips6 = {svc["metadata"]["name"]: f"{VIP6_BASE}:{10 + i}" for i, svc in enumerate(ordered)} if dual else {}
     routes = []
     for svc in services:
         svc_name = svc["metadata"]["name"]
         selector = svc["spec"].get("selector") or {}
-        endpoints = tuple(ip for dep, _, ip, _ in pods
-                          if _matches(selector, dep["spec"]["template"]["metadata"].get("labels") or {}))
+        selected = [(ip, ip6) for dep, _, ip, _, ip6 in pods
+                    if _matches(selector, dep["spec"]["template"]["metadata"].get("labels") or {})]
         for port in svc["spec"]["ports"]:
             routes.append(ServiceRoute(f"{svc_name}.{NAMESPACE}.svc.cluster.local", vips[svc_name],
-                                       int(port["port"]), endpoints))
+                                       int(port["port"]), tuple(ip for ip, _ in selected)))
+            if svc_name in vips6:
+                routes.append(ServiceRoute(f"{svc_name}.{NAMESPACE}.svc.cluster.local", vips6[svc_name],
+                                           int(port["port"]), tuple(ip6 for _, ip6 in selected if ip6)))
     hosts = _hosts(vips)
     state.services = dict(vips)
+    state.services6 = dict(vips6)
     state.peers = {"node": NODE_IP, "istiod": ISTIOD_IP}
-    for deployment, name, ip, template_hash in pods:
-        say(f"pod {name} ({ip})")
-        state.pods.append(_pod(state, deployment, name, ip, template_hash, routes, hosts, backend))
+    if dual:
+        state.peers.update({"node6": NODE_IP6, "istiod6": ISTIOD_IP6})
+    for deployment, name, ip, template_hash, ip6 in pods:
+        say(f"pod {name} ({ip}{', ' + ip6 if ip6 else ''})")
+        state.pods.append(_pod(state, deployment, name, ip, template_hash, routes, hosts, backend, ip6))
         state.save()
     say("Kubernetes API server")
     from podnat.lab.apiserver import start_apiserver
@@ -307,8 +373,9 @@ def _add_netns(state: LabState, name: str) -> None:
     run(["ip", "link", "set", "lo", "up"], netns=name)
 
 
-def _peer_namespace(state: LabState, netns: str, ip: str, host_if: str, root: Path) -> None:
-    """A namespace on the lab bridge with one address (eth0) and a default route via the node."""
+def _peer_namespace(state: LabState, netns: str, ip: str, host_if: str, root: Path, ip6: str | None = None) -> None:
+    """A namespace on the lab bridge with one address (eth0), and one IPv6 address when dual-stack, and a
+    default route via the node."""
     del root
     _add_netns(state, netns)
     node_ns = f"{state.netns_prefix}node"
@@ -317,6 +384,9 @@ def _peer_namespace(state: LabState, netns: str, ip: str, host_if: str, root: Pa
     run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], netns=netns)
     run(["ip", "link", "set", "eth0", "up"], netns=netns)
     run(["ip", "route", "add", "default", "via", NODE_IP], netns=netns)
+    if ip6:  # nodad: usable at once (duplicate address detection would hold it for a second or two)
+        run(["ip", "-6", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad"], netns=netns)
+        run(["ip", "-6", "route", "add", "default", "via", NODE_IP6], netns=netns)
 
 
 def _hosts(vips: Mapping[str, str]) -> str:
@@ -333,8 +403,9 @@ def _etc(netns: str) -> Path:
 
 
 def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, template_hash: str,
-         routes: Sequence[ServiceRoute], hosts: str, backend: str) -> LabPod:
+         routes: Sequence[ServiceRoute], hosts: str, backend: str, ip6: str | None = None) -> LabPod:
     root = Path(state.root)
+    mode = state.mode
     netns = state.netns_prefix + deployment["metadata"]["name"]
     logs = root / "pods" / name
     logs.mkdir(parents=True, exist_ok=True)
@@ -343,59 +414,97 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "hosts").write_text(hosts + f"{ip} {name}\n")
     (etc / "resolv.conf").write_text(f"search {NAMESPACE}.svc.cluster.local svc.cluster.local\n"
-                                     f"nameserver {VIP_BASE}.2\n")  # nothing answers: names are in hosts
+                                     f"nameserver {NAMESERVER}\n")  # nothing answers: names are in hosts
     host_if = "v" + _hash(name, 8)
-    _peer_namespace(state, netns, ip, host_if, root)
-    manifest = injected_pod(deployment, name, ip, template_hash)
+    _peer_namespace(state, netns, ip, host_if, root, ip6)
+    manifest = injected_pod(deployment, name, ip, template_hash, mode, ip6)
     # istio-init: the rules podnat's model says Istio installs for these args, loaded for real.
     init_log = logs / "istio-init.log"
-    init_log.write_text(_istio_init(manifest, netns, backend))
+    init_log.write_text(_istio_init(manifest, netns, backend, (NAMESERVER,)))
     app = manifest["spec"]["containers"][0]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     bin_dir = root / "bin"
-    agent_pid = spawn(["/usr/bin/python3", str(bin_dir / "agent.py")], netns, PROXY_UID, PROXY_UID,
-                      logs / "pilot-agent.log")
+    ipv6 = ["ipv6"] if ip6 else []
+    agent_pid = spawn(["/usr/bin/python3", str(bin_dir / "agent.py"), *(["dns"] if mode == "dns" else []), *ipv6],
+                      netns, PROXY_UID, PROXY_UID, logs / "pilot-agent.log")
     bootstrap = logs / "envoy.json"
     node_id = f"sidecar~{ip}~{name}.{NAMESPACE}~{NAMESPACE}.svc.cluster.local"
-    bootstrap.write_text(json.dumps(envoy_bootstrap(node_id, routes), indent=1))
+    bootstrap.write_text(json.dumps(envoy_bootstrap(node_id, routes, tproxy=mode == "tproxy", ipv6=ip6 is not None),
+                                    indent=1))
     bootstrap.chmod(0o644)
     envoy_log = logs / "istio-proxy.log"
-    envoy_pid = spawn([str(bin_dir / "envoy"), "-c", str(bootstrap), "--disable-hot-restart", "--concurrency", "1",
-                       "--log-level", "warning"], netns, PROXY_UID, PROXY_UID, envoy_log)
+    # TPROXY: istio-proxy is uid 0 / gid 1337 with NET_ADMIN only (what its securityContext asks for).
+    proxy = (LabContainer("istio-proxy", 0, PROXY_UID, ["NET_ADMIN"], path=[str(bin_dir)], log_file=str(envoy_log))
+             if mode == "tproxy" else
+             LabContainer("istio-proxy", PROXY_UID, PROXY_UID, path=[str(bin_dir)], log_file=str(envoy_log)))
+    proxy.pid = spawn([str(bin_dir / "envoy"), "-c", str(bootstrap), "--disable-hot-restart", "--concurrency", "1",
+                       "--log-level", "warning"], netns, proxy.uid, proxy.gid, envoy_log, proxy.capabilities)
     app_log = logs / f"{app['name']}.log"
-    app_pid = spawn(["/usr/bin/python3", str(bin_dir / "app.py"), labels["app"], labels.get("version", "v1"), "9080"],
-                    netns, APP_UID, APP_UID, app_log)
-    state.pids.extend([agent_pid, envoy_pid, app_pid])
+    app_pid = spawn(["/usr/bin/python3", str(bin_dir / "app.py"), labels["app"], labels.get("version", "v1"), "9080",
+                     *ipv6], netns, APP_UID, APP_UID, app_log)
+    state.pids.extend([agent_pid, proxy.pid, app_pid])
     containers = {
         "istio-init": LabContainer("istio-init", 0, 0, ["NET_ADMIN", "NET_RAW"], log_file=str(init_log), init=True),
         app["name"]: LabContainer(app["name"], APP_UID, APP_UID, log_file=str(app_log), pid=app_pid),
-        "istio-proxy": LabContainer("istio-proxy", PROXY_UID, PROXY_UID, path=[str(bin_dir)], log_file=str(envoy_log),
-                                    pid=envoy_pid),
+        "istio-proxy": proxy,
     }
-    return LabPod(NAMESPACE, name, ip, netns, manifest, containers)
+    return LabPod(NAMESPACE, name, ip, netns, manifest, containers, ip6=ip6)
 
 
 def _restore_tools(backend: str) -> tuple[str, str]:
     return (f"iptables-{backend}-restore", f"iptables-{backend}-save")
 
 
-def _istio_init(manifest: Mapping[str, Any], netns: str, backend: str) -> str:
-    """Run what istio-init runs (rules from podnat's generator) and write its log as Istio 1.25+ does."""
+def _istio_init(manifest: Mapping[str, Any], netns: str, backend: str, nameservers: Sequence[str] = ()) -> str:
+    """Run what istio-init runs (rules from podnat's generator) and write its log as Istio 1.25+ does.
+
+    As istio-iptables does: with DNS capture it reads the pod's nameservers (/etc/resolv.conf); with
+    IPv6 on it loads the IPv6 rules too and adds ::6 to lo (Envoy's inbound source); in TPROXY mode
+    it adds the fwmark rule and the local route of table 133 (and their IPv6 twins)."""
     from podnat.istio.config import from_pod
     from podnat.istio.generator import expected_rules
 
     found = from_pod(manifest)
     if found.config is None:
         raise LabError(f"pod {manifest['metadata']['name']}: {found.reason}")
-    rules = expected_rules(found.config).v4
-    restore, save = _restore_tools(backend)
-    run([restore], netns=netns, input=rules)
-    final = run([save], netns=netns)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    config = found.config
+    if config.redirect_dns:
+        config = replace(config, dns_servers_v4=tuple(ipaddress.IPv4Address(n) for n in nameservers if ":" not in n),
+                         dns_servers_v6=tuple(ipaddress.IPv6Address(n) for n in nameservers if ":" in n))
     args = " ".join(manifest["spec"]["initContainers"][0]["args"])
-    return (f"{stamp}\tinfo\tIstio iptables environment:\n{stamp}\tinfo\tIstio iptables variables: {args}\n"
-            f"{stamp}\tinfo\tRunning iptables restore with: {restore} and the following input:\n{rules}"
-            f"{stamp}\tinfo\tFinal iptables state (IPv4):\n{final}")
+    if "--native-nftables" in args:
+        return _istio_init_nft(config, netns)
+    expected = expected_rules(config)
+    restore, save = _restore_tools(backend)
+    families = [("4", expected.v4, restore, save)]
+    if expected.v6 is not None:
+        families.append(("6", expected.v6, restore.replace("iptables", "ip6tables"),
+                         save.replace("iptables", "ip6tables")))
+        run(["ip", "-6", "addr", "add", "::6/128", "dev", "lo"], netns=netns)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    log = f"{stamp}\tinfo\tIstio iptables environment:\n{stamp}\tinfo\tIstio iptables variables: {args}\n"
+    finals = ""
+    for version, rules, family_restore, family_save in families:
+        run([family_restore], netns=netns, input=rules)
+        log += f"{stamp}\tinfo\tRunning iptables restore with: {family_restore} and the following input:\n{rules}"
+        finals += f"{stamp}\tinfo\tFinal iptables state (IPv{version}):\n{run([family_save], netns=netns)}"
+        if config.mode.value == "TPROXY":
+            family = "inet" if version == "4" else "inet6"
+            run(["ip", "-f", family, "rule", "add", "fwmark", TPROXY_MARK, "lookup", TPROXY_TABLE], netns=netns)
+            run(["ip", "-f", family, "route", "add", "local", "default", "dev", "lo", "table", TPROXY_TABLE],
+                netns=netns)
+    return log + finals
+
+
+def _istio_init_nft(config: Any, netns: str) -> str:
+    """istio-init --native-nftables: the nft -f transaction from podnat's nftables generator, loaded
+    for real, logged as Istio logs it (`nftables rules programmed:` and the script)."""
+    from podnat.istio.generator_nft import nft_script
+
+    script = nft_script(config)
+    run(["nft", "-f", "-"], netns=netns, input=script)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    return f"{stamp}\tinfo\tnftables rules programmed:\n{script}"
 
 
 def _wait_ready(state: LabState, timeout: float = 120.0) -> None:

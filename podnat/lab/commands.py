@@ -7,7 +7,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,6 +19,14 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 class Backend(str, Enum):
     nft = "nft"
     legacy = "legacy"
+
+
+class Mode(str, Enum):
+    redirect = "redirect"
+    tproxy = "tproxy"
+    nftables = "nftables"
+    dual_stack = "dual-stack"
+    dns = "dns"
 
 
 class StatusOutput(str, Enum):
@@ -41,6 +49,11 @@ def up(
     backend: Annotated[
         Backend, typer.Option("--backend", help="iptables backend the rules are loaded with.")
     ] = Backend.nft,
+    mode: Annotated[
+        Mode, typer.Option("--mode", help="How the pods capture traffic: redirect (Istio's default), tproxy "
+                                          "(interceptionMode TPROXY), nftables (native nftables), dual-stack "
+                                          "(IPv4 and IPv6), dns (DNS capture to pilot-agent's 15053).")
+    ] = Mode.redirect,
     root: Root = None,
 ) -> None:
     """Build the Bookinfo pods (netns, Istio's rules, a real Envoy, the apps) and the lab's Kubernetes API."""
@@ -48,11 +61,12 @@ def up(
     from podnat.render.console import note
 
     try:
-        state = lab_up(backend.value, root, progress=note)
+        state = lab_up(backend.value, root, progress=note, mode=mode.value)
     except PodnatError as exc:
         _fail(exc)
         return
-    note(f"{len(state.pods)} pods in namespace bookinfo; export KUBECONFIG=$(podnat lab kubeconfig)")
+    note(f"{len(state.pods)} pods in namespace bookinfo ({state.mode} mode); "
+         "export KUBECONFIG=$(podnat lab kubeconfig)")
     typer.echo(state.apiserver.kubeconfig if state.apiserver else "")
 
 
@@ -90,20 +104,23 @@ def status(
     except PodnatError as exc:
         _fail(exc)
         return
-    pods = [{
-        "namespace": p.namespace, "name": p.name, "ip": p.ip, "netns": f"/run/netns/{p.netns}",
+    pods: list[dict[str, Any]] = [{
+        "namespace": p.namespace, "name": p.name, "ip": p.ip, **({"ip6": p.ip6} if p.ip6 else {}),
+        "netns": f"/run/netns/{p.netns}",
         "containers": {name: {"uid": c.uid, "gid": c.gid, "pid": c.pid, "capabilities": c.capabilities,
                               "ephemeral": c.ephemeral} for name, c in p.containers.items()},
     } for p in state.pods]
     if output is StatusOutput.json:
         api = state.apiserver
-        data = {"root": state.root, "backend": state.backend, "pods": pods,
+        data = {"root": state.root, "backend": state.backend, "mode": state.mode, "pods": pods,
                 "kubeconfig": api.kubeconfig if api else None, "apiserver_pid": api.pid if api else None}
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
+    typer.echo(f"mode {state.mode}, backend {state.backend}, {len(pods)} pods")
     for pod in pods:
         pids = ", ".join(f"{n}={c['pid']}" for n, c in pod["containers"].items() if c["pid"])
-        typer.echo(f"{pod['namespace']}/{pod['name']}  {pod['ip']}  {pod['netns']}  {pids}")
+        ips = pod["ip"] + (f" {pod['ip6']}" if "ip6" in pod else "")
+        typer.echo(f"{pod['namespace']}/{pod['name']}  {ips}  {pod['netns']}  {pids}")
 
 
 @app.command("break")

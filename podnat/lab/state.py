@@ -68,12 +68,13 @@ class LabState:
 
     root: str
     backend: str = "nft"  # iptables backend the rules were loaded with: nft | legacy
-    mode: str = "redirect"
+    mode: str = "redirect"  # capture setup of the pods: redirect | tproxy | nftables | dual-stack | dns
     pods: list[LabPod] = field(default_factory=list)
     apiserver: LabApiServer | None = None
     netns: list[str] = field(default_factory=list)  # every namespace the lab created (for `down`)
     pids: list[int] = field(default_factory=list)  # every process the lab started (for `down`)
     services: dict[str, str] = field(default_factory=dict)  # Service name -> VIP (pods resolve them by name)
+    services6: dict[str, str] = field(default_factory=dict)  # Service name -> IPv6 VIP (dual-stack mode)
     peers: dict[str, str] = field(default_factory=dict)  # lab peers outside the pods: node, istiod -> IP
     netns_prefix: str = "pnl-"  # every namespace of this lab starts with it (one prefix per root)
 

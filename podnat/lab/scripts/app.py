@@ -2,15 +2,18 @@
 
 Run by /usr/bin/python3 as the app's uid inside the pod's network namespace; peers are reached by
 Service name (the pod's /etc/hosts maps names to Service VIPs), so every call crosses the sidecars.
+With a fifth argument `ipv6` (dual-stack pods) it listens on IPv6 too.
 """
 
 import json
+import socket
 import socketserver
 import sys
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROLE, VERSION, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
+IPV6 = sys.argv[4:5] == ["ipv6"]
 CALLS = {
     "productpage": ["http://details:9080/details/0", "http://reviews:9080/reviews/0"],
     "reviews": ["http://ratings:9080/ratings/0"] if VERSION in ("v2", "v3") else [],
@@ -27,7 +30,8 @@ def fetch(url: str) -> object:
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = {"service": ROLE, "version": VERSION, "path": self.path, "client": self.client_address[0]}
+        client = self.client_address[0].removeprefix("::ffff:")  # an IPv4 client of the dual-stack socket
+        body: dict[str, object] = {"service": ROLE, "version": VERSION, "path": self.path, "client": client}
         if self.path != "/health":
             body["calls"] = {url: fetch(url) for url in CALLS}
         data = json.dumps(body).encode()
@@ -43,12 +47,15 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    address_family = socket.AF_INET6 if IPV6 else socket.AF_INET
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind asks DNS for the bind address's name (socket.getfqdn); in a lab pod
         # nothing answers the nameserver, which held every app's start for ~20 s.
+        if IPV6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 clients too
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = "localhost", self.server_address[1]
 
 
-Server(("0.0.0.0", PORT), Handler).serve_forever()
+Server(("::" if IPV6 else "0.0.0.0", PORT), Handler).serve_forever()
