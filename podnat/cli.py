@@ -55,8 +55,9 @@ class Proto(str, Enum):
 
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide, json or yaml.")]
-ProxyUid = Annotated[int, typer.Option("--proxy-uid", help="uid Envoy's own connections carry.")]
-ProxyGid = Annotated[int, typer.Option("--proxy-gid", help="gid Envoy's own connections carry.")]
+ProxyUid = Annotated[int | None, typer.Option(
+    "--proxy-uid", help="uid Envoy's own connections carry (default 1337; 0 for a TPROXY table, as Istio runs it).")]
+ProxyGid = Annotated[int | None, typer.Option("--proxy-gid", help="gid Envoy's own connections carry (default 1337).")]
 DiagramOpt = Annotated[
     Path | None, typer.Option("--diagram", help="Also draw the pod's paths as an SVG file.")
 ]
@@ -130,6 +131,21 @@ def _endpoint(text: str, flag: str, default_port: int | None = None) -> Any:
         raise UsageError(f"{flag}: {exc}") from None
 
 
+def _offline_context(ruleset: Any, pod: Any, ports: tuple[int, ...], proxy_uid: int | None,
+                     proxy_gid: int | None) -> Any:
+    """The flows' context for a saved table. A table that captures inbound with TPROXY is a TPROXY
+    pod's: its Envoy's inbound listener is transparent, marks its sockets with the TPROXY mark, and
+    runs as uid 0 / gid 1337 unless --proxy-uid/--proxy-gid say otherwise (FACTS.md)."""
+    from podnat.istio.flows import Identity, context_for
+    from podnat.istio.paths import tproxy_mark
+
+    mark = tproxy_mark(ruleset)
+    uid = proxy_uid if proxy_uid is not None else (0 if mark is not None else 1337)
+    ctx = context_for(pod, family=ruleset.family.value, app_ports=ports,
+                      proxy=Identity(uid, 1337 if proxy_gid is None else proxy_gid))
+    return ctx if mark is None else ctx.replace(transparent_inbound=True, tproxy_mark=mark)
+
+
 def _address(text: str, flag: str) -> Any:
     try:
         return ipaddress.ip_address(text)
@@ -157,8 +173,8 @@ def trace(
     app_port: Annotated[
         list[int] | None, typer.Option("--app-port", help="Ports the app listens on (default: --to's port).")
     ] = None,
-    proxy_uid: ProxyUid = 1337,
-    proxy_gid: ProxyGid = 1337,
+    proxy_uid: ProxyUid = None,
+    proxy_gid: ProxyGid = None,
     listeners: ListenersOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
@@ -169,14 +185,14 @@ def trace(
         if missing:
             raise UsageError(f"missing {', '.join(missing)}: see podnat trace --help")
         assert nat_file is not None and pod_ip is not None and from_ is not None and to is not None
-        from podnat.istio.flows import Actor, FlowSpec, FlowType, Identity, context_for
+        from podnat.istio.flows import Actor, FlowSpec, FlowType, Identity
         from podnat.istio.paths import Outcome, trace_flow
 
         ruleset = load_ruleset(nat_file)
         pod = _address(pod_ip, "--pod-ip")
         destination = _endpoint(to, "--to")
         ports = tuple(app_port or (destination.port,))
-        ctx = context_for(pod, app_ports=ports, proxy=Identity(proxy_uid, proxy_gid))
+        ctx = _offline_context(ruleset, pod, ports, proxy_uid, proxy_gid)
         if endpoint:
             ctx = ctx.with_endpoint(destination, _endpoint(endpoint, "--endpoint", destination.port))
         actor = Actor(from_.value)
@@ -184,7 +200,7 @@ def trace(
         if actor is Actor.APP:
             identity = Identity(1000 if uid is None else uid, gid if gid is not None else (uid or 1000))
         elif actor is Actor.PROXY:
-            identity = Identity(proxy_uid if uid is None else uid, proxy_gid if gid is None else gid)
+            identity = Identity(ctx.proxy.uid if uid is None else uid, ctx.proxy.gid if gid is None else gid)
         source = _address(src, "--src") if src else (ctx.remote.address if actor is Actor.REMOTE else None)
         spec = FlowSpec(FlowType.LOCAL_TO_REMOTE, "trace", actor, destination, source, identity, proto.value)
         result = trace_flow(ruleset, spec, ctx, load_listeners(listeners))
@@ -215,8 +231,8 @@ def explain(
         str | None, typer.Option("--service-vip", help="This pod's Service VIP[:PORT] (default 10.96.12.3).")
     ] = None,
     istiod: Annotated[str | None, typer.Option("--istiod", help="istiod IP:PORT (default 10.96.0.10:15012).")] = None,
-    proxy_uid: ProxyUid = 1337,
-    proxy_gid: ProxyGid = 1337,
+    proxy_uid: ProxyUid = None,
+    proxy_gid: ProxyGid = None,
     listeners: ListenersOpt = None,
     args: Annotated[
         str | None, typer.Option("--args", help='istio-init command line, e.g. "istio-iptables -p 15001 ...".')
@@ -237,12 +253,10 @@ def explain(
     """Explain every flow of a saved table; with --args or --pod-spec, reconcile it with Istio's intent."""
     try:
         from podnat.istio.explain import explain as run_explain
-        from podnat.istio.flows import Identity, context_for
 
         ruleset = load_ruleset(file)
         pod = _address(pod_ip, "--pod-ip") if pod_ip else None
-        ctx = context_for(pod, family=ruleset.family.value, app_ports=(app_port,),
-                          proxy=Identity(proxy_uid, proxy_gid))
+        ctx = _offline_context(ruleset, pod, (app_port,), proxy_uid, proxy_gid)
         if remote:
             ctx = ctx.replace(remote=_endpoint(remote, "--remote", app_port))
         if service_vip:

@@ -29,6 +29,7 @@ class PodIntent:
     label: str  # where the intent came from, for the user
     version: str | None = None
     mode: str | None = None  # REDIRECT | TPROXY
+    tproxy_mark: int = 1337  # TPROXY: the mark of captured inbound traffic and of Envoy's upstream sockets
     expected_rules: Mapping[Family, Ruleset] = field(default_factory=dict)
     app_ports: tuple[int, ...] = (9080,)
     proxy_uid: int = 1337
@@ -126,6 +127,7 @@ def _intent(config: Any, pod: Mapping[str, Any], label: str) -> PodIntent:
         label=label,
         version=str(config.release),
         mode=config.mode.value,
+        tproxy_mark=config.tproxy_mark,
         expected_rules=parsed,
         app_ports=_app_ports(pod),
         proxy_uid=uid,

@@ -272,7 +272,7 @@ def pod_context(pod_ip: str | None, intent: Any) -> PodContext:
         peer = address + 1 if int(address) & 0xFF != 254 else address - 1
         ctx = ctx.replace(remote=Endpoint(peer, ctx.app_port))
     if intent.mode == "TPROXY":
-        ctx = ctx.replace(transparent_inbound=True)
+        ctx = ctx.replace(transparent_inbound=True, tproxy_mark=intent.tproxy_mark)
     return ctx
 
 

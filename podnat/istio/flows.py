@@ -113,6 +113,7 @@ class PodContext:
     inbound_source: IPAddress = INBOUND_SOURCE_V4  # ::6 on IPv6
     endpoints: tuple[tuple[Endpoint, Endpoint], ...] = ()  # Service VIP -> endpoint Envoy picks
     transparent_inbound: bool = False  # TPROXY: Envoy keeps the client's address on its inbound leg
+    tproxy_mark: int = 1337  # TPROXY: the mark Envoy's inbound upstream sockets carry (istio-init -t)
     nameserver: Endpoint | None = None  # set when DNS capture is on: the pod's resolver (flow type 7)
 
     def replace(self, **changes: object) -> PodContext:

@@ -20,16 +20,18 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 from enum import Enum
+from itertools import groupby
+from operator import attrgetter
 
 from podnat.envoy.listeners import Listener, istio_default_listeners
 from podnat.istio.flows import DNS_PROXY_PORT, Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
+from podnat.netfilter.matches import parse_mark
 from podnat.netfilter.model import IPAddress, Rule, Ruleset
 from podnat.netfilter.packet import Packet
 from podnat.netfilter.traverse import TableTrace, VerdictKind, traverse
 
 MAX_LEGS = 8
 EPHEMERAL_PORT = 50000  # the source port podnat gives a connection's first packet
-TPROXY_SOCKET_MARK = 1337  # Istio's inbound original_src filter marks Envoy's upstream sockets 0x539
 
 # The hooks the kernel runs for a connection's first packet; at each, every base chain in priority order.
 LOCAL_OUT = ("OUTPUT", "POSTROUTING")
@@ -263,6 +265,20 @@ def _socket_name(ctx: PodContext, final: Endpoint) -> str:
     return "the app"
 
 
+def tproxy_mark(ruleset: Ruleset) -> int | None:
+    """The mark of the table's TPROXY capture (`--tproxy-mark`, nft `tproxy ... meta mark set`), or None
+    when nothing is captured by TPROXY: a saved table says whether its pod's Envoy is transparent."""
+    for table in ruleset.tables.values():
+        for target, _ in groupby(map(_TARGET, table.rules())):
+            if target is not None and target.name == "TPROXY":
+                option = target.get("tproxy-mark")
+                return parse_mark(option.args[0])[0] if option is not None and option.args else 1337
+    return None
+
+
+_TARGET = attrgetter("target")
+
+
 def _envoy_upstream(
     listener: Listener, original: Endpoint, client: IPAddress, ctx: PodContext
 ) -> tuple[IPAddress, Endpoint, int] | None:
@@ -274,8 +290,8 @@ def _envoy_upstream(
         return _source_for(upstream, ctx), upstream, 0
     if kind == "virtualInbound":
         if ctx.transparent_inbound:
-            # TPROXY: the original_src filter keeps the client's address and marks the socket 1337.
-            return client, original, TPROXY_SOCKET_MARK
+            # TPROXY: the original_src filter keeps the client's address and marks the socket (-t, 1337).
+            return client, original, ctx.tproxy_mark
         return ctx.inbound_source, original, 0
     if kind == "prometheus":
         return ctx.loopback, ctx.admin, 0

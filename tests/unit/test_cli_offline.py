@@ -152,3 +152,34 @@ def test_older_release_intent_differs():
     data = json.loads(result.stdout)
     # 1.24 installed `-A OUTPUT -p tcp -j ISTIO_OUTPUT`; the live 1.25+ table has no -p tcp
     assert {d["kind"] for d in data["diff"]} == {"changed"}
+
+
+TPROXY = Path(__file__).resolve().parents[3] / "shared/istio-reference/kernel-save/iptables/tproxy.v4.iptables-save"
+
+
+def _flows(text: str, *args: str) -> dict[int, dict]:
+    result = podnat("explain", "-", "-o", "json", *args, stdin=text)
+    assert result.returncode in (0, 1), result.stderr
+    return {flow["type"]: flow for flow in json.loads(result.stdout)["flows"]}
+
+
+def test_a_saved_tproxy_table_is_explained_as_a_tproxy_pod():
+    # FACTS.md, TPROXY: Envoy (uid 0, gid 1337) keeps the client's address on its leg to the app, which
+    # returns at ISTIO_OUTPUT #3, not #1; its own outbound legs return at the gid rule #7.
+    flows = _flows(TPROXY.read_text())
+    inbound = flows[1]
+    assert inbound["outcome"] == "delivered" and inbound["envoy_ports"] == [15006]
+    assert inbound["legs"][0]["rules"][-1] == "mangle/ISTIO_TPROXY:1"
+    app_leg = inbound["legs"][1]
+    assert app_leg["src"] == "10.99.0.1" and "ISTIO_OUTPUT:3" in app_leg["rules"]
+    assert "ISTIO_OUTPUT:1" not in app_leg["rules"]
+    assert flows[6]["legs"][0]["rules"][-1] == "ISTIO_OUTPUT:7"
+    # --proxy-uid 1337 says Envoy runs as 1337: its leg to the app is then captured again (a loop)
+    assert _flows(TPROXY.read_text(), "--proxy-uid", "1337")[1]["outcome"] == "loop"
+
+
+def test_a_tproxy_table_with_its_own_mark_is_followed_with_that_mark():
+    # istio-init -t 7: the TPROXY mark, the mangle rules and Envoy's socket mark all change together.
+    text = TPROXY.read_text().replace("0x539", "0x7")
+    assert "0x7/0xffffffff" in text
+    assert _flows(text) == _flows(TPROXY.read_text())
