@@ -19,7 +19,7 @@ from enum import Enum
 from itertools import chain as concat
 from itertools import groupby
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podnat.envoy.listeners import Listener
 from podnat.istio.flows import (
@@ -33,10 +33,12 @@ from podnat.istio.flows import (
     six_flows,
 )
 from podnat.istio.paths import FlowTrace, Leg, Outcome, trace_flow
-from podnat.istio.reconcile import DiffKind, RuleDiff, diff_rules
-from podnat.istio.routing import TproxyRouting
 from podnat.netfilter.model import IPAddress, Ruleset
 from podnat.netfilter.reachability import Reachability, Shadowed, shadowed_rules
+
+if TYPE_CHECKING:  # loaded when a table is reconciled or a TPROXY pod's routing was read, not for every explain
+    from podnat.istio.reconcile import RuleDiff
+    from podnat.istio.routing import TproxyRouting
 
 BROKEN = (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED)
 
@@ -135,7 +137,11 @@ def explain(
         want = trace_flow(expected, spec, ctx, expected_listeners) if expected is not None else None
         reports.append(FlowReport(got, want, flow_status(got, want)))
     reach = _shadowed(live)
-    diff = diff_rules(live, expected) if expected is not None else None
+    diff = None
+    if expected is not None:
+        from podnat.istio.reconcile import diff_rules
+
+        diff = diff_rules(live, expected)
     findings = _findings(reports, diff or (), live)
     if policy_routing is not None:
         findings += _routing_findings(policy_routing, reports, ctx)
@@ -274,6 +280,8 @@ def _dns_redirects(ruleset: Ruleset) -> list[IPAddress | None]:
 
 
 def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Ruleset) -> list[Finding]:
+    from podnat.istio.reconcile import DiffKind
+
     out: list[Finding] = []
     for warning in live.warnings:
         if "legacy" in warning:
@@ -306,6 +314,8 @@ def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Rules
 
 
 def _touches(report: FlowReport, d: RuleDiff) -> bool:
+    from podnat.istio.reconcile import DiffKind
+
     refs = set(report.live.rules) | set(report.expected.rules if report.expected else ())
     return any(r is not None and r.ref in refs for r in (d.live, d.expected)) or d.kind is DiffKind.MISSING
 

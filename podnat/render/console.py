@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,9 +15,11 @@ from rich.text import Text
 from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, FlowReport, FlowStatus, flow_types
 from podnat.istio.paths import FlowTrace, Leg, Outcome
-from podnat.istio.routing import TproxyRouting
 from podnat.netfilter.model import Ruleset
-from podnat.usecases import PodReport, VerifyReport
+
+if TYPE_CHECKING:  # types only: -o json/yaml does not load the use cases
+    from podnat.istio.routing import TproxyRouting
+    from podnat.usecases import PodReport, VerifyReport
 
 # Piped output (scripts, CI logs) gets long lines rather than an 80-column wrap, as kubectl does.
 _PIPED_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200

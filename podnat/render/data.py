@@ -5,16 +5,18 @@ Field names here are an interface (README: "JSON output"); users' scripts depend
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, Finding
 from podnat.istio.paths import FlowTrace, Leg
-from podnat.istio.reconcile import RuleDiff
-from podnat.istio.routing import TproxyRouting
 from podnat.netfilter.model import Ruleset
-from podnat.netfilter.reachability import Shadowed
-from podnat.usecases import PodReport, VerifyReport
+
+if TYPE_CHECKING:  # types only: -o json/yaml does not load the use cases
+    from podnat.istio.reconcile import RuleDiff
+    from podnat.istio.routing import TproxyRouting
+    from podnat.netfilter.reachability import Shadowed
+    from podnat.usecases import PodReport, VerifyReport
 
 
 def leg_data(leg: Leg, counters: Ruleset | None = None) -> dict[str, Any]:
