@@ -66,7 +66,7 @@ class PodReport:
             statuses |= {f.status for f in self.second.flows}
         for status in (FlowStatus.BROKEN, FlowStatus.DRIFT, FlowStatus.UNKNOWN):
             if status in statuses:
-                return status.value
+                return str(status.value)
         if any(f.severity == "error" for f in self.explanation.findings):
             return "drift"
         return "ok"
@@ -152,33 +152,37 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
     if tproxy and facts.routing is not None:
         sources["routing"] = facts.routing.label
     expected_listeners = istio_default_listeners(intent.outbound_port, intent.inbound_port)
-    address = base.pod_ips[0] if base.pod_ips else base.pod_ip
-    report = explain(live, pod_context(address, intent), listeners, expected=intent.expected(primary),
-                     expected_listeners=expected_listeners,
-                     policy_routing=_policy_routing(facts, config, primary) if tproxy else None,
-                     dns_requested=dns_requested)
-    if listener_findings:
-        report = replace(report, findings=tuple(listener_findings) + report.findings)
-    second: Explanation | None = None
+    # A dual-stack pod's other family: read first, as each family's flows may cross into the other's
+    # table (Envoy's admin port is on 127.0.0.1 for both: see pod_context).
+    other = families[1] if len(families) > 1 else None
     second_live: Ruleset | None = None
-    if len(families) > 1:
-        other = families[1]
+    missing: Finding | None = None
+    if other is not None:
         other_text = facts.nat.v6 if other is Family.IPV6 else facts.nat.v4
-        other_ip = base.pod_ips[1]
         if not _has_rules(native or other_text or "", other):
-            missing = Finding("error", f"the pod has {other.value} address {other_ip} but no {other.value} rules: "
-                              f"its {other.value} traffic bypasses the sidecar (Istio adds them when the pod "
-                              "is dual-stack; was istio-init run with IPv6 on?)")
-            report = replace(report, findings=(*report.findings, missing))
+            missing = Finding("error", f"the pod has {other.value} address {base.pod_ips[1]} but no {other.value} "
+                              f"rules: its {other.value} traffic bypasses the sidecar (Istio adds them when the "
+                              "pod is dual-stack; was istio-init run with IPv6 on?)")
         else:
             try:
                 second_live = _read_table(native or other_text or "", other)
             except ParseError as exc:
                 notes.append(f"the {other.value} table could not be read: {exc}")
-            else:
-                second = explain(second_live, pod_context(other_ip, intent), listeners,
-                                 expected=intent.expected(other), expected_listeners=expected_listeners,
-                                 policy_routing=_policy_routing(facts, config, other) if tproxy else None)
+    dual = other is not None
+
+    def explain_family(family: Family, ruleset: Ruleset, address: str | None, crossing: Family | None,
+                       crossing_table: Ruleset | None, **extra: Any) -> Explanation:
+        return explain(ruleset, pod_context(address, intent, dual_stack=dual), listeners,
+                       expected=intent.expected(family), expected_listeners=expected_listeners,
+                       policy_routing=_policy_routing(facts, config, family) if tproxy else None,
+                       other=crossing_table, other_expected=intent.expected(crossing) if crossing else None, **extra)
+
+    address = base.pod_ips[0] if base.pod_ips else base.pod_ip
+    report = explain_family(primary, live, address, other, second_live, dns_requested=dns_requested)
+    findings = (*listener_findings, *report.findings, *((missing,) if missing else ()))
+    report = replace(report, findings=tuple(findings))
+    second = (explain_family(other, second_live, base.pod_ips[1], primary, live)
+              if other is not None and second_live is not None else None)
     return _with(base, sources=sources, explanation=report, ruleset=live, listeners=listeners,
                  notes=tuple(notes), second=second, second_ruleset=second_live)
 
@@ -263,10 +267,15 @@ def probe_report(source: PodSource, pod: Mapping[str, Any], report: PodReport) -
     return _with(report, probe=probe_pod(source, pod, ctx, report.listeners, legacy=legacy))
 
 
-def pod_context(pod_ip: str | None, intent: Any) -> PodContext:
-    """The flows' context for a live pod: its IP, app ports and proxy identity; peers are stand-ins."""
+def pod_context(pod_ip: str | None, intent: Any, dual_stack: bool = False) -> PodContext:
+    """The flows' context for a live pod: its IP, app ports and proxy identity; peers are stand-ins.
+
+    A dual-stack pod's Envoy has its admin port on 127.0.0.1 (Istio's bootstrap uses [::1] only for
+    IPv6-only pods), so from its IPv6 address the flows reach admin over IPv4."""
     address = ipaddress.ip_address(pod_ip) if pod_ip else None
     ctx = context_for(address, app_ports=intent.app_ports, proxy=Identity(intent.proxy_uid, intent.proxy_gid))
+    if dual_stack:
+        ctx = ctx.replace(admin=Endpoint(ipaddress.IPv4Address("127.0.0.1"), ctx.admin.port))
     if address is not None and address.version == 4:
         # A remote peer in the pod's own subnet (never contacted: podnat only computes paths).
         peer = address + 1 if int(address) & 0xFF != 254 else address - 1

@@ -117,12 +117,16 @@ def explain(
     *,
     policy_routing: TproxyRouting | None = None,
     dns_requested: bool = False,
+    other: Ruleset | None = None,
+    other_expected: Ruleset | None = None,
 ) -> Explanation:
     """Trace every flow through `live` (and `expected`), diff the rules, list what stands out.
 
     `policy_routing`: a TPROXY pod's `ip rule`/`ip route` as read; when broken, the flows whose
     replies depend on it are dropped. `dns_requested`: DNS capture was asked for (istio-init's
-    --redirect-dns / ISTIO_META_DNS_CAPTURE), so a table without it gets a finding."""
+    --redirect-dns / ISTIO_META_DNS_CAPTURE), so a table without it gets a finding. `other` and
+    `other_expected`: the pod's live and intended tables of its other IP family, for a connection of
+    that family within a flow (see trace_flow)."""
     ctx = service_context(ctx)
     if ctx.nameserver is None:
         nameserver = (captured_nameserver(expected) if expected is not None else None) or captured_nameserver(live)
@@ -131,10 +135,10 @@ def explain(
     specs = flows if flows is not None else six_flows(ctx)
     reports: list[FlowReport] = []
     for spec in specs:
-        got = trace_flow(live, spec, ctx, listeners)
+        got = trace_flow(live, spec, ctx, listeners, other)
         if policy_routing is not None and policy_routing.broken and replies_need_policy_routing(got, ctx):
             got = _without_policy_routing(got, policy_routing, ctx)
-        want = trace_flow(expected, spec, ctx, expected_listeners) if expected is not None else None
+        want = trace_flow(expected, spec, ctx, expected_listeners, other_expected) if expected is not None else None
         reports.append(FlowReport(got, want, flow_status(got, want)))
     reach = _shadowed(live)
     diff = None

@@ -26,7 +26,7 @@ from operator import attrgetter
 from podnat.envoy.listeners import Listener, istio_default_listeners
 from podnat.istio.flows import DNS_PROXY_PORT, Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.netfilter.matches import parse_mark
-from podnat.netfilter.model import IPAddress, Rule, Ruleset
+from podnat.netfilter.model import Family, IPAddress, Rule, Ruleset
 from podnat.netfilter.packet import Packet
 from podnat.netfilter.traverse import TableTrace, VerdictKind, traverse
 
@@ -99,16 +99,23 @@ def trace_flow(
     spec: FlowSpec,
     ctx: PodContext,
     listeners: tuple[Listener, ...] | None = None,
+    other: Ruleset | None = None,
 ) -> FlowTrace:
-    """Follow `spec` through `ruleset` (one IP family) and the sidecar's listeners."""
+    """Follow `spec` through `ruleset` (one IP family) and the sidecar's listeners.
+
+    `other`: the pod's table of the other IP family, for a connection of that family within the flow
+    (a dual-stack pod's Envoy fetches from its admin port on 127.0.0.1 for a scrape over IPv6)."""
     listeners = istio_default_listeners() if listeners is None else listeners
+    tables = {4: ruleset, 6: ruleset}
+    if other is not None:
+        tables[6 if other.family is Family.IPV6 else 4] = other
     legs: list[Leg] = []
     ports: list[int] = []
     seen: set[tuple[int, Endpoint]] = set()
     actor, dst, identity, mark = spec.actor, spec.destination, spec.identity, 0
     src = spec.source if spec.source is not None else _source_for(dst, ctx)
     for _ in range(MAX_LEGS):
-        arrival = _walk(ruleset, ctx, actor, src, dst, identity, spec.proto, mark)
+        arrival = _walk(tables[dst.address.version], ctx, actor, src, dst, identity, spec.proto, mark)
         legs.append(arrival.leg)
         if arrival.stop is not None:
             return FlowTrace(spec, tuple(legs), tuple(ports), arrival.stop, None, arrival.reason)
@@ -171,7 +178,7 @@ def _walk(
         gid=identity.gid if (local_sender and identity) else None,
         groups=identity.groups if (local_sender and identity) else frozenset(),
         mark=mark,
-        local_addresses=frozenset({ctx.pod_ip, ctx.loopback}),
+        local_addresses=frozenset({ctx.pod_ip, _LOOPBACK[dst.address.version]}),
     )
     hook = "OUTPUT" if local_sender else "PREROUTING"
     hits: list[Rule] = []
@@ -189,7 +196,7 @@ def _walk(
             return _Arrival(replace(leg, verdict=trace.verdict.kind.value), current, *stop)
         kind = trace.verdict.kind
         if kind is VerdictKind.REDIRECT:
-            address = ctx.loopback if table_hook == "OUTPUT" else ctx.pod_ip
+            address = _LOOPBACK[current.address.version] if table_hook == "OUTPUT" else ctx.pod_ip
             current = Endpoint(address, trace.verdict.port or current.port)
             to, verdict = current, "REDIRECT"
             packet = replace(packet, dst=address, dport=current.port,
@@ -239,7 +246,10 @@ def _route(address: IPAddress, ctx: PodContext) -> str:
 
 
 def _source_for(dst: Endpoint, ctx: PodContext) -> IPAddress:
-    return ctx.loopback if dst.address.is_loopback else ctx.pod_ip
+    return _LOOPBACK[dst.address.version] if dst.address.is_loopback else ctx.pod_ip
+
+
+_LOOPBACK: dict[int, IPAddress] = {4: ipaddress.IPv4Address("127.0.0.1"), 6: ipaddress.IPv6Address("::1")}
 
 
 def _bound_listener(listeners: tuple[Listener, ...], final: Endpoint) -> Listener | None:
@@ -294,7 +304,7 @@ def _envoy_upstream(
             return client, original, ctx.tproxy_mark
         return ctx.inbound_source, original, 0
     if kind == "prometheus":
-        return ctx.loopback, ctx.admin, 0
+        return _source_for(ctx.admin, ctx), ctx.admin, 0
     if kind == "health":
         return ctx.loopback, Endpoint(ctx.loopback, ctx.agent_ports[0] if ctx.agent_ports else 15020), 0
     return None

@@ -103,7 +103,7 @@ def _context(lab: Lab, pod, address: str) -> PodContext:
     from podnat.intent import intent_for_pod
     from podnat.usecases import pod_context
 
-    return pod_context(address, intent_for_pod(_api_pod(lab, pod)))
+    return pod_context(address, intent_for_pod(_api_pod(lab, pod)), dual_stack=lab.state.mode == "dual-stack")
 
 
 def _probes(lab: Lab, pod, family: int, live: Ruleset) -> list[Probe]:
@@ -223,16 +223,10 @@ def observe(lab: Lab, pod, probe: Probe) -> Observation:
     return Observation(answered, detail, traced, counted, _envoy_ports(stats_before, stats_after))
 
 
-def _leg_family(lab: Lab, leg) -> int:
-    """The IP family a leg's connection really uses.
-
-    Envoy's Prometheus listener fetches from its admin port, which Istio's bootstrap puts on
-    127.0.0.1 in IPv4 and dual-stack pods: that leg is IPv4 even when the scrape came over IPv6.
-    podnat traces a flow in one family's table and gives its IPv6 context the admin port [::1]:15000
-    (right for IPv6-only pods): a model gap, reported. The rules are the twins' (same positions)."""
-    if (lab.state.mode == "dual-stack" and leg.actor is Actor.PROXY and leg.dst.port == ADMIN_PORT
-            and leg.dst.address.is_loopback):
-        return 4
+def _leg_family(leg) -> int:
+    """The IP family a leg's connection uses: its destination's. Envoy's Prometheus listener fetches
+    from its admin port, which Istio's bootstrap puts on 127.0.0.1 in IPv4 and dual-stack pods: that
+    leg is IPv4 even when the scrape came over IPv6, and podnat follows it in the IPv4 table."""
     return leg.dst.address.version
 
 
@@ -248,7 +242,7 @@ def compare(lab: Lab, probe: Probe, seen: Observation, predicted: FlowTrace) -> 
         problems.append(f"the connection failed ({seen.detail})")
     if predicted.outcome is not Outcome.DELIVERED:
         problems.append(f"podnat predicted {predicted.outcome.value}: {predicted.reason}")
-    want = [(_leg_family(lab, leg), ref) for leg in predicted.legs for ref in leg.rules]
+    want = [(_leg_family(leg), ref) for leg in predicted.legs for ref in leg.rules]
     if seen.traced != want:
         problems.append(f"first packets matched {seen.traced}\n      podnat predicted {want}")
     for family, counted in seen.counted.items():
@@ -269,11 +263,13 @@ def test_every_flow_counts_and_traces_exactly_the_predicted_rules(lab: Lab) -> N
     checked: Counter[str] = Counter()
     for pod in lab.state.pods:
         tables = _tables(lab, pod)
-        for family, text in tables.items():
-            live = detect_and_parse(text, Family.IPV4 if family == 4 else Family.IPV6)
+        parsed = {family: detect_and_parse(text, Family.IPV4 if family == 4 else Family.IPV6)
+                  for family, text in tables.items()}
+        for family, live in parsed.items():
+            other = next((table for f, table in parsed.items() if f != family), None)
             for probe in _probes(lab, pod, family, live):
                 seen = observe(lab, pod, probe)
-                predicted = trace_flow(live, probe.spec, probe.ctx)
+                predicted = trace_flow(live, probe.spec, probe.ctx, other=other)
                 checked[probe.name[:1]] += 1
                 failures += [f"{pod.name} IPv{family} {probe.name}: {p}" for p in compare(lab, probe, seen, predicted)]
     families = 2 if lab.state.mode == "dual-stack" else 1

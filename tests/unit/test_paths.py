@@ -159,3 +159,31 @@ def test_dns_capture_adds_flow_7_to_pilot_agent():
     assert str(dns["udp"].delivered_to) == "127.0.0.1:15053" and dns["tcp"].legs[0].verdict == "REDIRECT"
     default = parse_ruleset((DATA / "default.v4.iptables-save").read_text())
     assert not [f for f in explain(default, PodContext()).flows if f.spec.type is FlowType.DNS]
+
+
+def test_a_dual_stack_pods_ipv6_scrape_reaches_admin_over_ipv4():
+    # Envoy's admin port is on 127.0.0.1 in a dual-stack pod (Istio's bootstrap): the Prometheus
+    # listener's fetch is an IPv4 connection even for a scrape over IPv6, and counts in the IPv4 table
+    # (the lab's dual-stack mode shows the kernel doing exactly that).
+    from podnat.intent import expected_ruleset
+    from podnat.netfilter.model import Family
+
+    args = "-p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020 --dual-stack"
+    v6 = expected_ruleset(Family.IPV6, args=args)
+    assert v6 is not None
+    # the IPv4 table with one more rule on top of ISTIO_OUTPUT, so that its positions tell the tables apart
+    text = (DATA / "default.v4.iptables-save").read_text()
+    first = next(line for line in text.splitlines() if line.startswith("-A ISTIO_OUTPUT "))
+    v4 = parse_ruleset(text.replace(first, "-A ISTIO_OUTPUT -d 192.0.2.1/32 -j RETURN\n" + first, 1))
+    pod = ipaddress.IPv6Address("fd00:99::2")
+    ctx = PodContext(pod_ip=pod, remote=Endpoint(ipaddress.IPv6Address("fd00:99::1"), 9080),
+                     inbound_source=ipaddress.IPv6Address("::6"),
+                     admin=Endpoint(ipaddress.IPv4Address("127.0.0.1"), 15000))
+    scrape = FlowSpec(FlowType.PROMETHEUS_TO_LOCAL, "scrape", Actor.REMOTE, Endpoint(pod, 15090), ctx.remote.address)
+    trace = trace_flow(v6, scrape, ctx, other=v4)
+    assert trace.outcome is Outcome.DELIVERED and trace.envoy_ports == (15090,)
+    fetch = trace.legs[1]
+    assert (str(fetch.src), str(fetch.dst)) == ("127.0.0.1", "127.0.0.1:15000")
+    assert fetch.rules == ("OUTPUT:1", "ISTIO_OUTPUT:5")
+    owner = v4.rule_by_ref("ISTIO_OUTPUT:5")
+    assert owner is not None and owner.text == "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"
