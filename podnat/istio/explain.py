@@ -284,8 +284,6 @@ def _dns_redirects(ruleset: Ruleset) -> list[IPAddress | None]:
 
 
 def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Ruleset) -> list[Finding]:
-    from podnat.istio.reconcile import DiffKind
-
     out: list[Finding] = []
     for warning in live.warnings:
         if "legacy" in warning:
@@ -306,6 +304,14 @@ def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Rules
         elif report.status is FlowStatus.UNKNOWN:
             out.append(Finding("warning", f"{title}: {live_trace.reason}", live_trace.rules[-1:],
                                (int(report.spec.type),)))
+    return out + (_diff_findings(reports, diff) if diff else [])
+
+
+def _diff_findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...]) -> list[Finding]:
+    """One finding per rule that differs from the intent, with the flows it touches."""
+    from podnat.istio.reconcile import DiffKind
+
+    out: list[Finding] = []
     for d in diff:
         severity = "warning" if d.kind in (DiffKind.REORDERED, DiffKind.EXTRA_CHAIN) else "error"
         verb = {DiffKind.MISSING: "missing", DiffKind.EXTRA: "extra", DiffKind.CHANGED: "changed",

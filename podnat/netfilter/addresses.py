@@ -12,7 +12,6 @@ import socket
 import sys
 from array import array
 from collections.abc import Sequence
-from functools import partial
 from itertools import repeat
 from operator import and_, eq, itemgetter
 
@@ -47,7 +46,6 @@ def _parse_network(part: str) -> Net:
     return network.version, network.prefixlen, int(network.network_address)
 
 
-_PACK_V4 = partial(socket.inet_pton, socket.AF_INET)
 
 
 def bulk_networks(values: Sequence[str]) -> list[tuple[Net]] | None:
@@ -67,7 +65,7 @@ def bulk_networks(values: Sequence[str]) -> list[tuple[Net]] | None:
             return None
         prefix[length] = int(length)
     try:
-        packed = b"".join(map(_PACK_V4, addresses))  # inet_pton: four decimal octets, as _parse_network
+        packed = b"".join(map(socket.inet_pton, repeat(socket.AF_INET), addresses))  # strict, as _parse_network
     except OSError:
         return None
     ints = array("I")

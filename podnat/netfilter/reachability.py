@@ -21,8 +21,9 @@ from operator import attrgetter, itemgetter, or_
 from podnat.netfilter.addresses import WIDTH, by_prefix, cond_networks, network_bounds, to_address
 from podnat.netfilter.alloc import collector_paused
 from podnat.netfilter.matches import parse_mark, rule_matches
-from podnat.netfilter.model import Cond, Family, Rule, Ruleset, Table
+from podnat.netfilter.model import Chain, Cond, Family, Rule, Ruleset, Table
 from podnat.netfilter.packet import Packet
+from podnat.netfilter.runs import AddressRun, chain_runs
 from podnat.netfilter.traverse import traverse
 
 MAX_PACKETS = 20000
@@ -71,10 +72,12 @@ def _analyse(
         if not chains or not any(tab.chains[c].rules for c in chains):
             return
         rules = [rule for c in chains for rule in tab.chains[c].rules]
+        runs = [run for c in chains for run in _runs(tab.chains[c])]
         with collector_paused():
-            space = _PacketSpace(rules, hook, ruleset.family)
+            space = _PacketSpace(rules, hook, ruleset.family, runs)
         if space.size > MAX_PACKETS:
-            skipped.append(f"{table} {hook}: {space.size} representative packets, over {MAX_PACKETS}")
+            count = f"{space.size}" if space.exact else f"at least {space.size}"
+            skipped.append(f"{table} {hook}: {count} representative packets, over {MAX_PACKETS}")
             return
         packets = list(space.packets())
         hit: set[str] = set()
@@ -131,7 +134,7 @@ def _reachable_chains(table: Table, entry: str) -> list[str]:
 class _PacketSpace:
     """The representative packets for a set of rules at one hook."""
 
-    def __init__(self, rules: list[Rule], hook: str, family: Family) -> None:
+    def __init__(self, rules: list[Rule], hook: str, family: Family, runs: list[AddressRun] | None = None) -> None:
         v6 = family is Family.IPV6
         self.hook = hook
         self.local = hook in _LOCAL_HOOKS
@@ -151,11 +154,9 @@ class _PacketSpace:
         ids: set[int] = {1000}
         marks: set[int] = {0}
         # Rules whose other conditions are equal (a pod's thousands of excluded CIDRs) come together:
-        # their addresses are counted in bulk, the rest read once.
-        for _, same in groupby(rules, key=_REST):
-            group = list(same)
-            _add_all_ends(filter(None, map(_SOURCE, group)), srcs)
-            _add_all_ends(filter(None, map(_DESTINATION, group)), dsts)
+        # the rest is read once per group, and the addresses counted in bulk.
+        groups = [list(same) for _, same in groupby(rules, key=_REST)]
+        for group in groups:
             rule = group[0]
             for cond in (rule.in_iface, rule.out_iface):
                 if cond is not None:
@@ -172,16 +173,35 @@ class _PacketSpace:
                         ids.update(int(x) for x in option.args[0].split("-"))
                     if match.module in ("mark", "connmark") and option.name == "mark":
                         marks.add(parse_mark(option.args[0])[0])
-        self._srcs, self._dsts = srcs, dsts
         self.ifaces, self.protos = sorted(ifaces), sorted(protos)
         self.dports, self.sports = sorted(dports, key=lambda p: p or 0), sorted(sports, key=lambda p: p or 0)
         self.ids, self.marks = sorted(ids), sorted(marks)
+        # A run's distinct networks have distinct first addresses: a bound that already says "too
+        # many" spares counting 100,000 addresses exactly.
+        fewest = {"source": 1, "destination": len(dsts[4]) + len(dsts[6])}
+        for run in runs or ():
+            fewest[run.field] = max(fewest[run.field], *(len(t.first) for t in run.tables))
+        self.exact = self._others * fewest["source"] * fewest["destination"] <= MAX_PACKETS
+        if not self.exact:
+            self._bound = self._others * fewest["source"] * fewest["destination"]
+            return
+        for group in groups:
+            _add_all_ends(filter(None, map(_SOURCE, group)), srcs)
+            _add_all_ends(filter(None, map(_DESTINATION, group)), dsts)
+        self._srcs, self._dsts = srcs, dsts
+
+    @property
+    def _others(self) -> int:
+        """How many choices everything but the addresses gives."""
+        identities = len(self.ids) ** 2 if self.local else 1
+        return len(self.ifaces) * len(self.protos) * len(self.dports) * len(self.sports) * identities * len(self.marks)
 
     @property
     def size(self) -> int:
-        identities = len(self.ids) ** 2 if self.local else 1
-        return (_count(self._srcs) * _count(self._dsts) * len(self.ifaces) * len(self.protos) * len(self.dports)
-                * len(self.sports) * identities * len(self.marks))
+        """The number of representative packets (when not exact, a lower bound over MAX_PACKETS)."""
+        if not self.exact:
+            return self._bound
+        return _count(self._srcs) * _count(self._dsts) * self._others
 
     def packets(self) -> Iterator[Packet]:
         identities: list[tuple[int | None, int | None]] = (
@@ -208,6 +228,21 @@ Addresses = dict[int, set[int]]  # IP version -> addresses as integers
 
 def _count(addresses: Addresses) -> int:
     return sum(map(len, addresses.values()))
+
+
+def _runs(chain: Chain) -> list[AddressRun]:
+    """The distinct address runs of a chain (podnat.netfilter.runs), each once."""
+    index = chain_runs(chain)
+    found: list[AddressRun] = []
+    i = 0
+    while i < len(index):
+        run = index[i]
+        if run is None:
+            i += 1
+        else:
+            found.append(run)
+            i = run.stop
+    return found
 
 
 def _add_all_ends(conds: Iterable[Cond], bucket: Addresses) -> None:
