@@ -247,3 +247,21 @@ def test_a_table_of_excluded_cidrs_is_read_in_blocks_and_indexed() -> None:
     assert rule.destination is not None and rule.destination.networks == ((4, 30, int(network)),)
     lines = _synthetic(5000).splitlines()
     assert lines[rule.line - 1] == f"-A ISTIO_OUTPUT -d {network}/30 -j RETURN"
+
+
+def test_shadow_analysis_skips_a_large_table_on_a_bound_no_larger_than_the_count() -> None:
+    from podnat.netfilter.reachability import MAX_PACKETS, _PacketSpace, _runs, shadowed_rules
+
+    ruleset = parse_ruleset(_synthetic(3000))
+    found = shadowed_rules(ruleset)
+    assert any("nat OUTPUT: at least" in s and f"over {MAX_PACKETS}" in s for s in found.skipped), found.skipped
+    tab = ruleset.tables["nat"]
+    rules = [*tab.chains["OUTPUT"].rules, *tab.chains["ISTIO_OUTPUT"].rules, *tab.chains["ISTIO_REDIRECT"].rules,
+             *tab.chains["ISTIO_IN_REDIRECT"].rules]
+    runs = [*_runs(tab.chains["ISTIO_OUTPUT"])]
+    bounded = _PacketSpace(rules, "OUTPUT", Family.IPV4, runs)
+    counted = _PacketSpace(rules, "OUTPUT", Family.IPV4)
+    assert not bounded.exact and counted.exact
+    assert MAX_PACKETS < bounded.size <= counted.size
+    # the default table is small: counted exactly, analysed, nothing skipped
+    assert shadowed_rules(parse_ruleset((REPO / "tests/data/default.v4.iptables-save").read_text())).skipped == ()
