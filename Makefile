@@ -27,7 +27,10 @@ system-deps:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>/dev/null || true
-	$(PY) -m pip install -q -e '.[lab,dev]'
+	# compat: a plain path in a .pth (the default editable finder is imported at every start, ~20 ms);
+	# setuptools calls the mode transitional, hence the fallback
+	$(PY) -m pip install -q -e '.[lab,dev]' --config-settings editable_mode=compat 2>/dev/null \
+	  || $(PY) -m pip install -q -e '.[lab,dev]'
 	touch $(STAMP)
 
 demo: install

@@ -13,14 +13,19 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import typer
+from podnat._deferred import defer_rich_markdown
 
-from podnat import __version__
-from podnat.errors import BadInput, PodnatError, UsageError
-from podnat.exitcodes import ExitCode
+defer_rich_markdown()  # before typer, which imports it at start for a help mode podnat does not use
+
+import typer  # noqa: E402
+
+from podnat import __version__  # noqa: E402
+from podnat.errors import BadInput, PodnatError, UsageError  # noqa: E402
+from podnat.exitcodes import ExitCode  # noqa: E402
 
 app = typer.Typer(
     name="podnat",
+    rich_markup_mode="rich",
     help="Which iptables rule did that? Explains an Istio sidecar's traffic capture, pod by pod.",
     no_args_is_help=True,
     add_completion=False,

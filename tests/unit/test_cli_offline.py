@@ -117,9 +117,26 @@ def test_offline_commands_do_not_import_the_kubernetes_client():
     code = (f"import sys, runpy; sys.argv=['podnat','explain',{str(DEFAULT)!r},'-o','json'];\n"
             "try:\n  runpy.run_module('podnat', run_name='__main__')\n"
             "except SystemExit: pass\n"
-            "assert 'kubernetes' not in sys.modules, 'kubernetes imported'\n")
+            "assert 'kubernetes' not in sys.modules, 'kubernetes imported'\n"
+            "assert 'markdown_it' not in sys.modules, 'rich.markdown loaded at start'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_rich_markdown_deferred_at_start_still_works_when_used():
+    code = ("import io, sys, podnat.cli\n"
+            "assert 'markdown_it' not in sys.modules\n"
+            "from rich.console import Console\n"
+            "from rich.markdown import Markdown\n"
+            "console = Console(file=io.StringIO(), width=40)\n"
+            "console.print(Markdown('# Title\\n\\n*some* text'))\n"
+            "import rich.markdown\n"
+            "assert 'markdown_it' in sys.modules and rich.markdown.MarkdownIt is not None\n"
+            "assert isinstance(Markdown('x'), rich.markdown.Markdown)\n"
+            "print(console.file.getvalue())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Title" in result.stdout and "some text" in result.stdout
 
 
 def test_pod_spec_reconciles_cleanly_against_its_own_default_table():
