@@ -1,7 +1,7 @@
 """`KubePodSource`: pods and their facts through the Kubernetes API (PodSource for the use cases).
 
 The nat table, most live first (unless `source` picks one):
-  1. exec in istio-proxy: ONE exec runs iptables-save -c, ip6tables-save -c, nft list ruleset and
+  1. exec in istio-proxy: ONE exec runs iptables-save -c, ip6tables-save -c, nft -j list ruleset and
      `pilot-agent request GET listeners?format=json`, split by a random marker (an image without
      `sh` gets one exec per command instead). Works only where the proxy may read the table; the
      permission errors of both iptables backends are recognised and lead to the next source.
@@ -613,7 +613,8 @@ def capture_script(marker: str, port: int, routing_table: int | None = None) -> 
         "v6": "ip6tables-save -c",
         # istio-iptables 1.22+ uses the legacy backend when legacy rules exist: read both.
         "legacy": "iptables-legacy-save -c",
-        "nft": "nft list ruleset",
+        # JSON where nft has it (the stable form), else the listing; podnat reads both
+        "nft": "nft -j list ruleset 2>/dev/null || nft list ruleset",
         "listeners": f"{listeners} || curl -sf http://127.0.0.1:{port}/listeners?format=json",
         **routing_commands(routing_table),
     }
@@ -701,7 +702,8 @@ def interpret_nat(
         return reading, None
     if nft_text and "istio" in nft_text:
         return NatReading(
-            source=kind, label=label.replace("iptables-save -c", "nft list ruleset (native nftables)"),
+            source=kind, label=label.replace("iptables-save -c", ("nft -j list ruleset" if nft_text.lstrip().startswith(
+                "{") else "nft list ruleset") + " (native nftables)"),
             v4="", v6=None, nft=nft_text, counters=True,
         ), None
     legacy = " (iptables-save warns that iptables-legacy tables are present: the rules may be there)" if (
