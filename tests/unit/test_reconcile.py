@@ -30,6 +30,36 @@ def test_identical_tables_are_all_ok():
     assert not expl.failed
 
 
+def test_a_table_as_istio_meant_it_is_traced_once_and_the_paths_are_the_same():
+    from podnat.istio.paths import trace_flow
+
+    expected = parse_ruleset(DEFAULT)
+    # the live dump has counters and other line numbers: the same rules all the same
+    live = parse_ruleset(DEFAULT.replace("\n-A ", "\n[3:180] -A ").replace("*nat", "# Generated\n*nat"))
+    expl = explain(live, PodContext(), expected=expected)
+    for flow in expl.flows:
+        assert flow.expected is flow.live  # traced once
+        assert _path(trace_flow(expected, flow.spec, expl_ctx(expl, flow))) == _path(flow.live)
+    # one rule moved: both tables traced
+    drifted = explain(parse_ruleset(DEFAULT.replace("-A PREROUTING -p tcp -j ISTIO_INBOUND\n", "")), PodContext(),
+                      expected=expected)
+    assert all(flow.expected is not flow.live for flow in drifted.flows)
+
+
+def _path(trace):
+    """What anyone reads of a path: per leg its rules (reference and text), and how it ended."""
+    legs = tuple((leg.actor, leg.src, leg.dst, leg.hook, leg.verdict, leg.to,
+                  tuple((r.ref, r.text) for r in leg.hits)) for leg in trace.legs)
+    return legs, trace.envoy_ports, trace.outcome, trace.delivered_to, trace.reason
+
+
+def expl_ctx(expl, flow):
+    from podnat.istio.flows import service_context
+
+    ctx = service_context(PodContext())
+    return ctx.with_endpoint(flow.spec.destination, flow.live.delivered_to) if flow.spec.variant == "service" else ctx
+
+
 def test_missing_prerouting_jump():
     expl = run(DEFAULT.replace("-A PREROUTING -p tcp -j ISTIO_INBOUND\n", ""))
     got = statuses(expl)
