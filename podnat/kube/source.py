@@ -637,11 +637,12 @@ def split_sections(result: ExecResult, marker: str) -> dict[str, _Section] | Non
     }
 
 
+# Any marker's sections, compiled once (a pattern per random marker was compiled for every pod).
+_SECTION = re.compile(r"^(\S+) begin (\w+)\n(.*?)\n\1 end \2 (\d+)$", re.S | re.M)
+
+
 def _split(text: str, marker: str) -> dict[str, tuple[str, int]]:
-    pattern = re.compile(
-        rf"^{re.escape(marker)} begin (\w+)\n(.*?)\n{re.escape(marker)} end \1 (\d+)$", re.S | re.M
-    )
-    return {m.group(1): (m.group(2), int(m.group(3))) for m in pattern.finditer(text)}
+    return {m.group(2): (m.group(3), int(m.group(4))) for m in _SECTION.finditer(text) if m.group(1) == marker}
 
 
 def interpret_nat(
