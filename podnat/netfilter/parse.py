@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import groupby, repeat
+from itertools import repeat
 from operator import itemgetter
 
 from podnat.netfilter.addresses import address_cond, bulk_networks
@@ -120,12 +120,17 @@ _COMMAND = re.compile(r"^(ip6?tables)(?:-(?:nft|legacy))?\s+(.*)$")
 _Entry = tuple[int, str, "Counters | None", list[str]]  # a rule line: number, text, counters, tokens after the chain
 
 # A table's long runs of rules that differ only by one address (a pod's thousands of excluded CIDRs)
-# are found in the text: lines whose "shape" (the line with its `-s`/`-d` address and its counters
-# replaced by a slot) is the same are read together, in C where possible, instead of line by line.
+# are found in the text by one regex (_RUN: a line, then the lines that repeat it but for the address
+# and the counters) and read together, in C where possible, instead of line by line.
 _SLOT = "\x00address"  # cannot occur in input: text with NUL is rejected
-_SHAPE_SOURCE = re.compile(r" -s \S+")
-_SHAPE_DESTINATION = re.compile(r" -d \S+")
-_SHAPE_COUNTERS = re.compile(r"^\[\d+:\d+\] ", re.M)
+_PLAIN = r"[^\n\"'\\]"  # no quoting: the words are what str.split gives
+_NO_ADDRESS = rf"(?:(?! -[sd] ){_PLAIN})"
+_RUN = re.compile(
+    rf"^(?P<counted>\[\d+:\d+\] )?(?P<head>-A [^\s\"'\\]+ (?:{_NO_ADDRESS}*? )?-[sd] )[^\s\"'\\]+"
+    rf"(?P<tail>(?: {_NO_ADDRESS}*)?)\n(?:(?(counted)\[\d+:\d+\] )(?P=head)[^\s\"'\\]+(?P=tail)\n)+",
+    re.M,
+)
+_OTHER_BREAKS = re.compile("[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # str.splitlines breaks there too
 _BLOCK_ADDRESS = re.compile(r" -[sd] (\S+)")
 _BLOCK_COUNTERS = re.compile(r"^\[(\d+):(\d+)\] ", re.M)
 _BLOCK_SPEC = re.compile(r"^(?:\[\d+:\d+\] )?-A \S+ (\S(?:.*\S)?)[ \t]*$", re.M)
@@ -182,32 +187,31 @@ class _Block:
         return out
 
 
-def _blocks(text: str, lines: list[str], binary: bool) -> Iterator[tuple[int, str, _Block | None]]:
-    """(number, line, None) for each line, except that runs of `-A` lines of one shape come as one
+def _blocks(text: str, binary: bool) -> Iterator[tuple[int, str, _Block | None]]:
+    """(number, line, None) for each line, as str.splitlines gives them, except that runs of `-A`
+    lines of one shape (all but one `-s`/`-d` address and the counters alike) come as one
     (first number, first line, block)."""
-    if binary or len(lines) < 64:
-        for number, raw in enumerate(lines, start=1):
-            yield number, raw, None
+    if binary or text.count("\n") < 64 or _OTHER_BREAKS.search(text):
+        yield from ((number, raw, None) for number, raw in enumerate(text.splitlines(), start=1))
         return
-    shape_text = _SHAPE_DESTINATION.sub(" -d " + _SLOT, _SHAPE_SOURCE.sub(" -s " + _SLOT, text))
-    if text.startswith("[") or "\n[" in text:  # iptables-save -c
-        shape_text = _SHAPE_COUNTERS.sub("[\x00] ", shape_text)
-    shapes = shape_text.splitlines()
-    if len(shapes) != len(lines):
-        shapes = lines  # a line break the regexes see differently: no blocks
-    number = 1
-    for shape, group in groupby(zip(shapes, lines, strict=True), key=itemgetter(0)):
-        items = list(group)
-        if (len(items) >= 2 and shape.startswith(("-A ", "[\x00] -A ")) and shape.count(_SLOT) == 1
-                and not any(c in shape for c in "\"'\\")):
-            counted = shape.startswith("[")
-            chain = shape.split(None, 3 if counted else 2)[2 if counted else 1]
-            yield number, items[0][1], _Block(number, chain, list(map(itemgetter(1), items)), shape, counted)
-            number += len(items)
-            continue
-        for _, raw in items:
+    number, at = 1, 0
+    for run in _RUN.finditer(text):
+        head, tail = run.group("head"), run.group("tail")
+        if (head + tail).count(" -s ") + (head + tail).count(" -d ") > 1:
+            continue  # another address: the lines go one by one (below, with the text around them)
+        for raw in text[at:run.start()].split("\n")[:-1]:
             yield number, raw, None
             number += 1
+        raws = run.group(0).split("\n")[:-1]
+        counted = run.group("counted") is not None
+        shape = ("[\x00] " if counted else "") + head + _SLOT + tail
+        yield number, raws[0], _Block(number, head.split(None, 2)[1], raws, shape, counted)
+        number += len(raws)
+        at = run.end()
+    rest = text[at:].split("\n")
+    for raw in rest[:-1] if rest[-1] == "" else rest:
+        yield number, raw, None
+        number += 1
 
 
 def _singles(entries: list[_Entry | _Block]) -> list[_Entry | _Block]:
@@ -248,8 +252,8 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
     commands: dict[str, _TableBuilder] = {}  # tables built from `iptables -t T -A ...` command lines
     binary = "\x00" in text
     seen = _Addresses()
-    lines = text.splitlines()
-    for number, raw, block in _blocks(text, lines, binary):
+    number = 0
+    for number, raw, block in _blocks(text, binary):
         if block is not None and current is not None:
             chain = current.chains.get(block.chain)
             if chain is not None:
@@ -349,7 +353,7 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
             continue
         raise ParseError(number, raw, f"unknown command {verb}")
     if current is not None:
-        raise ParseError(len(lines), f"*{current.name}", f"table {current.name} has no COMMIT (truncated?)")
+        raise ParseError(number, f"*{current.name}", f"table {current.name} has no COMMIT (truncated?)")
     tables.extend(_build_table(builder, seen) for builder in commands.values())
     ruleset_tables: dict[str, Table] = {}
     for table in tables:

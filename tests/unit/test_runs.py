@@ -265,3 +265,24 @@ def test_shadow_analysis_skips_a_large_table_on_a_bound_no_larger_than_the_count
     assert MAX_PACKETS < bounded.size <= counted.size
     # the default table is small: counted exactly, analysed, nothing skipped
     assert shadowed_rules(parse_ruleset((REPO / "tests/data/default.v4.iptables-save").read_text())).skipped == ()
+
+
+def test_runs_of_one_shape_are_found_in_the_text() -> None:
+    from podnat.netfilter.parse import _blocks
+
+    def blocks(text: str) -> list[tuple[int, str, int]]:
+        return [(n, b.chain, len(b.raws)) for n, _, b in _blocks(text, False) if b is not None]
+
+    text = _synthetic(100)
+    start = text.splitlines().index("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN") + 1
+    # -d 127.0.0.1/32 -j RETURN and the 100 excluded CIDRs: one shape, with or without counters
+    assert blocks(text) == [(start, "ISTIO_OUTPUT", 101)]
+    assert blocks(_counted(text)) == [(start, "ISTIO_OUTPUT", 101)]
+    # every line where str.splitlines has it, blocks or not
+    numbered = [(n + i, line) for n, raw, b in _blocks(text, False) for i, line in enumerate(b.raws if b else [raw])]
+    assert numbered == list(enumerate(text.splitlines(), start=1))
+    # two addresses in a line, or quoting: line by line
+    two = text.replace("-A ISTIO_OUTPUT -d 100.", "-A ISTIO_OUTPUT -s 10.0.0.0/8 -d 100.")
+    assert blocks(two) == []
+    quoted = text.replace(" -j RETURN\n", ' -m comment --comment "x" -j RETURN\n')
+    assert blocks(quoted) == []
