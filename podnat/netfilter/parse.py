@@ -130,7 +130,7 @@ _RUN = re.compile(
     rf"(?P<tail>(?: {_NO_ADDRESS}*)?)\n(?:(?(counted)\[\d+:\d+\] )(?P=head)[^\s\"'\\]+(?P=tail)\n)+",
     re.M,
 )
-_OTHER_BREAKS = re.compile("[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")  # str.splitlines breaks there too
+_OTHER_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines breaks there too
 _BLOCK_ADDRESS = re.compile(r" -[sd] (\S+)")
 _BLOCK_COUNTERS = re.compile(r"^\[(\d+):(\d+)\] ", re.M)
 _BLOCK_SPEC = re.compile(r"^(?:\[\d+:\d+\] )?-A \S+ (\S(?:.*\S)?)[ \t]*$", re.M)
@@ -191,7 +191,7 @@ def _blocks(text: str, binary: bool) -> Iterator[tuple[int, str, _Block | None]]
     """(number, line, None) for each line, as str.splitlines gives them, except that runs of `-A`
     lines of one shape (all but one `-s`/`-d` address and the counters alike) come as one
     (first number, first line, block)."""
-    if binary or text.count("\n") < 64 or _OTHER_BREAKS.search(text):
+    if binary or text.count("\n") < 64 or any(c in text for c in _OTHER_BREAKS):
         yield from ((number, raw, None) for number, raw in enumerate(text.splitlines(), start=1))
         return
     number, at = 1, 0
