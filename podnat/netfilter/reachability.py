@@ -71,14 +71,13 @@ def _analyse(
         chains = _reachable_chains(tab, entry)
         if not chains or not any(tab.chains[c].rules for c in chains):
             return
-        rules = [rule for c in chains for rule in tab.chains[c].rules]
-        runs = [run for c in chains for run in _runs(tab.chains[c])]
         with collector_paused():
-            space = _PacketSpace(rules, hook, ruleset.family, runs)
+            space = _PacketSpace([tab.chains[c] for c in chains], hook, ruleset.family)
         if space.size > MAX_PACKETS:
             count = f"{space.size}" if space.exact else f"at least {space.size}"
             skipped.append(f"{table} {hook}: {count} representative packets, over {MAX_PACKETS}")
             return
+        rules = [rule for c in chains for rule in tab.chains[c].rules]
         packets = list(space.packets())
         hit: set[str] = set()
         for packet in packets:
@@ -134,7 +133,7 @@ def _reachable_chains(table: Table, entry: str) -> list[str]:
 class _PacketSpace:
     """The representative packets for a set of rules at one hook."""
 
-    def __init__(self, rules: list[Rule], hook: str, family: Family, runs: list[AddressRun] | None = None) -> None:
+    def __init__(self, chains: list[Chain], hook: str, family: Family, bound: bool = True) -> None:
         v6 = family is Family.IPV6
         self.hook = hook
         self.local = hook in _LOCAL_HOOKS
@@ -153,9 +152,9 @@ class _PacketSpace:
         sports: set[int | None] = {50000}
         ids: set[int] = {1000}
         marks: set[int] = {0}
-        # Rules whose other conditions are equal (a pod's thousands of excluded CIDRs) come together:
-        # the rest is read once per group, and the addresses counted in bulk.
-        groups = [list(same) for _, same in groupby(rules, key=_REST)]
+        # An address run (a pod's thousands of excluded CIDRs; podnat.netfilter.runs) is one group: its
+        # other conditions are read once, its addresses counted in bulk.
+        groups, runs = _groups(chains)
         for group in groups:
             rule = group[0]
             for cond in (rule.in_iface, rule.out_iface):
@@ -179,7 +178,7 @@ class _PacketSpace:
         # A run's distinct networks have distinct first addresses: a bound that already says "too
         # many" spares counting 100,000 addresses exactly.
         fewest = {"source": 1, "destination": len(dsts[4]) + len(dsts[6])}
-        for run in runs or ():
+        for run in runs if bound else ():
             fewest[run.field] = max(fewest[run.field], *(len(t.first) for t in run.tables))
         self.exact = self._others * fewest["source"] * fewest["destination"] <= MAX_PACKETS
         if not self.exact:
@@ -230,19 +229,27 @@ def _count(addresses: Addresses) -> int:
     return sum(map(len, addresses.values()))
 
 
-def _runs(chain: Chain) -> list[AddressRun]:
-    """The distinct address runs of a chain (podnat.netfilter.runs), each once."""
-    index = chain_runs(chain)
-    found: list[AddressRun] = []
-    i = 0
-    while i < len(index):
-        run = index[i]
-        if run is None:
-            i += 1
-        else:
-            found.append(run)
-            i = run.stop
-    return found
+def _groups(chains: list[Chain]) -> tuple[list[tuple[Rule, ...]], list[AddressRun]]:
+    """The chains' rules as groups whose other conditions are equal (each address run is one group,
+    every other rule one on its own), and the runs."""
+    groups: list[tuple[Rule, ...]] = []
+    runs: list[AddressRun] = []
+    for chain in chains:
+        index, rules = chain_runs(chain), chain.rules
+        if not index:
+            groups.extend((rule,) for rule in rules)
+            continue
+        i = 0
+        while i < len(rules):
+            run = index[i]
+            if run is None:
+                groups.append((rules[i],))
+                i += 1
+            else:
+                runs.append(run)
+                groups.append(rules[run.start:run.stop])
+                i = run.stop
+    return groups, runs
 
 
 def _add_all_ends(conds: Iterable[Cond], bucket: Addresses) -> None:

@@ -250,17 +250,15 @@ def test_a_table_of_excluded_cidrs_is_read_in_blocks_and_indexed() -> None:
 
 
 def test_shadow_analysis_skips_a_large_table_on_a_bound_no_larger_than_the_count() -> None:
-    from podnat.netfilter.reachability import MAX_PACKETS, _PacketSpace, _runs, shadowed_rules
+    from podnat.netfilter.reachability import MAX_PACKETS, _PacketSpace, shadowed_rules
 
     ruleset = parse_ruleset(_synthetic(3000))
     found = shadowed_rules(ruleset)
     assert any("nat OUTPUT: at least" in s and f"over {MAX_PACKETS}" in s for s in found.skipped), found.skipped
     tab = ruleset.tables["nat"]
-    rules = [*tab.chains["OUTPUT"].rules, *tab.chains["ISTIO_OUTPUT"].rules, *tab.chains["ISTIO_REDIRECT"].rules,
-             *tab.chains["ISTIO_IN_REDIRECT"].rules]
-    runs = [*_runs(tab.chains["ISTIO_OUTPUT"])]
-    bounded = _PacketSpace(rules, "OUTPUT", Family.IPV4, runs)
-    counted = _PacketSpace(rules, "OUTPUT", Family.IPV4)
+    chains = [tab.chains[name] for name in ("OUTPUT", "ISTIO_OUTPUT", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT")]
+    bounded = _PacketSpace(chains, "OUTPUT", Family.IPV4)
+    counted = _PacketSpace(chains, "OUTPUT", Family.IPV4, bound=False)
     assert not bounded.exact and counted.exact
     assert MAX_PACKETS < bounded.size <= counted.size
     # the default table is small: counted exactly, analysed, nothing skipped
