@@ -143,6 +143,9 @@ class Chain:
     rules: tuple[Rule, ...] = ()
     counters: Counters | None = None
     line: int = 0
+    # Rules start..stop-1 that the parser read from one template, differing only by their `field`
+    # address (not negated, read): runs as they stand (podnat.netfilter.runs). Derived, not compared.
+    blocks: tuple[tuple[int, int, str], ...] = field(default=(), compare=False, repr=False)
     # Built on the first traversal (podnat.netfilter.runs): derived from `rules`, never compared.
     _runs: RunIndex | None = field(default=None, init=False, compare=False, repr=False)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import repeat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 from podnat.netfilter.addresses import address_cond, bulk_networks
 from podnat.netfilter.alloc import collector_paused
@@ -421,8 +421,8 @@ def _build_table(builder: _TableBuilder, seen: _Addresses) -> Table:
     templates: dict[tuple[str, ...], Rule | None] = {}
     chains: dict[str, Chain] = {}
     for chain in builder.chains.values():
-        rules = _chain_rules(builder.name, chain.name, chain.rules, chain_names, templates, seen)
-        chains[chain.name] = Chain(chain.name, chain.policy, rules, chain.counters, chain.line)
+        rules, blocks = _chain_rules(builder.name, chain.name, chain.rules, chain_names, templates, seen)
+        chains[chain.name] = Chain(chain.name, chain.policy, rules, chain.counters, chain.line, blocks)
     return Table(builder.name, chains)
 
 
@@ -430,6 +430,7 @@ _MISSING = Rule("", "", 0, "", 0)
 # NamedTuple._make without its Python-level length check: for fields built exactly in _fill.
 _new_rule = partial(tuple.__new__, Rule)
 _new_cond = partial(tuple.__new__, Cond)
+_NETWORKS = attrgetter("networks")
 
 
 @dataclass
@@ -455,8 +456,9 @@ def _chain_rules(
     chain_names: set[str],
     templates: dict[tuple[str, ...], Rule | None],
     seen: _Addresses,
-) -> tuple[Rule, ...]:
-    """A chain's rules, reading rules that differ only by one `-s`/`-d` address once.
+) -> tuple[tuple[Rule, ...], tuple[tuple[int, int, str], ...]]:
+    """A chain's rules, reading rules that differ only by one `-s`/`-d` address once, and the blocks of
+    such rules (Chain.blocks).
 
     The rule with its address replaced by a slot is parsed once per table (a template); the parser
     never looks inside an address, so every rule of that form parses to the template with its own
@@ -464,11 +466,12 @@ def _chain_rules(
     together (_Group). A template whose slot does not land exactly in -s/-d is not used.
     """
     rules: list[Rule] = []
+    blocks: list[tuple[int, int, str]] = []
     group = _Group(chain, None)
     position = 1
     for entry, template, addresses in _with_templates(table, chain, entries, chain_names, templates):
         if template is not group.template:
-            group.flush_into(rules, seen)
+            group.flush_into(rules, seen, blocks)
             group = _Group(chain, template)
         if isinstance(entry, _Block):
             count = len(entry.raws)
@@ -484,8 +487,8 @@ def _chain_rules(
             seen.note(rule)
             rules.append(rule)
             position += 1
-    group.flush_into(rules, seen)
-    return tuple(rules)
+    group.flush_into(rules, seen, blocks)
+    return tuple(rules), tuple(blocks)
 
 
 def _with_templates(
@@ -553,8 +556,9 @@ class _Group:
         self.counters.extend(counters)
         self.addresses.extend(addresses)
 
-    def flush_into(self, rules: list[Rule], seen: _Addresses) -> None:
-        """Append the group's rules: the template with each rule's address, position, line, text, counters."""
+    def flush_into(self, rules: list[Rule], seen: _Addresses, blocks: list[tuple[int, int, str]]) -> None:
+        """Append the group's rules (the template with each rule's address, position, line, text and
+        counters) and, when their addresses can be looked up, the group as a block."""
         template = self.template
         if template is None or not self.specs:
             return
@@ -570,6 +574,8 @@ class _Group:
             conds = list(map(_new_cond, zip(self.addresses, repeat(slot.negated), networks)))
             seen.versions.add(4)
         source = template.source is not None
+        if len(conds) > 1 and not slot.negated and (networks is not None or all(map(_NETWORKS, conds))):
+            blocks.append((len(rules), len(rules) + len(conds), "source" if source else "destination"))
         rules.extend(map(_new_rule, zip(
             repeat(template.table), repeat(self.chain), self.positions, self.specs, self.numbers,
             repeat(template.protocol), conds if source else repeat(None), repeat(None) if source else conds,

@@ -28,6 +28,7 @@ from podnat.netfilter.packet import Packet
 MIN_RUN = 8  # shorter runs are scanned: a lookup costs about as much as testing a few rules
 
 RunIndex = tuple["AddressRun | None", ...]  # per rule of a chain, the run it is in; () when none
+Blocks = tuple[tuple[int, int, str], ...]  # (start, stop, field) of rules the parser read as one run
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,25 +76,44 @@ def chain_runs(chain: Chain) -> RunIndex:
     runs = chain._runs
     if runs is None:
         with collector_paused():
-            runs = find_runs(chain.rules)
+            runs = find_runs(chain.rules, blocks=chain.blocks)
         object.__setattr__(chain, "_runs", runs)  # a cache of a pure function of the frozen rules
     return runs
 
 
-def find_runs(rules: tuple[Rule, ...], min_run: int = MIN_RUN) -> RunIndex:
-    """Every run of at least `min_run` rules, as the run each rule is in (() when there is none)."""
+def find_runs(rules: tuple[Rule, ...], min_run: int = MIN_RUN, blocks: Blocks = ()) -> RunIndex:
+    """Every run of at least `min_run` rules, as the run each rule is in (() when there is none).
+
+    `blocks`: ranges the parser read from one template, one address each (Chain.blocks): each is a
+    run as it stands; the rules around them are grouped here."""
     if len(rules) < min_run:
         return ()
     at: list[AddressRun | None] = [None] * len(rules)
-    stop = 0
-    # Rules whose other conditions and target are equal come together, compared in C (rules read
-    # from one template share those objects); each such group is then split by address field.
-    for _, group in groupby(map(_REST, rules)):
+    found = False
+    done = 0
+    for start, stop, field in (*blocks, (len(rules), len(rules), "")):
+        if stop - start < min_run and stop < len(rules):
+            continue  # too short to index: the rules go with those around them
+        for run in _scan(rules, done, start, min_run):
+            at[run.start:run.stop] = [run] * (run.stop - run.start)
+            found = True
+        if stop > start:
+            run = _build(list(map(attrgetter(field), rules[start:stop])), start, field)
+            at[start:stop] = [run] * (stop - start)
+            found = True
+        done = stop
+    return tuple(at) if found else ()
+
+
+def _scan(rules: tuple[Rule, ...], lo: int, hi: int, min_run: int) -> Iterator[AddressRun]:
+    """The runs among rules lo..hi-1: rules whose other conditions and target are equal come together,
+    compared in C (rules read from one template share those objects); each such group is then split
+    by address field."""
+    stop = lo
+    for _, group in groupby(map(_REST, rules[lo:hi])):
         start, stop = stop, stop + len(list(group))
         if stop - start >= min_run:
-            for run in _address_runs(rules, start, stop, min_run):
-                at[run.start:run.stop] = [run] * (run.stop - run.start)
-    return tuple(at) if any(run is not None for run in at) else ()
+            yield from _address_runs(rules, start, stop, min_run)
 
 
 _REST = attrgetter("protocol", "in_iface", "out_iface", "fragment", "matches", "target")

@@ -284,3 +284,12 @@ def test_runs_of_one_shape_are_found_in_the_text() -> None:
     assert blocks(two) == []
     quoted = text.replace(" -j RETURN\n", ' -m comment --comment "x" -j RETURN\n')
     assert blocks(quoted) == []
+
+
+def test_the_parser_hands_its_blocks_to_the_run_index() -> None:
+    ruleset = parse_ruleset(_synthetic(1000))
+    chain = ruleset.tables["nat"].chains["ISTIO_OUTPUT"]
+    assert chain.blocks == ((7, 1008, "destination"),)
+    assert chain_runs(chain) == find_runs(chain.rules)  # the same runs as grouping every rule
+    negated = parse_ruleset(_synthetic(1000).replace("-A ISTIO_OUTPUT -d 100.", "-A ISTIO_OUTPUT ! -d 100."))
+    assert negated.tables["nat"].chains["ISTIO_OUTPUT"].blocks == ()  # a negated address is not looked up
