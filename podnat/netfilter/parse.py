@@ -8,6 +8,7 @@ guesses what a rule means.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import shlex
@@ -120,16 +121,23 @@ _COMMAND = re.compile(r"^(ip6?tables)(?:-(?:nft|legacy))?\s+(.*)$")
 _Entry = tuple[int, str, "Counters | None", list[str]]  # a rule line: number, text, counters, tokens after the chain
 
 # A table's long runs of rules that differ only by one address (a pod's thousands of excluded CIDRs)
-# are found in the text by one regex (_RUN: a line, then the lines that repeat it but for the address
+# are found in the text by one regex (_run_pattern: a line, then the lines repeating it but for the address
 # and the counters) and read together, in C where possible, instead of line by line.
 _SLOT = "\x00address"  # cannot occur in input: text with NUL is rejected
 _PLAIN = r"[^\n\"'\\]"  # no quoting: the words are what str.split gives
 _NO_ADDRESS = rf"(?:(?! -[sd] ){_PLAIN})"
-_RUN = re.compile(
-    rf"^(?P<counted>\[\d+:\d+\] )?(?P<head>-A [^\s\"'\\]+ (?:{_NO_ADDRESS}*? )?-[sd] )[^\s\"'\\]+"
-    rf"(?P<tail>(?: {_NO_ADDRESS}*)?)\n(?:(?(counted)\[\d+:\d+\] )(?P=head)[^\s\"'\\]+(?P=tail)\n)+",
-    re.M,
-)
+
+
+@functools.cache
+def _run_pattern() -> re.Pattern[str]:
+    """The pattern of a run, compiled on first use (~20 ms: for large tables, not at every start)."""
+    return re.compile(
+        rf"^(?P<counted>\[\d+:\d+\] )?(?P<head>-A [^\s\"'\\]+ (?:{_NO_ADDRESS}*? )?-[sd] )[^\s\"'\\]+"
+        rf"(?P<tail>(?: {_NO_ADDRESS}*)?)\n(?:(?(counted)\[\d+:\d+\] )(?P=head)[^\s\"'\\]+(?P=tail)\n)+",
+        re.M,
+    )
+
+
 _OTHER_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines breaks there too
 _BLOCK_ADDRESS = re.compile(r" -[sd] (\S+)")
 _BLOCK_COUNTERS = re.compile(r"^\[(\d+):(\d+)\] ", re.M)
@@ -195,7 +203,7 @@ def _blocks(text: str, binary: bool) -> Iterator[tuple[int, str, _Block | None]]
         yield from ((number, raw, None) for number, raw in enumerate(text.splitlines(), start=1))
         return
     number, at = 1, 0
-    for run in _RUN.finditer(text):
+    for run in _run_pattern().finditer(text):
         head, tail = run.group("head"), run.group("tail")
         if (head + tail).count(" -s ") + (head + tail).count(" -d ") > 1:
             continue  # another address: the lines go one by one (below, with the text around them)
