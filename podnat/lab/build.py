@@ -299,6 +299,8 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None,
     bin_dir = root / "bin"
     bin_dir.mkdir(exist_ok=True)
     for script in SCRIPTS.iterdir():
+        if not script.is_file():
+            continue  # e.g. a __pycache__ that byte-compiling the package left
         shutil.copy(script, bin_dir / script.name)
         (bin_dir / script.name).chmod(0o755)
     envoy = bin_dir / "envoy"
