@@ -450,7 +450,7 @@ def verify(
     namespace: Namespace = None,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Every namespace.")] = False,
     selector: Annotated[str | None, typer.Option("--selector", "-l", help="Label selector, e.g. app=reviews.")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Pods read at once.")] = 8,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Pods read at once.")] = 16,
     source: SourceOpt = None,
     debug_container: DebugContainer = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,

@@ -51,15 +51,20 @@ def note(message: str) -> None:
 
 
 def print_data(data: Any, fmt: str) -> None:
-    """JSON or YAML to stdout, untouched by rich."""
+    """JSON or YAML to stdout, untouched by rich.
+
+    JSON is indented for a person at a terminal; piped or redirected it is one line from the C
+    encoder (indenting is pure Python: a 200-pod verify report took 0.3 s to indent, 0.05 s not to).
+    The indented form is streamed (json.dumps would hold its every piece in one list)."""
     if fmt == "yaml":
         import yaml
 
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
-    else:
-        # Streamed: json.dumps would hold every piece of a 200-pod report in one list before joining.
+    elif sys.stdout.isatty():
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    else:
+        sys.stdout.write(json.dumps(data) + "\n")
 
 
 def path_text(trace: FlowTrace, counters: Ruleset | None = None) -> Text:

@@ -9,6 +9,7 @@ Regenerate the reference images after an intended change of the picture (then lo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -298,3 +299,18 @@ def test_svg_looks_like_the_reference(case, other, tmp_path):
     rendered = subprocess.run([rsvg, "--zoom=0.5", str(source)], capture_output=True, check=True, timeout=60)
     png = rendered.stdout
     check_picture(png, f"svg-{case}.png", f"svg-{other}.png")
+
+
+def test_json_is_indented_on_a_terminal_and_one_line_when_piped(capsys, monkeypatch):
+    import sys
+
+    from podnat.render.console import print_data
+
+    data = {"pods": [{"name": "a", "flows": [1, 2]}], "summary": {"ok": 1}}
+    print_data(data, "json")
+    piped = capsys.readouterr().out
+    assert piped == '{"pods": [{"name": "a", "flows": [1, 2]}], "summary": {"ok": 1}}\n'
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    print_data(data, "json")
+    shown = capsys.readouterr().out
+    assert shown.startswith('{\n  "pods": [\n    {\n      "name": "a",') and json.loads(shown) == data
