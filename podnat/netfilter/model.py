@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Net = tuple[int, int, int]  # a network as integers: (IP version, prefix length, network address)
+Blocks = tuple[tuple[int, int, str], ...]  # (start, stop, field): rules the parser read as one run
 
 BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
@@ -145,7 +146,7 @@ class Chain:
     line: int = 0
     # Rules start..stop-1 that the parser read from one template, differing only by their `field`
     # address (not negated, read): runs as they stand (podnat.netfilter.runs). Derived, not compared.
-    blocks: tuple[tuple[int, int, str], ...] = field(default=(), compare=False, repr=False)
+    blocks: Blocks = field(default=(), compare=False, repr=False)
     # Built on the first traversal (podnat.netfilter.runs): derived from `rules`, never compared.
     _runs: RunIndex | None = field(default=None, init=False, compare=False, repr=False)
 

@@ -22,6 +22,7 @@ from podnat.netfilter.addresses import address_cond, bulk_networks
 from podnat.netfilter.alloc import collector_paused
 from podnat.netfilter.model import (
     BUILTIN_CHAINS,
+    Blocks,
     Chain,
     Cond,
     Counters,
@@ -464,7 +465,7 @@ def _chain_rules(
     chain_names: set[str],
     templates: dict[tuple[str, ...], Rule | None],
     seen: _Addresses,
-) -> tuple[tuple[Rule, ...], tuple[tuple[int, int, str], ...]]:
+) -> tuple[tuple[Rule, ...], Blocks]:
     """A chain's rules, reading rules that differ only by one `-s`/`-d` address once, and the blocks of
     such rules (Chain.blocks).
 

@@ -273,7 +273,6 @@ def _add_all_ends(conds: Iterable[Cond], bucket: Addresses) -> None:
             bucket[net[0]].update((first, last))
 
 
-_REST = attrgetter("protocol", "in_iface", "out_iface", "fragment", "matches", "target")
 _SOURCE, _DESTINATION, _NETWORKS = attrgetter("source"), attrgetter("destination"), attrgetter("networks")
 _NETWORK = itemgetter(2)
 _TARGET = attrgetter("target")

@@ -22,13 +22,12 @@ from typing import cast
 from podnat.netfilter.addresses import WIDTH, by_prefix
 from podnat.netfilter.alloc import collector_paused
 from podnat.netfilter.matches import Result, rest_matches
-from podnat.netfilter.model import Chain, Cond, Rule
+from podnat.netfilter.model import Blocks, Chain, Cond, Rule
 from podnat.netfilter.packet import Packet
 
 MIN_RUN = 8  # shorter runs are scanned: a lookup costs about as much as testing a few rules
 
 RunIndex = tuple["AddressRun | None", ...]  # per rule of a chain, the run it is in; () when none
-Blocks = tuple[tuple[int, int, str], ...]  # (start, stop, field) of rules the parser read as one run
 
 
 @dataclass(frozen=True, slots=True)
