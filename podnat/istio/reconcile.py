@@ -189,18 +189,23 @@ def _missing_cause(rule: Rule | None, chain: str) -> str:
     if rule is None:
         return "Istio creates it for this pod's configuration; it was deleted or never installed"
     spec = _norm(rule.spec)
-    if chain == "PREROUTING" and "ISTIO_INBOUND" in spec:
+    # iptables' chains and targets, or native nftables' (prerouting, jump istio-inbound)
+    name, words = chain.upper().replace("-", "_"), spec.upper().replace("-", "_")
+    if name == "PREROUTING" and "ISTIO_INBOUND" in words:
         return ("inbound capture is off: Istio leaves out this jump only for "
                 "traffic.sidecar.istio.io/includeInboundPorts=\"\", which this pod does not set; "
                 "the rule was deleted after istio-init ran")
-    if chain == "OUTPUT" and "ISTIO_OUTPUT" in spec:
+    if name == "OUTPUT" and "ISTIO_OUTPUT" in words:
         return ("outbound capture is off: Istio always installs this jump; "
                 "the rule was deleted after istio-init ran")
-    if chain == "ISTIO_OUTPUT" and spec.endswith("-j ISTIO_REDIRECT"):
+    if name == "ISTIO_OUTPUT" and words.endswith(("_J ISTIO_REDIRECT", "JUMP ISTIO_REDIRECT")) and not rule.destination:
         return ("outbound capture is off: Istio leaves out the catch-all only for "
                 "traffic.sidecar.istio.io/includeOutboundIPRanges=\"\", which this pod does not set")
-    if "owner" in spec:
+    if "owner" in spec or "skuid" in spec or "skgid" in spec:
         return "the proxy's own traffic is no longer recognised: this owner rule was deleted"
+    origin = rule_origin(rule.table, rule.chain, rule.spec)
+    if origin is not None:
+        return f"Istio installs this rule for {origin}; it was deleted after istio-init ran"
     return "Istio installs this rule for this pod's configuration; it was deleted after istio-init ran"
 
 

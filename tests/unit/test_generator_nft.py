@@ -211,3 +211,44 @@ def test_explain_args_with_native_nftables_expects_the_nft_form() -> None:
         assert set(expected.tables) == {NAT}
         assert expected.generator == "nft list ruleset"
     assert IstioRelease(1, 30) == InterceptionConfig.from_args(NFT_ARGS).release
+
+
+def test_every_nft_rule_istio_writes_has_its_origin_in_istio_terms(reference: Path) -> None:
+    from podnat.istio.config import rule_origin
+
+    for dump in sorted((reference / "kernel-save/nftables").glob("*.nft-list-ruleset")):
+        ruleset = parse_nft(dump.read_text(), Family.IPV4)
+        for table in ruleset.tables.values():
+            for rule in table.rules():
+                assert rule_origin(rule.table, rule.chain, rule.spec), (dump.name, rule.ref, rule.spec)
+    assert "excludeOutboundIPRanges" in (rule_origin(NAT, "istio-output", "ip daddr 10.0.0.0/8 counter return") or "")
+    jump = "meta l4proto tcp counter jump istio-inbound"
+    assert "includeInboundPorts" in (rule_origin(NAT, "prerouting", jump) or "")
+    assert (rule_origin(NAT, "istio-inbound", "tcp dport 9080 counter return") or "").startswith(
+        "traffic.sidecar.istio.io/excludeInboundPorts")
+    assert (rule_origin(NAT, "istio-output", "tcp dport 9080 counter return") or "").startswith(
+        "traffic.sidecar.istio.io/excludeOutboundPorts")
+    assert "DNS capture" in (rule_origin("istio-proxy-raw", "prerouting", "counter jump istio-inbound") or "")
+
+
+def test_an_nft_rule_istio_would_add_for_an_annotation_says_which(reference: Path) -> None:
+    expected = intent_for_pod(nft_pod(reference)).expected(Family.IPV4)
+    assert expected is not None
+    live_text = nft_listing(InterceptionConfig.from_args(NFT_ARGS)).replace(
+        "\t\ttcp dport 15008 counter packets 0 bytes 0 return\n",
+        "\t\ttcp dport 15008 counter packets 0 bytes 0 return\n\t\ttcp dport 9080 counter packets 0 bytes 0 return\n")
+    result = explain(parse_nft(live_text, Family.IPV4), PodContext(), expected=expected)
+    (extra,) = [d for d in result.diff if d.kind is DiffKind.EXTRA]
+    assert extra.ref == f"{NAT}/istio-inbound:2"
+    assert "excludeInboundPorts" in extra.cause, extra.cause
+
+
+def test_a_deleted_nft_capture_jump_says_what_it_turns_off(reference: Path) -> None:
+    expected = intent_for_pod(nft_pod(reference)).expected(Family.IPV4)
+    assert expected is not None
+    live_text = nft_listing(InterceptionConfig.from_args(NFT_ARGS)).replace(
+        "\t\tmeta l4proto tcp counter packets 0 bytes 0 jump istio-inbound\n", "")
+    result = explain(parse_nft(live_text, Family.IPV4), PodContext(), expected=expected)
+    (missing,) = [d for d in result.diff if d.kind is DiffKind.MISSING]
+    assert missing.ref == f"{NAT}/prerouting:1"
+    assert "inbound capture is off" in missing.cause and "includeInboundPorts" in missing.cause
