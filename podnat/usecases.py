@@ -122,11 +122,12 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
     primary = families[0]
     text = facts.nat.v4 if primary is Family.IPV4 else (facts.nat.v6 or "")
     native = _istio_nft(facts.nat.nft)
-    if native and not _has_rules(text, primary):
+    both = bool(native) and _has_rules(text, primary)
+    if native and not both:
         # Native nftables mode (Istio 1.27+): iptables-save prints nothing, `nft list ruleset` has it all.
         text = native
         notes.append("native nftables mode: the rules were read from `nft list ruleset`")
-    elif native:
+    if both:
         notes.append("both iptables and Istio's native nftables rules are loaded: the kernel runs both")
     if not text.strip():
         message = ("the nat table is empty: no Istio rules in iptables-save"
@@ -179,7 +180,11 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
 
     address = base.pod_ips[0] if base.pod_ips else base.pod_ip
     report = explain_family(primary, live, address, other, second_live, dns_requested=dns_requested)
-    findings = (*listener_findings, *report.findings, *((missing,) if missing else ()))
+    both_loaded = (Finding(
+        "error", "both iptables rules and Istio's native nftables tables (istio-proxy-*) are loaded: the kernel "
+        "runs both at each hook, so a connection can be captured twice; podnat traced the iptables rules. One "
+        "set is left over (a change of capture mode, or istio-init run twice): restart the pod"),) if both else ()
+    findings = (*listener_findings, *both_loaded, *report.findings, *((missing,) if missing else ()))
     report = replace(report, findings=tuple(findings))
     second = (explain_family(other, second_live, base.pod_ips[1], primary, live)
               if other is not None and second_live is not None else None)

@@ -240,3 +240,25 @@ def test_offline_dns_requested_and_present(tmp_path: Path) -> None:
     assert [(f["type"], f["variant"], f["status"]) for f in data["flows"] if f["type"] == 7] == [
         (7, "udp", "ok"), (7, "tcp", "ok")]
     assert data["diff"] == [] and not [f for f in data["findings"] if "DNS" in f["message"]]
+
+
+# --- iptables and native nftables both loaded ------------------------------------------------------
+
+
+def test_iptables_and_native_nftables_both_loaded_is_an_error() -> None:
+    from podnat.istio.generator_nft import nft_listing
+
+    nft = nft_listing(InterceptionConfig.from_args(REDIRECT + " --native-nftables", {}, "1.30"))
+    iptables = live_table(REDIRECT)
+    both = NatReading(iptables.source, iptables.label, v4=iptables.v4, v6=iptables.v6, nft=nft)
+    report = inspect_pod(FakeSource(nat=both), make_pod(REDIRECT))
+    assert report.status == "drift"
+    assert report.explanation is not None
+    (finding,) = [f for f in report.explanation.findings if "native nftables" in f.message]
+    assert finding.severity == "error" and "runs both" in finding.message
+    assert any("both" in note for note in report.notes)
+    # only Istio's nftables tables: native nftables mode, read from nft, no such finding
+    alone = NatReading(iptables.source, iptables.label, v4="", v6=None, nft=nft)
+    native = inspect_pod(FakeSource(nat=alone), make_pod(REDIRECT + " --native-nftables"))
+    assert native.explanation is not None and native.status == "ok"
+    assert not [f for f in native.explanation.findings if "native nftables" in f.message]
