@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +54,33 @@ def _require_root(request: pytest.FixtureRequest) -> None:
 def reference() -> Path:
     require(REFERENCE.is_dir(), f"the shared Istio reference is not at {REFERENCE}")
     return REFERENCE
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A lab up for a test module: its state, a podnat source against its API server, its root."""
+
+    state: Any
+    source: Any
+    root: Path
+
+
+@contextmanager
+def running_lab(root: Path, backend: str = "nft", **options: Any) -> Iterator[Lab]:
+    """`lab_up` (root only), podnat's debug container in every pod as `inspect --debug-container` adds
+    it, and `lab_down` whatever happens."""
+    require(os.geteuid() == 0, "the lab needs root")
+    from podnat.facts import PodRef
+    from podnat.kube.client import KubeClient, KubeOptions
+    from podnat.kube.source import KubePodSource
+    from podnat.lab.build import lab_down, lab_up
+
+    try:
+        state = lab_up(backend, root, **options)
+        client = KubeClient.connect(KubeOptions(kubeconfig=state.apiserver.kubeconfig, request_timeout=20))
+        source = KubePodSource(client)
+        for pod in state.pods:
+            source.read_facts(source.get_pod(PodRef(pod.namespace, pod.name)), None, True)
+        yield Lab(state, source, root)
+    finally:
+        lab_down(root)

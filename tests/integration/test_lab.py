@@ -15,11 +15,10 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import Lab, running_lab
 
 from podnat.facts import PodRef
 from podnat.istio.flows import Actor, Endpoint, FlowSpec, FlowType, Identity, context_for
@@ -31,32 +30,10 @@ pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.timeout(600)]
 REMOTE_PORT = 9080
 
 
-@dataclass(frozen=True)
-class Lab:
-    state: object
-    source: object
-    root: Path
-
-
 @pytest.fixture(scope="module", params=["nft", "legacy"])
-def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    import os
-
-    require(os.geteuid() == 0, "the lab needs root")
-    from podnat.kube.client import KubeClient, KubeOptions
-    from podnat.kube.source import KubePodSource
-    from podnat.lab.build import lab_down, lab_up
-
-    root = Path("/run/podnat-lab-test")
-    state = lab_up(request.param, root)
-    try:
-        client = KubeClient.connect(KubeOptions(kubeconfig=state.apiserver.kubeconfig, request_timeout=20))
-        source = KubePodSource(client)
-        for pod in state.pods:  # podnat's debug container in every pod, as `inspect --debug-container` adds it
-            source.read_facts(source.get_pod(PodRef(pod.namespace, pod.name)), None, True)
-        yield Lab(state, source, root)
-    finally:
-        lab_down(root)
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    with running_lab(Path("/run/podnat-lab-test"), request.param) as lab:
+        yield lab
 
 
 def _vip_of(lab: Lab, pod) -> str:

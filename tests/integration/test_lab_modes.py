@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
+from conftest import Lab, require, running_lab
 
 from podnat.facts import PodRef
 from podnat.istio.explain import captured_nameserver
@@ -52,31 +51,12 @@ APP_PORT = 9080
 ADMIN_PORT = 15000
 
 
-@dataclass(frozen=True)
-class Lab:
-    state: Any
-    source: Any
-    root: Path
-
-
 @pytest.fixture(scope="module", params=MODES)
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    require(os.geteuid() == 0, "the lab needs root")
     require(shutil.which("nft") is not None, "needs nft for packet tracing (make install)")
-    from podnat.kube.client import KubeClient, KubeOptions
-    from podnat.kube.source import KubePodSource
-    from podnat.lab.build import lab_down, lab_up
-
-    root = Path(f"/run/podnat-lab-modes-{request.param}")
-    try:
-        state = lab_up("nft", root, mode=request.param, deployments=DEPLOYMENTS)
-        client = KubeClient.connect(KubeOptions(kubeconfig=state.apiserver.kubeconfig, request_timeout=20))
-        source = KubePodSource(client)
-        for pod in state.pods:  # podnat's debug container in every pod, as `inspect --debug-container` adds it
-            source.read_facts(source.get_pod(PodRef(pod.namespace, pod.name)), None, True)
-        yield Lab(state, source, root)
-    finally:
-        lab_down(root)
+    with running_lab(Path(f"/run/podnat-lab-modes-{request.param}"), "nft", mode=request.param,
+                     deployments=DEPLOYMENTS) as lab:
+        yield lab
 
 
 # --- one flow: what podnat predicts, what the kernel did ---------------------------------------------
