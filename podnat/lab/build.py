@@ -619,9 +619,14 @@ def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
     if fault not in FAULTS:
         raise LabError(f"unknown fault {fault!r}: one of {', '.join(FAULTS)}")
     state = lab_status(root)
-    pod = next((p for p in state.pods if p.name == pod_name or p.name.startswith(pod_name + "-")), None)
-    if pod is None:
+    exact = [p for p in state.pods if p.name == pod_name]
+    matches = exact or [p for p in state.pods if p.name.startswith(pod_name + "-")]
+    if not matches:
         raise LabError(f"no lab pod {pod_name!r}: see `podnat lab status`")
+    if len(matches) > 1:
+        raise LabError(f"{pod_name!r} names {len(matches)} lab pods ({', '.join(p.name for p in matches)}): "
+                       "give one of them, or its Deployment's name (e.g. reviews-v1)")
+    pod = matches[0]
     restore, save = _restore_tools(state.backend)
     iptables = f"iptables-{state.backend}"
     ns = pod.netns

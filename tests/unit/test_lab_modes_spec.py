@@ -78,3 +78,21 @@ def test_redirect_envoy_binds_127_0_0_6_and_dual_stack_adds_ipv6(ipv6: bool) -> 
     else:
         assert "extra_source_addresses" not in bind and not any("additional_addresses" in x for x in bound)
     assert not any(x.get("transparent") for x in bootstrap["static_resources"]["listeners"])
+
+
+def test_lab_break_names_one_pod_or_says_which_it_could_mean(tmp_path) -> None:
+    import pytest
+
+    from podnat.lab.build import LabError, lab_break
+    from podnat.lab.state import LabPod, LabState
+
+    state = LabState(root=str(tmp_path))
+    for name in ("reviews-v1-aaa-1", "reviews-v2-bbb-2", "ratings-v1-ccc-3"):
+        state.pods.append(LabPod("bookinfo", name, "10.99.0.9", "pnl-none", {}))
+    state.save()
+    with pytest.raises(LabError, match=r"'reviews' names 2 lab pods \(reviews-v1-aaa-1, reviews-v2-bbb-2\)"):
+        lab_break("reviews", "foreign-accept", tmp_path)
+    with pytest.raises(LabError, match="no lab pod 'details'"):
+        lab_break("details", "foreign-accept", tmp_path)
+    with pytest.raises(LabError, match="unknown fault"):
+        lab_break("reviews-v1", "no-such-fault", tmp_path)
