@@ -91,11 +91,11 @@ def _analyse(
 
 
 def _explain(ruleset: Ruleset, table: str, hook: str, rule: Rule, packets: list[Packet]) -> Shadowed | None:
-    candidates = [p for p in packets if rule_matches(rule, p, hook) is True]
+    results = [(p, rule_matches(rule, p, hook)) for p in packets]
+    candidates = [p for p, result in results if result is True]
     if not candidates:
-        undecidable = any(not isinstance(rule_matches(rule, p, hook), bool) for p in packets[:1])
-        if undecidable:
-            return None
+        if any(not isinstance(result, bool) for _, result in results):
+            return None  # podnat cannot decide the rule for some packet: not provably unreachable
         return Shadowed(rule, (), f"no packet at {hook} can satisfy its conditions")
     by: set[str] = set()
     for packet in candidates:

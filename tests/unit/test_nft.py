@@ -304,3 +304,12 @@ def test_iptables_nft_tables_next_to_native_ones_are_reported():
     flows = explain(ruleset, PodContext()).flows
     envoy = next(f.live for f in flows if f.spec.type is FlowType.ENVOY_LOCALHOST)
     assert envoy.legs[0].rules[0] == "OUTPUT:1"
+
+
+def test_a_rule_podnat_cannot_decide_is_never_called_shadowed() -> None:
+    from podnat.netfilter.reachability import shadowed_rules
+
+    text = ("table inet istio-proxy-nat {\n chain output {\n  type nat hook output priority -100; policy accept;\n"
+            "  meta skuid 1337 countr return\n }\n}\n")
+    ruleset = parse_nft(text, Family.IPV4)
+    assert shadowed_rules(ruleset).shadowed == ()
