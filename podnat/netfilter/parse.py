@@ -512,7 +512,7 @@ def _with_templates(
     for entry in entries:
         if isinstance(entry, _Block):
             field_name = "source" if entry.tokens[entry.tokens.index(_SLOT) - 1] == "-s" else "destination"
-            template = _cached_template(table, chain, entry.tokens, field_name, chain_names, templates)
+            template = _cached_template(table, chain, entry.tokens, [field_name], chain_names, templates)
             addresses = entry.addresses() if template is not None else None
             if template is not None and addresses is not None:
                 yield entry, template, addresses
@@ -530,18 +530,19 @@ def _with_templates(
         tokens[i] = _SLOT
         shape = tuple(tokens)
         tokens[i] = address
-        template = _cached_template(table, chain, shape, "source" if has_source else "destination", chain_names,
+        template = _cached_template(table, chain, shape, ["source" if has_source else "destination"], chain_names,
                                     templates)
         yield entry, template, (address,)
 
 
 def _cached_template(
-    table: str, chain: str, shape: tuple[str, ...], field_name: str, chain_names: set[str],
+    table: str, chain: str, shape: tuple[str, ...], fields: list[str], chain_names: set[str],
     templates: dict[tuple[str, ...], Rule | None],
 ) -> Rule | None:
+    """The template of a shape (its addresses in `fields` as slots), parsed once per table."""
     template = templates.get(shape, _MISSING)
     if template is _MISSING:
-        template = templates[shape] = _template(table, chain, list(shape), chain_names, [field_name])
+        template = templates[shape] = _template(table, chain, list(shape), chain_names, fields)
     return template
 
 
@@ -617,10 +618,7 @@ def _parse_rule_cached(
                 slots.append((field_name, i))
     if not slots:
         return _parse_rule(table, chain, position, number, raw, counters, tokens, chain_names)
-    shape = tuple(key)
-    template = templates.get(shape, _MISSING)
-    if template is _MISSING:
-        template = templates[shape] = _template(table, chain, key, chain_names, [name for name, _ in slots])
+    template = _cached_template(table, chain, tuple(key), [name for name, _ in slots], chain_names, templates)
     if template is None:
         return _parse_rule(table, chain, position, number, raw, counters, tokens, chain_names)
     source, destination = template.source, template.destination
