@@ -18,6 +18,7 @@ import re
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,18 @@ def listener_connections(netns: str) -> dict[str, int]:
                 and value.strip().isdigit()):
             totals[name[len("listener."):-len(".downstream_cx_total")]] = int(value)
     return totals
+
+
+def envoy_ports_moved(before: dict[str, int], after: dict[str, int]) -> Counter[int]:
+    """Listener totals (listener_connections) that moved, as Envoy ports: a per-service listener counts
+    as virtualOutbound's (15001), the admin port is not a listener."""
+    moved: Counter[int] = Counter()
+    for name, value in after.items():
+        delta = value - before.get(name, 0)
+        address, _, port = name.rpartition("_")
+        if delta > 0 and port.isdigit():
+            moved[int(port) if address in ("0.0.0.0", "[::]", "::") else 15001] += delta
+    return moved
 
 
 def dns_query(netns: str, server: str, name: str, proto: str = "udp", uid: int | None = None,

@@ -71,19 +71,8 @@ def _flows(lab: Lab, pod) -> list[tuple[str, FlowSpec, str, str | None, int | No
     ]
 
 
-def _envoy_ports(before: dict[str, int], after: dict[str, int]) -> Counter[int]:
-    """Listener totals that moved, as Envoy ports (a per-service listener counts as virtualOutbound's)."""
-    moved: Counter[int] = Counter()
-    for name, value in after.items():
-        delta = value - before.get(name, 0)
-        address, _, port = name.rpartition("_")
-        if delta > 0 and port.isdigit():  # not `admin`: the admin port is not a listener
-            moved[int(port) if address == "0.0.0.0" else 15001] += delta
-    return moved
-
-
 def observe(lab: Lab, pod, spec: FlowSpec, url: str, netns: str, uid: int | None, endpoint: Endpoint | None):
-    from podnat.lab.probe import connect, listener_connections, nat_counters
+    from podnat.lab.probe import connect, envoy_ports_moved, listener_connections, nat_counters
 
     ref = PodRef(pod.namespace, pod.name)
     stats_before = listener_connections(pod.netns)
@@ -97,7 +86,7 @@ def observe(lab: Lab, pod, spec: FlowSpec, url: str, netns: str, uid: int | None
     if endpoint is not None:
         ctx = ctx.with_endpoint(spec.destination, endpoint)
     predicted = trace_flow(detect_and_parse(text), spec, ctx)
-    return result, counted, _envoy_ports(stats_before, stats_after), predicted
+    return result, counted, envoy_ports_moved(stats_before, stats_after), predicted
 
 
 def _predicted_rules(trace: FlowTrace) -> Counter[str]:
@@ -178,7 +167,7 @@ def _flow(report: dict, flow_type: int, variant: str | None = None) -> dict:
 
 def test_faults_podnat_verdict_matches_what_the_connection_did(lab: Lab) -> None:
     from podnat.lab.build import lab_break
-    from podnat.lab.probe import connect, listener_connections
+    from podnat.lab.probe import connect, envoy_ports_moved, listener_connections
 
     node = lab.state.peers["node"]
     # Inbound bypass: the app sees the node's address, not Envoy's 127.0.0.6; podnat: type 1 drift, no Envoy.
@@ -195,7 +184,7 @@ def test_faults_podnat_verdict_matches_what_the_connection_did(lab: Lab) -> None
     lab_break(pod.name, "foreign-accept", lab.root)
     before = listener_connections(pod.netns)
     assert connect(pod.netns, f"http://{_pod(lab, 'details').ip}:9080/health", 1000).answered
-    assert _envoy_ports(before, listener_connections(pod.netns))[15001] == 0
+    assert envoy_ports_moved(before, listener_connections(pod.netns))[15001] == 0
     report = inspect(lab, pod)
     assert _flow(report, 2)["status"] == "drift" and _flow(report, 2)["legs"][0]["rules"] == ["OUTPUT:1"]
     assert any(d["foreign"] for d in report["diff"])

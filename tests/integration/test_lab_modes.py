@@ -165,19 +165,8 @@ def _counters(text: str) -> dict[str, int]:
     return parse_counters(text)
 
 
-def _envoy_ports(before: dict[str, int], after: dict[str, int]) -> Counter[int]:
-    """Listener totals that moved, as Envoy ports (a per-service listener counts as virtualOutbound's)."""
-    moved: Counter[int] = Counter()
-    for name, value in after.items():
-        delta = value - before.get(name, 0)
-        address, _, port = name.rpartition("_")
-        if delta > 0 and port.isdigit():  # not `admin`: the admin port is not a listener
-            moved[int(port) if address in ("0.0.0.0", "[::]", "::") else 15001] += delta
-    return moved
-
-
 def observe(lab: Lab, pod, probe: Probe) -> Observation:
-    from podnat.lab.probe import connect, dns_query, first_packets, listener_connections
+    from podnat.lab.probe import connect, dns_query, envoy_ports_moved, first_packets, listener_connections
 
     stats_before = listener_connections(pod.netns)
     before = {family: _counters(text) for family, text in _tables(lab, pod).items()}
@@ -200,7 +189,7 @@ def observe(lab: Lab, pod, probe: Probe) -> Observation:
     counted = {family: Counter({ref: after[family][ref] - before[family].get(ref, 0) for ref in after[family]
                                 if after[family][ref] > before[family].get(ref, 0)}) for family in after}
     traced = [(packet.family, ref) for packet in packets for ref in packet.rules]
-    return Observation(answered, detail, traced, counted, _envoy_ports(stats_before, stats_after))
+    return Observation(answered, detail, traced, counted, envoy_ports_moved(stats_before, stats_after))
 
 
 def _leg_family(leg) -> int:

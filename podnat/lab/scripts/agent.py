@@ -8,8 +8,10 @@ import struct
 import sys
 import threading
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from labhttp import LabServer
 
 DNS, IPV6 = "dns" in sys.argv[1:], "ipv6" in sys.argv[1:]
 
@@ -31,19 +33,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         sys.stderr.write(format % args + "\n")
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    address_family = socket.AF_INET6 if IPV6 else socket.AF_INET
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind asks DNS for the bind address's name (socket.getfqdn); in a lab pod
-        # nothing answers the nameserver, which held every app's start for ~20 s.
-        if IPV6:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 clients too
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "localhost", self.server_address[1]
 
 
 # --- the DNS proxy (15053) ---------------------------------------------------------------------------
@@ -107,4 +96,4 @@ if DNS:
         tcp = type("DnsTcpServer", (DnsTcp,), {"address_family": family})((host, 15053), DnsTcpHandler)
         threading.Thread(target=tcp.serve_forever, daemon=True).start()
 
-Server(("::" if IPV6 else "0.0.0.0", 15020), Handler).serve_forever()
+LabServer(("::" if IPV6 else "0.0.0.0", 15020), Handler).serve_forever()

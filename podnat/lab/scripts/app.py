@@ -6,11 +6,11 @@ With a fifth argument `ipv6` (dual-stack pods) it listens on IPv6 too.
 """
 
 import json
-import socket
-import socketserver
 import sys
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from labhttp import LabServer
 
 ROLE, VERSION, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
 IPV6 = sys.argv[4:5] == ["ipv6"]
@@ -45,17 +45,4 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write(f"{self.client_address[0]} {format % args}\n")
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    address_family = socket.AF_INET6 if IPV6 else socket.AF_INET
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind asks DNS for the bind address's name (socket.getfqdn); in a lab pod
-        # nothing answers the nameserver, which held every app's start for ~20 s.
-        if IPV6:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 clients too
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "localhost", self.server_address[1]
-
-
-Server(("::" if IPV6 else "0.0.0.0", PORT), Handler).serve_forever()
+LabServer(("::" if IPV6 else "0.0.0.0", PORT), Handler).serve_forever()
