@@ -102,18 +102,46 @@ def read_text(path: Path | str, what: str = "file") -> str:
 
 
 def load_ruleset(path: Path | str) -> Any:
-    """iptables-save / ip6tables-save output, `nft list ruleset` text or `nft -j list ruleset` JSON."""
-    from podnat.netfilter.nft import detect_and_parse
+    """A saved table in any form podnat reads (podnat.istio.inputs), without what was said about it."""
+    return load_input(path)[0]
+
+
+def load_input(path: Path | str) -> tuple[Any, Any]:
+    """The table in `path` and what podnat recognised it as (InputInfo: its form, notes, and for a log
+    whether the rules were installed at all)."""
+    from podnat.istio.inputs import InputError, read_input
     from podnat.netfilter.parse import ParseError
 
     text = read_text(path)
     try:
-        ruleset = detect_and_parse(text)
-    except ParseError as exc:
+        ruleset, info = read_input(text)
+    except (ParseError, InputError) as exc:
         raise BadInput(f"cannot read {path}: {exc}") from None
-    if not ruleset.tables:
+    if not ruleset.tables and info.failed is None:
         raise BadInput(f"{path} holds no table: pass the output of iptables-save or nft list ruleset")
-    return ruleset
+    return ruleset, info
+
+
+def input_data(info: Any) -> dict[str, Any]:
+    """The `input` object of `-o json`: which form podnat read, and what it skipped or assumed."""
+    return {"format": info.format, "notes": list(info.notes)}
+
+
+def never_installed(info: Any) -> Any:
+    """The error finding for a log that shows the restore failed: no capture, every flow past Envoy."""
+    from podnat.istio.explain import Finding
+
+    return Finding("error", f"capture was never installed: the {info.format} shows the rules failed to load "
+                   f"({info.failed}), so the pod has no Istio rules and every flow goes straight past Envoy; fix "
+                   "what the log names (a missing kernel module, a missing capability, a bad rule) and restart the pod")
+
+
+def _input_notes(info: Any, output: Any) -> None:
+    """What podnat skipped or assumed to read the input, on stderr (the data carries it in `input`)."""
+    if output in (Output.table, Output.wide) and (info.notes or info.format != "iptables-save"):
+        from podnat.render.console import note
+
+        note(f"read as {info.format}" + "".join(f"; {n}" for n in info.notes))
 
 
 def load_listeners(path: Path | None) -> Any:
@@ -136,19 +164,41 @@ def _endpoint(text: str, flag: str, default_port: int | None = None) -> Any:
         raise UsageError(f"{flag}: {exc}") from None
 
 
-def _offline_context(ruleset: Any, pod: Any, ports: tuple[int, ...], proxy_uid: int | None,
-                     proxy_gid: int | None) -> Any:
-    """The flows' context for a saved table. A table that captures inbound with TPROXY is a TPROXY
-    pod's: its Envoy's inbound listener is transparent, marks its sockets with the TPROXY mark, and
-    runs as uid 0 / gid 1337 unless --proxy-uid/--proxy-gid say otherwise (FACTS.md)."""
+def _offline_context(
+    ruleset: Any, pod: Any, ports: tuple[int, ...], proxy_uid: int | None, proxy_gid: int | None,
+    intent: Any = None, intent_from: str = "args",
+) -> tuple[Any, dict[str, Any]]:
+    """The flows' context for a saved table, and the `context` object saying where each part came from.
+
+    The proxy identity: --proxy-uid/--proxy-gid, else the intent (--args, --pod-spec), else the uid/gid
+    the table's own owner rules exempt (podnat.istio.identity), else 1337. A table that captures inbound
+    with TPROXY is a TPROXY pod's: its Envoy's inbound listener is transparent, marks its sockets with
+    the TPROXY mark, and runs as uid 0 with the exempted gid (FACTS.md)."""
     from podnat.istio.flows import Identity, context_for
+    from podnat.istio.identity import DEFAULT_PROXY_ID, proxy_identity_in_table
     from podnat.istio.paths import tproxy_mark
 
     mark = tproxy_mark(ruleset)
-    uid = proxy_uid if proxy_uid is not None else (0 if mark is not None else 1337)
-    ctx = context_for(pod, family=ruleset.family.value, app_ports=ports,
-                      proxy=Identity(uid, 1337 if proxy_gid is None else proxy_gid))
-    return ctx if mark is None else ctx.replace(transparent_inbound=True, tproxy_mark=mark)
+    tproxy = mark is not None
+    if intent is not None:
+        uid, gid, where = intent.proxy_uid, intent.proxy_gid, intent_from
+    elif (found := proxy_identity_in_table(ruleset)) is not None:
+        gid = found.gid if found.gid is not None else found.uid
+        uid = 0 if tproxy else (found.uid if found.uid is not None else found.gid)
+        where = f"table {found.ref}"
+    else:
+        uid, gid, where = (0 if tproxy else DEFAULT_PROXY_ID), DEFAULT_PROXY_ID, "default"
+    if proxy_uid is not None or proxy_gid is not None:
+        uid = proxy_uid if proxy_uid is not None else uid
+        gid = proxy_gid if proxy_gid is not None else gid
+        where = "flag"
+    ctx = context_for(pod, family=ruleset.family.value, app_ports=ports, proxy=Identity(uid, gid))
+    if tproxy:
+        ctx = ctx.replace(transparent_inbound=True, tproxy_mark=mark)
+    release = intent.version if intent is not None else None
+    context = {"pod_ip": str(ctx.pod_ip), "proxy_uid": uid, "proxy_gid": gid, "proxy_identity_from": where,
+               "mode": "sidecar", "release": release, "release_from": intent_from if release else None}
+    return ctx, context
 
 
 def _address(text: str, flag: str) -> Any:
@@ -193,11 +243,12 @@ def trace(
         from podnat.istio.flows import Actor, FlowSpec, FlowType, Identity
         from podnat.istio.paths import Outcome, trace_flow
 
-        ruleset = load_ruleset(nat_file)
+        ruleset, info = load_input(nat_file)
         pod = _address(pod_ip, "--pod-ip")
         destination = _endpoint(to, "--to")
         ports = tuple(app_port or (destination.port,))
-        ctx = _offline_context(ruleset, pod, ports, proxy_uid, proxy_gid)
+        ctx, context = _offline_context(ruleset, pod, ports, proxy_uid, proxy_gid)
+        _input_notes(info, output)
         if endpoint:
             ctx = ctx.with_endpoint(destination, _endpoint(endpoint, "--endpoint", destination.port))
         actor = Actor(from_.value)
@@ -211,14 +262,21 @@ def trace(
         result = trace_flow(ruleset, spec, ctx, load_listeners(listeners))
         if output in (Output.json, Output.yaml):
             from podnat.render.console import print_data
-            from podnat.render.data import trace_data
+            from podnat.render.data import finding_data, trace_data
 
-            print_data(trace_data(result, ruleset), output.value)
+            data = trace_data(result, ruleset)
+            if info.failed is not None:
+                data["findings"] = [finding_data(never_installed(info))]
+            print_data({**data, "input": input_data(info), "context": context}, output.value)
         else:
             from podnat.render.console import print_trace
 
             print_trace(result, ruleset)
-        broken = result.outcome in (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED)
+            if info.failed is not None:
+                from podnat.render.console import error as print_error
+
+                print_error(never_installed(info).message)
+        broken = result.outcome in (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED) or info.failed is not None
         raise typer.Exit(int(ExitCode.DRIFT if broken else ExitCode.OK))
     except PodnatError as exc:
         fail(exc)
@@ -259,19 +317,14 @@ def explain(
     try:
         from podnat.istio.explain import explain as run_explain
 
-        ruleset = load_ruleset(file)
+        ruleset, info = load_input(file)
+        _input_notes(info, output)
         pod = _address(pod_ip, "--pod-ip") if pod_ip else None
-        ctx = _offline_context(ruleset, pod, (app_port,), proxy_uid, proxy_gid)
-        if remote:
-            ctx = ctx.replace(remote=_endpoint(remote, "--remote", app_port))
-        if service_vip:
-            ctx = ctx.replace(service=_endpoint(service_vip, "--service-vip", app_port))
-        if istiod:
-            ctx = ctx.replace(istiod=_endpoint(istiod, "--istiod", 15012))
         expected = None
         dns_requested = False
+        intent = None
         if args is not None or pod_spec is not None:
-            from podnat.intent import expected_ruleset
+            from podnat.intent import offline_intent
             from podnat.istio.explain import captured_nameservers, dns_capture_requested
 
             for address in nameserver or ():
@@ -280,10 +333,28 @@ def explain(
             dns_requested = dns_capture_requested(args, pod_object)
             # Without --nameserver: the resolvers the table redirects are the ones istio-init found.
             nameservers = tuple(nameserver or ()) or (captured_nameservers(ruleset) if dns_requested else ())
-            expected = expected_ruleset(ruleset.family, args=args, version=istio_version, pod=pod_object,
-                                        nameservers=nameservers)
+            intent = offline_intent(ruleset.family, args=args, version=istio_version, pod=pod_object,
+                                    nameservers=nameservers)
+            expected = intent.expected(ruleset.family)
+            if expected is None:
+                raise UsageError(f"the configuration installs no {ruleset.family.value} rules (is IPv6 enabled?)")
+        where = "pod spec" if pod_spec is not None else "args"
+        ctx, context = _offline_context(ruleset, pod, (app_port,), proxy_uid, proxy_gid, intent, where)
+        if intent is not None:
+            context["release_from"] = ("pod spec (proxy image)" if pod_spec is not None else
+                                       "flag (--istio-version)" if istio_version else "default (newest release)")
+        if remote:
+            ctx = ctx.replace(remote=_endpoint(remote, "--remote", app_port))
+        if service_vip:
+            ctx = ctx.replace(service=_endpoint(service_vip, "--service-vip", app_port))
+        if istiod:
+            ctx = ctx.replace(istiod=_endpoint(istiod, "--istiod", 15012))
         result = run_explain(ruleset, ctx, load_listeners(listeners), expected=expected,
                              dns_requested=dns_requested)
+        if info.failed is not None:
+            from dataclasses import replace
+
+            result = replace(result, findings=(never_installed(info), *result.findings))
         if diagram is not None:
             from podnat.render.svg import diagram_svg
 
@@ -296,12 +367,13 @@ def explain(
             from podnat.render.console import print_data
             from podnat.render.data import explanation_data
 
-            print_data(explanation_data(result, ruleset), output.value)
+            print_data({**explanation_data(result, ruleset), "input": input_data(info), "context": context},
+                       output.value)
         else:
             from podnat.render.console import print_explanation
 
             print_explanation(result, ruleset, wide=output is Output.wide)
-        raise typer.Exit(int(ExitCode.DRIFT if result.failed else ExitCode.OK))
+        raise typer.Exit(int(ExitCode.DRIFT if result.failed or info.failed is not None else ExitCode.OK))
     except PodnatError as exc:
         fail(exc)
 

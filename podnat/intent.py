@@ -69,6 +69,21 @@ def expected_ruleset(
     nameservers: Sequence[str] = (),
 ) -> Ruleset:
     """For `podnat explain --args ... | --pod-spec ...`: the expected rules of one family."""
+    intent = offline_intent(family, args, version, pod, nameservers)
+    expected = intent.expected(family)
+    if expected is None:
+        raise UsageError(f"the configuration installs no {family.value} rules (is IPv6 enabled?)")
+    return expected
+
+
+def offline_intent(
+    family: Family,
+    args: str | None = None,
+    version: str | None = None,
+    pod: Mapping[str, Any] | None = None,
+    nameservers: Sequence[str] = (),
+) -> PodIntent:
+    """For `podnat explain --args ... | --pod-spec ...`: the sidecar intent (expected rules, proxy identity)."""
     from podnat.istio.config import NEWEST_SUPPORTED, InterceptionConfig, IstioRelease
 
     if pod is not None:
@@ -86,10 +101,7 @@ def expected_ruleset(
         intent = _intent(config, {}, "istio-init arguments given with --args")
     if intent.mesh != "sidecar":
         raise UsageError(f"no expected rules: {intent.label}")
-    expected = intent.expected(family)
-    if expected is None:
-        raise UsageError(f"the configuration installs no {family.value} rules (is IPv6 enabled?)")
-    return expected
+    return intent
 
 
 @functools.lru_cache(maxsize=64)

@@ -310,7 +310,11 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
             current = None
             continue
         if current is None:
-            raise ParseError(number, raw, "not iptables-save output (expected *table, :chain, -A rule or COMMIT)")
+            if line.startswith(("-A ", "-I ", "-N ", "[", ":")):
+                what = "chain declaration" if line.startswith((":", "-N ")) else "rule"
+                raise ParseError(number, raw, f"{what} before any table header (*nat)")
+            raise ParseError(number, raw, "not iptables-save output (a table starts with a line like *nat, "
+                             "its chains with :CHAIN, its rules with -A; it ends with COMMIT)")
         if line.startswith(":"):
             m = _CHAIN_LINE.match(line)
             if not m:
@@ -362,7 +366,7 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
             continue
         raise ParseError(number, raw, f"unknown command {verb}")
     if current is not None:
-        raise ParseError(number, f"*{current.name}", f"table {current.name} has no COMMIT (truncated?)")
+        raise ParseError(number, f"*{current.name}", f"the {current.name} table has no COMMIT: the paste is cut")
     tables.extend(_build_table(builder, seen) for builder in commands.values())
     ruleset_tables: dict[str, Table] = {}
     for table in tables:

@@ -1,0 +1,358 @@
+"""What a user pasted: recognise its form by content (never by file name), read it, say which it was.
+
+Pure: text in, (Ruleset, InputInfo) out. The lossless forms are read in full:
+
+- `iptables-save` / `ip6tables-save` (and restore input, and `iptables -t T -A ...` command lines),
+  with the stray lines a paste carries skipped and noted (kubectl's `Defaulting debug container
+  name ...` / `Defaulted container ...`, shell prompts and the commands typed at them);
+- `iptables -S` / `iptables -t T -S` (with `-v`/`-c` counters), one table or several in a row;
+- Istio's logs: istio-init (every release), istio-cni-node, a VM's `istio-start.sh` output with or
+  without journald prefixes; the rules the log shows were installed (podnat.istio.initlog), or, when
+  the log shows the restore failed, no rules at all (`InputInfo.failed` says why);
+- a nat body whose `*nat` line was cut (it declares its chains): read as nat, with a note;
+- nftables: `nft list ruleset` text and `nft -j list ruleset` JSON (podnat.netfilter.nft).
+
+Refused, each with a one-line reason and what to run instead: `iptables -L` listings (they drop
+interfaces and more), bare `-A` lines with no table or chain declarations (a grep, a fragment).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from podnat.netfilter.model import BUILTIN_CHAINS, Family, Ruleset
+from podnat.netfilter.nft import detect_and_parse, looks_like_nft
+from podnat.netfilter.parse import ParseError
+
+SAVE = "iptables-save"
+LIST_S = "iptables -S"
+RESTORE = "iptables-restore input"
+COMMANDS = "iptables commands"
+NFT_TEXT = "nft list ruleset"
+NFT_JSON = "nft -j list ruleset"
+INIT_LOG = "istio-init log"
+CNI_LOG = "istio-cni log"
+VM_LOG = "istio-start log"
+APPLIED_AT_START = "from a log: applied at start, not necessarily live"
+
+
+class InputError(ValueError):
+    """An input podnat refuses, with the one-line reason (and the line, when one is to blame)."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(f"line {line}: {message}" if line else message)
+        self.message = message
+        self.line = line
+
+
+@dataclass(frozen=True, slots=True)
+class InputInfo:
+    """Which form the input was, what was skipped or assumed to read it, and (for a log) whether the
+    rules were installed at all."""
+
+    format: str
+    notes: tuple[str, ...] = ()
+    failed: str | None = None  # a log that shows the restore failed: capture was never installed
+    from_log: bool = False
+
+
+# --- stray lines -----------------------------------------------------------------------------------
+
+_KUBECTL = re.compile(
+    r"^(?:Defaulting debug container name|Defaulted container|If you don't see a command prompt"
+    r"|Unable to use a TTY|command terminated with exit code|Targeting container|Use 'kubectl describe pod"
+    r"|Warning: Use tokens from the TokenRequest API)"
+)
+# A shell prompt with (or without) the command typed at it: `$ kubectl ...`, `root@pod:/# iptables-save`,
+# `[root@node ~]# ...`, `bash-5.1# ...`, `/ # ...`; and bare commands that print a table.
+_PROMPT = re.compile(
+    r"^(?:\$|%|>|(?:\([\w.-]+\)\s*)?[\w.-]+@[\w.-]+(?::\S*)?\s?[#$%]|\[[^\]\s]+@[^\]]+\][#$]|[\w.-]+-\d[\d.]*[#$]"
+    r"|/\s#|~\s?[#$])(?:\s+(?P<command>\S.*))?$"
+)
+_COMMAND_WORDS = re.compile(
+    r"^(?:sudo\s+)?(?:kubectl|oc|nsenter|docker|crictl|nerdctl|ip6?tables-(?:legacy-|nft-)?save|istioctl"
+    r"|ip6?tables(?:-legacy|-nft)?\s+(?:-\S+\s+)*?(?:-S|--list-rules|-L|--list|-[nvx]*L[nvx]*)\b)"
+)
+_TABLE_IN_COMMAND = re.compile(r"(?:^|\s)(?:-t|--table)[\s=]?(\w+)")
+
+
+def _stray(line: str) -> tuple[str, str | None] | None:
+    """(what the line is, the command typed) for a line a paste carries that is not part of the table."""
+    if _KUBECTL.match(line):
+        return "kubectl's message", None
+    if line[:1] in "-:*" or re.match(r"^\[\d+:\d+\]", line) or line == "COMMIT":
+        return None
+    m = _PROMPT.match(line)
+    if m:
+        return "shell prompt", m.group("command")
+    if _COMMAND_WORDS.match(line):
+        return "command line", line
+    return None
+
+
+def _quote(line: str) -> str:
+    return line if len(line) <= 80 else line[:77] + "..."
+
+
+# --- logs ------------------------------------------------------------------------------------------
+
+_LOG_MARKERS = re.compile(
+    r"Writing following contents to rules file|Running ip6?tables-restore with the following input"
+    r"|Running iptables restore with:|Final iptables state \(IPv[46]\)|Running command(?: \(without lock\))?:"
+    r"|nftables rules programmed:|=+ Start iptables configuration for|istio-iptables|istio-start\.sh"
+    r"|^Variables:\s*$|^Environment:\s*$|^-{5,}\s*$"
+)
+_LOG_RECORD = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?\s+(?:info|warn|error|debug)\s")
+# journald: `Dec 05 10:00:00 host istio-start.sh[123]: ...` (or an ISO timestamp, `-o short-iso`)
+_JOURNALD = re.compile(
+    r"^(?:[A-Z][a-z]{2}\s+\d{1,2}\s+\d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
+    r"\s+\S+\s+[\w.@/-]+(?:\[\d+\])?:\s?"
+)
+_FAILED = re.compile(
+    r"unable to initialize table|iptables-restore(?:-legacy|-nft)?: line \d+ failed|Failed to execute: "
+    r"(?:ip6?tables|nft)|(?:ip6?tables|nft)\S*-restore\S*.*exit status [1-9]|exit status [1-9].*restore"
+    r"|failed to (?:apply|program) (?:ip6?tables|nftables|rules)|iptables-restore: .*(?:failed|Could not)",
+    re.IGNORECASE,
+)
+_CNI_START = re.compile(r"=+ Start iptables configuration for (?:[\w.-]+/)?([\w.-]+) =*\s*$")
+
+
+def _is_log(lines: list[str]) -> bool:
+    return any((_LOG_MARKERS.search(line) and not re.match(r"^(?:-[AINP] |:|\*|\[\d)", line)) or _LOG_RECORD.match(line)
+               for line in lines)
+
+
+def _read_log(lines: list[str], notes: list[str]) -> tuple[str, InputInfo]:
+    from podnat.istio.initlog import InitLogError, LogOrigin, RulesKind, extract_cni_block, parse_initlog
+
+    vm = any("istio-start" in line for line in lines)
+    journald = sum(1 for line in lines if _JOURNALD.match(line))
+    if journald:
+        lines = [_JOURNALD.sub("", line, count=1) for line in lines]
+        notes.append(f"journald prefixes removed from {journald} lines")
+    # `set -x` traces of the shell scripts before 1.5 (`+ iptables -t nat -A ...`)
+    lines = [re.sub(r"^\++ (?=ip6?tables)", "", line) for line in lines]
+    text = "\n".join(lines) + "\n"
+    form = VM_LOG if vm else INIT_LOG
+    cni = [m.group(1) for line in lines if (m := _CNI_START.search(line))]
+    failure = next((n for n, line in enumerate(lines, 1) if _FAILED.search(line)), None)
+    try:
+        if cni:
+            block, first = extract_cni_block(text, cni[-1])
+            rules = parse_initlog(block, origin=LogOrigin.ISTIO_CNI, first_line=first)
+            form = CNI_LOG
+            notes.append(f"the last pod the log configures: {cni[-1]}")
+        else:
+            rules = parse_initlog(text)
+    except InitLogError as exc:
+        if failure is not None:
+            return "", _failed(form, notes, lines[failure - 1], failure)
+        raise InputError(f"an Istio log, but {exc.message}", exc.line) from None
+    if failure is not None and (rules.kind is RulesKind.RESTORE_INPUT or failure > rules.line):
+        # the restore ran and failed (no dump after it, or the failure came after the dump)
+        return "", _failed(form, notes, lines[failure - 1], failure)
+    what = ("the last complete iptables-save dump it logged" if rules.kind is RulesKind.SAVE_DUMP
+            else "the nft rules it programmed" if rules.kind is RulesKind.NFT
+            else "the restore input it logged (no iptables-save dump after it)")
+    notes.append(f"{APPLIED_AT_START}: {what}, from line {rules.line} (Istio {rules.log_format.value} log format)")
+    chosen = rules.v4 or rules.nft or ""
+    if rules.v4 and rules.v6:
+        notes.append("the log has IPv6 rules too; podnat reads the IPv4 ones")
+    return chosen, InputInfo(form, tuple(notes), None, True)
+
+
+def _failed(form: str, notes: list[str], line: str, number: int) -> InputInfo:
+    reason = f"line {number}: {_quote(_LOG_RECORD.sub('', line.strip()).strip())}"
+    notes.append(f"{APPLIED_AT_START}: the log shows the rules were not installed ({reason})")
+    return InputInfo(form, tuple(notes), reason, True)
+
+
+# --- iptables -L -----------------------------------------------------------------------------------
+
+_LISTING = re.compile(r"^Chain \S+ \((?:policy \w+|\d+ references?)")
+_LISTING_VERBOSE = re.compile(r"^\s*pkts\s+bytes\s+target\s+prot\s+opt\s+in\s+out\s+source")
+
+
+def _refuse_listing(lines: list[str], table: str | None) -> None:
+    first = next(n for n, line in enumerate(lines, 1) if _LISTING.match(line.strip()))
+    t = table or "nat"
+    verbose = any(_LISTING_VERBOSE.match(line) for line in lines)
+    lost = ("it abbreviates matches and targets (`owner UID match`, `redir ports`), which podnat cannot read back "
+            "faithfully" if verbose else "it has lost the interfaces (`-i lo`, `-o lo`) and more, which decide "
+            "Istio's paths")
+    raise InputError(
+        f"this is an `iptables -L{' -v' if verbose else ''}` listing, not a table podnat can read: {lost}; "
+        f"run `iptables-save -t {t}` (or `iptables -t {t} -S`) in the pod instead", first)
+
+
+# --- iptables -S and headerless bodies -------------------------------------------------------------
+
+_S_LINE = re.compile(r"^-(?:P|N|A|I)\s")
+
+
+def _infer_table(lines: list[str], declared: list[str], hint: str | None) -> str | None:
+    if hint:
+        return hint
+    builtins = {name for name in declared if name.isupper() and any(name in c for c in BUILTIN_CHAINS.values())}
+    for table in ("nat", "mangle", "raw", "filter"):
+        if builtins and builtins == set(BUILTIN_CHAINS[table]):
+            return table
+    text = "\n".join(lines)
+    for table, targets in (("nat", r"REDIRECT|DNAT|SNAT|MASQUERADE"), ("mangle", r"TPROXY|MARK|CONNMARK"),
+                           ("raw", r"-j CT\b|NOTRACK")):
+        if re.search(rf"-j (?:{targets})\b", text):
+            return table
+    if builtins:
+        candidates = [t for t in ("nat", "mangle", "raw", "filter") if builtins <= set(BUILTIN_CHAINS[t])]
+        if len(candidates) == 1:
+            return candidates[0]
+        if "INPUT" in builtins and "PREROUTING" not in builtins and "POSTROUTING" not in builtins:
+            return "filter"
+        return candidates[0] if candidates else None
+    return None
+
+
+def _from_list_rules(lines: list[str], table_hint: str | None) -> tuple[list[str], list[int], list[str]]:
+    """`iptables [-t T] -S` output (one table or several in a row) as iptables-save text, with each new
+    line's number in the input, and notes."""
+    blocks: list[list[int]] = []
+    previous = ""
+    for n, line in enumerate(lines):
+        word = line.split(None, 1)[0] if line.strip() else ""
+        if word not in ("-P", "-N", "-A", "-I"):
+            continue
+        if not blocks or (word == "-P" and previous not in ("-P", "")):
+            blocks.append([])
+        blocks[-1].append(n)
+        previous = word
+    out: list[str] = []
+    numbers: list[int] = []
+    notes: list[str] = []
+    hints = [table_hint] if len(blocks) == 1 else [None] * len(blocks)
+    for block, hint in zip(blocks, hints, strict=True):
+        body = [lines[n] for n in block]
+        declared = [line.split()[1] for line in body if line.split()[0] in ("-P", "-N") and len(line.split()) > 1]
+        table = _infer_table(body, declared, hint)
+        if table is None:
+            raise InputError("`iptables -S` output, but podnat cannot tell which table it is: run "
+                             "`iptables -t nat -S` and include the command line in the paste", block[0] + 1)
+        out.append(f"*{table}")
+        numbers.append(block[0] + 1)
+        for n in block:
+            words = lines[n].split()
+            if words[0] == "-P":
+                counters = ""
+                if len(words) >= 6 and words[3] in ("-c", "--set-counters"):
+                    counters = f" [{words[4]}:{words[5]}]"
+                if len(words) < 3:
+                    raise InputError("-P needs a chain and a policy", n + 1)
+                out.append(f":{words[1]} {words[2]}{counters}")
+            elif words[0] == "-N":
+                out.append(f":{words[1]} - [0:0]" if len(words) == 2 else lines[n])
+            else:
+                out.append(_counted(lines[n]))
+            numbers.append(n + 1)
+        out.append("COMMIT")
+        numbers.append(block[-1] + 1)
+        notes.append(f"read as the {table} table" + ("" if hint else " (from its chains and targets)"))
+    return out, numbers, notes
+
+
+_RULE_COUNTERS = re.compile(r"\s(?:-c|--set-counters) (\d+) (\d+)(?=\s|$)")
+
+
+def _counted(line: str) -> str:
+    """`-A ... -c P B ...` (`iptables -S -v`) as iptables-save prints it: `[P:B] -A ...`."""
+    m = _RULE_COUNTERS.search(line)
+    return f"[{m.group(1)}:{m.group(2)}] {line[:m.start()]}{line[m.end():]}" if m else line
+
+
+def _headerless(lines: list[str], table_hint: str | None) -> tuple[list[str], list[int], str]:
+    """A table body whose `*table` line was cut, but which declares its chains."""
+    first_decl = next(n for n, line in enumerate(lines) if line.startswith(":"))
+    declared = [line[1:].split()[0] for line in lines if line.startswith(":") and len(line) > 1]
+    table = _infer_table([line for line in lines if line.startswith("-")], declared, table_hint)
+    if table is None:
+        raise InputError(f"rule before any table header (*nat): the paste declares chains "
+                         f"({', '.join(declared[:4])}) podnat cannot place in a table; paste the whole output of "
+                         "`iptables-save -t nat`", first_decl + 1)
+    out = [*lines[:first_decl], f"*{table}", *lines[first_decl:]]
+    numbers = [*range(1, first_decl + 1), first_decl + 1, *range(first_decl + 1, len(lines) + 1)]
+    if not any(line.strip() == "COMMIT" for line in lines):
+        raise InputError(f"the {table} table has no COMMIT: the paste is cut (its `*{table}` line is missing too); "
+                         f"paste the whole output of `iptables-save -t {table}`", len(lines))
+    return out, numbers, f"no `*{table}` line (the top of the paste was cut): read as the {table} table from its " \
+                         "chain declarations"
+
+
+# --- the entry point -------------------------------------------------------------------------------
+
+
+def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputInfo]:
+    """Recognise `text`'s form, read its rules. Raises InputError or ParseError (line numbers are the
+    input's own) for what podnat refuses."""
+    if text.lstrip().startswith("{"):
+        return detect_and_parse(text, family), InputInfo(NFT_JSON)
+    raw_lines = text.splitlines()
+    notes: list[str] = []
+    lines: list[str] = []
+    table_hint: str | None = None
+    for n, raw in enumerate(raw_lines, 1):
+        stray = _stray(raw.strip())
+        if stray is None:
+            lines.append(raw)
+            continue
+        kind, command = stray
+        notes.append(f"line {n}: {kind} skipped: {_quote(raw.strip())}")
+        if command and (m := _TABLE_IN_COMMAND.search(command)):
+            table_hint = m.group(1)
+        lines.append("")  # keep the line numbers the user sees
+    stripped = [line.strip() for line in lines]
+    if _is_log(stripped):
+        body, info = _read_log(lines, notes)
+        if info.failed is not None:
+            return Ruleset(Family.IPV4 if family is None else family, {}), info
+        if not body.strip():
+            raise InputError("an Istio log with no rules in it")
+        try:
+            ruleset = detect_and_parse(body, family)
+        except ParseError as exc:
+            raise InputError(f"the rules in the log cannot be read: {exc}") from None
+        return ruleset, info
+    if any(_LISTING.match(line) for line in stripped):
+        _refuse_listing(stripped, table_hint)
+    cleaned = "\n".join(lines) + ("\n" if text.endswith("\n") else "")
+    if looks_like_nft(cleaned):
+        return detect_and_parse(cleaned, family), InputInfo(NFT_TEXT, tuple(notes))
+    has_header = any(line.startswith("*") for line in stripped)
+    if not has_header and any(line.startswith(("-P ", "-N ")) for line in stripped):
+        out, numbers, more = _from_list_rules(stripped, table_hint)
+        return _parse_mapped(out, numbers, family), InputInfo(LIST_S, tuple(notes + more))
+    if not has_header and any(line.startswith(":") for line in stripped):
+        out, numbers, note = _headerless(stripped, table_hint)
+        return _parse_mapped(out, numbers, family), InputInfo(SAVE, (*notes, note))
+    if not has_header:
+        first_rule = next((n for n, line in enumerate(stripped, 1) if _S_LINE.match(line)), None)
+        if first_rule is not None:
+            raise InputError(
+                "rule before any table header (*nat): bare -A lines with no table header and no chain "
+                "declarations (a grep or a fragment) do not say which chains exist or what else is in the "
+                "table; paste the whole output of `iptables-save -t nat` (or `iptables -t nat -S`)", first_rule)
+    ruleset = detect_and_parse(cleaned, family)
+    form = SAVE
+    if ruleset.generator is None and any(line.startswith(("iptables ", "ip6tables ")) for line in stripped):
+        form = COMMANDS
+    elif any(re.match(r"^-(?:N|I)\s", line) for line in stripped):
+        form = RESTORE
+    return ruleset, InputInfo(form, tuple(notes))
+
+
+def _parse_mapped(out: list[str], numbers: list[int], family: Family | None) -> Ruleset:
+    """Parse generated save text, reporting errors at the input's own line numbers."""
+    try:
+        return detect_and_parse("\n".join(out) + "\n", family)
+    except ParseError as exc:
+        line = numbers[exc.line - 1] if 0 < exc.line <= len(numbers) else exc.line
+        raise ParseError(line, exc.text, exc.message) from None

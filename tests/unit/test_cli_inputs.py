@@ -1,0 +1,69 @@
+"""`podnat explain`/`trace` on what users paste: the `input` and `context` objects, exit codes, one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+DEFAULT = (DATA / "default.v4.iptables-save").read_text()
+
+
+def podnat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "podnat", *args], input=stdin, capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+
+
+def test_explain_json_says_the_form_and_where_the_identity_came_from():
+    table = DEFAULT.replace("--uid-owner 1337", "--uid-owner 201507").replace("--gid-owner 1337", "--gid-owner 201507")
+    result = podnat("explain", "-", "-o", "json", stdin="Defaulted container \"istio-proxy\" out of: a, b\n" + table)
+    assert result.returncode == 0, result.stderr  # Envoy as 201507: no loop
+    data = json.loads(result.stdout)
+    assert data["input"]["format"] == "iptables-save"
+    assert data["input"]["notes"][0].startswith("line 1: kubectl's message skipped")
+    assert data["context"] == {"pod_ip": "10.99.0.2", "proxy_uid": 201507, "proxy_gid": 201507,
+                               "proxy_identity_from": "table ISTIO_OUTPUT:4", "mode": "sidecar",
+                               "release": None, "release_from": None}
+    assert all(flow["outcome"] == "delivered" for flow in data["flows"])
+
+
+def test_flags_and_args_win_over_the_table():
+    flag = json.loads(podnat("explain", "-", "-o", "json", "--proxy-uid", "1337", stdin=DEFAULT).stdout)
+    assert flag["context"]["proxy_identity_from"] == "flag"
+    args = json.loads(podnat("explain", "-", "-o", "json", "--args", "istio-iptables -p 15001 -z 15006 -u 1337 "
+                             "-m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020", stdin=DEFAULT).stdout)
+    assert args["context"]["proxy_identity_from"] == "args"
+    assert args["context"]["release"] and args["context"]["release_from"] == "default (newest release)"
+
+
+def test_trace_json_has_input_and_context():
+    result = podnat("trace", "--nat-file", "-", "--pod-ip", "10.99.0.2", "--from", "app", "--to", "10.99.0.1:9080",
+                    "-o", "json", stdin=DEFAULT)
+    data = json.loads(result.stdout)
+    assert data["input"] == {"format": "iptables-save", "notes": []}
+    assert data["context"]["proxy_identity_from"] == "table ISTIO_OUTPUT:4"
+
+
+def test_failed_restore_log_is_an_error_finding_and_exit_1():
+    log = ("2024-05-01T10:00:00.000000Z\tinfo\tRunning iptables-restore with the following input:\n"
+           "*nat\n-N ISTIO_REDIRECT\nCOMMIT\n"
+           "2024-05-01T10:00:00.100000Z\terror\tFailed to execute: iptables-restore --noflush, exit status 1\n")
+    result = podnat("explain", "-", "-o", "json", stdin=log)
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    assert data["findings"][0]["severity"] == "error"
+    assert data["findings"][0]["message"].startswith("capture was never installed")
+    # only Prometheus, which scrapes Envoy's own port, meets Envoy
+    assert all(flow["envoy_ports"] == [] for flow in data["flows"] if flow["type"] != 3)
+    assert "line 5: Failed to execute: iptables-restore" in data["findings"][0]["message"]
+
+
+def test_listing_refused_in_one_line_exit_4():
+    result = podnat("explain", "-", stdin="Chain PREROUTING (policy ACCEPT)\ntarget prot opt source destination\n")
+    assert result.returncode == 4
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "`iptables -L` listing" in result.stderr and "iptables-save -t nat" in result.stderr
