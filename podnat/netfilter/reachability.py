@@ -1,7 +1,7 @@
 """Shadowed rules: rules no packet can reach, and the earlier rules that take their packets first.
 
 podnat builds representative packets from every address, port, interface, owner and mark the
-rules mention (plus one value none of them mention), keeps only what routing can produce (traffic to
+rules mention (plus one value none of them mention: e.g. root's uid, and a packet with no socket), keeps only what routing can produce (traffic to
 or from a loopback address leaves by `lo`), and walks each through the real traversal. A rule that
 some representative packet satisfies but that no walk reaches is shadowed by the rules where those
 walks ended. Exhaustive over the equivalence classes the rules define, so not a guess; skipped (and
@@ -174,6 +174,9 @@ class _PacketSpace:
                         marks.add(parse_mark(option.args[0])[0])
         self.ifaces, self.protos = sorted(ifaces), sorted(protos)
         self.dports, self.sports = sorted(dports, key=lambda p: p or 0), sorted(sports, key=lambda p: p or 0)
+        # Every identity a rule can see, not only the pod's app and proxy: one uid/gid that no rule names
+        # (root, unless a rule names it), and (below) a packet with no socket at all.
+        ids.add(0 if 0 not in ids else max(ids) + 1)
         self.ids, self.marks = sorted(ids), sorted(marks)
         # A run's distinct networks have distinct first addresses: a bound that already says "too
         # many" spares counting 100,000 addresses exactly.
@@ -192,7 +195,7 @@ class _PacketSpace:
     @property
     def _others(self) -> int:
         """How many choices everything but the addresses gives."""
-        identities = len(self.ids) ** 2 if self.local else 1
+        identities = len(self.ids) ** 2 + 1 if self.local else 1
         return len(self.ifaces) * len(self.protos) * len(self.dports) * len(self.sports) * identities * len(self.marks)
 
     @property
@@ -204,7 +207,7 @@ class _PacketSpace:
 
     def packets(self) -> Iterator[Packet]:
         identities: list[tuple[int | None, int | None]] = (
-            list(itertools.product(self.ids, self.ids)) if self.local else [(None, None)]
+            [*itertools.product(self.ids, self.ids), (None, None)] if self.local else [(None, None)]
         )
         srcs = sorted((to_address(v, a) for v, values in self._srcs.items() for a in values), key=str)
         dsts = sorted((to_address(v, a) for v, values in self._dsts.items() for a in values), key=str)

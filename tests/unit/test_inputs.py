@@ -179,3 +179,14 @@ def test_a_hand_written_negated_owner_rule_does_not_name_the_proxy():
                            "-A ISTIO_OUTPUT -m owner ! --uid-owner 1000 -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT")
     found = proxy_identity_in_table(read_input(text)[0])
     assert found is not None and found.uid == 1337
+
+
+def test_shadow_analysis_asks_every_identity():
+    """`! --uid-owner 1000 -j RETURN` is taken by every root-owned connection: reachable, not shadowed."""
+    from podnat.netfilter.reachability import shadowed_rules
+
+    text = DEFAULT.replace("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
+                           "-A ISTIO_OUTPUT -m owner ! --uid-owner 1000 -j RETURN\n"
+                           "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN")
+    shadowed = [s.rule.ref for s in shadowed_rules(read_input(text)[0]).shadowed]
+    assert shadowed == ["ISTIO_OUTPUT:5", "ISTIO_OUTPUT:6", "ISTIO_OUTPUT:9"]
