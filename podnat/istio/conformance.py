@@ -15,9 +15,10 @@ kernel's spelling, must equal the dump parsed, rule for rule per (family view, t
 same base chains; and `nft_listing` must be the dump's text.
 
 A `*.FAILED.txt` kernel load is a bad-input case (a group that does not exist on the loading host):
-noted, not a failure. Ambient goldens are listed as "ambient: not generated". Prints one line per
+noted, not a failure. Ambient goldens (cni-ambient-*: istio-cni's in-pod rules for ztunnel, and the
+node's probe rule) come from podnat.istio.ambient and count like the others. Prints one line per
 golden and "N of M iptables goldens reproduced; N of M nftables goldens reproduced"; exits 0 only
-when every non-ambient golden is reproduced.
+when every golden is reproduced.
 
 The default reference is $PODNAT_SHARED/istio-reference, else ../shared/istio-reference next to the
 repository. This is the one module of podnat.istio that reads files: `load_golden(path)` lives here.
@@ -37,7 +38,16 @@ from pathlib import Path
 from podnat.istio.config import InterceptionConfig
 from podnat.istio.generator import expected_rules
 from podnat.istio.generator_nft import listing_rule, nft_listing, nft_script
-from podnat.istio.goldens import CaseKind, Golden, GoldenCase, case_config, case_for, split_golden
+from podnat.istio.ambient import ambient_nft_script, ambient_restore, host_probe_nft_script, host_probe_restore
+from podnat.istio.goldens import (
+    CaseKind,
+    Golden,
+    GoldenCase,
+    ambient_case_config,
+    case_config,
+    case_for,
+    split_golden,
+)
 from podnat.istio.normalise import NormaliseError, normalise_restore
 from podnat.netfilter.model import BaseChain, Family, Ruleset
 from podnat.netfilter.nft import parse_nft
@@ -133,10 +143,10 @@ def check_golden(reference: Path, rel: str) -> GoldenResult:
     if case is None:
         return GoldenResult(rel, Verdict.NOT_REPRODUCED, "no configuration known for this golden")
     if case.kind is CaseKind.AMBIENT:
-        return GoldenResult(rel, Verdict.AMBIENT, case.note)
+        return _check_ambient_golden(reference, rel, case)
     config = case_config(case)
     if config is None:  # pragma: no cover - only ambient cases have none
-        return GoldenResult(rel, Verdict.AMBIENT, case.note)
+        return GoldenResult(rel, Verdict.NOT_REPRODUCED, "no configuration known for this golden")
     if case.kind is CaseKind.ISTIO_NFTABLES:
         return _check_nft_golden(reference, rel, case, config)
     golden = load_golden(reference / "goldens" / rel)
@@ -155,6 +165,27 @@ def check_golden(reference: Path, rel: str) -> GoldenResult:
     verdict = Verdict.NOT_REPRODUCED if reason else Verdict.REPRODUCED
     note = f" ({case.note})" if case.note and not reason else ""
     return GoldenResult(rel, verdict, reason + note, kernel)
+
+
+def _check_ambient_golden(reference: Path, rel: str, case: GoldenCase) -> GoldenResult:
+    """An ambient golden: in-pod (or the node's probe) rules, iptables rule for rule, nftables line for line."""
+    config = ambient_case_config(case)
+    text = (reference / "goldens" / rel).read_text(encoding="utf-8")
+    host = bool(case.settings.get("host"))
+    if rel.startswith("nftables/"):
+        kubelet = int(case.settings.get("KubeletUID", 0))
+        script = host_probe_nft_script(config, kubelet) if host else ambient_nft_script(config)
+        reason = compare_lines(text, script)
+    else:
+        golden = split_golden(text)
+        try:
+            want = _golden_chains(golden)
+        except NormaliseError as exc:
+            return GoldenResult(rel, Verdict.NOT_REPRODUCED, f"golden does not parse: {exc}")
+        restore = host_probe_restore(config) if host else ambient_restore(config)
+        reason = compare(want, _golden_chains(Golden(restore.v4, restore.v6, config.enable_ipv6)))
+    note = f" ({case.note})" if case.note and not reason else ""
+    return GoldenResult(rel, Verdict.NOT_REPRODUCED if reason else Verdict.REPRODUCED, reason + note)
 
 
 def _kernel_check(reference: Path, stem: str | None, golden: Golden) -> str:
@@ -264,7 +295,7 @@ def run(reference: Path) -> list[GoldenResult]:
 
 
 def summary(results: Sequence[GoldenResult], backend: str | None = None) -> tuple[int, int]:
-    """(reproduced, counted), of one backend's goldens or of all: ambient goldens are not counted."""
+    """(reproduced, counted), of one backend's goldens or of all."""
     counted = [r for r in results if r.verdict is not Verdict.AMBIENT and backend in (None, r.backend)]
     return sum(r.verdict is Verdict.REPRODUCED for r in counted), len(counted)
 
@@ -277,7 +308,7 @@ def summary_line(results: Sequence[GoldenResult]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print one line per golden and the count; 0 when every non-ambient golden is reproduced."""
+    """Print one line per golden and the count; 0 when every golden is reproduced."""
     parser = argparse.ArgumentParser(
         prog="python -m podnat.istio.conformance", description=__doc__.split("\n")[0]
     )

@@ -26,10 +26,12 @@ goldens (goldens/history/<tag>/) use the same test cases at every release, and t
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
+from podnat.istio.ambient import PROBE_SNAT_V6, AmbientConfig
 from podnat.istio.config import (
     NEWEST_SUPPORTED,
     ConfigSource,
@@ -87,7 +89,7 @@ class CaseKind(str, Enum):
     ISTIO_IPTABLES = "istio-iptables"  # run_test.go: a config.Config built in the test
     CNI_SIDECAR = "cni-sidecar"  # plugin_dryrun_test.go: pod annotations + istio-proxy env/securityContext
     ISTIO_NFTABLES = "istio-nftables"  # istio-nftables run_test.go: the same config.Config, native nftables
-    AMBIENT = "ambient"  # ztunnel in-pod rules: not sidecar mode, not generated
+    AMBIENT = "ambient"  # istio-cni's in-pod rules for ztunnel (podnat.istio.ambient)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +261,20 @@ AMBIENT_GOLDENS: tuple[str, ...] = (
     "virtual_interfaces",
     "virtual_interfaces_ipv6",
 )
+# cni/pkg/iptables/common_test.go (and cni/pkg/nftables/): the agent's config (RedirectDNS) and the pod's
+# overrides (IngressMode, VirtualInterfaces, DNSProxy); `host` for the node's probe rule
+# (CreateHostRulesForHealthChecks). The tests' IPv6 probe address is e9ac:..., except the iptables host
+# test, which sets Istio's real one; the nftables host test's kubelet uid is 1000.
+AMBIENT_CASES: dict[str, dict[str, Any]] = {
+    "default": {"RedirectDNS": True},
+    "ingress": {"IngressMode": True},
+    "virtual_interfaces": {"VirtualInterfaces": ["fake1s0f0", "fake1s0f1"]},
+    "ingress_and_virtual_interfaces": {"IngressMode": True, "VirtualInterfaces": ["fake1s0f0", "fake1s0f1"]},
+    "dns_pod_enabled_and_off_globally": {"RedirectDNS": False, "DNSProxy": "enabled"},
+    "dns_pod_disabled_and_on_globally": {"RedirectDNS": True, "DNSProxy": "disabled"},
+    "hostprobe": {"RedirectDNS": True, "host": True, "KubeletUID": 1000},
+}
+AMBIENT_TEST_PROBE_V6 = "e9ac:1e77:90ca:399f:4d6d:ece2:2f9b:3164"
 HISTORY_TAGS: tuple[str, ...] = tuple(f"1.{minor}.0" for minor in range(12, 31))
 HISTORY_ISTIO_IPTABLES: tuple[str, ...] = (
     "dns-uid-gid",
@@ -310,15 +326,10 @@ def _load_table() -> tuple[GoldenCase, ...]:
         )
     for folder in ("iptables/cni-ambient-iptables", "nftables/cni-ambient-nftables"):
         for name in AMBIENT_GOLDENS:
-            cases.append(
-                GoldenCase(
-                    f"{folder}/{name}.golden",
-                    CaseKind.AMBIENT,
-                    latest,
-                    {},
-                    "ambient (ztunnel) in-pod rules: not sidecar mode, not generated",
-                )
-            )
+            stem = name.removesuffix("_ipv6")
+            settings = {**AMBIENT_CASES[stem], "EnableIPv6": name.endswith("_ipv6")}
+            note = "the node's kubelet-probe SNAT rule, not in-pod" if settings.get("host") else ""
+            cases.append(GoldenCase(f"{folder}/{name}.golden", CaseKind.AMBIENT, latest, settings, note))
     for tag in HISTORY_TAGS:
         release = ".".join(tag.split(".")[:2])
         for name in HISTORY_ISTIO_IPTABLES:
@@ -340,7 +351,7 @@ def _load_table() -> tuple[GoldenCase, ...]:
 
 
 def case_config(case: GoldenCase) -> InterceptionConfig | None:
-    """The InterceptionConfig a golden was generated from (None for ambient goldens)."""
+    """The InterceptionConfig a golden was generated from (None for ambient goldens: ambient_case_config)."""
     release = IstioRelease.parse(case.release)
     if case.kind is CaseKind.AMBIENT:
         return None
@@ -388,6 +399,23 @@ def case_config(case: GoldenCase) -> InterceptionConfig | None:
         enable_ipv6=bool(s.get("EnableIPv6", False)),
         native_nftables=case.kind is CaseKind.ISTIO_NFTABLES,
         source=ConfigSource.GOLDEN,
+    )
+
+
+def ambient_case_config(case: GoldenCase) -> AmbientConfig:
+    """The ambient configuration an ambient golden was generated from."""
+    s = case.settings
+    dns = {"enabled": True, "disabled": False}.get(str(s.get("DNSProxy", "")), bool(s.get("RedirectDNS", False)))
+    nft = case.path.startswith("nftables/")
+    probe_v6 = PROBE_SNAT_V6 if s.get("host") and not nft else ipaddress.IPv6Address(AMBIENT_TEST_PROBE_V6)
+    return AmbientConfig(
+        release=IstioRelease.parse(case.release),
+        redirect_dns=dns,
+        ingress_mode=bool(s.get("IngressMode", False)),
+        virtual_interfaces=tuple(s.get("VirtualInterfaces", ())),
+        enable_ipv6=bool(s.get("EnableIPv6", False)),
+        probe_snat_v6=probe_v6,
+        native_nftables=nft,
     )
 
 

@@ -1,4 +1,4 @@
-"""Golden conformance over the shared corpus: every non-ambient golden reproduced."""
+"""Golden conformance over the shared corpus: every golden reproduced, ambient ones included."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ def test_every_golden_is_reproduced(reference: Path) -> None:
     results = run(reference)
     failures = [f"{r.path}: {r.reason}" for r in results if r.verdict is Verdict.NOT_REPRODUCED]
     assert failures == []
-    assert summary(results, "iptables") == (188, 188)
-    assert summary(results, "nftables") == (28, 28)
-    assert summary(results) == (216, 216)
-    assert sum(r.verdict is Verdict.AMBIENT for r in results) == 28
+    assert summary(results, "iptables") == (202, 202)
+    assert summary(results, "nftables") == (42, 42)
+    assert summary(results) == (244, 244)
+    assert not any(r.verdict is Verdict.AMBIENT for r in results)
 
 
 def test_every_golden_file_has_a_case(reference: Path) -> None:
@@ -89,16 +89,31 @@ def test_ambient_cases_are_listed() -> None:
     assert all(case_config(c) is None for c in ambient)
 
 
+def test_a_wrong_ambient_setting_is_not_reproduced(reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    case = case_for("iptables/cni-ambient-iptables/ingress.golden")
+    assert case is not None
+    monkeypatch.setitem(case.settings, "IngressMode", False)
+    result = conformance.check_golden(reference, case.path)
+    assert result.verdict is Verdict.NOT_REPRODUCED
+    assert result.reason == ("v4 nat ISTIO_PRERT: generated 2 rules, golden has 0; "
+                             "first extra '-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT'")
+    case = case_for("nftables/cni-ambient-nftables/hostprobe.golden")
+    assert case is not None
+    monkeypatch.setitem(case.settings, "KubeletUID", 0)
+    result = conformance.check_golden(reference, case.path)
+    assert result.verdict is Verdict.NOT_REPRODUCED and "skuid 1000" in result.reason
+
+
 def test_cli_text_and_json(reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert conformance.main(["--reference", str(reference)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == "188 of 188 iptables goldens reproduced; 28 of 28 nftables goldens reproduced"
-    assert any(line.startswith("ambient: not generated") for line in out)
+    assert out[-1] == "202 of 202 iptables goldens reproduced; 42 of 42 nftables goldens reproduced"
+    assert any(line.startswith("reproduced") and "cni-ambient-nftables/default.golden" in line for line in out)
     assert conformance.main(["--reference", str(reference), "-o", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert (doc["reproduced"], doc["total"]) == (216, 216)
-    assert doc["backends"] == {"iptables": {"reproduced": 188, "total": 188},
-                               "nftables": {"reproduced": 28, "total": 28}}
+    assert (doc["reproduced"], doc["total"]) == (244, 244)
+    assert doc["backends"] == {"iptables": {"reproduced": 202, "total": 202},
+                               "nftables": {"reproduced": 42, "total": 42}}
     assert {g["backend"] for g in doc["goldens"]} == {"iptables", "nftables"}
 
 
