@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from podnat.istio.config import NEWEST_SUPPORTED, IstioRelease, _split, _truthy
 from podnat.istio.generator import ExpectedRules, _Builder, _restore
-from podnat.istio.generator_nft import NftChain, NftTable, listing_rule, _priority_name
+from podnat.istio.generator_nft import NftChain, NftTable, _priority_name, listing_rule
 from podnat.istio.normalise import normalise_restore
 from podnat.netfilter.model import Ruleset
 

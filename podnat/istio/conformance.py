@@ -35,10 +35,10 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
+from podnat.istio.ambient import ambient_nft_script, ambient_restore, host_probe_nft_script, host_probe_restore
 from podnat.istio.config import InterceptionConfig
 from podnat.istio.generator import expected_rules
 from podnat.istio.generator_nft import listing_rule, nft_listing, nft_script
-from podnat.istio.ambient import ambient_nft_script, ambient_restore, host_probe_nft_script, host_probe_restore
 from podnat.istio.goldens import (
     CaseKind,
     Golden,

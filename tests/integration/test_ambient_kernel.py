@@ -12,9 +12,15 @@ from collections.abc import Iterator
 import pytest
 from conftest import require
 
-from podnat.istio.ambient import AmbientConfig, ambient_expected, ambient_nft_listing, ambient_nft_script, ambient_restore
-from podnat.istio.conformance import chains, compare
+from podnat.istio.ambient import (
+    AmbientConfig,
+    ambient_expected,
+    ambient_nft_listing,
+    ambient_nft_script,
+    ambient_restore,
+)
 from podnat.istio.config import IstioRelease
+from podnat.istio.conformance import chains, compare
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

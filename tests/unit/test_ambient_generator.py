@@ -9,11 +9,10 @@ from podnat.istio.ambient import (
     ambient_restore,
     looks_ambient,
 )
-from podnat.istio.config import IstioRelease
+from podnat.istio.config import InterceptionConfig, IstioRelease
 from podnat.istio.generator import expected_rules
-from podnat.istio.config import InterceptionConfig
-from podnat.netfilter.nft import parse_nft
 from podnat.netfilter.model import Family
+from podnat.netfilter.nft import parse_nft
 from podnat.netfilter.parse import parse_ruleset
 
 
