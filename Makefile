@@ -58,7 +58,7 @@ integration: install
 
 lint: $(STAMP)
 	$(BIN)/ruff check podnat tests
-	$(BIN)/mypy podnat/netfilter podnat/istio podnat/envoy
+	$(BIN)/mypy podnat/netfilter podnat/istio podnat/envoy podnat/capture.py
 
 conformance: $(STAMP)
 	$(PY) -m podnat.istio.conformance

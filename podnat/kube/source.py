@@ -1,9 +1,10 @@
 """`KubePodSource`: pods and their facts through the Kubernetes API (PodSource for the use cases).
 
 The nat table, most live first (unless `source` picks one):
-  1. exec in istio-proxy: ONE exec runs iptables-save -c, ip6tables-save -c, nft -j list ruleset and
-     `pilot-agent request GET listeners?format=json`, split by a random marker (an image without
-     `sh` gets one exec per command instead). Works only where the proxy may read the table; the
+  1. exec in istio-proxy: ONE exec runs podnat.capture's script (both iptables backends explicitly,
+     nft -j list ruleset and `pilot-agent request GET listeners?format=json`), split by a random
+     marker (an image without `sh` gets one exec per command instead); podnat.capture.nat_tables picks
+     the backend holding Istio's rules. Works only where the proxy may read the table; the
      permission errors of both iptables backends are recognised and lead to the next source.
   2. with debug_container=True: the ephemeral container `podnat-debug` (the proxy's image, uid 0,
      NET_ADMIN/NET_RAW, targeting istio-proxy), added once and reused, runs the same single exec.
@@ -28,6 +29,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from podnat import capture
+from podnat.capture import (
+    DEFAULT_ADMIN_PORT,
+    NatFailure,
+    NatProblem,
+    NftContent,
+    capture_script,
+    listeners_argv,
+    routing_commands,
+)
+from podnat.capture import MISSING as _MISSING
+from podnat.capture import PERMISSION as _PERMISSION
+from podnat.capture import Section as _Section
 from podnat.facts import (
     ListenersReading,
     MeshMode,
@@ -48,16 +62,9 @@ CNI_VALIDATION = "istio-validation"
 CNI_NAMESPACES = ("kube-system", "istio-system")
 CNI_LABEL = "k8s-app=istio-cni-node"
 CNI_CONTAINER = "install-cni"
-DEFAULT_ADMIN_PORT = 15000
 INIT_LOG_LABEL = "istio-init log: applied at pod start, not necessarily live"
 
-# Exit status 4 (nft backend) / 1 (legacy): a process without CAP_NET_ADMIN asked for the table.
-_PERMISSION = re.compile(
-    r"Permission denied \(you must be root\)|Could not fetch rule set generation id|"
-    r"Cannot initialize: Permission denied|can't open lock file|Operation not permitted"
-)
 _REFUSED = re.compile(r"connection refused|Errno 111", re.IGNORECASE)
-_MISSING = re.compile(r"executable file not found|not found|No such file or directory")
 _DEPLOY_PREFIXES = ("deploy/", "deployment/", "deployments/", "deployment.apps/", "deployments.apps/")
 # Errors after which the next source may still work (anything else: the API itself failed).
 _FALLBACK = frozenset({
@@ -73,13 +80,6 @@ class ExecResult:
     stdout: str
     stderr: str
     returncode: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Section:
-    stdout: str
-    stderr: str
-    returncode: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,23 +372,34 @@ class KubePodSource:
     def _capture_without_shell(
         self, ref: PodRef, container: str, port: int, table: int | None
     ) -> dict[str, _Section]:
+        """The capture's sections with one exec per command (an image without `sh`): each backend's
+        binary where it exists, the unqualified one only where neither does."""
         sections: dict[str, _Section] = {}
-        for name, argv in (
-            ("v4", ["iptables-save", "-c"]),
-            ("v6", ["ip6tables-save", "-c"]),
-            ("listeners", listeners_argv(port)),
-        ):
+
+        def run(name: str, argv: list[str]) -> _Section:
             r = self.exec(ref, container, argv)
             rc = r.returncode if r.returncode is not None else 1
             sections[name] = _Section(r.stdout, r.stderr, 127 if rc and _looks_missing(r) else rc)
-            if name == "v4" and _PERMISSION.search(r.stderr + r.stdout):
-                sections["v6"] = _Section("", "", rc)  # same verdict: spare the exec
-                break
+            return sections[name]
+
+        denied = False
+        for tool in ("iptables", "ip6tables"):
+            family = "v4" if tool == "iptables" else "v6"
+            found = False
+            for backend in ("nft", "legacy"):
+                if denied:
+                    break
+                section = run(f"{family}_{backend}", [f"{tool}-{backend}-save", "-c"])
+                found = found or section.returncode != 127
+                denied = bool(_PERMISSION.search(section.stderr + section.stdout))
+            if not found and not denied:
+                section = run(family, [f"{tool}-save", "-c"])
+                denied = bool(_PERMISSION.search(section.stderr + section.stdout))
+            if denied:
+                break  # same verdict for the rest: spare the execs
+        run("listeners", listeners_argv(port))
         for name, command in routing_commands(table).items():
-            r = self.exec(ref, container, command.split())
-            rc = r.returncode if r.returncode is not None else 1
-            sections[name] = _Section(r.stdout, r.stderr, 127 if rc and _looks_missing(r) else rc)
-            if sections[name].returncode == 127:
+            if run(name, command.split()).returncode == 127:
                 break  # no `ip` in the image: the other commands would say the same
         return sections
 
@@ -571,11 +582,6 @@ def admin_port(pod: Mapping[str, Any]) -> int:
     return int(m.group(1)) if m else DEFAULT_ADMIN_PORT
 
 
-def listeners_argv(port: int) -> list[str]:
-    argv = ["pilot-agent", "request", "GET", "listeners?format=json"]
-    return [*argv, "--debug-port", str(port)] if port != DEFAULT_ADMIN_PORT else argv
-
-
 def tproxy_route_table(pod: Mapping[str, Any]) -> int | None:
     """The routing table of a TPROXY pod's `ip rule fwmark ... lookup TABLE` (-r), None if not TPROXY."""
     from podnat.istio.config import InterceptionMode, from_pod
@@ -587,137 +593,51 @@ def tproxy_route_table(pod: Mapping[str, Any]) -> int | None:
     return config.tproxy_route_table if config is not None and config.mode is InterceptionMode.TPROXY else None
 
 
-def routing_commands(table: int | None) -> dict[str, str]:
-    """The capture's policy-routing sections (none when the pod is not in TPROXY mode)."""
-    if table is None:
-        return {}
-    return {
-        "rule": "ip rule show",
-        "route": f"ip route show table {table}",
-        "rule6": "ip -6 rule show",
-        "route6": f"ip -6 route show table {table}",
-    }
-
-
-def capture_script(marker: str, port: int, routing_table: int | None = None) -> str:
-    """One shell run printing each reading between `MARKER begin NAME` and `MARKER end NAME RC` lines.
-
-    Both stdout and stderr get the markers, so each section's stderr is attributed too. The end marker
-    starts on a fresh line (`printf '\\n...'`): output without a final newline stays intact. With a
-    `routing_table` (TPROXY pods) it also prints the policy routing (`ip rule`, `ip route`)."""
-    listeners = " ".join(listeners_argv(port)[:3]) + " 'listeners?format=json'" + (
-        f" --debug-port {port}" if port != DEFAULT_ADMIN_PORT else ""
-    )
-    commands = {
-        "v4": "iptables-save -c",
-        "v6": "ip6tables-save -c",
-        # istio-iptables 1.22+ uses the legacy backend when legacy rules exist: read both.
-        "legacy": "iptables-legacy-save -c",
-        # JSON where nft has it (the stable form), else the listing; podnat reads both
-        "nft": "nft -j list ruleset 2>/dev/null || nft list ruleset",
-        "listeners": f"{listeners} || curl -sf http://127.0.0.1:{port}/listeners?format=json",
-        **routing_commands(routing_table),
-    }
-    parts = []
-    for name, command in commands.items():
-        parts.append(
-            f"echo '{marker} begin {name}'; echo '{marker} begin {name}' >&2; {command}; rc=$?; "
-            f"printf '\\n{marker} end {name} %s\\n' $rc; printf '\\n{marker} end {name} %s\\n' $rc >&2"
-        )
-    return "\n".join(parts) + "\n"
-
-
 def split_sections(result: ExecResult, marker: str) -> dict[str, _Section] | None:
     """The sections of a capture_script run, or None when the script never started (no shell)."""
-    out, err = _split(result.stdout, marker), _split(result.stderr, marker)
-    if not out:
-        return None
-    return {
-        name: _Section(text, err.get(name, ("", rc))[0], rc) for name, (text, rc) in out.items()
-    }
-
-
-# Any marker's sections, compiled once (a pattern per random marker was compiled for every pod).
-_SECTION = re.compile(r"^(\S+) begin (\w+)\n(.*?)\n\1 end \2 (\d+)$", re.S | re.M)
-
-
-def _split(text: str, marker: str) -> dict[str, tuple[str, int]]:
-    return {m.group(2): (m.group(3), int(m.group(4))) for m in _SECTION.finditer(text) if m.group(1) == marker}
+    return capture.split_sections(result.stdout, result.stderr, marker)
 
 
 def interpret_nat(
     sections: Mapping[str, _Section], ref: PodRef, where: str, kind: NatSource
 ) -> tuple[NatReading | None, KubeSourceError | None]:
-    """The nat reading out of the v4/v6/nft sections, or the one-line reason there is none."""
-    v4 = sections.get("v4")
-    if v4 is None:
-        return None, KubeSourceError(Failure.API_ERROR, f"no iptables-save output from {where} of pod {ref}")
-    both = v4.stderr + v4.stdout
-    if v4.returncode != 0:
-        if _PERMISSION.search(both):
-            hint = (
-                "rerun with --debug-container, or read the rules applied at start with --source init-log"
-                if kind is NatSource.EXEC else "use --source init-log"
-            )
-            return None, KubeSourceError(
-                Failure.NAT_PERMISSION,
-                f"{where} cannot read the nat table without NET_ADMIN (pod {ref}): {hint}",
-            )
-        if v4.returncode in (126, 127) or _MISSING.search(both):
-            return None, KubeSourceError(
-                Failure.TOOL_MISSING,
-                f"iptables-save is not in the image of {where} (pod {ref}): "
-                + ("rerun with --debug-container or use --source init-log" if kind is NatSource.EXEC
-                   else "use --source init-log"),
-            )
-        return None, KubeSourceError(
+    """The nat reading out of the capture's iptables (both backends) and nft sections, or the one-line
+    reason there is none (podnat.capture.nat_tables decides; this says it in kube terms)."""
+    found = capture.nat_tables(capture.read_sections(sections))
+    hint = ("rerun with --debug-container or use --source init-log" if kind is NatSource.EXEC
+            else "use --source init-log")
+    if isinstance(found, NatFailure):
+        return None, _nat_error(found, ref, where, kind, hint)
+    command = found.command
+    if found.also:
+        command += f" ({', '.join(found.also)} holds Istio's rules too: the kernel runs both)"
+    label = f"exec istio-proxy: {command}" if kind is NatSource.EXEC else f"{where} (uid 0, NET_ADMIN): {command}"
+    return NatReading(source=kind, label=label, v4=found.v4, v6=found.v6, nft=found.nft, counters=True), None
+
+
+def _nat_error(found: NatFailure, ref: PodRef, where: str, kind: NatSource, hint: str) -> KubeSourceError:
+    problem = found.problem
+    if problem is NatProblem.PERMISSION:
+        how = ("rerun with --debug-container, or read the rules applied at start with --source init-log"
+               if kind is NatSource.EXEC else "use --source init-log")
+        return KubeSourceError(
+            Failure.NAT_PERMISSION, f"{where} cannot read the nat table without NET_ADMIN (pod {ref}): {how}")
+    if problem is NatProblem.MISSING:
+        return KubeSourceError(Failure.TOOL_MISSING,
+                               f"iptables-save is not in the image of {where} (pod {ref}): {hint}")
+    if problem is NatProblem.NO_OUTPUT:
+        return KubeSourceError(Failure.API_ERROR, f"no iptables-save output from {where} of pod {ref}")
+    if problem is NatProblem.FAILED:
+        return KubeSourceError(
             Failure.API_ERROR,
-            f"iptables-save failed in {where} of pod {ref} (exit {v4.returncode}): "
-            f"{' '.join(both.split())[:160]}",
-        )
-    nft = sections.get("nft")
-    nft_text = nft.stdout if nft is not None and nft.returncode == 0 and nft.stdout.strip() else None
-    legacy_section = sections.get("legacy")
-    if (legacy_section is not None and legacy_section.returncode == 0 and _has_rules(legacy_section.stdout)
-            and not _has_rules(v4.stdout)):
-        # The rules live in the legacy backend (iptables-save, the nft one, only warns about them).
-        label = ("exec istio-proxy: iptables-legacy-save -c" if kind is NatSource.EXEC
-                 else f"{where} (uid 0, NET_ADMIN): iptables-legacy-save -c")
-        v6 = sections.get("v6")
-        v6_text = v6.stdout if v6 is not None and v6.returncode == 0 and v6.stdout.strip() else None
-        return NatReading(source=kind, label=label, v4=legacy_section.stdout, v6=v6_text, nft=nft_text,
-                          counters=True), None
-    v6 = sections.get("v6")
-    v6_text = v6.stdout if v6 is not None and v6.returncode == 0 and v6.stdout.strip() else None
-    label = (
-        "exec istio-proxy: iptables-save -c" if kind is NatSource.EXEC
-        else f"{where} (uid 0, NET_ADMIN): iptables-save -c"
-    )
-    if _has_rules(v4.stdout) or (v6_text and _has_rules(v6_text)):
-        # iptables-save (nft) warns on stderr when legacy tables exist too: keep it with the dump, as a
-        # comment line, so the analysis can say that the kernel runs both rule sets.
-        warnings = "".join(f"# {line.strip().lstrip('# ')}\n" for line in v4.stderr.splitlines()
-                           if "iptables-legacy tables present" in line)
-        reading = NatReading(source=kind, label=label, v4=warnings + v4.stdout, v6=v6_text, nft=nft_text,
-                             counters=True)
-        return reading, None
-    if nft_text and "istio" in nft_text:
-        return NatReading(
-            source=kind, label=label.replace("iptables-save -c", ("nft -j list ruleset" if nft_text.lstrip().startswith(
-                "{") else "nft list ruleset") + " (native nftables)"),
-            v4="", v6=None, nft=nft_text, counters=True,
-        ), None
+            f"{found.command.split()[0]} failed in {where} of pod {ref} (exit {found.returncode}): {found.detail}")
     legacy = " (iptables-save warns that iptables-legacy tables are present: the rules may be there)" if (
-        "iptables-legacy tables present" in both) else ""
-    nft_hint = (
-        "nft is not available there" if nft is None or nft.returncode != 0 else "nft shows no istio tables"
-    )
-    return None, KubeSourceError(
+        found.legacy_warning) else ""
+    nft_hint = "nft is not available there" if found.nft is NftContent.UNREAD else "nft shows no istio tables"
+    return KubeSourceError(
         Failure.EMPTY_TABLE,
-        f"the nat table read in {where} of pod {ref} is empty{legacy}: native nftables mode (Istio 1.27+) "
-        f"keeps the rules in `nft list ruleset`, and {nft_hint}: "
-        + ("rerun with --debug-container or use --source init-log" if kind is NatSource.EXEC
-           else "use --source init-log"),
+        f"the nat table read in {where} of pod {ref} is empty{legacy}: native nftables mode (Istio 1.27+) keeps "
+        f"the rules in `nft list ruleset`, and {nft_hint} (no rule from {', '.join(found.read)}): {hint}",
     )
 
 

@@ -27,7 +27,7 @@ from aiohttp import web  # noqa: E402
 from podnat.facts import MeshMode, NatSource, PodRef  # noqa: E402
 from podnat.kube.client import KubeClient, KubeOptions  # noqa: E402
 from podnat.kube.errors import Action, Failure, KubeSourceError, parse_handshake, translate  # noqa: E402
-from podnat.kube.source import KubePodSource, capture_script, split_sections  # noqa: E402
+from podnat.kube.source import ExecResult, KubePodSource, capture_script, split_sections  # noqa: E402
 
 NS = "bookinfo"
 POD = "reviews-v1-7f9c6b-x2k4p"
@@ -722,9 +722,9 @@ def test_no_shell_runs_one_exec_per_command(fake: FakeApi, tmp_path: Path) -> No
     )
     facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert facts.nat is not None and facts.nat.v4 == live and facts.listeners is not None
-    assert (
-        fake.count("GET", r"/exec$") == 4
-    )  # the failed `sh`, then iptables-save, ip6tables-save, pilot-agent
+    # the failed `sh`; per family the -nft and -legacy binaries (missing here), then the unqualified one;
+    # pilot-agent
+    assert fake.count("GET", r"/exec$") == 8
 
 
 def test_empty_table_says_native_nftables(fake: FakeApi, tmp_path: Path) -> None:
@@ -900,10 +900,9 @@ def test_capture_script_sections(tmp_path: Path) -> None:
     (d / "sh").symlink_to(shutil.which("sh") or "/bin/sh")
     script = capture_script("M1", 15000)
     out, err, rc = run_in_container(d, ["sh", "-c", script])
-    from podnat.kube.source import ExecResult
-
     sections = split_sections(ExecResult(out.decode(), err.decode(), rc), "M1")
-    assert sections is not None and set(sections) == {"v4", "v6", "legacy", "nft", "listeners"}
+    assert sections is not None and set(sections) == {"v4_nft", "v6_nft", "v4_legacy", "v6_legacy", "v4", "v6",
+                                                      "nft", "listeners"}
     assert sections["v4"].returncode == 127 and "iptables-save" in sections["v4"].stderr
 
 
@@ -1000,11 +999,11 @@ def test_tproxy_without_shell_one_exec_per_command(fake: FakeApi, tmp_path: Path
                        shell=False)
     facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert facts.routing is not None and facts.routing.error == "`ip` is not in the image of istio-proxy"
-    assert fake.count("GET", r"/exec$") == 5  # sh, iptables-save, ip6tables-save, pilot-agent, ip (missing)
+    assert fake.count("GET", r"/exec$") == 9  # sh, 3 per family (-nft, -legacy, unqualified), pilot-agent, ip
     ip_stub(d, recorded_ip())
     again = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert again.routing is not None and again.routing.complete and again.routing.routes_v4 == ""
-    assert fake.count("GET", r"/exec$") == 5 + 8  # ... and the four `ip` commands
+    assert fake.count("GET", r"/exec$") == 9 + 12  # ... and the four `ip` commands
 
 
 def test_redirect_pod_reads_no_routing(fake: FakeApi, tmp_path: Path) -> None:
@@ -1019,11 +1018,59 @@ def test_capture_script_routing_sections(tmp_path: Path) -> None:
     d = tmp_path / "c"
     d.mkdir()
     (d / "sh").symlink_to(shutil.which("sh") or "/bin/sh")
-    from podnat.kube.source import ExecResult
-
     out, err, rc = run_in_container(d, ["sh", "-c", capture_script("M2", 15000, 200)])
     sections = split_sections(ExecResult(out.decode(), err.decode(), rc), "M2")
     assert sections is not None
-    assert set(sections) == {"v4", "v6", "legacy", "nft", "listeners", "rule", "route", "rule6", "route6"}
+    assert set(sections) == {"v4_nft", "v6_nft", "v4_legacy", "v6_legacy", "v4", "v6", "nft", "listeners",
+                             "rule", "route", "rule6", "route6"}
     assert sections["rule"].returncode == 127 and "ip" in sections["rule"].stderr
     assert "ip -6 route show table 200" in capture_script("M2", 15000, 200)
+
+
+# --- Istio's proxyv2 toolset: `iptables-save` is the legacy one, the rules are in nf_tables ------------
+
+CAPTURED = REPO / "tests" / "data" / "capture"
+
+
+def recorded_tool_outputs(scenario: str) -> dict[str, tuple[str, str, int]]:
+    """Each binary's (stdout, stderr, rc) as the capture script recorded it in a real netns."""
+    from podnat.capture import IPTABLES_SECTIONS
+
+    result = ExecResult((CAPTURED / f"{scenario}.stdout").read_text(), (CAPTURED / f"{scenario}.stderr").read_text(), 0)
+    out = split_sections(result, "podnat-recorded")
+    assert out is not None
+    tools = {IPTABLES_SECTIONS[name][2].split()[0]: (s.stdout, s.stderr, s.returncode)
+             for name, s in out.items() if name in IPTABLES_SECTIONS}
+    tools["nft"] = (out["nft"].stdout, out["nft"].stderr, out["nft"].returncode)
+    old = (CAPTURED / f"{scenario}.unqualified-iptables-save").read_text()
+    tools["iptables-save"] = (old, "", 0)  # the image's alternative: the legacy view
+    tools["pilot-agent"] = (LISTENERS, "", 0)
+    return tools
+
+
+def test_proxy_image_toolset_reads_the_nft_backend(fake: FakeApi, tmp_path: Path) -> None:
+    pod = fake.add_pod(make_pod())
+    fake.container(POD, "istio-proxy", recorded_tool_outputs("nft-rules"))
+    facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
+    assert facts.nat is not None
+    assert facts.nat.label == "exec istio-proxy: iptables-nft-save -c"
+    assert "[3:180] -A OUTPUT -j ISTIO_OUTPUT" in facts.nat.v4 and facts.nat.counters
+    assert fake.count("GET", r"/exec$") == 1
+
+
+def test_proxy_image_toolset_both_backends_named_in_the_label(fake: FakeApi, tmp_path: Path) -> None:
+    pod = fake.add_pod(make_pod())
+    fake.container(POD, "istio-proxy", recorded_tool_outputs("both-backends"))
+    facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
+    assert facts.nat is not None
+    assert facts.nat.label == ("exec istio-proxy: iptables-nft-save -c (iptables-legacy-save -c holds Istio's "
+                               "rules too: the kernel runs both)")
+    assert facts.nat.v4.startswith("# Warning: iptables-legacy tables present")
+
+
+def test_proxy_image_toolset_unprivileged_falls_back(fake: FakeApi, tmp_path: Path) -> None:
+    pod = fake.add_pod(make_pod())
+    fake.container(POD, "istio-proxy", recorded_tool_outputs("unprivileged"))
+    with pytest.raises(KubeSourceError) as err:
+        source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
+    expect(err, Failure.NAT_PERMISSION, "istio-proxy cannot read the nat table without NET_ADMIN")
