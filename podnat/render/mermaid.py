@@ -1,8 +1,10 @@
-"""A pod's flows as a mermaid `flowchart`, for docs and issue trackers. Pure.
+"""A pod's flows as mermaid text, for docs and issue trackers. Pure.
 
-The same nodes and routes as the SVG (podnat/render/svg.py): one edge per step of a flow, labelled
-with the flow type and the rules it took in the chain it enters, coloured per flow type; a flow that
-drifted or broke is dashed red and ends at a ✗ node naming its status.
+The same model as the SVG (podnat/render/diagram.py): one subgraph per flow (`flow_1`,
+`flow_4_own_pod_ip`) with the nodes that flow visits and one edge per step, labelled with the rules
+it takes in the chain it enters. A flow that drifted or broke is red and ends at a ✗ node naming its
+status; the route Istio meant is drawn beside it as dotted edges labelled `expected`, and the node
+holding the rule where the two part is marked `changed`.
 """
 
 from __future__ import annotations
@@ -11,17 +13,8 @@ import re
 from itertools import pairwise
 
 from podnat.istio.explain import Explanation
-from podnat.render.svg import (
-    BAD,
-    FAILING,
-    FLOW_COLOURS,
-    STANDARD_LISTENERS,
-    Stop,
-    flow_stops,
-    node_caption,
-    pod_addresses,
-    status_word,
-)
+from podnat.render.diagram import Panel, Stop, build_diagram, flow_label, status_word
+from podnat.render.svg import BAD, EXPECTED, FLOW_COLOURS
 
 # Characters mermaid reads as syntax even inside a quoted label; labels never carry them.
 UNSAFE = re.compile(r'["\[\]{}|<>;#`]')
@@ -37,58 +30,53 @@ def label(text: str) -> str:
     return UNSAFE.sub("", text.replace("->", "→").replace('"', "'"))
 
 
-def diagram_mermaid(expl: Explanation) -> str:
-    """`flowchart TB`: the pod (app, Envoy, pilot-agent, chains), the peers, and every flow's edges."""
-    pod = pod_addresses(expl)
-    routes = [flow_stops(report, pod) for report in expl.flows]
-    visited = list(dict.fromkeys(stop.node for route in routes for stop in route))
-    listeners = sorted({f"listener:{port}" for port in STANDARD_LISTENERS} | {
-        n for n in visited if n.startswith("listener:")}, key=lambda n: int(n.partition(":")[2]))
-    addresses = ", ".join(sorted(str(a) for a in pod if not a.is_loopback))
-    lines = ["flowchart TB", f'  subgraph pod["{label(f"pod {addresses}".strip())}"]']
-    lines += _nodes([n for n in ("app", "agent") if n in visited or n == "app"], expl, "    ")
-    lines.append('    subgraph envoy["Envoy istio-proxy"]')
-    lines += _nodes(["proxy", *listeners, *(n for n in ("admin",) if n in visited)], expl, "      ")
-    lines.append("    end")
-    lines += _nodes([n for n in visited if n.startswith("void:")], expl, "    ")
-    lines.append('    subgraph chains["iptables chains"]')
-    lines += _nodes([n for n in visited if n.startswith("chain:")], expl, "      ")
-    lines.append("    end")
-    lines.append("  end")
-    lines += _nodes([n for n in visited if n.startswith("peer:")], expl, "  ")
-
+def diagram_mermaid(expl: Explanation, title: str = "") -> str:
+    """`flowchart LR`: a subgraph per flow, its route solid, the expected one dotted beside it."""
+    diagram = build_diagram(expl, title)
+    lines = ["flowchart LR"]
     edges: list[str] = []
     styles: list[str] = []
-    for lane, (report, route) in enumerate(zip(expl.flows, routes, strict=True)):
-        number = int(report.spec.type)
-        colour = FLOW_COLOURS.get(report.spec.type, "#555555")
-        failing = report.status in FAILING
-        style = f"stroke:{colour},stroke-width:2px" + (",stroke-dasharray:6 4" if failing else "")
-        for a, b in pairwise(route):
-            edges.append(f'  {node_id(a.node)} -->|"{label(_edge_text(number, b))}"| {node_id(b.node)}')
-            styles.append(style)
-        if failing:
-            end = f"end_{lane}"
-            edges.append(f'  {end}(["{label(f"{number} {status_word(report)}")}"]):::bad')
-            edges.append(f'  {node_id(route[-1].node)} -.->|"{number}"| {end}')
-            styles.append(f"stroke:{BAD},stroke-width:2px")
+    for panel in diagram.panels:
+        prefix = f"f{node_id(panel.flow)}_"
+        routes = [panel.live] + ([panel.expected] if panel.expected is not None else [])
+        nodes = list(dict.fromkeys(stop.node for route in routes for stop in route))
+        changed = _changed_node(panel)
+        lines.append(f'  subgraph flow_{node_id(panel.flow)}["{label(flow_label(panel.report))}: '
+                     f'{label(status_word(panel.report))}"]')
+        for node in nodes:
+            title_, note = diagram.captions[node]
+            text = label(f"{title_} {note}".strip() if note and not node.startswith("chain:") else title_)
+            css = ":::changed" if node == changed else ""
+            lines.append(f'    {prefix}{node_id(node)}["{text}"]{css}')
+        colour = BAD if panel.failing else FLOW_COLOURS.get(panel.report.spec.type, "#444444")
+        for a, b in pairwise(panel.live):
+            edges.append(f"  {prefix}{node_id(a.node)} -->{_edge_text(b)} {prefix}{node_id(b.node)}")
+            styles.append(f"stroke:{colour},stroke-width:3px")
+        if panel.expected is not None:
+            for a, b in pairwise(panel.expected):
+                edges.append(f"  {prefix}{node_id(a.node)} -.->{_edge_text(b, 'expected')} {prefix}{node_id(b.node)}")
+                styles.append(f"stroke:{EXPECTED},stroke-width:2px,stroke-dasharray:2 4")
+        if panel.failing:
+            end = f"{prefix}end"
+            lines.append(f'    {end}(["{label(status_word(panel.report))}"]):::bad')
+            edges.append(f'  {prefix}{node_id(panel.live[-1].node)} -->|"✗"| {end}')
+            styles.append(f"stroke:{BAD},stroke-width:3px")
+        lines.append("  end")
     lines += edges
     lines.append(f"  classDef bad fill:#fdecec,stroke:{BAD},color:{BAD}")
+    lines.append(f"  classDef changed fill:#fdecec,stroke:{BAD},stroke-width:3px")
     lines += [f"  linkStyle {index} {style}" for index, style in enumerate(styles)]
     return "\n".join(lines) + "\n"
 
 
-def _edge_text(number: int, stop: Stop) -> str:
-    if stop.rules:
-        chain = stop.node.partition(":")[2]
-        return f"{number}: " + ", ".join(f"{chain}:{n}" for n in stop.rules)
-    return str(number)
+def _changed_node(panel: Panel) -> str | None:
+    if panel.change is None:
+        return None
+    chain = panel.change.ref.rpartition(":")[0]
+    return f"chain:{chain}"
 
 
-def _nodes(nodes: list[str], expl: Explanation, indent: str) -> list[str]:
-    out = []
-    for node in nodes:
-        title, note = node_caption(expl, node)
-        text = label(f"{title} {note}".strip() if note and not node.startswith("chain:") else title)
-        out.append(f'{indent}{node_id(node)}["{text}"]')
-    return out
+def _edge_text(stop: Stop, prefix: str = "") -> str:
+    """`|"ISTIO_OUTPUT:9"|`: the rules taken in the chain an edge enters (none: no label)."""
+    text = " ".join(filter(None, (prefix, ", ".join(stop.refs))))
+    return f'|"{label(text)}"|' if text else ""

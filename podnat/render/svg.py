@@ -1,234 +1,140 @@
-"""A pod's flows as a picture: the classic six-path schematic, drawn as SVG text. Pure.
+"""A pod's flows as pictures: one panel per flow, like the classic six-traffic-types schematics. Pure.
 
-The pod box holds the app, Envoy (its listeners 15001, 15006, 15090 and any other it crossed) and
-pilot-agent on top, and one box per iptables chain below. Each flow is a coloured route in its own
-lane: it enters every chain it crosses (the rule numbers it took are written in its lane), rises to
-the listener or socket a leg ends at, and leaves for the peer outside the pod. Routes between chains
-run in a corridor below the chains, routes to anything else in a corridor above them, so a line
-never crosses a box it does not visit. Flows that drifted or broke are dashed and end in a red ✗.
+Every panel draws the pod's layout faintly (the inbound chains on the left, the outbound chains on the
+right, the app and Envoy's listeners between them, the peers outside) and one flow strongly: its route
+through the chains it crosses, a badge with the number of every rule it takes on the route, the Envoy
+listener it enters and where it ends. A flow that drifted or broke is red, ends in a ✗, has the rule
+where its path leaves Istio's marked with a ring, and the route Istio meant drawn beside it, dotted and
+offset. Routes run in the gutters between boxes (no line crosses a box it does not visit); a leg that
+revisits a chain (Envoy's own connection) runs on its own track.
 
-`flow_stops` (the nodes a flow visits, in order) is shared with the mermaid renderer.
+`diagram_svg` is every panel of a pod in one document (the `--diagram` file); `panel_svg` one panel
+(the HTML report shows the panel of the flow row clicked). The model is podnat/render/diagram.py,
+shared with the mermaid and HTML renderers.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass
 from itertools import pairwise
 from xml.sax.saxutils import escape
 
-from podnat.istio.explain import Explanation, FlowReport, FlowStatus
-from podnat.istio.flows import Actor, Endpoint, FlowType
-from podnat.istio.paths import FlowTrace, Leg, Outcome
-from podnat.netfilter.model import IPAddress
+from podnat.istio.explain import Explanation, FlowStatus
+from podnat.istio.flows import FlowType
+from podnat.render.diagram import (
+    FAILING,
+    Diagram,
+    Panel,
+    Stop,
+    build_diagram,
+    flow_label,
+    flow_stops,
+    node_caption,
+    path_summary,
+    pod_addresses,
+    status_word,
+)
+
+__all__ = ["BAD", "FAILING", "FLOW_COLOURS", "diagram_svg", "flow_stops", "node_caption", "panel_svg",
+           "path_summary", "pod_addresses", "status_word"]
 
 SANS = "DejaVu Sans, sans-serif"
 MONO = "DejaVu Sans Mono, monospace"
+# Every colour carries white badge text and is read as text on white: each has a contrast of 4.5:1 or
+# more against white (WCAG AA; tests/unit/test_render_diagrams.py computes it).
 FLOW_COLOURS = {
-    FlowType.REMOTE_TO_LOCAL: "#1f6fb4",
-    FlowType.LOCAL_TO_REMOTE: "#e08a00",
-    FlowType.PROMETHEUS_TO_LOCAL: "#2a9d58",
-    FlowType.LOCAL_TO_LOCAL: "#9b4dca",
-    FlowType.ENVOY_LOCALHOST: "#139fb0",
-    FlowType.SIDECAR_TO_ISTIOD: "#8a6a1c",
-    FlowType.DNS: "#c2185b",
+    FlowType.REMOTE_TO_LOCAL: "#1a5a9a",
+    FlowType.LOCAL_TO_REMOTE: "#9a5200",
+    FlowType.PROMETHEUS_TO_LOCAL: "#1d7040",
+    FlowType.LOCAL_TO_LOCAL: "#7a3ea6",
+    FlowType.ENVOY_LOCALHOST: "#0b6b76",
+    FlowType.SIDECAR_TO_ISTIOD: "#6f5410",
+    FlowType.DNS: "#a3124f",
 }
-BAD = "#d62728"
-FAILING = (FlowStatus.DRIFT, FlowStatus.BROKEN, FlowStatus.UNKNOWN)
-STATUS_MARK = {FlowStatus.OK: "✓", FlowStatus.DRIFT: "✗", FlowStatus.BROKEN: "✗", FlowStatus.UNKNOWN: "?"}
-STANDARD_CHAINS = ("PREROUTING", "ISTIO_INBOUND", "ISTIO_IN_REDIRECT", "INPUT",
-                   "OUTPUT", "ISTIO_OUTPUT", "ISTIO_REDIRECT")
-STANDARD_LISTENERS = {15001: "outbound", 15006: "inbound", 15090: "Prometheus"}
-LISTENER_NAMES = {15021: "health", 15008: "HBONE", 15020: "merged metrics"}
-ADMIN_PORT = 15000
-AGENT_PORTS = (15020, 15053)
+BAD = "#c62828"
+EXPECTED = "#505050"
+FAINT_STROKE, FAINT_FILL, FAINT_TEXT = "#c9c9c9", "#fafafa", "#707070"
+INK = "#1a1a1a"
 
-# Geometry (px). The canvas is at least 1200 wide and grows only for extra chains or listeners.
-WIDTH = 1200
-MARGIN = 20
-PEER_W, PEER_H = 120, 54
-POD_X = MARGIN + PEER_W + 36
-BOX_W, BOX_GAP = 108, 10
-LISTENER_W = 90
-TOP_Y, TOP_H = 110, 54
-UP_Y, UP_BAND = 206, 18  # the upper corridor: one band per lane, one sub-track per leg
-LOW_BAND = 9
-LEGEND_LINE = 15
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """A node a flow visits: a chain (with the rule numbers it took there), a listener, a socket, a peer."""
-
-    node: str  # chain:NAME | listener:PORT | app | admin | agent | proxy | void:PORT | peer:ROLE
-    rules: tuple[str, ...] = ()  # rule numbers taken in this chain, in order
-    leg: int = 0
+# Geometry (px): six columns (peers in, inbound chains, two of app/Envoy, outbound chains, peers out).
+COLUMNS = (104, 128, 112, 112, 128, 104)
+GUTTER = 30
+PAD = 12
+BOX_H = 50
+HEAD = 46
+LEG_STEP = 8  # tracks of the legs of one route
+EXPECTED_SHIFT = 11  # the expected route runs beside the live one, this far down and right
+CAPTION_LINE = 15
+PANEL_GAP = 16
 
 
 @dataclass(frozen=True, slots=True)
 class _Box:
     node: str
+    col: int
+    row: int
     x: float
     y: float
     w: float
     h: float
-    title: str
-    note: str = ""
 
     @property
     def cx(self) -> float:
         return self.x + self.w / 2
 
-    @property
-    def cy(self) -> float:
-        return self.y + self.h / 2
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    boxes: dict[str, _Box]
+    col_x: tuple[float, ...]
+    rows: int
+    width: float
+    bottom: float  # below the last row's gutter
+
+    def row_y(self, row: int) -> float:
+        return HEAD + GUTTER + row * (BOX_H + GUTTER)
+
+    def gutter_x(self, col: int, side: int) -> float:
+        """The vertical gutter left (side -1) or right (+1) of column `col`."""
+        return self.col_x[col] - GUTTER / 2 if side < 0 else self.col_x[col] + COLUMNS[col] + GUTTER / 2
+
+    def gutter_y(self, row: int, side: int) -> float:
+        return self.row_y(row) - GUTTER / 2 if side < 0 else self.row_y(row) + BOX_H + GUTTER / 2
 
 
-# -- what a flow visits ------------------------------------------------------------------------------
+def _grid(diagram: Diagram) -> _Grid:
+    col_x = [float(PAD)]
+    for column_width in COLUMNS[:-1]:
+        col_x.append(col_x[-1] + column_width + GUTTER)
+    cells: dict[str, tuple[int, int]] = {}
+    for row, node in enumerate(diagram.left):
+        cells[node] = (0, row)
+    for row, node in enumerate(diagram.inbound):
+        cells[node] = (1, row)
+    for row, node in enumerate(diagram.outbound):
+        cells[node] = (4, row)
+    for row, node in enumerate(diagram.right):
+        cells[node] = (5, row)
+    middle = [n for n in diagram.middle if n not in ("app", "agent") and not n.startswith("void:")]
+    cells["app"] = (2, 0)
+    if "agent" in diagram.middle:
+        cells["agent"] = (3, 0)
+    for index, node in enumerate(middle):
+        cells[node] = (2 + index % 2, 1 + index // 2)
+    free = [(3, 0)] if "agent" not in diagram.middle else []
+    row = 1 + (len(middle) + 1) // 2
+    for node in (n for n in diagram.middle if n.startswith("void:")):
+        cells[node] = free.pop() if free else (2 + row % 2, row)
+        row += 1
+    rows = max(row for _, row in cells.values()) + 1
+    boxes = {node: _Box(node, col, row, col_x[col], HEAD + GUTTER + row * (BOX_H + GUTTER), COLUMNS[col], BOX_H)
+             for node, (col, row) in cells.items()}
+    width = col_x[-1] + COLUMNS[-1] + PAD
+    return _Grid(boxes, tuple(col_x), rows, width, HEAD + GUTTER + rows * (BOX_H + GUTTER))
 
 
-def flow_stops(report: FlowReport, pod_addresses: frozenset[IPAddress]) -> tuple[Stop, ...]:
-    """The nodes `report`'s live path visits, from where it starts to where it ends."""
-    trace = report.live
-    stops = [Stop(_start_node(trace))]
-    for index, leg in enumerate(trace.legs):
-        last = index == len(trace.legs) - 1
-        for chain, numbers in _chain_visits(leg):
-            stops.append(Stop(f"chain:{chain}", numbers, index))
-        if leg.actor is Actor.REMOTE and _reaches_a_local_socket(trace, leg, last, pod_addresses) \
-                and "INPUT" not in (chain for chain, _ in _chain_visits(leg)):
-            # nat INPUT runs for the first packet delivered to a local socket (no rule: the chain is empty).
-            stops.append(Stop("chain:INPUT", (), index))
-        if index < len(trace.envoy_ports):
-            stops.append(Stop(f"listener:{trace.envoy_ports[index]}", (), index))
-    end = _end_node(trace, pod_addresses)
-    if end is not None and end != stops[-1].node:
-        stops.append(Stop(end, (), len(trace.legs) - 1))
-    return tuple(stops)
-
-
-def pod_addresses(expl: Explanation) -> frozenset[IPAddress]:
-    """The pod's own addresses, as the flows show them (a remote peer's destination, the app's source)."""
-    found: set[IPAddress] = set()
-    for report in expl.flows:
-        spec = report.spec
-        if spec.actor is Actor.REMOTE:
-            found.add(spec.destination.address)
-        elif spec.actor is Actor.APP and report.live.legs and not report.live.legs[0].src.is_loopback:
-            found.add(report.live.legs[0].src)
-    return frozenset(found)
-
-
-def _chain_visits(leg: Leg) -> Iterator[tuple[str, tuple[str, ...]]]:
-    chain, numbers = "", list[str]()
-    for ref in leg.rules:
-        name, _, number = ref.rpartition(":")
-        if name != chain and numbers:
-            yield chain, tuple(numbers)
-            numbers = []
-        chain = name
-        numbers.append(number)
-    if numbers:
-        yield chain, tuple(numbers)
-
-
-def _start_node(trace: FlowTrace) -> str:
-    actor = trace.spec.actor
-    if actor is Actor.REMOTE:
-        return "peer:prometheus" if trace.type is FlowType.PROMETHEUS_TO_LOCAL else "peer:remote"
-    return "app" if actor is Actor.APP else "proxy"
-
-
-def _is_local(address: IPAddress, pod: frozenset[IPAddress]) -> bool:
-    return address.is_loopback or address in pod or address == ipaddress.ip_address("::6")
-
-
-def _reaches_a_local_socket(trace: FlowTrace, leg: Leg, last: bool, pod: frozenset[IPAddress]) -> bool:
-    if not last:
-        return True
-    if trace.outcome in (Outcome.DROPPED, Outcome.UNDECIDED):
-        return False
-    target = leg.to or trace.delivered_to or leg.dst
-    return _is_local(target.address, pod)
-
-
-def _end_node(trace: FlowTrace, pod: frozenset[IPAddress]) -> str | None:
-    if trace.outcome is Outcome.REFUSED:
-        leg = trace.legs[-1]
-        return f"void:{(leg.to or leg.dst).port}"
-    if trace.outcome is Outcome.LOOP:
-        to = trace.legs[-1].to
-        return f"listener:{to.port}" if to is not None and to.port in trace.envoy_ports else None
-    if trace.outcome is not Outcome.DELIVERED or trace.delivered_to is None:
-        return None
-    return _socket_node(trace, trace.delivered_to, pod)
-
-
-def _socket_node(trace: FlowTrace, where: Endpoint, pod: frozenset[IPAddress]) -> str:
-    if not _is_local(where.address, pod):
-        return f"peer:{_peer_role(trace, where)}"
-    if where.port in trace.envoy_ports:
-        return f"listener:{where.port}"
-    if where.port == ADMIN_PORT:
-        return "admin"
-    if where.port in AGENT_PORTS:
-        return "agent"
-    return "app"
-
-
-def _peer_role(trace: FlowTrace, where: Endpoint) -> str:
-    if where.address == trace.spec.destination.address:
-        return {FlowType.SIDECAR_TO_ISTIOD: "istiod", FlowType.DNS: "dns",
-                FlowType.LOCAL_TO_LOCAL: "service"}.get(trace.type, "remote")
-    return f"other-{where.address}"
-
-
-# -- text ----------------------------------------------------------------------------------------------
-
-
-def path_summary(trace: FlowTrace) -> str:
-    """A flow's path on one line: rules → … ⇒ Envoy port ⇒ … ⇒ where it ended (plain text)."""
-    parts: list[str] = []
-    for index, leg in enumerate(trace.legs):
-        parts.append(" → ".join(leg.rules) or "(no rule)")
-        if index < len(trace.envoy_ports):
-            parts.append(f"Envoy {trace.envoy_ports[index]}")
-    if trace.outcome is Outcome.DELIVERED:
-        parts.append(str(trace.delivered_to))
-    else:
-        parts.append(trace.outcome.value.upper())
-    return " ⇒ ".join(parts)
-
-
-def flow_label(report: FlowReport) -> str:
-    """`4 local pod -> its own pod IP (no Service)`: type number and name."""
-    return f"{int(report.spec.type)} {report.spec.name}"
-
-
-def status_word(report: FlowReport) -> str:
-    status = report.status
-    if status is FlowStatus.OK:
-        return "✓ ok"
-    if status is FlowStatus.BROKEN:
-        return f"✗ broken ({report.live.outcome.value})"
-    return f"{STATUS_MARK[status]} {status.value}"
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    """Break `text` at spaces into lines of at most `width` characters (longer words stay whole)."""
-    lines: list[str] = []
-    line = ""
-    for word in text.split(" "):
-        candidate = f"{line} {word}" if line else word
-        if len(candidate) > width and line:
-            lines.append(line)
-            line = word
-        else:
-            line = candidate
-    if line:
-        lines.append(line)
-    return lines
+# -- text helpers --------------------------------------------------------------------------------------
 
 
 def _n(value: float) -> str:
@@ -238,174 +144,68 @@ def _n(value: float) -> str:
 
 
 def _text(x: float, y: float, content: str, size: float = 12, *, anchor: str = "start",
-          weight: str = "normal", fill: str = "#222", family: str = SANS, extra: str = "") -> str:
+          weight: str = "normal", fill: str = INK, family: str = SANS, extra: str = "") -> str:
     bold = ' font-weight="bold"' if weight == "bold" else ""
     return (f'<text x="{_n(x)}" y="{_n(y)}" font-family="{family}" font-size="{_n(size)}" '
             f'text-anchor="{anchor}" fill="{fill}"{bold}{extra}>{escape(content)}</text>')
 
 
-def _rect(box: _Box, fill: str, stroke: str, *, dash: str = "", radius: int = 6, width: float = 1.2) -> str:
+def _rect(x: float, y: float, w: float, h: float, fill: str, stroke: str, *, radius: float = 6,
+          width: float = 1.2, dash: str = "", extra: str = "") -> str:
     dashed = f' stroke-dasharray="{dash}"' if dash else ""
-    return (f'<rect x="{_n(box.x)}" y="{_n(box.y)}" width="{_n(box.w)}" height="{_n(box.h)}" rx="{radius}" '
-            f'fill="{fill}" stroke="{stroke}" stroke-width="{_n(width)}"{dashed}/>')
+    return (f'<rect x="{_n(x)}" y="{_n(y)}" width="{_n(w)}" height="{_n(h)}" rx="{_n(radius)}" '
+            f'fill="{fill}" stroke="{stroke}" stroke-width="{_n(width)}"{dashed}{extra}/>')
 
 
-# -- layout --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    boxes: dict[str, _Box]
-    envoy: _Box
-    pod: _Box
-    lanes: int
-    width: float
-    low_y: float  # top of the lower corridor
-
-    def lane_x(self, node: str, lane: int) -> float:
-        box = self.boxes[node]
-        step = min(12.0, (box.w - 12) / max(self.lanes, 1))
-        start = box.cx - step * (self.lanes - 1) / 2
-        return start + lane * step
-
-    def low(self, lane: int) -> float:
-        return self.low_y + 12 + LOW_BAND * lane
-
-
-def _layout(expl: Explanation, stops: list[tuple[Stop, ...]]) -> _Layout:
-    visited = [stop.node for route in stops for stop in route]
-    chains = list(STANDARD_CHAINS) + sorted(
-        {node[6:] for node in visited if node.startswith("chain:")} - set(STANDARD_CHAINS),
-        key=lambda chain: visited.index(f"chain:{chain}"))
-    listeners = sorted(set(STANDARD_LISTENERS) | {int(n[9:]) for n in visited if n.startswith("listener:")})
-    voids = sorted({int(n[5:]) for n in visited if n.startswith("void:")})
-    lanes = len(expl.flows)
-    most_rules = max((sum(len(s.rules) or 1 for s in route if s.node == node)
-                      for route in stops for node in {s.node for s in route} if node.startswith("chain:")),
-                     default=1)
-    chain_h = 34 + 13 * max(most_rules, 2)
-
-    boxes: dict[str, _Box] = {}
-    x = POD_X + 16
-    boxes["app"] = _Box("app", x, TOP_Y, BOX_W, TOP_H, *node_caption(expl, "app"))
-    x += BOX_W + 18
-    envoy_x = x
-    x += 10
-    for node in ["proxy", *(f"listener:{port}" for port in listeners), "admin"]:
-        boxes[node] = _Box(node, x, TOP_Y, LISTENER_W, TOP_H, *node_caption(expl, node))
-        x += LISTENER_W + 6
-    envoy = _Box("envoy", envoy_x, TOP_Y - 28, x + 4 - envoy_x, TOP_H + 38, "Envoy (istio-proxy)")
-    x += 22
-    agent = ["agent"] if "agent" in visited else []  # pilot-agent appears when a flow reaches it
-    for node in [*agent, *(f"void:{port}" for port in voids)]:
-        boxes[node] = _Box(node, x, TOP_Y, BOX_W, TOP_H, *node_caption(expl, node))
-        x += BOX_W + 14
-    top_right = x
-
-    chain_y = UP_Y + UP_BAND * lanes + 4  # the upper corridor sits between the top row and the chains
-    x = POD_X + 16
-    for chain in chains:
-        boxes[f"chain:{chain}"] = _Box(f"chain:{chain}", x, chain_y, BOX_W, chain_h, chain)
-        x += BOX_W + BOX_GAP
-    pod_right = max(top_right, x) + 6
-    low_y = chain_y + chain_h
-    pod = _Box("pod", POD_X, 48, pod_right - POD_X, low_y + 20 + LOW_BAND * lanes - 48, "pod")
-    width = max(WIDTH, pod_right + 36 + PEER_W + MARGIN)
-
-    roles = [n[5:] for n in dict.fromkeys(visited) if n.startswith("peer:")]
-    left = [r for r in ("remote", "prometheus") if r in roles]
-    right = [r for r in roles if r not in left]
-    for column, peers in ((MARGIN, left), (width - MARGIN - PEER_W, right)):
-        y = UP_Y - 30
-        for role in peers:
-            boxes[f"peer:{role}"] = _Box(f"peer:{role}", column, y, PEER_W, PEER_H,
-                                         *node_caption(expl, f"peer:{role}"))
-            y += PEER_H + 22
-    return _Layout(boxes, envoy, pod, lanes, width, low_y)
-
-
-def _proxy_note(expl: Explanation) -> str:
-    uids = sorted({leg.identity.uid for r in expl.flows for leg in r.live.legs
-                   if leg.actor is Actor.PROXY and leg.identity is not None})
-    return f"uid {uids[0]}" if uids else "connections"
-
-
-def node_caption(expl: Explanation, node: str) -> tuple[str, str]:
-    """A node's name and a second line (a port's role, an identity, an address)."""
-    kind, _, key = node.partition(":")
-    if kind == "chain":
-        return key, ""
-    if kind == "listener":
-        port = int(key)
-        return key, STANDARD_LISTENERS.get(port) or LISTENER_NAMES.get(port, "listener")
-    if kind == "void":
-        return f":{key}", "nothing listens"
-    if kind == "peer":
-        return _peer_names(expl, key)
-    return {"app": ("app", _app_note(expl)), "proxy": ("upstream", _proxy_note(expl)),
-            "admin": ("admin 15000", "socket"), "agent": ("pilot-agent", "15020, 15053")}[node]
-
-
-def _app_note(expl: Explanation) -> str:
-    uids = sorted({leg.identity.uid for r in expl.flows for leg in r.live.legs[:1]
-                   if r.spec.actor is Actor.APP and leg.identity is not None})
-    return f"uid {uids[0]}" if uids else "container"
-
-
-def _peer_names(expl: Explanation, role: str) -> tuple[str, str]:
-    by_type = {r.spec.type: r.spec for r in expl.flows if r.spec.variant is None}
-    if role == "remote":
-        spec = by_type.get(FlowType.LOCAL_TO_REMOTE)
-        return "remote pod", str(spec.destination.address) if spec else ""
-    if role == "prometheus":
-        spec = by_type.get(FlowType.PROMETHEUS_TO_LOCAL)
-        return "Prometheus", str(spec.source) if spec and spec.source else ""
-    if role == "istiod":
-        spec = by_type.get(FlowType.SIDECAR_TO_ISTIOD)
-        return "istiod", str(spec.destination) if spec else ""
-    if role == "dns":
-        dns = [r.spec for r in expl.flows if r.spec.type is FlowType.DNS]
-        return "cluster DNS", str(dns[0].destination) if dns else ""
-    if role == "service":
-        spec = by_type.get(FlowType.LOCAL_TO_LOCAL)
-        return "Service VIP", str(spec.destination) if spec else ""
-    return "outside", role.removeprefix("other-")
+def wrap_path(text: str, width: int) -> list[str]:
+    """Break a path (`A → B ⇒ Envoy 15001 ⇒ …`) into lines of at most `width` characters, only before an
+    arrow (a rule or `Envoy 15001` is never split; one longer than `width` gets a line of its own)."""
+    pieces = re.split(r" (?=[→⇒] )", text)
+    lines: list[str] = []
+    for piece in pieces:
+        if lines and len(lines[-1]) + 1 + len(piece) <= width:
+            lines[-1] += " " + piece
+        else:
+            lines.append(piece)
+    return lines
 
 
 # -- routes --------------------------------------------------------------------------------------------
 
 
-def _riser(layout: _Layout, node: str, lane: int, leg: int, down: bool) -> list[tuple[float, float]]:
-    """Points from `node` (in `lane`) to its corridor: the lower one between chains, else the upper one."""
-    box = layout.boxes[node]
-    if node.startswith("chain:"):
-        x = layout.lane_x(node, lane)
-        if down:
-            return [(x, box.y + box.h - 6), (x, layout.low(lane))]
-        return [(x, box.y + 28), (x, _up(layout, lane, leg))]
-    if node.startswith("peer:"):
-        leftward = box.x < layout.pod.x
-        edge = box.x + box.w if leftward else box.x
-        jog = edge + (6 + 4 * lane) * (1 if leftward else -1)
-        y = box.y + 12 + (box.h - 24) * (lane + 0.5) / max(layout.lanes, 1)
-        return [(edge, y), (jog, y), (jog, _up(layout, lane, leg))]
-    x = layout.lane_x(node, lane)
-    return [(x, box.y + box.h), (x, _up(layout, lane, leg))]
+def _offset(stop: Stop, legs: int, expected: bool) -> float:
+    return (stop.leg - (legs - 1) / 2) * LEG_STEP + (EXPECTED_SHIFT if expected else 0)
 
 
-def _up(layout: _Layout, lane: int, leg: int) -> float:
-    return UP_Y + UP_BAND * lane + 4 * (leg % 4)
+def _anchor(grid: _Grid, stop: Stop, legs: int, expected: bool) -> tuple[float, float]:
+    """Where a route passes through a box: its leg's track, below the box's name."""
+    box = grid.boxes[stop.node]
+    off = _offset(stop, legs, expected)
+    return box.cx + 2.5 * (off - (EXPECTED_SHIFT if expected else 0)) + (6 if expected else 0), box.y + 30 + off / 2
 
 
-def _connect(layout: _Layout, a: Stop, b: Stop, lane: int) -> list[tuple[float, float]]:
-    low = a.node.startswith("chain:") and b.node.startswith("chain:")
-    leg = b.leg
-    start = _riser(layout, a.node, lane, leg, low)
-    end = _riser(layout, b.node, lane, leg, low)
-    return start + end[::-1]
+def _hop(grid: _Grid, a: Stop, b: Stop, legs: int, expected: bool) -> tuple[list[tuple[float, float]], int]:
+    """The points from `a` to `b` through the gutters, and the side `b` is entered from (0 top/bottom)."""
+    box_a, box_b = grid.boxes[a.node], grid.boxes[b.node]
+    start, end = _anchor(grid, a, legs, expected), _anchor(grid, b, legs, expected)
+    off = _offset(b, legs, expected)
+    if box_a.col == box_b.col and abs(box_a.row - box_b.row) == 1:
+        return [start, (end[0], start[1]), end], 0
+    if box_a.col == box_b.col:
+        side = 1 if box_a.col <= 2 else -1
+        gx = grid.gutter_x(box_a.col, side) + off * side
+        return [start, (gx, start[1]), (gx, end[1]), end], side
+    side = 1 if box_b.col > box_a.col else -1
+    gx_a = grid.gutter_x(box_a.col, side) + off
+    if abs(box_b.col - box_a.col) == 1:
+        return [start, (gx_a, start[1]), (gx_a, end[1]), end], -side
+    row_side = -1 if box_b.row >= box_a.row else 1
+    gy = grid.gutter_y(box_b.row, row_side) + off
+    gx_b = grid.gutter_x(box_b.col, -side) + off
+    return [start, (gx_a, start[1]), (gx_a, gy), (gx_b, gy), (gx_b, end[1]), end], -side
 
 
-def _polyline(points: list[tuple[float, float]]) -> str:
+def _points(points: list[tuple[float, float]]) -> str:
     kept: list[tuple[float, float]] = []
     for point in points:
         if not kept or kept[-1] != point:
@@ -413,95 +213,222 @@ def _polyline(points: list[tuple[float, float]]) -> str:
     return " ".join(f"{_n(x)},{_n(y)}" for x, y in kept)
 
 
-def _arrow(points: list[tuple[float, float]], colour: str) -> str:
-    (x1, y1), (x2, y2) = points[-2], points[-1]
-    if abs(x2 - x1) > abs(y2 - y1):
-        d = 1 if x2 > x1 else -1
-        shape = [(x2, y2), (x2 - 8 * d, y2 - 4), (x2 - 8 * d, y2 + 4)]
+def _arrow(grid: _Grid, points: list[tuple[float, float]], stop: Stop, side: int, colour: str) -> str:
+    """An arrowhead where the route enters `stop`'s box."""
+    box = grid.boxes[stop.node]
+    x, y = points[-1]
+    if side == 0:
+        down = points[0][1] < y
+        tip = (x, box.y if down else box.y + box.h)
+        d = 1 if down else -1
+        shape = [tip, (tip[0] - 5, tip[1] - 9 * d), (tip[0] + 5, tip[1] - 9 * d)]
     else:
-        d = 1 if y2 > y1 else -1
-        shape = [(x2, y2), (x2 - 4, y2 - 8 * d), (x2 + 4, y2 - 8 * d)]
-    return f'<polygon points="{_polyline(shape)}" fill="{colour}"/>'
+        tip = (box.x if side < 0 else box.x + box.w, y)
+        d = -side
+        shape = [tip, (tip[0] - 9 * d, tip[1] - 5), (tip[0] - 9 * d, tip[1] + 5)]
+    return f'<polygon points="{_points(shape)}" fill="{colour}"/>'
 
 
-def _route(layout: _Layout, report: FlowReport, lane: int, stops: tuple[Stop, ...]) -> list[str]:
-    colour = FLOW_COLOURS.get(report.spec.type, "#555")
-    failing = report.status in FAILING
-    out = [f'<g class="flow" data-type="{int(report.spec.type)}" data-status="{report.status.value}">',
-           f"<title>{escape(flow_label(report))}: {escape(path_summary(report.live))}</title>"]
-    segments = [_connect(layout, a, b, lane) for a, b in pairwise(stops)]
-    points = [p for segment in segments for p in segment]
-    if failing:
-        out.append(f'<polyline points="{_polyline(points)}" fill="none" stroke="{BAD}" stroke-width="6" '
-                   'stroke-opacity="0.3" stroke-linejoin="round"/>')
-    dash = ' stroke-dasharray="7 4"' if failing else ""
-    out.append(f'<polyline points="{_polyline(points)}" fill="none" stroke="{colour}" stroke-width="2.2" '
-               f'stroke-linejoin="round"{dash}/>')
-    for segment, stop in zip(segments, stops[1:], strict=True):
+def _route(grid: _Grid, stops: tuple[Stop, ...], colour: str, expected: bool,
+           changed: str | None) -> list[str]:
+    legs = max((stop.leg for stop in stops), default=0) + 1
+    kind = "expected" if expected else "live"
+    out = [f'<g class="route {kind}">']
+    style = (f'stroke="{colour}" stroke-width="2" stroke-dasharray="2 4" stroke-linecap="round"' if expected
+             else f'stroke="{colour}" stroke-width="3"')
+    arrows = []
+    for a, b in pairwise(stops):
+        points, side = _hop(grid, a, b, legs, expected)
+        out.append(f'<polyline points="{_points(points)}" fill="none" {style} stroke-linejoin="round"/>')
+        arrows.append(_arrow(grid, points, b, side, colour))
+    out += arrows
+    for stop in stops:
         if not stop.node.startswith("chain:"):
-            out.append(_arrow(segment, colour))
-    if failing and points:
-        x, y = points[-1]
-        if stops[-1].node.startswith("chain:"):
-            box = layout.boxes[stops[-1].node]
-            y = box.y + box.h + 12
-        out.append(_text(x, y + 6, "✗" if report.status is not FlowStatus.UNKNOWN else "?", 20,
-                         anchor="middle", weight="bold", fill=BAD))
+            continue
+        x, y = _anchor(grid, stop, legs, expected)
+        refs = stop.refs
+        if not refs:
+            out.append(_text(x, y + 4, "policy", 9, anchor="middle", fill=colour,
+                             extra=' stroke="#ffffff" stroke-width="3" paint-order="stroke"'))
+            continue
+        for index, (number, ref) in enumerate(zip(stop.rules, refs, strict=True)):
+            bx = x + (index - (len(refs) - 1) / 2) * 22
+            w = 9 + 6.5 * len(number)
+            fill, ink = ("#ffffff", colour) if expected else (colour, "#ffffff")
+            ring = ""
+            if ref == changed:
+                ring = _rect(bx - w / 2 - 4, y - 12, w + 8, 20, "none", BAD, radius=9, width=2.5,
+                             extra=' class="changed-ring"')
+            out.append(f'<g class="rule{" changed" if ref == changed else ""}" data-rule="{escape(ref)}">'
+                       f"<title>{escape(ref)}</title>"
+                       + _rect(bx - w / 2, y - 8, w, 13, fill, colour, radius=4, width=1.2)
+                       + _text(bx, y + 2.5, number, 10, anchor="middle", weight="bold", fill=ink, family=MONO)
+                       + ring + "</g>")
     out.append("</g>")
     return out
 
 
-def _rule_tags(layout: _Layout, reports: tuple[FlowReport, ...], stops: list[tuple[Stop, ...]]) -> list[str]:
-    """The rule numbers each flow took, written in its lane inside each chain box, one per row."""
-    out: list[str] = []
-    rows: dict[tuple[str, int], int] = {}
-    for lane, (report, route) in enumerate(zip(reports, stops, strict=True)):
-        colour = FLOW_COLOURS.get(report.spec.type, "#555")
-        for stop in route:
-            if not stop.node.startswith("chain:"):
-                continue
-            box = layout.boxes[stop.node]
-            x = layout.lane_x(stop.node, lane)
-            chain = stop.node[6:]
-            for number in stop.rules or ("·",):
-                row = rows.get((stop.node, lane), 0)
-                rows[(stop.node, lane)] = row + 1
-                y = box.y + 36 + 13 * row
-                wide = 5 + 3.5 * len(number)
-                label = f"{chain}:{number}" if number != "·" else f"{chain} (no rule: policy)"
-                out.append(f'<g><title>{escape(flow_label(report))}: {escape(label)}</title>'
-                           f'<rect x="{_n(x - wide / 2)}" y="{_n(y - 9)}" width="{_n(wide)}" height="11" '
-                           f'rx="3" fill="{colour}"/>'
-                           + _text(x, y, number, 9, anchor="middle", weight="bold", fill="#fff", family=MONO)
-                           + "</g>")
+# -- a panel -------------------------------------------------------------------------------------------
+
+
+def _colour(panel: Panel) -> str:
+    return BAD if panel.failing else FLOW_COLOURS.get(panel.report.spec.type, "#444444")
+
+
+def _skeleton(diagram: Diagram, grid: _Grid, strong: set[str], colour: str, end: str | None) -> list[str]:
+    """The pod, Envoy and every box: faint, except the boxes this flow visits."""
+    envoy = [b for n, b in grid.boxes.items() if n.startswith("listener:") or n in ("proxy", "admin")]
+    chains = [b for n, b in grid.boxes.items() if n.startswith("chain:")]
+    pod = [b for b in grid.boxes.values() if 1 <= b.col <= 4]
+    out = []
+    if pod:
+        x0, y0 = min(b.x for b in pod) - 10, HEAD + 6.0
+        x1, y1 = max(b.x + b.w for b in pod) + 10, grid.bottom - 6
+        name = "pod " + ", ".join(map(str, diagram.addresses)) if diagram.addresses else "pod"
+        out.append(_rect(x0, y0, x1 - x0, y1 - y0, "none", "#9a9a9a", radius=12, width=1.2))
+        out.append(_text(x0 + 10, y1 - 7, name, 11, weight="bold", fill=FAINT_TEXT))
+    if envoy:
+        x0, y0 = min(b.x for b in envoy) - 8, min(b.y for b in envoy) - 20
+        x1, y1 = max(b.x + b.w for b in envoy) + 8, max(b.y + b.h for b in envoy) + 8
+        out.append(_rect(x0, y0, x1 - x0, y1 - y0, "#f3f7fb", "#b9cde0", radius=8))
+        out.append(_text(x0 + 8, y0 + 13, "Envoy (istio-proxy)", 10, weight="bold", fill="#4d6a85"))
+    if chains:
+        for col, label in ((1, "inbound chains"), (4, "outbound chains")):
+            if any(b.col == col for b in chains):
+                out.append(_text(grid.col_x[col] + COLUMNS[col] / 2, HEAD + 20, label, 10, anchor="middle",
+                                 fill=FAINT_TEXT))
+    for node, box in grid.boxes.items():
+        visited = node in strong
+        void = node.startswith("void:")
+        stroke = colour if visited else (BAD if void else FAINT_STROKE)
+        fill = "#ffffff" if visited else ("#fdf0f0" if void else FAINT_FILL)
+        width = 3 if node == end else 2 if visited else 1
+        radius = 4 if node.startswith("chain:") else 12 if node.startswith("peer:") else 7
+        out.append(_rect(box.x, box.y, box.w, box.h, fill, stroke, radius=radius, width=width,
+                         dash="5 3" if void else "", extra=f' class="node{" visited" if visited else ""}" '
+                                                           f'data-node="{escape(node)}"'))
     return out
 
 
-# -- the picture ---------------------------------------------------------------------------------------
+def _labels(diagram: Diagram, grid: _Grid, strong: set[str]) -> list[str]:
+    """Box names, on top of the routes (with a halo, so a route passing under one does not hide it)."""
+    out = []
+    for node, box in grid.boxes.items():
+        title, note = diagram.captions[node]
+        visited = node in strong
+        fill = INK if visited else FAINT_TEXT
+        halo = f' stroke="{"#ffffff" if visited else FAINT_FILL}" stroke-width="3" paint-order="stroke"'
+        if node.startswith("chain:"):
+            table, _, chain = title.rpartition("/")
+            size = 10.5 if len(chain) <= 17 else 9
+            out.append(_text(box.cx, box.y + 14, chain, size, anchor="middle", weight="bold", fill=fill,
+                             family=MONO, extra=halo))
+            if table:
+                out.append(_text(box.x + 4, box.y - 3, table, 8.5, fill=FAINT_TEXT, family=MONO))
+            continue
+        out.append(_text(box.cx, box.y + 15, title, 11.5, anchor="middle", weight="bold",
+                         fill=BAD if node.startswith("void:") else fill, extra=halo))
+        if note:
+            out.append(_text(box.cx, box.y + 44, note, 9.5, anchor="middle", fill=fill if visited else FAINT_TEXT,
+                             extra=halo))
+    return out
 
 
-def diagram_svg(expl: Explanation, title: str) -> str:
-    """The pod, its chains and every flow's route through them, as a standalone SVG document."""
-    pod = pod_addresses(expl)
-    stops = [flow_stops(report, pod) for report in expl.flows]
-    layout = _layout(expl, stops)
-    legend_top = layout.pod.y + layout.pod.h + 34
-    legend, legend_h = _legend(expl, legend_top, layout.width)
-    height = legend_top + legend_h + MARGIN
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_n(layout.width)}" height="{_n(height)}" '
-           f'viewBox="0 0 {_n(layout.width)} {_n(height)}" font-family="{SANS}">',
+def _panel_body(diagram: Diagram, grid: _Grid, panel: Panel) -> tuple[list[str], float]:
+    """A panel's elements (origin at its top left) and its height."""
+    colour = _colour(panel)
+    report = panel.report
+    strong = {stop.node for stop in panel.live}
+    end = panel.live[-1].node if panel.live else None
+    out = [_rect(0, 0, grid.width, 10, "#ffffff", "none", radius=0, width=0)]  # replaced below (height)
+    out.append(_text(PAD, 24, flow_label(report), 15, weight="bold"))
+    out.append(_text(grid.width - PAD, 24, status_word(report), 14, anchor="end", weight="bold",
+                     fill=BAD if panel.failing else "#1d6b35"))
+    if panel.expected is not None:
+        out.append(_text(grid.width - PAD, 40, "solid: live path   dotted: what Istio meant", 10, anchor="end",
+                         fill="#555555"))
+    out += _skeleton(diagram, grid, strong, colour, end)
+    changed = panel.change.ref if panel.change is not None else None
+    if panel.expected is not None:
+        out += _route(grid, panel.expected, EXPECTED, True, changed if panel.change and
+                      panel.change.route == "expected" else None)
+    out += _route(grid, panel.live, colour, False, changed if panel.change and panel.change.route == "live" else None)
+    out += _labels(diagram, grid, strong)
+    if panel.failing and end is not None:
+        box = grid.boxes[end]
+        out.append(_text(box.x + box.w - 2, box.y + 4, "✗" if report.status is not FlowStatus.UNKNOWN else "?", 22,
+                         anchor="middle", weight="bold", fill=BAD,
+                         extra=' class="end-mark" stroke="#ffffff" stroke-width="3" paint-order="stroke"'))
+    y = grid.bottom + 4
+    chars = int((grid.width - 2 * PAD) / 6.6)
+    lines = [(line, INK) for line in wrap_path("path: " + path_summary(report.live), chars)]
+    if panel.expected is not None and report.expected is not None:
+        lines += [(line, "#4a4a4a") for line in wrap_path("expected: " + path_summary(report.expected), chars)]
+    if panel.change is not None:
+        lines += [(line, BAD) for line in _plain_wrap("✗ " + panel.change.why, chars)]
+    for line, fill in lines:
+        y += CAPTION_LINE
+        out.append(_text(PAD, y, line, 11, fill=fill, family=MONO))
+    height = y + 12
+    out[0] = _rect(0, 0, grid.width, height, "#ffffff", "#d0d0d0", radius=8, width=1)
+    return out, height
+
+
+def _plain_wrap(text: str, width: int) -> list[str]:
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
+def _panel_group(diagram: Diagram, grid: _Grid, panel: Panel, x: float, y: float) -> tuple[list[str], float]:
+    body, height = _panel_body(diagram, grid, panel)
+    spec = panel.report.spec
+    variant = f' data-variant="{escape(spec.variant)}"' if spec.variant else ""
+    head = (f'<g class="panel" id="flow-{escape(panel.flow)}" data-flow="{escape(panel.flow)}" '
+            f'data-type="{int(spec.type)}"{variant} data-status="{panel.report.status.value}" '
+            f'transform="translate({_n(x)},{_n(y)})">')
+    title = f"<title>{escape(flow_label(panel.report))}: {escape(status_word(panel.report))}</title>"
+    return [head, title, *body, "</g>"], height
+
+
+def _document(width: float, height: float, title: str, body: list[str]) -> str:
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_n(width)}" height="{_n(height)}" '
+           f'viewBox="0 0 {_n(width)} {_n(height)}" font-family="{SANS}" role="img">',
            f"<title>{escape(title)}</title>",
-           f'<rect x="0" y="0" width="{_n(layout.width)}" height="{_n(height)}" fill="#ffffff"/>',
-           _text(MARGIN, 30, title, 18, weight="bold"),
-           _text(layout.width - MARGIN, 30, _summary(expl), 13, anchor="end", fill="#444")]
-    out += _frame(expl, layout, pod)
-    for lane, (report, route) in enumerate(zip(expl.flows, stops, strict=True)):
-        out += _route(layout, report, lane, route)
-    out += _rule_tags(layout, expl.flows, stops)
-    out += _chain_titles(layout)
-    out += legend
-    out.append("</svg>")
+           f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#ffffff"/>',
+           *body, "</svg>"]
     return "\n".join(out) + "\n"
+
+
+def diagram_svg(expl: Explanation, title: str, columns: int = 2) -> str:
+    """Every flow's panel of a pod in one SVG document, `columns` panels a row, under a title line."""
+    diagram = build_diagram(expl, title)
+    grid = _grid(diagram)
+    body = [_text(PAD, 28, title, 18, weight="bold"),
+            _text(PAD + (grid.width + PANEL_GAP) * columns - PANEL_GAP, 28, _summary(expl), 13, anchor="end",
+                  fill="#444444")]
+    y = 44.0
+    for start in range(0, len(diagram.panels), columns):
+        row_height = 0.0
+        for index, panel in enumerate(diagram.panels[start:start + columns]):
+            group, height = _panel_group(diagram, grid, panel, PAD + index * (grid.width + PANEL_GAP), y)
+            body += group
+            row_height = max(row_height, height)
+        y += row_height + PANEL_GAP
+    width = 2 * PAD + columns * grid.width + (columns - 1) * PANEL_GAP
+    return _document(width, y, title, body)
+
+
+def panel_svg(diagram: Diagram, index: int) -> str:
+    """One flow's panel as its own SVG document."""
+    grid = _grid(diagram)
+    panel = diagram.panels[index]
+    group, height = _panel_group(diagram, grid, panel, 0, 0)
+    return _document(grid.width, height, f"{diagram.title}: {flow_label(panel.report)}", group)
 
 
 def _summary(expl: Explanation) -> str:
@@ -510,74 +437,3 @@ def _summary(expl: Explanation) -> str:
         counts[report.status.value] = counts.get(report.status.value, 0) + 1
     order = [s.value for s in FlowStatus]
     return f"{len(expl.flows)} flows: " + ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
-
-
-def _frame(expl: Explanation, layout: _Layout, pod: frozenset[IPAddress]) -> list[str]:
-    """The pod, its containers, listeners, chains and peers (everything but the routes)."""
-    box = layout.pod
-    addresses = sorted((a for a in pod if not a.is_loopback), key=lambda a: (a.version, int(a)))
-    name = "pod " + ", ".join(map(str, addresses)) if addresses else "pod"
-    out = [_rect(box, "#fafafa", "#555", radius=12, width=1.6),
-           _text(box.x + 12, box.y + 20, name, 13, weight="bold"),
-           _rect(layout.envoy, "#eef5fb", "#5b8db8", radius=8),
-           _text(layout.envoy.x + 10, layout.envoy.y + 18, "Envoy (istio-proxy)", 12, weight="bold",
-                 fill="#2c5d87")]
-    first_chain = layout.boxes["chain:PREROUTING"]
-    out.append(_text(first_chain.x, first_chain.y - 6, "iptables chains (rule numbers each flow took)", 11,
-                     fill="#666"))
-    for node, item in layout.boxes.items():
-        if node.startswith("chain:"):
-            out.append(_rect(item, "#fff8e6", "#b08a2e", radius=4))
-            continue
-        if node.startswith("void:"):
-            out.append(_rect(item, "#fdecec", BAD, dash="5 3"))
-            fill = BAD
-        elif node.startswith("peer:"):
-            out.append(_rect(item, "#f1f1f1", "#777", radius=10))
-            fill = "#222"
-        elif node.startswith("listener:") or node in ("admin", "proxy"):
-            out.append(_rect(item, "#ffffff", "#5b8db8"))
-            fill = "#2c5d87"
-        else:
-            out.append(_rect(item, "#eef8ef", "#4f9a5c"))
-            fill = "#2d6b37"
-        out.append(_text(item.cx, item.y + 20, item.title, 13, anchor="middle", weight="bold", fill=fill))
-        if item.note:
-            out.append(_text(item.cx, item.y + 38, item.note, 10.5, anchor="middle", fill="#555"))
-    return out
-
-
-def _chain_titles(layout: _Layout) -> list[str]:
-    """Chain names, drawn over the routes with a halo so the lanes crossing them do not hide them."""
-    halo = ' stroke="#fff8e6" stroke-width="4" paint-order="stroke"'
-    return [_text(box.cx, box.y + 16, box.title, 10.5 if len(box.title) < 17 else 9, anchor="middle",
-                  weight="bold", family=MONO, extra=halo)
-            for node, box in layout.boxes.items() if node.startswith("chain:")]
-
-
-def _legend(expl: Explanation, top: float, width: float) -> tuple[list[str], float]:
-    x_name, x_status, x_path = MARGIN + 52, MARGIN + 362, MARGIN + 522
-    chars = int((width - MARGIN - x_path) / 6.9)
-    out = [_text(MARGIN, top, "flow", 12, weight="bold"), _text(x_status, top, "status", 12, weight="bold"),
-           _text(x_path, top, "path: chain:rule → … ⇒ Envoy listener ⇒ where it ended", 12, weight="bold")]
-    y = top + 20
-    for report in expl.flows:
-        colour = FLOW_COLOURS.get(report.spec.type, "#555")
-        failing = report.status in FAILING
-        dash = ' stroke-dasharray="7 4"' if failing else ""
-        out.append(f'<line x1="{MARGIN}" y1="{_n(y - 4)}" x2="{MARGIN + 34}" y2="{_n(y - 4)}" '
-                   f'stroke="{colour}" stroke-width="3"{dash}/>')
-        out.append(_text(x_name - 10, y, str(int(report.spec.type)), 12, anchor="end", weight="bold",
-                         fill=colour))
-        name_lines = _wrap(report.spec.name, 44)
-        for row, line in enumerate(name_lines):
-            out.append(_text(x_name, y + LEGEND_LINE * row, line, 12))
-        out.append(_text(x_status, y, status_word(report), 12, weight="bold",
-                         fill=BAD if failing else "#2d6b37"))
-        lines = [(line, "#222") for line in _wrap(path_summary(report.live), chars)]
-        if failing and report.expected is not None:
-            lines += [(line, "#777") for line in _wrap("expected: " + path_summary(report.expected), chars)]
-        for row, (line, fill) in enumerate(lines):
-            out.append(_text(x_path, y + LEGEND_LINE * row, line, 11, fill=fill, family=MONO))
-        y += LEGEND_LINE * max(len(lines), len(name_lines)) + 7
-    return out, y - top

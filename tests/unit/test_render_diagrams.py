@@ -24,12 +24,14 @@ import pytest
 from conftest import REPO, require
 
 from podnat.facts import PodRef
-from podnat.istio.explain import Explanation, FlowStatus, explain
+from podnat.istio.explain import Explanation, explain
 from podnat.istio.flows import PodContext
 from podnat.netfilter.parse import parse_ruleset
+from podnat.render.data import explanation_data
+from podnat.render.diagram import build_diagram
 from podnat.render.html import verify_html
 from podnat.render.mermaid import UNSAFE, diagram_mermaid, node_id
-from podnat.render.svg import BAD, diagram_svg, flow_stops, pod_addresses
+from podnat.render.svg import BAD, EXPECTED, FAINT_FILL, FAINT_TEXT, FLOW_COLOURS, INK, diagram_svg, panel_svg
 from podnat.usecases import PodReport, VerifyReport
 
 DEFAULT = (REPO / "tests" / "data" / "default.v4.iptables-save").read_text()
@@ -140,71 +142,158 @@ def check_picture(png: bytes, name: str, other: str | None = None) -> None:
 # -- SVG --------------------------------------------------------------------------------------------------
 
 
-def flow_groups(svg: str) -> list[ET.Element]:
-    return ET.fromstring(svg).findall(f".//{SVG_NS}g[@class='flow']")
+def panels(svg: str) -> list[ET.Element]:
+    """The flow panels of an SVG document, in order."""
+    return ET.fromstring(svg).findall(f".//{SVG_NS}g[@class='panel']")
+
+
+def route(panel: ET.Element, kind: str) -> ET.Element | None:
+    found = panel.findall(f"{SVG_NS}g[@class='route {kind}']")
+    assert len(found) <= 1, f"{panel.get('data-flow')}: {len(found)} {kind} routes"
+    return found[0] if found else None
+
+
+def rule_badges(group: ET.Element) -> list[str]:
+    """The rules written on a route, in the order it draws them."""
+    return [g.get("data-rule") for g in group.iter(f"{SVG_NS}g") if (g.get("class") or "").startswith("rule")]
+
+
+def polyline_points(group: ET.Element) -> set[tuple[float, float]]:
+    return {tuple(map(float, point.split(","))) for line in group.iter(f"{SVG_NS}polyline")
+            for point in line.get("points").split()}
 
 
 def texts(svg: str) -> list[str]:
     return [t.text or "" for t in ET.fromstring(svg).iter(f"{SVG_NS}text")]
 
 
-def test_svg_is_valid_xml_with_one_route_per_flow():
+def flow_objects(case: str) -> list[dict]:
+    """The flows as `podnat explain -o json` prints them (the documented contract)."""
+    return explanation_data(explained(case))["flows"]
+
+
+def rules_of(trace: dict) -> list[str]:
+    return [rule for leg in trace["legs"] for rule in leg["rules"]]
+
+
+def check_panels(svg: str, flows: list[dict]) -> None:
+    """One panel per flow, each drawing one flow: its live route with exactly the rules of legs[].rules,
+    and for a failing flow the expected route (expected.legs[].rules) dotted and offset beside it."""
+    found = panels(svg)
+    ids = [f"{f['type']}-{f['variant']}" if f.get("variant") else str(f["type"]) for f in flows]
+    assert [p.get("data-flow") for p in found] == ids
+    for panel, flow in zip(found, flows, strict=True):
+        live = route(panel, "live")
+        assert live is not None
+        assert rule_badges(live) == rules_of(flow), panel.get("data-flow")
+        assert panel.get("data-status") == flow.get("status", "ok")
+        expected = route(panel, "expected")
+        if flow.get("status", "ok") == "ok":
+            assert expected is None
+            continue
+        assert expected is not None and flow["expected"] is not None
+        assert rule_badges(expected) == rules_of(flow["expected"])
+        assert all(line.get("stroke-dasharray") for line in expected.iter(f"{SVG_NS}polyline"))
+        assert not any(line.get("stroke-dasharray") for line in live.iter(f"{SVG_NS}polyline"))
+        assert not polyline_points(live) & polyline_points(expected), "the expected route is not offset"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_each_panel_draws_one_flow_with_its_rules(case):
+    svg = diagram_svg(explained(case), f"bookinfo/reviews-v1 ({case})")
+    check_panels(svg, flow_objects(case))
+
+
+def test_svg_is_valid_xml_and_titled():
     svg = diagram_svg(explained("healthy"), "bookinfo/reviews-v1")
     root = ET.fromstring(svg)
-    assert root.tag == f"{SVG_NS}svg" and root.get("width") == "1200"
-    assert 700 <= int(root.get("height")) <= 900  # readable at about 1200x800
-    assert [(g.get("data-type"), g.get("data-status")) for g in flow_groups(svg)] == [
-        ("1", "ok"), ("2", "ok"), ("3", "ok"), ("4", "ok"), ("4", "ok"), ("5", "ok"), ("6", "ok")]
-    assert root.find(f"{SVG_NS}title").text == "bookinfo/reviews-v1"
+    assert root.tag == f"{SVG_NS}svg" and root.find(f"{SVG_NS}title").text == "bookinfo/reviews-v1"
+    assert [(p.get("data-flow"), p.get("data-type"), p.get("data-variant")) for p in panels(svg)] == [
+        ("1", "1", None), ("2", "2", None), ("3", "3", None), ("4", "4", None),
+        ("4-own-pod-ip", "4", "own-pod-ip"), ("5", "5", None), ("6", "6", None)]
+    assert 1600 <= float(root.get("width")) <= 1800  # two panels a row
 
 
 def test_svg_is_deterministic():
     assert diagram_svg(explained("broken"), "t") == diagram_svg(explained("broken"), "t")
 
 
-def test_svg_draws_the_pod_chains_listeners_and_peers():
-    words = texts(diagram_svg(explained("healthy"), "t"))
+def test_every_panel_draws_the_whole_pod_and_its_flow_strongly():
+    svg = diagram_svg(explained("healthy"), "t")
+    words = texts(svg)
     for chain in ("PREROUTING", "INPUT", "OUTPUT", "ISTIO_INBOUND", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT",
                   "ISTIO_REDIRECT"):
-        assert chain in words
-    for name in ("app", "15001", "15006", "15090", "remote pod", "Prometheus", "istiod", "pod 10.99.0.2"):
-        assert name in words
-    assert "remote pod -> local pod" in words and "sidecar -> istiod" in words  # the legend names the flows
+        assert words.count(chain) == 7, chain  # the layout, in every panel
+    for name in ("app", "Envoy 15001", "Envoy 15006", "Envoy 15090", "remote pod", "remote client", "istiod"):
+        assert words.count(name) == 7, name
+    by_flow = {p.get("data-flow"): p for p in panels(svg)}
+    visited = {flow: {r.get("data-node") for r in panel.iter(f"{SVG_NS}rect") if "visited" in (r.get("class") or "")}
+               for flow, panel in by_flow.items()}
+    assert visited["2"] == {"app", "chain:OUTPUT", "chain:ISTIO_OUTPUT", "chain:ISTIO_REDIRECT", "listener:15001",
+                            "peer:remote"}
+    assert visited["3"] == {"peer:prometheus", "chain:PREROUTING", "chain:ISTIO_INBOUND", "chain:INPUT",
+                            "listener:15090", "chain:OUTPUT", "chain:ISTIO_OUTPUT", "admin"}
+    assert "path: OUTPUT:1 → ISTIO_OUTPUT:3 ⇒ 10.99.0.2:9080" in words
 
 
-def test_svg_labels_the_rules_each_flow_takes():
-    svg = diagram_svg(explained("healthy"), "t")
-    titles = [t.text for t in ET.fromstring(svg).iter(f"{SVG_NS}title")]
-    assert "2 local pod -> remote pod: ISTIO_OUTPUT:9" in titles
-    assert "2 local pod -> remote pod: ISTIO_REDIRECT:1" in titles
-    assert "1 remote pod -> local pod: INPUT (no rule: policy)" in titles
-    legend = ("OUTPUT:1 → ISTIO_OUTPUT:9 → ISTIO_REDIRECT:1 ⇒ Envoy 15001 ⇒ OUTPUT:1 → ISTIO_OUTPUT:4 ⇒ "
-              "10.99.0.1:9080")
-    assert legend in " ".join(texts(svg))  # the legend spells each path out (wrapped at spaces)
-
-
-def test_broken_flows_are_dashed_red_and_crossed():
+def test_broken_flows_are_red_crossed_and_name_the_rule_that_changed():
     svg = diagram_svg(explained("broken"), "t")
-    groups = {(g.get("data-type"), g.get("data-status")) for g in flow_groups(svg)}
-    assert ("2", "broken") in groups and ("4", "broken") in groups and ("1", "ok") in groups
-    for group in flow_groups(svg):
-        lines = group.findall(f"{SVG_NS}polyline")
-        marks = [t for t in group.iter(f"{SVG_NS}text") if t.text == "✗"]
-        if group.get("data-status") == "broken":
-            assert any(line.get("stroke") == BAD for line in lines)
-            assert any(line.get("stroke-dasharray") for line in lines)
-            assert marks and marks[0].get("fill") == BAD
+    for panel in panels(svg):
+        live = route(panel, "live")
+        strokes = {line.get("stroke") for line in live.iter(f"{SVG_NS}polyline")}
+        marks = [t for t in panel.iter(f"{SVG_NS}text") if t.text == "✗"]
+        changed = [g.get("data-rule") for g in panel.iter(f"{SVG_NS}g") if g.get("class") == "rule changed"]
+        if panel.get("data-status") == "broken":
+            assert strokes == {BAD} and marks and marks[0].get("fill") == BAD
+            assert changed == ["ISTIO_REDIRECT:1"]
+            words = [t.text for t in panel.iter(f"{SVG_NS}text")]
+            assert "✗ broken (refused)" in words and ":15002" in words
+            assert any("ISTIO_REDIRECT:1 changed: redirects to port 15002 instead of 15001" in w for w in words)
         else:
-            assert not marks and not any(line.get("stroke-dasharray") for line in lines)
-    words = texts(svg)
-    assert words.count("✗ broken (refused)") == 2 and ":15002" in words and "nothing listens" in words
+            assert BAD not in strokes and not marks and not changed
+    assert {p.get("data-flow") for p in panels(svg) if p.get("data-status") == "broken"} == {"2", "4"}
 
 
-def test_drifted_flows_show_the_expected_path():
+def test_drifted_flows_mark_the_missing_rule_on_the_expected_route():
     svg = diagram_svg(explained("drift"), "t")
-    assert {g.get("data-type") for g in flow_groups(svg) if g.get("data-status") == "drift"} == {"1", "3"}
-    assert "✗ drift" in texts(svg)
-    assert any(t.startswith("expected: PREROUTING:1 → ISTIO_INBOUND:5") for t in texts(svg))
+    drifted = [p for p in panels(svg) if p.get("data-status") == "drift"]
+    assert [p.get("data-flow") for p in drifted] == ["1", "3"]
+    for panel in drifted:
+        expected = route(panel, "expected")
+        ring = [g.get("data-rule") for g in expected.iter(f"{SVG_NS}g") if g.get("class") == "rule changed"]
+        assert ring == ["PREROUTING:1"]
+        words = [t.text or "" for t in panel.iter(f"{SVG_NS}text")]
+        assert any(w.startswith("expected: PREROUTING:1 → ISTIO_INBOUND:") for w in words)
+        assert any(w.startswith("✗ PREROUTING:1 missing: inbound capture is off") for w in words)
+
+
+def test_a_panel_alone_is_a_document():
+    diagram = build_diagram(explained("broken"), "bookinfo/reviews-v1")
+    one = panel_svg(diagram, 1)
+    assert [p.get("data-flow") for p in panels(one)] == ["2"]
+    check_panels(one, flow_objects("broken")[1:2])
+
+
+def _luminance(colour: str) -> float:
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    """The WCAG contrast ratio of two #rrggbb colours."""
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_every_text_colour_passes_wcag_aa_on_its_background():
+    colours = {*FLOW_COLOURS.values(), BAD, EXPECTED, FAINT_TEXT, INK}
+    for colour in colours:
+        assert contrast(colour, "#ffffff") >= 4.5, colour
+        assert contrast(colour, FAINT_FILL) >= 4.5, colour
+    svg = diagram_svg(explained("drift"), "t")
+    fills = {t.get("fill") for t in ET.fromstring(svg).iter(f"{SVG_NS}text")} - {"#ffffff"}  # white: on badges
+    assert all(contrast(fill, "#fafafa") >= 4.5 for fill in fills), fills
 
 
 # -- mermaid ----------------------------------------------------------------------------------------------
@@ -215,32 +304,44 @@ def test_mermaid_is_well_formed(case):
     expl = explained(case)
     text = diagram_mermaid(expl)
     lines = text.splitlines()
-    assert lines[0] == "flowchart TB"
-    opened = sum(line.strip().startswith("subgraph ") for line in lines)
-    assert opened == sum(line.strip() == "end" for line in lines) == 3
-    declared = {m[1] for line in lines if (m := re.match(r"^\s+(\w+)\[\"", line))}
-    edges = [m for line in lines if (m := re.match(r'^\s+(\w+) (-->|-\.->)\|"([^"]*)"\| (\w+)$', line))]
-    assert all(re.fullmatch(r"[A-Za-z0-9_]+", e[1]) and re.fullmatch(r"[A-Za-z0-9_]+", e[4]) for e in edges)
-    ends = {m[1] for line in lines if (m := re.match(r"^\s+(end_\d+)\(\[", line))}
-    assert {e[1] for e in edges} | {e[4] for e in edges} <= declared | ends
-    for label in re.findall(r'"([^"]*)"', text):
-        assert not UNSAFE.search(label), label
-    assert len([line for line in lines if line.strip().startswith("linkStyle ")]) == len(edges)
-    pod = pod_addresses(expl)
-    for number, report in enumerate(expl.flows):
-        stops = flow_stops(report, pod)
-        mine = [e for e in edges if e[2] == "-->" and re.match(rf"{int(report.spec.type)}(:|$)", e[3])]
-        assert len(mine) >= len(stops) - 1
-        assert f"{node_id(stops[0].node)} -->" in text
-        failing = report.status is not FlowStatus.OK
-        assert (f"end_{number}" in ends) is failing
+    assert lines[0] == "flowchart LR"
+    subgraphs = [m[1] for line in lines if (m := re.match(r"^  subgraph (\w+)\[", line))]
+    flows = flow_objects(case)
+    assert subgraphs == ["flow_" + node_id(f"{f['type']}-{f['variant']}" if f.get("variant") else str(f["type"]))
+                         for f in flows]
+    assert sum(line == "  end" for line in lines) == len(subgraphs)
+    declared = {m[1] for line in lines if (m := re.match(r"^\s+(\w+)(\[\"|\(\[)", line))}
+    edges = [m for line in lines if (m := re.match(r'^  (\w+) (-->|-\.->)(?:\|"([^"]*)"\|)? (\w+)$', line))]
+    assert {e[1] for e in edges} | {e[4] for e in edges} <= declared
+    for quoted in re.findall(r'"([^"]*)"', text):
+        assert not UNSAFE.search(quoted), quoted
+    assert len([line for line in lines if line.startswith("  linkStyle ")]) == len(edges)
+    members: dict[str, str] = {}
+    current = ""
+    for line in lines:
+        if (m := re.match(r"^  subgraph (\w+)\[", line)):
+            current = m[1]
+        elif (m := re.match(r"^    (\w+)(\[\"|\(\[)", line)):
+            members[m[1]] = current
+    for flow, name in zip(flows, subgraphs, strict=True):
+        mine = [e for e in edges if members[e[1]] == name and e[2] == "-->"]
+        labelled = [rule for e in mine if e[3] and e[3] != "✗" for rule in e[3].split(", ")]
+        assert labelled == rules_of(flow)
+        theirs = [e for e in edges if members[e[1]] == name and e[2] == "-.->"]
+        if flow.get("status", "ok") == "ok":
+            assert not theirs
+        else:
+            expected = [r for e in theirs for r in (e[3] or "expected").removeprefix("expected").strip().split(", ")
+                        if r]
+            assert expected == rules_of(flow["expected"])
 
 
 def test_mermaid_labels_rules_and_marks_failures():
     text = diagram_mermaid(explained("broken"))
-    assert '-->|"2: ISTIO_OUTPUT:9"| chain_ISTIO_OUTPUT' in text
-    assert '(["2 ✗ broken (refused)"]):::bad' in text and "stroke-dasharray" in text
-    assert 'peer_istiod["istiod 10.96.0.10:15012"]' in text
+    assert 'f2_chain_OUTPUT -->|"ISTIO_OUTPUT:9"| f2_chain_ISTIO_OUTPUT' in text
+    assert 'f2_end(["✗ broken (refused)"]):::bad' in text and "stroke-dasharray" in text
+    assert 'f2_chain_ISTIO_REDIRECT["ISTIO_REDIRECT"]:::changed' in text
+    assert 'f6_peer_istiod["istiod 10.96.0.10:15012"]' in text
 
 
 # -- HTML -------------------------------------------------------------------------------------------------
@@ -289,16 +390,22 @@ def test_html_shows_summary_pods_flows_and_findings():
 # -- the SVG as a picture ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("case", "other"), [("healthy", "broken"), ("broken", "healthy")])
-def test_svg_looks_like_the_reference(case, other, tmp_path):
+PICTURES = [("healthy", 1, "broken"), ("broken", 1, "healthy"), ("healthy", 0, "drift"), ("drift", 0, "healthy")]
+
+
+def panel_picture(case: str, index: int) -> str:
+    return panel_svg(build_diagram(explained(case), f"bookinfo/reviews-v1 ({case})"), index)
+
+
+@pytest.mark.parametrize(("case", "index", "other"), PICTURES)
+def test_svg_looks_like_the_reference(case, index, other, tmp_path):
     rsvg = shutil.which("rsvg-convert")
     require(rsvg is not None, "needs rsvg-convert (apt: librsvg2-bin) to render the SVG")
     require(Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists(), "needs fonts-dejavu-core")
     source = tmp_path / f"{case}.svg"
-    source.write_text(diagram_svg(explained(case), f"bookinfo/reviews-v1 ({case})"))
+    source.write_text(panel_picture(case, index))
     rendered = subprocess.run([rsvg, "--zoom=0.5", str(source)], capture_output=True, check=True, timeout=60)
-    png = rendered.stdout
-    check_picture(png, f"svg-{case}.png", f"svg-{other}.png")
+    check_picture(rendered.stdout, f"svg-{case}-{index}.png", f"svg-{other}-{index}.png")
 
 
 def test_json_is_indented_on_a_terminal_and_one_line_when_piped(capsys, monkeypatch):
