@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip 2>/dev/null || true
 	# compat: a plain path in a .pth (the default editable finder is imported at every start, ~20 ms);
 	# setuptools calls the mode transitional, hence the fallback
-	$(PY) -m pip install -q -e '.[lab,dev]' --config-settings editable_mode=compat 2>/dev/null \
-	  || $(PY) -m pip install -q -e '.[lab,dev]'
+	$(PY) -m pip install -q -e '.[lab,dev,agent]' --config-settings editable_mode=compat 2>/dev/null \
+	  || $(PY) -m pip install -q -e '.[lab,dev,agent]'
 	touch $(STAMP)
 
 demo: install

@@ -575,6 +575,43 @@ def verify(
 
 
 @app.command()
+def agent(
+    node: Annotated[str | None, typer.Option(
+        "--node", envvar="NODE_NAME", help="This node's name (DaemonSet: spec.nodeName).")] = None,
+    proc: Annotated[Path, typer.Option("--proc", help="The node's /proc (mounted read-only).")] = Path("/host/proc"),
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between full sweeps.")] = 60.0,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Pods read at once.")] = 4,
+    address: Annotated[str, typer.Option("--address", envvar="POD_IP",
+                                         help="Address to serve on (default: the pod IP, $POD_IP).")] = "0.0.0.0",
+    port: Annotated[int, typer.Option("--port", help="HTTP port (/metrics, /v1/pods, /healthz, /readyz).")] = 9477,
+    events: Annotated[bool, typer.Option("--events/--no-events", help="Record Events on drift/broken pods.")] = True,
+    kubeconfig: Kubeconfig = None,
+    context: Context = None,
+    request_timeout: RequestTimeout = None,
+) -> None:
+    """Run the node agent: read every pod of this node from /proc, continuously, and export it."""
+    try:
+        import logging
+
+        if not node:
+            raise UsageError("--node (or $NODE_NAME) is required: the agent keeps the pods of one node")
+        if not (proc / "1" / "ns").is_dir():
+            raise UsageError(f"--proc {proc} is not a /proc with processes (mount the node's /proc there)")
+        logging.basicConfig(level=logging.DEBUG if _debug else logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        from podnat.agent.main import run_agent
+        from podnat.agent.service import AgentConfig
+        from podnat.kube.client import KubeClient, KubeOptions
+
+        client = KubeClient.connect(KubeOptions(kubeconfig=kubeconfig, context=context,
+                                                request_timeout=_timeout(request_timeout)))
+        config = AgentConfig(node=node, interval=interval, concurrency=concurrency)
+        raise typer.Exit(run_agent(config, client, proc, address, port, events))
+    except PodnatError as exc:
+        fail(exc)
+
+
+@app.command()
 def version() -> None:
     """Print podnat's version."""
     typer.echo(f"podnat {__version__}")

@@ -18,6 +18,7 @@ from podnat.exitcodes import ExitCode
 class NatSource(str, Enum):
     """Where a pod's nat table was read from, most live first."""
 
+    NODE = "node"  # the podnat agent on the pod's node, read inside the pod's namespace (podnat/agent/)
     EXEC = "exec"  # iptables-save -c in istio-proxy (works only where the proxy is privileged)
     DEBUG = "debug"  # an ephemeral debug container with NET_ADMIN (opt-in: --debug-container)
     INIT_LOG = "init-log"  # the istio-init log: applied at pod start, not necessarily live

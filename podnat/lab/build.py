@@ -38,6 +38,7 @@ import yaml
 
 from podnat.errors import PodnatError
 from podnat.exitcodes import ExitCode
+from podnat.lab.cgroups import container_cgroup, enter_command
 from podnat.lab.sidecar import ServiceRoute, envoy_bootstrap
 from podnat.lab.state import DEFAULT_ROOT, LabContainer, LabPod, LabState, lab_root
 
@@ -107,13 +108,14 @@ def run(argv: Sequence[str], *, netns: str | None = None, input: str | None = No
     return result.stdout
 
 
-def spawn(argv: Sequence[str], netns: str, uid: int, gid: int, log: Path, capabilities: Sequence[str] = ()) -> int:
+def spawn(argv: Sequence[str], netns: str, uid: int, gid: int, log: Path, capabilities: Sequence[str] = (),
+          cgroup: Path | None = None) -> int:
     """Start a long-running process in a namespace as uid/gid (with only `capabilities`, when given),
-    detached, output to `log`; its pid."""
+    detached, output to `log`, in `cgroup` when given (podnat/lab/cgroups.py); its pid."""
     caps = "".join(f",+{c.lower()}" for c in capabilities)
     limits = [f"--inh-caps=-all{caps}", f"--ambient-caps=-all{caps}", f"--bounding-set=-all{caps}"] if caps else []
-    command = ["ip", "netns", "exec", netns, "setpriv", "--reuid", str(uid), "--regid", str(gid),
-               "--clear-groups", *limits, "--", *argv]
+    command = enter_command(cgroup, ["ip", "netns", "exec", netns, "setpriv", "--reuid", str(uid), "--regid", str(gid),
+                                     "--clear-groups", *limits, "--", *argv])
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True, cwd="/")
@@ -194,7 +196,7 @@ def istio_init_args(annotations: Mapping[str, str]) -> list[str]:
 
 
 def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_hash: str, mode: str = "redirect",
-                 ip6: str | None = None) -> dict[str, Any]:
+                 ip6: str | None = None, lab: str = "") -> dict[str, Any]:
     """The Pod the API serves: the Deployment's template after Istio's sidecar injection, running.
 
     Per mode, what Istio's injection template writes differently: TPROXY (the annotation, so `-m
@@ -252,7 +254,9 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": name, "namespace": deployment["metadata"].get("namespace", NAMESPACE),
-            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/{name}")), "labels": labels,
+            # One UID per lab (`lab`: its namespace prefix): labs of other roots on this machine hold pods of
+            # the same names, and the agent finds a pod's processes by the UID in their cgroup.
+            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/{lab}{name}")), "labels": labels,
             "annotations": annotations, "creationTimestamp": now, "resourceVersion": "1",
             "generateName": f"{deploy_name}-{template_hash}-",
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -419,7 +423,8 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
                                      f"nameserver {NAMESERVER}\n")  # nothing answers: names are in hosts
     host_if = "v" + _hash(name, 8)
     _peer_namespace(state, netns, ip, host_if, root, ip6)
-    manifest = injected_pod(deployment, name, ip, template_hash, mode, ip6)
+    manifest = injected_pod(deployment, name, ip, template_hash, mode, ip6, lab=state.netns_prefix)
+    uid = manifest["metadata"]["uid"]
     # istio-init: the rules podnat's model says Istio installs for these args, loaded for real.
     init_log = logs / "istio-init.log"
     init_log.write_text(_istio_init(manifest, netns, backend, (NAMESERVER,)))
@@ -427,8 +432,9 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     bin_dir = root / "bin"
     ipv6 = ["ipv6"] if ip6 else []
+    proxy_cgroup = container_cgroup(state.netns_prefix, uid, name, "istio-proxy")
     agent_pid = spawn(["/usr/bin/python3", str(bin_dir / "agent.py"), *(["dns"] if mode == "dns" else []), *ipv6],
-                      netns, PROXY_UID, PROXY_UID, logs / "pilot-agent.log")
+                      netns, PROXY_UID, PROXY_UID, logs / "pilot-agent.log", cgroup=proxy_cgroup)
     bootstrap = logs / "envoy.json"
     node_id = f"sidecar~{ip}~{name}.{NAMESPACE}~{NAMESPACE}.svc.cluster.local"
     bootstrap.write_text(json.dumps(envoy_bootstrap(node_id, routes, tproxy=mode == "tproxy", ipv6=ip6 is not None),
@@ -440,10 +446,12 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
              if mode == "tproxy" else
              LabContainer("istio-proxy", PROXY_UID, PROXY_UID, path=[str(bin_dir)], log_file=str(envoy_log)))
     proxy.pid = spawn([str(bin_dir / "envoy"), "-c", str(bootstrap), "--disable-hot-restart", "--concurrency", "1",
-                       "--log-level", "warning"], netns, proxy.uid, proxy.gid, envoy_log, proxy.capabilities)
+                       "--log-level", "warning"], netns, proxy.uid, proxy.gid, envoy_log, proxy.capabilities,
+                      cgroup=proxy_cgroup)
     app_log = logs / f"{app['name']}.log"
     app_pid = spawn(["/usr/bin/python3", str(bin_dir / "app.py"), labels["app"], labels.get("version", "v1"), "9080",
-                     *ipv6], netns, APP_UID, APP_UID, app_log)
+                     *ipv6], netns, APP_UID, APP_UID, app_log,
+                    cgroup=container_cgroup(state.netns_prefix, uid, name, app["name"]))
     state.pids.extend([agent_pid, proxy.pid, app_pid])
     containers = {
         "istio-init": LabContainer("istio-init", 0, 0, ["NET_ADMIN", "NET_RAW"], log_file=str(init_log), init=True),
@@ -554,6 +562,9 @@ def lab_down(root: Path | None = None, quiet: bool = False) -> list[str]:
         run(["ip", "netns", "delete", name], check=False)
         shutil.rmtree(_etc(name), ignore_errors=True)
         removed.append(f"netns {name}")
+    from podnat.lab import cgroups
+
+    cgroups.remove(prefix)
     if (root / "state.json").exists() or (root / "bin" / "envoy").exists():
         shutil.rmtree(root, ignore_errors=True)
         removed.append(str(root))

@@ -1,0 +1,137 @@
+"""The agent's HTTP server (on its pod IP): /metrics, /v1/pods, /healthz, /readyz.
+
+`/v1/pods?namespace=NS&labelSelector=SEL&fresh=1&facts=1`: `{"node", "agent", "pods": [...]}`, each pod
+the object `podnat inspect -o json` prints, plus `observed_at` (RFC 3339), `mapping` (mapped,
+unmapped, host-network, skipped) and, with `facts=1`, `facts` (the tables and listeners read; the
+CLI explains them itself). `fresh=1` reads the pods asked for now instead of serving the last sweep.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from podnat.agent.metrics import AgentMetrics
+from podnat.agent.service import Agent, PodState
+from podnat.agent.wire import facts_data
+
+log = logging.getLogger("podnat.agent.http")
+
+
+def state_data(state: PodState, with_facts: bool) -> dict[str, Any]:
+    from podnat.render.data import pod_report_data
+
+    data = pod_report_data(state.report)
+    data["pod"]["uid"] = state.uid
+    data["observed_at"] = datetime.datetime.fromtimestamp(state.observed_at, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+    data["mapping"] = state.mapping
+    if with_facts and state.facts is not None:
+        data["facts"] = facts_data(state.facts)
+    return data
+
+
+class AgentServer:
+    """A threading HTTP server over one Agent; `serve_forever` in a thread of its own."""
+
+    def __init__(self, agent: Agent, metrics: AgentMetrics, address: str, port: int, name: str,
+                 stale_after: float | None = None) -> None:
+        self.agent = agent
+        self.metrics = metrics
+        self.name = name
+        self.stale_after = stale_after or (3 * agent.config.interval + 60)
+        handler = type("Handler", (_Handler,), {"server_ref": self})
+        self.httpd = ThreadingHTTPServer((address, port), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="podnat-http", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def healthy(self) -> tuple[bool, str]:
+        """Alive: a full sweep finished within `stale_after` (or none is due yet)."""
+        stats = self.agent.stats
+        if not self.agent.swept:
+            return True, "starting"
+        age = time.time() - stats.finished_at
+        return (age <= self.stale_after, f"last sweep {age:.0f}s ago")
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.agent.listed:
+            return False, f"pods not listed yet{': ' + self.agent.api_error if self.agent.api_error else ''}"
+        if not self.agent.swept:
+            return False, "first sweep not finished"
+        return True, "ok" if not self.agent.api_error else f"ok (serving the last sweep; API: {self.agent.api_error})"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_ref: AgentServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        server = self.server_ref
+        try:
+            if url.path == "/metrics":
+                self._send(200, generate_latest(server.metrics.registry), CONTENT_TYPE_LATEST)
+            elif url.path == "/healthz":
+                ok, why = server.healthy()
+                self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
+            elif url.path == "/readyz":
+                ok, why = server.ready()
+                self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
+            elif url.path == "/v1/pods":
+                self._pods(query)
+            else:
+                self._send(404, b'{"error": "not found: /v1/pods, /metrics, /healthz, /readyz"}\n', "application/json")
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+    def _pods(self, query: dict[str, str]) -> None:
+        server = self.server_ref
+        selector = None
+        if query.get("labelSelector"):
+            from podnat.lab.apiobjects import ApiError, parse_label_selector, selects
+
+            try:
+                requirements = parse_label_selector(query["labelSelector"])
+            except ApiError as err:
+                self._send(400, json.dumps({"error": err.message}).encode(), "application/json")
+                return
+
+            def selector(pod: Any) -> bool:
+                return selects(pod, requirements, [])
+
+        fresh = query.get("fresh", "").lower() in ("1", "true")
+        with_facts = query.get("facts", "").lower() in ("1", "true")
+        if not server.agent.listed:
+            self._send(503, json.dumps({"error": "the agent has not listed its pods yet"}).encode(), "application/json")
+            return
+        states = server.agent.states_for(query.get("namespace") or None, selector, fresh)
+        body = {"node": server.agent.config.node, "agent": server.name,
+                "pods": [state_data(s, with_facts) for s in states]}
+        self._send(200, json.dumps(body, separators=(",", ":")).encode(), "application/json")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

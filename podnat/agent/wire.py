@@ -1,0 +1,48 @@
+"""What the agent's `/v1/pods` carries besides the report: the facts a pod was explained from.
+
+The CLI explains them itself (`explain_facts`, as for any other source), so a pod read through the
+agent renders in every output format and reconciles exactly as one read by exec. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from podnat.facts import ListenersReading, MeshMode, NatReading, NatSource, PodFacts, PodRef, PolicyRouting
+
+
+def facts_data(facts: PodFacts) -> dict[str, Any]:
+    data: dict[str, Any] = {"mesh": facts.mesh.value, "notes": list(facts.notes)}
+    if facts.nat is not None:
+        nat = facts.nat
+        data["nat"] = {"source": nat.source.value, "label": nat.label, "v4": nat.v4, "v6": nat.v6, "nft": nat.nft,
+                       "counters": nat.counters}
+    if facts.listeners is not None:
+        data["listeners"] = {"label": facts.listeners.label, "json": facts.listeners.json_text}
+    if facts.routing is not None:
+        r = facts.routing
+        data["routing"] = {"label": r.label, "table": r.table, "rules_v4": r.rules_v4, "routes_v4": r.routes_v4,
+                           "rules_v6": r.rules_v6, "routes_v6": r.routes_v6, "error": r.error}
+    return data
+
+
+def facts_from_data(data: Mapping[str, Any], pod: Mapping[str, Any]) -> PodFacts:
+    """The PodFacts a `facts_data` object describes, for `pod` (the manifest the CLI listed)."""
+    meta = pod.get("metadata") or {}
+    ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name") or "?"))
+    nat = data.get("nat")
+    listeners = data.get("listeners")
+    routing = data.get("routing")
+    return PodFacts(
+        ref=ref, pod=pod,
+        nat=NatReading(source=NatSource(nat["source"]), label=str(nat["label"]), v4=str(nat["v4"] or ""),
+                       v6=nat.get("v6"), nft=nat.get("nft"), counters=bool(nat.get("counters"))) if nat else None,
+        listeners=ListenersReading(str(listeners["label"]), str(listeners["json"])) if listeners else None,
+        routing=PolicyRouting(label=str(routing["label"]), table=int(routing["table"]),
+                              rules_v4=routing.get("rules_v4"), routes_v4=routing.get("routes_v4"),
+                              rules_v6=routing.get("rules_v6"), routes_v6=routing.get("routes_v6"),
+                              error=routing.get("error")) if routing else None,
+        notes=tuple(str(n) for n in data.get("notes") or ()),
+        mesh=MeshMode(data.get("mesh", "sidecar")),
+    )
