@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from podnat.agent import procmap
+from podnat.capture import capture_script
 from podnat.facts import MeshMode, NatSource, PodFacts, PodRef
 from podnat.kube.errors import Failure, KubeSourceError
 from podnat.kube.source import (
     ExecResult,
     admin_port,
-    capture_script,
     classify,
     interpret_listeners,
     interpret_nat,
