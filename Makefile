@@ -57,11 +57,11 @@ integration: install
 	$(PY) -m pytest tests/integration
 
 lint: $(STAMP)
-	$(BIN)/ruff check podnat tests
+	$(BIN)/ruff check podnat tests tools bench
 	$(BIN)/mypy podnat/netfilter podnat/istio podnat/envoy podnat/capture.py
 
 conformance: $(STAMP)
-	$(PY) -m podnat.istio.conformance
+	$(PY) tools/conformance.py
 
 bench: install
 	$(PY) bench/run.py

@@ -173,7 +173,7 @@ def _offline_context(
     The proxy identity: --proxy-uid/--proxy-gid, else the intent (--args, --pod-spec), else the uid/gid
     the table's own owner rules exempt (podnat.istio.identity), else 1337. A table that captures inbound
     with TPROXY is a TPROXY pod's: its Envoy's inbound listener is transparent, marks its sockets with
-    the TPROXY mark, and runs as uid 0 with the exempted gid (FACTS.md)."""
+    the TPROXY mark, and runs as uid 0 with the exempted gid (docs/istio-capture.md)."""
     from podnat.istio.flows import Identity, context_for
     from podnat.istio.identity import DEFAULT_PROXY_ID, proxy_identity_in_table
     from podnat.istio.paths import tproxy_mark

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("PODNAT_SHARED", REPO.parent / "shared"))
-REFERENCE = SHARED / "istio-reference"
+# Istio's goldens, the kernel-loaded dumps and an injected pod spec: copied into the repository
+# (tests/data/istio/README.md says from where), so a fresh clone tests itself.
+REFERENCE = REPO / "tests" / "data" / "istio"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -52,7 +53,7 @@ def _require_root(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="session")
 def reference() -> Path:
-    require(REFERENCE.is_dir(), f"the shared Istio reference is not at {REFERENCE}")
+    assert REFERENCE.is_dir(), f"the Istio reference data is missing from the repository: {REFERENCE}"
     return REFERENCE
 
 

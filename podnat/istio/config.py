@@ -10,7 +10,7 @@ Stable API:
                                   "no sidecar", "interceptionMode NONE" or "ambient"
   rule_origin(table, chain, rule) -> str | None   which annotation/flag produces a rule, for drift
 
-Facts (FACTS.md; Istio's tools/istio-iptables/pkg/cmd/root.go, tools/common/config/config.go,
+Facts (docs/istio-capture.md; Istio's tools/istio-iptables/pkg/cmd/root.go, tools/common/config/config.go,
 cni/pkg/plugin/sidecar_redirect.go): flags -p -z -e -u -g -m -b -d -c -i -x -q -o -k -t -r and their
 long forms; env ISTIO_META_DNS_CAPTURE / REDIRECT_DNS, INVALID_DROP / DROP_INVALID,
 ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE], ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR, ISTIO_DUAL_STACK. gid

@@ -3,8 +3,8 @@
 Stable API:
   split_golden(text) -> Golden         a golden's text -> IPv4 and IPv6 restore input, probes dropped
                                        (`load_golden(path)`, which reads the file, is in
-                                       podnat.istio.conformance: this module does no I/O)
-  GOLDEN_CASES: tuple[GoldenCase, ...] every golden in the shared corpus with its configuration
+                                       tools/conformance.py: this module does no I/O)
+  GOLDEN_CASES: tuple[GoldenCase, ...] every golden in tests/data/istio with its configuration
   case_for(relpath) -> GoldenCase | None
   case_config(case) -> InterceptionConfig | None
 
@@ -301,7 +301,7 @@ KERNEL_SAVE_FAILED: frozenset[str] = frozenset(
 
 
 def _load_table() -> tuple[GoldenCase, ...]:
-    """Every golden in the shared corpus with its case."""
+    """Every golden in tests/data/istio with its case."""
     cases: list[GoldenCase] = []
     latest = str(NEWEST_SUPPORTED)
     for name, settings in ISTIO_IPTABLES_CASES.items():

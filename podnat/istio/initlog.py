@@ -4,7 +4,7 @@ Pure: text in, text out. istio-iptables logs what it fed `iptables-restore` and,
 a real `iptables-save` dump; the dump is the better of the two (it is what the kernel held at pod
 start), the restore input the fallback. Neither is necessarily what is live now: callers label it so.
 
-Formats (FACTS.md, "Where a pod's rules are printed"):
+Formats (docs/istio-capture.md, "Where a pod's rules are printed"):
   1.11-1.17  `Writing following contents to rules file: FILE` + restore input;
              `Running command: iptables-save` / `Command output:` + dump
   1.18-1.21  `Running iptables-restore with the following input:`; dump as above

@@ -6,7 +6,7 @@ Stable API:
   canonical_rule(tokens) -> str      one rule's options (after `-A CHAIN`) in save's canonical form
   TABLE_ORDER, BUILTIN_CHAINS        table order of an iptables-nft dump; each table's built-ins
 
-What the kernel does to a rule on the way in and back out (FACTS.md, "restore input vs live
+What the kernel does to a rule on the way in and back out (docs/istio-capture.md, "restore input vs live
 iptables-save", checked against kernel-save/): the address/interface/protocol options come first
 in the order -s -d -i -o -p, then each match module in the order it was loaded (`--dport` after
 `-p tcp` loads an implicit `-m tcp`), then the target. Addresses become networks (`127.0.0.1/8` ->

@@ -5,7 +5,7 @@ but no pods/exec, no pods/ephemeralcontainers), v1 Status errors. Pods list/get 
 selectors, the server-side Table kubectl asks for), pods/log, pods/exec over WebSocket
 (v5.channel.k8s.io and v4.channel.k8s.io; SPDY is answered with a Status), PATCH
 pods/ephemeralcontainers (which also adds the container to the state file, so exec in it runs with
-the identity it asked for). `../shared/kubernetes-api-notes.md` records what the clients send.
+the identity it asked for). docs/kubernetes-api.md records what the clients send.
 
     python -m podnat.lab.apiserver --root DIR [--port 0] [--latency-ms N]
 

@@ -243,7 +243,7 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
                             "capabilities": {"drop": ["ALL"]}},
         **({"env": env} if env else {}),
     }
-    if mode == "tproxy":  # transparent sockets need CAP_NET_ADMIN: as 1337 Envoy cannot start (FACTS.md)
+    if mode == "tproxy":  # transparent sockets need CAP_NET_ADMIN: as 1337 Envoy cannot start (docs/istio-capture.md)
         proxy["securityContext"] = {**proxy["securityContext"], "allowPrivilegeEscalation": True,
                                     "runAsNonRoot": False, "runAsUser": 0,
                                     "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]}}

@@ -7,7 +7,7 @@ port and send to the Service's endpoints, virtualInbound 15006 (to the original 
 pilot-agent's 15020), admin on 127.0.0.1:15000.
 
 As istiod configures the other capture setups: TPROXY makes 15001 and 15006 `transparent` and gives
-15006 the `original_src` listener filter (mark 1337) instead of the bind to 127.0.0.6 (FACTS.md:
+15006 the `original_src` listener filter (mark 1337) instead of the bind to 127.0.0.6 (docs/istio-capture.md:
 without `transparent` the diverted packets are dropped, without `original_src` the app sees
 127.0.0.6); dual-stack adds `[::]` to every bound listener and `::6` as the inbound source for IPv6.
 """
@@ -93,7 +93,7 @@ ORIGINAL_SRC_FILTER = {
 
 
 # A fresh upstream connection per request, so that every scrape's leg to the admin port is a new
-# connection the nat table sees (Istio pools it; FACTS.md: then ISTIO_OUTPUT #4 counts only once).
+# connection the nat table sees (Istio pools it; docs/istio-capture.md: then ISTIO_OUTPUT #4 counts only once).
 ONE_REQUEST_PER_CONNECTION = {"typed_extension_protocol_options": {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

@@ -1,5 +1,5 @@
 """The nftables expected model on a real kernel: each generated `nft -f` script is loaded into a fresh
-network namespace, and what `nft list ruleset` prints there must be the shared reference's kernel dump
+network namespace, and what `nft list ruleset` prints there must be the kernel dump in tests/data/istio
 and podnat's `nft_listing`, byte for byte. Configurations the corpus lacks are loaded too, so the
 listing's spelling rules are checked on forms no golden shows."""
 

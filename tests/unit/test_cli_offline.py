@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REFERENCE
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT = DATA / "default.v4.iptables-save"
@@ -140,8 +141,6 @@ def test_rich_markdown_deferred_at_start_still_works_when_used():
 
 
 def test_pod_spec_reconciles_cleanly_against_its_own_default_table():
-    from conftest import REFERENCE
-
     result = podnat("explain", str(DEFAULT), "--pod-spec", str(REFERENCE / "pod-specs/hello.yaml.injected"),
                     "-o", "json")
     assert result.returncode == 0, result.stderr
@@ -171,7 +170,7 @@ def test_older_release_intent_differs():
     assert {d["kind"] for d in data["diff"]} == {"changed"}
 
 
-TPROXY = Path(__file__).resolve().parents[3] / "shared/istio-reference/kernel-save/iptables/tproxy.v4.iptables-save"
+TPROXY = REFERENCE / "kernel-save/iptables/tproxy.v4.iptables-save"
 
 
 def _flows(text: str, *args: str) -> dict[int, dict]:
@@ -181,7 +180,7 @@ def _flows(text: str, *args: str) -> dict[int, dict]:
 
 
 def test_a_saved_tproxy_table_is_explained_as_a_tproxy_pod():
-    # FACTS.md, TPROXY: Envoy (uid 0, gid 1337) keeps the client's address on its leg to the app, which
+    # docs/istio-capture.md, TPROXY: Envoy (uid 0, gid 1337) keeps the client's address on its leg to the app, which
     # returns at ISTIO_OUTPUT #3, not #1; its own outbound legs return at the gid rule #7.
     flows = _flows(TPROXY.read_text())
     inbound = flows[1]

@@ -1,4 +1,4 @@
-"""Golden conformance over the shared corpus: every golden reproduced, ambient ones included."""
+"""Golden conformance over the reference data (tests/data/istio): every golden reproduced, ambient ones included."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from podnat.istio import conformance
-from podnat.istio.conformance import Verdict, chains, compare, run, summary
 from podnat.istio.generator import expected_rules
 from podnat.istio.goldens import GOLDEN_CASES, CaseKind, case_config, case_for
 from podnat.istio.normalise import normalise_restore
+from tools import conformance
+from tools.conformance import Verdict, chains, compare, run, summary
 
 
 def test_every_golden_is_reproduced(reference: Path) -> None:

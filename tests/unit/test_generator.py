@@ -1,4 +1,4 @@
-"""The expected-rules generator: FACTS.md's injected default, release differences, pods."""
+"""The expected-rules generator: docs/istio-capture.md's injected default, release differences, pods."""
 
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ DEFAULT_ARGS = (
     "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x \"\" -b '*' -d 15090,15021,15020"
 )
 
-# FACTS.md, "The injected default (REDIRECT mode), live iptables-save -t nat form", release 1.30
+# docs/istio-capture.md, "The injected default (REDIRECT mode), live iptables-save -t nat form", release 1.30
 DEFAULT_NAT_1_30 = """\
 *nat
 :PREROUTING ACCEPT [0:0]

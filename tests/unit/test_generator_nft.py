@@ -37,7 +37,7 @@ def config_of(case: GoldenCase) -> InterceptionConfig:
 
 
 def nft_pod(reference: Path) -> dict[str, Any]:
-    """The shared reference's injected Deployment, with `--native-nftables` added to istio-init."""
+    """The injected Deployment of tests/data/istio/pod-specs, with `--native-nftables` added to istio-init."""
     workload = next(d for d in yaml.safe_load_all((reference / "pod-specs" / "hello.yaml.injected").read_text()) if d)
     init = next(c for c in workload["spec"]["template"]["spec"]["initContainers"] if c["name"] == "istio-init")
     init["args"] = [*init["args"], "--native-nftables"]

@@ -1,4 +1,4 @@
-"""podnat.istio.initlog: logs of every istio-init format, built from the shared goldens and kernel dumps."""
+"""podnat.istio.initlog: logs of every istio-init format, built from the goldens and kernel dumps."""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import stat
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REFERENCE
 
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
@@ -34,7 +34,6 @@ POD = "reviews-v1-7f9c6b-x2k4p"
 TOKEN = "podnat-test-token"
 IMAGE = "docker.io/istio/proxyv2:1.24.2"
 REPO = Path(__file__).resolve().parents[2]
-REFERENCE = Path(os.environ.get("PODNAT_SHARED", REPO.parent / "shared")) / "istio-reference"
 LIVE = REFERENCE / "kernel-save" / "iptables" / "inbound-ports-wildcard.v4.iptables-save"
 NFT_LIVE = REFERENCE / "kernel-save" / "nftables" / "inbound-ports-wildcard.nft-list-ruleset"
 LISTENERS = (

@@ -1,5 +1,5 @@
 """Native nftables: every golden parses as a script and as its live listing (text and JSON), and the
-nftables form of a configuration takes the same paths as its iptables form (FACTS.md: identical on a
+nftables form of a configuration takes the same paths as its iptables form (docs/istio-capture.md: identical on a
 real kernel). The live dumps in tests/data/nft come from tests/data/nft/regenerate.sh."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def test_iptables_and_nftables_forms_take_the_same_paths(dump, saved, family):
             assert [legs(f.live) for f in got] == [legs(f.live) for f in want]
 
 
-# FACTS.md's kernel measurement, in nftables refs: the injected default (tests/data/nft/default.nft).
+# docs/istio-capture.md's kernel measurement, in nftables refs: the injected default (tests/data/nft/default.nft).
 NAT = "istio-proxy-nat"
 DEFAULT_PATHS = {
     (FlowType.REMOTE_TO_LOCAL, None): (

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from podnat.istio.conformance import chains, load_golden
 from podnat.istio.goldens import split_golden
 from podnat.istio.normalise import NormaliseError, canonical_rule, format_address, normalise_restore
+from tools.conformance import chains, load_golden
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The parser reads every live dump and restore input in the shared corpus, and refuses bad input by line."""
+"""The parser reads every live dump and restore input in tests/data/istio, and refuses bad input by line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The six flows through the injected default table equal what a real kernel counted (FACTS.md)."""
+"""The six flows through the injected default table equal what a real kernel counted (docs/istio-capture.md)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def flows_by_name(ruleset, ctx=None, listeners=None):
     return {(s.type, s.variant): trace_flow(ruleset, s, ctx, listeners) for s in six_flows(ctx)}
 
 
-# FACTS.md, "Measured on a real kernel with a real Envoy": rules counted per leg and Envoy ports.
+# docs/istio-capture.md, "Measured on a real kernel with a real Envoy": rules counted per leg and Envoy ports.
 KERNEL = {
     (FlowType.REMOTE_TO_LOCAL, None): (
         (("PREROUTING:1", "ISTIO_INBOUND:5", "ISTIO_IN_REDIRECT:1"), ("OUTPUT:1", "ISTIO_OUTPUT:1")),
@@ -123,7 +123,7 @@ def test_unknown_match_is_undecided_and_named(default):
 
 
 def test_tproxy_paths_match_the_kernel_bench():
-    """FACTS.md, TPROXY: inbound is diverted by mangle ISTIO_TPROXY to 15006; the app sees the client's
+    """docs/istio-capture.md, TPROXY: inbound is diverted by mangle ISTIO_TPROXY to 15006; the app sees the client's
     address (ISTIO_OUTPUT #1 never counts); Envoy's legs over lo return at #3, its outbound legs at #7."""
     from conftest import REFERENCE
 

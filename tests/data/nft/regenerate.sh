@@ -5,7 +5,7 @@
 # `nft -j list ruleset`, the two forms podnat reads from a pod. nft is never run outside the
 # namespace. A golden the kernel refuses leaves NAME.FAILED.txt with nft's error instead.
 set -eu
-GOLDENS=${GOLDENS:-../shared/istio-reference/goldens/nftables}
+GOLDENS=${GOLDENS:-tests/data/istio/goldens/nftables}
 OUT=tests/data/nft
 NS=podnat-nft-$$
 trap 'ip netns delete "$NS" 2>/dev/null || true' EXIT INT TERM

@@ -1,6 +1,7 @@
-"""Golden conformance: do the generators reproduce every Istio golden in the shared reference?
+"""Golden conformance: do the generators reproduce every Istio golden in the reference data?
 
-    python -m podnat.istio.conformance [--reference DIR] [-o text|json]
+    make conformance            (= python tools/conformance.py)
+    python tools/conformance.py [--reference DIR] [-o text|json]
 
 iptables: for each golden under DIR/goldens (iptables/*.golden, iptables/cni-sidecar-plugin/*,
 history/<tag>/*), the configuration it was made from (podnat.istio.goldens) goes through
@@ -20,15 +21,16 @@ node's probe rule) come from podnat.istio.ambient and count like the others. Pri
 golden and "N of M iptables goldens reproduced; N of M nftables goldens reproduced"; exits 0 only
 when every golden is reproduced.
 
-The default reference is $PODNAT_SHARED/istio-reference, else ../shared/istio-reference next to the
-repository. This is the one module of podnat.istio that reads files: `load_golden(path)` lives here.
+The default reference is the repository's own copy, tests/data/istio (its README says where each
+file comes from); `--reference DIR` points at another folder of the same layout (e.g. one made from a
+newer Istio checkout). A developer tool: it reads files and argv, so it lives beside the tests, not in
+the pure podnat.istio package.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -62,12 +64,12 @@ def load_golden(path: Path | str) -> Golden:
     return split_golden(Path(path).read_text(encoding="utf-8"))
 
 
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "istio"
+
+
 def default_reference() -> Path:
-    """$PODNAT_SHARED/istio-reference, else ../shared/istio-reference next to the repository."""
-    shared = os.environ.get("PODNAT_SHARED")
-    if shared:
-        return Path(shared) / "istio-reference"
-    return Path(__file__).resolve().parents[2].parent / "shared" / "istio-reference"
+    """The repository's copy of the reference data: tests/data/istio."""
+    return REFERENCE
 
 
 class Verdict(str, Enum):
@@ -310,14 +312,14 @@ def summary_line(results: Sequence[GoldenResult]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print one line per golden and the count; 0 when every golden is reproduced."""
     parser = argparse.ArgumentParser(
-        prog="python -m podnat.istio.conformance", description=__doc__.split("\n")[0]
+        prog="python tools/conformance.py", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--reference", type=Path, default=None, help="the shared istio-reference directory")
+    parser.add_argument("--reference", type=Path, default=None, help="reference folder (goldens/, kernel-save/)")
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     reference: Path = args.reference or default_reference()
     if not (reference / "goldens").is_dir():
-        print(f"no goldens under {reference}: pass --reference DIR or set PODNAT_SHARED", file=sys.stderr)
+        print(f"no goldens under {reference}: pass --reference DIR (with goldens/, kernel-save/)", file=sys.stderr)
         return 2
     results = run(reference)
     ok, total = summary(results)
