@@ -785,8 +785,11 @@ def _is_apiserver(pid: int) -> bool:
         return False
 
 
-def stop_apiserver(server: LabApiServer | int | None, timeout: float = 5.0) -> None:
-    """Stop the server by pid (SIGTERM, then SIGKILL); a pid that is no longer our server is left alone."""
+def stop_apiserver(server: LabApiServer | int | None, timeout: float = 20.0) -> None:
+    """Stop the server by pid (SIGTERM, then SIGKILL); a pid that is no longer our server is left alone.
+
+    The wait is long because SIGKILL skips the server's own clean-up (killing its running execs): on a
+    loaded machine its shutdown can take seconds, and an exec that outlives it holds the pod's netns."""
     pid = server.pid if isinstance(server, LabApiServer) else server
     if not pid:
         return
