@@ -9,7 +9,7 @@ PY := $(BIN)/python
 APT_PACKAGES := iptables iproute2 nftables procps util-linux chromium librsvg2-bin fonts-dejavu-core
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test unit integration lint bench clean conformance
+.PHONY: install system-deps demo test unit integration lint bench clean conformance corpus
 
 install: system-deps $(STAMP)
 
@@ -62,6 +62,9 @@ lint: $(STAMP)
 
 conformance: $(STAMP)
 	$(PY) tools/conformance.py
+
+corpus: $(STAMP)
+	$(PY) tools/corpus.py
 
 bench: install
 	$(PY) bench/run.py

@@ -131,7 +131,7 @@ def never_installed(info: Any) -> Any:
     """The error finding for a log that shows the restore failed: no capture, every flow past Envoy."""
     from podnat.istio.explain import Finding
 
-    return Finding("error", f"capture was never installed: the {info.format} shows the rules failed to load "
+    return Finding("error", f"capture was never installed: the {info.format} shows the rules were not loaded "
                    f"({info.failed}), so the pod has no Istio rules and every flow goes straight past Envoy; fix "
                    "what the log names (a missing kernel module, a missing capability, a bad rule) and restart the pod")
 

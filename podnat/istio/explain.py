@@ -22,6 +22,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from podnat.envoy.listeners import Listener
+from podnat.istio.era import predates_split_listeners
 from podnat.istio.flows import (
     DNS_PROXY_PORT,
     Actor,
@@ -161,6 +162,12 @@ def explain(
     if dns_requested and captured_nameserver(live) is None:
         findings.append(_dns_switched_off())
     findings += [Finding("info", f"shadow analysis skipped for {s}") for s in reach.skipped]
+    era = predates_split_listeners(live)
+    if era:
+        findings.append(Finding(
+            "warning", "this table predates Istio 1.5: " + "; ".join(era) + ". podnat reads and traces its rules "
+            "as written, but models Envoy's behaviour as of today's releases (separate outbound 15001 and inbound "
+            "15006 listeners): what happens after Envoy may not be what that release's Envoy did"))
     return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing)
 
 

@@ -68,13 +68,13 @@ _KUBECTL = re.compile(
 # `[root@node ~]# ...`, `bash-5.1# ...`, `/ # ...`; and bare commands that print a table.
 _PROMPT = re.compile(
     r"^(?:\$|%|>|(?:\([\w.-]+\)\s*)?[\w.-]+@[\w.-]+(?::\S*)?\s?[#$%]|\[[^\]\s]+@[^\]]+\][#$]|[\w.-]+-\d[\d.]*[#$]"
-    r"|/\s#|~\s?[#$])(?:\s+(?P<command>\S.*))?$"
+    r"|/\s#|~\s?[#$]|(?:\([^)]*\)\s*)?➜\s+\S+)(?:\s+(?P<command>\S.*))?$"
 )
 _COMMAND_WORDS = re.compile(
     r"^(?:sudo\s+)?(?:kubectl|oc|nsenter|docker|crictl|nerdctl|ip6?tables-(?:legacy-|nft-)?save|istioctl"
     r"|ip6?tables(?:-legacy|-nft)?\s+(?:-\S+\s+)*?(?:-S|--list-rules|-L|--list|-[nvx]*L[nvx]*)\b)"
 )
-_TABLE_IN_COMMAND = re.compile(r"(?:^|\s)(?:-t|--table)[\s=]?(\w+)")
+_TABLE_IN_COMMAND = re.compile(r"(?:^|\s)(?:-t|--table)[\s=]?(nat|mangle|raw|filter|security)\b")
 
 
 def _stray(line: str) -> tuple[str, str | None] | None:
@@ -113,31 +113,54 @@ _JOURNALD = re.compile(
 _FAILED = re.compile(
     r"unable to initialize table|iptables-restore(?:-legacy|-nft)?: line \d+ failed|Failed to execute: "
     r"(?:ip6?tables|nft)|(?:ip6?tables|nft)\S*-restore\S*.*exit status [1-9]|exit status [1-9].*restore"
-    r"|failed to (?:apply|program) (?:ip6?tables|nftables|rules)|iptables-restore: .*(?:failed|Could not)",
+    r"|failed to (?:apply|program) (?:ip6?tables|nftables|rules)|iptables-restore: .*(?:failed|Could not)"
+    r"|nftables run failed|Error: Could not process rule",
     re.IGNORECASE,
 )
+_DRY_RUN = re.compile(r"--dry-run\b|due to dry run mode|dry[- ]run mode", re.IGNORECASE)
 _CNI_START = re.compile(r"=+ Start iptables configuration for (?:[\w.-]+/)?([\w.-]+) =*\s*$")
 
 
 def _is_log(lines: list[str]) -> bool:
-    return any((_LOG_MARKERS.search(line) and not re.match(r"^(?:-[AINP] |:|\*|\[\d)", line)) or _LOG_RECORD.match(line)
-               for line in lines)
+    return any((_LOG_MARKERS.search(line) and not re.match(r"^(?:-[AINP] |:|\*|\[\d)", line))
+               or _LOG_RECORD.match(line) or _FAILED.search(line) for line in lines)
+
+
+# `stern` and `kubectl logs --prefix` put the pod and container before each line
+_STERN = re.compile(r"^([\w.-]+ [\w.-]+ )\d{4}-\d\d-\d\dT")
+
+
+def _without_log_prefixes(lines: list[str], notes: list[str]) -> list[str]:
+    prefixes = {m.group(1) for line in lines if (m := _STERN.match(line))}
+    if not prefixes:
+        return lines
+    out = []
+    for line in lines:
+        prefix = next((p for p in prefixes if line.startswith(p)), None)
+        out.append(line[len(prefix):] if prefix else line)
+    notes.append(f"pod/container prefixes removed ({', '.join(sorted(p.strip() for p in prefixes))})")
+    return out
 
 
 def _read_log(lines: list[str], notes: list[str]) -> tuple[str, InputInfo]:
     from podnat.istio.initlog import InitLogError, LogOrigin, RulesKind, extract_cni_block, parse_initlog
 
     vm = any("istio-start" in line for line in lines)
+    cni_log = any("istio-cni" in line or "install-cni" in line for line in lines)
     journald = sum(1 for line in lines if _JOURNALD.match(line))
     if journald:
         lines = [_JOURNALD.sub("", line, count=1) for line in lines]
         notes.append(f"journald prefixes removed from {journald} lines")
+    lines = _without_log_prefixes(lines, notes)
     # `set -x` traces of the shell scripts before 1.5 (`+ iptables -t nat -A ...`)
     lines = [re.sub(r"^\++ (?=ip6?tables)", "", line) for line in lines]
     text = "\n".join(lines) + "\n"
-    form = VM_LOG if vm else INIT_LOG
+    form = VM_LOG if vm else CNI_LOG if cni_log else INIT_LOG
     cni = [m.group(1) for line in lines if (m := _CNI_START.search(line))]
     failure = next((n for n, line in enumerate(lines, 1) if _FAILED.search(line)), None)
+    dry_run = next((n for n, line in enumerate(lines, 1) if _DRY_RUN.search(line)), None)
+    if dry_run is not None:
+        return "", _failed(form, notes, lines[dry_run - 1], dry_run, "a dry run: nothing was applied")
     try:
         if cni:
             block, first = extract_cni_block(text, cni[-1])
@@ -163,15 +186,15 @@ def _read_log(lines: list[str], notes: list[str]) -> tuple[str, InputInfo]:
     return chosen, InputInfo(form, tuple(notes), None, True)
 
 
-def _failed(form: str, notes: list[str], line: str, number: int) -> InputInfo:
-    reason = f"line {number}: {_quote(_LOG_RECORD.sub('', line.strip()).strip())}"
+def _failed(form: str, notes: list[str], line: str, number: int, what: str = "") -> InputInfo:
+    reason = f"{what + ', ' if what else ''}line {number}: {_quote(_LOG_RECORD.sub('', line.strip()).strip())}"
     notes.append(f"{APPLIED_AT_START}: the log shows the rules were not installed ({reason})")
     return InputInfo(form, tuple(notes), reason, True)
 
 
 # --- iptables -L -----------------------------------------------------------------------------------
 
-_LISTING = re.compile(r"^Chain \S+ \((?:policy \w+|\d+ references?)")
+_LISTING = re.compile(r"^Chain \S+ [({](?:policy \w+|\d+ references?)")
 _LISTING_VERBOSE = re.compile(r"^\s*pkts\s+bytes\s+target\s+prot\s+opt\s+in\s+out\s+source")
 
 
@@ -179,9 +202,12 @@ def _refuse_listing(lines: list[str], table: str | None) -> None:
     first = next(n for n, line in enumerate(lines, 1) if _LISTING.match(line.strip()))
     t = table or "nat"
     verbose = any(_LISTING_VERBOSE.match(line) for line in lines)
+    names = any(re.search(r"\b(?:anywhere|localhost)\b", line) for line in lines)
     lost = ("it abbreviates matches and targets (`owner UID match`, `redir ports`), which podnat cannot read back "
             "faithfully" if verbose else "it has lost the interfaces (`-i lo`, `-o lo`) and more, which decide "
             "Istio's paths")
+    if names:
+        lost += "; without -n its addresses and owners are names (`anywhere`, `localhost`), not the rules' values"
     raise InputError(
         f"this is an `iptables -L{' -v' if verbose else ''}` listing, not a table podnat can read: {lost}; "
         f"run `iptables-save -t {t}` (or `iptables -t {t} -S`) in the pod instead", first)
@@ -190,6 +216,17 @@ def _refuse_listing(lines: list[str], table: str | None) -> None:
 # --- iptables -S and headerless bodies -------------------------------------------------------------
 
 _S_LINE = re.compile(r"^-(?:P|N|A|I)\s")
+_OWN_COMMENT = re.compile(r"^#\s*(?:Generated by|Completed on|Completed$|Warning:)")
+
+
+def _comment_note(lines: list[str]) -> list[str]:
+    """A note for the `#` lines iptables-save does not print itself (a reader's annotations)."""
+    found = [n for n, line in enumerate(lines, 1) if line.startswith("#") and not _OWN_COMMENT.match(line)]
+    if not found:
+        return []
+    where = ", ".join(map(str, found[:8])) + (", ..." if len(found) > 8 else "")
+    plural = "s" if len(found) > 1 else ""
+    return [f"{len(found)} `#` comment line{plural} skipped (line{plural} {where})"]
 
 
 def _infer_table(lines: list[str], declared: list[str], hint: str | None) -> str | None:
@@ -219,9 +256,16 @@ def _from_list_rules(lines: list[str], table_hint: str | None) -> tuple[list[str
     line's number in the input, and notes."""
     blocks: list[list[int]] = []
     previous = ""
+    notes: list[str] = []
+    listed = [n for n, line in enumerate(lines) if _S_LINE.match(line)]
     for n, line in enumerate(lines):
         word = line.split(None, 1)[0] if line.strip() else ""
         if word not in ("-P", "-N", "-A", "-I"):
+            if word and not word.startswith("#"):
+                if listed[0] < n < listed[-1]:
+                    raise InputError(f"not a line of `iptables -S` output, between its rules: {_quote(line)}; "
+                                     "paste the output as iptables printed it", n + 1)
+                notes.append(f"line {n + 1}: not `iptables -S` output, skipped: {_quote(line)}")
             continue
         if not blocks or (word == "-P" and previous not in ("-P", "")):
             blocks.append([])
@@ -229,7 +273,6 @@ def _from_list_rules(lines: list[str], table_hint: str | None) -> tuple[list[str
         previous = word
     out: list[str] = []
     numbers: list[int] = []
-    notes: list[str] = []
     hints = [table_hint] if len(blocks) == 1 else [None] * len(blocks)
     for block, hint in zip(blocks, hints, strict=True):
         body = [lines[n] for n in block]
@@ -311,7 +354,11 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
         lines.append("")  # keep the line numbers the user sees
     stripped = [line.strip() for line in lines]
     if _is_log(stripped):
-        body, info = _read_log(lines, notes)
+        # a log's bare commands (`iptables-save` before its output) are records of the log
+        kept = [raw if (stray := _stray(raw.strip())) is None or stray[0] == "command line" else ""
+                for raw in raw_lines]
+        notes = [n for n in notes if "command line skipped" not in n]
+        body, info = _read_log(kept, notes)
         if info.failed is not None:
             return Ruleset(Family.IPV4 if family is None else family, {}), info
         if not body.strip():
@@ -326,6 +373,7 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
     cleaned = "\n".join(lines) + ("\n" if text.endswith("\n") else "")
     if looks_like_nft(cleaned):
         return detect_and_parse(cleaned, family), InputInfo(NFT_TEXT, tuple(notes))
+    notes += _comment_note(stripped)
     has_header = any(line.startswith("*") for line in stripped)
     if not has_header and any(line.startswith(("-P ", "-N ")) for line in stripped):
         out, numbers, more = _from_list_rules(stripped, table_hint)

@@ -1,11 +1,12 @@
 """Shadowed rules: rules no packet can reach, and the earlier rules that take their packets first.
 
 podnat builds representative packets from every address, port, interface, owner and mark the
-rules mention (plus one value none of them mention: e.g. root's uid, and a packet with no socket), keeps only what routing can produce (traffic to
-or from a loopback address leaves by `lo`), and walks each through the real traversal. A rule that
-some representative packet satisfies but that no walk reaches is shadowed by the rules where those
-walks ended. Exhaustive over the equivalence classes the rules define, so not a guess; skipped (and
-said so) when a table mentions too many distinct values to enumerate.
+rules mention (plus one value none of them mention: e.g. root's uid, and a packet with no socket),
+keeps only what routing can produce (traffic to or from a loopback address leaves by `lo`), and walks
+each through the real traversal. A rule that some representative packet satisfies but that no walk
+reaches is shadowed by the rules where those walks ended. Exhaustive over the equivalence classes the
+rules define, so not a guess; skipped (and said so) when a table mentions too many distinct values to
+enumerate.
 """
 
 from __future__ import annotations

@@ -190,3 +190,14 @@ def test_shadow_analysis_asks_every_identity():
                            "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN")
     shadowed = [s.rule.ref for s in shadowed_rules(read_input(text)[0]).shadowed]
     assert shadowed == ["ISTIO_OUTPUT:5", "ISTIO_OUTPUT:6", "ISTIO_OUTPUT:9"]
+
+
+def test_tables_before_istio_1_5_are_read_with_a_warning():
+    from podnat.istio.era import predates_split_listeners
+
+    old = (DEFAULT.replace("--to-ports 15006", "--to-ports 15001")
+           .replace("-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --uid-owner 1337 "
+                    "-j ISTIO_IN_REDIRECT", "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ISTIO_REDIRECT"))
+    signs = predates_split_listeners(read_input(old)[0])
+    assert len(signs) == 2 and "before 1.3" in signs[0] and signs[1].startswith("ISTIO_OUTPUT:2 captures lo traffic")
+    assert predates_split_listeners(read_input(DEFAULT)[0]) == ()
