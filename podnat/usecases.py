@@ -53,6 +53,7 @@ class PodReport:
     notes: tuple[str, ...] = ()
     error: str | None = None
     error_code: int | None = None
+    context: Mapping[str, Any] | None = None  # `-o json`'s `context`: pod IP, proxy identity, mode, release
 
     @property
     def status(self) -> str:
@@ -101,7 +102,7 @@ def inspect_pod(
     except PodnatError as exc:
         return _with(base, error=exc.message, error_code=int(exc.code))
     base = _with(base, mesh=intent.mesh, istio_version=intent.version, capture_mode=intent.mode,
-                 sources={"intent": intent.label})
+                 sources={"intent": intent.label}, context=pod_context_data(base.pod_ip, intent))
     if intent.mesh != "sidecar":
         return _with(base, notes=(intent.label,))
     try:
@@ -296,6 +297,15 @@ def _pod_header(pod: Mapping[str, Any], ref: PodRef) -> PodReport:
     ips = tuple(str(entry.get("ip")) for entry in status.get("podIPs") or [] if entry.get("ip"))
     return PodReport(ref=ref, node=spec.get("nodeName"), pod_ip=status.get("podIP"),
                      pod_ips=ips or ((status["podIP"],) if status.get("podIP") else ()))
+
+
+def pod_context_data(pod_ip: str | None, intent: Any) -> dict[str, Any]:
+    """The `context` object of a live pod: the proxy identity and release come from its spec."""
+    sidecar = intent.mesh == "sidecar"
+    return {"pod_ip": pod_ip, "proxy_uid": intent.proxy_uid if sidecar else None,
+            "proxy_gid": intent.proxy_gid if sidecar else None,
+            "proxy_identity_from": "pod spec" if sidecar else None, "mode": intent.mesh,
+            "release": intent.version, "release_from": "pod spec (proxy image)" if intent.version else None}
 
 
 def _with(report: PodReport, **changes: Any) -> PodReport:

@@ -151,6 +151,7 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
         },
         "status": report.status,
         "sources": dict(report.sources),
+        **({"context": dict(report.context)} if report.context is not None else {}),
         "notes": list(report.notes),
     }
     if report.error is not None:

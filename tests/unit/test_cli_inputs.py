@@ -67,3 +67,18 @@ def test_listing_refused_in_one_line_exit_4():
     assert result.returncode == 4
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "`iptables -L` listing" in result.stderr and "iptables-save -t nat" in result.stderr
+
+
+def test_inspect_json_has_context_per_pod():
+    """The same `context` object on a live pod (inspect, and each pod of verify), from its spec."""
+    from test_pod_facts_explained import TPROXY, FakeSource, live_table, make_pod, routing
+
+    from podnat.render.data import pod_report_data, verify_data
+    from podnat.usecases import VerifyReport, inspect_pod
+
+    report = inspect_pod(FakeSource(nat=live_table(TPROXY), routing=routing(None, None)), make_pod(TPROXY))
+    context = {"pod_ip": "10.99.0.2", "proxy_uid": 0, "proxy_gid": 1337, "proxy_identity_from": "pod spec",
+               "mode": "sidecar", "release": "1.30", "release_from": "pod spec (proxy image)"}
+    assert pod_report_data(report)["context"] == context
+    assert pod_report_data(report)["pod"]["ip"] == "10.99.0.2"  # the existing fields stay
+    assert verify_data(VerifyReport((report,)))["pods"][0]["context"] == context
