@@ -66,6 +66,9 @@ ProxyGid = Annotated[int | None, typer.Option("--proxy-gid", help="gid Envoy's o
 DiagramOpt = Annotated[
     Path | None, typer.Option("--diagram", help="Also draw the pod's paths as an SVG file.")
 ]
+HtmlOpt = Annotated[
+    Path | None, typer.Option("--html", help="Also write a self-contained HTML report (opens offline).")
+]
 ListenersOpt = Annotated[
     Path | None,
     typer.Option("--listeners", help="Envoy's listeners?format=json (default: Istio's standard sidecar set)."),
@@ -307,6 +310,7 @@ def explain(
         Path | None, typer.Option("--pod-spec", help="The pod as `kubectl get pod -o yaml` prints it.")
     ] = None,
     diagram: DiagramOpt = None,
+    html: HtmlOpt = None,
     nameserver: Annotated[
         list[str] | None,
         typer.Option("--nameserver", help="The pod's resolver(s), for DNS capture (from its /etc/resolv.conf)."),
@@ -359,6 +363,14 @@ def explain(
             from podnat.render.svg import diagram_svg
 
             write_file(diagram, diagram_svg(result, f"podnat explain {file.name}"))
+        if html is not None:
+            from podnat.facts import PodRef
+            from podnat.render.html import pod_html
+            from podnat.usecases import PodReport
+
+            offline = PodReport(PodRef("file", file.name), pod_ip=str(ctx.pod_ip), explanation=result,
+                                ruleset=ruleset, sources={"nat": f"file {file}"})
+            write_file(html, pod_html(offline))
         if output is Output.mermaid:
             from podnat.render.mermaid import diagram_mermaid
 
@@ -460,6 +472,7 @@ def inspect(
     source: SourceOpt = None,
     debug_container: DebugContainer = False,
     diagram: DiagramOpt = None,
+    html: HtmlOpt = None,
     probe: Annotated[
         bool, typer.Option("--probe", help="Also make one real connection per flow podnat can start inside the pod "
                            "and show the counted path beside the predicted one (uses --debug-container).")
@@ -491,6 +504,10 @@ def inspect(
             from podnat.render.svg import diagram_svg
 
             write_file(diagram, diagram_svg(report.explanation, str(report.ref)))
+        if html is not None:
+            from podnat.render.html import pod_html
+
+            write_file(html, pod_html(report))
         if output is Output.mermaid:
             if report.explanation is None:
                 raise UsageError(f"no diagram for {report.ref}: {report.error or report.mesh}")
@@ -525,7 +542,7 @@ def verify(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Pods read at once.")] = 16,
     source: SourceOpt = None,
     debug_container: DebugContainer = False,
-    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
+    html: HtmlOpt = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
     request_timeout: RequestTimeout = None,

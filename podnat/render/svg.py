@@ -384,11 +384,12 @@ def _plain_wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-def _panel_group(diagram: Diagram, grid: _Grid, panel: Panel, x: float, y: float) -> tuple[list[str], float]:
+def _panel_group(diagram: Diagram, grid: _Grid, panel: Panel, x: float, y: float,
+                 id_prefix: str = "") -> tuple[list[str], float]:
     body, height = _panel_body(diagram, grid, panel)
     spec = panel.report.spec
     variant = f' data-variant="{escape(spec.variant)}"' if spec.variant else ""
-    head = (f'<g class="panel" id="flow-{escape(panel.flow)}" data-flow="{escape(panel.flow)}" '
+    head = (f'<g class="panel" id="{escape(id_prefix)}flow-{escape(panel.flow)}" data-flow="{escape(panel.flow)}" '
             f'data-type="{int(spec.type)}"{variant} data-status="{panel.report.status.value}" '
             f'transform="translate({_n(x)},{_n(y)})">')
     title = f"<title>{escape(flow_label(panel.report))}: {escape(status_word(panel.report))}</title>"
@@ -423,11 +424,11 @@ def diagram_svg(expl: Explanation, title: str, columns: int = 2) -> str:
     return _document(width, y, title, body)
 
 
-def panel_svg(diagram: Diagram, index: int) -> str:
-    """One flow's panel as its own SVG document."""
+def panel_svg(diagram: Diagram, index: int, id_prefix: str = "") -> str:
+    """One flow's panel as its own SVG document (its group's id is `{id_prefix}flow-TYPE`)."""
     grid = _grid(diagram)
     panel = diagram.panels[index]
-    group, height = _panel_group(diagram, grid, panel, 0, 0)
+    group, height = _panel_group(diagram, grid, panel, 0, 0, id_prefix)
     return _document(grid.width, height, f"{diagram.title}: {flow_label(panel.report)}", group)
 
 

@@ -17,7 +17,6 @@ import struct
 import subprocess
 import xml.etree.ElementTree as ET
 import zlib
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,6 @@ from podnat.istio.flows import PodContext
 from podnat.netfilter.parse import parse_ruleset
 from podnat.render.data import explanation_data
 from podnat.render.diagram import build_diagram
-from podnat.render.html import verify_html
 from podnat.render.mermaid import UNSAFE, diagram_mermaid, node_id
 from podnat.render.svg import BAD, EXPECTED, FAINT_FILL, FAINT_TEXT, FLOW_COLOURS, INK, diagram_svg, panel_svg
 from podnat.usecases import PodReport, VerifyReport
@@ -342,49 +340,6 @@ def test_mermaid_labels_rules_and_marks_failures():
     assert 'f2_end(["✗ broken (refused)"]):::bad' in text and "stroke-dasharray" in text
     assert 'f2_chain_ISTIO_REDIRECT["ISTIO_REDIRECT"]:::changed' in text
     assert 'f6_peer_istiod["istiod 10.96.0.10:15012"]' in text
-
-
-# -- HTML -------------------------------------------------------------------------------------------------
-
-
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.open: list[str] = []
-        self.seen: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.seen.append(tag)
-        if tag not in ("meta", "br", "rect", "polyline", "polygon", "line"):
-            self.open.append(tag)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.seen.append(tag)
-
-    def handle_endtag(self, tag: str) -> None:
-        assert self.open and self.open[-1] == tag, f"</{tag}> closes <{self.open[-1] if self.open else None}>"
-        self.open.pop()
-
-
-def test_html_is_self_contained():
-    page = verify_html(verify_report())
-    for fetch in ("http://", "https://", "<script", "src=", "url(", "@import", "<link", "<iframe"):
-        assert fetch not in page.lower(), fetch
-    tags = _Tags()
-    tags.feed(page)
-    assert tags.open == [] and tags.seen.count("svg") == 2 and "style" in tags.seen
-
-
-def test_html_shows_summary_pods_flows_and_findings():
-    page = verify_html(verify_report())
-    assert "<b>4</b> pods" in page and '<span class="broken"><b>1</b> broken</span>' in page
-    assert "exit code <b>1</b>" in page
-    for pod in ("reviews-v1", "ratings-v1", "details-v1", "coredns"):
-        assert f'id="pod-{"kube-system" if pod == "coredns" else "bookinfo"}-{pod}"' in page
-    assert "istio-proxy cannot read the nat table without NET_ADMIN" in page
-    assert "OUTPUT:1 → ISTIO_OUTPUT:9 → ISTIO_REDIRECT:1 ⇒ REFUSED" in page
-    assert "✗ broken (refused)" in page and "15002 instead of 15001" in page
-    assert page == verify_html(verify_report())
 
 
 # -- the SVG as a picture ---------------------------------------------------------------------------------
