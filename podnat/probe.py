@@ -69,8 +69,10 @@ def probe_pod(
     ctx: PodContext,
     listeners: tuple[Listener, ...] | None,
     legacy: bool = False,
+    save: str | None = None,
 ) -> tuple[ProbeObservation, ...]:
-    """Send each probe and compare the counted rules with the predicted ones."""
+    """Send each probe and compare the counted rules with the predicted ones; `save` is the
+    iptables-save the table was read with (default: the legacy or the unqualified one)."""
     ref = PodRef(pod["metadata"]["namespace"], pod["metadata"]["name"])
     app = next(c for c in pod["spec"]["containers"] if c.get("name") != PROXY)
     app_uid = int(((app.get("securityContext") or {}).get("runAsUser")) or ctx.app.uid)
@@ -92,7 +94,7 @@ def probe_pod(
     probes.append((FlowType.SIDECAR_TO_ISTIOD, None, PROXY,
                    ["sh", "-c", f"curl -sk -o /dev/null -m {TIMEOUT} https://istiod.istio-system.svc:15012/ || true"],
                    FlowSpec(FlowType.SIDECAR_TO_ISTIOD, "", Actor.PROXY, ctx.istiod, identity=ctx.proxy), ctx))
-    save = "iptables-legacy-save" if legacy else "iptables-save"
+    save = save or ("iptables-legacy-save" if legacy else "iptables-save")
     observations = []
     for probed_flow, variant, container, argv, spec, context in probes:
         flow = probed_flow

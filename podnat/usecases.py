@@ -13,6 +13,7 @@ expects the table to redirect its nameservers, which only the live table (istio-
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -269,8 +270,10 @@ def probe_report(source: PodSource, pod: Mapping[str, Any], report: PodReport) -
 
     intent = intent_for_pod(pod)
     ctx = pod_context(report.pod_ips[0] if report.pod_ips else report.pod_ip, intent)
-    legacy = "legacy" in report.sources.get("nat", "")
-    return _with(report, probe=probe_pod(source, pod, ctx, report.listeners, legacy=legacy))
+    # Count with the binary the table was read with (the proxy image's `iptables-save` is the legacy one).
+    read_with = re.search(r"\b(iptables(?:-nft|-legacy)?-save) -c", report.sources.get("nat", ""))
+    save = read_with.group(1) if read_with else "iptables-save"
+    return _with(report, probe=probe_pod(source, pod, ctx, report.listeners, save=save))
 
 
 def pod_context(pod_ip: str | None, intent: Any, dual_stack: bool = False) -> PodContext:

@@ -307,6 +307,7 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None,
             continue  # e.g. a __pycache__ that byte-compiling the package left
         shutil.copy(script, bin_dir / script.name)
         (bin_dir / script.name).chmod(0o755)
+    proxy_image_toolset(root / "proxyv2-bin")
     envoy = bin_dir / "envoy"
     shutil.copy(envoy_binary(), envoy)
     envoy.chmod(0o755)
@@ -442,9 +443,10 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
     bootstrap.chmod(0o644)
     envoy_log = logs / "istio-proxy.log"
     # TPROXY: istio-proxy is uid 0 / gid 1337 with NET_ADMIN only (what its securityContext asks for).
-    proxy = (LabContainer("istio-proxy", 0, PROXY_UID, ["NET_ADMIN"], path=[str(bin_dir)], log_file=str(envoy_log))
+    path = [str(root / "proxyv2-bin"), str(bin_dir)]  # the proxy image's iptables toolset first
+    proxy = (LabContainer("istio-proxy", 0, PROXY_UID, ["NET_ADMIN"], path=path, log_file=str(envoy_log))
              if mode == "tproxy" else
-             LabContainer("istio-proxy", PROXY_UID, PROXY_UID, path=[str(bin_dir)], log_file=str(envoy_log)))
+             LabContainer("istio-proxy", PROXY_UID, PROXY_UID, path=path, log_file=str(envoy_log)))
     proxy.pid = spawn([str(bin_dir / "envoy"), "-c", str(bootstrap), "--disable-hot-restart", "--concurrency", "1",
                        "--log-level", "warning"], netns, proxy.uid, proxy.gid, envoy_log, proxy.capabilities,
                       cgroup=proxy_cgroup)
@@ -459,6 +461,34 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
         "istio-proxy": proxy,
     }
     return LabPod(NAMESPACE, name, ip, netns, manifest, containers, ip6=ip6)
+
+
+# Istio's proxyv2 image: its base sets the Debian alternative to legacy (`update-alternatives --set iptables
+# /usr/sbin/iptables-legacy`), ships both -nft and -legacy binaries, and nft (1.27+: knftables runs it for
+# the native nftables mode). Name -> the multi-call binary it is a link to.
+PROXY_IMAGE_TOOLS = {
+    **{f"{tool}{suffix}": "xtables-legacy-multi" for tool in ("iptables", "ip6tables")
+       for suffix in ("", "-save", "-restore", "-legacy", "-legacy-save", "-legacy-restore")},
+    **{f"{tool}{suffix}": "xtables-nft-multi" for tool in ("iptables", "ip6tables")
+       for suffix in ("-nft", "-nft-save", "-nft-restore")},
+    "nft": "nft",
+}
+
+
+def proxy_image_toolset(directory: Path) -> Path:
+    """A PATH directory with the iptables/nft toolset of Istio's proxyv2 image, first on the PATH of
+    istio-proxy (and so of podnat's debug container, which shares its image): there the unqualified
+    `iptables-save` is the legacy one, as in the real image, while istio-init writes with iptables-nft."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    for name, binary in PROXY_IMAGE_TOOLS.items():
+        target = shutil.which(binary, path="/usr/sbin:/sbin:/usr/bin:/bin")
+        if target is None:
+            continue  # e.g. no nft on this machine: the image then lacks it too
+        link = directory / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    return directory
 
 
 def _restore_tools(backend: str) -> tuple[str, str]:

@@ -93,3 +93,37 @@ def test_readonly_token_cannot_exec(lab: LabState) -> None:
         src.read_facts(src.get_pod(ref), NatSource.EXEC, False)
     assert err.value.failure is Failure.FORBIDDEN
     assert err.value.message.startswith(f"cannot create pods/exec in namespace {ref.namespace}")
+
+
+def test_inspect_debug_container_reads_nft_rules_through_the_proxy_image_toolset(lab: LabState) -> None:
+    """The lab's proxy has Istio's proxyv2 toolset (`iptables-save` is the legacy binary) while istio-init
+    wrote with iptables-nft: the unqualified read sees an empty table, podnat reads the live nft rules."""
+    import json
+    import subprocess
+    import sys
+
+    assert lab.apiserver is not None
+    src = source(lab)
+    ref = sidecar_pod(lab)
+    env = {"KUBECONFIG": lab.apiserver.kubeconfig, "HOME": lab.root, "PATH": "/usr/sbin:/usr/bin:/bin",
+           "COLUMNS": "200"}
+    run = subprocess.run([sys.executable, "-m", "podnat", "inspect", ref.name, "-n", ref.namespace,
+                          "--debug-container", "-o", "json"], capture_output=True, text=True, env=env, timeout=120,
+                         check=False)
+    report = json.loads(run.stdout)
+    assert report["sources"]["nat"] == "ephemeral container podnat-debug (uid 0, NET_ADMIN): iptables-nft-save -c"
+    packets = [n for f in report["flows"] for leg in f.get("legs", []) for n in (leg.get("packets") or {}).values()]
+    assert packets and None not in packets and sum(packets) > 0  # live counters beside the traced rules
+    facts = src.read_facts(src.get_pod(ref), NatSource.DEBUG, True)
+    assert facts.nat is not None and facts.nat.counters
+    from podnat.netfilter.model import Family
+    from podnat.netfilter.nft import detect_and_parse
+
+    live = detect_and_parse(facts.nat.v4, Family.IPV4)
+    assert live.backend == "nf_tables"
+    assert any(r.counters is not None and r.counters.packets for t in live.tables.values() for r in t.rules())
+    # What the old capture read, in the same container: the image's unqualified iptables-save.
+    version = src.exec(ref, "podnat-debug", ["iptables-save", "--version"])
+    assert "legacy" in version.stdout
+    old = src.exec(ref, "podnat-debug", ["iptables-save", "-c"])
+    assert old.returncode == 0 and "-A " not in old.stdout and "ISTIO" not in old.stdout
