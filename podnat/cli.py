@@ -196,6 +196,12 @@ def _offline_context(
         gid = proxy_gid if proxy_gid is not None else gid
         where = "flag"
     ctx = context_for(pod, family=ruleset.family.value, app_ports=ports, proxy=Identity(uid, gid))
+    from podnat.istio.explain import captured_nameserver
+
+    # pilot-agent's DNS proxy listens on 15053 whenever the table redirects DNS to it (trace and explain agree)
+    nameserver = captured_nameserver(ruleset)
+    if nameserver is not None:
+        ctx = ctx.replace(nameserver=nameserver)
     if tproxy:
         ctx = ctx.replace(transparent_inbound=True, tproxy_mark=mark)
     release = intent.version if intent is not None else None
@@ -359,6 +365,18 @@ def explain(
             from dataclasses import replace
 
             result = replace(result, findings=(never_installed(info), *result.findings))
+        if context["proxy_identity_from"].startswith("table") and ctx.transparent_inbound:
+            from dataclasses import replace
+
+            from podnat.istio.explain import Finding
+            from podnat.istio.identity import proxy_identity_in_table
+
+            found = proxy_identity_in_table(ruleset)
+            if found is not None and found.uid not in (None, 0):
+                result = replace(result, findings=(*result.findings, Finding(
+                    "info", f"the table exempts uid {found.uid} and gid {found.gid} ({found.ref}); it captures "
+                    f"inbound with TPROXY, and Istio then runs Envoy as uid 0 with gid {context['proxy_gid']}: "
+                    "podnat traces Envoy's connections so", (found.ref,))))
         if diagram is not None:
             from podnat.render.svg import diagram_svg
 

@@ -82,3 +82,19 @@ def test_inspect_json_has_context_per_pod():
     assert pod_report_data(report)["context"] == context
     assert pod_report_data(report)["pod"]["ip"] == "10.99.0.2"  # the existing fields stay
     assert verify_data(VerifyReport((report,)))["pods"][0]["context"] == context
+
+
+def test_trace_and_explain_agree_on_dns_over_tcp():
+    """One connection, one answer: with DNS capture, TCP to the resolver's 53 is answered by pilot-agent's
+    DNS proxy (15053) in both (a kernel dump of Istio's dns-uid-gid golden)."""
+    table = DATA / "istio" / "kernel-save" / "iptables" / "dns-uid-gid.v4.iptables-save"
+    explained = json.loads(podnat("explain", str(table), "-o", "json").stdout)
+    flow = next(f for f in explained["flows"] if f["type"] == 7 and f["name"].endswith("(tcp)"))
+    resolver = flow["legs"][0]["dst"]
+    traced = podnat("trace", "--nat-file", str(table), "--pod-ip", "10.99.0.2", "--from", "app", "--to", resolver,
+                    "--proto", "tcp", "-o", "json")
+    assert traced.returncode == 0, traced.stdout
+    data = json.loads(traced.stdout)
+    assert data["outcome"] == flow["outcome"] == "delivered"
+    assert data["delivered_to"] == flow["delivered_to"] == "127.0.0.1:15053"
+    assert [leg["rules"] for leg in data["legs"]] == [leg["rules"] for leg in flow["legs"]]
