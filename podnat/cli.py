@@ -59,7 +59,21 @@ class Proto(str, Enum):
     udp = "udp"
 
 
+class Mode(str, Enum):
+    """Whose capture a saved table holds (default: recognised by its rules)."""
+
+    auto = "auto"
+    sidecar = "sidecar"
+    ambient = "ambient"
+
+
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide, json or yaml.")]
+ModeOpt = Annotated[Mode, typer.Option(
+    "--mode", help="sidecar or ambient (default: recognised by the table's rules; ambient forces it, e.g. for a "
+    "namespace whose rules are gone).")]
+RoutingOpt = Annotated[Path | None, typer.Option(
+    "--routing", help="The pod's policy routing: a transcript of `ip rule show`, `ip route show table N` (and "
+    "`ip -6 ...`), each output preceded by a line `$ COMMAND` (default: as Istio installs it).")]
 ProxyUid = Annotated[int | None, typer.Option(
     "--proxy-uid", help="uid Envoy's own connections carry (default 1337; 0 for a TPROXY table, as Istio runs it).")]
 ProxyGid = Annotated[int | None, typer.Option("--proxy-gid", help="gid Envoy's own connections carry (default 1337).")]
@@ -147,6 +161,69 @@ def _input_notes(info: Any, output: Any) -> None:
         note(f"read as {info.format}" + "".join(f"; {n}" for n in info.notes))
 
 
+def load_for_mode(path: Path | str, mode: Mode) -> tuple[Any, Any, bool]:
+    """The table, what it was read as, and whether it is an ambient pod's (`--mode`, else its rules). With
+    `--mode ambient` a table without rules is accepted: that is what a pod whose rules are gone prints."""
+    from podnat.istio.ambient import looks_ambient
+    from podnat.istio.inputs import InputError, read_input
+    from podnat.netfilter.model import Family, Ruleset
+    from podnat.netfilter.parse import ParseError
+
+    if mode is not Mode.ambient:
+        ruleset, info = load_input(path)
+        return ruleset, info, mode is Mode.auto and looks_ambient(ruleset)
+    text = read_text(path)
+    if not text.strip():
+        return Ruleset(Family.IPV4), _EmptyInput(), True
+    try:
+        ruleset, info = read_input(text)
+    except (ParseError, InputError) as exc:
+        raise BadInput(f"cannot read {path}: {exc}") from None
+    return ruleset, info, True
+
+
+class _EmptyInput:
+    """What an empty input was read as (an ambient pod whose rules are gone prints nothing)."""
+
+    format = "empty (no rules)"
+    notes: tuple[str, ...] = ()
+    failed = None
+
+
+def load_routing(path: Path | None, ruleset: Any, *, ambient: bool, table: int | None = None) -> Any:
+    """The pod's policy routing from a `--routing` transcript, for the table's family: ambient's (mark 0x111,
+    table 100) or a TPROXY table's (its mark; table 133 unless given). None without --routing, or for a table
+    that needs none."""
+    if path is None:
+        return None
+    from podnat.istio.ambient import CONN_MARK, ROUTE_TABLE
+    from podnat.istio.paths import tproxy_mark
+    from podnat.istio.routing import TranscriptError, parse_transcript, routing_from_transcript
+
+    try:
+        transcript = parse_transcript(read_text(path, "routing transcript"))
+    except TranscriptError as exc:
+        raise BadInput(f"cannot read {path}: {exc}") from None
+    if ambient:
+        mark, number = CONN_MARK, ROUTE_TABLE
+    else:
+        found = tproxy_mark(ruleset)
+        if found is None:
+            return None
+        mark, number = found, table or 133
+    return routing_from_transcript(transcript, family=ruleset.family.value, mark=mark, table=number,
+                                   source=f"--routing {path}")
+
+
+def _ambient_context(ctx: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """An ambient pod's flows run through ztunnel, whose sockets carry mark 0x539 (no owner rule tests it)."""
+    from podnat.istio.ambient_paths import ZTUNNEL
+
+    context = {**context, "mode": "ambient", "proxy_uid": ZTUNNEL.uid, "proxy_gid": ZTUNNEL.gid,
+               "proxy_identity_from": "ambient: ztunnel's sockets (mark 0x539)"}
+    return ctx.replace(proxy=ZTUNNEL), context
+
+
 def load_listeners(path: Path | None) -> Any:
     if path is None:
         return None
@@ -210,6 +287,16 @@ def _offline_context(
     return ctx, context
 
 
+def _mark(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise UsageError(f"--mark: {text!r} is not a number (e.g. 0x539 or 1337)") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise UsageError(f"--mark: {text} is out of range (0 to 0xffffffff)")
+    return value
+
+
 def _address(text: str, flag: str) -> Any:
     try:
         return ipaddress.ip_address(text)
@@ -240,9 +327,13 @@ def trace(
     proxy_uid: ProxyUid = None,
     proxy_gid: ProxyGid = None,
     listeners: ListenersOpt = None,
+    mark: Annotated[str | None, typer.Option(
+        "--mark", help="The first packet's mark (default: 0x539 for ztunnel in an ambient pod, else 0).")] = None,
+    mode: ModeOpt = Mode.auto,
+    routing: RoutingOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Follow one connection through a saved nat table and Envoy's listeners."""
+    """Follow one connection through a saved table and the pod's proxy (Envoy, or ztunnel in ambient mode)."""
     try:
         missing = [flag for flag, value in (("--nat-file", nat_file), ("--pod-ip", pod_ip), ("--from", from_),
                                              ("--to", to)) if value is None]
@@ -252,11 +343,15 @@ def trace(
         from podnat.istio.flows import Actor, FlowSpec, FlowType, Identity
         from podnat.istio.paths import Outcome, trace_flow
 
-        ruleset, info = load_input(nat_file)
+        ruleset, info, ambient = load_for_mode(nat_file, mode)
         pod = _address(pod_ip, "--pod-ip")
         destination = _endpoint(to, "--to")
         ports = tuple(app_port or (destination.port,))
         ctx, context = _offline_context(ruleset, pod, ports, proxy_uid, proxy_gid)
+        if ambient:
+            ctx, context = _ambient_context(ctx, context)
+        first_mark = _mark(mark) if mark is not None else None
+        policy_routing = load_routing(routing, ruleset, ambient=ambient)
         _input_notes(info, output)
         if endpoint:
             ctx = ctx.with_endpoint(destination, _endpoint(endpoint, "--endpoint", destination.port))
@@ -268,7 +363,19 @@ def trace(
             identity = Identity(ctx.proxy.uid if uid is None else uid, ctx.proxy.gid if gid is None else gid)
         source = _address(src, "--src") if src else (ctx.remote.address if actor is Actor.REMOTE else None)
         spec = FlowSpec(FlowType.LOCAL_TO_REMOTE, "trace", actor, destination, source, identity, proto.value)
-        result = trace_flow(ruleset, spec, ctx, load_listeners(listeners))
+        if ambient:
+            from podnat.istio.ambient_paths import needs_policy_routing, trace_ambient, without_policy_routing
+
+            result = trace_ambient(ruleset, spec, ctx, routing=policy_routing, mark=first_mark)
+            if policy_routing is not None and policy_routing.broken and needs_policy_routing(result, ctx):
+                result = without_policy_routing(result, policy_routing, ctx)
+        else:
+            result = trace_flow(ruleset, spec, ctx, load_listeners(listeners), mark=first_mark or 0)
+            if policy_routing is not None and policy_routing.broken:
+                from podnat.istio.explain import _without_policy_routing, replies_need_policy_routing
+
+                if replies_need_policy_routing(result, ctx):
+                    result = _without_policy_routing(result, policy_routing, ctx)
         if output in (Output.json, Output.yaml):
             from podnat.render.console import print_data
             from podnat.render.data import finding_data, trace_data
@@ -321,14 +428,19 @@ def explain(
         list[str] | None,
         typer.Option("--nameserver", help="The pod's resolver(s), for DNS capture (from its /etc/resolv.conf)."),
     ] = None,
+    mode: ModeOpt = Mode.auto,
+    routing: RoutingOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Explain every flow of a saved table; with --args or --pod-spec, reconcile it with Istio's intent."""
     try:
         from podnat.istio.explain import explain as run_explain
 
-        ruleset, info = load_input(file)
+        ruleset, info, ambient = load_for_mode(file, mode)
         _input_notes(info, output)
+        if ambient:
+            _explain_ambient(file, ruleset, info, pod_ip, app_port, remote, service_vip, pod_spec, istio_version,
+                             args, routing, diagram, output)
         pod = _address(pod_ip, "--pod-ip") if pod_ip else None
         expected = None
         dns_requested = False
@@ -359,8 +471,9 @@ def explain(
             ctx = ctx.replace(service=_endpoint(service_vip, "--service-vip", app_port))
         if istiod:
             ctx = ctx.replace(istiod=_endpoint(istiod, "--istiod", 15012))
+        policy_routing = load_routing(routing, ruleset, ambient=False)
         result = run_explain(ruleset, ctx, load_listeners(listeners), expected=expected,
-                             dns_requested=dns_requested)
+                             dns_requested=dns_requested, policy_routing=policy_routing)
         if info.failed is not None:
             from dataclasses import replace
 
@@ -406,6 +519,78 @@ def explain(
         raise typer.Exit(int(ExitCode.DRIFT if result.failed or info.failed is not None else ExitCode.OK))
     except PodnatError as exc:
         fail(exc)
+
+
+def _explain_ambient(
+    file: Path, ruleset: Any, info: Any, pod_ip: str | None, app_port: int, remote: str | None,
+    service_vip: str | None, pod_spec: Path | None, istio_version: str | None, args: str | None,
+    routing: Path | None, diagram: Path | None, output: Output,
+) -> NoReturn:
+    """`podnat explain` of an ambient pod's table: ztunnel's flows; with --pod-spec, istio-cni's intent from
+    the pod's annotations (release: --istio-version, else the newest)."""
+    from podnat.istio.ambient_paths import explain_ambient
+
+    if args is not None:
+        raise UsageError("--args is istio-init's command line, which an ambient pod does not have: pass --pod-spec "
+                         "(the pod's annotations decide its in-pod rules) and --istio-version")
+    pod = _address(pod_ip, "--pod-ip") if pod_ip else None
+    ctx, context = _offline_context(ruleset, pod, (app_port,), None, None)
+    ctx, context = _ambient_context(ctx, context)
+    if remote:
+        ctx = ctx.replace(remote=_endpoint(remote, "--remote", app_port))
+    if service_vip:
+        ctx = ctx.replace(service=_endpoint(service_vip, "--service-vip", app_port))
+    expected = None
+    if pod_spec is not None:
+        expected, release = _ambient_intent(ruleset, _load_pod(pod_spec), istio_version)
+        context.update(release=release, release_from="flag (--istio-version)" if istio_version else
+                       "default (newest release)")
+    result = explain_ambient(ruleset, ctx, expected, policy_routing=load_routing(routing, ruleset, ambient=True))
+    if info.failed is not None:
+        from dataclasses import replace
+
+        result = replace(result, findings=(never_installed(info), *result.findings))
+    if diagram is not None:
+        from podnat.render.svg import diagram_svg
+
+        write_file(diagram, diagram_svg(result, f"podnat explain {file.name}"))
+    if output is Output.mermaid:
+        from podnat.render.mermaid import diagram_mermaid
+
+        sys.stdout.write(diagram_mermaid(result))
+    elif output in (Output.json, Output.yaml):
+        from podnat.render.console import print_data
+        from podnat.render.data import explanation_data
+
+        print_data({**explanation_data(result, ruleset), "input": input_data(info), "context": context},
+                   output.value)
+    else:
+        from podnat.render.console import print_explanation
+
+        print_explanation(result, ruleset, wide=output is Output.wide)
+    raise typer.Exit(int(ExitCode.DRIFT if result.failed or info.failed is not None else ExitCode.OK))
+
+
+def _ambient_intent(ruleset: Any, pod: dict[str, Any], version: str | None) -> tuple[Any, str]:
+    """istio-cni's in-pod rules for a pod's annotations, in the form of the live table (iptables or nft)."""
+    from podnat.istio.ambient import AmbientConfig, ambient_expected, ambient_nft_listing
+    from podnat.istio.config import NEWEST_SUPPORTED, IstioRelease
+    from podnat.netfilter.model import Family
+    from podnat.netfilter.nft import parse_nft
+    from podnat.netfilter.parse import parse_ruleset
+
+    try:
+        release = IstioRelease.parse(version) if version else NEWEST_SUPPORTED
+    except ValueError as exc:
+        raise UsageError(f"--istio-version: {exc}") from None
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    v6 = ruleset.family is Family.IPV6
+    nft = any(name.startswith("istio-ambient-") for name in ruleset.tables)
+    cfg = AmbientConfig.from_pod_annotations(annotations, release=release, ipv6=v6, native_nftables=nft)
+    if nft:
+        return parse_nft(ambient_nft_listing(cfg), ruleset.family), str(release)
+    rules = ambient_expected(cfg)
+    return parse_ruleset((rules.v6 or "") if v6 else rules.v4, ruleset.family), str(release)
 
 
 def write_file(path: Path, text: str) -> None:

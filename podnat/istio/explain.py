@@ -95,7 +95,7 @@ def same_path(a: FlowTrace, b: FlowTrace) -> bool:
     """Two traces take the same path: same legs (rules, redirects), Envoy ports and ending."""
     legs_a = [(leg.actor, leg.rules, leg.to) for leg in a.legs]
     legs_b = [(leg.actor, leg.rules, leg.to) for leg in b.legs]
-    return (legs_a, a.envoy_ports, a.outcome, a.delivered_to) == (legs_b, b.envoy_ports, b.outcome, b.delivered_to)
+    return (legs_a, a.proxy_ports, a.outcome, a.delivered_to) == (legs_b, b.proxy_ports, b.outcome, b.delivered_to)
 
 
 def flow_status(live: FlowTrace, expected: FlowTrace | None) -> FlowStatus:
@@ -366,10 +366,11 @@ def _first_difference(live: FlowTrace, want: FlowTrace) -> tuple[str, ...]:
 
 def _drift_summary(live: FlowTrace, want: FlowTrace) -> str:
     def ports(trace: FlowTrace) -> str:
-        return "->".join(map(str, trace.envoy_ports)) or "no Envoy"
+        return "->".join(map(str, trace.proxy_ports)) or ("no ztunnel" if trace.ztunnel_ports or want.ztunnel_ports
+                                                         else "no Envoy")
 
     parts = []
-    if live.envoy_ports != want.envoy_ports:
+    if live.proxy_ports != want.proxy_ports:
         parts.append(f"crosses {ports(live)} instead of {ports(want)}")
     if live.delivered_to != want.delivered_to:
         parts.append(f"ends at {live.delivered_to} instead of {want.delivered_to}")

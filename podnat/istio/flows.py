@@ -23,6 +23,7 @@ class FlowType(IntEnum):
     ENVOY_LOCALHOST = 5
     SIDECAR_TO_ISTIOD = 6
     DNS = 7  # only with DNS capture: app -> cluster DNS, answered by pilot-agent on 15053
+    KUBELET_PROBE = 8  # ambient: kubelet's probe, SNAT'd on the node to 169.254.7.127, accepted uncaptured
 
     @property
     def title(self) -> str:
@@ -37,6 +38,7 @@ FLOW_TITLES = {
     FlowType.ENVOY_LOCALHOST: "Envoy-internal localhost",
     FlowType.SIDECAR_TO_ISTIOD: "sidecar -> istiod",
     FlowType.DNS: "app -> cluster DNS (captured to pilot-agent 15053)",
+    FlowType.KUBELET_PROBE: "kubelet probe -> local pod (ambient: SNAT 169.254.7.127, not captured)",
 }
 DNS_PROXY_PORT = 15053
 

@@ -76,6 +76,12 @@ class FlowTrace:
     outcome: Outcome
     delivered_to: Endpoint | None
     reason: str  # one sentence: why it ended this way (names the rule or listener)
+    ztunnel_ports: tuple[int, ...] = ()  # an ambient pod's flows enter ztunnel's in-pod listeners instead
+
+    @property
+    def proxy_ports(self) -> tuple[int, ...]:
+        """The proxy listener ports entered, in order: Envoy's for a sidecar pod, ztunnel's for an ambient one."""
+        return self.ztunnel_ports or self.envoy_ports
 
     @property
     def type(self) -> FlowType:
@@ -92,6 +98,7 @@ class _Arrival:
     final: Endpoint
     stop: Outcome | None
     reason: str
+    ctmark: int = 0  # the connection's mark once the first packet has arrived (CONNMARK)
 
 
 def trace_flow(
@@ -100,11 +107,13 @@ def trace_flow(
     ctx: PodContext,
     listeners: tuple[Listener, ...] | None = None,
     other: Ruleset | None = None,
+    mark: int = 0,
 ) -> FlowTrace:
     """Follow `spec` through `ruleset` (one IP family) and the sidecar's listeners.
 
     `other`: the pod's table of the other IP family, for a connection of that family within the flow
-    (a dual-stack pod's Envoy fetches from its admin port on 127.0.0.1 for a scrape over IPv6)."""
+    (a dual-stack pod's Envoy fetches from its admin port on 127.0.0.1 for a scrape over IPv6).
+    `mark`: the first packet's mark (`podnat trace --mark`)."""
     listeners = istio_default_listeners() if listeners is None else listeners
     tables = {4: ruleset, 6: ruleset}
     if other is not None:
@@ -112,7 +121,7 @@ def trace_flow(
     legs: list[Leg] = []
     ports: list[int] = []
     seen: set[tuple[int, Endpoint]] = set()
-    actor, dst, identity, mark = spec.actor, spec.destination, spec.identity, 0
+    actor, dst, identity = spec.actor, spec.destination, spec.identity
     src = spec.source if spec.source is not None else _source_for(dst, ctx)
     for _ in range(MAX_LEGS):
         arrival = _walk(tables[dst.address.version], ctx, actor, src, dst, identity, spec.proto, mark)
@@ -225,7 +234,8 @@ def _walk(
             if trace.verdict.kind is VerdictKind.TPROXY:
                 current = Endpoint(current.address, trace.verdict.port or current.port)
                 to, verdict = current, "TPROXY"
-    return _Arrival(Leg(actor, src, dst, hook, tuple(hits), verdict, to, identity), current, None, "")
+        packet = arrival_packet
+    return _Arrival(Leg(actor, src, dst, hook, tuple(hits), verdict, to, identity), current, None, "", packet.ctmark)
 
 
 def _stop(trace: TableTrace) -> tuple[Outcome, str] | None:

@@ -90,3 +90,41 @@ def tproxy_routing(
 
 def _ip(family: str) -> str:
     return "ip -6" if family == "ipv6" else "ip"
+
+
+class TranscriptError(ValueError):
+    """A routing transcript that cannot be read (names the line)."""
+
+
+def parse_transcript(text: str) -> dict[str, str]:
+    """A transcript of commands and their output -> {command: output}.
+
+    Each output is preceded by a line `$ COMMAND` naming it (`$ ip rule show`, `$ ip route show table 100`,
+    `$ ip -6 rule show`, ...), as `inspect` runs them in the pod; spaces in a command are normalised."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("$"):
+            command = " ".join(line[1:].split())
+            if not command:
+                raise TranscriptError(f"line {number}: `$` without a command")
+            current = found.setdefault(command, [])
+        elif current is None:
+            if line.strip():
+                raise TranscriptError(f"line {number}: output before any `$ COMMAND` line: {line.strip()!r}")
+        else:
+            current.append(line)
+    if not found:
+        raise TranscriptError("no `$ COMMAND` line: expected e.g. `$ ip rule show` followed by its output")
+    return {command: "\n".join(lines) + "\n" for command, lines in found.items()}
+
+
+def routing_from_transcript(
+    transcript: dict[str, str], *, family: str, mark: int, table: int, source: str
+) -> TproxyRouting:
+    """The policy routing of one family from a transcript (`ip rule show` / `ip route show table T`; for
+    IPv6 `ip -6 ...`); a command the transcript lacks is not known."""
+    ip = _ip(family)
+    rules = transcript.get(f"{ip} rule show", transcript.get(f"{ip} rule list"))
+    routes = transcript.get(f"{ip} route show table {table}", transcript.get(f"{ip} route list table {table}"))
+    return tproxy_routing(rules, routes, family=family, mark=mark, table=table, source=source)

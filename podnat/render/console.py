@@ -74,9 +74,10 @@ def path_text(trace: FlowTrace, counters: Ruleset | None = None) -> Text:
         if index:
             text.append(" ⇒ ", style="dim")
         text.append_text(_leg_text(leg, counters))
-        if index < len(trace.envoy_ports):
+        if index < len(trace.proxy_ports):
             text.append(" ⇒ ", style="dim")
-            text.append(f"Envoy {trace.envoy_ports[index]}", style="bold cyan")
+            proxy = "ztunnel" if trace.ztunnel_ports else "Envoy"
+            text.append(f"{proxy} {trace.proxy_ports[index]}", style="bold cyan")
     end = {
         Outcome.DELIVERED: str(trace.delivered_to),
         Outcome.REFUSED: "REFUSED",

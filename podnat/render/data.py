@@ -42,10 +42,11 @@ def _packets(ruleset: Ruleset, ref: str) -> int | None:
 
 
 def trace_data(trace: FlowTrace, counters: Ruleset | None = None) -> dict[str, Any]:
-    """The `podnat trace` object: legs, envoy_ports, outcome, delivered_to (and a reason)."""
+    """The `podnat trace` object: legs, envoy_ports, proxy_ports, outcome, delivered_to (and a reason)."""
     return {
         "legs": [leg_data(leg, counters) for leg in trace.legs],
         "envoy_ports": list(trace.envoy_ports),
+        "proxy_ports": list(trace.proxy_ports),
         "outcome": trace.outcome.value,
         "delivered_to": str(trace.delivered_to) if trace.delivered_to else None,
         "reason": trace.reason,

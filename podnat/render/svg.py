@@ -51,6 +51,7 @@ FLOW_COLOURS = {
     FlowType.ENVOY_LOCALHOST: "#0b6b76",
     FlowType.SIDECAR_TO_ISTIOD: "#6f5410",
     FlowType.DNS: "#a3124f",
+    FlowType.KUBELET_PROBE: "#5d6d7e",
 }
 BAD = "#c62828"
 EXPECTED = "#505050"
