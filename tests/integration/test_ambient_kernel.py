@@ -20,7 +20,7 @@ from podnat.istio.ambient import (
     ambient_restore,
 )
 from podnat.istio.config import IstioRelease
-from podnat.istio.conformance import chains, compare
+from tools.conformance import chains, compare
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
