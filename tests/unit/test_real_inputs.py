@@ -21,10 +21,7 @@ ENTRIES = corpus.entries()
 
 # Known wrong answers, each with the work that fixes it; strict: a fix makes this test fail until the
 # entry is taken off the list.
-KNOWN_WRONG = {
-    entry["file"]: "ambient in-pod rules are recognised by issue 18's work, not yet on this branch"
-    for entry in ENTRIES if entry.get("mode") == "ambient"
-}
+KNOWN_WRONG: dict[str, str] = {}
 
 
 def test_the_corpus_is_large_and_has_provenance():
