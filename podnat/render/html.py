@@ -134,16 +134,16 @@ SCRIPT = """
   all("button.copy").forEach(function (b) {
     b.addEventListener("click", function () {
       var text = b.dataset.copy, done = function () { b.textContent = "copied"; };
-      if (navigator.clipboard && window.isSecureContext) {
-        navigator.clipboard.writeText(text).then(done, function () { fallback(text); done(); });
-      } else { fallback(text); done(); }
+      if (copied(text)) { done(); }
+      else if (navigator.clipboard) { navigator.clipboard.writeText(text).then(done); }
     });
   });
-  function fallback(text) {
-    var area = document.createElement("textarea");
+  function copied(text) {
+    var area = document.createElement("textarea"), ok = false;
     area.value = text; document.body.appendChild(area); area.select();
-    try { document.execCommand("copy"); } catch (e) { /* the text stays selectable */ }
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
     document.body.removeChild(area);
+    return ok;
   }
   function follow() {
     var target = location.hash && document.getElementById(decodeURIComponent(location.hash.slice(1)));

@@ -41,6 +41,7 @@ CASES = {
     "healthy": DEFAULT,
     "broken": DEFAULT.replace("--to-ports 15001", "--to-ports 15002"),  # types 2 and 4 refused
     "drift": DEFAULT.replace("-A PREROUTING -p tcp -j ISTIO_INBOUND\n", ""),  # types 1 and 3 bypass Envoy
+    "owner": DEFAULT.replace("--uid-owner 1337", "--uid-owner 1338"),  # Envoy's own traffic: other rules
 }
 
 
