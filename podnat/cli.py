@@ -153,6 +153,16 @@ def never_installed(info: Any) -> Any:
                    "what the log names (a missing kernel module, a missing capability, a bad rule) and restart the pod")
 
 
+def _best_match_words(matched: tuple[str, ...]) -> str:
+    """How the release was picked when --istio-version was not given."""
+    if len(matched) == 1:
+        return "best match of the table's rules (no other release matches as well)"
+    minors = [int(v.split(".")[1]) for v in matched]
+    which = (f"{matched[0]} to {matched[-1]}" if minors == list(range(minors[0], minors[-1] + 1))
+             else ", ".join(matched))
+    return f"best match of the table's rules ({which} match equally well: the newest is assumed)"
+
+
 def _input_notes(info: Any, output: Any) -> None:
     """What podnat skipped or assumed to read the input, on stderr (the data carries it in `input`)."""
     if output in (Output.table, Output.wide) and (info.notes or info.format != "iptables-save"):
@@ -455,8 +465,14 @@ def explain(
             dns_requested = dns_capture_requested(args, pod_object)
             # Without --nameserver: the resolvers the table redirects are the ones istio-init found.
             nameservers = tuple(nameserver or ()) or (captured_nameservers(ruleset) if dns_requested else ())
-            intent = offline_intent(ruleset.family, args=args, version=istio_version, pod=pod_object,
-                                    nameservers=nameservers)
+            matched: tuple[str, ...] = ()
+            if args is not None and pod_object is None and istio_version is None:
+                from podnat.intent import best_release_intent
+
+                intent, matched = best_release_intent(ruleset, args, nameservers)
+            else:
+                intent = offline_intent(ruleset.family, args=args, version=istio_version, pod=pod_object,
+                                        nameservers=nameservers)
             expected = intent.expected(ruleset.family)
             if expected is None:
                 raise UsageError(f"the configuration installs no {ruleset.family.value} rules (is IPv6 enabled?)")
@@ -464,7 +480,12 @@ def explain(
         ctx, context = _offline_context(ruleset, pod, (app_port,), proxy_uid, proxy_gid, intent, where)
         if intent is not None:
             context["release_from"] = ("pod spec (proxy image)" if pod_spec is not None else
-                                       "flag (--istio-version)" if istio_version else "default (newest release)")
+                                       "flag (--istio-version)" if istio_version else
+                                       _best_match_words(matched) if matched else "default (newest release)")
+            if matched and output in (Output.table, Output.wide):
+                from podnat.render.console import note
+
+                note(f"Istio release: {intent.version}, {_best_match_words(matched)} (give --istio-version to pick)")
         if remote:
             ctx = ctx.replace(remote=_endpoint(remote, "--remote", app_port))
         if service_vip:
@@ -472,8 +493,14 @@ def explain(
         if istiod:
             ctx = ctx.replace(istiod=_endpoint(istiod, "--istiod", 15012))
         policy_routing = load_routing(routing, ruleset, ambient=False)
+        releases = None
+        if args is not None and pod_spec is None:
+            from podnat.intent import release_variants
+
+            releases = {v: rs for v, rs in release_variants(ruleset.family, args, nameservers).items()
+                        if v != (intent.version if intent is not None else None)}
         result = run_explain(ruleset, ctx, load_listeners(listeners), expected=expected,
-                             dns_requested=dns_requested, policy_routing=policy_routing)
+                             dns_requested=dns_requested, policy_routing=policy_routing, releases=releases)
         if info.failed is not None:
             from dataclasses import replace
 

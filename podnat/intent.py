@@ -104,6 +104,44 @@ def offline_intent(
     return intent
 
 
+def release_variants(family: Family, args: str, nameservers: Sequence[str] = ()) -> dict[str, Ruleset]:
+    """The rules this istio-init command line gives in every release podnat models."""
+    from podnat.istio.config import NEWEST_SUPPORTED, OLDEST_SUPPORTED
+
+    out: dict[str, Ruleset] = {}
+    for minor in range(OLDEST_SUPPORTED.minor, NEWEST_SUPPORTED.minor + 1):
+        version = f"{OLDEST_SUPPORTED.major}.{minor}"
+        expected = offline_intent(family, args, version, None, nameservers).expected(family)
+        if expected is not None:
+            out[version] = expected
+    return out
+
+
+def best_release_intent(
+    live: Ruleset, args: str, nameservers: Sequence[str] = (),
+) -> tuple[PodIntent, tuple[str, ...]]:
+    """For `explain --args` without `--istio-version`: the intent of the release whose rules match the
+    live table best (fewest differences that change a packet's path; the newest of equals), and every
+    release that matches as well."""
+    from podnat.istio.config import NEWEST_SUPPORTED, OLDEST_SUPPORTED
+    from podnat.istio.reconcile import DiffKind, diff_rules
+
+    scored: list[tuple[int, str, PodIntent]] = []
+    for minor in range(OLDEST_SUPPORTED.minor, NEWEST_SUPPORTED.minor + 1):
+        version = f"{OLDEST_SUPPORTED.major}.{minor}"
+        intent = offline_intent(live.family, args, version, None, nameservers)
+        expected = intent.expected(live.family)
+        if expected is None:
+            continue
+        differences = sum(1 for d in diff_rules(live, expected) if d.kind is not DiffKind.COSMETIC)
+        scored.append((differences, version, intent))
+    if not scored:
+        return offline_intent(live.family, args, None, None, nameservers), ()
+    fewest = min(score for score, _, _ in scored)
+    best = [(version, intent) for score, version, intent in scored if score == fewest]
+    return best[-1][1], tuple(version for version, _ in best)
+
+
 @functools.lru_cache(maxsize=64)
 def _expected_rulesets(config: Any) -> Mapping[Family, Ruleset]:
     """The generator's tables, parsed; once per distinct configuration (many pods share one).

@@ -120,6 +120,7 @@ def explain(
     dns_requested: bool = False,
     other: Ruleset | None = None,
     other_expected: Ruleset | None = None,
+    releases: Mapping[str, Ruleset] | None = None,
 ) -> Explanation:
     """Trace every flow through `live` (and `expected`), diff the rules, list what stands out.
 
@@ -127,7 +128,8 @@ def explain(
     replies depend on it are dropped. `dns_requested`: DNS capture was asked for (istio-init's
     --redirect-dns / ISTIO_META_DNS_CAPTURE), so a table without it gets a finding. `other` and
     `other_expected`: the pod's live and intended tables of its other IP family, for a connection of
-    that family within a flow (see trace_flow)."""
+    that family within a flow (see trace_flow). `releases`: the same configuration as other Istio
+    releases write it, so that a release's own rule is not blamed on tampering."""
     ctx = service_context(ctx)
     if ctx.nameserver is None:
         nameserver = (captured_nameserver(expected) if expected is not None else None) or captured_nameserver(live)
@@ -155,8 +157,16 @@ def explain(
     if expected is not None:
         from podnat.istio.reconcile import diff_rules
 
-        diff = diff_rules(live, expected)
+        diff = diff_rules(live, expected, releases=releases)
+    cosmetic = tuple(d for d in diff or () if d.kind.value == "cosmetic")
+    if diff is not None:
+        diff = tuple(d for d in diff if d.kind.value != "cosmetic")
     findings = _findings(reports, diff or (), live)
+    if cosmetic:
+        findings.append(Finding(
+            "info", f"{len(cosmetic)} rule{'s' if len(cosmetic) > 1 else ''} written differently from the intent "
+            "but the same for every packet (nft's counter keyword, option order, -m tcp spelled or implied, "
+            "comments): not drift", tuple(d.ref for d in cosmetic[:3])))
     if policy_routing is not None:
         findings += _routing_findings(policy_routing, reports, ctx)
     if dns_requested and captured_nameserver(live) is None:
@@ -340,10 +350,10 @@ def _diff_findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...]) -> lis
 
     out: list[Finding] = []
     for d in diff:
-        severity = "warning" if d.kind in (DiffKind.REORDERED, DiffKind.EXTRA_CHAIN) else "error"
+        severity = "warning" if d.kind in (DiffKind.REORDERED, DiffKind.EXTRA_CHAIN) or d.releases else "error"
         verb = {DiffKind.MISSING: "missing", DiffKind.EXTRA: "extra", DiffKind.CHANGED: "changed",
                 DiffKind.REORDERED: "moved", DiffKind.MISSING_CHAIN: "missing chain",
-                DiffKind.EXTRA_CHAIN: "extra chain"}[d.kind]
+                DiffKind.EXTRA_CHAIN: "extra chain", DiffKind.COSMETIC: "written differently"}[d.kind]
         affected = tuple(sorted({int(r.spec.type) for r in reports if r.status is not FlowStatus.OK
                                  and _touches(r, d)}))
         out.append(Finding(severity, f"{verb} {d.text}: {d.cause}", (d.ref,), affected))

@@ -37,7 +37,7 @@ def test_flags_and_args_win_over_the_table():
     args = json.loads(podnat("explain", "-", "-o", "json", "--args", "istio-iptables -p 15001 -z 15006 -u 1337 "
                              "-m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020", stdin=DEFAULT).stdout)
     assert args["context"]["proxy_identity_from"] == "args"
-    assert args["context"]["release"] and args["context"]["release_from"] == "default (newest release)"
+    assert args["context"]["release"] and args["context"]["release_from"].startswith("best match of the table")
 
 
 def test_trace_json_has_input_and_context():
@@ -98,3 +98,30 @@ def test_trace_and_explain_agree_on_dns_over_tcp():
     assert data["outcome"] == flow["outcome"] == "delivered"
     assert data["delivered_to"] == flow["delivered_to"] == "127.0.0.1:15053"
     assert [leg["rules"] for leg in data["legs"]] == [leg["rules"] for leg in flow["legs"]]
+
+
+INJECTED = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020"
+CORPUS = DATA / "real-inputs"
+
+
+def test_reconcile_picks_the_release_that_matches_and_blames_no_tampering():
+    """A 1.12-era table from a book (port 22 excluded, `-p tcp` on OUTPUT): without --istio-version the
+    release that wrote it is found; with the newest forced, each difference is that release's own rule."""
+    table = str(CORPUS / "07-istio-insider-book-iptables-save.txt")
+    found = json.loads(podnat("explain", table, "--args", INJECTED, "-o", "json").stdout)
+    assert found["context"]["release"] == "1.12" and found["context"]["release_from"].startswith("best match")
+    assert found["diff"] == [] and not [f for f in found["findings"] if f["severity"] == "error"]
+    forced = json.loads(podnat("explain", table, "--args", INJECTED, "--istio-version", "1.30", "-o", "json").stdout)
+    assert forced["diff"] and all("not tampering" in d["cause"] for d in forced["diff"])
+    inverted = next(d for d in forced["diff"] if d["rule"] == "ISTIO_OUTPUT:2")
+    assert inverted["cause"].startswith("traffic NOT to 127.0.0.1/32")  # a cause never inverts its rule
+
+
+def test_cosmetic_differences_are_not_drift():
+    """Native nftables from a release that prints no `counter` keyword (the sail-operator docs)."""
+    result = podnat("explain", str(CORPUS / "08-sail-operator-docs-nft-list-ruleset-sidecar.txt"), "--args",
+                    INJECTED + " --native-nftables", "-o", "json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 0 and data["diff"] == []
+    assert [f["severity"] for f in data["findings"]] == ["info"]
+    assert "the same for every packet" in data["findings"][0]["message"]
