@@ -48,6 +48,8 @@ EXTRA: dict[str, dict[str, Any]] = {
     "05-ssup2-blog-1.8-nat-nvL.txt": {"may_refuse": True},
     # "jumps to an undeclared chain 'ISTIO_INBOUND链' ...; name the chain"
     "27-mark8s-notes-annotated-nat-S-typo.txt": {"message": ["ISTIO_INBOUND链", "not declared"]},
+    # "say it is a cut istio-start journal and ask for `journalctl -u istio` in full or `sudo iptables-save`"
+    "36-shenxg13-vm-1.0-systemctl-status-istio-journal-tail.txt": {"message": ["only part of a dump", "journalctl"]},
     # "ISTIO_OUTPUT:5 '-m owner ! --uid-owner 1000 -j RETURN' is reachable ... must NOT be reported"
     "14-istio-insider-hand-edited-uid-1000.txt": {"not_shadowed": ["ISTIO_OUTPUT:5", "ISTIO_OUTPUT:8"]},
     # "as pasted, ISTIO_OUTPUT rule 6 ... is unreachable because rule 5 already RETURNs": a genuine shadow

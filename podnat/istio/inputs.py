@@ -172,6 +172,13 @@ def _read_log(lines: list[str], notes: list[str]) -> tuple[str, InputInfo]:
     except InitLogError as exc:
         if failure is not None:
             return "", _failed(form, notes, lines[failure - 1], failure)
+        rules = [n for n, line in enumerate(lines, 1) if re.match(r"^\s*(?:\[\d+:\d+\] )?-A ", line)]
+        if rules and not any(re.match(r"^\s*\*\s?[a-z]+\s*$", line) for line in lines):
+            raise InputError(
+                f"an Istio log ({form}) that shows only part of a dump: rules with no table header (*nat) or chain "
+                "declarations (`systemctl status` and `--tail` print the last lines only); read the whole log "
+                "(`journalctl -u istio`, `kubectl logs POD -c istio-init`) or run `iptables-save -t nat`",
+                rules[0]) from None
         raise InputError(f"an Istio log, but {exc.message}", exc.line) from None
     if failure is not None and (rules.kind is RulesKind.RESTORE_INPUT or failure > rules.line):
         # the restore ran and failed (no dump after it, or the failure came after the dump)
