@@ -389,3 +389,64 @@ def looks_ambient(ruleset: Ruleset) -> bool:
         if PRERT in table.chains and "ISTIO_INBOUND" not in table.chains:
             return True
     return False
+
+
+# --- causes in Istio's terms ---------------------------------------------------------------------------
+
+_DNS_ON = f"DNS capture is on (the agent's default from 1.25, or {ANN_DNS_CAPTURE}=true)"
+_NOT_INGRESS = f"the pod is not in ingress mode ({ANN_BYPASS_INBOUND}=true)"
+_ALWAYS = "every enrolled pod"
+# (pattern over "TABLE CHAIN RULE", what the rule is for, when istio-cni writes it (None: always))
+_ORIGINS: tuple[tuple[str, str, str | None], ...] = (
+    (r"^(raw|istio-ambient-raw) ", "ztunnel's DNS queries in their own conntrack zone", _DNS_ON),
+    (r"(PREROUTING|prerouting) .*(ISTIO_PRERT|istio-prerouting)", "the jump into ztunnel's inbound chain", None),
+    (r"(OUTPUT|output) .*(-j ISTIO_OUTPUT|jump istio-output)", "the jump into ztunnel's outbound chain", None),
+    (r"(-i|iifname) \S+ ", "inbound from a virtual interface to ztunnel's outbound port",
+     f"the pod sets {ANN_REROUTE_VIRTUAL_INTERFACES}"),
+    (r"\b(53|15053)\b", "the app's DNS to ztunnel's DNS proxy (15053)", _DNS_ON),
+    (r"(-s|saddr) (169\.254\.7\.127|fd16:9254:7127:1337)", "kubelet probes (SNAT'd on the node) pass uncaptured",
+     _NOT_INGRESS),
+    (r"(-d|daddr) (169\.254\.7\.127|fd16:9254:7127:1337)", "replies to kubelet probes pass uncaptured", None),
+    (r"(15006|TPROXY --on-port 15008)", "inbound capture to ztunnel", _NOT_INGRESS),
+    (r"(set-xmark 0x111|ct mark set)", "ztunnel's inbound return path (connmark 0x111)",
+     f"{_NOT_INGRESS}, or the release is 1.29 or newer"),
+    (r"(restore-mark|meta mark set ct mark|0x111)", "ztunnel's inbound return path (connmark 0x111)", None),
+    (r"(-o lo|oifname lo)", "the app's own traffic over lo (to its pod IP) bypasses ztunnel", None),
+    (r"15001", "outbound capture to ztunnel", None),
+)
+
+
+def ambient_rule_origin(table: str, chain: str, rule: str) -> tuple[str, str | None] | None:
+    """What an in-pod rule is for and when istio-cni leaves it out (None: always written), or None when
+    istio-cni never writes it. `rule`: iptables save form or nft listing."""
+    text = f"{table} {chain} {rule}"
+    for pattern, what, omitted in _ORIGINS:
+        if re.search(pattern, text):
+            return what, omitted
+    return None
+
+
+def ambient_cause(kind: str, table: str, chain: str, rule: str | None) -> str:
+    """A rule difference of an ambient pod, in Istio's terms: what istio-cni would have done and why."""
+    gone = ("it is gone: deleted after the agent wrote the pod's rules, or never rewritten after a node reboot or "
+            "re-enrolment; restart the pod so istio-cni writes them again")
+    other = "not something istio-cni writes in an ambient pod: another owner (a CNI, a firewall, an operator)"
+    origin = ambient_rule_origin(table, chain, rule or "")
+    if rule is None:  # a whole chain
+        if kind == "missing-chain":
+            return f"istio-cni creates this chain for {_ALWAYS}; {gone}"
+        if origin is not None and origin[1] is not None:
+            return f"{origin[0]}: istio-cni writes this only when {origin[1]}, which is not so for this pod"
+        return other
+    if origin is None:
+        return other if kind == "extra" else "not what istio-cni writes for this pod's settings"
+    what, needs = origin
+    if kind == "missing":
+        return f"{what}: istio-cni writes this for {_ALWAYS if needs is None else 'a pod where ' + needs}; {gone}"
+    if kind == "extra":
+        if needs is None:
+            return f"{what}: a second copy (istio-cni writes it once)"
+        return f"{what}: istio-cni writes this only when {needs}, which is not so for this pod"
+    if kind == "reordered":
+        return f"{what}: moved, which istio-cni never does; rules were re-inserted by hand or by another tool"
+    return f"{what}: not as istio-cni writes it for this pod's settings"

@@ -37,6 +37,7 @@ from podnat.istio.ambient import (
     PROBE_SNAT_V6,
     ROUTE_TABLE,
     ZTUNNEL_PORTS,
+    ambient_cause,
 )
 from podnat.istio.flows import FLOW_TITLES, Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.istio.paths import (
@@ -55,7 +56,8 @@ from podnat.istio.routing import TproxyRouting
 
 if TYPE_CHECKING:
     from podnat.istio.explain import Explanation, Finding, FlowReport
-from podnat.netfilter.model import Family, Rule, Ruleset
+    from podnat.istio.reconcile import RuleDiff
+from podnat.netfilter.model import Family, IPAddress, Rule, Ruleset
 from podnat.netfilter.packet import Packet
 from podnat.netfilter.traverse import traverse
 
@@ -125,6 +127,11 @@ def trace_ambient(
             port = None  # ztunnel's DNS proxy listens on localhost only
         if port is None:
             if _other_socket(ctx, final):
+                if actor is Actor.PROXY and not ctx.is_local(src):
+                    # ztunnel's transparent leg: only the connmark and policy routing bring the app's replies back
+                    broken = _reply_broken(ruleset, ctx, src, final, arrival.ctmark, routing)
+                    if broken is not None:
+                        return done(Outcome.DROPPED, None, broken[1])
                 return done(Outcome.DELIVERED, final, f"reached {_socket_name(ctx, final)} on {final}")
             how = f"{arrival.leg.rules[-1]} sent it to {final}" if arrival.leg.to else f"it went to {final}"
             return done(Outcome.REFUSED, None, f"{how}, where nothing listens")
@@ -158,9 +165,29 @@ def _reply(ruleset: Ruleset, spec: FlowSpec, ctx: PodContext, routing: TproxyRou
     legs = [arrival.leg]
     if arrival.stop is not None:
         return FlowTrace(spec, tuple(legs), (), arrival.stop, None, arrival.reason)
+    leg, reason = _reply_leg(ruleset, ctx, client, spec.destination, arrival.ctmark, routing)
+    if reason is not None:
+        return FlowTrace(spec, (*legs, leg), (), Outcome.DROPPED, None, reason)
+    how = "as read" if routing is not None and routing.fwmark_rule else "as istio-cni installs it"
+    restored = ", ".join(leg.rules[-1:])
+    return FlowTrace(spec, (*legs, leg), (), Outcome.DELIVERED, leg.dst,
+                     f"mark {CONN_MARK:#x} restored by {restored}; `fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup "
+                     f"{ROUTE_TABLE}` and `local default dev lo` in table {ROUTE_TABLE} ({how}) route the reply "
+                     "back over lo to ztunnel's socket")
+
+
+def _reply_broken(ruleset: Ruleset, ctx: PodContext, client: IPAddress, app: Endpoint, ctmark: int,
+                  routing: TproxyRouting | None) -> tuple[Leg, str] | None:
+    leg, reason = _reply_leg(ruleset, ctx, client, app, ctmark, routing)
+    return None if reason is None else (leg, reason)
+
+
+def _reply_leg(ruleset: Ruleset, ctx: PodContext, client: IPAddress, app: Endpoint, ctmark: int,
+               routing: TproxyRouting | None) -> tuple[Leg, str | None]:
+    """The app's reply to ztunnel's transparent connection, and why it does not return to ztunnel (None: it does)."""
     back = Endpoint(client, EPHEMERAL_PORT)
-    packet = Packet(proto="tcp", src=ctx.pod_ip, dst=client, sport=spec.destination.port, dport=EPHEMERAL_PORT,
-                    out_iface=ctx.iface, uid=ctx.app.uid, gid=ctx.app.gid, ctmark=arrival.ctmark,
+    packet = Packet(proto="tcp", src=ctx.pod_ip, dst=client, sport=app.port, dport=EPHEMERAL_PORT,
+                    out_iface=ctx.iface, uid=ctx.app.uid, gid=ctx.app.gid, ctmark=ctmark,
                     ct_state="ESTABLISHED", local_addresses=frozenset({ctx.pod_ip}))
     hits: list[Rule] = []
     for base in (b for b in ruleset.base_chains("OUTPUT") if b.kind != "nat"):
@@ -169,29 +196,22 @@ def _reply(ruleset: Ruleset, spec: FlowSpec, ctx: PodContext, routing: TproxyRou
         packet = trace.packet
         stop = _stop(trace)
         if stop is not None:
-            leg = Leg(Actor.APP, ctx.pod_ip, back, "OUTPUT", tuple(hits), trace.verdict.kind.value, None, ctx.app)
-            return FlowTrace(spec, (*legs, leg), (), stop[0], None, stop[1])
+            return Leg(Actor.APP, ctx.pod_ip, back, "OUTPUT", tuple(hits), trace.verdict.kind.value, None,
+                       ctx.app), stop[1]
     leg = Leg(Actor.APP, ctx.pod_ip, back, "OUTPUT", tuple(hits), "ACCEPT", None, ctx.app)
-    legs.append(leg)
-    restored = [rule.ref for rule in hits if rule.target is not None and rule.target.get("restore-mark") is not None]
-    if arrival.ctmark & MARK_MASK != CONN_MARK:
-        reason = (f"ztunnel's connection to the app got no connmark {CONN_MARK:#x} (no rule sets it from ztunnel's "
-                  f"mark {INPOD_MARK:#x} in mangle PREROUTING): the app's replies to {client} leave the pod "
-                  "instead of returning to ztunnel, and inbound connections break")
-        return FlowTrace(spec, tuple(legs), (), Outcome.DROPPED, None, reason)
+    if ctmark & MARK_MASK != CONN_MARK:
+        return leg, (f"ztunnel's connection to the app got no connmark {CONN_MARK:#x} (no rule in mangle PREROUTING "
+                     f"turns ztunnel's mark {INPOD_MARK:#x} into it): the app's replies to {client} leave the pod "
+                     "instead of returning to ztunnel, and inbound connections break")
     if packet.mark & MARK_MASK != CONN_MARK:
-        reason = (f"no rule restores connmark {CONN_MARK:#x} on the app's replies in mangle OUTPUT: they leave the "
-                  f"pod for {client} instead of returning to ztunnel, and inbound connections break")
-        return FlowTrace(spec, tuple(legs), (), Outcome.DROPPED, None, reason)
+        return leg, (f"no rule in mangle OUTPUT restores connmark {CONN_MARK:#x} on the app's replies: they leave "
+                     f"the pod for {client} instead of returning to ztunnel, and inbound connections break")
     if routing is not None and routing.broken:
-        reason = (f"the app's replies to {client} (mark {CONN_MARK:#x} restored by {', '.join(restored)}) are routed "
-                  f"out of the pod instead of back to ztunnel over lo: {routing_gap(routing)}")
-        return FlowTrace(spec, tuple(legs), (), Outcome.DROPPED, None, reason)
-    how = "as read" if routing is not None and routing.fwmark_rule else "as istio-cni installs it"
-    reason = (f"mark {CONN_MARK:#x} restored by {', '.join(restored)}; `fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup "
-              f"{ROUTE_TABLE}` and `local default dev lo` in table {ROUTE_TABLE} ({how}) route the reply back over "
-              "lo to ztunnel's socket")
-    return FlowTrace(spec, tuple(legs), (), Outcome.DELIVERED, back, reason)
+        restored = ", ".join(rule.ref for rule in hits if rule.target is not None
+                             and rule.target.get("restore-mark") is not None)
+        return leg, (f"the app's replies to {client} (mark {CONN_MARK:#x} restored by {restored}) are routed out of "
+                     f"the pod instead of back to ztunnel over lo: {routing_gap(routing)}")
+    return leg, None
 
 
 def routing_gap(routing: TproxyRouting) -> str:
@@ -296,11 +316,7 @@ def explain_ambient(
         if bypassed and (spec.variant == "plaintext" or spec.type is FlowType.LOCAL_TO_REMOTE):
             status = FlowStatus.BROKEN
         reports.append(FlowReport(got, want, status))
-    diff = None
-    if expected is not None:
-        from podnat.istio.reconcile import diff_rules
-
-        diff = diff_rules(live, expected)
+    diff = ambient_diff(live, expected) if expected is not None else None
     findings: list[Finding] = []
     if bypassed:
         findings.append(Finding(
@@ -321,6 +337,20 @@ def explain_ambient(
     reach = _shadowed(live, rules_key(live))
     findings += [Finding("info", f"shadow analysis skipped for {s}") for s in reach.skipped]
     return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing)
+
+
+AMBIENT_TABLES = ("mangle", "nat", "raw", "istio-ambient-nat", "istio-ambient-mangle", "istio-ambient-raw")
+
+
+def ambient_diff(live: Ruleset, expected: Ruleset) -> tuple[RuleDiff, ...]:
+    """The rule diff of an ambient pod (its iptables or `inet istio-ambient-*` tables), causes in Istio terms."""
+    from podnat.istio.reconcile import diff_rules
+
+    out = []
+    for d in diff_rules(live, expected, AMBIENT_TABLES):
+        rule = d.expected or d.live
+        out.append(replace(d, cause=ambient_cause(d.kind.value, d.table, d.chain, rule.spec if rule else None)))
+    return tuple(out)
 
 
 def _dns_target(ruleset: Ruleset) -> Endpoint | None:

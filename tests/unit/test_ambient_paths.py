@@ -149,3 +149,24 @@ def test_intent_from_annotations_reconciles() -> None:
     drifted = {(int(r.spec.type), r.spec.variant) for r in result.flows if r.status is FlowStatus.DRIFT}
     assert (1, "plaintext") in drifted
     assert result.diff
+
+
+def test_rule_diff_names_the_setting() -> None:
+    from podnat.istio.ambient import ambient_expected
+
+    live_text = (AMBIENT / "default.v4.iptables-save").read_text()
+    intent = parse_ruleset(ambient_expected(AmbientConfig.from_pod_annotations(
+        {"ambient.istio.io/dns-capture": "false"})).v4)
+    causes = {d.ref: d.cause for d in explain_ambient(parse_ruleset(live_text), CTX, intent).diff or ()}
+    assert causes["ISTIO_OUTPUT:2"] == (
+        "the app's DNS to ztunnel's DNS proxy (15053): istio-cni writes this only when DNS capture is on (the "
+        "agent's default from 1.25, or ambient.istio.io/dns-capture=true), which is not so for this pod")
+    # the connmark rule deleted: inbound breaks, and the diff says what istio-cni would have written
+    deleted = live_text.replace("-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff\n", "")
+    result = explain_ambient(parse_ruleset(deleted), CTX, parse_ruleset(ambient_expected(AmbientConfig()).v4))
+    status = {(int(r.spec.type), r.spec.variant): r.status for r in result.flows}
+    assert status[(1, "plaintext")] is status[(1, "hbone")] is status[(1, "reply")] is FlowStatus.BROKEN
+    (missing,) = [d for d in result.diff or () if d.kind.value == "missing"]
+    assert missing.ref == "mangle/ISTIO_PRERT:1"
+    assert missing.cause.startswith("ztunnel's inbound return path (connmark 0x111): istio-cni writes this for a "
+                                    "pod where the pod is not in ingress mode")
