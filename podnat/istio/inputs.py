@@ -20,10 +20,28 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from podnat.netfilter.model import BUILTIN_CHAINS, Family, Ruleset
 from podnat.netfilter.nft import detect_and_parse, looks_like_nft
 from podnat.netfilter.parse import ParseError
+
+
+class _Lazy:
+    """A regular expression compiled on first use: the fast path (a plain dump) needs none of these,
+    and compiling them all costs ~10 ms at every start."""
+
+    __slots__ = ("_args", "_compiled")
+
+    def __init__(self, pattern: str, flags: int = 0) -> None:
+        self._args = (pattern, flags)
+        self._compiled: re.Pattern[str] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._compiled is None:
+            self._compiled = re.compile(*self._args)
+        return getattr(self._compiled, name)
+
 
 SAVE = "iptables-save"
 LIST_S = "iptables -S"
@@ -59,22 +77,22 @@ class InputInfo:
 
 # --- stray lines -----------------------------------------------------------------------------------
 
-_KUBECTL = re.compile(
+_KUBECTL = _Lazy(
     r"^(?:Defaulting debug container name|Defaulted container|If you don't see a command prompt"
     r"|Unable to use a TTY|command terminated with exit code|Targeting container|Use 'kubectl describe pod"
     r"|Warning: Use tokens from the TokenRequest API)"
 )
 # A shell prompt with (or without) the command typed at it: `$ kubectl ...`, `root@pod:/# iptables-save`,
 # `[root@node ~]# ...`, `bash-5.1# ...`, `/ # ...`; and bare commands that print a table.
-_PROMPT = re.compile(
+_PROMPT = _Lazy(
     r"^(?:\$|%|>|(?:\([\w.-]+\)\s*)?[\w.-]+@[\w.-]+(?::\S*)?\s?[#$%]|\[[^\]\s]+@[^\]]+\][#$]|[\w.-]+-\d[\d.]*[#$]"
     r"|/\s#|~\s?[#$]|(?:\([^)]*\)\s*)?➜\s+\S+)(?:\s+(?P<command>\S.*))?$"
 )
-_COMMAND_WORDS = re.compile(
+_COMMAND_WORDS = _Lazy(
     r"^(?:sudo\s+)?(?:kubectl|oc|nsenter|docker|crictl|nerdctl|ip6?tables-(?:legacy-|nft-)?save|istioctl"
     r"|ip6?tables(?:-legacy|-nft)?\s+(?:-\S+\s+)*?(?:-S|--list-rules|-L|--list|-[nvx]*L[nvx]*)\b)"
 )
-_TABLE_IN_COMMAND = re.compile(r"(?:^|\s)(?:-t|--table)[\s=]?(nat|mangle|raw|filter|security)\b")
+_TABLE_IN_COMMAND = _Lazy(r"(?:^|\s)(?:-t|--table)[\s=]?(nat|mangle|raw|filter|security)\b")
 
 
 def _stray(line: str) -> tuple[str, str | None] | None:
@@ -97,28 +115,28 @@ def _quote(line: str) -> str:
 
 # --- logs ------------------------------------------------------------------------------------------
 
-_LOG_MARKERS = re.compile(
+_LOG_MARKERS = _Lazy(
     r"Writing following contents to rules file|Running ip6?tables-restore with the following input"
     r"|Running iptables restore with:|Final iptables state \(IPv[46]\)|Running command(?: \(without lock\))?:"
     r"|nftables rules programmed:|=+ Start iptables configuration for|istio-iptables|istio-start\.sh"
     r"|^Variables:\s*$|^Environment:\s*$|^-{5,}\s*$"
 )
-_LOG_RECORD = re.compile(
+_LOG_RECORD = _Lazy(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?\s+(?:info|warn|error|debug)\s")
 # journald: `Dec 05 10:00:00 host istio-start.sh[123]: ...` (or an ISO timestamp, `-o short-iso`)
-_JOURNALD = re.compile(
+_JOURNALD = _Lazy(
     r"^(?:[A-Z][a-z]{2}\s+\d{1,2}\s+\d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
     r"\s+\S+\s+[\w.@/-]+(?:\[\d+\])?:\s?"
 )
-_FAILED = re.compile(
+_FAILED = _Lazy(
     r"unable to initialize table|iptables-restore(?:-legacy|-nft)?: line \d+ failed|Failed to execute: "
     r"(?:ip6?tables|nft)|(?:ip6?tables|nft)\S*-restore\S*.*exit status [1-9]|exit status [1-9].*restore"
     r"|failed to (?:apply|program) (?:ip6?tables|nftables|rules)|iptables-restore: .*(?:failed|Could not)"
     r"|nftables run failed|Error: Could not process rule",
     re.IGNORECASE,
 )
-_DRY_RUN = re.compile(r"--dry-run\b|due to dry run mode|dry[- ]run mode", re.IGNORECASE)
-_CNI_START = re.compile(r"=+ Start iptables configuration for (?:[\w.-]+/)?([\w.-]+) =*\s*$")
+_DRY_RUN = _Lazy(r"--dry-run\b|due to dry run mode|dry[- ]run mode", re.IGNORECASE)
+_CNI_START = _Lazy(r"=+ Start iptables configuration for (?:[\w.-]+/)?([\w.-]+) =*\s*$")
 
 
 def _is_log(lines: list[str]) -> bool:
@@ -127,7 +145,7 @@ def _is_log(lines: list[str]) -> bool:
 
 
 # `stern` and `kubectl logs --prefix` put the pod and container before each line
-_STERN = re.compile(r"^([\w.-]+ [\w.-]+ )\d{4}-\d\d-\d\dT")
+_STERN = _Lazy(r"^([\w.-]+ [\w.-]+ )\d{4}-\d\d-\d\dT")
 
 
 def _without_log_prefixes(lines: list[str], notes: list[str]) -> list[str]:
@@ -172,13 +190,13 @@ def _read_log(lines: list[str], notes: list[str]) -> tuple[str, InputInfo]:
     except InitLogError as exc:
         if failure is not None:
             return "", _failed(form, notes, lines[failure - 1], failure)
-        rules = [n for n, line in enumerate(lines, 1) if re.match(r"^\s*(?:\[\d+:\d+\] )?-A ", line)]
-        if rules and not any(re.match(r"^\s*\*\s?[a-z]+\s*$", line) for line in lines):
+        rule_lines = [n for n, line in enumerate(lines, 1) if re.match(r"^\s*(?:\[\d+:\d+\] )?-A ", line)]
+        if rule_lines and not any(re.match(r"^\s*\*\s?[a-z]+\s*$", line) for line in lines):
             raise InputError(
                 f"an Istio log ({form}) that shows only part of a dump: rules with no table header (*nat) or chain "
                 "declarations (`systemctl status` and `--tail` print the last lines only); read the whole log "
                 "(`journalctl -u istio`, `kubectl logs POD -c istio-init`) or run `iptables-save -t nat`",
-                rules[0]) from None
+                rule_lines[0]) from None
         raise InputError(f"an Istio log, but {exc.message}", exc.line) from None
     if failure is not None and (rules.kind is RulesKind.RESTORE_INPUT or failure > rules.line):
         # the restore ran and failed (no dump after it, or the failure came after the dump)
@@ -201,8 +219,8 @@ def _failed(form: str, notes: list[str], line: str, number: int, what: str = "")
 
 # --- iptables -L -----------------------------------------------------------------------------------
 
-_LISTING = re.compile(r"^Chain \S+ [({](?:policy \w+|\d+ references?)")
-_LISTING_VERBOSE = re.compile(r"^\s*pkts\s+bytes\s+target\s+prot\s+opt\s+in\s+out\s+source")
+_LISTING = _Lazy(r"^Chain \S+ [({](?:policy \w+|\d+ references?)")
+_LISTING_VERBOSE = _Lazy(r"^\s*pkts\s+bytes\s+target\s+prot\s+opt\s+in\s+out\s+source")
 
 
 def _refuse_listing(lines: list[str], table: str | None) -> None:
@@ -222,8 +240,8 @@ def _refuse_listing(lines: list[str], table: str | None) -> None:
 
 # --- iptables -S and headerless bodies -------------------------------------------------------------
 
-_S_LINE = re.compile(r"^-(?:P|N|A|I)\s")
-_OWN_COMMENT = re.compile(r"^#\s*(?:Generated by|Completed on|Completed$|Warning:)")
+_S_LINE = _Lazy(r"^-(?:P|N|A|I)\s")
+_OWN_COMMENT = _Lazy(r"^#\s*(?:Generated by|Completed on|Completed$|Warning:)")
 
 
 def _comment_note(lines: list[str]) -> list[str]:
@@ -310,7 +328,7 @@ def _from_list_rules(lines: list[str], table_hint: str | None) -> tuple[list[str
     return out, numbers, notes
 
 
-_RULE_COUNTERS = re.compile(r"\s(?:-c|--set-counters) (\d+) (\d+)(?=\s|$)")
+_RULE_COUNTERS = _Lazy(r"\s(?:-c|--set-counters) (\d+) (\d+)(?=\s|$)")
 
 
 def _counted(line: str) -> str:
@@ -345,6 +363,11 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
     input's own) for what podnat refuses."""
     if text.lstrip().startswith("{"):
         return detect_and_parse(text, family), InputInfo(NFT_JSON)
+    if _plain_dump(text):
+        # the common case, a whole dump (100,000 rules too): nothing to recognise line by line
+        restore = text.startswith(("-N ", "-I ")) or "\n-N " in text or "\n-I " in text
+        return detect_and_parse(text, family), InputInfo(RESTORE if restore else SAVE,
+                                                         tuple(_comment_note_text(text)))
     raw_lines = text.splitlines()
     notes: list[str] = []
     lines: list[str] = []
@@ -402,6 +425,29 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
     elif any(re.match(r"^-(?:N|I)\s", line) for line in stripped):
         form = RESTORE
     return ruleset, InputInfo(form, tuple(notes))
+
+
+# Lines of a plain dump: rules, counters, chains, table headers, COMMIT, comments, blank.
+_OTHER = re.compile(r"\n(?![-\[:*#\n]|COMMIT|$)")  # a line that starts otherwise
+_HEADER = re.compile(r"^\*", re.M)
+
+
+def _plain_dump(text: str) -> bool:
+    """Only table headers, chains, rules, COMMIT, comments and blank lines (one regex scan, in C)."""
+    first = text[:1]
+    return (first in ("*", "#", "\n") and _HEADER.search(text) is not None and _OTHER.search(text) is None
+            and "\r" not in text)
+_COMMENT = re.compile(r"^[ \t]*#.*$", re.M)
+
+
+def _comment_note_text(text: str) -> list[str]:
+    if "#" not in text:
+        return []
+    found = [(text.count("\n", 0, m.start()), m.group(0).strip()) for m in _COMMENT.finditer(text)]
+    lines = [""] * (found[-1][0] + 1) if found else []
+    for index, line in found:
+        lines[index] = line
+    return _comment_note(lines)
 
 
 def _parse_mapped(out: list[str], numbers: list[int], family: Family | None) -> Ruleset:
