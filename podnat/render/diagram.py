@@ -75,6 +75,7 @@ class Diagram:
     """A pod's panels and the nodes every panel draws (faintly, where its flow does not go)."""
 
     title: str
+    proxy: str  # "Envoy" (a sidecar pod) or "ztunnel" (an ambient pod: its in-pod sockets)
     addresses: tuple[IPAddress, ...]  # the pod's own, not loopback
     inbound: tuple[str, ...]  # chain nodes on the inbound side, in the order packets meet them
     outbound: tuple[str, ...]
@@ -102,15 +103,21 @@ def build_diagram(expl: Explanation, title: str) -> Diagram:
              for leg in trace.legs for chain, _ in chain_visits(leg)}
     hooks.setdefault("chain:INPUT", "INPUT")
     chains = [n for n in visited if n.startswith("chain:")]
-    standard = any(n.removeprefix("chain:") in STANDARD_CHAINS for n in chains)
+    ztunnel = any(report.live.ztunnel_ports for report in expl.flows)
+    # a sidecar pod's panels show all of Istio's nat chains; an ambient pod's, the ones its flows cross
+    standard = not ztunnel and any(n.removeprefix("chain:") in STANDARD_CHAINS for n in chains)
     inbound = [f"chain:{c}" for c in INBOUND_CHAINS] if standard else []
     outbound = [f"chain:{c}" for c in OUTBOUND_CHAINS] if standard else []
     for node in chains:
         if node not in inbound and node not in outbound:
             (inbound if hooks.get(node) in INBOUND_HOOKS else outbound).append(node)
-    listeners = sorted(set(STANDARD_LISTENERS) | {int(n[9:]) for n in visited if n.startswith("listener:")})
-    middle = ["app", "listener:15006", "listener:15001", "listener:15090", "proxy", "admin"]
-    middle += [f"listener:{port}" for port in listeners if f"listener:{port}" not in middle]
+    entered = {int(n[9:]) for n in visited if n.startswith("listener:")}
+    if ztunnel:  # no Envoy: ztunnel's in-pod sockets, as the flows enter them
+        middle = ["app", *(f"listener:{port}" for port in sorted(entered)),
+                  *(n for n in ("proxy", "admin") if n in visited)]
+    else:
+        middle = ["app", "listener:15006", "listener:15001", "listener:15090", "proxy", "admin"]
+        middle += [f"listener:{port}" for port in sorted(entered) if f"listener:{port}" not in middle]
     middle += sorted(n for n in visited if n.startswith("void:"))
     if "agent" in visited:
         middle.insert(1, "agent")
@@ -119,9 +126,10 @@ def build_diagram(expl: Explanation, title: str) -> Diagram:
     order = ("peer:remote", "peer:service", "peer:istiod", "peer:dns")
     right = [n for n in order if n in peers] + [n for n in peers if n not in left and n not in order]
     nodes = [*inbound, *outbound, *middle, *left, *right]
-    return Diagram(title, tuple(sorted((a for a in pod if not a.is_loopback), key=lambda a: (a.version, int(a)))),
-                   tuple(inbound), tuple(outbound), tuple(middle), tuple(left), tuple(right), panels,
-                   {node: node_caption(expl, node) for node in nodes})
+    proxy = "ztunnel" if ztunnel else "Envoy"
+    own = tuple(sorted((a for a in pod if not a.is_loopback), key=lambda a: (a.version, int(a))))
+    return Diagram(title, proxy, own, tuple(inbound), tuple(outbound), tuple(middle), tuple(left), tuple(right), panels,
+                   {node: node_caption(expl, node, proxy) for node in nodes})
 
 
 def _panel(report: FlowReport, pod: frozenset[IPAddress], expl: Explanation) -> Panel:
@@ -139,7 +147,7 @@ def _steps(trace: FlowTrace) -> list[str]:
     steps: list[str] = []
     for index, leg in enumerate(trace.legs):
         steps += leg.rules
-        steps.append(f"⇒{trace.envoy_ports[index]}" if index < len(trace.envoy_ports) else "⇒")
+        steps.append(f"⇒{trace.proxy_ports[index]}" if index < len(trace.proxy_ports) else "⇒")
     return steps
 
 
@@ -183,8 +191,8 @@ def trace_stops(trace: FlowTrace, pod: frozenset[IPAddress]) -> tuple[Stop, ...]
                 and "INPUT" not in (chain for chain, _ in visits):
             # nat INPUT runs for the first packet delivered to a local socket (no rule: the chain is empty).
             stops.append(Stop("chain:INPUT", (), index))
-        if index < len(trace.envoy_ports):
-            stops.append(Stop(f"listener:{trace.envoy_ports[index]}", (), index))
+        if index < len(trace.proxy_ports):
+            stops.append(Stop(f"listener:{trace.proxy_ports[index]}", (), index))
     end = _end_node(trace, pod)
     if end is not None and end != stops[-1].node:
         stops.append(Stop(end, (), max(len(trace.legs) - 1, 0)))
@@ -248,7 +256,7 @@ def _end_node(trace: FlowTrace, pod: frozenset[IPAddress]) -> str | None:
         return f"void:{(leg.to or leg.dst).port}"
     if trace.outcome is Outcome.LOOP:
         to = trace.legs[-1].to
-        return f"listener:{to.port}" if to is not None and to.port in trace.envoy_ports else None
+        return f"listener:{to.port}" if to is not None and to.port in trace.proxy_ports else None
     if trace.outcome is not Outcome.DELIVERED or trace.delivered_to is None:
         return None
     return _socket_node(trace, trace.delivered_to, pod)
@@ -257,7 +265,7 @@ def _end_node(trace: FlowTrace, pod: frozenset[IPAddress]) -> str | None:
 def _socket_node(trace: FlowTrace, where: Endpoint, pod: frozenset[IPAddress]) -> str:
     if not _is_local(where.address, pod):
         return f"peer:{_peer_role(trace, where)}"
-    if where.port in trace.envoy_ports:
+    if where.port in trace.proxy_ports:
         return f"listener:{where.port}"
     if where.port == ADMIN_PORT:
         return "admin"
@@ -281,8 +289,8 @@ def path_summary(trace: FlowTrace) -> str:
     parts: list[str] = []
     for index, leg in enumerate(trace.legs):
         parts.append(" → ".join(leg.rules) or "(no rule)")
-        if index < len(trace.envoy_ports):
-            parts.append(f"Envoy {trace.envoy_ports[index]}")
+        if index < len(trace.proxy_ports):
+            parts.append(f"{'ztunnel' if trace.ztunnel_ports else 'Envoy'} {trace.proxy_ports[index]}")
     if trace.outcome is Outcome.DELIVERED:
         parts.append(str(trace.delivered_to))
     else:
@@ -311,14 +319,21 @@ def _proxy_note(expl: Explanation) -> str:
     return f"uid {uids[0]}" if uids else "connections"
 
 
-def node_caption(expl: Explanation, node: str) -> tuple[str, str]:
+ZTUNNEL_SOCKETS = {15008: "HBONE", 15006: "plaintext in", 15001: "outbound", 15053: "DNS proxy"}
+
+
+def node_caption(expl: Explanation, node: str, proxy: str = "Envoy") -> tuple[str, str]:
     """A node's name and a second line (a port's role, an identity, an address)."""
     kind, _, key = node.partition(":")
     if kind == "chain":
         return key, ""
     if kind == "listener":
         port = int(key)
+        if proxy == "ztunnel":
+            return f"ztunnel {key}", ZTUNNEL_SOCKETS.get(port, "socket")
         return f"Envoy {key}", STANDARD_LISTENERS.get(port) or LISTENER_NAMES.get(port, "listener")
+    if node == "proxy" and proxy == "ztunnel":
+        return "ztunnel upstream", _proxy_note(expl)
     if kind == "void":
         return f":{key}", "nothing listens"
     if kind == "peer":

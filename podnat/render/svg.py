@@ -292,7 +292,8 @@ def _skeleton(diagram: Diagram, grid: _Grid, strong: set[str], colour: str, end:
         x0, y0 = min(b.x for b in envoy) - 8, min(b.y for b in envoy) - 20
         x1, y1 = max(b.x + b.w for b in envoy) + 8, max(b.y + b.h for b in envoy) + 8
         out.append(_rect(x0, y0, x1 - x0, y1 - y0, "#f3f7fb", "#b9cde0", radius=8))
-        out.append(_text(x0 + 8, y0 + 13, "Envoy (istio-proxy)", 10, weight="bold", fill="#4d6a85"))
+        name = "ztunnel (in-pod sockets)" if diagram.proxy == "ztunnel" else "Envoy (istio-proxy)"
+        out.append(_text(x0 + 8, y0 + 13, name, 10, weight="bold", fill="#4d6a85"))
     if chains:
         for col, label in ((1, "inbound chains"), (4, "outbound chains")):
             if any(b.col == col for b in chains):

@@ -15,6 +15,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
@@ -201,6 +202,25 @@ def check_panels(svg: str, flows: list[dict]) -> None:
 def test_each_panel_draws_one_flow_with_its_rules(case):
     svg = diagram_svg(explained(case), f"bookinfo/reviews-v1 ({case})")
     check_panels(svg, flow_objects(case))
+
+
+def test_an_ambient_pods_panels_enter_ztunnel(tmp_path):
+    """`podnat explain --diagram` on istio-cni's in-pod rules for ztunnel (the CLI, as a user runs it)."""
+    svg = tmp_path / "ambient.svg"
+    done = subprocess.run([sys.executable, "-m", "podnat", "explain",
+                           str(REPO / "tests" / "data" / "ambient" / "default.v4.iptables-save"),
+                           "--diagram", str(svg), "-o", "json"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    flows = json.loads(done.stdout)["flows"]
+    check_panels(svg.read_text(), flows)
+    by_flow = {p.get("data-flow"): p for p in panels(svg.read_text())}
+    assert set(by_flow) >= {"1-hbone", "1-plaintext", "2", "7-udp"}
+    words = [t.text for t in by_flow["1-hbone"].iter(f"{SVG_NS}text")]
+    assert "ztunnel 15008" in words and "ztunnel (in-pod sockets)" in words and "Envoy 15006" not in words
+    visited = {r.get("data-node") for r in by_flow["1-hbone"].iter(f"{SVG_NS}rect")
+               if "visited" in (r.get("class") or "")}
+    assert "listener:15008" in visited
 
 
 def test_svg_is_valid_xml_and_titled():
