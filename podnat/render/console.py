@@ -13,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from podnat.istio.evidence import evidence
-from podnat.istio.explain import Explanation, FlowReport, FlowStatus, flow_types
-from podnat.istio.paths import FlowTrace, Leg, Outcome
+from podnat.istio.explain import Explanation, FlowStatus, flow_types
+from podnat.istio.paths import FlowTrace, Outcome
 from podnat.netfilter.model import Ruleset
 
 if TYPE_CHECKING:  # types only: -o json/yaml does not load the use cases
@@ -32,6 +32,9 @@ STATUS_STYLE = {
     FlowStatus.BROKEN: "bold red",
     FlowStatus.UNKNOWN: "magenta",
 }
+STATUS_MARK = {FlowStatus.OK: "✓", FlowStatus.DRIFT: "✗", FlowStatus.BROKEN: "✗", FlowStatus.UNKNOWN: "?"}
+OUTCOME_MARK = {Outcome.DELIVERED: "✓", Outcome.REFUSED: "✗", Outcome.LOOP: "✗", Outcome.DROPPED: "✗",
+                Outcome.UNDECIDED: "?"}
 OUTCOME_STYLE = {
     Outcome.DELIVERED: "green",
     Outcome.REFUSED: "bold red",
@@ -67,17 +70,30 @@ def print_data(data: Any, fmt: str) -> None:
         sys.stdout.write(json.dumps(data) + "\n")
 
 
-def path_text(trace: FlowTrace, counters: Ruleset | None = None) -> Text:
-    """A flow's path as one readable chain: rules -> Envoy port -> rules -> where it ended."""
-    text = Text()
+NARROW = 110  # below this many columns the expected path goes under the live one, not beside it
+
+
+def path_pieces(trace: FlowTrace, counters: Ruleset | None = None) -> list[Text]:
+    """A flow's path as the pieces a line may break between: the first rule, then `→ RULE`, `⇒ Envoy
+    15001`, …, `⇒ where it ended`. A rule (or an Envoy port) is never split."""
+    pieces: list[Text] = []
+
+    def add(arrow: str, token: Text) -> None:
+        pieces.append(Text.assemble((f"{arrow} ", "dim"), token) if pieces else token)
+
     for index, leg in enumerate(trace.legs):
-        if index:
-            text.append(" ⇒ ", style="dim")
-        text.append_text(_leg_text(leg, counters))
+        if not leg.rules:
+            add("⇒", Text("(no rule)", style="dim"))
+        for number, ref in enumerate(leg.rules):
+            token = Text(ref)
+            if counters is not None and counters.counters:
+                rule = counters.rule_by_ref(ref)
+                if rule is not None and rule.counters is not None:
+                    token.append(f" [{rule.counters.packets:,}]", style="dim")
+            add("→" if number else "⇒", token)
         if index < len(trace.proxy_ports):
-            text.append(" ⇒ ", style="dim")
             proxy = "ztunnel" if trace.ztunnel_ports else "Envoy"
-            text.append(f"{proxy} {trace.proxy_ports[index]}", style="bold cyan")
+            add("⇒", Text(f"{proxy} {trace.proxy_ports[index]}", style="bold cyan"))
     end = {
         Outcome.DELIVERED: str(trace.delivered_to),
         Outcome.REFUSED: "REFUSED",
@@ -85,23 +101,28 @@ def path_text(trace: FlowTrace, counters: Ruleset | None = None) -> Text:
         Outcome.DROPPED: "DROPPED",
         Outcome.UNDECIDED: "UNDECIDED",
     }[trace.outcome]
-    text.append(" ⇒ ", style="dim")
-    text.append(end, style=OUTCOME_STYLE[trace.outcome])
-    return text
+    add("⇒", Text(end, style=OUTCOME_STYLE[trace.outcome]))
+    return pieces
 
 
-def _leg_text(leg: Leg, counters: Ruleset | None) -> Text:
+def path_text(trace: FlowTrace, counters: Ruleset | None = None) -> Text:
+    """A flow's path as one readable chain: rules -> Envoy port -> rules -> where it ended."""
+    return Text(" ").join(path_pieces(trace, counters))
+
+
+def wrap_pieces(pieces: list[Text], width: int) -> Text:
+    """Pieces on lines of at most `width` cells, broken only between pieces (so: before an arrow)."""
     text = Text()
-    if not leg.rules:
-        text.append("(no rule)", style="dim")
-    for index, ref in enumerate(leg.rules):
-        if index:
-            text.append(" → ", style="dim")
-        text.append(ref)
-        if counters is not None and counters.counters:
-            rule = counters.rule_by_ref(ref)
-            if rule is not None and rule.counters is not None:
-                text.append(f" [{rule.counters.packets:,}]", style="dim")
+    used = 0
+    for piece in pieces:
+        if used and used + 1 + piece.cell_len > width:
+            text.append("\n")
+            used = 0
+        elif used:
+            text.append(" ")
+            used += 1
+        text.append_text(piece)
+        used += piece.cell_len
     return text
 
 
@@ -124,21 +145,46 @@ def _print_leg_rules(trace: FlowTrace, ruleset: Ruleset) -> None:
 
 def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, title: str | None = None) -> None:
     with_intent = expl.diff is not None
-    table = Table(title=title, title_justify="left", show_lines=wide, expand=False)
-    table.add_column("type", justify="right")
-    table.add_column("flow")
-    table.add_column("path (rules ⇒ Envoy ports ⇒ end)", overflow="fold")
-    if with_intent:
-        table.add_column("expected", overflow="fold")
-    table.add_column("status" if with_intent else "outcome")
+    beside = with_intent and out.width >= NARROW  # the expected path in its own column
+    rows = []
     for report in expl.flows:
-        row: list[Text | str] = [str(int(report.spec.type)), report.spec.name, path_text(report.live, ruleset)]
-        if with_intent:
-            row.append(_expected_cell(report))
-            row.append(Text(report.status.value, style=STATUS_STYLE[report.status]))
-        else:
-            row.append(Text(report.live.outcome.value, style=OUTCOME_STYLE[report.live.outcome]))
-        table.add_row(*row)
+        live = path_pieces(report.live, ruleset)
+        expected = path_pieces(report.expected) if report.expected is not None else None
+        status = (Text(f"{STATUS_MARK[report.status]} {report.status.value}", style=STATUS_STYLE[report.status])
+                  if with_intent else
+                  Text(f"{OUTCOME_MARK[report.live.outcome]} {report.live.outcome.value}",
+                       style=OUTCOME_STYLE[report.live.outcome]))
+        rows.append((report, live, expected, status))
+    # widths: the flow's name wraps at words; the paths take what is left, at least their widest piece
+    status_w = max(len("status"), *(cell.cell_len for *_, cell in rows))
+    flow_w = min(max(len(report.spec.name) for report in expl.flows), 24 if out.width >= NARROW else 18)
+    columns = 5 if beside else 4
+    left = out.width - (columns + 1) - 2 * columns - len("type") - flow_w - status_w
+    widest = max(piece.cell_len for _, live, expected, _ in rows for piece in (*live, *(expected or ())))
+    longest = max(Text(" ").join(path).cell_len for _, live, expected, _ in rows for path in (live, expected or live))
+    path_w = min(max(left // 2 if beside else left, widest), longest + len("expected: "))
+
+    table = Table(title=title, title_justify="left", show_lines=wide or (with_intent and not beside),
+                  expand=False)
+    table.add_column("type", justify="right")
+    table.add_column("flow", width=flow_w)
+    table.add_column("path (rules ⇒ Envoy ports ⇒ end)" + (", expected" if with_intent and not beside else ""),
+                     width=path_w, overflow="fold")
+    if beside:
+        table.add_column("expected", width=path_w, overflow="fold")
+    table.add_column("status" if with_intent else "outcome", no_wrap=True)
+    for report, live, expected, status in rows:
+        path = wrap_pieces(live, path_w)
+        if beside or not with_intent:
+            other = (Text("-") if expected is None else Text("same", style="dim") if report.status is FlowStatus.OK
+                     else wrap_pieces(expected, path_w))
+        elif expected is not None and report.status is not FlowStatus.OK:
+            path = Text.assemble(path, "\n", wrap_pieces([Text("expected:", style="bold"), *expected], path_w))
+        cells: list[Text | str] = [str(int(report.spec.type)), report.spec.name, path]
+        if beside:
+            cells.append(other)
+        cells.append(status)
+        table.add_row(*cells)
     out.print(table)
     if wide:
         for report in expl.flows:
@@ -146,9 +192,10 @@ def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, t
             _print_leg_rules(report.live, ruleset)
     if expl.shadowed:
         out.print(Text("Shadowed rules (no packet can reach them):", style="bold"))
+        shadowed = _hanging()
         for s in expl.shadowed:
-            out.print(Text.assemble("  ", (f"{s.rule.ref:<18}", "cyan"), " ", s.rule.text))
-            out.print(Text(f"      {s.reason}", style="dim"))
+            shadowed.add_row(Text(s.rule.ref, style="cyan"), Text.assemble(s.rule.text, "\n", (s.reason, "dim")))
+        out.print(shadowed)
     observed = evidence(expl, ruleset) if ruleset is not None else None
     if observed is not None:
         out.print(Text("Counters (packets since the rules were loaded):", style="bold"))
@@ -161,17 +208,20 @@ def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, t
                                     (text, "dim")))
     if expl.findings:
         out.print(Text("Findings:", style="bold"))
+        findings = _hanging()
         for f in expl.findings:
             style = {"error": "red", "warning": "yellow"}.get(f.severity, "dim")
-            out.print(Text.assemble("  ", (f"{f.severity:<8}", style), f.message))
+            mark = {"error": "✗", "warning": "?"}.get(f.severity, "·")
+            findings.add_row(Text(f"{mark} {f.severity}", style=style), f.message)
+        out.print(findings)
 
 
-def _expected_cell(report: FlowReport) -> Text:
-    if report.expected is None:
-        return Text("-")
-    if report.status is FlowStatus.OK:
-        return Text("same", style="dim")
-    return path_text(report.expected)
+def _hanging() -> Table:
+    """Two columns, indented: a label, then text that wraps under itself (not under the label)."""
+    grid = Table.grid(padding=(0, 0, 0, 2), pad_edge=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    return grid
 
 
 def print_pod_report(report: PodReport, wide: bool = False) -> None:
