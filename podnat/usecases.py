@@ -110,7 +110,9 @@ def inspect_pod(
         facts = source.read_facts(pod, nat_source, debug_container)
     except PodnatError as exc:
         return _with(base, error=exc.message, error_code=int(exc.code))
-    return explain_facts(base, facts, intent)
+    report = explain_facts(base, facts, intent)
+    terminating = terminating_note(pod)
+    return _with(report, notes=(*report.notes, terminating + ": its rules go with it")) if terminating else report
 
 
 def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
@@ -294,6 +296,15 @@ def pod_context(pod_ip: str | None, intent: Any, dual_stack: bool = False) -> Po
     return ctx
 
 
+def terminating_note(pod: Mapping[str, Any]) -> str:
+    """"pod NS/NAME is terminating (deletionTimestamp T)" for a pod being deleted, else ""."""
+    meta = pod.get("metadata") or {}
+    since = meta.get("deletionTimestamp")
+    if not since:
+        return ""
+    return f"pod {meta.get('namespace', '?')}/{meta.get('name', '?')} is terminating (deletionTimestamp {since})"
+
+
 def _pod_header(pod: Mapping[str, Any], ref: PodRef) -> PodReport:
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
@@ -327,6 +338,12 @@ def verify_pods(
     reports: list[PodReport] = []
 
     def one(pod: dict[str, Any]) -> PodReport:
+        terminating = terminating_note(pod)
+        if terminating:
+            # Its rules go with it, and an exec may land in a container that is stopping: not checked.
+            meta = pod.get("metadata") or {}
+            ref = PodRef(str(meta.get("namespace", "?")), str(meta.get("name", "?")))
+            return _with(_pod_header(pod, ref), notes=(terminating + ": not checked",))
         try:
             return inspect_pod(source_factory(), pod, nat_source, debug_container)
         except PodnatError as exc:

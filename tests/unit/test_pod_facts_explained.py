@@ -262,3 +262,37 @@ def test_iptables_and_native_nftables_both_loaded_is_an_error() -> None:
     native = inspect_pod(FakeSource(nat=alone), make_pod(REDIRECT + " --native-nftables"))
     assert native.explanation is not None and native.status == "ok"
     assert not [f for f in native.explanation.findings if "native nftables" in f.message]
+
+
+# --- pods being deleted ------------------------------------------------------------------------------
+
+
+def test_verify_skips_a_terminating_pod_and_says_so() -> None:
+    from podnat.usecases import verify_pods
+
+    live, leaving = make_pod(REDIRECT), make_pod(REDIRECT)
+    leaving["metadata"] = {**leaving["metadata"], "name": "reviews-v1-old",
+                           "deletionTimestamp": "2026-01-01T00:00:00Z"}
+    asked: list[str] = []
+
+    class Counting(FakeSource):
+        def read_facts(self, pod: Mapping[str, Any], source: NatSource | None, debug_container: bool) -> PodFacts:
+            asked.append(pod["metadata"]["name"])
+            return super().read_facts(pod, source, debug_container)
+
+    report = verify_pods(lambda: Counting(nat=live_table(REDIRECT)), [live, leaving], 2)
+    by_name = {r.ref.name: r for r in report.pods}
+    assert asked == ["reviews-v1-x"]  # no exec in a pod that is going away
+    assert by_name["reviews-v1-old"].status == "skipped"
+    assert by_name["reviews-v1-old"].notes == (
+        "pod bookinfo/reviews-v1-old is terminating (deletionTimestamp 2026-01-01T00:00:00Z): not checked",)
+    assert by_name["reviews-v1-x"].status == "ok" and report.exit_code == 0
+
+
+def test_inspect_of_a_terminating_pod_still_reads_it_and_notes_it() -> None:
+    pod = make_pod(REDIRECT)
+    pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    report = inspect_pod(FakeSource(nat=live_table(REDIRECT)), pod)
+    assert report.status == "ok"
+    assert report.notes[-1] == ("pod bookinfo/reviews-v1-x is terminating (deletionTimestamp 2026-01-01T00:00:00Z): "
+                                "its rules go with it")
