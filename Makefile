@@ -9,7 +9,7 @@ PY := $(BIN)/python
 APT_PACKAGES := iptables iproute2 nftables procps util-linux chromium chromium-driver librsvg2-bin fonts-dejavu-core
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test unit integration lint bench clean conformance corpus
+.PHONY: install system-deps demo test unit integration lint bench clean conformance workflows corpus
 
 install: system-deps $(STAMP)
 
@@ -46,9 +46,13 @@ demo: install
 	$(BIN)/podnat lab down; \
 	echo "verify exited $$rc after the fault (1: drift found, as expected); see out/reviews-v1.svg and out/verify.html"
 
-test: install
-	$(PY) -m pytest tests/unit tests/integration tests/e2e/test_manifests.py
+test: install workflows
+	$(PY) -m pytest tests/unit tests/integration tests/e2e/test_manifests.py tests/e2e/test_capture_setup.py
 	$(MAKE) --no-print-directory e2e-lab
+
+# The GitHub workflows against the schema check-jsonschema ships (offline: no download).
+workflows: $(STAMP)
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit

@@ -61,9 +61,16 @@ class PodnatRun:
         return f"`{' '.join(self.argv[2:])}` exited {self.returncode}; stderr: {self.stderr.strip()[-2000:]}"
 
 
+def podnat_kubeconfig() -> str | None:
+    """podnat's own kubeconfig (the nightly: the ServiceAccount bound to manifests/rbac), else None."""
+    return os.environ.get("PODNAT_E2E_KUBECONFIG") or None
+
+
 def run_podnat(*args: str, record: str, timeout: float = 600.0) -> PodnatRun:
-    """Run podnat against the current kubeconfig; keep stdout under out/e2e/podnat/ (CI artifact)."""
-    argv = (*PODNAT, *args)
+    """Run podnat against the current kubeconfig, or as PODNAT_E2E_KUBECONFIG's identity when set; keep
+    stdout under out/e2e/podnat/ (CI artifact)."""
+    kubeconfig = podnat_kubeconfig()
+    argv = (*PODNAT, *args, *(("--kubeconfig", kubeconfig) if kubeconfig else ()))
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
     keep = OUT / "podnat"
     keep.mkdir(parents=True, exist_ok=True)
@@ -184,6 +191,10 @@ class Cluster:
             return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         return None
 
+    def pod_json(self, pod: Any) -> dict[str, Any]:
+        """A pod as the API's JSON (camelCase), what podnat and capture_setup read."""
+        return dict(self._client.ApiClient().sanitize_for_serialization(pod))
+
     def running_pods(self, namespace: str, selector: str | None = None) -> list[Any]:
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         return [p for p in pods if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
@@ -263,16 +274,23 @@ class Cluster:
 
     @contextmanager
     def scratch_namespace(self, purpose: str) -> Iterator[str]:
-        """A fresh namespace with sidecar injection, deleted afterwards (kr8s-style isolation)."""
+        """A fresh namespace with sidecar injection (kr8s-style isolation), deleted when the test passed.
+
+        A failed test keeps it (label podnat-e2e=true) for `make e2e-dump`, which dumps every such
+        namespace before the cluster goes; its name is written to out/e2e/kept-namespaces.txt."""
         name = f"podnat-e2e-{purpose}-{uuid.uuid4().hex[:6]}"
         self.core.create_namespace(
             {"metadata": {"name": name, "labels": {"istio-injection": "enabled", "podnat-e2e": "true"}}}
         )
         try:
             yield name
-        finally:
-            with suppress(Exception):
-                self.core.delete_namespace(name, propagation_policy="Foreground")
+        except BaseException:
+            OUT.mkdir(parents=True, exist_ok=True)
+            with (OUT / "kept-namespaces.txt").open("a") as kept:
+                kept.write(f"{name}\n")
+            raise
+        with suppress(Exception):
+            self.core.delete_namespace(name, propagation_policy="Foreground")
 
     def clone_bookinfo(
         self, namespace: str, deployments: set[str], annotations: Mapping[str, str] | None = None

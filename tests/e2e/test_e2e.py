@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from capture_setup import setup_problems, template_annotations
 from conftest import require
 from e2e_support import (
     BOOKINFO,
@@ -29,6 +30,7 @@ from e2e_support import (
     listener_ports,
     pod_name,
     pod_reports,
+    podnat_kubeconfig,
     predicted_rules,
     proxy_image,
     report_for,
@@ -73,13 +75,66 @@ def workspace(cluster: Cluster, purpose: str, deployments: set[str]) -> Iterator
         yield BOOKINFO
         return
     with cluster.scratch_namespace(purpose) as namespace:
-        cluster.clone_bookinfo(namespace, deployments)
+        # the job's capture setting (tproxy: the TPROXY annotation make e2e-up patches into bookinfo)
+        cluster.clone_bookinfo(namespace, deployments, template_annotations(job_setup()))
         yield namespace
+
+
+def job_setup() -> str:
+    """The capture setup this run claims (mk/e2e.mk passes E2E_SETUP to the suite)."""
+    setup = os.environ.get("E2E_SETUP", "")
+    require(bool(setup), "E2E_SETUP is not set: run the suite with `make e2e` or `make e2e-lab`")
+    return setup
 
 
 def statuses(report: dict[str, Any]) -> dict[int, str]:
     # podnat leaves `status` out of a flow that is ok when it had no intent to compare with
     return {t: str(f.get("status", "ok")) for t, f in flows_by_type(report).items() if t in FLOW_TYPES}
+
+
+def test_the_jobs_capture_setup_is_what_it_claims(cluster: Cluster) -> None:
+    """First: every bookinfo pod captures the way E2E_SETUP says (capture_setup.py), so an install
+    setting that was silently ignored fails the job instead of testing another setup."""
+    setup = job_setup()
+    run = run_podnat("verify", "--namespace", BOOKINFO, "--debug-container", "-o", "json", record="setup-verify")
+    assert run.returncode == 0, run.describe()
+    pods = {p.metadata.name: cluster.pod_json(p) for p in cluster.running_pods(BOOKINFO)}
+    problems = {pod_name(r): setup_problems(setup, pods[pod_name(r)], r) for r in pod_reports(run.json())
+                if pod_name(r) in pods}
+    assert set(problems) == set(pods), f"verify did not report every running pod: {sorted(problems)}"
+    assert not any(problems.values()), f"E2E_SETUP={setup}, but: {problems}"
+
+
+SERVICE_ACCOUNT = "system:serviceaccount:podnat-e2e-identity:podnat"  # manifests/e2e/podnat-serviceaccount.yaml
+
+
+def test_podnat_runs_as_the_serviceaccount_bound_to_manifests_rbac(cluster: Cluster) -> None:
+    """The nightly's podnat is the ServiceAccount of manifests/e2e/, bound to exactly manifests/rbac's
+    roles: what every other test's podnat could do, and not more."""
+    kubeconfig = podnat_kubeconfig()
+    if kubeconfig is None and not cluster.has_apps:
+        pytest.skip("the lab has no RBAC: podnat uses the lab's token there")
+    require(kubeconfig is not None,
+            "PODNAT_E2E_KUBECONFIG is not set: the nightly runs podnat as a ServiceAccount (make e2e-sa-kubeconfig)")
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=kubeconfig)
+    review = client.AuthenticationV1Api(api).create_self_subject_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    assert review.status.user_info.username == SERVICE_ACCOUNT
+
+    def allowed(verb: str, resource: str, subresource: str = "") -> bool:
+        attributes = {"namespace": BOOKINFO, "verb": verb, "resource": resource, "subresource": subresource}
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes}}
+        return bool(client.AuthorizationV1Api(api).create_self_subject_access_review(body).status.allowed)
+
+    granted = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "log"), ("create", "pods", "exec"),
+               ("get", "pods", "exec"), ("patch", "pods", "ephemeralcontainers")]
+    refused = [("delete", "pods", ""), ("create", "pods", ""), ("patch", "pods", ""), ("get", "secrets", ""),
+               ("list", "deployments", "")]
+    assert [g for g in granted if not allowed(*g)] == []
+    assert [r for r in refused if allowed(*r)] == []
 
 
 def test_verify_bookinfo_reports_six_ok_flows_for_every_pod(cluster: Cluster) -> None:

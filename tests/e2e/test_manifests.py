@@ -278,13 +278,15 @@ def test_workflow_matrix_covers_every_capture_setup() -> None:
     assert job["env"]["E2E_SETUP"] == "${{ matrix.setup }}"
     assert job["env"]["ISTIO_RELEASE"] == "${{ matrix.istio }}"
     assert job["env"]["CI"] == "true"
+    # podnat runs as the ServiceAccount; its token stays out of the uploaded evidence
+    assert not job["env"]["E2E_PODNAT_KUBECONFIG"].startswith(job["env"]["E2E_OUT"])
 
 
 def test_workflow_runs_make_and_keeps_evidence_on_failure() -> None:
     (job,) = workflow()["jobs"].values()
     steps = job["steps"]
     runs = [s.get("run", "") for s in steps]
-    main = next(i for i, run in enumerate(runs) if run.strip() == "make e2e-up e2e")
+    main = next(i for i, run in enumerate(runs) if run.strip() == "make e2e-up e2e-sa-kubeconfig e2e")
     assert "if" not in steps[main]
     dump = next(i for i, run in enumerate(runs) if run.strip() == "make e2e-dump")
     assert steps[dump]["if"] == "failure()"
@@ -325,7 +327,9 @@ def test_make_n_e2e_up_prints_the_whole_bring_up(tmp_path: Path) -> None:
         f"istioctl-{newest} install --context kind-podnat-e2e -y -f manifests/istio/redirect.yaml",
         "apply -f manifests/bookinfo/",
         "rollout status",
+        "?(@.metadata.deletionTimestamp)",  # old pods gone before the Ready wait
         "wait --for=condition=Ready pod --all",
+        "apply -f manifests/rbac/ -f manifests/e2e/",
     ]
     positions = [out.find(text) for text in expected_in_order]
     assert all(p >= 0 for p in positions), dict(zip(expected_in_order, positions, strict=True))
@@ -354,5 +358,52 @@ def test_make_n_e2e_runs_the_suite_against_the_current_kubeconfig(tmp_path: Path
     run = make_dry_run(tmp_path, "e2e", "e2e-down")
     assert run.returncode == 0, run.stderr
     assert re.search(r"-m pytest tests/e2e --e2e\b", run.stdout)
-    assert "KUBECONFIG=" not in run.stdout.split("pytest")[0]
+    # the suite uses the current kubeconfig; only podnat's own may be another (PODNAT_E2E_KUBECONFIG)
+    assert not re.search(r"(?<![A-Z_])KUBECONFIG=", run.stdout.split("pytest")[0])
+    assert "E2E_SETUP=redirect " in run.stdout  # the suite asserts the job's capture setup first
     assert "kind-v" in run.stdout and "delete cluster --name podnat-e2e" in run.stdout
+
+
+def test_the_nightly_serviceaccount_is_bound_to_exactly_the_rbac_roles() -> None:
+    docs = list(yaml_docs(MANIFESTS / "e2e" / "podnat-serviceaccount.yaml"))
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    who = {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": account["metadata"]["namespace"]}
+    bindings = [d for d in docs if d["kind"].endswith("Binding")]
+    assert all(b["subjects"] == [who] for b in bindings)
+    assert sorted(b["roleRef"]["name"] for b in bindings) == sorted(rbac_rules())
+    assert all(b["roleRef"]["kind"] == "ClusterRole" for b in bindings)
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "Role")], "no role of its own: only manifests/rbac's"
+
+
+def test_make_n_e2e_sa_kubeconfig_uses_a_token_of_the_serviceaccount(tmp_path: Path) -> None:
+    run = make_dry_run(tmp_path, "e2e-sa-kubeconfig", "E2E_PODNAT_KUBECONFIG=out/sa.kubeconfig", "TOOLS_DIR=/t")
+    assert run.returncode == 0, run.stderr
+    assert "-n podnat-e2e-identity create token podnat --duration 2h" in run.stdout
+    assert "--kubeconfig out/sa.kubeconfig config use-context podnat" in run.stdout
+
+
+def test_make_n_e2e_dump_keeps_what_a_failed_night_needs(tmp_path: Path) -> None:
+    run = make_dry_run(tmp_path, "e2e-dump", "TOOLS_DIR=/t")
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "get namespaces -l podnat-e2e=true" in out  # the scratch namespaces a failed test kept
+    assert "{.spec.initContainers[*].name} {.spec.containers[*].name}" in out  # istio-init or istio-validation
+    assert "logs -l k8s-app=istio-cni-node --all-containers --prefix" in out
+    assert "podnat verify" in out and "verify-$ns.json" in out
+
+
+def test_each_pinned_istio_release_has_its_own_checksum_pin() -> None:
+    text = E2E_MK.read_text()
+    for role in ("newest", "older"):
+        version = mk_variable(f"ISTIO_VERSION_{role}")
+        assert re.search(rf"^ISTIOCTL_SHA256_{re.escape(version)} :=[ \t]*([0-9a-f]{{64}})?[ \t]*$", text, re.M), (
+            f"no ISTIOCTL_SHA256_{version} line (empty, or a sha256) in {E2E_MK}")
+
+
+def test_make_n_e2e_tools_sums_prints_the_lines_to_pin(tmp_path: Path) -> None:
+    run = make_dry_run(tmp_path, "e2e-tools-sums", "ISTIO_RELEASE=older")
+    assert run.returncode == 0, run.stderr
+    older = mk_variable("ISTIO_VERSION_older")
+    for line in ("KIND_SHA256 ?= ", "KUBECTL_SHA256 ?= ", f"ISTIOCTL_SHA256_{older} := "):
+        assert line in run.stdout, line
+    assert f"istioctl-{older}-linux-amd64.tar.gz.sha256" in run.stdout
