@@ -135,7 +135,11 @@ def test_istio_proxy_lists_istios_listeners_and_cannot_read_the_table(lab) -> No
     names = {s["name"] for s in json.loads(listeners.stdout)["listener_statuses"]}
     assert {"virtualOutbound", "virtualInbound", "0.0.0.0_15090", "0.0.0.0_15021"} <= names
     assert {f"{vip}_9080" for vip in state.services.values()} <= names
+    # istio-proxy's iptables-save is the legacy one, as in Istio's proxyv2 image; the nft one fails too
     denied = source.exec(ref, "istio-proxy", ["iptables-save"])
+    assert denied.returncode not in (0, None)
+    assert "Failed to list table names in /proc/net/ip_tables_names: Permission denied" in denied.stderr
+    denied = source.exec(ref, "istio-proxy", ["iptables-nft-save"])
     assert denied.returncode not in (0, None)
     assert "Permission denied (you must be root)" in denied.stderr
     whoami = source.exec(ref, "istio-proxy", ["id", "-u"])
