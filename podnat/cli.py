@@ -643,6 +643,7 @@ def _load_pod(path: Path) -> dict[str, Any]:
 class SourceChoice(str, Enum):
     """Where to read the nat table from (default: the most live that works)."""
 
+    node = "node"
     exec = "exec"
     debug = "debug"
     init_log = "init-log"
@@ -664,8 +665,9 @@ RequestTimeout = Annotated[
 ]
 SourceOpt = Annotated[
     SourceChoice | None,
-    typer.Option("--source", help="Read the nat table from: exec (istio-proxy), debug (ephemeral container), "
-                 "init-log (istio-init log: applied at start, not necessarily live)."),
+    typer.Option("--source", help="Read the nat table from: node (podnat's agent on the pod's node, via pods/proxy), "
+                 "exec (istio-proxy), debug (ephemeral container), init-log (istio-init log: applied at start, "
+                 "not necessarily live). Default: node, exec, debug (with --debug-container), init-log."),
 ]
 DebugContainer = Annotated[
     bool,
@@ -791,6 +793,7 @@ def verify(
         pod_source, default_ns = _connect(kubeconfig, context, request_timeout)
         pods = pod_source.list_pods(None if all_namespaces else (namespace or default_ns), selector)
         nat_source = NatSource(source.value) if source else None
+        pod_source.prefetch(pods, nat_source)  # one request per node with a podnat agent
         with VerifyProgress(len(pods)) as progress:
             report = verify_pods(lambda: pod_source, pods, concurrency, nat_source,
                                  debug_container or nat_source is NatSource.DEBUG, progress.advance)

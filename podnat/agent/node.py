@@ -19,7 +19,7 @@ import secrets
 import subprocess
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,10 @@ class NodePodSource:
             assert nat_error is not None
             raise nat_error
         listeners, listeners_error = interpret_listeners(sections.get("listeners"), where)
+        if listeners is not None:  # on the node there is no pilot-agent: curl asked the admin port itself
+            listeners = replace(listeners, label=listeners.label.replace(
+                "pilot-agent request GET listeners?format=json",
+                f"Envoy's admin port 127.0.0.1:{port}/listeners, in the pod's network namespace"))
         if listeners_error:
             notes.append(listeners_error)
         routing = interpret_routing(sections, where, table) if table is not None else None

@@ -21,6 +21,7 @@ when the nat table comes from elsewhere.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import secrets
@@ -52,6 +53,7 @@ from podnat.facts import (
     PolicyRouting,
 )
 from podnat.istio.initlog import InitLogError, InitLogRules, RulesKind, parse_cni_log, parse_initlog
+from podnat.kube.agentclient import AGENT_SELECTOR
 from podnat.kube.client import KubeClient
 from podnat.kube.errors import Action, Failure, KubeSourceError, translate
 
@@ -109,6 +111,14 @@ class KubePodSource:
         self.debug_wait = debug_wait
         self.cni_namespaces = cni_namespaces
         self._sleep = sleep
+        from podnat.kube.agentclient import AgentReader
+
+        self.agents = AgentReader(client)
+
+    def prefetch(self, pods: list[dict[str, Any]], source: NatSource | None) -> None:
+        """Before reading many pods: ask each node's agent once for all of them (source node, or default)."""
+        if source in (None, NatSource.NODE):
+            self.agents.prefetch(pods)
 
     # --- pods -------------------------------------------------------------------------------------
 
@@ -211,6 +221,27 @@ class KubePodSource:
                 if listeners_error:
                     notes.append(listeners_error)
             return PodFacts(ref=ref, pod=pod, listeners=listeners, notes=tuple(notes), mesh=mesh)
+
+        if source in (None, NatSource.NODE):
+            # The node agent first: live, no exec, no ephemeral container.
+            try:
+                from_node = self.agents.facts_for(pod)
+            except KubeSourceError as err:
+                if source is NatSource.NODE:
+                    raise
+                notes.append(f"{err.message}: read without it")
+                from_node = None
+            if from_node is not None:
+                return dataclasses.replace(from_node, notes=(*notes, *from_node.notes))
+            if source is NatSource.NODE:
+                node = (pod.get("spec") or {}).get("nodeName")
+                why = self.agents._agents_error or (
+                    f"no running pod labelled {AGENT_SELECTOR} in namespace {self.agents.namespace}")
+                raise KubeSourceError(
+                    Failure.NOT_FOUND,
+                    f"no podnat agent on node {node} of pod {ref} ({why}): install it (`kubectl apply -k "
+                    "manifests/agent`), or pick another source with --source exec|debug|init-log",
+                )
 
         nat: NatReading | None = None
         listeners_reading: ListenersReading | None = None

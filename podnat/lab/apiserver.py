@@ -179,6 +179,7 @@ class LabApi:
         self.latency = latency_ms / 1000.0
         self.address = "127.0.0.1:0"
         self.live: set[int] = set()  # process groups of running exec commands
+        self.events: dict[tuple[str, str], dict[str, Any]] = {}  # events.k8s.io/v1 Events, by (namespace, name)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.middleware])
@@ -199,6 +200,13 @@ class LabApi:
         app.router.add_post(f"{pod}/exec", self.pod_exec)
         app.router.add_get(f"{pod}/ephemeralcontainers", self.get_pod)
         app.router.add_patch(f"{pod}/ephemeralcontainers", self.patch_ephemeral)
+        app.router.add_get(f"{pod}/proxy", self.pod_proxy)
+        app.router.add_get(f"{pod}/proxy/{{path:.*}}", self.pod_proxy)
+        events = "/apis/events.k8s.io/v1/namespaces/{namespace}/events"
+        app.router.add_post(events, self.create_event)
+        app.router.add_get(events, self.list_events)
+        app.router.add_get("/apis/events.k8s.io/v1/events", self.list_events)
+        app.router.add_patch(f"{events}/{{name}}", self.patch_event)
         return app
 
     @web.middleware
@@ -266,7 +274,7 @@ class LabApi:
 
     def namespaces(self) -> dict[str, dict[str, Any]]:
         state = self.store.current()
-        names = dict.fromkeys([*SYSTEM_NAMESPACES, *sorted({p.namespace for p in state.pods})])
+        names = dict.fromkeys([*SYSTEM_NAMESPACES, *sorted({p.namespace for p in state.all_pods})])
         meshed = {p.namespace for p in state.pods if "istio-proxy" in p.containers}
         out = {}
         for name in names:
@@ -309,7 +317,7 @@ class LabApi:
 
         def matching() -> list[dict[str, Any]]:
             state = self.store.current()
-            pods = [served_pod(p) for p in state.pods if namespace is None or p.namespace == namespace]
+            pods = [served_pod(p) for p in state.all_pods if namespace is None or p.namespace == namespace]
             pods.sort(key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
             return [p for p in pods if api.selects(p, labels, fields)]
 
@@ -492,6 +500,102 @@ class LabApi:
         return ws
 
 
+    # --- pods/proxy: the API server dials the pod (from the lab's node namespace) -----------------------
+
+    async def pod_proxy(self, request: web.Request) -> web.Response:
+        """GET .../pods/[scheme:]NAME[:PORT]/proxy/PATH?QUERY, answered with what the pod answered."""
+        namespace, target = request.match_info["namespace"], request.match_info["name"]
+        parts = target.split(":")
+        name, port_text = (parts[1], parts[2]) if len(parts) == 3 else (parts[0], parts[1] if len(parts) == 2 else "")
+        self.authorize(request, "get", "pods/proxy", namespace, name)
+        state, pod = self.find_pod(namespace, name)
+        if not port_text:
+            ports = [p.get("containerPort") for c in (pod.manifest.get("spec") or {}).get("containers") or []
+                     for p in c.get("ports") or []]
+            port_text = str(ports[0]) if ports else "80"
+        if not port_text.isdigit() or not pod.ip:
+            raise api.ApiError(503, "ServiceUnavailable", f"error trying to reach service: no address for {target}")
+        path = "/" + request.match_info.get("path", "")
+        if request.query_string:
+            path += "?" + request.query_string
+        node_ns = f"{state.netns_prefix}node"
+        loop = asyncio.get_running_loop()
+        try:
+            status, content_type, body = await loop.run_in_executor(
+                None, _dial, node_ns, pod.ip, int(port_text), path, request.headers.get("Accept", "*/*"))
+        except OSError as exc:
+            raise api.ApiError(503, "ServiceUnavailable", f"error trying to reach service: dial tcp "
+                                                          f"{pod.ip}:{port_text}: {exc.strerror or exc}") from exc
+        return web.Response(body=body, status=status, headers={"Content-Type": content_type})
+
+    # --- events.k8s.io/v1 --------------------------------------------------------------------------------
+
+    async def create_event(self, request: web.Request) -> web.Response:
+        namespace = request.match_info["namespace"]
+        self.authorize(request, "create", "events", namespace)
+        event = await request.json()
+        meta = event.setdefault("metadata", {})
+        meta.setdefault("name", f"event.{secrets.token_hex(8)}")
+        meta["namespace"] = namespace
+        meta.update(uid=secrets.token_hex(16), resourceVersion="1", creationTimestamp=_now().strftime(
+            "%Y-%m-%dT%H:%M:%SZ"))
+        if (namespace, meta["name"]) in self.events:
+            raise api.ApiError(409, "AlreadyExists", f'events.events.k8s.io "{meta["name"]}" already exists')
+        event.update(kind="Event", apiVersion="events.k8s.io/v1")
+        self.events[(namespace, meta["name"])] = event
+        self._log_event("create", event)
+        return web.json_response(event, status=201)
+
+    async def patch_event(self, request: web.Request) -> web.Response:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        self.authorize(request, "patch", "events", namespace, name)
+        event = self.events.get((namespace, name))
+        if event is None:
+            raise api.not_found("events.events.k8s.io", name)
+        _merge(event, await request.json())
+        self._log_event("patch", event)
+        return web.json_response(event)
+
+    async def list_events(self, request: web.Request) -> web.Response:
+        namespace = request.match_info.get("namespace")
+        self.authorize(request, "list", "events", namespace)
+        items = [e for (ns, _), e in self.events.items() if namespace is None or ns == namespace]
+        return web.json_response({"kind": "EventList", "apiVersion": "events.k8s.io/v1",
+                                  "metadata": {"resourceVersion": "1"}, "items": items})
+
+    def _log_event(self, verb: str, event: Mapping[str, Any]) -> None:
+        """Events also go to <root>/events.jsonl (a test reads when each was recorded)."""
+        with (self.store.root / "events.jsonl").open("a") as out:
+            out.write(json.dumps({"verb": verb, "at": time.time(), "event": event}) + "\n")
+
+
+def _dial(netns: str, ip: str, port: int, path: str, accept: str) -> tuple[int, str, bytes]:
+    """One GET to ip:port from inside `netns` (blocking: run in a thread)."""
+    from podnat.lab.netns import socket_in
+
+    sock = socket_in(netns)
+    sock.settimeout(120)
+    try:
+        sock.connect((ip, port))
+        connection = http.client.HTTPConnection(ip, port, timeout=120)
+        connection.sock = sock
+        connection.request("GET", path, headers={"Accept": accept})
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type", "application/octet-stream"), response.read()
+    finally:
+        sock.close()
+
+
+def _merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        elif value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+
+
 class ExecSession:
     """One exec over a WebSocket: stdin in, stdout/stderr out, the exit status on channel 3."""
 
@@ -639,6 +743,17 @@ def _tokens(root: Path) -> tuple[str, str]:
     return secrets.token_urlsafe(32), secrets.token_urlsafe(32)
 
 
+def _lab_node(root: Path) -> tuple[str | None, str | None]:
+    """The lab's node namespace and IP, when the lab has one (a bare API server in a test has not)."""
+    try:
+        state = LabState.load(root)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    netns = f"{state.netns_prefix}node"
+    node_ip = state.peers.get("node")
+    return (netns, node_ip) if node_ip and Path(f"/run/netns/{netns}").exists() else (None, None)
+
+
 def _default_namespace(root: Path) -> str:
     try:
         pods = LabState.load(root).pods
@@ -665,7 +780,8 @@ async def serve(root: Path, port: int, latency_ms: int) -> None:
     sock.listen(128)
     port = sock.getsockname()[1]
     server = f"https://127.0.0.1:{port}"
-    tls = make_tls(root / "tls")
+    node_netns, node_ip = _lab_node(root)
+    tls = make_tls(root / "tls", extra_ips=(node_ip,) if node_ip else (), reuse=True)
     namespace = _default_namespace(root)
     write_kubeconfig(root / "kubeconfig", api.kubeconfig(server, tls.ca_pem, token, ADMIN, namespace))
     write_kubeconfig(
@@ -680,6 +796,18 @@ async def serve(root: Path, port: int, latency_ms: int) -> None:
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=context)
     await site.start()
+    if node_netns and node_ip:
+        # The same server on the lab node's IP, same port: what the agent pod dials (as a pod dials
+        # kubernetes.default); its kubeconfig is kubeconfig.agent.
+        from podnat.lab.netns import socket_in
+
+        node_sock = socket_in(node_netns)
+        node_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        node_sock.bind((node_ip, port))
+        node_sock.listen(128)
+        await web.SockSite(runner, node_sock, ssl_context=context).start()
+        write_kubeconfig(root / "kubeconfig.agent",
+                         api.kubeconfig(f"https://{node_ip}:{port}", tls.ca_pem, token, ADMIN, "podnat-system"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -283,10 +283,11 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
 
 
 def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None, mode: str = "redirect",
-           deployments: Sequence[str] | None = None) -> LabState:
+           deployments: Sequence[str] | None = None, agent: bool = False, agent_interval: float = 60.0) -> LabState:
     """Build the lab (cleaning up what a previous run left), start its API server, return its state.
 
-    `mode` is one of MODES; `deployments` (e.g. ["details-v1", "ratings-v1"]) starts only those pods."""
+    `mode` is one of MODES; `deployments` (e.g. ["details-v1", "ratings-v1"]) starts only those pods;
+    `agent` also runs podnat's node agent as a pod of podnat-system (sweeping every `agent_interval` s)."""
     check_requirements()
     if backend not in ("nft", "legacy"):
         raise LabError(f"--backend {backend}: use nft or legacy")
@@ -369,8 +370,74 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None,
 
     state.apiserver = start_apiserver(root, state=state)
     _wait_ready(state)
+    if agent:
+        say("podnat agent (podnat-system)")
+        start_agent(state, agent_interval)
     say(f"ready in {time.monotonic() - started:.1f}s")
     return state
+
+
+AGENT_NAMESPACE = "podnat-system"
+AGENT_LABEL = ("app.kubernetes.io/name", "podnat-agent")
+AGENT_PORT = 9477
+AGENT_IP = f"{SUBNET}.5"
+NODE_NAME = "podnat-lab"
+
+
+def agent_pod_manifest(name: str, uid: str, ip: str) -> dict[str, Any]:
+    """The agent's Pod as the DaemonSet in manifests/agent/ would make it on the lab's node."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    container = {"name": "agent", "image": "ghcr.io/podnat/podnat-agent:dev",
+                 "args": ["agent", "--proc", "/host/proc"],
+                 "ports": [{"containerPort": AGENT_PORT, "name": "http", "protocol": "TCP"}]}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": AGENT_NAMESPACE, "uid": uid, "resourceVersion": "1",
+                     "creationTimestamp": now, "labels": {AGENT_LABEL[0]: AGENT_LABEL[1],
+                                                          "sidecar.istio.io/inject": "false",
+                                                          "istio.io/dataplane-mode": "none"},
+                     "annotations": {"sidecar.istio.io/inject": "false"}},
+        "spec": {"nodeName": NODE_NAME, "containers": [container], "serviceAccountName": "podnat-agent"},
+        "status": {"phase": "Running", "hostIP": NODE_IP, "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,
+                   "conditions": [{"type": t, "status": "True"} for t in ("Initialized", "Ready", "ContainersReady",
+                                                                           "PodScheduled")],
+                   "containerStatuses": [{"name": "agent", "ready": True, "restartCount": 0, "started": True,
+                                          "image": container["image"], "state": {"running": {"startedAt": now}}}]},
+    }
+
+
+def start_agent(state: LabState, interval: float = 60.0, timeout: float = 60.0) -> LabPod:
+    """podnat's agent as a pod of podnat-system: its own namespace on the bridge, this machine's /proc,
+    root (the capabilities the DaemonSet grants, and more: the lab does not confine it), the API server
+    at the node's IP. Ready when its /readyz answers 200 (pods listed and swept once)."""
+    import sys
+
+    root = Path(state.root)
+    name = f"podnat-agent-{_hash(state.netns_prefix + 'agent', 5)}"
+    uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/{state.netns_prefix}{name}"))
+    netns = f"{state.netns_prefix}agent"
+    _peer_namespace(state, netns, AGENT_IP, "vpodnatagent"[:15], root)
+    logs = root / "pods" / name
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / "agent.log"
+    argv = ["env", f"POD_NAME={name}", sys.executable, "-m", "podnat", "agent", "--node", NODE_NAME, "--proc", "/proc",
+            "--address", AGENT_IP, "--port", str(AGENT_PORT), "--interval", f"{interval:g}", "--kubeconfig", str(root / "kubeconfig.agent")]
+    pid = spawn(argv, netns, 0, 0, log, cgroup=container_cgroup(state.netns_prefix, uid, name, "agent"))
+    state.pids.append(pid)
+    pod = LabPod(AGENT_NAMESPACE, name, AGENT_IP, netns, agent_pod_manifest(name, uid, AGENT_IP),
+                 {"agent": LabContainer("agent", 0, 0, log_file=str(log), pid=pid)})
+    state.agent = pod
+    state.save()
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = run(["curl", "-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}",
+                      f"http://{AGENT_IP}:{AGENT_PORT}/readyz"], netns=f"{state.netns_prefix}node", check=False)
+        if answer == "200":
+            return pod
+        if time.monotonic() > deadline or _gone(pid):
+            tail = log.read_text(errors="replace")[-600:] if log.is_file() else ""
+            raise LabError(f"the podnat agent did not become ready in {timeout:.0f}s: {tail.strip()}")
+        time.sleep(0.2)
 
 
 def _add_netns(state: LabState, name: str) -> None:

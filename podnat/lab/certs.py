@@ -41,8 +41,14 @@ def _name(common_name: str) -> x509.Name:
     ])
 
 
-def make_tls(directory: Path) -> TlsFiles:
-    """A fresh CA and server certificate in `directory` (ca.crt, server.crt, server.key (0600))."""
+def make_tls(directory: Path, extra_ips: tuple[str, ...] = (), reuse: bool = False) -> TlsFiles:
+    """A fresh CA and server certificate in `directory` (ca.crt, server.crt, server.key (0600)); the
+    certificate also names `extra_ips` (the lab's node IP, where the agent pod reaches the server).
+    With `reuse`, files already there are kept (a restarted server keeps its CA: clients that loaded
+    the kubeconfig before the restart, like the agent, still trust it)."""
+    if reuse and all((directory / name).is_file() for name in ("ca.crt", "server.crt", "server.key")):
+        return TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key",
+                        (directory / "ca.crt").read_bytes())
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     not_before = now - datetime.timedelta(minutes=5)  # tolerate a little clock skew between processes
@@ -71,7 +77,7 @@ def make_tls(directory: Path) -> TlsFiles:
     )
 
     key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVER_IPS]
+    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*SERVER_IPS, *extra_ips)]
     sans += [x509.DNSName(name) for name in SERVER_NAMES]
     cert = (
         x509.CertificateBuilder()

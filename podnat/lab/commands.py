@@ -54,6 +54,10 @@ def up(
                                           "(interceptionMode TPROXY), nftables (native nftables), dual-stack "
                                           "(IPv4 and IPv6), dns (DNS capture to pilot-agent's 15053).")
     ] = Mode.redirect,
+    agent: Annotated[bool, typer.Option("--agent/--no-agent", help="Also run podnat's node agent (a pod of "
+                                        "podnat-system); podnat inspect/verify then read pods through it.")] = True,
+    agent_interval: Annotated[float, typer.Option("--agent-interval", min=0.5,
+                                                  help="Seconds between the agent's sweeps.")] = 60.0,
     root: Root = None,
 ) -> None:
     """Build the Bookinfo pods (netns, Istio's rules, a real Envoy, the apps) and the lab's Kubernetes API."""
@@ -61,7 +65,8 @@ def up(
     from podnat.render.console import note
 
     try:
-        state = lab_up(backend.value, root, progress=note, mode=mode.value)
+        state = lab_up(backend.value, root, progress=note, mode=mode.value, agent=agent,
+                       agent_interval=agent_interval)
     except PodnatError as exc:
         _fail(exc)
         return

@@ -77,9 +77,15 @@ class LabState:
     services6: dict[str, str] = field(default_factory=dict)  # Service name -> IPv6 VIP (dual-stack mode)
     peers: dict[str, str] = field(default_factory=dict)  # lab peers outside the pods: node, istiod -> IP
     netns_prefix: str = "pnl-"  # every namespace of this lab starts with it (one prefix per root)
+    agent: LabPod | None = None  # podnat's node agent, a pod of podnat-system (`lab up --agent`)
+
+    @property
+    def all_pods(self) -> list[LabPod]:
+        """What the API serves: the Bookinfo pods and, when it runs, the agent's pod."""
+        return [*self.pods, *([self.agent] if self.agent is not None else [])]
 
     def find(self, namespace: str, name: str) -> LabPod | None:
-        return next((p for p in self.pods if p.namespace == namespace and p.name == name), None)
+        return next((p for p in self.all_pods if p.namespace == namespace and p.name == name), None)
 
     def save(self) -> Path:
         path = Path(self.root) / "state.json"
@@ -92,12 +98,12 @@ class LabState:
     def load(cls, root: Path | None = None) -> LabState:
         root = root or lab_root()
         raw = json.loads((root / "state.json").read_text())
-        pods = [
-            LabPod(
-                **{k: v for k, v in p.items() if k != "containers"},
-                containers={n: LabContainer(**c) for n, c in p["containers"].items()},
-            )
-            for p in raw.pop("pods")
-        ]
+        def pod(p: dict[str, Any]) -> LabPod:
+            return LabPod(**{k: v for k, v in p.items() if k != "containers"},
+                          containers={n: LabContainer(**c) for n, c in p["containers"].items()})
+
+        pods = [pod(p) for p in raw.pop("pods")]
         api = raw.pop("apiserver")
-        return cls(pods=pods, apiserver=LabApiServer(**api) if api else None, **raw)
+        agent = raw.pop("agent", None)
+        return cls(pods=pods, apiserver=LabApiServer(**api) if api else None,
+                   agent=pod(agent) if agent else None, **raw)

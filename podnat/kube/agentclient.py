@@ -1,0 +1,137 @@
+"""Reading pods through podnat's node agent, over the API server's `pods/proxy` subresource.
+
+The agent of a pod's node is found by label in its namespace (one list, cached); its `/v1/pods` answers
+for every pod of that node at once, so `verify` asks each node once (`prefetch`), and `inspect` once
+for its pod. The agent reads fresh (`fresh=1`) and sends the facts (`facts=1`): the tables and
+listeners it read in the pod's namespace, which podnat explains here as for any other source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlencode
+
+from podnat.facts import PodFacts
+from podnat.kube.client import KubeClient
+from podnat.kube.errors import Action, Failure, KubeSourceError, translate
+
+AGENT_NAMESPACE = os.environ.get("PODNAT_AGENT_NAMESPACE", "podnat-system")
+AGENT_SELECTOR = "app.kubernetes.io/name=podnat-agent"
+AGENT_PORT = 9477
+
+
+class AgentReader:
+    """Finds the agents and asks them; thread-safe (verify's workers share it)."""
+
+    def __init__(self, client: KubeClient, namespace: str = AGENT_NAMESPACE) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.timeout = max(client.options.timeout, 60.0)
+        self.requests = 0  # pods/proxy requests made (the benchmark counts them)
+        self._agents: dict[str, Mapping[str, Any]] | None = None
+        self._agents_error: str | None = None
+        self._nodes: dict[str, dict[str, Mapping[str, Any]] | KubeSourceError] = {}
+        self._lock = threading.Lock()
+        self._node_locks: dict[str, threading.Lock] = {}
+
+    def agents(self) -> dict[str, Mapping[str, Any]]:
+        """node -> the running agent pod there; {} when there is none (or podnat may not list them)."""
+        with self._lock:
+            if self._agents is not None:
+                return self._agents
+            found: dict[str, Mapping[str, Any]] = {}
+            try:
+                resp = self.client.core.list_namespaced_pod(
+                    self.namespace, label_selector=AGENT_SELECTOR, _preload_content=False,
+                    _request_timeout=self.client.options.timeout)
+                items = json.loads(resp.data).get("items") or []
+            except Exception as exc:
+                err = translate(exc, Action("list", "pods", self.namespace), self.client.server)
+                self._agents_error = err.message
+                items = []
+            for item in items:
+                node = (item.get("spec") or {}).get("nodeName")
+                status = item.get("status") or {}
+                if node and status.get("phase") == "Running" and status.get("podIP"):
+                    found[str(node)] = item
+            self._agents = found
+            return found
+
+    def prefetch(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        """One request per node with an agent, for all `pods` (namespace-filtered when they share one)."""
+        pods = list(pods)
+        agents = self.agents()
+        namespaces = {(p.get("metadata") or {}).get("namespace") for p in pods}
+        namespace = next(iter(namespaces)) if len(namespaces) == 1 else None
+        nodes = sorted({str(n) for p in pods if (n := (p.get("spec") or {}).get("nodeName")) in agents})
+        if not nodes:
+            return
+        with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+            list(pool.map(lambda node: self._node(node, namespace), nodes))
+
+    def facts_for(self, pod: Mapping[str, Any]) -> PodFacts | None:
+        """The pod's facts as its node's agent read them; None when no agent runs on its node.
+
+        Raises KubeSourceError when the agent could not be asked or could not read the pod."""
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        node = str(spec.get("nodeName") or "")
+        agent = self.agents().get(node)
+        if agent is None:
+            return None
+        answered = self._node(node, str(meta.get("namespace") or ""))
+        if isinstance(answered, KubeSourceError):
+            raise answered
+        item = answered.get(str(meta.get("uid") or ""))
+        agent_name = agent["metadata"]["name"]
+        if item is None:
+            raise KubeSourceError(Failure.NOT_FOUND, f"the podnat agent {agent_name} on node {node} does not know pod "
+                                  f"{meta.get('namespace')}/{meta.get('name')} yet (it was just created?)")
+        facts = item.get("facts")
+        if facts is None or not facts.get("nat"):
+            error = (item.get("error") or {}).get("message") or f"status {item.get('status')}"
+            raise KubeSourceError(Failure.API_ERROR, f"the podnat agent {agent_name} on node {node} could not read "
+                                  f"the pod: {error}")
+        from podnat.agent.wire import facts_from_data
+
+        found = facts_from_data(facts, pod)
+        assert found.nat is not None
+        label = f"podnat agent {agent_name} on node {node}, live at {item.get('observed_at')}: " + (
+            found.nat.label.split(": ", 1)[-1])
+        return replace(found, nat=replace(found.nat, label=label))
+
+    def _node(self, node: str, namespace: str | None) -> dict[str, Mapping[str, Any]] | KubeSourceError:
+        with self._lock:
+            lock = self._node_locks.setdefault(node, threading.Lock())
+        with lock:
+            if node not in self._nodes:
+                self._nodes[node] = self._ask(node, namespace)
+            return self._nodes[node]
+
+    def _ask(self, node: str, namespace: str | None) -> dict[str, Mapping[str, Any]] | KubeSourceError:
+        agent = self.agents()[node]
+        name = agent["metadata"]["name"]
+        query = {"facts": "1", "fresh": "1", **({"namespace": namespace} if namespace else {})}
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}:{AGENT_PORT}/proxy/v1/pods?{urlencode(query)}"
+        api = self.client.api_client
+        self.requests += 1
+        try:
+            request = api.param_serialize("GET", path, header_params={"Accept": "application/json"},
+                                          auth_settings=["BearerToken"])
+            resp = api.call_api(*request, _request_timeout=self.timeout)
+            resp.read()
+            if not 200 <= resp.status <= 299:
+                from kubernetes.client.exceptions import ApiException
+
+                raise ApiException.from_response(http_resp=resp, body=None, data=None)
+            body = json.loads(resp.data)
+        except Exception as exc:
+            err = translate(exc, Action("get", "pods/proxy", self.namespace, name), self.client.server)
+            return KubeSourceError(err.failure, f"the podnat agent {name} on node {node} could not be asked: "
+                                   f"{err.message}")
+        return {str(item["pod"].get("uid")): item for item in body.get("pods") or []}

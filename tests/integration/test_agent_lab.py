@@ -1,0 +1,194 @@
+"""The node agent on the lab: a pod of podnat-system on the lab's node, this machine's /proc, the lab
+pods' processes in kubelet-shaped cgroups. What it reports, what the CLI reads through it, what it
+exports and records when a fault is made from outside podnat, and the API server going away."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require
+
+pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.timeout(300)]
+
+ROOT = Path("/run/podnat-lab-agent")
+INTERVAL = 2.0
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Any]:
+    require(os.geteuid() == 0, "the lab needs root")
+    from podnat.lab.build import lab_down, lab_up
+
+    try:
+        yield lab_up("nft", ROOT, agent=True, agent_interval=INTERVAL)
+    finally:
+        lab_down(ROOT)
+
+
+def _source(state: Any) -> Any:
+    from podnat.kube.client import KubeClient, KubeOptions
+    from podnat.kube.source import KubePodSource
+
+    return KubePodSource(KubeClient.connect(KubeOptions(kubeconfig=state.apiserver.kubeconfig, request_timeout=30)))
+
+
+def _cli(state: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": state.apiserver.kubeconfig, "COLUMNS": "250"}
+    return subprocess.run([sys.executable, "-m", "podnat", *args], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+
+
+def _agent_get(state: Any, path: str) -> str:
+    from podnat.lab.build import AGENT_PORT
+
+    return _cli_raw(state, f"/api/v1/namespaces/podnat-system/pods/{state.agent.name}:{AGENT_PORT}/proxy{path}")
+
+
+def _cli_raw(state: Any, path: str) -> str:
+    return subprocess.run(["kubectl", "--kubeconfig", state.apiserver.kubeconfig, "get", "--raw", path],
+                          capture_output=True, text=True, check=True, timeout=60,
+                          env={**os.environ, "HOME": str(ROOT)}).stdout
+
+
+def _comparable(data: dict[str, Any]) -> dict[str, Any]:
+    """A report without what differs by source: where it was read, notes, and packet counters."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("packets", "counters", "bytes")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip({k: v for k, v in data.items() if k not in ("sources", "notes", "input")})
+
+
+def _requests(state: Any, since: int, client: str | None = None) -> list[str]:
+    """Requests in the API server's access log since line `since` (from `client` only, when given: the
+    CLI dials 127.0.0.1, the agent pod the node IP)."""
+    lines = Path(state.root, "apiserver.log").read_text().splitlines()[since:]
+    return [m.group(2) for line in lines
+            if (m := re.search(r'aiohttp\.access (\S+) .*?"((?:GET|POST|PATCH|PUT|DELETE) [^"]+)"', line))
+            and (client is None or m.group(1) == client)]
+
+
+def _log_length(state: Any) -> int:
+    return len(Path(state.root, "apiserver.log").read_text().splitlines())
+
+
+def _status_metric(state: Any, pod: str) -> str | None:
+    for line in _agent_get(state, "/metrics").splitlines():
+        if line.startswith("podnat_pod_status{") and f'pod="{pod}"' in line:
+            return re.search(r'status="(\w+)"', line).group(1)  # type: ignore[union-attr]
+    return None
+
+
+def _events(state: Any) -> list[dict[str, Any]]:
+    path = Path(state.root, "events.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(condition: Any, timeout: float, step: float = 0.2) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout:g}s")
+        time.sleep(step)
+    return time.monotonic() - started
+
+
+def test_the_agents_report_equals_the_debug_containers_for_every_bookinfo_pod(lab: Any) -> None:
+    from podnat.facts import NatSource, PodRef
+    from podnat.render.data import pod_report_data
+    from podnat.usecases import inspect_pod
+
+    source = _source(lab)
+    for pod in lab.pods:
+        manifest = source.get_pod(PodRef(pod.namespace, pod.name))
+        node = inspect_pod(source, manifest, NatSource.NODE)
+        debug = inspect_pod(source, manifest, NatSource.DEBUG, True)
+        assert node.status == debug.status == "ok", (node.error, debug.error)
+        assert node.sources["nat"].startswith(f"podnat agent {lab.agent.name} on node podnat-lab, live at ")
+        assert debug.sources["nat"].startswith("ephemeral container podnat-debug")
+        assert _comparable(pod_report_data(node)) == _comparable(pod_report_data(debug))
+
+
+def test_verify_reads_through_the_agent_and_catches_a_fault_made_outside_podnat(lab: Any) -> None:
+    from podnat.lab.build import run
+
+    since = _log_length(lab)
+    ok = _cli(lab, "verify", "-n", "bookinfo", "-o", "json")
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert {p["sources"]["nat"].split(",")[0] for p in report["pods"]} == {
+        f"podnat agent {lab.agent.name} on node podnat-lab"}
+    reviews = next(p for p in lab.pods if p.name.startswith("reviews-v1-"))
+    # from outside podnat: the PREROUTING jump deleted on the node, in the pod's namespace
+    run(["iptables-nft", "-t", "nat", "-D", "PREROUTING", "-p", "tcp", "-j", "ISTIO_INBOUND"], netns=reviews.netns)
+    try:
+        bad = _cli(lab, "verify", "-n", "bookinfo")
+        assert bad.returncode == 1, bad.stdout + bad.stderr
+        assert re.search(rf"{reviews.name}\s*│\s*drift", bad.stdout), bad.stdout
+        everyone = _requests(lab, since)  # the CLI's and the agent's (its watch, its Events)
+        assert not [r for r in everyone if "/exec" in r or "ephemeralcontainers" in r], everyone
+        # each run of the CLI: the pod list, the agent lookup, one pods/proxy request for the (one) node
+        cli = [r.split()[1].split("?")[0] for r in _requests(lab, since, client="127.0.0.1")]
+        agent = f"/api/v1/namespaces/podnat-system/pods/{lab.agent.name}:9477/proxy/v1/pods"
+        assert cli == ["/api/v1/namespaces/bookinfo/pods", "/api/v1/namespaces/podnat-system/pods", agent] * 2
+    finally:
+        run(["iptables-nft", "-t", "nat", "-I", "PREROUTING", "1", "-p", "tcp", "-j", "ISTIO_INBOUND"],
+            netns=reviews.netns)
+    assert _cli(lab, "verify", "-n", "bookinfo").returncode == 0
+
+
+def test_a_fault_flips_the_metric_and_records_an_event_within_two_intervals_and_recovery_flips_back(lab: Any) -> None:
+    from podnat.lab.build import run
+
+    pod = next(p for p in lab.pods if p.name.startswith("ratings-v1-"))
+    assert _status_metric(lab, pod.name) == "ok"
+    run(["iptables-nft", "-t", "nat", "-I", "ISTIO_INBOUND", "2", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
+        netns=pod.netns)
+    try:
+        flipped = _wait(lambda: _status_metric(lab, pod.name) == "drift", 2 * INTERVAL + 1)
+        _wait(lambda: any(e["event"]["reason"] == "CaptureDrift" and e["event"]["regarding"]["name"] == pod.name
+                          for e in _events(lab)), 2 * INTERVAL + 1 - flipped)
+    finally:
+        run(["iptables-nft", "-t", "nat", "-D", "ISTIO_INBOUND", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
+            netns=pod.netns)
+    _wait(lambda: _status_metric(lab, pod.name) == "ok", 2 * INTERVAL + 1)
+    _wait(lambda: any(e["event"]["reason"] == "CaptureRecovered" and e["event"]["regarding"]["name"] == pod.name
+                      for e in _events(lab)), 2 * INTERVAL + 1)
+    event = next(e["event"] for e in _events(lab) if e["event"]["reason"] == "CaptureDrift"
+                 and e["event"]["regarding"]["name"] == pod.name)
+    assert event["type"] == "Warning" and event["reportingController"] == "podnat.dev/agent"
+    assert event["regarding"]["uid"] == pod.manifest["metadata"]["uid"] and "type 1 drift" in event["note"]
+
+
+def test_the_watch_recovers_after_the_api_server_restarts(lab: Any) -> None:
+    from podnat.lab.apiserver import start_apiserver, stop_apiserver
+    from podnat.lab.state import LabState
+
+    state = LabState.load(ROOT)
+    port = state.apiserver.port
+    stop_apiserver(state.apiserver)
+    _wait(lambda: "podnat_agent_api_up 0.0" in _metrics_from_node(lab), 20)
+    state.apiserver = start_apiserver(ROOT, state=state, port=port)
+    _wait(lambda: "podnat_agent_api_up 1.0" in _metrics_from_node(lab), 30)
+    result = _cli(lab, "verify", "-n", "bookinfo")
+    assert result.returncode == 0 and "podnat agent" not in result.stderr, result.stdout + result.stderr
+
+
+def _metrics_from_node(lab: Any) -> str:
+    """The agent's /metrics asked from the lab's node (the API server may be down)."""
+    from podnat.lab.build import AGENT_IP, AGENT_PORT, run
+
+    return run(["curl", "-s", "-m", "2", f"http://{AGENT_IP}:{AGENT_PORT}/metrics"], netns=f"{lab.netns_prefix}node",
+               check=False)
