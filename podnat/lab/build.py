@@ -421,7 +421,8 @@ def start_agent(state: LabState, interval: float = 60.0, timeout: float = 60.0) 
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / "agent.log"
     argv = ["env", f"POD_NAME={name}", sys.executable, "-m", "podnat", "agent", "--node", NODE_NAME, "--proc", "/proc",
-            "--address", AGENT_IP, "--port", str(AGENT_PORT), "--interval", f"{interval:g}", "--kubeconfig", str(root / "kubeconfig.agent")]
+            "--address", AGENT_IP, "--port", str(AGENT_PORT), "--interval", f"{interval:g}",
+            "--kubeconfig", str(root / "kubeconfig.agent")]
     pid = spawn(argv, netns, 0, 0, log, cgroup=container_cgroup(state.netns_prefix, uid, name, "agent"))
     state.pids.append(pid)
     pod = LabPod(AGENT_NAMESPACE, name, AGENT_IP, netns, agent_pod_manifest(name, uid, AGENT_IP),
