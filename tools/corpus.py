@@ -35,7 +35,8 @@ READ, REFUSED, WRONG = "read correctly", "refused correctly", "wrong"
 # What podnat calls each form the manifest names.
 FORMS = {
     "iptables-save": {"iptables-save", "iptables-restore input"},
-    "iptables -S": {"iptables -S"},
+    # a `-S` paste without its -P lines is, by content, restore input whose `*nat` line was cut
+    "iptables -S": {"iptables -S", "iptables-restore input"},
     "istio-init log": {"istio-init log", "istio-cni log", "istio-start log"},
     "istio-cni log": {"istio-cni log"},
     "nft": {"nft list ruleset", "nft -j list ruleset"},

@@ -276,9 +276,11 @@ def _infer_table(lines: list[str], declared: list[str], hint: str | None) -> str
     return None
 
 
-def _from_list_rules(lines: list[str], table_hint: str | None) -> tuple[list[str], list[int], list[str]]:
-    """`iptables [-t T] -S` output (one table or several in a row) as iptables-save text, with each new
-    line's number in the input, and notes."""
+def _from_list_rules(
+    lines: list[str], table_hint: str | None, restore: bool = False,
+) -> tuple[list[str], list[int], list[str]]:
+    """`iptables [-t T] -S` output (one table or several in a row), or restore input without its `*table`
+    line (`restore`), as iptables-save text, with each new line's number in the input, and notes."""
     blocks: list[list[int]] = []
     previous = ""
     notes: list[str] = []
@@ -287,10 +289,12 @@ def _from_list_rules(lines: list[str], table_hint: str | None) -> tuple[list[str
         word = line.split(None, 1)[0] if line.strip() else ""
         if word not in ("-P", "-N", "-A", "-I"):
             if word and not word.startswith("#"):
-                if listed[0] < n < listed[-1]:
+                # prose between the rules (a blog's headings) is skipped; anything with options in it may be a
+                # rule wrapped by the paste, and is not guessed at
+                if listed[0] < n < listed[-1] and re.search(r"(?:^|\s)--?[A-Za-z]", line):
                     raise InputError(f"not a line of `iptables -S` output, between its rules: {_quote(line)}; "
                                      "paste the output as iptables printed it", n + 1)
-                notes.append(f"line {n + 1}: not `iptables -S` output, skipped: {_quote(line)}")
+                notes.append(f"line {n + 1}: not a rule, skipped: {_quote(line)}")
             continue
         if not blocks or (word == "-P" and previous not in ("-P", "")):
             blocks.append([])
@@ -324,7 +328,9 @@ def _from_list_rules(lines: list[str], table_hint: str | None) -> tuple[list[str
             numbers.append(n + 1)
         out.append("COMMIT")
         numbers.append(block[-1] + 1)
-        notes.append(f"read as the {table} table" + ("" if hint else " (from its chains and targets)"))
+        how = "" if hint else " (from its chains and targets)"
+        notes.append(f"no `*{table}` line: read as the {table} table{how}" if restore
+                     else f"read as the {table} table{how}")
     return out, numbers, notes
 
 
@@ -406,8 +412,10 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
     notes += _comment_note(stripped)
     has_header = any(line.startswith("*") for line in stripped)
     if not has_header and any(line.startswith(("-P ", "-N ")) for line in stripped):
-        out, numbers, more = _from_list_rules(stripped, table_hint)
-        return _parse_mapped(out, numbers, family), InputInfo(LIST_S, tuple(notes + more))
+        # `-N` and `-A` with no `-P`: restore input whose `*nat` line was cut (iptables -S prints -P lines)
+        restore = not any(line.startswith("-P ") for line in stripped)
+        out, numbers, more = _from_list_rules(stripped, table_hint, restore)
+        return _parse_mapped(out, numbers, family), InputInfo(RESTORE if restore else LIST_S, tuple(notes + more))
     if not has_header and any(line.startswith(":") for line in stripped):
         out, numbers, note = _headerless(stripped, table_hint)
         return _parse_mapped(out, numbers, family), InputInfo(SAVE, (*notes, note))

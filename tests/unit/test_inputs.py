@@ -13,6 +13,7 @@ from podnat.istio.inputs import (
     INIT_LOG,
     LIST_S,
     NFT_TEXT,
+    RESTORE,
     SAVE,
     VM_LOG,
     InputError,
@@ -201,3 +202,22 @@ def test_tables_before_istio_1_5_are_read_with_a_warning():
     signs = predates_split_listeners(read_input(old)[0])
     assert len(signs) == 2 and "before 1.3" in signs[0] and signs[1].startswith("ISTIO_OUTPUT:2 captures lo traffic")
     assert predates_split_listeners(read_input(DEFAULT)[0]) == ()
+
+
+def test_restore_input_without_its_table_line_and_with_prose_between():
+    """A blog's copy of istio-init's restore input: headings between the blocks, no `* nat`, no COMMIT."""
+    text = ("Create new Istio chains\n-N ISTIO_INBOUND\n-N ISTIO_REDIRECT\n-N ISTIO_IN_REDIRECT\n-N ISTIO_OUTPUT\n"
+            "Add routing rules.\n-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n"
+            "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n"
+            "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n"
+            "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n-A OUTPUT -p tcp -j ISTIO_OUTPUT\n"
+            "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n")
+    ruleset, info = read_input(text)
+    assert info.format == RESTORE
+    assert info.notes[0] == "line 1: not a rule, skipped: Create new Istio chains"
+    assert info.notes[1] == "line 6: not a rule, skipped: Add routing rules."
+    assert "no `*nat` line: read as the nat table" in info.notes[2]
+    assert [r.ref for r in ruleset.table("nat").rules()][:2] == ["PREROUTING:1", "OUTPUT:1"]  # type: ignore[union-attr]
+    wrapped = text.replace("-A OUTPUT -p tcp -j ISTIO_OUTPUT\n", "-A OUTPUT -p tcp\n  -j ISTIO_OUTPUT\n")
+    with pytest.raises(InputError, match="line 13: not a line of `iptables -S` output"):
+        read_input(wrapped)
