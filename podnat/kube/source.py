@@ -428,6 +428,8 @@ class KubePodSource:
                 denied = bool(_PERMISSION.search(section.stderr + section.stdout))
             if denied:
                 break  # same verdict for the rest: spare the execs
+        if not denied:
+            run("nft", ["nft", "-j", "list", "ruleset"])  # native nftables mode keeps the rules there
         run("listeners", listeners_argv(port))
         for name, command in routing_commands(table).items():
             if run(name, command.split()).returncode == 127:

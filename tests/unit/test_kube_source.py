@@ -724,8 +724,8 @@ def test_no_shell_runs_one_exec_per_command(fake: FakeApi, tmp_path: Path) -> No
     facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert facts.nat is not None and facts.nat.v4 == live and facts.listeners is not None
     # the failed `sh`; per family the -nft and -legacy binaries (missing here), then the unqualified one;
-    # pilot-agent
-    assert fake.count("GET", r"/exec$") == 8
+    # nft; pilot-agent
+    assert fake.count("GET", r"/exec$") == 9
 
 
 def test_empty_table_says_native_nftables(fake: FakeApi, tmp_path: Path) -> None:
@@ -1000,11 +1000,11 @@ def test_tproxy_without_shell_one_exec_per_command(fake: FakeApi, tmp_path: Path
                        shell=False)
     facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert facts.routing is not None and facts.routing.error == "`ip` is not in the image of istio-proxy"
-    assert fake.count("GET", r"/exec$") == 9  # sh, 3 per family (-nft, -legacy, unqualified), pilot-agent, ip
+    assert fake.count("GET", r"/exec$") == 10  # sh, 3 per family (-nft, -legacy, unqualified), nft, pilot-agent, ip
     ip_stub(d, recorded_ip())
     again = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert again.routing is not None and again.routing.complete and again.routing.routes_v4 == ""
-    assert fake.count("GET", r"/exec$") == 9 + 12  # ... and the four `ip` commands
+    assert fake.count("GET", r"/exec$") == 10 + 13  # ... and the four `ip` commands
 
 
 def test_redirect_pod_reads_no_routing(fake: FakeApi, tmp_path: Path) -> None:
@@ -1075,3 +1075,15 @@ def test_proxy_image_toolset_unprivileged_falls_back(fake: FakeApi, tmp_path: Pa
     with pytest.raises(KubeSourceError) as err:
         source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     expect(err, Failure.NAT_PERMISSION, "istio-proxy cannot read the nat table without NET_ADMIN")
+
+
+def test_no_shell_native_nftables_reads_nft(fake: FakeApi, tmp_path: Path) -> None:
+    # A distroless proxy image (no sh) in native nftables mode: the iptables backends are empty, nft has it.
+    pod = fake.add_pod(make_pod())
+    nft = NFT_LIVE.read_text()
+    fake.container(POD, "istio-proxy", {"iptables-nft-save": ("", "", 0), "ip6tables-nft-save": ("", "", 0),
+                                        "iptables-legacy-save": ("", "", 0), "ip6tables-legacy-save": ("", "", 0),
+                                        "nft": (nft, "", 0), "pilot-agent": (LISTENERS, "", 0)}, shell=False)
+    facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
+    assert facts.nat is not None and facts.nat.nft == nft
+    assert facts.nat.label == "exec istio-proxy: nft list ruleset (native nftables)"
