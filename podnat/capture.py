@@ -202,8 +202,24 @@ def routing_commands(table: int | None) -> dict[str, str]:
     }
 
 
+SOCKETS_COMMAND = "cat /proc/net/tcp /proc/net/tcp6"
+
+
+def listening_ports(text: str) -> tuple[int, ...]:
+    """The TCP ports something listens on, from /proc/net/tcp and tcp6 (state 0A), sorted."""
+    ports: set[int] = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and ":" in fields[1]:
+            try:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+            except ValueError:
+                continue
+    return tuple(sorted(ports))
+
+
 def capture_script(marker: str, port: int = DEFAULT_ADMIN_PORT, routing_table: int | None = None,
-                   *, listeners: bool = True) -> str:
+                   *, listeners: bool = True, sockets: bool = False) -> str:
     """One shell run printing each reading between `MARKER begin NAME` and `MARKER end NAME RC` lines.
 
     Both stdout and stderr get the markers, so each section's stderr is attributed too. The end marker
@@ -228,6 +244,8 @@ def capture_script(marker: str, port: int = DEFAULT_ADMIN_PORT, routing_table: i
             f" --debug-port {port}" if port != DEFAULT_ADMIN_PORT else "")
         parts.append(section("listeners", f"{request} || curl -sf http://127.0.0.1:{port}/listeners?format=json"))
     parts.extend(section(name, command) for name, command in routing_commands(routing_table).items())
+    if sockets:  # an ambient pod: the sockets ztunnel listens on in the pod's namespace
+        parts.append(section("sockets", SOCKETS_COMMAND))
     return "\n".join(parts) + "\n"
 
 
@@ -355,7 +373,7 @@ def nft_content(text: str) -> NftContent:
     if not text.strip():
         return NftContent.NONE
     tables = _nft_tables(text)
-    if any(name.lower().startswith("istio-proxy-") for _, name in tables):
+    if any(name.lower().startswith(("istio-proxy-", "istio-ambient-")) for _, name in tables):
         return NftContent.NATIVE
     return NftContent.IPTABLES_NFT if _nft_istio_families(text) else NftContent.NONE
 
@@ -363,7 +381,7 @@ def nft_content(text: str) -> NftContent:
 def _nft_istio_families(text: str) -> set[str]:
     """The families of ip/ip6/inet tables (not Istio's native ones) with a chain named istio* (any case)."""
     return {family for (family, table), chains in _nft_chains(text).items()
-            if family in ("ip", "ip6", "inet") and not table.lower().startswith("istio-proxy-")
+            if family in ("ip", "ip6", "inet") and not table.lower().startswith(("istio-proxy-", "istio-ambient-"))
             and any(c.lower().startswith("istio") for c in chains)}
 
 

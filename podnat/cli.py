@@ -688,13 +688,21 @@ def _timeout(text: str | None) -> float | None:
     raise UsageError(f"--request-timeout: {text!r} is not a duration (e.g. 10s, 1m)")
 
 
-def _connect(kubeconfig: str | None, context: str | None, request_timeout: str | None) -> tuple[Any, str]:
+DebugImage = Annotated[
+    str | None,
+    typer.Option("--debug-image", help="The debug container's image for pods without istio-proxy (ambient pods): "
+                 "one with sh, iptables-save, nft and ip, e.g. Istio's proxyv2 (with --debug-container)."),
+]
+
+
+def _connect(kubeconfig: str | None, context: str | None, request_timeout: str | None,
+             debug_image: str | None = None) -> tuple[Any, str]:
     from podnat.kube.client import KubeClient, KubeOptions, context_namespace
     from podnat.kube.source import KubePodSource
 
     options = KubeOptions(kubeconfig=kubeconfig, context=context, request_timeout=_timeout(request_timeout))
     client = KubeClient.connect(options)
-    return KubePodSource(client), context_namespace(options)
+    return KubePodSource(client, debug_image=debug_image), context_namespace(options)
 
 
 @app.command()
@@ -703,6 +711,7 @@ def inspect(
     namespace: Namespace = None,
     source: SourceOpt = None,
     debug_container: DebugContainer = False,
+    debug_image: DebugImage = None,
     diagram: DiagramOpt = None,
     html: HtmlOpt = None,
     probe: Annotated[
@@ -719,7 +728,7 @@ def inspect(
         from podnat.facts import NatSource, PodRef
         from podnat.usecases import inspect_pod
 
-        pod_source, default_ns = _connect(kubeconfig, context, request_timeout)
+        pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
         nat_source = NatSource(source.value) if source else None
         if nat_source is NatSource.DEBUG:
             debug_container = True
@@ -774,6 +783,7 @@ def verify(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Pods read at once.")] = 16,
     source: SourceOpt = None,
     debug_container: DebugContainer = False,
+    debug_image: DebugImage = None,
     html: HtmlOpt = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
@@ -782,7 +792,7 @@ def verify(
         VerifyOutput, typer.Option("--output", "-o", help="table, wide, json, yaml or junit.")
     ] = VerifyOutput.table,
 ) -> None:
-    """Check every sidecar pod: exit 0 all ok, 1 drift or broken, 3 some pods could not be read."""
+    """Check every sidecar and ambient pod: exit 0 all ok, 1 drift or broken, 3 some pods could not be read."""
     try:
         from podnat.facts import NatSource
         from podnat.render.console import VerifyProgress
@@ -790,7 +800,7 @@ def verify(
 
         if all_namespaces and namespace:
             raise UsageError("give --namespace or --all-namespaces, not both")
-        pod_source, default_ns = _connect(kubeconfig, context, request_timeout)
+        pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
         pods = pod_source.list_pods(None if all_namespaces else (namespace or default_ns), selector)
         nat_source = NatSource(source.value) if source else None
         pod_source.prefetch(pods, nat_source)  # one request per node with a podnat agent

@@ -88,6 +88,14 @@ class PolicyRouting:
 
 
 @dataclass(frozen=True, slots=True)
+class SocketsReading:
+    """The TCP ports something listens on in the pod's network namespace (/proc/net/tcp, tcp6)."""
+
+    label: str
+    ports: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PodFacts:
     """Everything read from one pod; `errors` says what could not be read, and why."""
 
@@ -98,6 +106,7 @@ class PodFacts:
     notes: Sequence[str] = field(default_factory=tuple)  # e.g. "added ephemeral container podnat-debug"
     mesh: MeshMode = MeshMode.SIDECAR  # not SIDECAR: nat/listeners are None and `notes` says why
     routing: PolicyRouting | None = None  # TPROXY pods: policy routing, read by the same exec as the table
+    sockets: SocketsReading | None = None  # ambient pods: ztunnel's in-pod listeners, read by the same exec
 
 
 class SourceError(PodnatError):

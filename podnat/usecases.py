@@ -104,6 +104,8 @@ def inspect_pod(
         return _with(base, error=exc.message, error_code=int(exc.code))
     base = _with(base, mesh=intent.mesh, istio_version=intent.version, capture_mode=intent.mode,
                  sources={"intent": intent.label}, context=pod_context_data(base.pod_ip, intent))
+    if intent.mesh == "ambient":
+        return inspect_ambient(source, pod, base, nat_source, debug_container)
     if intent.mesh != "sidecar":
         return _with(base, notes=(intent.label,))
     try:
@@ -113,6 +115,113 @@ def inspect_pod(
     report = explain_facts(base, facts, intent)
     terminating = terminating_note(pod)
     return _with(report, notes=(*report.notes, terminating + ": its rules go with it")) if terminating else report
+
+
+# --- ambient pods ---------------------------------------------------------------------------------------
+
+_RELEASES: dict[str, tuple[str | None, str]] = {}  # node -> (release, where it came from), per process
+ZTUNNEL_SELECTORS = ("app=ztunnel", "k8s-app=istio-cni-node")
+
+
+def ambient_release(source: PodSource, node: str | None) -> tuple[str | None, str]:
+    """An ambient pod's Istio release: the tag of the ztunnel (else istio-cni-node) image on its node."""
+    if node is None:
+        return None, "not known (the pod has no node)"
+    if node in _RELEASES:
+        return _RELEASES[node]
+    from podnat.istio.config import release_from_image
+
+    found: tuple[str | None, str] = (None, f"not known: no ztunnel or istio-cni-node pod found on node {node}")
+    for selector in ZTUNNEL_SELECTORS:
+        try:
+            pods = source.list_pods(None, selector)
+        except PodnatError:
+            continue
+        for agent in pods:
+            if (agent.get("spec") or {}).get("nodeName") != node:
+                continue
+            image = next((c.get("image") for c in (agent.get("spec") or {}).get("containers") or [] if c.get("image")),
+                         None)
+            if image:
+                release, _ = release_from_image(image)
+                meta = agent.get("metadata") or {}
+                found = (str(release), f"{selector.split('=')[1]} image on node {node} "
+                         f"({meta.get('namespace')}/{meta.get('name')}: {image})")
+                break
+        if found[0] is not None:
+            break
+    _RELEASES[node] = found
+    return found
+
+
+def inspect_ambient(
+    source: PodSource, pod: Mapping[str, Any], base: PodReport, nat_source: NatSource | None, debug_container: bool
+) -> PodReport:
+    """An ambient pod, first-class: its in-pod rules, ztunnel's listeners and the policy routing, read in its
+    namespace (node agent, or a debug container with --debug-image), against what istio-cni writes for it."""
+    try:
+        facts = source.read_facts(pod, nat_source, debug_container)
+    except PodnatError as exc:
+        return _with(base, error=exc.message, error_code=int(exc.code))
+    release, release_from = ambient_release(source, base.node)
+    context = {**(base.context or {}), "mode": "ambient", "proxy_uid": 0, "proxy_gid": 0,
+               "proxy_identity_from": "ambient: ztunnel's sockets (mark 0x539)", "release": release,
+               "release_from": release_from}
+    base = _with(base, istio_version=release, capture_mode="ambient", context=context)
+    if facts.nat is None:
+        message = next((n for n in facts.notes if "could not be read live" in n),
+                       "the in-pod rules of this ambient pod could not be read live")
+        return _with(base, error=message, error_code=int(ExitCode.CLUSTER), notes=tuple(facts.notes))
+    return explain_ambient_facts(base, facts, release)
+
+
+def explain_ambient_facts(base: PodReport, facts: PodFacts, release: str | None) -> PodReport:
+    """The pure half of inspect for an ambient pod."""
+    from podnat.istio.ambient import ZTUNNEL_PORTS, AmbientConfig, ambient_expected, ambient_nft_listing
+    from podnat.istio.ambient_paths import ZTUNNEL, ambient_routing, explain_ambient
+    from podnat.istio.config import NEWEST_SUPPORTED, IstioRelease
+
+    assert facts.nat is not None
+    sources = {**base.sources, "nat": facts.nat.label}
+    notes = list(facts.notes)
+    families = _pod_families(base)
+    primary = families[0]
+    text = facts.nat.v4 if primary is Family.IPV4 else (facts.nat.v6 or "")
+    native = facts.nat.nft if facts.nat.nft and "istio-ambient-" in facts.nat.nft else ""
+    if native and not _has_rules(text, primary):
+        text = native
+        notes.append("native nftables mode: the rules were read from `nft list ruleset`")
+    try:
+        live = _read_table(text, primary) if text.strip() else Ruleset(primary)
+    except ParseError as exc:
+        return _with(base, sources=sources, error=f"cannot read the pod's table ({sources['nat']}): {exc}",
+                     error_code=int(ExitCode.BAD_INPUT))
+    rel = IstioRelease.parse(release) if release else NEWEST_SUPPORTED
+    annotations = (facts.pod.get("metadata") or {}).get("annotations") or {}
+    config = AmbientConfig.from_pod_annotations(annotations, release=rel, ipv6=primary is Family.IPV6,
+                                                native_nftables=bool(native))
+    if config.native_nftables:
+        expected = _read_table(ambient_nft_listing(config), primary)
+    else:
+        rules = ambient_expected(config)
+        expected = _read_table((rules.v6 or "") if primary is Family.IPV6 else rules.v4, primary)
+    listening = ZTUNNEL_PORTS
+    if facts.sockets is not None:
+        sources["sockets"] = facts.sockets.label
+        listening = tuple(p for p in ZTUNNEL_PORTS if p in facts.sockets.ports)
+    routing = None
+    if facts.routing is not None:
+        sources["routing"] = facts.routing.label
+        v6 = primary is Family.IPV6
+        routing = ambient_routing(primary, facts.routing.rules_v6 if v6 else facts.routing.rules_v4,
+                                  facts.routing.routes_v6 if v6 else facts.routing.routes_v4, facts.routing.label)
+    address = base.pod_ips[0] if base.pod_ips else base.pod_ip
+    ctx = context_for(ipaddress.ip_address(address) if address else None, family=primary.value).replace(proxy=ZTUNNEL)
+    report = explain_ambient(live, ctx, expected, listening=listening, policy_routing=routing)
+    if release is None:
+        notes.append(f"the Istio release is not known ({(base.context or {}).get('release_from')}): "
+                     f"reconciled with {rel}'s rules")
+    return _with(base, sources=sources, explanation=report, ruleset=live, notes=tuple(notes))
 
 
 def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:

@@ -30,6 +30,8 @@ from podnat.kube.errors import Failure, KubeSourceError
 from podnat.kube.source import (
     ExecResult,
     admin_port,
+    ambient_facts,
+    ambient_script,
     classify,
     interpret_listeners,
     interpret_nat,
@@ -154,9 +156,19 @@ class NodePodSource:
         meta = pod.get("metadata") or {}
         ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name") or "?"))
         mesh, why = classify(pod)
-        if mesh in (MeshMode.NO_SIDECAR, MeshMode.AMBIENT):
+        if mesh is MeshMode.NO_SIDECAR:
             return PodFacts(ref=ref, pod=pod, mesh=mesh, notes=(why,))
         held: PodNetns = self.netns_of(str(meta.get("uid") or ""))
+        if mesh is MeshMode.AMBIENT:
+            marker = f"podnat-{secrets.token_hex(8)}"
+            result = self.run_in(held, ["sh", "-c", ambient_script(marker)])
+            sections = split_sections(result, marker)
+            if sections is None:
+                detail = " ".join((result.stderr or result.stdout).split())[:200]
+                raise KubeSourceError(Failure.API_ERROR, f"reading the namespace of pod {ref} (pid {held.pid}, "
+                                      f"net:[{held.netns}]) failed (exit {result.returncode}): {detail or 'no output'}")
+            notes = tuple(n for n in (why, held.note) if n)
+            return ambient_facts(pod, ref, sections, f"node agent on {self.node}", NatSource.NODE, notes)
         notes = [n for n in (why, held.note) if n]
         port = admin_port(pod)
         table = tproxy_route_table(pod)

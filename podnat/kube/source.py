@@ -51,6 +51,7 @@ from podnat.facts import (
     PodFacts,
     PodRef,
     PolicyRouting,
+    SocketsReading,
 )
 from podnat.istio.initlog import InitLogError, InitLogRules, RulesKind, parse_cni_log, parse_initlog
 from podnat.kube.agentclient import AGENT_SELECTOR
@@ -105,8 +106,10 @@ class KubePodSource:
         debug_wait: float = 60.0,
         cni_namespaces: tuple[str, ...] = CNI_NAMESPACES,
         sleep: Callable[[float], None] = time.sleep,
+        debug_image: str | None = None,
     ) -> None:
         self.client = client
+        self.debug_image = debug_image  # --debug-image: the debug container's image for pods without istio-proxy
         self.timeout = client.options.timeout
         self.debug_wait = debug_wait
         self.cni_namespaces = cni_namespaces
@@ -202,7 +205,9 @@ class KubePodSource:
     ) -> PodFacts:
         ref = _ref(pod)
         mesh, why = classify(pod)
-        if mesh in (MeshMode.NO_SIDECAR, MeshMode.AMBIENT):
+        if mesh is MeshMode.AMBIENT:
+            return self._read_ambient(pod, ref, why, debug_container)
+        if mesh is MeshMode.NO_SIDECAR:
             return PodFacts(ref=ref, pod=pod, mesh=mesh, notes=(why,))
         notes: list[str] = [why] if why else []
         phase = (pod.get("status") or {}).get("phase")
@@ -316,6 +321,22 @@ class KubePodSource:
                 notes.append(listeners_error)
         return PodFacts(ref=ref, pod=pod, nat=nat, listeners=listeners_reading, notes=tuple(notes), mesh=mesh,
                         routing=routing)
+
+    def _read_ambient(self, pod: Mapping[str, Any], ref: PodRef, why: str, debug_container: bool) -> PodFacts:
+        """An ambient pod has no istio-proxy to exec into and no istio-init log: only a debug container with an
+        image the user names (--debug-container --debug-image) reads its namespace through the API."""
+        if not (debug_container and self.debug_image):
+            return PodFacts(ref=ref, pod=pod, mesh=MeshMode.AMBIENT, notes=(why, AMBIENT_NOT_READ))
+        name, added = self._ensure_debug_container(pod, ref, image=self.debug_image)
+        marker = f"podnat-{secrets.token_hex(8)}"
+        result = self.exec(ref, name, ["sh", "-c", ambient_script(marker)])
+        sections = split_sections(result, marker)
+        if sections is None:
+            raise KubeSourceError(Failure.TOOL_MISSING, f"the debug image {self.debug_image} has no `sh` (pod {ref}): "
+                                  "pass --debug-image with a shell, iptables-save and nft (e.g. Istio's proxyv2)")
+        note = (f"added ephemeral container {name} ({self.debug_image}) to pod {ref} (ephemeral containers cannot "
+                "be removed; later runs reuse it)" if added else f"reused ephemeral container {name}")
+        return ambient_facts(pod, ref, sections, f"debug container {name}", NatSource.DEBUG, (why, note))
 
     # --- exec -------------------------------------------------------------------------------------
 
@@ -448,12 +469,13 @@ class KubePodSource:
 
     # --- debug container --------------------------------------------------------------------------
 
-    def _ensure_debug_container(self, pod: Mapping[str, Any], ref: PodRef) -> tuple[str, bool]:
+    def _ensure_debug_container(self, pod: Mapping[str, Any], ref: PodRef, image: str | None = None
+                                ) -> tuple[str, bool]:
         spec = pod.get("spec") or {}
         existing = any(c.get("name") == DEBUG_CONTAINER for c in spec.get("ephemeralContainers") or [])
         added = False
         if not existing:
-            body = {"spec": {"ephemeralContainers": [debug_container_spec(pod)]}}
+            body = {"spec": {"ephemeralContainers": [debug_container_spec(pod, image)]}}
             try:
                 self.client.core.patch_namespaced_pod_ephemeralcontainers(
                     ref.name, ref.namespace, body, _preload_content=False, _request_timeout=self.timeout
@@ -574,13 +596,52 @@ class KubePodSource:
 # --- pure helpers (tested directly) -------------------------------------------------------------
 
 
+AMBIENT_NOT_READ = (
+    "the in-pod rules of this ambient pod could not be read live: it has no istio-proxy to exec into and no "
+    "istio-init log. Run podnat's node agent on its node (`podnat agent`, manifests/agent/), or rerun with "
+    "--debug-container --debug-image IMAGE (an image with sh, iptables-save, nft and ip, e.g. Istio's proxyv2 "
+    "of your release)")
+AMBIENT_ROUTE_TABLE = 100  # istio-cni's `ip rule fwmark 0x111/0xfff lookup 100` (podnat.istio.ambient)
+
+
+def ambient_script(marker: str) -> str:
+    """The capture for an ambient pod: both iptables backends, nft, the policy routing of table 100 and the
+    listening sockets (ztunnel's in-pod listeners); no Envoy to ask."""
+    return capture_script(marker, routing_table=AMBIENT_ROUTE_TABLE, listeners=False, sockets=True)
+
+
+def ambient_facts(pod: Mapping[str, Any], ref: PodRef, sections: Mapping[str, _Section], where: str,
+                  kind: NatSource, notes: tuple[str, ...]) -> PodFacts:
+    """An ambient pod's facts from its capture. No Istio rules at all is a fact (the pod's traffic bypasses
+    ztunnel), not a failure to read."""
+    nat, nat_error = interpret_nat(sections, ref, where, kind)
+    if nat is None:
+        assert nat_error is not None
+        if nat_error.failure is not Failure.EMPTY_TABLE:
+            raise nat_error
+        nat = NatReading(source=kind, label=f"{where} (uid 0, NET_ADMIN): iptables-save -c, nft list ruleset: no "
+                         "Istio rules", v4="", v6=None, nft=None, counters=True)
+    routing = interpret_routing(sections, where, AMBIENT_ROUTE_TABLE)
+    section = sections.get("sockets")
+    sockets = None
+    extra = list(notes)
+    if section is not None and section.returncode == 0:
+        sockets = SocketsReading(f"{where}: {capture.SOCKETS_COMMAND}", capture.listening_ports(section.stdout))
+    else:
+        extra.append(f"the pod's listening sockets were not read in {where}: ztunnel's in-pod listeners assumed")
+    return PodFacts(ref=ref, pod=pod, nat=nat, notes=tuple(n for n in extra if n), mesh=MeshMode.AMBIENT,
+                    routing=routing, sockets=sockets)
+
+
 def classify(pod: Mapping[str, Any]) -> tuple[MeshMode, str]:
     """Is the pod in the mesh with a sidecar? The second value is a note for the user ("" if plain)."""
     meta = pod.get("metadata") or {}
     annotations = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
     ref = _ref(pod)
     if proxy_container(pod) is None:
-        if annotations.get("ambient.istio.io/redirection") == "enabled":
+        if annotations.get("ambient.istio.io/redirection") == "enabled" or \
+                labels.get("istio.io/dataplane-mode") == "ambient":
             return MeshMode.AMBIENT, f"pod {ref} is in ambient mode (ztunnel captures): no sidecar rules"
         return MeshMode.NO_SIDECAR, f"pod {ref} has no istio-proxy sidecar: nothing to explain"
     mode = annotations.get("sidecar.istio.io/interceptionMode")
@@ -733,15 +794,18 @@ def _listeners_text(sections: Mapping[str, _Section]) -> str | None:
     return reading.json_text if reading else None
 
 
-def debug_container_spec(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """podnat's ephemeral container: the proxy's own image, uid 0 with NET_ADMIN/NET_RAW, idle."""
-    proxy = proxy_container(pod) or {}
+def debug_container_spec(pod: Mapping[str, Any], image: str | None = None) -> dict[str, Any]:
+    """podnat's ephemeral container: the proxy's own image (or `image`: an ambient pod has no proxy), uid 0
+    with NET_ADMIN/NET_RAW, idle."""
+    proxy = proxy_container(pod)
+    target = PROXY if proxy is not None else next(
+        (c.get("name") for c in (pod.get("spec") or {}).get("containers") or []), None)
     return {
         "name": DEBUG_CONTAINER,
-        "image": proxy.get("image"),
+        "image": image or (proxy or {}).get("image"),
         "imagePullPolicy": "IfNotPresent",
         "command": ["sleep", "infinity"],
-        "targetContainerName": PROXY,
+        "targetContainerName": target,
         "stdin": False,
         "tty": False,
         "securityContext": {

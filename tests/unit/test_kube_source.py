@@ -1087,3 +1087,42 @@ def test_no_shell_native_nftables_reads_nft(fake: FakeApi, tmp_path: Path) -> No
     facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert facts.nat is not None and facts.nat.nft == nft
     assert facts.nat.label == "exec istio-proxy: nft list ruleset (native nftables)"
+# --- ambient pods ------------------------------------------------------------------------------------------
+
+AMBIENT_DATA = REPO / "tests" / "data" / "ambient"
+
+
+def ambient_pod() -> dict[str, Any]:
+    return make_pod(proxy=False, init=None, labels={"istio.io/dataplane-mode": "ambient"})
+
+
+def test_ambient_pod_without_debug_image_says_how_to_read_it(fake: FakeApi, tmp_path: Path) -> None:
+    facts = source_for(fake, tmp_path).read_facts(ambient_pod(), None, True)
+    assert facts.mesh is MeshMode.AMBIENT and facts.nat is None
+    assert any("could not be read live" in n and "--debug-image" in n and "podnat agent" in n for n in facts.notes)
+    assert fake.requests == []
+
+
+def test_ambient_pod_read_by_a_debug_container_of_the_named_image(fake: FakeApi, tmp_path: Path) -> None:
+    fake.add_pod(ambient_pod())
+    transcript = (AMBIENT_DATA / "routing.txt").read_text().split("$ ip route show table 100\n")
+    d = fake.container(POD, "podnat-debug", {
+        "iptables-save": ((AMBIENT_DATA / "default.v4.iptables-save").read_text(), "", 0),
+        "ip6tables-save": ("", "", 0),
+        "nft": ("", "", 0),
+        "cat": ((AMBIENT_DATA / "proc-net-tcp.txt").read_text(), "", 0),
+    })
+    ip_stub(d, {"rule show": (transcript[0].removeprefix("$ ip rule show\n"), "", 0),
+                "route show table 100": (transcript[1], "", 0),
+                "-6 rule show": ("", "", 0), "-6 route show table 100": ("", "", 0)})
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{fake.port}", TOKEN)
+    client = KubeClient.connect(KubeOptions(kubeconfig=str(kubeconfig), request_timeout=10.0))
+    src = KubePodSource(client, debug_wait=5.0, sleep=lambda _s: None, debug_image="istio/proxyv2:1.27.1")
+    facts = src.read_facts(src.get_pod(PodRef(NS, POD)), None, True)
+    assert facts.mesh is MeshMode.AMBIENT and facts.nat is not None and "ISTIO_PRERT" in facts.nat.v4
+    assert facts.sockets is not None and facts.sockets.ports == (9080, 15001, 15006, 15008, 15053)
+    assert facts.routing is not None and facts.routing.table == 100 and "fwmark 0x111/0xfff" in (
+        facts.routing.rules_v4 or "")
+    spec = fake.pods[(NS, POD)]["spec"]["ephemeralContainers"][0]
+    assert spec["image"] == "istio/proxyv2:1.27.1" and spec["targetContainerName"] == "reviews"
+    assert fake.count("GET", r"/exec$") == 1
