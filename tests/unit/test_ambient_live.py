@@ -114,7 +114,7 @@ def test_not_readable_says_how_and_verify_counts_it() -> None:
 
     report = inspect_pod(Unreadable(), ambient_pod())
     assert report.status == "error" and report.error == AMBIENT_NOT_READ and report.error_code == 3
-    result = verify_pods(lambda: Unreadable(), [ambient_pod()], 1)
+    result = verify_pods(Unreadable, [ambient_pod()], 1)
     assert int(result.exit_code) == 3
     ok = verify_pods(lambda: FakeSource(**read()), [ambient_pod("a"), ambient_pod("b")], 2)
     assert [p.status for p in ok.pods] == ["ok", "ok"] and int(ok.exit_code) == 0
