@@ -1087,6 +1087,8 @@ def test_no_shell_native_nftables_reads_nft(fake: FakeApi, tmp_path: Path) -> No
     facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert facts.nat is not None and facts.nat.nft == nft
     assert facts.nat.label == "exec istio-proxy: nft list ruleset (native nftables)"
+
+
 # --- ambient pods ------------------------------------------------------------------------------------------
 
 AMBIENT_DATA = REPO / "tests" / "data" / "ambient"
