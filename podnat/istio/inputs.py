@@ -346,8 +346,12 @@ def _counted(line: str) -> str:
 def _headerless(lines: list[str], table_hint: str | None) -> tuple[list[str], list[int], str]:
     """A table body whose `*table` line was cut, but which declares its chains."""
     first_decl = next(n for n, line in enumerate(lines) if line.startswith(":"))
-    declared = [line[1:].split()[0] for line in lines if line.startswith(":") and len(line) > 1]
-    table = _infer_table([line for line in lines if line.startswith("-")], declared, table_hint)
+    # the cut table ends at its COMMIT (whole tables may follow it)
+    end = next((n for n in range(first_decl, len(lines)) if lines[n] == "COMMIT" or lines[n].startswith("*")),
+               len(lines))
+    body = lines[first_decl:end]
+    declared = [line[1:].split()[0] for line in body if line.startswith(":") and len(line) > 1]
+    table = _infer_table([line for line in body if line.startswith("-")], declared, table_hint)
     if table is None:
         raise InputError(f"rule before any table header (*nat): the paste declares chains "
                          f"({', '.join(declared[:4])}) podnat cannot place in a table; paste the whole output of "
@@ -416,7 +420,8 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
         restore = not any(line.startswith("-P ") for line in stripped)
         out, numbers, more = _from_list_rules(stripped, table_hint, restore)
         return _parse_mapped(out, numbers, family), InputInfo(RESTORE if restore else LIST_S, tuple(notes + more))
-    if not has_header and any(line.startswith(":") for line in stripped):
+    first = next((line for line in stripped if line and not line.startswith("#")), "")
+    if first.startswith(":"):
         out, numbers, note = _headerless(stripped, table_hint)
         return _parse_mapped(out, numbers, family), InputInfo(SAVE, (*notes, note))
     if not has_header:

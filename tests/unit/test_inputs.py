@@ -221,3 +221,11 @@ def test_restore_input_without_its_table_line_and_with_prose_between():
     wrapped = text.replace("-A OUTPUT -p tcp -j ISTIO_OUTPUT\n", "-A OUTPUT -p tcp\n  -j ISTIO_OUTPUT\n")
     with pytest.raises(InputError, match="line 13: not a line of `iptables -S` output"):
         read_input(wrapped)
+
+
+def test_a_dump_whose_first_header_was_cut_keeps_its_other_tables():
+    filter_table = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+    text = DEFAULT.split("*nat\n", 1)[1] + filter_table
+    ruleset, info = read_input(text)
+    assert set(ruleset.tables) == {"nat", "filter"}
+    assert any("no `*nat` line" in n for n in info.notes)
