@@ -9,7 +9,7 @@ PY := $(BIN)/python
 APT_PACKAGES := iptables iproute2 nftables procps util-linux chromium chromium-driver librsvg2-bin fonts-dejavu-core
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test unit integration lint bench clean conformance workflows corpus
+.PHONY: install system-deps demo test unit integration lint bench clean conformance workflows corpus pictures
 
 install: system-deps $(STAMP)
 
@@ -69,6 +69,10 @@ conformance: $(STAMP)
 
 corpus: $(STAMP)
 	$(PY) tools/corpus.py
+
+# The README's pictures (docs/pictures/*.png) from real tables: rsvg-convert and Chromium (Selenium).
+pictures: install
+	$(PY) -m tools.pictures
 
 bench: install
 	$(PY) bench/run.py

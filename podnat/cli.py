@@ -528,7 +528,7 @@ def explain(
 
             offline = PodReport(PodRef("file", file.name), pod_ip=str(ctx.pod_ip), explanation=result,
                                 ruleset=ruleset, sources={"nat": f"file {file}"})
-            write_file(html, pod_html(offline))
+            write_file(html, pod_html(offline, f"podnat explain {file.name}"))
         if output is Output.mermaid:
             from podnat.render.mermaid import diagram_mermaid
 

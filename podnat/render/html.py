@@ -189,10 +189,17 @@ def verify_html(report: VerifyReport, title: str = "podnat verify", open_all: bo
     return "\n".join(parts) + "\n"
 
 
-def pod_html(report: PodReport) -> str:
-    """`inspect --html`: the same page for one pod, opened."""
-    return verify_html(VerifyReport((report,)), f"podnat inspect {report.ref.namespace}/{report.ref.name}",
+def pod_html(report: PodReport, title: str | None = None) -> str:
+    """`inspect --html` (and `explain --html`): the same page for one pod, opened."""
+    return verify_html(VerifyReport((report,)), title or f"podnat inspect {report.ref.namespace}/{report.ref.name}",
                        open_all=True)
+
+
+def _path_cell(text: str) -> str:
+    """A path for a table cell: it may wrap before an arrow, never inside a rule or `Envoy 15001`."""
+    return (escape(text).replace(" → ", " →&nbsp;").replace(" ⇒ ", " ⇒&nbsp;")
+            .replace("Envoy ", "Envoy&nbsp;").replace("ztunnel ", "ztunnel&nbsp;")
+            .replace("(no rule)", "(no&nbsp;rule)"))
 
 
 def pod_anchor(pod: PodReport) -> str:
@@ -285,9 +292,9 @@ def _flows_table(expl: Explanation, diagram: Diagram, prefix: str) -> list[str]:
                  f"{int(report.spec.type)}</td>",
                  f'<td><button type="button" aria-expanded="false" aria-controls="{view_id}">'
                  f"{escape(report.spec.name)}</button></td>",
-                 f'<td class="path">{escape(path_summary(report.live))}</td>']
+                 f'<td class="path">{_path_cell(path_summary(report.live))}</td>']
         if with_intent:
-            cells.append(f'<td class="path">{escape(_expected(report))}</td>')
+            cells.append(f'<td class="path">{_path_cell(_expected(report))}</td>')
             cells.append(f'<td class="status s-{report.status.value}">{escape(status_word(report))}</td>')
         else:
             css = "broken" if report.status in FAILING else "ok"
