@@ -75,8 +75,11 @@ RoutingOpt = Annotated[Path | None, typer.Option(
     "--routing", help="The pod's policy routing: a transcript of `ip rule show`, `ip route show table N` (and "
     "`ip -6 ...`), each output preceded by a line `$ COMMAND` (default: as Istio installs it).")]
 ProxyUid = Annotated[int | None, typer.Option(
-    "--proxy-uid", help="uid Envoy's own connections carry (default 1337; 0 for a TPROXY table, as Istio runs it).")]
-ProxyGid = Annotated[int | None, typer.Option("--proxy-gid", help="gid Envoy's own connections carry (default 1337).")]
+    "--proxy-uid", help="uid Envoy's own connections carry (default: the uid the table's owner rules exempt, else "
+    "1337; 0 for a TPROXY table, as Istio runs it).")]
+ProxyGid = Annotated[int | None, typer.Option(
+    "--proxy-gid", help="gid Envoy's own connections carry (default: the gid the table's owner rules exempt, "
+    "else 1337).")]
 DiagramOpt = Annotated[
     Path | None, typer.Option("--diagram", help="Also draw the pod's paths as an SVG file.")
 ]
