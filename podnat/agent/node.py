@@ -60,6 +60,7 @@ class NodeScanner:
     def __init__(self, proc: Path = Path("/proc")) -> None:
         self.proc = proc
         self.own_netns = _inode(Path("/proc/self/ns/net"))
+        self.denied = 0  # PIDs whose ns/net the last scan could not read
 
     def node_netns(self) -> int | None:
         return _inode(self.proc / "1" / "ns" / "net")
@@ -67,6 +68,7 @@ class NodeScanner:
     def processes(self) -> list[procmap.Process]:
         """Every readable PID: start time, netns inode, pod UID; a PID that exits mid-scan is left out."""
         out: list[procmap.Process] = []
+        self.denied = 0
         node = self.node_netns()
         try:
             names = os.listdir(self.proc)  # noqa: PTH208 (strings, not Paths: thousands of PIDs per sweep)
@@ -84,6 +86,9 @@ class NodeScanner:
                 if uid is None:
                     continue
                 start = procmap.start_ticks((base / "stat").read_text())
+            except PermissionError:
+                self.denied += 1  # no CAP_SYS_PTRACE: another user's process
+                continue
             except (OSError, ValueError, IndexError):
                 continue  # exited, or a kernel thread without these files
             out.append(procmap.Process(int(name), start, netns, uid))
@@ -115,7 +120,11 @@ class NodeScanner:
                 seen = self.addresses(cands[0].pid)
                 if seen is not None:
                     addresses[cands[0].netns] = seen
-            out[uid] = procmap.decide(uid, ips, bool(spec.get("hostNetwork")), cands, addresses)
+            found_ = procmap.decide(uid, ips, bool(spec.get("hostNetwork")), cands, addresses)
+            if isinstance(found_, procmap.Unmapped) and self.denied:
+                found_ = procmap.Unmapped(uid, f"{found_.reason}; the namespaces of {self.denied} processes could "
+                                          "not be read (permission denied: the agent needs CAP_SYS_PTRACE)")
+            out[uid] = found_
         return out
 
     def hold(self, mapped: procmap.Mapped) -> PodNetns:

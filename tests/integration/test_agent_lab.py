@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -192,3 +193,56 @@ def _metrics_from_node(lab: Any) -> str:
 
     return run(["curl", "-s", "-m", "2", f"http://{AGENT_IP}:{AGENT_PORT}/metrics"], netns=f"{lab.netns_prefix}node",
                check=False)
+
+
+def test_promtool_check_metrics_on_what_the_agent_serves(lab: Any) -> None:
+    require(shutil.which("promtool") is not None, "needs promtool (make install: apt prometheus)")
+    text = _agent_get(lab, "/metrics")
+    assert "podnat_pod_status{" in text and "podnat_agent_sweep_duration_seconds_bucket" in text
+    done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_real_prometheus_scrapes_the_agent_and_sees_the_flip(lab: Any, tmp_path: Path) -> None:
+    """Debian's prometheus in the lab's node namespace scrapes the agent's pod IP every second."""
+    require(shutil.which("prometheus") is not None, "needs prometheus (make install: apt prometheus)")
+    from podnat.lab.build import AGENT_IP, AGENT_PORT, run
+
+    node = f"{lab.netns_prefix}node"
+    config = tmp_path / "prometheus.yml"
+    config.write_text(f"""global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: podnat-agent
+    static_configs: [{{targets: ["{AGENT_IP}:{AGENT_PORT}"]}}]
+""")
+    prometheus = subprocess.Popen(
+        ["ip", "netns", "exec", node, "prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path}/tsdb",
+         "--web.listen-address=127.0.0.1:9090"], stdout=subprocess.DEVNULL, stderr=(tmp_path / "log").open("wb"))
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        out = run(["curl", "-s", "-m", "2", "--data-urlencode", f"query={expr}", "http://127.0.0.1:9090/api/v1/query"],
+                  netns=node, check=False)
+        try:
+            return list(json.loads(out)["data"]["result"])
+        except (ValueError, KeyError):
+            return []
+
+    pod = next(p for p in lab.pods if p.name.startswith("details-v1-"))
+    try:
+        _wait(lambda: query('up{job="podnat-agent"} == 1'), 60, 0.5)
+        _wait(lambda: query(f'podnat_pod_status{{pod="{pod.name}",status="ok"}} == 1'), 30, 0.5)
+        run(["iptables-nft", "-t", "nat", "-I", "ISTIO_INBOUND", "2", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
+            netns=pod.netns)
+        try:
+            _wait(lambda: query(f'podnat_pod_status{{pod="{pod.name}",status="drift"}} == 1'), 2 * INTERVAL + 5, 0.5)
+            assert query(f'podnat_pod_flow_status{{pod="{pod.name}",type="1",status="drift"}}')
+        finally:
+            run(["iptables-nft", "-t", "nat", "-D", "ISTIO_INBOUND", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
+                netns=pod.netns)
+        _wait(lambda: query(f'podnat_pod_status{{pod="{pod.name}",status="ok"}} == 1'), 2 * INTERVAL + 5, 0.5)
+        # the drift series went stale when the agent stopped exporting it
+        _wait(lambda: not query(f'podnat_pod_status{{pod="{pod.name}",status="drift"}}'), 10, 0.5)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(10)

@@ -4,10 +4,12 @@ kubelet-shaped cgroup) on this machine, mapped from /proc and read with nsenter.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +117,109 @@ def test_the_mapped_process_exiting_is_that_pods_error_the_rest_carry_on(bare: l
     gone = states[victim.manifest["metadata"]["name"]]
     assert gone.report.status == "error" and gone.mapping == "unmapped"
     assert {s.report.status for n, s in states.items() if n != victim.manifest["metadata"]["name"]} == {"ok"}
+
+
+SWEEP = """
+import json, sys
+from pathlib import Path
+from podnat.agent.node import NodeScanner
+from podnat.agent.service import Agent, AgentConfig
+agent = Agent(AgentConfig(node="n"), NodeScanner(Path("/proc")))
+agent.replace_pods(json.loads(Path(sys.argv[1]).read_text()))
+print(json.dumps({s.report.ref.name: [s.report.status, s.report.error] for s in agent.sweep()}))
+"""
+
+
+def test_each_capability_the_daemonset_adds_is_needed_and_they_are_enough(
+        bare: list, tmp_path: Path) -> None:
+    """The agent as root with only the DaemonSet's capabilities (bounding set), then without each one:
+    a pod with nf_tables rules and one with legacy rules."""
+    import yaml
+
+    from podnat.lab.barepods import make_bare_pods, remove_bare_pods
+
+    daemonset = yaml.safe_load((Path(__file__).parents[2] / "manifests/agent/daemonset.yaml").read_text())
+    caps = daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
+    assert caps["drop"] == ["ALL"]
+    added = [c.lower() for c in caps["add"]]
+    tag = f"{TAG}l"
+    remove_bare_pods(tag)
+    try:
+        legacy = make_bare_pods(tag, 1, tmp_path, backend="legacy", start=7)
+        pods = tmp_path / "pods.json"
+        pods.write_text(json.dumps([bare[0].manifest, legacy[0].manifest]))
+        script = tmp_path / "sweep.py"
+        script.write_text(SWEEP)
+
+        def sweep(capabilities: list[str]) -> dict[str, list]:
+            bounding = "-all" + "".join(f",+{c}" for c in capabilities)
+            done = subprocess.run(["setpriv", "--bounding-set", bounding, "--inh-caps", "-all", sys.executable,
+                                   str(script), str(pods)], capture_output=True, text=True, check=True, timeout=120)
+            return json.loads(done.stdout)
+
+        names = [bare[0].manifest["metadata"]["name"], legacy[0].manifest["metadata"]["name"]]
+        assert {n: v[0] for n, v in sweep(added).items()} == dict.fromkeys(names, "ok")
+        for cap in added:
+            without = sweep([c for c in added if c != cap])
+            assert "error" in {v[0] for v in without.values()}, (cap, without)
+            if cap == "sys_ptrace":
+                assert all("CAP_SYS_PTRACE" in v[1] for v in without.values()), without
+    finally:
+        remove_bare_pods(tag)
+
+
+def test_a_table_iptables_cannot_print_is_that_pods_problem_only(bare: list) -> None:
+    """Another tool wrote an nft rule into iptables-nft's nat table that iptables-nft-save cannot print
+    (exit 3, the dump cut short): that pod is not reported ok, the others are."""
+    victim = bare[2]
+    rule = ["ip", "daddr", "{ 192.0.2.1, 192.0.2.2 }", "meta", "mark", "set", "0x1", "counter"]
+    subprocess.run(["ip", "netns", "exec", victim.netns, "nft", "add", "rule", "ip", "nat", "OUTPUT", *rule],
+                   check=True)
+    try:
+        broken = subprocess.run(["ip", "netns", "exec", victim.netns, "iptables-nft-save"], capture_output=True,
+                                text=True, check=False)
+        assert broken.returncode != 0 and "Parsing nftables rule failed" in broken.stderr
+        states = {s.report.ref.name: s.report.status for s in _agent([p.manifest for p in bare[:3]]).sweep()}
+        assert states.pop(victim.manifest["metadata"]["name"]) in ("unknown", "error")
+        assert set(states.values()) == {"ok"}
+    finally:
+        handle = subprocess.run(["ip", "netns", "exec", victim.netns, "nft", "-a", "list", "chain", "ip", "nat",
+                                 "OUTPUT"], capture_output=True, text=True, check=True).stdout
+        found = re.search(r"meta mark set 0x00000001 counter .*# handle (\d+)", handle)
+        assert found is not None, handle
+        number = found.group(1)
+        subprocess.run(["ip", "netns", "exec", victim.netns, "nft", "delete", "rule", "ip", "nat", "OUTPUT", "handle",
+                        number], check=True)
+
+
+def test_a_namespace_that_disappears_mid_read_fails_that_pod_only(bare: list, tmp_path: Path) -> None:
+    """The pod's process is killed and its namespace deleted after the agent mapped it and before it
+    read: the held namespace is still read or the pod errors; the others carry on; next sweep, unmapped."""
+    from podnat.agent.node import NodeScanner
+    from podnat.agent.service import Agent, AgentConfig
+    from podnat.lab.barepods import make_bare_pods, remove_bare_pods
+
+    tag = f"{TAG}d"
+    remove_bare_pods(tag)
+    try:
+        (doomed,) = make_bare_pods(tag, 1, tmp_path, start=9)
+        uid = doomed.manifest["metadata"]["uid"]
+
+        class Vanishing(NodeScanner):
+            def hold(self, mapped):  # type: ignore[no-untyped-def]
+                held = super().hold(mapped)
+                if mapped.pod_uid == uid:
+                    os.kill(doomed.pid, signal.SIGKILL)
+                    subprocess.run(["ip", "netns", "delete", doomed.netns], check=True)
+                return held
+
+        agent = Agent(AgentConfig(node="podnat-bench-node"), Vanishing(Path("/proc")))
+        agent.replace_pods([doomed.manifest, bare[0].manifest, bare[1].manifest])
+        states = {s.uid: s.report.status for s in agent.sweep()}
+        assert states.pop(uid) in ("ok", "error")
+        assert set(states.values()) == {"ok"}
+        time.sleep(0.2)
+        again = {s.uid: s for s in agent.sweep()}
+        assert again[uid].mapping == "unmapped" and again[uid].report.status == "error"
+    finally:
+        remove_bare_pods(tag)
