@@ -13,11 +13,15 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import zip_longest
+from typing import TYPE_CHECKING
 
 from podnat.istio.explain import Explanation, FlowReport, FlowStatus
 from podnat.istio.flows import Actor, Endpoint, FlowType
 from podnat.istio.paths import FlowTrace, Leg, Outcome
 from podnat.netfilter.model import IPAddress
+
+if TYPE_CHECKING:
+    from podnat.istio.reconcile import RuleDiff
 
 FAILING = (FlowStatus.DRIFT, FlowStatus.BROKEN, FlowStatus.UNKNOWN)
 STATUS_MARK = {FlowStatus.OK: "✓", FlowStatus.DRIFT: "✗", FlowStatus.BROKEN: "✗", FlowStatus.UNKNOWN: "?"}
@@ -158,21 +162,33 @@ def _change(live: FlowTrace, expected: FlowTrace, expl: Explanation) -> Change |
         if ours == meant:
             previous = ours if ours is not None and not ours.startswith("⇒") else previous
             continue
-        if ours is not None and not ours.startswith("⇒"):
-            return Change(ours, "live", _why(ours, expl, "took"))
-        if meant is not None and not meant.startswith("⇒"):
-            return Change(meant, "expected", _why(meant, expl, "missed"))
+        ours_rule = ours if ours is not None and not ours.startswith("⇒") else None
+        meant_rule = meant if meant is not None and not meant.startswith("⇒") else None
+        # the rule the reconcile found changed or missing is the one that moved the path
+        if meant_rule is not None and _diff_of(meant_rule, expl) is not None:
+            return Change(meant_rule, "expected", _why(meant_rule, expl, "missed"))
+        if ours_rule is not None:
+            return Change(ours_rule, "live", _why(ours_rule, expl, "took"))
+        if meant_rule is not None:
+            return Change(meant_rule, "expected", _why(meant_rule, expl, "missed"))
         if previous is not None:
             return Change(previous, "live", _why(previous, expl, "took"))
         return None
     return None
 
 
-def _why(ref: str, expl: Explanation, verb: str) -> str:
+def _diff_of(ref: str, expl: Explanation) -> RuleDiff | None:
     for diff in expl.diff or ():
         for rule in (diff.live, diff.expected):
             if rule is not None and rule.ref == ref:
-                return f"{ref} {diff.kind.value}: {diff.cause}"
+                return diff
+    return None
+
+
+def _why(ref: str, expl: Explanation, verb: str) -> str:
+    diff = _diff_of(ref, expl)
+    if diff is not None:
+        return f"{ref} {diff.kind.value}: {diff.cause}"
     return f"the live path {verb} {ref}" + (" (Istio's rule is not there)" if verb == "missed" else " instead")
 
 

@@ -181,6 +181,29 @@ def explained_flows(case: str) -> list[dict]:
     return explanation_data(explained(case))["flows"]
 
 
+def test_the_keyboard_reaches_and_opens_a_pod(browser, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(verify_page(tmp_path).as_uri())
+    body = browser.find_element("tag name", "body")
+    body.send_keys(Keys.TAB)  # the first control: the first status count
+    reached = []
+    for _ in range(12):  # counts, search, namespace, status, then the pods' summaries
+        focused = browser.switch_to.active_element
+        reached.append(focused.tag_name)
+        if focused.tag_name == "summary":
+            break
+        focused.send_keys(Keys.TAB)
+    assert reached[:1] == ["button"] and "input" in reached and "select" in reached and reached[-1] == "summary"
+    focused = browser.switch_to.active_element
+    pod = focused.find_element("xpath", "..")
+    assert pod.get_attribute("id") == "pod-bookinfo-reviews-v1" and pod.get_attribute("open") is None
+    focused.send_keys(Keys.ENTER)
+    assert pod.get_attribute("open") == "true"
+    focused.send_keys(Keys.TAB)  # into the pod: the first flow's button
+    assert browser.switch_to.active_element.get_attribute("aria-controls") == "pod-bookinfo-reviews-v1-view-1"
+
+
 def test_a_link_to_a_flow_opens_its_pod_at_its_panel(browser, tmp_path):
     browser.get(verify_page(tmp_path).as_uri() + "#pod-shop-cart-5d9f-flow-4-own-pod-ip")
     pod = browser.find_element("id", "pod-shop-cart-5d9f")

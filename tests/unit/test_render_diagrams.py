@@ -286,6 +286,18 @@ def test_drifted_flows_mark_the_missing_rule_on_the_expected_route():
         assert any(w.startswith("✗ PREROUTING:1 missing: inbound capture is off") for w in words)
 
 
+def test_a_changed_rule_the_live_path_no_longer_matches_is_ringed_on_the_expected_route():
+    """Owner rules on uid 1338: Envoy's own traffic misses ISTIO_OUTPUT:4 (changed) and falls to :7."""
+    svg = diagram_svg(explained("owner"), "t")
+    by_flow = {p.get("data-flow"): p for p in panels(svg)}
+    expected = route(by_flow["6"], "expected")
+    assert [g.get("data-rule") for g in expected.iter(f"{SVG_NS}g") if g.get("class") == "rule changed"] == [
+        "ISTIO_OUTPUT:4"]
+    assert rule_badges(route(by_flow["6"], "live")) == ["OUTPUT:1", "ISTIO_OUTPUT:7"]
+    words = [t.text or "" for t in by_flow["6"].iter(f"{SVG_NS}text")]
+    assert any(w.startswith("✗ ISTIO_OUTPUT:4 changed: the proxy identity differs (uid 1338") for w in words)
+
+
 def test_a_panel_alone_is_a_document():
     diagram = build_diagram(explained("broken"), "bookinfo/reviews-v1")
     one = panel_svg(diagram, 1)
