@@ -6,7 +6,8 @@
 #   make e2e-dump               pods, every container's log, istio-cni-node logs and podnat's JSON of bookinfo
 #                               and the kept scratch namespaces into out/e2e/ (CI on failure)
 #   make e2e-down               delete the kind cluster
-#   make e2e-lab                the same suite against the podnat lab (no cluster, needs root)
+#   make e2e-lab                the same suite against the podnat lab (no cluster, needs root);
+#                               E2E_LAB_MODE=tproxy|nftables for the lab's other modes (make e2e-lab-modes: all)
 #   make e2e-tools              fetch kind, kubectl and istioctl into .tools/ (done by e2e-up when missing)
 #   make e2e-tools-sums         print the sha256 lines to pin below (network; ISTIO_RELEASE=older too)
 #
@@ -98,7 +99,7 @@ $(ISTIOCTL):
 	$(call e2e_fetch,$(ISTIOCTL_URL),$(ISTIOCTL_SHA256),$(ISTIOCTL_URL).sha256,$@)
 	tar -xzf $@.download -C $(TOOLS_DIR) istioctl && mv $(TOOLS_DIR)/istioctl $@ && rm -f $@.download
 
-.PHONY: e2e-tools e2e-tools-sums e2e-up e2e e2e-dump e2e-down e2e-lab e2e-sa-kubeconfig
+.PHONY: e2e-tools e2e-tools-sums e2e-up e2e e2e-dump e2e-down e2e-lab e2e-sa-kubeconfig e2e-lab-modes
 
 e2e-tools: $(KIND) $(KUBECTL) $(ISTIOCTL)
 
@@ -185,8 +186,14 @@ e2e-down: $(KIND)
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 # The lab (podnat lab, issue 4) serves Bookinfo pods behind a small API server on this machine (root).
+# E2E_LAB_MODE: the lab's capture mode, and the setup the suite asserts (redirect | tproxy | nftables).
+E2E_LAB_MODE ?= redirect
 e2e-lab:
-	$(E2E_PYTHON) -m podnat lab up
-	KUBECONFIG=$$($(E2E_PYTHON) -m podnat lab kubeconfig) PODNAT_E2E_OUT=$(E2E_OUT) E2E_SETUP=redirect \
+	$(E2E_PYTHON) -m podnat lab up --mode $(E2E_LAB_MODE)
+	KUBECONFIG=$$($(E2E_PYTHON) -m podnat lab kubeconfig) PODNAT_E2E_OUT=$(E2E_OUT) E2E_SETUP=$(E2E_LAB_MODE) \
 	  $(E2E_PYTHON) -m pytest tests/e2e --e2e -m e2e $(E2E_PYTEST_ARGS); \
 	  rc=$$?; $(E2E_PYTHON) -m podnat lab down; exit $$rc
+
+# The suite on the lab in each capture mode the lab has (not part of make test: ~2 minutes more).
+e2e-lab-modes:
+	for m in redirect tproxy nftables; do $(MAKE) --no-print-directory e2e-lab E2E_LAB_MODE=$$m || exit 1; done

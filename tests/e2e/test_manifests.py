@@ -407,3 +407,9 @@ def test_make_n_e2e_tools_sums_prints_the_lines_to_pin(tmp_path: Path) -> None:
     for line in ("KIND_SHA256 ?= ", "KUBECTL_SHA256 ?= ", f"ISTIOCTL_SHA256_{older} := "):
         assert line in run.stdout, line
     assert f"istioctl-{older}-linux-amd64.tar.gz.sha256" in run.stdout
+
+
+def test_make_n_e2e_lab_asserts_the_labs_mode(tmp_path: Path) -> None:
+    run = make_dry_run(tmp_path, "e2e-lab", "E2E_LAB_MODE=tproxy")
+    assert run.returncode == 0, run.stderr
+    assert "lab up --mode tproxy" in run.stdout and "E2E_SETUP=tproxy " in run.stdout
