@@ -34,12 +34,17 @@ MODELS = {
     ("v1", "ServiceAccount"): "V1ServiceAccount",
     ("v1", "ConfigMap"): "V1ConfigMap",
     ("apps/v1", "Deployment"): "V1Deployment",
+    ("apps/v1", "DaemonSet"): "V1DaemonSet",
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
     ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
 }
-NOT_KUBERNETES = {("install.istio.io/v1alpha1", "IstioOperator"), ("kind.x-k8s.io/v1alpha4", "Cluster")}
+# not core Kubernetes (no client model): their own tools check them (the agent's PrometheusRule with
+# promtool in its tests, kustomize files by the agent's tests)
+NOT_KUBERNETES = {("install.istio.io/v1alpha1", "IstioOperator"), ("kind.x-k8s.io/v1alpha4", "Cluster"),
+                  ("kustomize.config.k8s.io/v1beta1", "Kustomization"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+                  ("monitoring.coreos.com/v1", "ServiceMonitor")}
 BOOKINFO_WORKLOADS = {
     ("productpage", "v1"),
     ("details", "v1"),
@@ -105,6 +110,9 @@ def test_every_manifest_is_a_kind_we_check() -> None:
             key = (doc.get("apiVersion"), doc.get("kind"))
             if path.name.endswith("-patch.yaml"):
                 assert "kind" not in doc, f"{path}: a patch file carries no kind"
+                continue
+            if path.name.endswith(".rules.yaml"):  # Prometheus rules (tests/unit/test_agent_manifests.py)
+                assert "kind" not in doc and "groups" in doc, f"{path}: a Prometheus rules file has groups"
                 continue
             assert key in MODELS or key in NOT_KUBERNETES, f"{path}: {key} has no check in {__file__}"
 
