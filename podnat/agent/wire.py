@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from podnat.facts import ListenersReading, MeshMode, NatReading, NatSource, PodFacts, PodRef, PolicyRouting
+from podnat.facts import (
+    ListenersReading,
+    MeshMode,
+    NatReading,
+    NatSource,
+    PodFacts,
+    PodRef,
+    PolicyRouting,
+    SocketsReading,
+)
 
 
 def facts_data(facts: PodFacts) -> dict[str, Any]:
@@ -24,6 +33,8 @@ def facts_data(facts: PodFacts) -> dict[str, Any]:
         r = facts.routing
         data["routing"] = {"label": r.label, "table": r.table, "rules_v4": r.rules_v4, "routes_v4": r.routes_v4,
                            "rules_v6": r.rules_v6, "routes_v6": r.routes_v6, "error": r.error}
+    if facts.sockets is not None:
+        data["sockets"] = {"label": facts.sockets.label, "ports": list(facts.sockets.ports)}
     return data
 
 
@@ -34,6 +45,7 @@ def facts_from_data(data: Mapping[str, Any], pod: Mapping[str, Any]) -> PodFacts
     nat = data.get("nat")
     listeners = data.get("listeners")
     routing = data.get("routing")
+    sockets = data.get("sockets")
     return PodFacts(
         ref=ref, pod=pod,
         nat=NatReading(source=NatSource(nat["source"]), label=str(nat["label"]), v4=str(nat["v4"] or ""),
@@ -45,4 +57,5 @@ def facts_from_data(data: Mapping[str, Any], pod: Mapping[str, Any]) -> PodFacts
                               error=routing.get("error")) if routing else None,
         notes=tuple(str(n) for n in data.get("notes") or ()),
         mesh=MeshMode(data.get("mesh", "sidecar")),
+        sockets=SocketsReading(str(sockets["label"]), tuple(int(p) for p in sockets["ports"])) if sockets else None,
     )

@@ -325,8 +325,16 @@ class KubePodSource:
     def _read_ambient(self, pod: Mapping[str, Any], ref: PodRef, why: str, debug_container: bool) -> PodFacts:
         """An ambient pod has no istio-proxy to exec into and no istio-init log: only a debug container with an
         image the user names (--debug-container --debug-image) reads its namespace through the API."""
+        notes: list[str] = [why]
         if not (debug_container and self.debug_image):
-            return PodFacts(ref=ref, pod=pod, mesh=MeshMode.AMBIENT, notes=(why, AMBIENT_NOT_READ))
+            try:  # the node agent first: it reads the pod's namespace from the node
+                from_node = self.agents.facts_for(pod)
+            except KubeSourceError as err:
+                notes.append(f"{err.message}: read without it")
+                from_node = None
+            if from_node is not None:
+                return dataclasses.replace(from_node, mesh=MeshMode.AMBIENT, notes=(*notes, *from_node.notes))
+            return PodFacts(ref=ref, pod=pod, mesh=MeshMode.AMBIENT, notes=(*notes, AMBIENT_NOT_READ))
         name, added = self._ensure_debug_container(pod, ref, image=self.debug_image)
         marker = f"podnat-{secrets.token_hex(8)}"
         result = self.exec(ref, name, ["sh", "-c", ambient_script(marker)])

@@ -74,7 +74,15 @@ MODES = {
     "nftables": "istio-init --native-nftables (Istio 1.27+): the rules loaded with nft -f",
     "dual-stack": "an IPv6 address beside the IPv4 one (fd00:99::/64), IPv6 rules too (ISTIO_DUAL_STACK)",
     "dns": "DNS capture (ISTIO_META_DNS_CAPTURE): queries to the pod's resolver go to pilot-agent on 15053",
+    "ambient": "ambient mode: no sidecar; istio-cni's in-pod rules (ISTIO_PRERT/ISTIO_OUTPUT, marks 0x539/0x111), "
+               "ip rule fwmark 0x111/0xfff lookup 100, and a ztunnel stand-in in each pod on 15001/15006/15008/15053",
 }
+AMBIENT_FAULTS = {
+    "rules-flushed": "flush and delete the in-pod chains in nat, mangle and raw (as after a node reboot)",
+    "no-fwmark-rule": "delete `ip rule fwmark 0x111/0xfff lookup 100` (inbound replies leave the pod)",
+    "stop-ztunnel": "stop the ztunnel stand-in (nothing listens on 15001/15006/15008/15053)",
+}
+PROBE_SNAT = "169.254.7.127"  # kubelet probes reach an ambient pod from here (ISTIO_POSTRT SNATs them on the node)
 TPROXY_MARK = "1337"
 TPROXY_TABLE = "133"
 
@@ -193,6 +201,25 @@ def istio_init_args(annotations: Mapping[str, str]) -> list[str]:
     if a.get("traffic.sidecar.istio.io/excludeInterfaces"):
         args += ["-c", a["traffic.sidecar.istio.io/excludeInterfaces"]]
     return [*args, "--log_output_level=default:info"]
+
+
+def ambient_pod(deployment: Mapping[str, Any], name: str, ip: str, template_hash: str, lab: str = "") -> dict[str, Any]:
+    """The Pod the API serves in ambient mode: the Deployment's template untouched (no injection), enrolled by
+    the namespace label istio.io/dataplane-mode=ambient (copied onto the pod here, as the lab has no Namespace
+    objects) and the annotation istio-cni adds once it has written the pod's rules."""
+    pod = injected_pod(deployment, name, ip, template_hash, "redirect", None, lab)
+    meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
+    meta["labels"] = {k: v for k, v in meta["labels"].items() if not k.startswith(("security.istio.io/",
+                                                                                   "service.istio.io/"))}
+    meta["labels"]["istio.io/dataplane-mode"] = "ambient"
+    meta["annotations"] = {k: v for k, v in meta["annotations"].items()
+                           if k.startswith("kubectl.kubernetes.io/")}
+    meta["annotations"]["ambient.istio.io/redirection"] = "enabled"
+    spec["initContainers"] = []
+    spec["containers"] = [c for c in spec["containers"] if c["name"] != "istio-proxy"]
+    status["initContainerStatuses"] = []
+    status["containerStatuses"] = [c for c in status["containerStatuses"] if c["name"] != "istio-proxy"]
+    return pod
 
 
 def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_hash: str, mode: str = "redirect",
@@ -330,6 +357,8 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None,
         run(["ip", "-6", "addr", "add", f"{NODE_IP6}/64", "dev", "br0", "nodad"], netns=node_ns)
     run(["ip", "link", "set", "br0", "up"], netns=node_ns)
     run(["ip", "link", "set", "lo", "up"], netns=node_ns)
+    if mode == "ambient":  # where kubelet's probes come from once ISTIO_POSTRT has SNAT'd them
+        run(["ip", "addr", "add", f"{PROBE_SNAT}/32", "dev", "br0"], netns=node_ns)
     _peer_namespace(state, istiod_ns, ISTIOD_IP, "vistiod", root, ISTIOD_IP6 if dual else None)
     state.pids.append(spawn(["/usr/bin/python3", str(bin_dir / "peer.py"), "15012", *(["ipv6"] if dual else [])],
                             istiod_ns, 65534, 65534, root / "istiod.log"))
@@ -492,6 +521,8 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
                                      f"nameserver {NAMESERVER}\n")  # nothing answers: names are in hosts
     host_if = "v" + _hash(name, 8)
     _peer_namespace(state, netns, ip, host_if, root, ip6)
+    if mode == "ambient":
+        return _ambient_pod(state, deployment, name, ip, template_hash, routes, netns, logs, backend)
     manifest = injected_pod(deployment, name, ip, template_hash, mode, ip6, lab=state.netns_prefix)
     uid = manifest["metadata"]["uid"]
     # istio-init: the rules podnat's model says Istio installs for these args, loaded for real.
@@ -529,6 +560,50 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
         "istio-proxy": proxy,
     }
     return LabPod(NAMESPACE, name, ip, netns, manifest, containers, ip6=ip6)
+
+
+def _ambient_pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, template_hash: str,
+                 routes: Sequence[ServiceRoute], netns: str, logs: Path, backend: str) -> LabPod:
+    """An ambient pod: the in-pod rules and policy routing as istio-cni writes them (podnat's generator,
+    loaded with iptables-restore), ztunnel's stand-in (root with NET_ADMIN, its sockets in the pod's
+    namespace as ztunnel opens them), and the app as uid 1000. No sidecar, no istio-init."""
+    root = Path(state.root)
+    manifest = ambient_pod(deployment, name, ip, template_hash, lab=state.netns_prefix)
+    uid = manifest["metadata"]["uid"]
+    log = logs / "istio-cni.log"
+    log.write_text(_istio_cni_ambient(manifest, netns, backend))
+    endpoints = {f"{route.vip}:{route.port}": list(route.endpoints) for route in routes}
+    bin_dir = root / "bin"
+    ztunnel_log = logs / "ztunnel.log"
+    ztunnel_pid = spawn(["/usr/bin/python3", str(bin_dir / "ztunnel.py"), json.dumps(endpoints)], netns, 0, 0,
+                        ztunnel_log, ["NET_ADMIN", "NET_RAW"])
+    app = manifest["spec"]["containers"][0]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    app_log = logs / f"{app['name']}.log"
+    app_pid = spawn(["/usr/bin/python3", str(bin_dir / "app.py"), labels["app"], labels.get("version", "v1"), "9080"],
+                    netns, APP_UID, APP_UID, app_log,
+                    cgroup=container_cgroup(state.netns_prefix, uid, name, app["name"]))
+    state.pids.extend([ztunnel_pid, app_pid])
+    containers = {app["name"]: LabContainer(app["name"], APP_UID, APP_UID, log_file=str(app_log), pid=app_pid)}
+    return LabPod(NAMESPACE, name, ip, netns, manifest, containers, ztunnel_pid=ztunnel_pid)
+
+
+def _istio_cni_ambient(manifest: Mapping[str, Any], netns: str, backend: str) -> str:
+    """What the istio-cni node agent does for an enrolled pod: the in-pod rules for its annotations (podnat's
+    ambient generator, loaded with iptables-restore) and the policy routing of table 100; its log lines."""
+    from podnat.istio.ambient import CONN_MARK, MARK_MASK, ROUTE_TABLE, AmbientConfig, ambient_restore
+
+    config = AmbientConfig.from_pod_annotations(manifest["metadata"].get("annotations") or {})
+    restore, _ = _restore_tools(backend)
+    rules = ambient_restore(config).v4
+    run([restore], netns=netns, input=rules)
+    run(["ip", "rule", "add", "fwmark", f"{CONN_MARK:#x}/{MARK_MASK:#x}", "pref", "32764", "lookup", str(ROUTE_TABLE)],
+        netns=netns)
+    run(["ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", str(ROUTE_TABLE)], netns=netns)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    return (f"{stamp}\tinfo\tcni-agent\tin-pod rules for {manifest['metadata']['name']} ({restore}):\n{rules}"
+            f"{stamp}\tinfo\tcni-agent\tip rule add fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup {ROUTE_TABLE}; "
+            f"ip route add local 0.0.0.0/0 dev lo table {ROUTE_TABLE}\n")
 
 
 # Istio's proxyv2 image: its base sets the Debian alternative to legacy (`update-alternatives --set iptables
@@ -618,6 +693,9 @@ def _istio_init_nft(config: Any, netns: str) -> str:
 def _wait_ready(state: LabState, timeout: float = 120.0) -> None:
     """Every Envoy answers on its admin port and every app on 9080 (asked from inside the pod, as root)."""
     deadline = time.monotonic() + timeout
+    if state.mode == "ambient":
+        _wait_ambient(state, deadline)
+        return
     for pod in state.pods:
         while True:
             envoy = run(["curl", "-sf", "-m", "1", "http://127.0.0.1:15000/ready"], netns=pod.netns, check=False)
@@ -629,6 +707,22 @@ def _wait_ready(state: LabState, timeout: float = 120.0) -> None:
                 log = Path(pod.containers["istio-proxy"].log_file or "")
                 tail = log.read_text(errors="replace")[-400:] if log.is_file() else ""
                 raise LabError(f"pod {pod.name} did not become ready in {timeout:.0f}s (Envoy said: {tail.strip()})")
+            time.sleep(0.1)
+
+
+def _wait_ambient(state: LabState, deadline: float) -> None:
+    """Every app answers on 9080 and every ztunnel stand-in listens on its four ports."""
+    from podnat.capture import listening_ports
+
+    for pod in state.pods:
+        while True:
+            app = run(["curl", "-sf", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9080/health"],
+                      netns=pod.netns, check=False)
+            ports = listening_ports(run(["cat", "/proc/net/tcp"], netns=pod.netns, check=False))
+            if app == "200" and {15001, 15006, 15008, 15053} <= set(ports):
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"pod {pod.name} did not become ready (app {app or 'silent'}, listening {ports})")
             time.sleep(0.1)
 
 
@@ -725,9 +819,10 @@ def lab_status(root: Path | None = None) -> LabState:
 
 def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
     """Apply one of FAULTS to a pod (by name, or by its Deployment's name); returns what was done."""
-    if fault not in FAULTS:
-        raise LabError(f"unknown fault {fault!r}: one of {', '.join(FAULTS)}")
     state = lab_status(root)
+    faults = AMBIENT_FAULTS if state.mode == "ambient" else FAULTS
+    if fault not in faults:
+        raise LabError(f"unknown fault {fault!r} for a {state.mode} lab: one of {', '.join(faults)}")
     exact = [p for p in state.pods if p.name == pod_name]
     matches = exact or [p for p in state.pods if p.name.startswith(pod_name + "-")]
     if not matches:
@@ -739,6 +834,8 @@ def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
     restore, save = _restore_tools(state.backend)
     iptables = f"iptables-{state.backend}"
     ns = pod.netns
+    if state.mode == "ambient":
+        return _ambient_break(pod, fault, iptables)
     if fault == "no-prerouting-jump":
         run([iptables, "-t", "nat", "-D", "PREROUTING", "-p", "tcp", "-j", "ISTIO_INBOUND"], netns=ns)
     elif fault == "exclude-port":
@@ -764,6 +861,21 @@ def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
         table = run([save, "-t", "nat"], netns=ns)
         run(["iptables-legacy-restore"], netns=ns, input=table)
     return f"{pod.name}: {FAULTS[fault]}"
+
+
+def _ambient_break(pod: LabPod, fault: str, iptables: str) -> str:
+    from podnat.istio.ambient import CONN_MARK, MARK_MASK, ROUTE_TABLE
+
+    ns = pod.netns
+    if fault == "rules-flushed":
+        for table in ("nat", "mangle", "raw"):
+            run([iptables, "-t", table, "-F"], netns=ns, check=False)
+            run([iptables, "-t", table, "-X"], netns=ns, check=False)
+    elif fault == "no-fwmark-rule":
+        run(["ip", "rule", "del", "fwmark", f"{CONN_MARK:#x}/{MARK_MASK:#x}", "lookup", str(ROUTE_TABLE)], netns=ns)
+    elif fault == "stop-ztunnel" and pod.ztunnel_pid:
+        _kill(pod.ztunnel_pid)
+    return f"{pod.name}: {AMBIENT_FAULTS[fault]}"
 
 
 def lab_kubeconfig(root: Path | None = None) -> str:

@@ -27,6 +27,7 @@ class Mode(str, Enum):
     nftables = "nftables"
     dual_stack = "dual-stack"
     dns = "dns"
+    ambient = "ambient"
 
 
 class StatusOutput(str, Enum):
@@ -52,7 +53,8 @@ def up(
     mode: Annotated[
         Mode, typer.Option("--mode", help="How the pods capture traffic: redirect (Istio's default), tproxy "
                                           "(interceptionMode TPROXY), nftables (native nftables), dual-stack "
-                                          "(IPv4 and IPv6), dns (DNS capture to pilot-agent's 15053).")
+                                          "(IPv4 and IPv6), dns (DNS capture to pilot-agent's 15053), "
+                                          "ambient (no sidecar: istio-cni's in-pod rules, a ztunnel stand-in).")
     ] = Mode.redirect,
     agent: Annotated[bool, typer.Option("--agent/--no-agent", help="Also run podnat's node agent (a pod of "
                                         "podnat-system); podnat inspect/verify then read pods through it.")] = True,
@@ -132,7 +134,8 @@ def status(
 def break_(
     pod: Annotated[str, typer.Argument(help="Pod (or Deployment) name, e.g. reviews-v1.")],
     fault: Annotated[str, typer.Argument(help="no-prerouting-jump | exclude-port | foreign-accept | owner-uid | "
-                                              "stop-envoy | dead-port | legacy-copy")],
+                                              "stop-envoy | dead-port | legacy-copy; ambient labs: rules-flushed | "
+                                              "no-fwmark-rule | stop-ztunnel")],
     root: Root = None,
 ) -> None:
     """Break a pod the way real pods break (for the demo and the tests)."""

@@ -49,15 +49,17 @@ class ProbeResult:
         return dict(json.loads(self.body))
 
 
-def connect(netns: str, url: str, uid: int | None = None, gid: int | None = None, timeout: float = 3.0) -> ProbeResult:
-    """`curl URL` from `netns` as uid/gid (root when None); a `tcp://IP:PORT` URL only connects."""
+def connect(netns: str, url: str, uid: int | None = None, gid: int | None = None, timeout: float = 3.0,
+            source: str | None = None) -> ProbeResult:
+    """`curl URL` from `netns` as uid/gid (root when None), from address `source` when given; a
+    `tcp://IP:PORT` URL only connects."""
     if url.startswith("tcp://"):
         host, port = url[len("tcp://"):].rsplit(":", 1)
         code = (f"import socket; s=socket.create_connection(({host!r}, {port}), timeout={timeout}); "
                 "s.close(); print('connected')")
         argv = ["/usr/bin/python3", "-c", code]
     else:
-        argv = ["curl", "-s", "-m", str(timeout), url]
+        argv = ["curl", "-s", "-m", str(timeout), *(["--interface", source] if source else []), url]
     if uid is not None:
         argv = ["setpriv", "--reuid", str(uid), "--regid", str(gid if gid is not None else uid), "--clear-groups",
                 "--", *argv]

@@ -48,6 +48,7 @@ class LabPod:
     manifest: dict[str, Any]  # the v1 Pod the API serves (metadata, spec, status)
     containers: dict[str, LabContainer] = field(default_factory=dict)
     ip6: str | None = None
+    ztunnel_pid: int | None = None  # ambient mode: the ztunnel stand-in in the pod's namespace
 
 
 @dataclass(slots=True)
@@ -68,7 +69,7 @@ class LabState:
 
     root: str
     backend: str = "nft"  # iptables backend the rules were loaded with: nft | legacy
-    mode: str = "redirect"  # capture setup of the pods: redirect | tproxy | nftables | dual-stack | dns
+    mode: str = "redirect"  # capture setup of the pods: redirect | tproxy | nftables | dual-stack | dns | ambient
     pods: list[LabPod] = field(default_factory=list)
     apiserver: LabApiServer | None = None
     netns: list[str] = field(default_factory=list)  # every namespace the lab created (for `down`)

@@ -375,3 +375,173 @@ def test_after_a_fault_podnat_says_what_the_connection_did(lab: Lab) -> None:
         assert tcp["status"] == "ok"
     else:
         pytest.fail(f"no fault for mode {mode}")
+
+
+# --- ambient mode: no sidecar, istio-cni's in-pod rules and a ztunnel stand-in -----------------------------
+#
+# Each ambient flow is one real connection (the HBONE one through the stand-in's plain-TCP CONNECT: real
+# HBONE is HTTP/2 inside mutual TLS, the kernel paths are the same); every first packet, in every table,
+# in order, must be podnat's legs rule for rule (`nft monitor trace`); the reply of an inbound connection,
+# which is no first packet, must move the mangle counters podnat predicts. Then a fault per mechanism:
+# the rules flushed (as after a node reboot), the fwmark rule deleted, the stand-in stopped.
+
+HBONE = ("import socket, sys; s = socket.create_connection((sys.argv[1], 15008), timeout=3); "
+         "s.sendall(('CONNECT %s:9080 HTTP/1.1\\r\\n\\r\\n' % sys.argv[1]).encode()); head = s.recv(19); "
+         "s.sendall(b'GET /health HTTP/1.0\\r\\n\\r\\n'); body = b''\n"
+         "while chunk := s.recv(4096): body += chunk\n"
+         "print(head.decode().split()[1], body.split(b'\\r\\n\\r\\n', 1)[1].decode())")
+DEBUG_IMAGE = "docker.io/istio/proxyv2:1.30.3"
+
+
+@pytest.fixture(scope="module")
+def ambient_lab() -> Iterator[Lab]:
+    require(shutil.which("nft") is not None, "needs nft for packet tracing (make install)")
+    with running_lab(Path("/run/podnat-lab-modes-ambient"), "nft", mode="ambient", deployments=DEPLOYMENTS) as lab:
+        yield lab
+
+
+def _ambient_probes(lab: Lab, pod) -> list[tuple[str, FlowSpec, str, str, Identity | None]]:
+    """(name, podnat's flow, how to make it, where from, as whom) for each ambient flow of `pod`."""
+    from podnat.istio.ambient_paths import ambient_flows
+
+    state = lab.state
+    other = next(p for p in state.pods if p.name != pod.name)
+    node_ns = f"{state.netns_prefix}node"
+    ctx = _ambient_context(lab, pod)
+    app = Identity(1000, 1000)
+    out = []
+    node = ipaddress.ip_address(state.peers["node"])
+    for spec in ambient_flows(ctx.replace(remote=Endpoint(ipaddress.ip_address(other.ip), APP_PORT))):
+        key = spec.variant or str(int(spec.type))
+        if spec.type is FlowType.REMOTE_TO_LOCAL and spec.variant in ("plaintext", "reply"):
+            from_node = FlowSpec(spec.type, spec.name, spec.actor, spec.destination, node, spec.identity,
+                                 variant=spec.variant)
+            out.append((key, from_node, f"http://{pod.ip}:9080/health", node_ns, None))
+        elif spec.variant == "hbone":
+            from_node = FlowSpec(spec.type, spec.name, spec.actor, spec.destination, node, variant="hbone")
+            out.append((key, from_node, f"hbone://{pod.ip}", node_ns, None))
+        elif spec.type is FlowType.KUBELET_PROBE:
+            out.append((key, spec, f"http://{pod.ip}:9080/health", node_ns, None))
+        elif spec.type is FlowType.DNS:
+            out.append((key, spec, f"dns://{spec.proto}", pod.netns, app))
+        else:
+            out.append((key, spec, f"http://{spec.destination}/health", pod.netns, app))
+    return out
+
+
+def _ambient_context(lab: Lab, pod) -> PodContext:
+    from podnat.istio.ambient_paths import ZTUNNEL
+    from podnat.istio.flows import context_for
+
+    ctx = context_for(ipaddress.ip_address(pod.ip)).replace(proxy=ZTUNNEL)
+    return ctx.replace(nameserver=Endpoint(ipaddress.ip_address("10.96.0.2"), 53))
+
+
+def _save(netns: str) -> str:
+    return _in(netns, "iptables-nft-save", "-c")
+
+
+def test_ambient_flows_trace_exactly_the_predicted_rules(ambient_lab: Lab) -> None:
+    from podnat.istio.ambient_paths import trace_ambient
+    from podnat.lab.probe import connect, dns_query, first_packets
+
+    lab = ambient_lab
+    failures: list[str] = []
+    checked: Counter[str] = Counter()
+    for pod in lab.state.pods:
+        live = detect_and_parse(_save(pod.netns), Family.IPV4)
+        ctx = _ambient_context(lab, pod)
+        for name, spec, how, netns, who in _ambient_probes(lab, pod):
+            predicted = trace_ambient(live, spec, ctx)
+            before = _counters(_save(pod.netns))
+            with first_packets(pod.netns) as packets:
+                if how.startswith("hbone://"):
+                    result = subprocess.run(["ip", "netns", "exec", netns, "/usr/bin/python3", "-c", HBONE,
+                                             how.removeprefix("hbone://")], capture_output=True, text=True, timeout=20,
+                                            check=False)
+                    status, _, body = result.stdout.partition(" ")
+                    answered, client = status == "200", json.loads(body or "{}").get("client")
+                elif how.startswith("dns://"):
+                    answer = dns_query(netns, "10.96.0.2", "details.bookinfo.svc.cluster.local", spec.proto, who.uid)
+                    answered, client = answer == [lab.state.services["details"]], None
+                else:
+                    source = "169.254.7.127" if spec.type is FlowType.KUBELET_PROBE else None
+                    result = connect(netns, how, who.uid if who else None, who.gid if who else None, source=source)
+                    answered, client = result.answered, result.json().get("client") if result.answered else None
+            counted = {ref: n - before.get(ref, 0) for ref, n in _counters(_save(pod.netns)).items()
+                       if n > before.get(ref, 0)}
+            if spec.variant == "reply":  # made by a plaintext connection: the client's SYN, then ztunnel's
+                plaintext = next(s for _, s, *_ in _ambient_probes(lab, pod) if s.variant == "plaintext")
+                first_legs = trace_ambient(live, plaintext, ctx).legs
+            else:
+                first_legs = predicted.legs
+            want = [ref for leg in first_legs for ref in leg.rules]
+            traced = [ref for packet in packets for ref in packet.rules if packet.family == 4]
+            where = f"{pod.name} {name}"
+            checked[name] += 1
+            if not answered:
+                failures.append(f"{where}: the connection failed")
+            if predicted.outcome is not Outcome.DELIVERED:
+                failures.append(f"{where}: podnat predicted {predicted.outcome.value}: {predicted.reason}")
+            if traced != want:
+                failures.append(f"{where}: first packets matched {traced}\n      podnat predicted {want}")
+            if spec.variant == "reply":  # the app's answer: mangle counts it, nat never sees it
+                missing = [ref for ref in predicted.legs[-1].rules if ref not in counted]
+                if missing:
+                    failures.append(f"{where}: the reply did not count {missing} (counted {counted})")
+            if spec.variant in ("plaintext", "hbone", "reply") and client != lab.state.peers["node"]:
+                failures.append(f"{where}: the app saw {client}, not the client (ztunnel's transparent socket)")
+    assert set(checked) == {"hbone", "plaintext", "reply", "2", "own-pod-ip", "udp", "tcp", "8"}
+    assert not failures, "\n".join(failures)
+
+
+def _ambient_inspect(lab: Lab, pod, exit_code: int) -> dict[str, Any]:
+    result = podnat(lab, "inspect", pod.name, "-n", "bookinfo", "--debug-container", "--debug-image", DEBUG_IMAGE,
+                    "-o", "json")
+    assert result.returncode == exit_code, result.stdout[-2000:] + result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def test_ambient_pods_are_read_live_and_ok(ambient_lab: Lab) -> None:
+    lab = ambient_lab
+    pod = lab.state.pods[0]
+    unread = podnat(lab, "inspect", pod.name, "-n", "bookinfo", "-o", "json")
+    assert unread.returncode == 3 and "could not be read live" in json.loads(unread.stdout)["error"]["message"]
+    report = _ambient_inspect(lab, pod, 0)
+    assert report["context"]["mode"] == "ambient"
+    assert "debug container podnat-debug" in report["sources"]["nat"]
+    flows = {(f["type"], f.get("variant")): f for f in report["flows"]}
+    assert flows[(1, "plaintext")]["proxy_ports"] == [15006] and flows[(2, None)]["proxy_ports"] == [15001]
+    assert {f["status"] for f in report["flows"]} == {"ok"}
+
+
+def test_ambient_faults_give_the_verdict_the_connection_had(ambient_lab: Lab) -> None:
+    """Runs last: breaks the pods."""
+    from podnat.lab.build import lab_break
+    from podnat.lab.probe import connect
+
+    lab = ambient_lab
+    first, second = lab.state.pods
+    node_ns = f"{lab.state.netns_prefix}node"
+    root = lab.root
+    # The fwmark rule deleted: the app's replies to the client leave by eth0, inbound never completes.
+    lab_break(first.name, "no-fwmark-rule", root)
+    assert not connect(node_ns, f"http://{first.ip}:9080/health", timeout=2).answered
+    report = _ambient_inspect(lab, first, 1)
+    assert _flow(report, 1, "plaintext")["status"] == "broken"
+    assert any("no `ip rule add fwmark 0x111/0xfff lookup 100`" in f["message"] for f in report["findings"])
+    # The rules flushed (a node reboot): inbound reaches the app straight from the client, bypassing ztunnel.
+    lab_break(first.name, "rules-flushed", root)
+    answer = connect(node_ns, f"http://{first.ip}:9080/health")
+    assert answer.answered and answer.json()["client"] == lab.state.peers["node"]
+    report = _ambient_inspect(lab, first, 1)
+    assert report["findings"][0]["message"].startswith(
+        "enrolled in ambient but its traffic bypasses ztunnel: no ISTIO_PRERT/ISTIO_OUTPUT in the pod")
+    assert _flow(report, 1, "plaintext")["proxy_ports"] == [] and _flow(report, 1, "plaintext")["status"] == "broken"
+    # The stand-in stopped: the app's outbound connection is redirected to 15001, where nothing listens.
+    lab_break(second.name, "stop-ztunnel", root)
+    refused = connect(second.netns, f"http://{first.ip}:9080/health", 1000, 1000, timeout=2)
+    assert not refused.answered
+    report = _ambient_inspect(lab, second, 1)
+    assert _flow(report, 2)["outcome"] == "refused"
+    assert any("ztunnel is not listening on 15001, 15006, 15008" in f["message"] for f in report["findings"])

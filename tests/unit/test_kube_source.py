@@ -678,11 +678,13 @@ def test_no_sidecar_and_ambient_are_facts_not_errors(fake: FakeApi, tmp_path: Pa
     plain = src.read_facts(make_pod(proxy=False, init=None), None, False)
     assert (plain.mesh, plain.nat, plain.listeners) == (MeshMode.NO_SIDECAR, None, None)
     assert "has no istio-proxy sidecar" in plain.notes[0]
+    assert fake.requests == []  # no API call for a pod outside the mesh
     ambient = src.read_facts(
         make_pod(proxy=False, init=None, annotations={"ambient.istio.io/redirection": "enabled"}), None, False
     )
-    assert ambient.mesh is MeshMode.AMBIENT
-    assert fake.requests == []  # no API call for either
+    assert ambient.mesh is MeshMode.AMBIENT and ambient.nat is None
+    # an ambient pod is read by its node's podnat agent when there is one: the only API call looks for it
+    assert fake.count("GET", "/pods") == len(fake.requests) == 1
 
 
 def test_interception_none(fake: FakeApi, tmp_path: Path) -> None:
@@ -1102,7 +1104,7 @@ def test_ambient_pod_without_debug_image_says_how_to_read_it(fake: FakeApi, tmp_
     facts = source_for(fake, tmp_path).read_facts(ambient_pod(), None, True)
     assert facts.mesh is MeshMode.AMBIENT and facts.nat is None
     assert any("could not be read live" in n and "--debug-image" in n and "podnat agent" in n for n in facts.notes)
-    assert fake.requests == []
+    assert fake.count("PATCH", "ephemeralcontainers") == 0
 
 
 def test_ambient_pod_read_by_a_debug_container_of_the_named_image(fake: FakeApi, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ def test_every_mode_is_a_sidecar_pod_podnat_reads_as_that_mode() -> None:
     expected = {"redirect": ("REDIRECT", False, False, False), "tproxy": ("TPROXY", False, False, False),
                 "nftables": ("REDIRECT", False, False, True), "dual-stack": ("REDIRECT", False, True, False),
                 "dns": ("REDIRECT", True, False, False)}
-    assert set(MODES) == set(expected)
+    assert set(MODES) == set(expected) | {"ambient"}
     for mode, (interception, dns, ipv6, nft) in expected.items():
         config = from_pod(_pod(mode, "fd00:99::10" if mode == "dual-stack" else None)).config
         assert config is not None
@@ -96,3 +96,16 @@ def test_lab_break_names_one_pod_or_says_which_it_could_mean(tmp_path) -> None:
         lab_break("details", "foreign-accept", tmp_path)
     with pytest.raises(LabError, match="unknown fault"):
         lab_break("reviews-v1", "no-such-fault", tmp_path)
+
+
+def test_ambient_pods_have_no_sidecar_and_are_enrolled() -> None:
+    from podnat.istio.config import PodMode
+    from podnat.kube.source import classify
+    from podnat.lab.build import ambient_pod
+
+    deployments, _ = load_manifests()
+    pod = ambient_pod(deployments[0], "details-v1-abc-xyz", "10.99.0.10", "abc")
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["details"] and pod["spec"]["initContainers"] == []
+    assert pod["metadata"]["labels"]["istio.io/dataplane-mode"] == "ambient"
+    assert from_pod(pod).mode is PodMode.AMBIENT and classify(pod)[0].value == "ambient"
+    assert intent_for_pod(pod).mesh == "ambient"

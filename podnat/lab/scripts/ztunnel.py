@@ -1,0 +1,132 @@
+"""ztunnel's in-pod half for the lab (a stand-in, not ztunnel): run as root with NET_ADMIN in an ambient
+pod's network namespace, as ztunnel opens its sockets there (src/inpod/).
+
+Every socket it opens carries mark 0x539 (SO_MARK; listeners too, so accepted sockets inherit it):
+- 15001 (outbound): the app's redirected connection, to its original destination (SO_ORIGINAL_DST), or
+  the endpoint of a Service VIP (argv[1]: a JSON map "VIP:PORT" -> ["IP", ...]), from the pod's address;
+- 15006 (plaintext inbound): to the original destination, from the client's own address through a
+  transparent socket (IP_TRANSPARENT): the app sees the real client, and only the connmark 0x111, the
+  fwmark rule and table 100 bring its replies back here;
+- 15008 (HBONE): real HBONE is HTTP/2 CONNECT inside mutual TLS; this stand-in takes a plain-TCP HTTP/1.1
+  `CONNECT IP:PORT` and then tunnels to that target like 15006 does. The kernel paths are the same;
+- 15053 (DNS proxy, 127.0.0.1, UDP and TCP): A records from the pod's /etc/hosts (labdns.py).
+"""
+
+import contextlib
+import json
+import socket
+import struct
+import sys
+import threading
+
+from labdns import serve_dns
+
+MARK = 0x539
+SO_ORIGINAL_DST = 80
+IP_TRANSPARENT = 19
+ENDPOINTS: dict[str, list[str]] = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+
+
+def marked(sock: socket.socket) -> socket.socket:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
+    return sock
+
+
+def original_destination(conn: socket.socket) -> tuple[str, int]:
+    raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port, address = struct.unpack("!2xH4s8x", raw)
+    return socket.inet_ntoa(address), port
+
+
+def pipe(a: socket.socket, b: socket.socket) -> None:
+    def one_way(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(how)
+
+    threads = [threading.Thread(target=one_way, args=pair, daemon=True) for pair in ((a, b), (b, a))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a.close()
+    b.close()
+
+
+def upstream(target: tuple[str, int], client: str | None) -> socket.socket:
+    """A marked connection to `target`; from `client`'s address (transparent) when given."""
+    sock = marked(socket.socket())
+    if client is not None:
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.bind((client, 0))
+    sock.settimeout(5)
+    sock.connect(target)
+    sock.settimeout(None)
+    return sock
+
+
+def outbound(conn: socket.socket) -> None:
+    address, port = original_destination(conn)
+    endpoints = ENDPOINTS.get(f"{address}:{port}")
+    target = (endpoints[0], port) if endpoints else (address, port)
+    pipe(conn, upstream(target, None))
+
+
+def inbound(conn: socket.socket, client: str) -> None:
+    pipe(conn, upstream(original_destination(conn), client))
+
+
+def hbone(conn: socket.socket, client: str) -> None:
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 4096:
+        chunk = conn.recv(1)
+        if not chunk:
+            conn.close()
+            return
+        head += chunk
+    words = head.split(b"\r\n", 1)[0].split()
+    if len(words) < 2 or words[0] != b"CONNECT":
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        conn.close()
+        return
+    host, _, port = words[1].decode().rpartition(":")
+    try:
+        target = upstream((host, int(port)), client)
+    except OSError:
+        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\n\r\n")
+        conn.close()
+        return
+    conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+    pipe(conn, target)
+
+
+def listen(port: int, handle) -> None:
+    server = marked(socket.socket())
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    server.bind(("0.0.0.0", port))
+    server.listen(128)
+    while True:
+        conn, (client, _) = server.accept()
+        args = (conn,) if handle is outbound else (conn, client)
+        threading.Thread(target=_safely, args=(handle, conn, *args), daemon=True).start()
+
+
+def _safely(handle, conn: socket.socket, *args) -> None:
+    try:
+        handle(*args)
+    except OSError as exc:
+        sys.stderr.write(f"{handle.__name__}: {exc}\n")
+        conn.close()
+
+
+serve_dns(mark=MARK)
+for port, handle in ((15001, outbound), (15006, inbound)):
+    threading.Thread(target=listen, args=(port, handle), daemon=True).start()
+listen(15008, hbone)
