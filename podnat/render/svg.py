@@ -60,12 +60,12 @@ INK = "#1a1a1a"
 
 # Geometry (px): six columns (peers in, inbound chains, two of app/Envoy, outbound chains, peers out).
 COLUMNS = (104, 128, 112, 112, 128, 104)
-GUTTER = 30
+GUTTER = 34
 PAD = 12
-BOX_H = 50
+BOX_H = 52
 HEAD = 46
-LEG_STEP = 8  # tracks of the legs of one route
-EXPECTED_SHIFT = 11  # the expected route runs beside the live one, this far down and right
+LEG_STEP = 4  # tracks of the legs of one route, in a gutter
+EXPECTED_SHIFT = 6  # the live route runs this far left/above a gutter's middle, the expected right/below
 CAPTION_LINE = 15
 PANEL_GAP = 16
 
@@ -174,15 +174,21 @@ def wrap_path(text: str, width: int) -> list[str]:
 # -- routes --------------------------------------------------------------------------------------------
 
 
+def _rel(stop: Stop, legs: int) -> float:
+    """A leg's place among its route's legs, centred on 0."""
+    return stop.leg - (legs - 1) / 2
+
+
 def _offset(stop: Stop, legs: int, expected: bool) -> float:
-    return (stop.leg - (legs - 1) / 2) * LEG_STEP + (EXPECTED_SHIFT if expected else 0)
+    """A leg's track in a gutter: the live route's legs on one side of the middle, the expected's on the other."""
+    return (EXPECTED_SHIFT if expected else -EXPECTED_SHIFT) + LEG_STEP * _rel(stop, legs)
 
 
 def _anchor(grid: _Grid, stop: Stop, legs: int, expected: bool) -> tuple[float, float]:
-    """Where a route passes through a box: its leg's track, below the box's name."""
+    """Where a route passes through a box: its leg's track, below the box's name (the expected route lower)."""
     box = grid.boxes[stop.node]
-    off = _offset(stop, legs, expected)
-    return box.cx + 2.5 * (off - (EXPECTED_SHIFT if expected else 0)) + (6 if expected else 0), box.y + 30 + off / 2
+    rel = _rel(stop, legs)
+    return box.cx + 24 * rel + (7 if expected else 0), box.y + (41 if expected else 26) + 3 * rel
 
 
 def _hop(grid: _Grid, a: Stop, b: Stop, legs: int, expected: bool) -> tuple[list[tuple[float, float]], int]:
@@ -331,7 +337,7 @@ def _labels(diagram: Diagram, grid: _Grid, strong: set[str]) -> list[str]:
         out.append(_text(box.cx, box.y + 15, title, 11.5, anchor="middle", weight="bold",
                          fill=BAD if node.startswith("void:") else fill, extra=halo))
         if note:
-            out.append(_text(box.cx, box.y + 44, note, 9.5, anchor="middle", fill=fill if visited else FAINT_TEXT,
+            out.append(_text(box.cx, box.y + 46, note, 9.5, anchor="middle", fill=fill if visited else FAINT_TEXT,
                              extra=halo))
     return out
 
