@@ -35,16 +35,22 @@ $(STAMP): pyproject.toml
 
 demo: install
 	@mkdir -p out
-	$(BIN)/podnat lab up
+	$(BIN)/podnat lab up --agent-interval 5
 	export KUBECONFIG=$$($(BIN)/podnat lab kubeconfig); \
 	pp=$$(kubectl get pods -n bookinfo -l app=productpage -o name); \
 	kubectl exec -n bookinfo $$pp -c productpage -- curl -s -o /dev/null -w 'productpage: HTTP %{http_code}\n' 127.0.0.1:9080/; \
+	agent=/api/v1/namespaces/podnat-system/pods/$$(kubectl get pods -n podnat-system -o name | cut -d/ -f2):9477/proxy; \
 	$(BIN)/podnat verify -n bookinfo; \
-	$(BIN)/podnat inspect deploy/reviews-v1 -n bookinfo --debug-container --probe --diagram out/reviews-v1.svg; \
+	$(BIN)/podnat inspect deploy/reviews-v1 -n bookinfo --source debug --probe --diagram out/reviews-v1.svg; \
 	$(BIN)/podnat lab break reviews-v1 no-prerouting-jump; \
-	$(BIN)/podnat verify -n bookinfo --debug-container --html out/verify.html; rc=$$?; \
+	echo "fault injected; podnat's node agent (sweeping every 5 s) notices it without anyone running podnat:"; \
+	for i in $$(seq 30); do kubectl get --raw $$agent/metrics | grep -q 'reviews-v1.*status="drift"' && break; sleep 1; done; \
+	kubectl get --raw $$agent/metrics | grep '^podnat_pod_status{.*reviews-v1'; \
+	sleep 1; kubectl get --raw /apis/events.k8s.io/v1/namespaces/bookinfo/events | $(PY) -c \
+	  "import json,sys; [print('Event:', e['type'], e['reason'], e['regarding']['name'], '-', e['note'][:140]) for e in json.load(sys.stdin)['items']]"; \
+	$(BIN)/podnat verify -n bookinfo --html out/verify.html; rc=$$?; \
 	$(BIN)/podnat lab down; \
-	echo "verify exited $$rc after the fault (1: drift found, as expected); see out/reviews-v1.svg and out/verify.html"
+	echo "verify (through the agent: no exec, no debug container) exited $$rc after the fault (1: drift found, as expected); see out/reviews-v1.svg and out/verify.html"
 
 test: install workflows
 	$(PY) -m pytest tests/unit tests/integration tests/e2e/test_manifests.py tests/e2e/test_capture_setup.py
