@@ -7,9 +7,10 @@
    noise only adds time).
 3. `verify` over 200 pods against the lab API server with 50 ms added to every request (bench/verify_bench.py).
 4. The lab's start-up time and memory (bench/lab_bench.py; root only).
+5. The node agent with 110 pods on one node, and verify through it vs through exec (bench/agent_bench.py).
 
 Medians of several repetitions: these machines are shared and noisy. `--json` for machine output,
-`--only engine,startup,verify,lab` to pick sections; a new section is a function added to SECTIONS.
+`--only engine,startup,verify,lab,agent` to pick sections; a new section is a function added to SECTIONS.
 """
 
 from __future__ import annotations
@@ -150,7 +151,15 @@ def _lab() -> dict[str, Any]:
     return lab_benchmark()
 
 
-SECTIONS: dict[str, Any] = {"engine": engine, "startup": startup, "verify": _verify, "lab": _lab}
+def _agent() -> dict[str, Any]:
+    if os.geteuid() != 0:
+        return {"skipped": "not root: the agent's pods are network namespaces"}
+    from agent_bench import agent_benchmark
+
+    return agent_benchmark()
+
+
+SECTIONS: dict[str, Any] = {"engine": engine, "startup": startup, "verify": _verify, "lab": _lab, "agent": _agent}
 
 
 def print_engine(e: dict[str, Any]) -> None:
@@ -188,8 +197,21 @@ def print_lab(lab: dict[str, Any]) -> None:
     print(f"lab: {lab['pods']} pods up in {lab['startup_s']} s, {lab['total_pss_mb']} MB PSS in all")
 
 
+def print_agent(a: dict[str, Any]) -> None:
+    if "skipped" in a:
+        print(f"agent: skipped ({a['skipped']})")
+        return
+    print(f"agent, {a['pods']} pods on one node: sweep {a['agent_sweep_s']} s wall, "
+          f"{a['agent_cpu_s_per_sweep']} s CPU, peak RSS {a['agent_peak_rss_mb']} MB ({a['agent_pods_mapped']} "
+          f"mapped); verify +{a['latency_ms']} ms/request: through the agent {a['verify_via_agent_s']} s "
+          f"(last sweep's readings: {a['verify_via_agent_last_sweep_s']} s), through exec {a['verify_via_exec_s']} s "
+          f"(exec/agent {a['exec_over_agent']}x, {a['exec_over_agent_last_sweep']}x); requests: "
+          f"{a['requests_via_agent']} via the agent ({a['proxy_requests_per_node']} pods/proxy per node), "
+          f"{a['requests_via_exec']} via exec")
+
+
 PRINTERS: dict[str, Any] = {"engine": print_engine, "startup": print_startup, "verify": print_verify,
-                            "lab": print_lab}
+                            "lab": print_lab, "agent": print_agent}
 
 
 def _num(value: float | None, digits: int = 3) -> str:

@@ -679,6 +679,12 @@ DebugContainer = Annotated[
 ]
 
 
+MaxAge = Annotated[
+    float, typer.Option("--max-age", min=0, help="Through the node agent: accept its reading of a pod when at most "
+                        "this many seconds old (default 0: it reads the pod now).")
+]
+
+
 def _timeout(text: str | None) -> float | None:
     if text is None:
         return None
@@ -715,6 +721,7 @@ def inspect(
     source: SourceOpt = None,
     debug_container: DebugContainer = False,
     debug_image: DebugImage = None,
+    max_age: MaxAge = 0.0,
     diagram: DiagramOpt = None,
     html: HtmlOpt = None,
     probe: Annotated[
@@ -732,6 +739,7 @@ def inspect(
         from podnat.usecases import inspect_pod
 
         pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
+        pod_source.agents.max_age = max_age
         nat_source = NatSource(source.value) if source else None
         if nat_source is NatSource.DEBUG:
             debug_container = True
@@ -787,6 +795,7 @@ def verify(
     source: SourceOpt = None,
     debug_container: DebugContainer = False,
     debug_image: DebugImage = None,
+    max_age: MaxAge = 0.0,
     html: HtmlOpt = None,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
@@ -806,6 +815,7 @@ def verify(
         pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
         pods = pod_source.list_pods(None if all_namespaces else (namespace or default_ns), selector)
         nat_source = NatSource(source.value) if source else None
+        pod_source.agents.max_age = max_age
         pod_source.prefetch(pods, nat_source)  # one request per node with a podnat agent
         with VerifyProgress(len(pods)) as progress:
             report = verify_pods(lambda: pod_source, pods, concurrency, nat_source,

@@ -1,9 +1,10 @@
 """The agent's HTTP server (on its pod IP): /metrics, /v1/pods, /healthz, /readyz.
 
-`/v1/pods?namespace=NS&labelSelector=SEL&fresh=1&facts=1`: `{"node", "agent", "pods": [...]}`, each pod
+`/v1/pods?namespace=NS&labelSelector=SEL&fresh=1&maxAge=S&facts=1`: `{"node", "agent", "pods": [...]}`, each pod
 the object `podnat inspect -o json` prints, plus `observed_at` (RFC 3339), `mapping` (mapped,
 unmapped, host-network, skipped) and, with `facts=1`, `facts` (the tables and listeners read; the
-CLI explains them itself). `fresh=1` reads the pods asked for now instead of serving the last sweep.
+CLI explains them itself). `fresh=1` reads the pods asked for now instead of serving the last sweep;
+`maxAge=S` reads now only those read more than S seconds ago.
 """
 
 from __future__ import annotations
@@ -119,12 +120,18 @@ class _Handler(BaseHTTPRequestHandler):
             def selector(pod: Any) -> bool:
                 return selects(pod, requirements, [])
 
-        fresh = query.get("fresh", "").lower() in ("1", "true")
+        max_age: float | None = 0.0 if query.get("fresh", "").lower() in ("1", "true") else None
+        if query.get("maxAge"):
+            try:
+                max_age = max(0.0, float(query["maxAge"]))
+            except ValueError:
+                self._send(400, json.dumps({"error": "maxAge: seconds, e.g. 30"}).encode(), "application/json")
+                return
         with_facts = query.get("facts", "").lower() in ("1", "true")
         if not server.agent.listed:
             self._send(503, json.dumps({"error": "the agent has not listed its pods yet"}).encode(), "application/json")
             return
-        states = server.agent.states_for(query.get("namespace") or None, selector, fresh)
+        states = server.agent.states_for(query.get("namespace") or None, selector, max_age)
         body = {"node": server.agent.config.node, "agent": server.name,
                 "pods": [state_data(s, with_facts) for s in states]}
         self._send(200, json.dumps(body, separators=(",", ":")).encode(), "application/json")

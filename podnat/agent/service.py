@@ -263,14 +263,19 @@ class Agent:
         return states
 
     def states_for(self, namespace: str | None, selector: Callable[[Mapping[str, Any]], bool] | None,
-                   fresh: bool) -> list[PodState]:
-        """The pods asked for (read now with `fresh`), sorted by namespace and name."""
+                   max_age: float | None) -> list[PodState]:
+        """The pods asked for, sorted by namespace and name; those read more than `max_age` seconds ago
+        (or never) are read now (None: serve the last sweep as it is)."""
         wanted = [p for p in self.snapshot()
                   if (namespace is None or p["metadata"].get("namespace") == namespace)
                   and (selector is None or selector(p))]
         uids = {str(p["metadata"]["uid"]) for p in wanted}
-        if fresh and uids:
-            self.sweep(uids)
+        if max_age is not None and uids:
+            now = time.time()
+            with self._pods_lock:
+                stale = {u for u in uids if u not in self.states or now - self.states[u].observed_at > max_age}
+            if stale:
+                self.sweep(stale)
         with self._pods_lock:
             found = [self.states[u] for u in uids if u in self.states]
         return sorted(found, key=lambda s: (s.report.ref.namespace, s.report.ref.name))

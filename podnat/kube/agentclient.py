@@ -2,7 +2,8 @@
 
 The agent of a pod's node is found by label in its namespace (one list, cached); its `/v1/pods` answers
 for every pod of that node at once, so `verify` asks each node once (`prefetch`), and `inspect` once
-for its pod. The agent reads fresh (`fresh=1`) and sends the facts (`facts=1`): the tables and
+for its pod. The agent reads now (`maxAge=0`, or what `--max-age` allows) and sends the facts
+(`facts=1`): the tables and
 listeners it read in the pod's namespace, which podnat explains here as for any other source.
 """
 
@@ -34,6 +35,7 @@ class AgentReader:
         self.namespace = namespace
         self.timeout = max(client.options.timeout, 60.0)
         self.requests = 0  # pods/proxy requests made (the benchmark counts them)
+        self.max_age = 0.0  # accept the agent's reading when at most this old (0: it reads now)
         self._agents: dict[str, Mapping[str, Any]] | None = None
         self._agents_error: str | None = None
         self._nodes: dict[str, dict[str, Mapping[str, Any]] | KubeSourceError] = {}
@@ -116,8 +118,8 @@ class AgentReader:
     def _ask(self, node: str, namespace: str | None) -> dict[str, Mapping[str, Any]] | KubeSourceError:
         agent = self.agents()[node]
         name = agent["metadata"]["name"]
-        query = {"facts": "1", "fresh": "1", **({"namespace": namespace} if namespace else {})}
-        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}:{AGENT_PORT}/proxy/v1/pods?{urlencode(query)}"
+        query = {"facts": "1", "maxAge": f"{self.max_age:g}", **({"namespace": namespace} if namespace else {})}
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}:{_port(agent)}/proxy/v1/pods?{urlencode(query)}"
         api = self.client.api_client
         self.requests += 1
         try:
@@ -135,3 +137,12 @@ class AgentReader:
             return KubeSourceError(err.failure, f"the podnat agent {name} on node {node} could not be asked: "
                                    f"{err.message}")
         return {str(item["pod"].get("uid")): item for item in body.get("pods") or []}
+
+
+def _port(agent: Mapping[str, Any]) -> int:
+    """The agent's HTTP port: its container port named `http` (the DaemonSet's), else 9477."""
+    for container in (agent.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == "http" and port.get("containerPort"):
+                return int(port["containerPort"])
+    return AGENT_PORT

@@ -413,12 +413,12 @@ AGENT_IP = f"{SUBNET}.5"
 NODE_NAME = "podnat-lab"
 
 
-def agent_pod_manifest(name: str, uid: str, ip: str) -> dict[str, Any]:
+def agent_pod_manifest(name: str, uid: str, ip: str, port: int = AGENT_PORT, node: str = NODE_NAME) -> dict[str, Any]:
     """The agent's Pod as the DaemonSet in manifests/agent/ would make it on the lab's node."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     container = {"name": "agent", "image": "ghcr.io/podnat/podnat-agent:dev",
                  "args": ["agent", "--proc", "/host/proc"],
-                 "ports": [{"containerPort": AGENT_PORT, "name": "http", "protocol": "TCP"}]}
+                 "ports": [{"containerPort": port, "name": "http", "protocol": "TCP"}]}
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": AGENT_NAMESPACE, "uid": uid, "resourceVersion": "1",
@@ -426,7 +426,7 @@ def agent_pod_manifest(name: str, uid: str, ip: str) -> dict[str, Any]:
                                                           "sidecar.istio.io/inject": "false",
                                                           "istio.io/dataplane-mode": "none"},
                      "annotations": {"sidecar.istio.io/inject": "false"}},
-        "spec": {"nodeName": NODE_NAME, "containers": [container], "serviceAccountName": "podnat-agent"},
+        "spec": {"nodeName": node, "containers": [container], "serviceAccountName": "podnat-agent"},
         "status": {"phase": "Running", "hostIP": NODE_IP, "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,
                    "conditions": [{"type": t, "status": "True"} for t in ("Initialized", "Ready", "ContainersReady",
                                                                            "PodScheduled")],
