@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from e2e_support import (
     CALL_REVIEWS,
     ENVOY_PORTS,
     FLOW_TYPES,
+    OUT,
     Cluster,
     diff_text,
     flows_by_type,
@@ -137,13 +139,33 @@ def test_podnat_runs_as_the_serviceaccount_bound_to_manifests_rbac(cluster: Clus
     assert [r for r in refused if allowed(*r)] == []
 
 
+def html_page(record: str) -> Path:
+    """Where a run's --html page goes: beside its recorded output (a CI artifact)."""
+    (OUT / "podnat").mkdir(parents=True, exist_ok=True)
+    return OUT / "podnat" / f"{record}.html"
+
+
+def check_html_report(page: Path, reports: list[dict[str, Any]], namespace: str) -> None:
+    """The --html page of a run holds a folded section per pod and a row and a panel per flow, by anchor."""
+    text = page.read_text()
+    for report in reports:
+        anchor = "pod-" + re.sub(r"[^A-Za-z0-9_-]", "-", f"{namespace}-{pod_name(report)}")
+        assert f'<details class="pod" id="{anchor}"' in text, f"{page}: no section for {pod_name(report)}"
+        for flow in report["flows"]:
+            flow_id = f"{flow['type']}-{flow['variant']}" if flow.get("variant") else str(flow["type"])
+            assert f'id="{anchor}-flow-{flow_id}"' in text and f'id="{anchor}-view-{flow_id}"' in text, flow_id
+            assert f'data-flow="{flow_id}"' in text
+
+
 def test_verify_bookinfo_reports_six_ok_flows_for_every_pod(cluster: Cluster) -> None:
-    run = run_podnat("verify", "--namespace", BOOKINFO, "-o", "json", record="verify-bookinfo")
+    page = html_page("verify-bookinfo")
+    run = run_podnat("verify", "--namespace", BOOKINFO, "-o", "json", "--html", str(page), record="verify-bookinfo")
     assert run.returncode == 0, run.describe()
     reports = pod_reports(run.json())
     assert {pod_name(r) for r in reports} == {p.metadata.name for p in cluster.running_pods(BOOKINFO)}
     for report in reports:
         assert statuses(report) == dict.fromkeys(FLOW_TYPES, "ok"), pod_name(report)
+    check_html_report(page, reports, BOOKINFO)
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)
@@ -162,10 +184,13 @@ def test_inspect_shows_envoy_listeners_and_where_each_fact_came_from(cluster: Cl
     assert sources.get("listeners"), f"inspect does not say where the listeners came from: {sources}"
     assert set(flows_by_type(report)) >= FLOW_TYPES
 
-    table = run_podnat("inspect", pod, "--namespace", BOOKINFO, record=f"inspect-{workload}-table")
+    page = html_page(f"inspect-{workload}")
+    table = run_podnat("inspect", pod, "--namespace", BOOKINFO, "--html", str(page),
+                       record=f"inspect-{workload}-table")
     assert table.returncode == 0, table.describe()
     for port in sorted(ENVOY_PORTS):
         assert str(port) in table.stdout, f"the human report of {pod} does not show {port}"
+    check_html_report(page, [report], BOOKINFO)
 
 
 def counters_of(pod: str, namespace: str, record: str) -> tuple[dict[str, Any], dict[str, int]]:
