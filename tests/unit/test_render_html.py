@@ -5,9 +5,11 @@ a browser does with it (filter, search, open, click) is tests/integration/test_r
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 
-from unit.test_render_diagrams import contrast, explained, flow_objects, rules_of, verify_report
+from unit.test_render_diagrams import CASES, contrast, explained, flow_objects, rules_of, verify_report
 
 from podnat.facts import PodRef
 from podnat.render.html import CSS, STATUS_COLOURS, pod_html, verify_html
@@ -112,6 +114,24 @@ def test_status_colours_pass_wcag_aa():
         assert re.search(rf"\.s-{css_class}\b[^{{]*\{{ color: {colour}; }}", CSS), css_class
     for colour in re.findall(r"(?<![-\w])color: (#[0-9a-f]{6})", CSS):
         assert contrast(colour, "#ffffff") >= 4.5, colour
+
+
+def test_explain_writes_the_page_of_a_table(tmp_path):
+    """`podnat explain FILE --args … --html` (the CLI): one pod, opened, a panel per flow, the drift said."""
+    table = tmp_path / "no-prerouting-jump.iptables-save"
+    table.write_text(CASES["drift"])
+    page = tmp_path / "page.html"
+    args = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020"
+    done = subprocess.run([sys.executable, "-m", "podnat", "explain", str(table), "--args", args, "--html", str(page)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr  # drift
+    text = page.read_text()
+    parsed = Page(text)
+    assert "<title>podnat explain no-prerouting-jump.iptables-save</title>" in text
+    assert [(p["data-status"], "open" in p) for p in parsed.find("details")] == [("drift", True)]
+    assert [r["data-status"] for r in parsed.find("tr", **{"class": "flow-row"})] == [
+        "drift", "ok", "drift", "ok", "ok", "ok", "ok"]
+    assert len([g for g in parsed.find("g") if g.get("class") == "panel"]) == 7
 
 
 def test_html_is_deterministic():
