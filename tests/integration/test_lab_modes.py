@@ -513,6 +513,21 @@ def test_ambient_pods_are_read_live_and_ok(ambient_lab: Lab) -> None:
     flows = {(f["type"], f.get("variant")): f for f in report["flows"]}
     assert flows[(1, "plaintext")]["proxy_ports"] == [15006] and flows[(2, None)]["proxy_ports"] == [15001]
     assert {f["status"] for f in report["flows"]} == {"ok"}
+    assert report["sources"]["sockets"].endswith("cat /proc/net/tcp /proc/net/tcp6")
+    # With podnat's agent on the node, ambient pods are read through it: no flag, no debug container.
+    from podnat.lab.build import start_agent
+
+    start_agent(lab.state, interval=1.0)
+    through_agent = podnat(lab, "verify", "-n", "bookinfo", "-o", "json")
+    assert through_agent.returncode == 0, through_agent.stdout[-2000:] + through_agent.stderr
+    pods = json.loads(through_agent.stdout)["pods"]
+    assert len(pods) == len(lab.state.pods) and {p["status"] for p in pods} == {"ok"}
+    assert all(p["sources"]["nat"].startswith("podnat agent ") for p in pods)
+    from podnat.lab.build import _kill
+
+    agent = lab.state.agent
+    if agent is not None and agent.containers["agent"].pid:  # its watch would hold the API server's stop
+        _kill(agent.containers["agent"].pid)
 
 
 def test_ambient_faults_give_the_verdict_the_connection_had(ambient_lab: Lab) -> None:
