@@ -102,14 +102,17 @@ def build_diagram(expl: Explanation, title: str) -> Diagram:
     panels = tuple(_panel(report, pod, expl) for report in expl.flows)
     routes = [p.live for p in panels] + [p.expected for p in panels if p.expected is not None]
     visited = list(dict.fromkeys(stop.node for route in routes for stop in route))
-    hooks = {f"chain:{chain}": leg.hook for report in expl.flows
-             for trace in (report.live, report.expected) if trace is not None
-             for leg in trace.legs for chain, _ in chain_visits(leg)}
-    hooks.setdefault("chain:INPUT", "INPUT")
+    hooks: dict[str, str] = {"chain:INPUT": "INPUT"}  # a chain's side: the hook of the first leg crossing it
+    for report in expl.flows:
+        for trace in (report.live, report.expected):
+            for leg in trace.legs if trace is not None else ():
+                for chain, _ in chain_visits(leg):
+                    hooks.setdefault(f"chain:{chain}", leg.hook)
     chains = [n for n in visited if n.startswith("chain:")]
     ztunnel = any(report.live.ztunnel_ports for report in expl.flows)
     # a sidecar pod's panels show all of Istio's nat chains; an ambient pod's, the ones its flows cross
-    standard = not ztunnel and any(n.removeprefix("chain:") in STANDARD_CHAINS for n in chains)
+    with_rules = {stop.node for route in routes for stop in route if stop.rules}  # INPUT may be added without
+    standard = not ztunnel and any(n.removeprefix("chain:") in STANDARD_CHAINS for n in with_rules)
     inbound = [f"chain:{c}" for c in INBOUND_CHAINS] if standard else []
     outbound = [f"chain:{c}" for c in OUTBOUND_CHAINS] if standard else []
     for node in chains:

@@ -303,7 +303,7 @@ def _skeleton(diagram: Diagram, grid: _Grid, strong: set[str], colour: str, end:
     if chains:
         for col, label in ((1, "inbound chains"), (4, "outbound chains")):
             if any(b.col == col for b in chains):
-                out.append(_text(grid.col_x[col] + COLUMNS[col] / 2, HEAD + 20, label, 10, anchor="middle",
+                out.append(_text(grid.col_x[col] + COLUMNS[col] / 2, HEAD + 16, label, 10, anchor="middle",
                                  fill=FAINT_TEXT))
     for node, box in grid.boxes.items():
         visited = node in strong

@@ -223,6 +223,22 @@ def test_an_ambient_pods_panels_enter_ztunnel(tmp_path):
     assert "listener:15008" in visited
 
 
+def test_a_native_nftables_pods_chains_sit_on_the_side_of_the_hook_that_first_meets_them(tmp_path):
+    svg = tmp_path / "nft.svg"
+    done = subprocess.run([sys.executable, "-m", "podnat", "explain",
+                           str(REPO / "tests" / "data" / "nft" / "default.nft-list-ruleset"),
+                           "--diagram", str(svg), "-o", "json"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    check_panels(svg.read_text(), json.loads(done.stdout)["flows"])
+    first = panels(svg.read_text())[0]
+    x = {r.get("data-node"): r.get("x") for r in first.iter(f"{SVG_NS}rect") if r.get("data-node")}
+    inbound = {x[f"chain:istio-proxy-nat/{c}"] for c in ("prerouting", "istio-inbound", "istio-in-redirect")}
+    outbound = {x[f"chain:istio-proxy-nat/{c}"] for c in ("output", "istio-output", "istio-redirect")}
+    assert len(inbound) == len(outbound) == 1 and inbound != outbound
+    assert "chain:PREROUTING" not in x  # no iptables chain drawn for a pod without them
+
+
 def test_svg_is_valid_xml_and_titled():
     svg = diagram_svg(explained("healthy"), "bookinfo/reviews-v1")
     root = ET.fromstring(svg)
