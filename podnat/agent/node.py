@@ -17,8 +17,7 @@ import contextlib
 import os
 import secrets
 import subprocess
-import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -148,14 +147,22 @@ class NodePodSource:
 
     `netns_of(uid)` gives the held namespace of a mapped pod (or raises why it is not mapped)."""
 
-    def __init__(self, node: str, netns_of: Any, timeout: float = READ_TIMEOUT) -> None:
+    def __init__(self, node: str, netns_of: Any, timeout: float = READ_TIMEOUT,
+                 pods: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.node = node
         self.netns_of = netns_of
         self.timeout = timeout
-        self._lock = threading.Lock()
+        self.pods = pods
 
     def list_pods(self, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
-        raise NotImplementedError("the agent keeps its pods from the API server's watch")
+        """The node's pods the agent keeps (e.g. ztunnel's, whose image tells an ambient pod's release)."""
+        if self.pods is None:
+            raise NotImplementedError("this source keeps no pods")
+        from podnat.lab.apiobjects import parse_label_selector, selects
+
+        requirements = parse_label_selector(selector)
+        return [p for p in self.pods() if (namespace is None or (p.get("metadata") or {}).get("namespace") == namespace)
+                and selects(p, requirements, [])]
 
     def get_pod(self, ref: PodRef) -> dict[str, Any]:
         raise NotImplementedError("the agent keeps its pods from the API server's watch")

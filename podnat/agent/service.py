@@ -201,7 +201,7 @@ class Agent:
             reason = problems.get(uid) or (found.reason if isinstance(found, procmap.Unmapped) else "not mapped")
             raise _Unmapped(f"pod not mapped to a network namespace on node {self.config.node}: {reason}")
 
-        node_source = NodePodSource(self.config.node, netns_of, self.config.read_timeout)
+        node_source = NodePodSource(self.config.node, netns_of, self.config.read_timeout, self.snapshot)
 
         def one(pod: dict[str, Any]) -> PodState:
             uid = str(pod["metadata"]["uid"])

@@ -12,7 +12,16 @@ from conftest import require
 from podnat.agent.events import EventRecorder, notices
 from podnat.agent.service import Agent, AgentConfig, PodState
 from podnat.agent.wire import facts_data, facts_from_data
-from podnat.facts import ListenersReading, MeshMode, NatReading, NatSource, PodFacts, PodRef, PolicyRouting
+from podnat.facts import (
+    ListenersReading,
+    MeshMode,
+    NatReading,
+    NatSource,
+    PodFacts,
+    PodRef,
+    PolicyRouting,
+    SocketsReading,
+)
 from podnat.usecases import PodReport
 
 POD = {"metadata": {"namespace": "bookinfo", "name": "reviews-v1", "uid": "u-1", "resourceVersion": "7"}}
@@ -95,9 +104,10 @@ def test_facts_travel_unchanged() -> None:
                        True),
         listeners=ListenersReading("node agent on n: admin", '{"listener_statuses": []}'),
         routing=PolicyRouting("ip rule", 133, "0: from all lookup local", "", None, None, "no ip -6"),
-        notes=("a note",), mesh=MeshMode.SIDECAR)
+        notes=("a note",), mesh=MeshMode.SIDECAR,
+        sockets=SocketsReading("node agent on n: /proc/net/tcp", (15001, 15008)))
     assert facts_from_data(facts_data(facts), POD) == facts
-    bare = replace(facts, listeners=None, routing=None, notes=())
+    bare = replace(facts, listeners=None, routing=None, notes=(), sockets=None)
     assert facts_from_data(facts_data(bare), POD) == bare
 
 
