@@ -80,6 +80,16 @@ def _wait_entered(pod: BarePod, timeout: float = 10.0) -> None:
     raise RuntimeError(f"bare pod {pod.netns}: its process {pod.pid} did not enter the namespace")
 
 
+def delete_bare_pod(pod: BarePod) -> None:
+    """One bare pod gone, as a deleted pod goes: its process killed, its namespace and cgroup removed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pod.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pod.pid, 0)
+    subprocess.run(["ip", "netns", "delete", pod.netns], check=False, capture_output=True)
+    cgroups.remove_pod(pod.netns.rsplit("-", 1)[0] + "-", pod.manifest["metadata"]["uid"])
+
+
 def remove_bare_pods(tag: str) -> None:
     prefix = bare_prefix(tag)
     names = [n.split()[0] for n in run(["ip", "netns", "list"]).splitlines() if n.startswith(prefix)]

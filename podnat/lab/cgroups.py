@@ -51,6 +51,23 @@ def container_cgroup(prefix: str, pod_uid: str, pod_name: str, container: str) -
     return path
 
 
+def remove_pod(prefix: str, pod_uid: str) -> None:
+    """Remove one pod's slice (its processes gone): what the kubelet does when a pod is deleted."""
+    base = hierarchy()
+    if base is None:
+        return
+    uid = pod_uid.replace("-", "_")
+    pod = (base / lab_slice(prefix) / "kubepods.slice" / "kubepods-besteffort.slice"
+           / f"kubepods-besteffort-pod{uid}.slice")
+    for _ in range(40):
+        for directory in [*(p for p in pod.glob("*") if p.is_dir()), pod]:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        if not pod.exists():
+            return
+        time.sleep(0.025)
+
+
 def enter_command(cgroup: Path | None, argv: list[str]) -> list[str]:
     """argv, run from a shell that first moves itself into `cgroup` (so no child is left outside)."""
     if cgroup is None:
