@@ -99,7 +99,7 @@ $(ISTIOCTL):
 	$(call e2e_fetch,$(ISTIOCTL_URL),$(ISTIOCTL_SHA256),$(ISTIOCTL_URL).sha256,$@)
 	tar -xzf $@.download -C $(TOOLS_DIR) istioctl && mv $(TOOLS_DIR)/istioctl $@ && rm -f $@.download
 
-.PHONY: e2e-tools e2e-tools-sums e2e-up e2e e2e-dump e2e-down e2e-lab e2e-sa-kubeconfig e2e-lab-modes
+.PHONY: e2e-tools e2e-tools-sums e2e-up e2e e2e-dump e2e-down e2e-lab e2e-sa-kubeconfig e2e-lab-modes e2e-agent-up
 
 e2e-tools: $(KIND) $(KUBECTL) $(ISTIOCTL)
 
@@ -188,8 +188,19 @@ e2e-down: $(KIND)
 # The lab (podnat lab, issue 4) serves Bookinfo pods behind a small API server on this machine (root).
 # E2E_LAB_MODE: the lab's capture mode, and the setup the suite asserts (redirect | tproxy | nftables).
 E2E_LAB_MODE ?= redirect
+# The node agent on the kind cluster (the nightly `agent` job): its image built from
+# manifests/agent/Dockerfile, loaded into kind, manifests/agent applied, the DaemonSet rolled out.
+E2E_AGENT_IMAGE ?= ghcr.io/podnat/podnat-agent:0.1.0
+e2e-agent-up: $(KIND) $(KUBECTL)
+	docker build -f manifests/agent/Dockerfile -t $(E2E_AGENT_IMAGE) .
+	$(KIND) load docker-image $(E2E_AGENT_IMAGE) --name $(KIND_CLUSTER)
+	$(E2E_KUBECTL) apply -k manifests/agent
+	$(E2E_KUBECTL) -n podnat-system rollout status daemonset/podnat-agent --timeout=$(E2E_TIMEOUT)
+
+# The suite on the lab (the lab's own agent stays off: tests/integration/test_agent_lab.py covers it,
+# and this suite checks the exec, debug-container and init-log paths).
 e2e-lab:
-	$(E2E_PYTHON) -m podnat lab up --mode $(E2E_LAB_MODE)
+	$(E2E_PYTHON) -m podnat lab up --mode $(E2E_LAB_MODE) --no-agent
 	KUBECONFIG=$$($(E2E_PYTHON) -m podnat lab kubeconfig) PODNAT_E2E_OUT=$(E2E_OUT) E2E_SETUP=$(E2E_LAB_MODE) \
 	  $(E2E_PYTHON) -m pytest tests/e2e --e2e -m e2e $(E2E_PYTEST_ARGS); \
 	  rc=$$?; $(E2E_PYTHON) -m podnat lab down; exit $$rc

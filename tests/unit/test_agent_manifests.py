@@ -75,3 +75,19 @@ def test_promtool(command: list[str]) -> None:
     done = subprocess.run(["promtool", *command], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout + done.stderr
+
+
+def test_the_nightly_builds_loads_deploys_the_agent_and_runs_its_tests() -> None:
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "nightly-e2e.yml").read_text())
+    job = workflow["jobs"]["agent"]
+    assert job["env"]["E2E_AGENT"] == "1" and job["env"]["CI"] == "true"
+    runs = [s.get("run", "").strip() for s in job["steps"]]
+    assert "make e2e-up e2e-agent-up e2e" in runs
+    assert any("'.[dev,agent]'" in run for run in runs)
+    down = next(s for s in job["steps"] if s.get("run", "").strip() == "make e2e-down")
+    assert down["if"] == "always()"
+    recipe = subprocess.run(["make", "-n", "--no-print-directory", "e2e-agent-up"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    lines = recipe.stdout
+    assert "docker build -f manifests/agent/Dockerfile" in lines and "load docker-image" in lines, recipe.stderr
+    assert "apply -k manifests/agent" in lines and "rollout status daemonset/podnat-agent" in lines
