@@ -394,6 +394,9 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None,
         say(f"pod {name} ({ip}{', ' + ip6 if ip6 else ''})")
         state.pods.append(_pod(state, deployment, name, ip, template_hash, routes, hosts, backend, ip6))
         state.save()
+    if mode == "ambient":
+        state.ztunnel = ztunnel_pod(state)
+        state.save()
     say("Kubernetes API server")
     from podnat.lab.apiserver import start_apiserver
 
@@ -586,6 +589,30 @@ def _ambient_pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: 
     state.pids.extend([ztunnel_pid, app_pid])
     containers = {app["name"]: LabContainer(app["name"], APP_UID, APP_UID, log_file=str(app_log), pid=app_pid)}
     return LabPod(NAMESPACE, name, ip, netns, manifest, containers, ztunnel_pid=ztunnel_pid)
+
+
+ZTUNNEL_IMAGE = "docker.io/istio/ztunnel:1.30.3"
+
+
+def ztunnel_pod(state: LabState) -> LabPod:
+    """ztunnel's DaemonSet pod as the API serves it on the lab's node (istio-system, label app=ztunnel): what
+    podnat reads an ambient pod's release from. Its work is done by the stand-ins in each pod's namespace."""
+    name = f"ztunnel-{_hash(state.netns_prefix + 'ztunnel', 5)}"
+    uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/{state.netns_prefix}{name}"))
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    container = {"name": "istio-proxy", "image": ZTUNNEL_IMAGE, "args": ["proxy", "ztunnel"]}
+    manifest = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "istio-system", "uid": uid, "resourceVersion": "1",
+                     "creationTimestamp": now, "labels": {"app": "ztunnel", "sidecar.istio.io/inject": "false"}},
+        "spec": {"nodeName": NODE_NAME, "containers": [container], "serviceAccountName": "ztunnel"},
+        "status": {"phase": "Running", "hostIP": NODE_IP, "podIP": NODE_IP, "podIPs": [{"ip": NODE_IP}],
+                   "startTime": now,
+                   "containerStatuses": [{"name": "istio-proxy", "ready": True, "restartCount": 0, "started": True,
+                                          "image": ZTUNNEL_IMAGE, "state": {"running": {"startedAt": now}}}]},
+    }
+    return LabPod("istio-system", name, NODE_IP, f"{state.netns_prefix}node", manifest,
+                  {"istio-proxy": LabContainer("istio-proxy", 0, 0)})
 
 
 def _istio_cni_ambient(manifest: Mapping[str, Any], netns: str, backend: str) -> str:

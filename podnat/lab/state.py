@@ -79,11 +79,12 @@ class LabState:
     peers: dict[str, str] = field(default_factory=dict)  # lab peers outside the pods: node, istiod -> IP
     netns_prefix: str = "pnl-"  # every namespace of this lab starts with it (one prefix per root)
     agent: LabPod | None = None  # podnat's node agent, a pod of podnat-system (`lab up --agent`)
+    ztunnel: LabPod | None = None  # ambient mode: ztunnel's DaemonSet pod in istio-system (its image names the release)
 
     @property
     def all_pods(self) -> list[LabPod]:
-        """What the API serves: the Bookinfo pods and, when it runs, the agent's pod."""
-        return [*self.pods, *([self.agent] if self.agent is not None else [])]
+        """What the API serves: the Bookinfo pods, ztunnel's pod (ambient) and, when it runs, the agent's pod."""
+        return [*self.pods, *(p for p in (self.ztunnel, self.agent) if p is not None)]
 
     def find(self, namespace: str, name: str) -> LabPod | None:
         return next((p for p in self.all_pods if p.namespace == namespace and p.name == name), None)
@@ -106,5 +107,6 @@ class LabState:
         pods = [pod(p) for p in raw.pop("pods")]
         api = raw.pop("apiserver")
         agent = raw.pop("agent", None)
+        ztunnel = raw.pop("ztunnel", None)
         return cls(pods=pods, apiserver=LabApiServer(**api) if api else None,
-                   agent=pod(agent) if agent else None, **raw)
+                   agent=pod(agent) if agent else None, ztunnel=pod(ztunnel) if ztunnel else None, **raw)

@@ -509,6 +509,8 @@ def test_ambient_pods_are_read_live_and_ok(ambient_lab: Lab) -> None:
     assert unread.returncode == 3 and "could not be read live" in json.loads(unread.stdout)["error"]["message"]
     report = _ambient_inspect(lab, pod, 0)
     assert report["context"]["mode"] == "ambient"
+    assert report["context"]["release"] == "1.30" and report["context"]["release_from"].startswith(
+        "ztunnel image on node podnat-lab (istio-system/ztunnel-")
     assert "debug container podnat-debug" in report["sources"]["nat"]
     flows = {(f["type"], f.get("variant")): f for f in report["flows"]}
     assert flows[(1, "plaintext")]["proxy_ports"] == [15006] and flows[(2, None)]["proxy_ports"] == [15001]
