@@ -47,7 +47,10 @@ def container_cgroup(prefix: str, pod_uid: str, pod_name: str, container: str) -
     scope = hashlib.sha256(f"{pod_name}/{container}".encode()).hexdigest()
     path = (base / lab_slice(prefix) / "kubepods.slice" / "kubepods-besteffort.slice"
             / f"kubepods-besteffort-pod{uid}.slice" / f"cri-containerd-{scope}.scope")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only cgroupfs (an unprivileged container): the lab runs, the agent cannot map
     return path
 
 
@@ -72,7 +75,8 @@ def enter_command(cgroup: Path | None, argv: list[str]) -> list[str]:
     """argv, run from a shell that first moves itself into `cgroup` (so no child is left outside)."""
     if cgroup is None:
         return argv
-    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *argv]
+    # `;`, not `&&`: a cgroup that refuses the move must not keep the process from starting
+    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" 2>/dev/null; exec "$@"', str(cgroup), *argv]
 
 
 def remove(prefix: str, timeout: float = 3.0) -> None:
