@@ -1130,3 +1130,40 @@ def test_ambient_pod_read_by_a_debug_container_of_the_named_image(fake: FakeApi,
     spec = fake.pods[(NS, POD)]["spec"]["ephemeralContainers"][0]
     assert spec["image"] == "istio/proxyv2:1.27.1" and spec["targetContainerName"] == "reviews"
     assert fake.count("GET", r"/exec$") == 1
+
+
+def _agent_pod(node: str = "node-1") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "podnat-agent-x1", "namespace": "podnat-system", "uid": "agent-uid",
+                         "labels": {"app.kubernetes.io/name": "podnat-agent"}},
+            "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "podnat-agent:1",
+                                                       "ports": [{"name": "http", "containerPort": 9477}]}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.9"}}
+
+
+def test_source_node_without_an_agent_says_how_to_install_one(fake: FakeApi, tmp_path: Path) -> None:
+    fake.add_pod(make_pod())
+    src = source_for(fake, tmp_path)
+    with pytest.raises(KubeSourceError) as caught:
+        src.read_facts(fake.pods[(NS, POD)], NatSource.NODE, False)
+    assert caught.value.failure is Failure.NOT_FOUND
+    assert "no podnat agent on node node-1" in caught.value.message
+    assert "kubectl apply -k manifests/agent" in caught.value.message
+    assert not [r for r in fake.requests if "/exec" in r[1]]  # --source node never falls back
+
+
+def test_an_agent_podnat_may_not_ask_is_a_note_and_exec_reads_instead(fake: FakeApi, tmp_path: Path) -> None:
+    fake.add_pod(make_pod())
+    fake.add_pod(_agent_pod())
+    fake.container(POD, "istio-proxy", {"iptables-save": (LIVE.read_text(), "", 0), "ip6tables-save": ("", "", 0),
+                                        "pilot-agent": (LISTENERS, "", 0)})
+    msg = 'pods "podnat-agent-x1" is forbidden: User "u" cannot get resource "pods/proxy" in API group ""'
+    fake.deny.append(("GET", r"/pods/podnat-agent-x1:9477/proxy/", 403, status(403, "Forbidden", msg)))
+    src = source_for(fake, tmp_path)
+    facts = src.read_facts(fake.pods[(NS, POD)], None, False)
+    assert facts.nat is not None and facts.nat.source is NatSource.EXEC
+    assert any("the podnat agent podnat-agent-x1 on node node-1 could not be asked" in n and "pods/proxy" in n
+               for n in facts.notes), facts.notes
+    with pytest.raises(KubeSourceError) as caught:
+        src.read_facts(fake.pods[(NS, POD)], NatSource.NODE, False)
+    assert caught.value.failure is Failure.FORBIDDEN
