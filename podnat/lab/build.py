@@ -76,12 +76,18 @@ MODES = {
     "dns": "DNS capture (ISTIO_META_DNS_CAPTURE): queries to the pod's resolver go to pilot-agent on 15053",
     "ambient": "ambient mode: no sidecar; istio-cni's in-pod rules (ISTIO_PRERT/ISTIO_OUTPUT, marks 0x539/0x111), "
                "ip rule fwmark 0x111/0xfff lookup 100, and a ztunnel stand-in in each pod on 15001/15006/15008/15053",
+    "ambient-nftables": "ambient mode with istio-cni's native nftables (1.28+): inet istio-ambient-* tables, nft -f",
 }
 AMBIENT_FAULTS = {
     "rules-flushed": "flush and delete the in-pod chains in nat, mangle and raw (as after a node reboot)",
     "no-fwmark-rule": "delete `ip rule fwmark 0x111/0xfff lookup 100` (inbound replies leave the pod)",
     "stop-ztunnel": "stop the ztunnel stand-in (nothing listens on 15001/15006/15008/15053)",
 }
+def is_ambient(mode: str) -> bool:
+    """The ambient modes: no sidecar, istio-cni's in-pod rules and a ztunnel stand-in."""
+    return mode.startswith("ambient")
+
+
 PROBE_SNAT = "169.254.7.127"  # kubelet probes reach an ambient pod from here (ISTIO_POSTRT SNATs them on the node)
 TPROXY_MARK = "1337"
 TPROXY_TABLE = "133"
@@ -320,8 +326,8 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None,
         raise LabError(f"--backend {backend}: use nft or legacy")
     if mode not in MODES:
         raise LabError(f"--mode {mode}: one of {', '.join(MODES)}")
-    if mode == "nftables" and shutil.which("nft") is None:
-        raise LabError("--mode nftables needs nft: run `make install` (apt: nftables)")
+    if mode in ("nftables", "ambient-nftables") and shutil.which("nft") is None:
+        raise LabError(f"--mode {mode} needs nft: run `make install` (apt: nftables)")
     root = (root or lab_root()).resolve()
     lab_down(root, quiet=True)
     started = time.monotonic()
@@ -357,7 +363,7 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None,
         run(["ip", "-6", "addr", "add", f"{NODE_IP6}/64", "dev", "br0", "nodad"], netns=node_ns)
     run(["ip", "link", "set", "br0", "up"], netns=node_ns)
     run(["ip", "link", "set", "lo", "up"], netns=node_ns)
-    if mode == "ambient":  # where kubelet's probes come from once ISTIO_POSTRT has SNAT'd them
+    if is_ambient(mode):  # where kubelet's probes come from once ISTIO_POSTRT has SNAT'd them
         run(["ip", "addr", "add", f"{PROBE_SNAT}/32", "dev", "br0"], netns=node_ns)
     _peer_namespace(state, istiod_ns, ISTIOD_IP, "vistiod", root, ISTIOD_IP6 if dual else None)
     state.pids.append(spawn(["/usr/bin/python3", str(bin_dir / "peer.py"), "15012", *(["ipv6"] if dual else [])],
@@ -394,7 +400,7 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None,
         say(f"pod {name} ({ip}{', ' + ip6 if ip6 else ''})")
         state.pods.append(_pod(state, deployment, name, ip, template_hash, routes, hosts, backend, ip6))
         state.save()
-    if mode == "ambient":
+    if is_ambient(mode):
         state.ztunnel = ztunnel_pod(state)
         state.save()
     say("Kubernetes API server")
@@ -524,7 +530,7 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
                                      f"nameserver {NAMESERVER}\n")  # nothing answers: names are in hosts
     host_if = "v" + _hash(name, 8)
     _peer_namespace(state, netns, ip, host_if, root, ip6)
-    if mode == "ambient":
+    if is_ambient(mode):
         return _ambient_pod(state, deployment, name, ip, template_hash, routes, netns, logs, backend)
     manifest = injected_pod(deployment, name, ip, template_hash, mode, ip6, lab=state.netns_prefix)
     uid = manifest["metadata"]["uid"]
@@ -574,7 +580,7 @@ def _ambient_pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: 
     manifest = ambient_pod(deployment, name, ip, template_hash, lab=state.netns_prefix)
     uid = manifest["metadata"]["uid"]
     log = logs / "istio-cni.log"
-    log.write_text(_istio_cni_ambient(manifest, netns, backend))
+    log.write_text(_istio_cni_ambient(manifest, netns, backend, nft=state.mode == "ambient-nftables"))
     endpoints = {f"{route.vip}:{route.port}": list(route.endpoints) for route in routes}
     bin_dir = root / "bin"
     ztunnel_log = logs / "ztunnel.log"
@@ -615,15 +621,27 @@ def ztunnel_pod(state: LabState) -> LabPod:
                   {"istio-proxy": LabContainer("istio-proxy", 0, 0)})
 
 
-def _istio_cni_ambient(manifest: Mapping[str, Any], netns: str, backend: str) -> str:
+def _istio_cni_ambient(manifest: Mapping[str, Any], netns: str, backend: str, nft: bool = False) -> str:
     """What the istio-cni node agent does for an enrolled pod: the in-pod rules for its annotations (podnat's
-    ambient generator, loaded with iptables-restore) and the policy routing of table 100; its log lines."""
-    from podnat.istio.ambient import CONN_MARK, MARK_MASK, ROUTE_TABLE, AmbientConfig, ambient_restore
+    ambient generator, loaded with iptables-restore, or with `nft -f` in native nftables mode) and the policy
+    routing of table 100; its log lines."""
+    from podnat.istio.ambient import (
+        CONN_MARK,
+        MARK_MASK,
+        ROUTE_TABLE,
+        AmbientConfig,
+        ambient_nft_script,
+        ambient_restore,
+    )
 
-    config = AmbientConfig.from_pod_annotations(manifest["metadata"].get("annotations") or {})
-    restore, _ = _restore_tools(backend)
-    rules = ambient_restore(config).v4
-    run([restore], netns=netns, input=rules)
+    config = AmbientConfig.from_pod_annotations(manifest["metadata"].get("annotations") or {}, native_nftables=nft)
+    if nft:
+        restore, rules = "nft -f", ambient_nft_script(config)
+        run(["nft", "-f", "-"], netns=netns, input=rules)
+    else:
+        restore, _ = _restore_tools(backend)
+        rules = ambient_restore(config).v4
+        run([restore], netns=netns, input=rules)
     run(["ip", "rule", "add", "fwmark", f"{CONN_MARK:#x}/{MARK_MASK:#x}", "pref", "32764", "lookup", str(ROUTE_TABLE)],
         netns=netns)
     run(["ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", str(ROUTE_TABLE)], netns=netns)
@@ -720,7 +738,7 @@ def _istio_init_nft(config: Any, netns: str) -> str:
 def _wait_ready(state: LabState, timeout: float = 120.0) -> None:
     """Every Envoy answers on its admin port and every app on 9080 (asked from inside the pod, as root)."""
     deadline = time.monotonic() + timeout
-    if state.mode == "ambient":
+    if is_ambient(state.mode):
         _wait_ambient(state, deadline)
         return
     for pod in state.pods:
@@ -847,7 +865,7 @@ def lab_status(root: Path | None = None) -> LabState:
 def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
     """Apply one of FAULTS to a pod (by name, or by its Deployment's name); returns what was done."""
     state = lab_status(root)
-    faults = AMBIENT_FAULTS if state.mode == "ambient" else FAULTS
+    faults = AMBIENT_FAULTS if is_ambient(state.mode) else FAULTS
     if fault not in faults:
         raise LabError(f"unknown fault {fault!r} for a {state.mode} lab: one of {', '.join(faults)}")
     exact = [p for p in state.pods if p.name == pod_name]
@@ -861,8 +879,8 @@ def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
     restore, save = _restore_tools(state.backend)
     iptables = f"iptables-{state.backend}"
     ns = pod.netns
-    if state.mode == "ambient":
-        return _ambient_break(pod, fault, iptables)
+    if is_ambient(state.mode):
+        return _ambient_break(pod, fault, iptables, nft=state.mode == "ambient-nftables")
     if fault == "no-prerouting-jump":
         run([iptables, "-t", "nat", "-D", "PREROUTING", "-p", "tcp", "-j", "ISTIO_INBOUND"], netns=ns)
     elif fault == "exclude-port":
@@ -890,11 +908,14 @@ def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
     return f"{pod.name}: {FAULTS[fault]}"
 
 
-def _ambient_break(pod: LabPod, fault: str, iptables: str) -> str:
-    from podnat.istio.ambient import CONN_MARK, MARK_MASK, ROUTE_TABLE
+def _ambient_break(pod: LabPod, fault: str, iptables: str, nft: bool = False) -> str:
+    from podnat.istio.ambient import CONN_MARK, MARK_MASK, NFT_MANGLE, NFT_NAT, NFT_RAW, ROUTE_TABLE
 
     ns = pod.netns
-    if fault == "rules-flushed":
+    if fault == "rules-flushed" and nft:
+        for table in (NFT_NAT, NFT_MANGLE, NFT_RAW):
+            run(["nft", "delete", "table", "inet", table], netns=ns, check=False)
+    elif fault == "rules-flushed":
         for table in ("nat", "mangle", "raw"):
             run([iptables, "-t", table, "-F"], netns=ns, check=False)
             run([iptables, "-t", table, "-X"], netns=ns, check=False)

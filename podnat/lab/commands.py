@@ -28,6 +28,7 @@ class Mode(str, Enum):
     dual_stack = "dual-stack"
     dns = "dns"
     ambient = "ambient"
+    ambient_nftables = "ambient-nftables"
 
 
 class StatusOutput(str, Enum):
@@ -54,7 +55,8 @@ def up(
         Mode, typer.Option("--mode", help="How the pods capture traffic: redirect (Istio's default), tproxy "
                                           "(interceptionMode TPROXY), nftables (native nftables), dual-stack "
                                           "(IPv4 and IPv6), dns (DNS capture to pilot-agent's 15053), "
-                                          "ambient (no sidecar: istio-cni's in-pod rules, a ztunnel stand-in).")
+                                          "ambient (no sidecar: istio-cni's in-pod rules, a ztunnel stand-in), "
+                                          "ambient-nftables (the same with native nftables).")
     ] = Mode.redirect,
     agent: Annotated[bool, typer.Option("--agent/--no-agent", help="Also run podnat's node agent (a pod of "
                                         "podnat-system); podnat inspect/verify then read pods through it.")] = True,

@@ -20,7 +20,7 @@ def test_every_mode_is_a_sidecar_pod_podnat_reads_as_that_mode() -> None:
     expected = {"redirect": ("REDIRECT", False, False, False), "tproxy": ("TPROXY", False, False, False),
                 "nftables": ("REDIRECT", False, False, True), "dual-stack": ("REDIRECT", False, True, False),
                 "dns": ("REDIRECT", True, False, False)}
-    assert set(MODES) == set(expected) | {"ambient"}
+    assert set(MODES) == set(expected) | {"ambient", "ambient-nftables"}
     for mode, (interception, dns, ipv6, nft) in expected.items():
         config = from_pod(_pod(mode, "fd00:99::10" if mode == "dual-stack" else None)).config
         assert config is not None
