@@ -1,0 +1,61 @@
+"""The agent's HTTP server: /v1/pods filters, /readyz before and after the first list and sweep."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from podnat.agent.http import AgentServer
+from podnat.agent.metrics import AgentMetrics
+from podnat.agent.service import Agent, AgentConfig, PodState
+from podnat.facts import PodRef
+from podnat.usecases import PodReport
+
+
+def _pod(namespace: str, name: str, app: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": namespace, "name": name, "uid": f"uid-{name}", "labels": {"app": app}}}
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_pods_filtered_by_namespace_and_label_selector_and_readiness() -> None:
+    agent = Agent(AgentConfig(node="n1"), scanner=None)  # type: ignore[arg-type]
+    server = AgentServer(agent, AgentMetrics(agent), "127.0.0.1", 0, "agent-1")
+    server.start()
+    try:
+        assert _get(server.port, "/readyz")[0] == 503
+        assert _get(server.port, "/v1/pods")[0] == 503
+        pods = [_pod("bookinfo", "reviews-v1", "reviews"), _pod("bookinfo", "details-v1", "details"),
+                _pod("other", "reviews-x", "reviews")]
+        agent.replace_pods(pods)
+        for pod in pods:
+            meta = pod["metadata"]
+            agent.states[meta["uid"]] = PodState(meta["uid"], pod, PodReport(PodRef(meta["namespace"], meta["name"]),
+                                                                              node="n1"), None, 0.0, "mapped")
+        agent.swept = True
+        agent.stats.finished_at = time.time()  # a full sweep just finished
+        assert _get(server.port, "/readyz") == (200, "ok\n")
+        code, body = _get(server.port, "/v1/pods?namespace=bookinfo&labelSelector=app%20in%20(reviews,ratings)")
+        data = json.loads(body)
+        assert code == 200 and (data["node"], data["agent"]) == ("n1", "agent-1")
+        assert [(p["pod"]["namespace"], p["pod"]["name"], p["pod"]["uid"], p["mapping"]) for p in data["pods"]] == [
+            ("bookinfo", "reviews-v1", "uid-reviews-v1", "mapped")]
+        assert [p["pod"]["name"] for p in json.loads(_get(server.port, "/v1/pods")[1])["pods"]] == [
+            "details-v1", "reviews-v1", "reviews-x"]
+        assert _get(server.port, "/v1/pods?labelSelector=app%20in%20(")[0] == 400
+        assert _get(server.port, "/v1/pods?maxAge=soon")[0] == 400
+        assert _get(server.port, "/nothing")[0] == 404
+        assert _get(server.port, "/healthz")[0] == 200
+        agent.stats.finished_at -= 3 * 60 + 61  # no full sweep for 3 intervals and a minute: not healthy
+        assert _get(server.port, "/healthz")[0] == 503
+    finally:
+        server.stop()
