@@ -453,7 +453,7 @@ def explain(
         _input_notes(info, output)
         if ambient:
             _explain_ambient(file, ruleset, info, pod_ip, app_port, remote, service_vip, pod_spec, istio_version,
-                             args, routing, diagram, output)
+                             args, routing, diagram, html, output)
         pod = _address(pod_ip, "--pod-ip") if pod_ip else None
         expected = None
         dns_requested = False
@@ -520,41 +520,49 @@ def explain(
                     "info", f"the table exempts uid {found.uid} and gid {found.gid} ({found.ref}); it captures "
                     f"inbound with TPROXY, and Istio then runs Envoy as uid 0 with gid {context['proxy_gid']}: "
                     "podnat traces Envoy's connections so", (found.ref,))))
-        if diagram is not None:
-            from podnat.render.svg import diagram_svg
-
-            write_file(diagram, diagram_svg(result, f"podnat explain {file.name}"))
-        if html is not None:
-            from podnat.facts import PodRef
-            from podnat.render.html import pod_html
-            from podnat.usecases import PodReport
-
-            offline = PodReport(PodRef("file", file.name), pod_ip=str(ctx.pod_ip), explanation=result,
-                                ruleset=ruleset, sources={"nat": f"file {file}"})
-            write_file(html, pod_html(offline, f"podnat explain {file.name}"))
-        if output is Output.mermaid:
-            from podnat.render.mermaid import diagram_mermaid
-
-            sys.stdout.write(diagram_mermaid(result))
-        elif output in (Output.json, Output.yaml):
-            from podnat.render.console import print_data
-            from podnat.render.data import explanation_data
-
-            print_data({**explanation_data(result, ruleset), "input": input_data(info), "context": context},
-                       output.value)
-        else:
-            from podnat.render.console import print_explanation
-
-            print_explanation(result, ruleset, wide=output is Output.wide)
-        raise typer.Exit(int(ExitCode.DRIFT if result.failed or info.failed is not None else ExitCode.OK))
+        _show_explanation(file, result, ruleset, info, context, str(ctx.pod_ip), diagram, html, output)
     except PodnatError as exc:
         fail(exc)
+
+
+def _show_explanation(
+    file: Path, result: Any, ruleset: Any, info: Any, context: dict[str, Any], pod_ip: str,
+    diagram: Path | None, html: Path | None, output: Output,
+) -> NoReturn:
+    """Write the pictures asked for, print the explanation in the chosen form, exit 1 on a failed flow."""
+    if diagram is not None:
+        from podnat.render.svg import diagram_svg
+
+        write_file(diagram, diagram_svg(result, f"podnat explain {file.name}"))
+    if html is not None:
+        from podnat.facts import PodRef
+        from podnat.render.html import pod_html
+        from podnat.usecases import PodReport
+
+        offline = PodReport(PodRef("file", file.name), pod_ip=pod_ip, explanation=result,
+                            ruleset=ruleset, sources={"nat": f"file {file}"})
+        write_file(html, pod_html(offline, f"podnat explain {file.name}"))
+    if output is Output.mermaid:
+        from podnat.render.mermaid import diagram_mermaid
+
+        sys.stdout.write(diagram_mermaid(result))
+    elif output in (Output.json, Output.yaml):
+        from podnat.render.console import print_data
+        from podnat.render.data import explanation_data
+
+        print_data({**explanation_data(result, ruleset), "input": input_data(info), "context": context},
+                   output.value)
+    else:
+        from podnat.render.console import print_explanation
+
+        print_explanation(result, ruleset, wide=output is Output.wide)
+    raise typer.Exit(int(ExitCode.DRIFT if result.failed or info.failed is not None else ExitCode.OK))
 
 
 def _explain_ambient(
     file: Path, ruleset: Any, info: Any, pod_ip: str | None, app_port: int, remote: str | None,
     service_vip: str | None, pod_spec: Path | None, istio_version: str | None, args: str | None,
-    routing: Path | None, diagram: Path | None, output: Output,
+    routing: Path | None, diagram: Path | None, html: Path | None, output: Output,
 ) -> NoReturn:
     """`podnat explain` of an ambient pod's table: ztunnel's flows; with --pod-spec, istio-cni's intent from
     the pod's annotations (release: --istio-version, else the newest)."""
@@ -580,25 +588,7 @@ def _explain_ambient(
         from dataclasses import replace
 
         result = replace(result, findings=(never_installed(info), *result.findings))
-    if diagram is not None:
-        from podnat.render.svg import diagram_svg
-
-        write_file(diagram, diagram_svg(result, f"podnat explain {file.name}"))
-    if output is Output.mermaid:
-        from podnat.render.mermaid import diagram_mermaid
-
-        sys.stdout.write(diagram_mermaid(result))
-    elif output in (Output.json, Output.yaml):
-        from podnat.render.console import print_data
-        from podnat.render.data import explanation_data
-
-        print_data({**explanation_data(result, ruleset), "input": input_data(info), "context": context},
-                   output.value)
-    else:
-        from podnat.render.console import print_explanation
-
-        print_explanation(result, ruleset, wide=output is Output.wide)
-    raise typer.Exit(int(ExitCode.DRIFT if result.failed or info.failed is not None else ExitCode.OK))
+    _show_explanation(file, result, ruleset, info, context, str(ctx.pod_ip), diagram, html, output)
 
 
 def _ambient_intent(ruleset: Any, pod: dict[str, Any], version: str | None) -> tuple[Any, str]:

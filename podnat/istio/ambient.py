@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from podnat.istio.config import NEWEST_SUPPORTED, IstioRelease, _split, _truthy
 from podnat.istio.generator import ExpectedRules, _Builder, _restore
-from podnat.istio.generator_nft import NftChain, NftTable, _priority_name, listing_rule
+from podnat.istio.generator_nft import NftChain, NftTable, listing_of, listing_rule
 from podnat.istio.normalise import normalise_restore
 from podnat.netfilter.model import Ruleset
 
@@ -347,20 +347,7 @@ def host_probe_nft_script(cfg: AmbientConfig, kubelet_uid: int) -> str:
 
 def ambient_nft_listing(cfg: AmbientConfig) -> str:
     """What `nft list ruleset` prints in the pod once the agent's transaction has run (counters at 0)."""
-    out: list[str] = []
-    for table in _nft_tables(_nft_inpod(cfg)):
-        out.append(f"table inet {table.name} {{")
-        blocks = []
-        for chain in table.chains:
-            lines = [f"\tchain {chain.name} {{"]
-            if chain.base is not None:
-                kind, hook, priority = chain.base
-                lines.append(f"\t\ttype {kind} hook {hook} priority {_priority_name(hook, priority)}; policy accept;")
-            lines += [f"\t\t{_listed(rule)}" for rule in chain.rules]
-            lines.append("\t}")
-            blocks.append("\n".join(lines))
-        out += ["\n\n".join(blocks), "}"]
-    return "\n".join(out) + "\n"
+    return listing_of(_nft_tables(_nft_inpod(cfg)), _listed)
 
 
 _MASKED = re.compile(r"mark (?:and|&) 0x([0-9a-f]+) (==|!=) 0x([0-9a-f]+)")

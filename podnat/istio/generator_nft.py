@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from podnat.istio.config import InterceptionConfig, InterceptionMode, IstioRelease, Wildcard
@@ -151,8 +152,13 @@ def nft_script(config: InterceptionConfig) -> str:
 
 def nft_listing(config: InterceptionConfig) -> str:
     """What `nft list ruleset` prints in the pod once Istio's transaction has run."""
+    return listing_of(program(config), listing_rule)
+
+
+def listing_of(tables: Iterable[NftTable], listed: Callable[[str], str]) -> str:
+    """`nft list ruleset`'s text for inet tables, each rule as `listed` spells it (counters at 0)."""
     out: list[str] = []
-    for table in program(config):
+    for table in tables:
         out.append(f"table inet {table.name} {{")
         blocks = []
         for chain in table.chains:
@@ -160,7 +166,7 @@ def nft_listing(config: InterceptionConfig) -> str:
             if chain.base is not None:
                 kind, hook, priority = chain.base
                 lines.append(f"\t\ttype {kind} hook {hook} priority {_priority_name(hook, priority)}; policy accept;")
-            lines += [f"\t\t{listing_rule(rule)}" for rule in chain.rules]
+            lines += [f"\t\t{listed(rule)}" for rule in chain.rules]
             lines.append("\t}")
             blocks.append("\n".join(lines))
         out += ["\n\n".join(blocks), "}"]
