@@ -1,8 +1,8 @@
 """The node side of the agent: scan `/proc`, map pods to network namespaces, read inside them.
 
 I/O only; the decisions are podnat/agent/procmap.py's. Reading a pod runs the capture script the exec
-path runs in istio-proxy (iptables-save -c, ip6tables-save -c, iptables-legacy-save -c, nft -j list
-ruleset, Envoy's listeners from the admin port, `ip rule`/`ip route` for TPROXY pods) under
+path runs in istio-proxy (podnat.capture: both iptables backends' save commands for both families,
+nft -j list ruleset, Envoy's listeners from the admin port, `ip rule`/`ip route`) under
 `nsenter --net` into the pod's namespace, and hands its output to the same readers
 (split_sections, interpret_nat, interpret_listeners, interpret_routing): one code path for both.
 
