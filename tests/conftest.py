@@ -6,8 +6,10 @@ so nothing silently stops being tested.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,3 +87,30 @@ def running_lab(root: Path, backend: str = "nft", **options: Any) -> Iterator[La
         yield Lab(state, source, root)
     finally:
         lab_down(root)
+
+
+_NETNS_NAMES = itertools.count()
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace of this test's own (pntest-<pid>-<n>) for loading rules with nft, deleted afterwards."""
+    require(shutil.which("nft") is not None, "needs nft (make install)")
+    name = f"pntest-{os.getpid()}-{next(_NETNS_NAMES)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def comparable_report(data: dict[str, Any]) -> dict[str, Any]:
+    """A pod's report without what differs by source: where it was read, notes, input, packet counters."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("packets", "counters", "bytes")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip({k: v for k, v in data.items() if k not in ("sources", "notes", "input")})

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import require
+from conftest import comparable_report, require
 from e2e_support import BOOKINFO, Cluster, run_podnat
 
 pytestmark = pytest.mark.e2e
@@ -35,16 +35,6 @@ def agents() -> list[Any]:
     return list(pods)
 
 
-def _comparable(data: dict[str, Any]) -> dict[str, Any]:
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in ("packets", "counters", "bytes")}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip({k: v for k, v in data.items() if k not in ("sources", "notes", "input")})
-
 
 def test_one_ready_agent_per_node(agents: list[Any]) -> None:
     cluster = Cluster()
@@ -64,7 +54,7 @@ def test_verify_reads_through_the_agent_and_equals_the_debug_container(agents: l
         assert pod["status"] == "ok", pod.get("error") or pod["status"]
     debug = {p["pod"]["name"]: p for p in via_debug["pods"]}
     for pod in via_agent["pods"]:
-        assert _comparable(pod) == _comparable(debug[pod["pod"]["name"]])
+        assert comparable_report(pod) == comparable_report(debug[pod["pod"]["name"]])
 
 
 def test_the_agent_serves_its_metrics_through_pods_proxy(agents: list[Any]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
+from conftest import comparable_report, require
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.timeout(300)]
 
@@ -59,17 +59,6 @@ def _cli_raw(state: Any, path: str) -> str:
                           capture_output=True, text=True, check=True, timeout=60,
                           env={**os.environ, "HOME": str(ROOT)}).stdout
 
-
-def _comparable(data: dict[str, Any]) -> dict[str, Any]:
-    """A report without what differs by source: where it was read, notes, and packet counters."""
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in ("packets", "counters", "bytes")}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip({k: v for k, v in data.items() if k not in ("sources", "notes", "input")})
 
 
 def _requests(state: Any, since: int, client: str | None = None) -> list[str]:
@@ -119,7 +108,7 @@ def test_the_agents_report_equals_the_debug_containers_for_every_bookinfo_pod(la
         assert node.status == debug.status == "ok", (node.error, debug.error)
         assert node.sources["nat"].startswith(f"podnat agent {lab.agent.name} on node podnat-lab, live at ")
         assert debug.sources["nat"].startswith("ephemeral container podnat-debug")
-        assert _comparable(pod_report_data(node)) == _comparable(pod_report_data(debug))
+        assert comparable_report(pod_report_data(node)) == comparable_report(pod_report_data(debug))
 
 
 def test_verify_reads_through_the_agent_and_catches_a_fault_made_outside_podnat(lab: Any) -> None:

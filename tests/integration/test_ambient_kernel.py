@@ -4,13 +4,9 @@ podnat's live form (`ambient_expected`, `ambient_nft_listing`): what a live ambi
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-from collections.abc import Iterator
 
 import pytest
-from conftest import require
 
 from podnat.istio.ambient import (
     AmbientConfig,
@@ -32,16 +28,6 @@ CONFIGS = {
     "release-1.23-tproxy": AmbientConfig(release=IstioRelease(1, 23), enable_ipv6=True),
 }
 
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    require(shutil.which("nft") is not None, "needs nft (make install)")
-    name = f"pnamb-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def run(netns: str, *cmd: str, stdin: str | None = None) -> str:

@@ -5,11 +5,7 @@ listing's spelling rules are checked on forms no golden shows."""
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -24,19 +20,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 KERNEL_SAVE = REFERENCE / "kernel-save" / "nftables"
 NFT_CASES = [case for case in GOLDEN_CASES if case.kind is CaseKind.ISTIO_NFTABLES]
 DEFAULT_ARGS = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020"
-_NAMES = itertools.count()
 
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    """A network namespace of this test's own (pnnft-<pid>-<n>), deleted afterwards."""
-    require(shutil.which("nft") is not None, "needs nft (make install)")
-    name = f"pnnft-{os.getpid()}-{next(_NAMES)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def load(netns: str, script: str) -> subprocess.CompletedProcess[str]:
