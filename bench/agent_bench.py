@@ -82,11 +82,14 @@ def agent_benchmark(pods: int = 110, latency_ms: int = 50, sweeps: int = 5, inte
         for pod in bare:
             name = pod.manifest["metadata"]["name"]
             # exec in istio-proxy as a privileged proxy would (uid 0, NET_ADMIN): exec can read the table
-            containers = {"app": LabContainer("app", 65534, 65534, pid=pod.pid),
-                          "istio-proxy": LabContainer("istio-proxy", 0, 0, ["NET_ADMIN", "NET_RAW"], pid=pod.pid),
-                          "istio-init": LabContainer("istio-init", 0, 0, init=True)}
-            state.pods.append(LabPod("bench", name, pod.manifest["status"]["podIP"], pod.netns, pod.manifest,
-                                     containers))
+            containers = {
+                "app": LabContainer("app", 65534, 65534, pid=pod.pid),
+                "istio-proxy": LabContainer("istio-proxy", 0, 0, ["NET_ADMIN", "NET_RAW"], pid=pod.pid),
+                "istio-init": LabContainer("istio-init", 0, 0, init=True),
+            }
+            state.pods.append(
+                LabPod("bench", name, pod.manifest["status"]["podIP"], pod.netns, pod.manifest, containers)
+            )
         port = _free_port()
         agent_name = "podnat-agent-bench"
         manifest = agent_pod_manifest(agent_name, "00000000-0000-0000-0000-0000000a6e47", "127.0.0.1", port, NODE)
@@ -96,9 +99,28 @@ def agent_benchmark(pods: int = 110, latency_ms: int = 50, sweeps: int = 5, inte
         log = root / "agent.log"
         with log.open("wb") as out:
             agent = subprocess.Popen(
-                [sys.executable, "-m", "podnat", "agent", "--node", NODE, "--proc", "/proc", "--address", "127.0.0.1",
-                 "--port", str(port), "--interval", f"{interval:g}", "--no-events"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "podnat",
+                    "agent",
+                    "--node",
+                    NODE,
+                    "--proc",
+                    "/proc",
+                    "--address",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--interval",
+                    f"{interval:g}",
+                    "--no-events",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -127,8 +149,14 @@ def agent_benchmark(pods: int = 110, latency_ms: int = 50, sweeps: int = 5, inte
         def verify(*extra: str) -> tuple[float, dict[str, Any], list[str]]:
             since = len(api_log.read_text().splitlines())
             begin = time.perf_counter()
-            done = subprocess.run([*podnat, "verify", "-n", "bench", "-o", "json", *extra], env=env,
-                                  capture_output=True, text=True, timeout=900, check=False)
+            done = subprocess.run(
+                [*podnat, "verify", "-n", "bench", "-o", "json", *extra],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                check=False,
+            )
             took = time.perf_counter() - begin
             if done.returncode not in (0, 1):
                 raise RuntimeError(f"verify {' '.join(extra)} failed ({done.returncode}): {done.stderr[-300:]}")
@@ -139,16 +167,22 @@ def agent_benchmark(pods: int = 110, latency_ms: int = 50, sweeps: int = 5, inte
         via_exec, exec_report, exec_requests = verify("--source", "exec")
         sources = {p["sources"].get("nat", "").split(",")[0].split(":")[0] for p in agent_report["pods"]}
         return {
-            "pods": pods, "latency_ms": latency_ms, "pods_made_s": round(made, 1),
-            "agent_sweeps_measured": int(count), "agent_sweep_s": round(sweep_s, 2),
-            "agent_cpu_s_per_sweep": round(cpu_per_sweep, 2), "agent_peak_rss_mb": _peak_rss_mb(agent.pid),
+            "pods": pods,
+            "latency_ms": latency_ms,
+            "pods_made_s": round(made, 1),
+            "agent_sweeps_measured": int(count),
+            "agent_sweep_s": round(sweep_s, 2),
+            "agent_cpu_s_per_sweep": round(cpu_per_sweep, 2),
+            "agent_peak_rss_mb": _peak_rss_mb(agent.pid),
             "agent_pods_mapped": int(float(mapped.group(1))) if mapped else 0,
             "agent_statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
-            "verify_via_agent_s": round(via_agent, 2), "verify_via_exec_s": round(via_exec, 2),
+            "verify_via_agent_s": round(via_agent, 2),
+            "verify_via_exec_s": round(via_exec, 2),
             "exec_over_agent": round(via_exec / via_agent, 1),
             "verify_via_agent_last_sweep_s": round(via_cache, 2),
             "exec_over_agent_last_sweep": round(via_exec / via_cache, 1),
-            "verify_via_agent_summary": agent_report["summary"], "verify_via_exec_summary": exec_report["summary"],
+            "verify_via_agent_summary": agent_report["summary"],
+            "verify_via_exec_summary": exec_report["summary"],
             "verify_via_agent_sources": sorted(sources),
             "requests_via_agent": len(agent_requests),
             "proxy_requests_per_node": sum(1 for r in agent_requests if "/proxy/" in r),

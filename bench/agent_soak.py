@@ -28,8 +28,9 @@ def _fds() -> int:
     return sum(1 for _ in Path("/proc/self/fd").iterdir())
 
 
-def soak(pods: int = 200, sweeps: int = 1000, churn: int = 20, warmup: int = 5, tag: str = "soak",
-         progress: Any = None) -> dict[str, Any]:
+def soak(
+    pods: int = 200, sweeps: int = 1000, churn: int = 20, warmup: int = 5, tag: str = "soak", progress: Any = None
+) -> dict[str, Any]:
     from prometheus_client import generate_latest
 
     from podnat.agent.metrics import AgentMetrics
@@ -74,11 +75,17 @@ def soak(pods: int = 200, sweeps: int = 1000, churn: int = 20, warmup: int = 5, 
         remove_bare_pods(tag)
     first, last = samples[0], samples[-1]
     return {
-        "pods": pods, "sweeps": sweeps, "churn_per_sweep": churn, "pods_created": made,
+        "pods": pods,
+        "sweeps": sweeps,
+        "churn_per_sweep": churn,
+        "pods_created": made,
         "minutes": round((time.monotonic() - started) / 60, 1),
-        "rss_mb_after_warmup": round(first[1], 1), "rss_mb_end": round(last[1], 1),
+        "rss_mb_after_warmup": round(first[1], 1),
+        "rss_mb_end": round(last[1], 1),
         "rss_mb_max": round(max(s[1] for s in samples), 1),
-        "fds_after_warmup": first[2], "fds_end": last[2], "fds_max": max(s[2] for s in samples),
+        "fds_after_warmup": first[2],
+        "fds_end": last[2],
+        "fds_max": max(s[2] for s in samples),
         "not_ok_readings": bad,
     }
 

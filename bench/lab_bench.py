@@ -42,13 +42,22 @@ def lab_benchmark(backend: str = "nft") -> dict[str, object]:
         for pid in state.pids:
             if pid in known:
                 continue
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") if Path(
-                f"/proc/{pid}").exists() else ""
+            cmdline = (
+                Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                if Path(f"/proc/{pid}").exists()
+                else ""
+            )
             groups["pilot-agent" if "agent.py" in cmdline else "istiod peer"].append(pid)
         if state.apiserver and state.apiserver.pid:
             groups["api server"].append(state.apiserver.pid)
-        memory = {name: {"processes": len(pids), "pss_mb": round(sum(_kb(p, "Pss") for p in pids) / 1024, 1),
-                         "rss_mb": round(sum(_kb(p, "Rss") for p in pids) / 1024, 1)} for name, pids in groups.items()}
+        memory = {
+            name: {
+                "processes": len(pids),
+                "pss_mb": round(sum(_kb(p, "Pss") for p in pids) / 1024, 1),
+                "rss_mb": round(sum(_kb(p, "Rss") for p in pids) / 1024, 1),
+            }
+            for name, pids in groups.items()
+        }
     finally:
         lab_down(ROOT)
     return {

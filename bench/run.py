@@ -75,13 +75,24 @@ def engine(repeat: int = 5) -> dict[str, Any]:
                 path = Path(tmp) / f"table-{size}.txt"
                 path.write_text(text)
                 rules = sum(1 for line in text.splitlines() if line.startswith("-A "))
-                runs = [json.loads(subprocess.run([sys.executable, __file__, "--engine-child", str(path)], check=True,
-                                                  capture_output=True, text=True, cwd=REPO).stdout)
-                        for _ in range(repeat)]
+                runs = [
+                    json.loads(
+                        subprocess.run(
+                            [sys.executable, __file__, "--engine-child", str(path)],
+                            check=True,
+                            capture_output=True,
+                            text=True,
+                            cwd=REPO,
+                        ).stdout
+                    )
+                    for _ in range(repeat)
+                ]
                 parse = statistics.median(r["parse_s"] for r in runs)
                 full = statistics.median(r["parse_explain_s"] for r in runs)
                 row: dict[str, Any] = {
-                    "rules": rules, "parse_s": round(parse, 4), "parse_explain_s": round(full, 4),
+                    "rules": rules,
+                    "parse_s": round(parse, 4),
+                    "parse_explain_s": round(full, 4),
                     "per_rule_us": round(full / rules * 1e6, 2),
                     "peak_rss_mb": round(max(r["peak_rss_kb"] for r in runs) / 1024, 1),
                 }
@@ -122,16 +133,23 @@ def startup(repeat: int = 10) -> dict[str, Any]:
     # machines) a source tree's stale .pyc files would be compiled again at every start.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "podnat")], check=False)
     podnat = shutil.which("podnat", path=str(Path(sys.executable).parent)) or sys.executable
-    argv = [podnat, "explain", str(DEFAULT)] if podnat != sys.executable else [podnat, "-m", "podnat", "explain",
-                                                                             str(DEFAULT)]
+    argv = (
+        [podnat, "explain", str(DEFAULT)]
+        if podnat != sys.executable
+        else [podnat, "-m", "podnat", "explain", str(DEFAULT)]
+    )
     kubectl = best(["kubectl", "version", "--client"])
     return {
         "podnat_explain_s": best(argv),
         "kubectl_version_client_s": kubectl,
         "kubectl_skipped": None if kubectl is not None else "kubectl is not installed",
-        "imports_kubernetes": "kubernetes" in subprocess.run(
+        "imports_kubernetes": "kubernetes"
+        in subprocess.run(
             [sys.executable, "-X", "importtime", "-m", "podnat", "explain", str(DEFAULT)],
-            capture_output=True, text=True, check=False).stderr,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stderr,
     }
 
 
@@ -163,31 +181,44 @@ SECTIONS: dict[str, Any] = {"engine": engine, "startup": startup, "verify": _ver
 
 
 def print_engine(e: dict[str, Any]) -> None:
-    print(f"engine: parse and parse+explain in a fresh process each time, median of {e['repeat']}; "
-          "iptables-restore --test on the same file in a throwaway netns")
-    print(f"{'rules':>8} {'parse s':>8} {'+explain s':>10} {'us/rule':>8} {'peak RSS MB':>11} "
-          f"{'nft --test s':>12} {'us/rule':>8} {'legacy --test s':>15} {'us/rule':>8}")
+    print(
+        f"engine: parse and parse+explain in a fresh process each time, median of {e['repeat']}; "
+        "iptables-restore --test on the same file in a throwaway netns"
+    )
+    print(
+        f"{'rules':>8} {'parse s':>8} {'+explain s':>10} {'us/rule':>8} {'peak RSS MB':>11} "
+        f"{'nft --test s':>12} {'us/rule':>8} {'legacy --test s':>15} {'us/rule':>8}"
+    )
     for r in e["rows"]:
-        print(f"{r['rules']:>8} {r['parse_s']:>8.3f} {r['parse_explain_s']:>10.3f} {r['per_rule_us']:>8} "
-              f"{r['peak_rss_mb']:>11} {_num(r['restore_test_nft_s']):>12} "
-              f"{_num(r['restore_test_nft_us_per_rule'], 2):>8} {_num(r['restore_test_legacy_s']):>15} "
-              f"{_num(r['restore_test_legacy_us_per_rule'], 2):>8}")
+        print(
+            f"{r['rules']:>8} {r['parse_s']:>8.3f} {r['parse_explain_s']:>10.3f} {r['per_rule_us']:>8} "
+            f"{r['peak_rss_mb']:>11} {_num(r['restore_test_nft_s']):>12} "
+            f"{_num(r['restore_test_nft_us_per_rule'], 2):>8} {_num(r['restore_test_legacy_s']):>15} "
+            f"{_num(r['restore_test_legacy_us_per_rule'], 2):>8}"
+        )
     if e["restore_skipped"]:
         print(f"  iptables-restore --test skipped: {e['restore_skipped']}")
 
 
 def print_startup(s: dict[str, Any]) -> None:
-    kubectl = f"{s['kubectl_version_client_s']} s" if s["kubectl_version_client_s"] is not None \
+    kubectl = (
+        f"{s['kubectl_version_client_s']} s"
+        if s["kubectl_version_client_s"] is not None
         else f"skipped ({s['kubectl_skipped']})"
-    print(f"cold start, best of 10: podnat explain (default table) {s['podnat_explain_s']} s, "
-          f"kubernetes client imported: {s['imports_kubernetes']}; kubectl version --client {kubectl}")
+    )
+    print(
+        f"cold start, best of 10: podnat explain (default table) {s['podnat_explain_s']} s, "
+        f"kubernetes client imported: {s['imports_kubernetes']}; kubectl version --client {kubectl}"
+    )
 
 
 def print_verify(v: dict[str, Any]) -> None:
-    print(f"verify {v['pods']} pods, +{v['latency_ms']} ms/request: {v['verify_default_concurrency_s']} s at "
-          f"default concurrency, {v['verify_one_at_a_time_s']} s one at a time, slowest single pod "
-          f"{v['slowest_single_pod_inspect_s']} s (ratio {v['ratio_to_slowest_single']}), "
-          f"{v['requests_per_pod_after_list']} requests/pod, peak RSS {v['peak_rss_mb']} MB")
+    print(
+        f"verify {v['pods']} pods, +{v['latency_ms']} ms/request: {v['verify_default_concurrency_s']} s at "
+        f"default concurrency, {v['verify_one_at_a_time_s']} s one at a time, slowest single pod "
+        f"{v['slowest_single_pod_inspect_s']} s (ratio {v['ratio_to_slowest_single']}), "
+        f"{v['requests_per_pod_after_list']} requests/pod, peak RSS {v['peak_rss_mb']} MB"
+    )
 
 
 def print_lab(lab: dict[str, Any]) -> None:
@@ -201,17 +232,24 @@ def print_agent(a: dict[str, Any]) -> None:
     if "skipped" in a:
         print(f"agent: skipped ({a['skipped']})")
         return
-    print(f"agent, {a['pods']} pods on one node: sweep {a['agent_sweep_s']} s wall, "
-          f"{a['agent_cpu_s_per_sweep']} s CPU, peak RSS {a['agent_peak_rss_mb']} MB ({a['agent_pods_mapped']} "
-          f"mapped); verify +{a['latency_ms']} ms/request: through the agent {a['verify_via_agent_s']} s "
-          f"(last sweep's readings: {a['verify_via_agent_last_sweep_s']} s), through exec {a['verify_via_exec_s']} s "
-          f"(exec/agent {a['exec_over_agent']}x, {a['exec_over_agent_last_sweep']}x); requests: "
-          f"{a['requests_via_agent']} via the agent ({a['proxy_requests_per_node']} pods/proxy per node), "
-          f"{a['requests_via_exec']} via exec")
+    print(
+        f"agent, {a['pods']} pods on one node: sweep {a['agent_sweep_s']} s wall, "
+        f"{a['agent_cpu_s_per_sweep']} s CPU, peak RSS {a['agent_peak_rss_mb']} MB ({a['agent_pods_mapped']} "
+        f"mapped); verify +{a['latency_ms']} ms/request: through the agent {a['verify_via_agent_s']} s "
+        f"(last sweep's readings: {a['verify_via_agent_last_sweep_s']} s), through exec {a['verify_via_exec_s']} s "
+        f"(exec/agent {a['exec_over_agent']}x, {a['exec_over_agent_last_sweep']}x); requests: "
+        f"{a['requests_via_agent']} via the agent ({a['proxy_requests_per_node']} pods/proxy per node), "
+        f"{a['requests_via_exec']} via exec"
+    )
 
 
-PRINTERS: dict[str, Any] = {"engine": print_engine, "startup": print_startup, "verify": print_verify,
-                            "lab": print_lab, "agent": print_agent}
+PRINTERS: dict[str, Any] = {
+    "engine": print_engine,
+    "startup": print_startup,
+    "verify": print_verify,
+    "lab": print_lab,
+    "agent": print_agent,
+}
 
 
 def _num(value: float | None, digits: int = 3) -> str:

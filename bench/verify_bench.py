@@ -22,43 +22,85 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TABLE = REPO / "tests" / "data" / "default.v4.iptables-save"
-LISTENERS = {"listener_statuses": [
-    {"name": name, "local_address": {"socket_address": {"address": "0.0.0.0", "port_value": port}}}
-    for name, port in (("virtualOutbound", 15001), ("virtualInbound", 15006), ("0.0.0.0_15090", 15090),
-                       ("0.0.0.0_15021", 15021))]}
+LISTENERS = {
+    "listener_statuses": [
+        {"name": name, "local_address": {"socket_address": {"address": "0.0.0.0", "port_value": port}}}
+        for name, port in (
+            ("virtualOutbound", 15001),
+            ("virtualInbound", 15006),
+            ("0.0.0.0_15090", 15090),
+            ("0.0.0.0_15021", 15021),
+        )
+    ]
+}
 NAMESPACE = "bench"
 
 
 def synthetic_pod(index: int) -> dict[str, Any]:
     name = f"bench-{index:03d}-7f9c6b-x{index:03d}"
     ip = f"10.98.{index // 250}.{index % 250 + 2}"
-    init_args = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
-                 "-x", "", "-b", "*", "-d", "15090,15021,15020", "--log_output_level=default:info"]
+    init_args = [
+        "istio-iptables",
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "",
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "--log_output_level=default:info",
+    ]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": name, "namespace": NAMESPACE, "uid": f"00000000-0000-0000-0000-{index:012d}",
+            "name": name,
+            "namespace": NAMESPACE,
+            "uid": f"00000000-0000-0000-0000-{index:012d}",
             "labels": {"app": "bench", "security.istio.io/tlsMode": "istio"},
-            "annotations": {"sidecar.istio.io/status": json.dumps(
-                {"initContainers": ["istio-init"], "containers": ["istio-proxy"], "revision": "default"})},
+            "annotations": {
+                "sidecar.istio.io/status": json.dumps(
+                    {"initContainers": ["istio-init"], "containers": ["istio-proxy"], "revision": "default"}
+                )
+            },
             "creationTimestamp": "2026-11-26T00:00:00Z",
         },
         "spec": {
             "nodeName": "bench-node",
-            "initContainers": [{
-                "name": "istio-init", "image": "docker.io/istio/proxyv2:1.30.3", "args": init_args,
-                "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
-            }],
+            "initContainers": [
+                {
+                    "name": "istio-init",
+                    "image": "docker.io/istio/proxyv2:1.30.3",
+                    "args": init_args,
+                    "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
+                }
+            ],
             "containers": [
-                {"name": "app", "image": "docker.io/istio/examples-bookinfo-reviews-v1:1.20.2",
-                 "ports": [{"containerPort": 9080}]},
-                {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.30.3",
-                 "securityContext": {"runAsUser": 1337, "runAsGroup": 1337}},
+                {
+                    "name": "app",
+                    "image": "docker.io/istio/examples-bookinfo-reviews-v1:1.20.2",
+                    "ports": [{"containerPort": 9080}],
+                },
+                {
+                    "name": "istio-proxy",
+                    "image": "docker.io/istio/proxyv2:1.30.3",
+                    "securityContext": {"runAsUser": 1337, "runAsGroup": 1337},
+                },
             ],
         },
         "status": {
-            "phase": "Running", "podIP": ip, "hostIP": "10.98.255.1",
+            "phase": "Running",
+            "podIP": ip,
+            "hostIP": "10.98.255.1",
             "containerStatuses": [{"name": n, "ready": True, "state": {"running": {}}} for n in ("app", "istio-proxy")],
         },
     }
@@ -91,8 +133,9 @@ def build_state(root: Path, pods: int) -> Any:
             "istio-proxy": LabContainer("istio-proxy", uid, gid, path=[str(bin_dir)]),
             "istio-init": LabContainer("istio-init", uid, gid, init=True),
         }
-        state.pods.append(LabPod(NAMESPACE, manifest["metadata"]["name"], manifest["status"]["podIP"], "",
-                                 manifest, containers))
+        state.pods.append(
+            LabPod(NAMESPACE, manifest["metadata"]["name"], manifest["status"]["podIP"], "", manifest, containers)
+        )
     return state
 
 

@@ -218,30 +218,44 @@ def listening_ports(text: str) -> tuple[int, ...]:
     return tuple(sorted(ports))
 
 
-def capture_script(marker: str, port: int = DEFAULT_ADMIN_PORT, routing_table: int | None = None,
-                   *, listeners: bool = True, sockets: bool = False) -> str:
+def capture_script(
+    marker: str,
+    port: int = DEFAULT_ADMIN_PORT,
+    routing_table: int | None = None,
+    *,
+    listeners: bool = True,
+    sockets: bool = False,
+) -> str:
     """One shell run printing each reading between `MARKER begin NAME` and `MARKER end NAME RC` lines.
 
     Both stdout and stderr get the markers, so each section's stderr is attributed too. The end marker
     starts on a fresh line (`printf '\\n...'`): output without a final newline stays intact. The
     unqualified `iptables-save` runs only where neither `-nft` nor `-legacy` binary of that family
     exists. With a `routing_table` (TPROXY pods) it also prints the policy routing."""
+
     def section(name: str, command: str) -> str:
-        return (f"echo '{marker} begin {name}'; echo '{marker} begin {name}' >&2; {command}; rc=$?; "
-                f"printf '\\n{marker} end {name} %s\\n' $rc; printf '\\n{marker} end {name} %s\\n' $rc >&2")
+        return (
+            f"echo '{marker} begin {name}'; echo '{marker} begin {name}' >&2; {command}; rc=$?; "
+            f"printf '\\n{marker} end {name} %s\\n' $rc; printf '\\n{marker} end {name} %s\\n' $rc >&2"
+        )
 
     parts = []
     for name, (backend, family, command) in IPTABLES_SECTIONS.items():
         if backend is Backend.UNQUALIFIED:
             tool = "iptables" if family is IpFamily.V4 else "ip6tables"
-            parts.append(f"if ! command -v {tool}-nft-save >/dev/null 2>&1 && "
-                         f"! command -v {tool}-legacy-save >/dev/null 2>&1; then {section(name, command)}; fi")
+            parts.append(
+                f"if ! command -v {tool}-nft-save >/dev/null 2>&1 && "
+                f"! command -v {tool}-legacy-save >/dev/null 2>&1; then {section(name, command)}; fi"
+            )
         else:
             parts.append(section(name, command))
     parts.append(section("nft", NFT_COMMAND))
     if listeners:
-        request = " ".join(listeners_argv(port)[:3]) + " 'listeners?format=json'" + (
-            f" --debug-port {port}" if port != DEFAULT_ADMIN_PORT else "")
+        request = (
+            " ".join(listeners_argv(port)[:3])
+            + " 'listeners?format=json'"
+            + (f" --debug-port {port}" if port != DEFAULT_ADMIN_PORT else "")
+        )
         parts.append(section("listeners", f"{request} || curl -sf http://127.0.0.1:{port}/listeners?format=json"))
     parts.extend(section(name, command) for name, command in routing_commands(routing_table).items())
     if sockets:  # an ambient pod: the sockets ztunnel listens on in the pod's namespace
@@ -267,8 +281,11 @@ def _split(text: str, marker: str) -> dict[str, tuple[str, int]]:
 
 def read_sections(sections: Mapping[str, Section]) -> Capture:
     """The typed capture out of named sections (from the script, or from one exec per command)."""
-    dumps = tuple(IptablesDump(backend, family, command, sections[name])
-                  for name, (backend, family, command) in IPTABLES_SECTIONS.items() if name in sections)
+    dumps = tuple(
+        IptablesDump(backend, family, command, sections[name])
+        for name, (backend, family, command) in IPTABLES_SECTIONS.items()
+        if name in sections
+    )
     routing = {name: sections[name] for name in ("rule", "route", "rule6", "route6") if name in sections}
     return Capture(dumps, sections.get("nft"), sections.get("listeners"), routing)
 
@@ -300,11 +317,17 @@ def nat_tables(capture: Capture) -> NatTables | NatFailure:
         v4_text = v4.section.stdout if v4 is not None and v4.section.returncode == 0 else ""
         # iptables-nft-save warns on stderr when legacy tables exist: keep it with the dump, as a comment
         # line, so the analysis can say that the kernel runs both rule sets.
-        warnings = [line.strip().lstrip("# ") for d in (v4, v6) if d is not None
-                    for line in d.section.stderr.splitlines() if _LEGACY_WARNING in line]
+        warnings = [
+            line.strip().lstrip("# ")
+            for d in (v4, v6)
+            if d is not None
+            for line in d.section.stderr.splitlines()
+            if _LEGACY_WARNING in line
+        ]
         if Backend.LEGACY in with_rules[1:] and not warnings:
-            warnings.append(f"{_LEGACY_WARNING} and hold Istio's rules too (iptables-legacy-save -c): the kernel "
-                            "runs both")
+            warnings.append(
+                f"{_LEGACY_WARNING} and hold Istio's rules too (iptables-legacy-save -c): the kernel runs both"
+            )
         header = "".join(f"# {w}\n" for w in dict.fromkeys(warnings))
         ok_v6 = v6 is not None and v6.section.returncode == 0 and v6.section.stdout.strip()
         v6_text = v6.section.stdout if ok_v6 and v6 is not None else None
@@ -325,19 +348,23 @@ def _failure(capture: Capture, content: NftContent) -> NatFailure:
         return NatFailure(NatProblem.NO_OUTPUT, "iptables-save -c", "", nft=content)
     if not present:
         first = capture.iptables[0]
-        return NatFailure(NatProblem.MISSING, first.command, _one_line(first.section), first.section.returncode,
-                          nft=content)
+        return NatFailure(
+            NatProblem.MISSING, first.command, _one_line(first.section), first.section.returncode, nft=content
+        )
     empty = [d for d in present if d.state is DumpState.EMPTY]
     if empty:
-        return NatFailure(NatProblem.EMPTY, empty[0].command, "", 0, legacy_warning, content,
-                          tuple(d.command for d in empty))
+        return NatFailure(
+            NatProblem.EMPTY, empty[0].command, "", 0, legacy_warning, content, tuple(d.command for d in empty)
+        )
     denied = [d for d in present if d.state is DumpState.DENIED]
     if denied:
-        return NatFailure(NatProblem.PERMISSION, denied[0].command, denied[0].denial or "",
-                          denied[0].section.returncode, nft=content)
+        return NatFailure(
+            NatProblem.PERMISSION, denied[0].command, denied[0].denial or "", denied[0].section.returncode, nft=content
+        )
     failed = present[0]
-    return NatFailure(NatProblem.FAILED, failed.command, _one_line(failed.section), failed.section.returncode,
-                      nft=content)
+    return NatFailure(
+        NatProblem.FAILED, failed.command, _one_line(failed.section), failed.section.returncode, nft=content
+    )
 
 
 def _command(dumps: tuple[IptablesDump | None, IptablesDump | None]) -> str:
@@ -380,9 +407,13 @@ def nft_content(text: str) -> NftContent:
 
 def _nft_istio_families(text: str) -> set[str]:
     """The families of ip/ip6/inet tables (not Istio's native ones) with a chain named istio* (any case)."""
-    return {family for (family, table), chains in _nft_chains(text).items()
-            if family in ("ip", "ip6", "inet") and not table.lower().startswith(("istio-proxy-", "istio-ambient-"))
-            and any(c.lower().startswith("istio") for c in chains)}
+    return {
+        family
+        for (family, table), chains in _nft_chains(text).items()
+        if family in ("ip", "ip6", "inet")
+        and not table.lower().startswith(("istio-proxy-", "istio-ambient-"))
+        and any(c.lower().startswith("istio") for c in chains)
+    }
 
 
 def _nft_tables(text: str) -> set[tuple[str, str]]:

@@ -68,21 +68,38 @@ class Mode(str, Enum):
 
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide, json or yaml.")]
-ModeOpt = Annotated[Mode, typer.Option(
-    "--mode", help="sidecar or ambient (default: recognised by the table's rules; ambient forces it, e.g. for a "
-    "namespace whose rules are gone).")]
-RoutingOpt = Annotated[Path | None, typer.Option(
-    "--routing", help="The pod's policy routing: a transcript of `ip rule show`, `ip route show table N` (and "
-    "`ip -6 ...`), each output preceded by a line `$ COMMAND` (default: as Istio installs it).")]
-ProxyUid = Annotated[int | None, typer.Option(
-    "--proxy-uid", help="uid Envoy's own connections carry (default: the uid the table's owner rules exempt, else "
-    "1337; 0 for a TPROXY table, as Istio runs it).")]
-ProxyGid = Annotated[int | None, typer.Option(
-    "--proxy-gid", help="gid Envoy's own connections carry (default: the gid the table's owner rules exempt, "
-    "else 1337).")]
-DiagramOpt = Annotated[
-    Path | None, typer.Option("--diagram", help="Also draw the pod's paths as an SVG file.")
+ModeOpt = Annotated[
+    Mode,
+    typer.Option(
+        "--mode",
+        help="sidecar or ambient (default: recognised by the table's rules; ambient forces it, e.g. for a "
+        "namespace whose rules are gone).",
+    ),
 ]
+RoutingOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--routing",
+        help="The pod's policy routing: a transcript of `ip rule show`, `ip route show table N` (and "
+        "`ip -6 ...`), each output preceded by a line `$ COMMAND` (default: as Istio installs it).",
+    ),
+]
+ProxyUid = Annotated[
+    int | None,
+    typer.Option(
+        "--proxy-uid",
+        help="uid Envoy's own connections carry (default: the uid the table's owner rules exempt, else "
+        "1337; 0 for a TPROXY table, as Istio runs it).",
+    ),
+]
+ProxyGid = Annotated[
+    int | None,
+    typer.Option(
+        "--proxy-gid",
+        help="gid Envoy's own connections carry (default: the gid the table's owner rules exempt, else 1337).",
+    ),
+]
+DiagramOpt = Annotated[Path | None, typer.Option("--diagram", help="Also draw the pod's paths as an SVG file.")]
 HtmlOpt = Annotated[
     Path | None, typer.Option("--html", help="Also write a self-contained HTML report (opens offline).")
 ]
@@ -151,9 +168,12 @@ def never_installed(info: Any) -> Any:
     """The error finding for a log that shows the restore failed: no capture, every flow past Envoy."""
     from podnat.istio.explain import Finding
 
-    return Finding("error", f"capture was never installed: the {info.format} shows the rules were not loaded "
-                   f"({info.failed}), so the pod has no Istio rules and every flow goes straight past Envoy; fix "
-                   "what the log names (a missing kernel module, a missing capability, a bad rule) and restart the pod")
+    return Finding(
+        "error",
+        f"capture was never installed: the {info.format} shows the rules were not loaded "
+        f"({info.failed}), so the pod has no Istio rules and every flow goes straight past Envoy; fix "
+        "what the log names (a missing kernel module, a missing capability, a bad rule) and restart the pod",
+    )
 
 
 def _best_match_words(matched: tuple[str, ...]) -> str:
@@ -161,8 +181,7 @@ def _best_match_words(matched: tuple[str, ...]) -> str:
     if len(matched) == 1:
         return "best match of the table's rules (no other release matches as well)"
     minors = [int(v.split(".")[1]) for v in matched]
-    which = (f"{matched[0]} to {matched[-1]}" if minors == list(range(minors[0], minors[-1] + 1))
-             else ", ".join(matched))
+    which = f"{matched[0]} to {matched[-1]}" if minors == list(range(minors[0], minors[-1] + 1)) else ", ".join(matched)
     return f"best match of the table's rules ({which} match equally well: the newest is assumed)"
 
 
@@ -224,16 +243,22 @@ def load_routing(path: Path | None, ruleset: Any, *, ambient: bool, table: int |
         if found is None:
             return None
         mark, number = found, table or 133
-    return routing_from_transcript(transcript, family=ruleset.family.value, mark=mark, table=number,
-                                   source=f"--routing {path}")
+    return routing_from_transcript(
+        transcript, family=ruleset.family.value, mark=mark, table=number, source=f"--routing {path}"
+    )
 
 
 def _ambient_context(ctx: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """An ambient pod's flows run through ztunnel, whose sockets carry mark 0x539 (no owner rule tests it)."""
     from podnat.istio.ambient_paths import ZTUNNEL
 
-    context = {**context, "mode": "ambient", "proxy_uid": ZTUNNEL.uid, "proxy_gid": ZTUNNEL.gid,
-               "proxy_identity_from": "ambient: ztunnel's sockets (mark 0x539)"}
+    context = {
+        **context,
+        "mode": "ambient",
+        "proxy_uid": ZTUNNEL.uid,
+        "proxy_gid": ZTUNNEL.gid,
+        "proxy_identity_from": "ambient: ztunnel's sockets (mark 0x539)",
+    }
     return ctx.replace(proxy=ZTUNNEL), context
 
 
@@ -258,8 +283,13 @@ def _endpoint(text: str, flag: str, default_port: int | None = None) -> Any:
 
 
 def _offline_context(
-    ruleset: Any, pod: Any, ports: tuple[int, ...], proxy_uid: int | None, proxy_gid: int | None,
-    intent: Any = None, intent_from: str = "args",
+    ruleset: Any,
+    pod: Any,
+    ports: tuple[int, ...],
+    proxy_uid: int | None,
+    proxy_gid: int | None,
+    intent: Any = None,
+    intent_from: str = "args",
 ) -> tuple[Any, dict[str, Any]]:
     """The flows' context for a saved table, and the `context` object saying where each part came from.
 
@@ -295,8 +325,15 @@ def _offline_context(
     if tproxy:
         ctx = ctx.replace(transparent_inbound=True, tproxy_mark=mark)
     release = intent.version if intent is not None else None
-    context = {"pod_ip": str(ctx.pod_ip), "proxy_uid": uid, "proxy_gid": gid, "proxy_identity_from": where,
-               "mode": "sidecar", "release": release, "release_from": intent_from if release else None}
+    context = {
+        "pod_ip": str(ctx.pod_ip),
+        "proxy_uid": uid,
+        "proxy_gid": gid,
+        "proxy_identity_from": where,
+        "mode": "sidecar",
+        "release": release,
+        "release_from": intent_from if release else None,
+    }
     return ctx, context
 
 
@@ -340,16 +377,21 @@ def trace(
     proxy_uid: ProxyUid = None,
     proxy_gid: ProxyGid = None,
     listeners: ListenersOpt = None,
-    mark: Annotated[str | None, typer.Option(
-        "--mark", help="The first packet's mark (default: 0x539 for ztunnel in an ambient pod, else 0).")] = None,
+    mark: Annotated[
+        str | None,
+        typer.Option("--mark", help="The first packet's mark (default: 0x539 for ztunnel in an ambient pod, else 0)."),
+    ] = None,
     mode: ModeOpt = Mode.auto,
     routing: RoutingOpt = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Follow one connection through a saved table and the pod's proxy (Envoy, or ztunnel in ambient mode)."""
     try:
-        missing = [flag for flag, value in (("--nat-file", nat_file), ("--pod-ip", pod_ip), ("--from", from_),
-                                             ("--to", to)) if value is None]
+        missing = [
+            flag
+            for flag, value in (("--nat-file", nat_file), ("--pod-ip", pod_ip), ("--from", from_), ("--to", to))
+            if value is None
+        ]
         if missing:
             raise UsageError(f"missing {', '.join(missing)}: see podnat trace --help")
         assert nat_file is not None and pod_ip is not None and from_ is not None and to is not None
@@ -452,8 +494,22 @@ def explain(
         ruleset, info, ambient = load_for_mode(file, mode)
         _input_notes(info, output)
         if ambient:
-            _explain_ambient(file, ruleset, info, pod_ip, app_port, remote, service_vip, pod_spec, istio_version,
-                             args, routing, diagram, html, output)
+            _explain_ambient(
+                file,
+                ruleset,
+                info,
+                pod_ip,
+                app_port,
+                remote,
+                service_vip,
+                pod_spec,
+                istio_version,
+                args,
+                routing,
+                diagram,
+                html,
+                output,
+            )
         pod = _address(pod_ip, "--pod-ip") if pod_ip else None
         expected = None
         dns_requested = False
@@ -474,17 +530,24 @@ def explain(
 
                 intent, matched = best_release_intent(ruleset, args, nameservers)
             else:
-                intent = offline_intent(ruleset.family, args=args, version=istio_version, pod=pod_object,
-                                        nameservers=nameservers)
+                intent = offline_intent(
+                    ruleset.family, args=args, version=istio_version, pod=pod_object, nameservers=nameservers
+                )
             expected = intent.expected(ruleset.family)
             if expected is None:
                 raise UsageError(f"the configuration installs no {ruleset.family.value} rules (is IPv6 enabled?)")
         where = "pod spec" if pod_spec is not None else "args"
         ctx, context = _offline_context(ruleset, pod, (app_port,), proxy_uid, proxy_gid, intent, where)
         if intent is not None:
-            context["release_from"] = ("pod spec (proxy image)" if pod_spec is not None else
-                                       "flag (--istio-version)" if istio_version else
-                                       _best_match_words(matched) if matched else "default (newest release)")
+            context["release_from"] = (
+                "pod spec (proxy image)"
+                if pod_spec is not None
+                else "flag (--istio-version)"
+                if istio_version
+                else _best_match_words(matched)
+                if matched
+                else "default (newest release)"
+            )
             if matched and output in (Output.table, Output.wide):
                 from podnat.render.console import note
 
@@ -500,10 +563,20 @@ def explain(
         if args is not None and pod_spec is None:
             from podnat.intent import release_variants
 
-            releases = {v: rs for v, rs in release_variants(ruleset.family, args, nameservers).items()
-                        if v != (intent.version if intent is not None else None)}
-        result = run_explain(ruleset, ctx, load_listeners(listeners), expected=expected,
-                             dns_requested=dns_requested, policy_routing=policy_routing, releases=releases)
+            releases = {
+                v: rs
+                for v, rs in release_variants(ruleset.family, args, nameservers).items()
+                if v != (intent.version if intent is not None else None)
+            }
+        result = run_explain(
+            ruleset,
+            ctx,
+            load_listeners(listeners),
+            expected=expected,
+            dns_requested=dns_requested,
+            policy_routing=policy_routing,
+            releases=releases,
+        )
         if info.failed is not None:
             from dataclasses import replace
 
@@ -516,18 +589,34 @@ def explain(
 
             found = proxy_identity_in_table(ruleset)
             if found is not None and found.uid not in (None, 0):
-                result = replace(result, findings=(*result.findings, Finding(
-                    "info", f"the table exempts uid {found.uid} and gid {found.gid} ({found.ref}); it captures "
-                    f"inbound with TPROXY, and Istio then runs Envoy as uid 0 with gid {context['proxy_gid']}: "
-                    "podnat traces Envoy's connections so", (found.ref,))))
+                result = replace(
+                    result,
+                    findings=(
+                        *result.findings,
+                        Finding(
+                            "info",
+                            f"the table exempts uid {found.uid} and gid {found.gid} ({found.ref}); it captures "
+                            f"inbound with TPROXY, and Istio then runs Envoy as uid 0 with gid {context['proxy_gid']}: "
+                            "podnat traces Envoy's connections so",
+                            (found.ref,),
+                        ),
+                    ),
+                )
         _show_explanation(file, result, ruleset, info, context, str(ctx.pod_ip), diagram, html, output)
     except PodnatError as exc:
         fail(exc)
 
 
 def _show_explanation(
-    file: Path, result: Any, ruleset: Any, info: Any, context: dict[str, Any], pod_ip: str,
-    diagram: Path | None, html: Path | None, output: Output,
+    file: Path,
+    result: Any,
+    ruleset: Any,
+    info: Any,
+    context: dict[str, Any],
+    pod_ip: str,
+    diagram: Path | None,
+    html: Path | None,
+    output: Output,
 ) -> NoReturn:
     """Write the pictures asked for, print the explanation in the chosen form, exit 1 on a failed flow."""
     if diagram is not None:
@@ -539,8 +628,13 @@ def _show_explanation(
         from podnat.render.html import pod_html
         from podnat.usecases import PodReport
 
-        offline = PodReport(PodRef("file", file.name), pod_ip=pod_ip, explanation=result,
-                            ruleset=ruleset, sources={"nat": f"file {file}"})
+        offline = PodReport(
+            PodRef("file", file.name),
+            pod_ip=pod_ip,
+            explanation=result,
+            ruleset=ruleset,
+            sources={"nat": f"file {file}"},
+        )
         write_file(html, pod_html(offline, f"podnat explain {file.name}"))
     if output is Output.mermaid:
         from podnat.render.mermaid import diagram_mermaid
@@ -550,8 +644,7 @@ def _show_explanation(
         from podnat.render.console import print_data
         from podnat.render.data import explanation_data
 
-        print_data({**explanation_data(result, ruleset), "input": input_data(info), "context": context},
-                   output.value)
+        print_data({**explanation_data(result, ruleset), "input": input_data(info), "context": context}, output.value)
     else:
         from podnat.render.console import print_explanation
 
@@ -560,17 +653,30 @@ def _show_explanation(
 
 
 def _explain_ambient(
-    file: Path, ruleset: Any, info: Any, pod_ip: str | None, app_port: int, remote: str | None,
-    service_vip: str | None, pod_spec: Path | None, istio_version: str | None, args: str | None,
-    routing: Path | None, diagram: Path | None, html: Path | None, output: Output,
+    file: Path,
+    ruleset: Any,
+    info: Any,
+    pod_ip: str | None,
+    app_port: int,
+    remote: str | None,
+    service_vip: str | None,
+    pod_spec: Path | None,
+    istio_version: str | None,
+    args: str | None,
+    routing: Path | None,
+    diagram: Path | None,
+    html: Path | None,
+    output: Output,
 ) -> NoReturn:
     """`podnat explain` of an ambient pod's table: ztunnel's flows; with --pod-spec, istio-cni's intent from
     the pod's annotations (release: --istio-version, else the newest)."""
     from podnat.istio.ambient_paths import explain_ambient
 
     if args is not None:
-        raise UsageError("--args is istio-init's command line, which an ambient pod does not have: pass --pod-spec "
-                         "(the pod's annotations decide its in-pod rules) and --istio-version")
+        raise UsageError(
+            "--args is istio-init's command line, which an ambient pod does not have: pass --pod-spec "
+            "(the pod's annotations decide its in-pod rules) and --istio-version"
+        )
     pod = _address(pod_ip, "--pod-ip") if pod_ip else None
     ctx, context = _offline_context(ruleset, pod, (app_port,), None, None)
     ctx, context = _ambient_context(ctx, context)
@@ -581,8 +687,9 @@ def _explain_ambient(
     expected = None
     if pod_spec is not None:
         expected, release = _ambient_intent(ruleset, _load_pod(pod_spec), istio_version)
-        context.update(release=release, release_from="flag (--istio-version)" if istio_version else
-                       "default (newest release)")
+        context.update(
+            release=release, release_from="flag (--istio-version)" if istio_version else "default (newest release)"
+        )
     result = explain_ambient(ruleset, ctx, expected, policy_routing=load_routing(routing, ruleset, ambient=True))
     if info.failed is not None:
         from dataclasses import replace
@@ -658,20 +765,31 @@ RequestTimeout = Annotated[
 ]
 SourceOpt = Annotated[
     SourceChoice | None,
-    typer.Option("--source", help="Read the nat table from: node (podnat's agent on the pod's node, via pods/proxy), "
-                 "exec (istio-proxy), debug (ephemeral container), init-log (istio-init log: applied at start, "
-                 "not necessarily live). Default: node, exec, debug (with --debug-container), init-log."),
+    typer.Option(
+        "--source",
+        help="Read the nat table from: node (podnat's agent on the pod's node, via pods/proxy), "
+        "exec (istio-proxy), debug (ephemeral container), init-log (istio-init log: applied at start, "
+        "not necessarily live). Default: node, exec, debug (with --debug-container), init-log.",
+    ),
 ]
 DebugContainer = Annotated[
     bool,
-    typer.Option("--debug-container", help="Allow an ephemeral debug container (NET_ADMIN) to read the live "
-                 "table and listeners; it cannot be removed, podnat reuses it."),
+    typer.Option(
+        "--debug-container",
+        help="Allow an ephemeral debug container (NET_ADMIN) to read the live "
+        "table and listeners; it cannot be removed, podnat reuses it.",
+    ),
 ]
 
 
 MaxAge = Annotated[
-    float, typer.Option("--max-age", min=0, help="Through the node agent: accept its reading of a pod when at most "
-                        "this many seconds old (default 0: it reads the pod now).")
+    float,
+    typer.Option(
+        "--max-age",
+        min=0,
+        help="Through the node agent: accept its reading of a pod when at most "
+        "this many seconds old (default 0: it reads the pod now).",
+    ),
 ]
 
 
@@ -689,13 +807,17 @@ def _timeout(text: str | None) -> float | None:
 
 DebugImage = Annotated[
     str | None,
-    typer.Option("--debug-image", help="The debug container's image for pods without istio-proxy (ambient pods): "
-                 "one with sh, iptables-save, nft and ip, e.g. Istio's proxyv2 (with --debug-container)."),
+    typer.Option(
+        "--debug-image",
+        help="The debug container's image for pods without istio-proxy (ambient pods): "
+        "one with sh, iptables-save, nft and ip, e.g. Istio's proxyv2 (with --debug-container).",
+    ),
 ]
 
 
-def _connect(kubeconfig: str | None, context: str | None, request_timeout: str | None,
-             debug_image: str | None = None) -> tuple[Any, str]:
+def _connect(
+    kubeconfig: str | None, context: str | None, request_timeout: str | None, debug_image: str | None = None
+) -> tuple[Any, str]:
     from podnat.kube.client import KubeClient, KubeOptions, context_namespace
     from podnat.kube.source import KubePodSource
 
@@ -715,8 +837,12 @@ def inspect(
     diagram: DiagramOpt = None,
     html: HtmlOpt = None,
     probe: Annotated[
-        bool, typer.Option("--probe", help="Also make one real connection per flow podnat can start inside the pod "
-                           "and show the counted path beside the predicted one (uses --debug-container).")
+        bool,
+        typer.Option(
+            "--probe",
+            help="Also make one real connection per flow podnat can start inside the pod "
+            "and show the counted path beside the predicted one (uses --debug-container).",
+        ),
     ] = False,
     kubeconfig: Kubeconfig = None,
     context: Context = None,
@@ -808,8 +934,14 @@ def verify(
         pod_source.agents.max_age = max_age
         pod_source.prefetch(pods, nat_source)  # one request per node with a podnat agent
         with VerifyProgress(len(pods)) as progress:
-            report = verify_pods(lambda: pod_source, pods, concurrency, nat_source,
-                                 debug_container or nat_source is NatSource.DEBUG, progress.advance)
+            report = verify_pods(
+                lambda: pod_source,
+                pods,
+                concurrency,
+                nat_source,
+                debug_container or nat_source is NatSource.DEBUG,
+                progress.advance,
+            )
         if html is not None:
             from podnat.render.html import verify_html
 
@@ -830,8 +962,10 @@ def verify(
         if not pods:
             from podnat.render.console import note
 
-            note(f"no pods in {'any namespace' if all_namespaces else (namespace or default_ns)}"
-                 + (f" matching {selector}" if selector else ""))
+            note(
+                f"no pods in {'any namespace' if all_namespaces else (namespace or default_ns)}"
+                + (f" matching {selector}" if selector else "")
+            )
         raise typer.Exit(int(report.exit_code))
     except PodnatError as exc:
         fail(exc)
@@ -839,13 +973,15 @@ def verify(
 
 @app.command()
 def agent(
-    node: Annotated[str | None, typer.Option(
-        "--node", envvar="NODE_NAME", help="This node's name (DaemonSet: spec.nodeName).")] = None,
+    node: Annotated[
+        str | None, typer.Option("--node", envvar="NODE_NAME", help="This node's name (DaemonSet: spec.nodeName).")
+    ] = None,
     proc: Annotated[Path, typer.Option("--proc", help="The node's /proc (mounted read-only).")] = Path("/host/proc"),
     interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between full sweeps.")] = 60.0,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64, help="Pods read at once.")] = 4,
-    address: Annotated[str, typer.Option("--address", envvar="POD_IP",
-                                         help="Address to serve on (default: the pod IP, $POD_IP).")] = "0.0.0.0",
+    address: Annotated[
+        str, typer.Option("--address", envvar="POD_IP", help="Address to serve on (default: the pod IP, $POD_IP).")
+    ] = "0.0.0.0",
     port: Annotated[int, typer.Option("--port", help="HTTP port (/metrics, /v1/pods, /healthz, /readyz).")] = 9477,
     events: Annotated[bool, typer.Option("--events/--no-events", help="Record Events on drift/broken pods.")] = True,
     kubeconfig: Kubeconfig = None,
@@ -860,14 +996,18 @@ def agent(
             raise UsageError("--node (or $NODE_NAME) is required: the agent keeps the pods of one node")
         if not (proc / "1" / "ns").is_dir():
             raise UsageError(f"--proc {proc} is not a /proc with processes (mount the node's /proc there)")
-        logging.basicConfig(level=logging.DEBUG if _debug else logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG if _debug else logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
         from podnat.agent.main import run_agent
         from podnat.agent.service import AgentConfig
         from podnat.kube.client import KubeClient, KubeOptions
 
-        client = KubeClient.connect(KubeOptions(kubeconfig=kubeconfig, context=context,
-                                                request_timeout=_timeout(request_timeout)))
+        client = KubeClient.connect(
+            KubeOptions(kubeconfig=kubeconfig, context=context, request_timeout=_timeout(request_timeout))
+        )
         config = AgentConfig(node=node, interval=interval, concurrency=concurrency)
         raise typer.Exit(run_agent(config, client, proc, address, port, events))
     except PodnatError as exc:
@@ -885,8 +1025,9 @@ def _mount_subcommands() -> None:
         from podnat.lab.commands import app as lab_app
     except ImportError:
         return
-    app.add_typer(lab_app, name="lab",
-                  help="A local lab: real pods (netns, Istio's rules, a real Envoy) behind a Kubernetes API.")
+    app.add_typer(
+        lab_app, name="lab", help="A local lab: real pods (netns, Istio's rules, a real Envoy) behind a Kubernetes API."
+    )
 
 
 _mount_subcommands()

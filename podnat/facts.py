@@ -127,9 +127,7 @@ class PodSource(Protocol):
         """One pod; raises SourceError (not found, forbidden, unreachable)."""
         ...
 
-    def read_facts(
-        self, pod: Mapping[str, Any], source: NatSource | None, debug_container: bool
-    ) -> PodFacts:
+    def read_facts(self, pod: Mapping[str, Any], source: NatSource | None, debug_container: bool) -> PodFacts:
         """The nat table (fallback order exec -> debug (if allowed) -> init-log unless `source` picks
         one) and Envoy's listeners. Raises SourceError when nothing could be read."""
         ...

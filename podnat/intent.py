@@ -56,8 +56,11 @@ def intent_for_pod(pod: Mapping[str, Any], nameservers: Sequence[str] = ()) -> P
         return PodIntent(mesh=mesh, label=label)
     config = found.config
     if nameservers and config.redirect_dns:
-        config = replace(config, dns_servers_v4=tuple(ipaddress.IPv4Address(n) for n in nameservers if ":" not in n),
-                         dns_servers_v6=tuple(ipaddress.IPv6Address(n) for n in nameservers if ":" in n))
+        config = replace(
+            config,
+            dns_servers_v4=tuple(ipaddress.IPv4Address(n) for n in nameservers if ":" not in n),
+            dns_servers_v6=tuple(ipaddress.IPv6Address(n) for n in nameservers if ":" in n),
+        )
     return _intent(config, pod, label)
 
 
@@ -94,8 +97,9 @@ def offline_intent(
         try:
             argv = shlex.split(args or "")
             release = IstioRelease.parse(version) if version else NEWEST_SUPPORTED
-            config = InterceptionConfig.from_args(argv, {}, release, nameservers=tuple(nameservers),
-                                                  ipv6=family is Family.IPV6)
+            config = InterceptionConfig.from_args(
+                argv, {}, release, nameservers=tuple(nameservers), ipv6=family is Family.IPV6
+            )
         except ValueError as exc:
             raise UsageError(f"--args/--istio-version: {exc}") from None
         intent = _intent(config, {}, "istio-init arguments given with --args")
@@ -118,7 +122,9 @@ def release_variants(family: Family, args: str, nameservers: Sequence[str] = ())
 
 
 def best_release_intent(
-    live: Ruleset, args: str, nameservers: Sequence[str] = (),
+    live: Ruleset,
+    args: str,
+    nameservers: Sequence[str] = (),
 ) -> tuple[PodIntent, tuple[str, ...]]:
     """For `explain --args` without `--istio-version`: the intent of the release whose rules match the
     live table best (fewest differences that change a packet's path; the newest of equals), and every

@@ -49,17 +49,27 @@ def _rules(trace: Any) -> tuple[str, ...]:
 
 def _connect_script(address: str, port: int) -> list[str]:
     url = f"http://{address}:{port}/" if ":" not in address else f"http://[{address}]:{port}/"
-    python = (f"import socket; socket.create_connection(({address!r}, {port}), {TIMEOUT}).close()")
+    python = f"import socket; socket.create_connection(({address!r}, {port}), {TIMEOUT}).close()"
     # Exactly one connection: curl when the image has it, else python3 (never both: a retry would count twice).
-    return ["sh", "-c", f"if command -v curl >/dev/null; then curl -s -o /dev/null -m {TIMEOUT} {url}; "
-            f"else python3 -c \"{python}\"; fi; true"]
+    return [
+        "sh",
+        "-c",
+        f"if command -v curl >/dev/null; then curl -s -o /dev/null -m {TIMEOUT} {url}; "
+        f'else python3 -c "{python}"; fi; true',
+    ]
 
 
 def _counters(source: Any, ref: PodRef, save: str) -> tuple[str, Counter[str]]:
     result = source.exec(ref, DEBUG_CONTAINER, [save, "-c"])
     ruleset = detect_and_parse(result.stdout)
-    counts = Counter({rule.ref: rule.counters.packets for table in ruleset.tables.values() for rule in table.rules()
-                      if rule.counters is not None})
+    counts = Counter(
+        {
+            rule.ref: rule.counters.packets
+            for table in ruleset.tables.values()
+            for rule in table.rules()
+            if rule.counters is not None
+        }
+    )
     return result.stdout, counts
 
 
@@ -79,21 +89,54 @@ def probe_pod(
     app_identity = Identity(app_uid, app_uid)
     own = Endpoint(ctx.pod_ip, ctx.app_port)
     probes: list[tuple[FlowType, str | None, str, list[str], FlowSpec, PodContext]] = [
-        (FlowType.LOCAL_TO_LOCAL, "own-pod-ip", app["name"], _connect_script(str(own.address), own.port),
-         FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP, own, identity=app_identity), ctx),
-        (FlowType.ENVOY_LOCALHOST, None, PROXY, ["pilot-agent", "request", "GET", "ready"],
-         FlowSpec(FlowType.ENVOY_LOCALHOST, "", Actor.PROXY, ctx.admin, identity=ctx.proxy), ctx),
+        (
+            FlowType.LOCAL_TO_LOCAL,
+            "own-pod-ip",
+            app["name"],
+            _connect_script(str(own.address), own.port),
+            FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP, own, identity=app_identity),
+            ctx,
+        ),
+        (
+            FlowType.ENVOY_LOCALHOST,
+            None,
+            PROXY,
+            ["pilot-agent", "request", "GET", "ready"],
+            FlowSpec(FlowType.ENVOY_LOCALHOST, "", Actor.PROXY, ctx.admin, identity=ctx.proxy),
+            ctx,
+        ),
     ]
-    service = next((listener for listener in listeners or ()
-                    if listener.kind == "service" and listener.address not in ("0.0.0.0", "::")), None)
+    service = next(
+        (
+            listener
+            for listener in listeners or ()
+            if listener.kind == "service" and listener.address not in ("0.0.0.0", "::")
+        ),
+        None,
+    )
     if service is not None:
         vip = Endpoint(ipaddress.ip_address(service.address), service.port)
         peer = ctx.with_endpoint(vip, Endpoint(ctx.remote.address, service.port))
-        probes.append((FlowType.LOCAL_TO_REMOTE, None, app["name"], _connect_script(service.address, service.port),
-                       FlowSpec(FlowType.LOCAL_TO_REMOTE, "", Actor.APP, vip, identity=app_identity), peer))
-    probes.append((FlowType.SIDECAR_TO_ISTIOD, None, PROXY,
-                   ["sh", "-c", f"curl -sk -o /dev/null -m {TIMEOUT} https://istiod.istio-system.svc:15012/ || true"],
-                   FlowSpec(FlowType.SIDECAR_TO_ISTIOD, "", Actor.PROXY, ctx.istiod, identity=ctx.proxy), ctx))
+        probes.append(
+            (
+                FlowType.LOCAL_TO_REMOTE,
+                None,
+                app["name"],
+                _connect_script(service.address, service.port),
+                FlowSpec(FlowType.LOCAL_TO_REMOTE, "", Actor.APP, vip, identity=app_identity),
+                peer,
+            )
+        )
+    probes.append(
+        (
+            FlowType.SIDECAR_TO_ISTIOD,
+            None,
+            PROXY,
+            ["sh", "-c", f"curl -sk -o /dev/null -m {TIMEOUT} https://istiod.istio-system.svc:15012/ || true"],
+            FlowSpec(FlowType.SIDECAR_TO_ISTIOD, "", Actor.PROXY, ctx.istiod, identity=ctx.proxy),
+            ctx,
+        )
+    )
     save = save or ("iptables-legacy-save" if legacy else "iptables-save")
     observations = []
     for probed_flow, variant, container, argv, spec, context in probes:

@@ -102,8 +102,14 @@ def inspect_pod(
         intent: PodIntent = intent_for_pod(pod)
     except PodnatError as exc:
         return _with(base, error=exc.message, error_code=int(exc.code))
-    base = _with(base, mesh=intent.mesh, istio_version=intent.version, capture_mode=intent.mode,
-                 sources={"intent": intent.label}, context=pod_context_data(base.pod_ip, intent))
+    base = _with(
+        base,
+        mesh=intent.mesh,
+        istio_version=intent.version,
+        capture_mode=intent.mode,
+        sources={"intent": intent.label},
+        context=pod_context_data(base.pod_ip, intent),
+    )
     if intent.mesh == "ambient":
         return inspect_ambient(source, pod, base, nat_source, debug_container)
     if intent.mesh != "sidecar":
@@ -140,13 +146,17 @@ def ambient_release(source: PodSource, node: str | None) -> tuple[str | None, st
         for agent in pods:
             if (agent.get("spec") or {}).get("nodeName") != node:
                 continue
-            image = next((c.get("image") for c in (agent.get("spec") or {}).get("containers") or [] if c.get("image")),
-                         None)
+            image = next(
+                (c.get("image") for c in (agent.get("spec") or {}).get("containers") or [] if c.get("image")), None
+            )
             if image:
                 release, _ = release_from_image(image)
                 meta = agent.get("metadata") or {}
-                found = (str(release), f"{selector.split('=')[1]} image on node {node} "
-                         f"({meta.get('namespace')}/{meta.get('name')}: {image})")
+                found = (
+                    str(release),
+                    f"{selector.split('=')[1]} image on node {node} "
+                    f"({meta.get('namespace')}/{meta.get('name')}: {image})",
+                )
                 break
         if found[0] is not None:
             break
@@ -164,13 +174,21 @@ def inspect_ambient(
     except PodnatError as exc:
         return _with(base, error=exc.message, error_code=int(exc.code))
     release, release_from = ambient_release(source, base.node)
-    context = {**(base.context or {}), "mode": "ambient", "proxy_uid": 0, "proxy_gid": 0,
-               "proxy_identity_from": "ambient: ztunnel's sockets (mark 0x539)", "release": release,
-               "release_from": release_from}
+    context = {
+        **(base.context or {}),
+        "mode": "ambient",
+        "proxy_uid": 0,
+        "proxy_gid": 0,
+        "proxy_identity_from": "ambient: ztunnel's sockets (mark 0x539)",
+        "release": release,
+        "release_from": release_from,
+    }
     base = _with(base, istio_version=release, capture_mode="ambient", context=context)
     if facts.nat is None:
-        message = next((n for n in facts.notes if "could not be read live" in n),
-                       "the in-pod rules of this ambient pod could not be read live")
+        message = next(
+            (n for n in facts.notes if "could not be read live" in n),
+            "the in-pod rules of this ambient pod could not be read live",
+        )
         return _with(base, error=message, error_code=int(ExitCode.CLUSTER), notes=tuple(facts.notes))
     return explain_ambient_facts(base, facts, release)
 
@@ -194,12 +212,17 @@ def explain_ambient_facts(base: PodReport, facts: PodFacts, release: str | None)
     try:
         live = _read_table(text, primary) if text.strip() else Ruleset(primary)
     except ParseError as exc:
-        return _with(base, sources=sources, error=f"cannot read the pod's table ({sources['nat']}): {exc}",
-                     error_code=int(ExitCode.BAD_INPUT))
+        return _with(
+            base,
+            sources=sources,
+            error=f"cannot read the pod's table ({sources['nat']}): {exc}",
+            error_code=int(ExitCode.BAD_INPUT),
+        )
     rel = IstioRelease.parse(release) if release else NEWEST_SUPPORTED
     annotations = (facts.pod.get("metadata") or {}).get("annotations") or {}
-    config = AmbientConfig.from_pod_annotations(annotations, release=rel, ipv6=primary is Family.IPV6,
-                                                native_nftables=bool(native))
+    config = AmbientConfig.from_pod_annotations(
+        annotations, release=rel, ipv6=primary is Family.IPV6, native_nftables=bool(native)
+    )
     if config.native_nftables:
         expected = _read_table(ambient_nft_listing(config), primary)
     else:
@@ -213,14 +236,20 @@ def explain_ambient_facts(base: PodReport, facts: PodFacts, release: str | None)
     if facts.routing is not None:
         sources["routing"] = facts.routing.label
         v6 = primary is Family.IPV6
-        routing = ambient_routing(primary, facts.routing.rules_v6 if v6 else facts.routing.rules_v4,
-                                  facts.routing.routes_v6 if v6 else facts.routing.routes_v4, facts.routing.label)
+        routing = ambient_routing(
+            primary,
+            facts.routing.rules_v6 if v6 else facts.routing.rules_v4,
+            facts.routing.routes_v6 if v6 else facts.routing.routes_v4,
+            facts.routing.label,
+        )
     address = base.pod_ips[0] if base.pod_ips else base.pod_ip
     ctx = context_for(ipaddress.ip_address(address) if address else None, family=primary.value).replace(proxy=ZTUNNEL)
     report = explain_ambient(live, ctx, expected, listening=listening, policy_routing=routing)
     if release is None:
-        notes.append(f"the Istio release is not known ({(base.context or {}).get('release_from')}): "
-                     f"reconciled with {rel}'s rules")
+        notes.append(
+            f"the Istio release is not known ({(base.context or {}).get('release_from')}): "
+            f"reconciled with {rel}'s rules"
+        )
     return _with(base, sources=sources, explanation=report, ruleset=live, notes=tuple(notes))
 
 
@@ -243,15 +272,21 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
     if both:
         notes.append("both iptables and Istio's native nftables rules are loaded: the kernel runs both")
     if not text.strip():
-        message = ("the nat table is empty: no Istio rules in iptables-save"
-                   + ("" if facts.nat.nft is not None else " and nft could not be read (native nftables mode?)")
-                   + ": read the rules applied at start with --source init-log")
+        message = (
+            "the nat table is empty: no Istio rules in iptables-save"
+            + ("" if facts.nat.nft is not None else " and nft could not be read (native nftables mode?)")
+            + ": read the rules applied at start with --source init-log"
+        )
         return _with(base, sources=sources, error=message, error_code=int(ExitCode.CLUSTER))
     try:
         live = _read_table(text, primary)
     except ParseError as exc:
-        return _with(base, sources=sources, error=f"cannot read the pod's table ({sources['nat']}): {exc}",
-                     error_code=int(ExitCode.BAD_INPUT))
+        return _with(
+            base,
+            sources=sources,
+            error=f"cannot read the pod's table ({sources['nat']}): {exc}",
+            error_code=int(ExitCode.BAD_INPUT),
+        )
     listeners, listener_findings, listener_note = _listeners(facts, sources)
     if listener_note:
         notes.append(listener_note)
@@ -274,9 +309,12 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
     if other is not None:
         other_text = facts.nat.v6 if other is Family.IPV6 else facts.nat.v4
         if not _has_rules(native or other_text or "", other):
-            missing = Finding("error", f"the pod has {other.value} address {base.pod_ips[1]} but no {other.value} "
-                              f"rules: its {other.value} traffic bypasses the sidecar (Istio adds them when the "
-                              "pod is dual-stack; was istio-init run with IPv6 on?)")
+            missing = Finding(
+                "error",
+                f"the pod has {other.value} address {base.pod_ips[1]} but no {other.value} "
+                f"rules: its {other.value} traffic bypasses the sidecar (Istio adds them when the "
+                "pod is dual-stack; was istio-init run with IPv6 on?)",
+            )
         else:
             try:
                 second_live = _read_table(native or other_text or "", other)
@@ -284,25 +322,57 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
                 notes.append(f"the {other.value} table could not be read: {exc}")
     dual = other is not None
 
-    def explain_family(family: Family, ruleset: Ruleset, address: str | None, crossing: Family | None,
-                       crossing_table: Ruleset | None, **extra: Any) -> Explanation:
-        return explain(ruleset, pod_context(address, intent, dual_stack=dual), listeners,
-                       expected=intent.expected(family), expected_listeners=expected_listeners,
-                       policy_routing=_policy_routing(facts, config, family) if tproxy else None,
-                       other=crossing_table, other_expected=intent.expected(crossing) if crossing else None, **extra)
+    def explain_family(
+        family: Family,
+        ruleset: Ruleset,
+        address: str | None,
+        crossing: Family | None,
+        crossing_table: Ruleset | None,
+        **extra: Any,
+    ) -> Explanation:
+        return explain(
+            ruleset,
+            pod_context(address, intent, dual_stack=dual),
+            listeners,
+            expected=intent.expected(family),
+            expected_listeners=expected_listeners,
+            policy_routing=_policy_routing(facts, config, family) if tproxy else None,
+            other=crossing_table,
+            other_expected=intent.expected(crossing) if crossing else None,
+            **extra,
+        )
 
     address = base.pod_ips[0] if base.pod_ips else base.pod_ip
     report = explain_family(primary, live, address, other, second_live, dns_requested=dns_requested)
-    both_loaded = (Finding(
-        "error", "both iptables rules and Istio's native nftables tables (istio-proxy-*) are loaded: the kernel "
-        "runs both at each hook, so a connection can be captured twice; podnat traced the iptables rules. One "
-        "set is left over (a change of capture mode, or istio-init run twice): restart the pod"),) if both else ()
+    both_loaded = (
+        (
+            Finding(
+                "error",
+                "both iptables rules and Istio's native nftables tables (istio-proxy-*) are loaded: the kernel "
+                "runs both at each hook, so a connection can be captured twice; podnat traced the iptables rules. One "
+                "set is left over (a change of capture mode, or istio-init run twice): restart the pod",
+            ),
+        )
+        if both
+        else ()
+    )
     findings = (*listener_findings, *both_loaded, *report.findings, *((missing,) if missing else ()))
     report = replace(report, findings=tuple(findings))
-    second = (explain_family(other, second_live, base.pod_ips[1], primary, live)
-              if other is not None and second_live is not None else None)
-    return _with(base, sources=sources, explanation=report, ruleset=live, listeners=listeners,
-                 notes=tuple(notes), second=second, second_ruleset=second_live)
+    second = (
+        explain_family(other, second_live, base.pod_ips[1], primary, live)
+        if other is not None and second_live is not None
+        else None
+    )
+    return _with(
+        base,
+        sources=sources,
+        explanation=report,
+        ruleset=live,
+        listeners=listeners,
+        notes=tuple(notes),
+        second=second,
+        second_ruleset=second_live,
+    )
 
 
 def _interception(pod: Mapping[str, Any]) -> Any:
@@ -321,13 +391,26 @@ def _policy_routing(facts: PodFacts, config: Any, family: Family) -> TproxyRouti
     table = config.tproxy_route_table if config is not None else 133
     reading = facts.routing
     if reading is None:
-        return TproxyRouting(family.value, mark, table, "not read", None, None,
-                             unknown="`ip rule` and `ip route` were not read (podnat reads them in the exec "
-                             "of istio-proxy or of its debug container, which did not run)")
+        return TproxyRouting(
+            family.value,
+            mark,
+            table,
+            "not read",
+            None,
+            None,
+            unknown="`ip rule` and `ip route` were not read (podnat reads them in the exec "
+            "of istio-proxy or of its debug container, which did not run)",
+        )
     v6 = family is Family.IPV6
-    return tproxy_routing(reading.rules_v6 if v6 else reading.rules_v4, reading.routes_v6 if v6 else reading.routes_v4,
-                          family=family.value, mark=mark, table=reading.table, source=reading.label,
-                          unreadable=reading.error)
+    return tproxy_routing(
+        reading.rules_v6 if v6 else reading.rules_v4,
+        reading.routes_v6 if v6 else reading.routes_v4,
+        family=family.value,
+        mark=mark,
+        table=reading.table,
+        source=reading.label,
+        unreadable=reading.error,
+    )
 
 
 def _has_rules(text: str, family: Family) -> bool:
@@ -366,9 +449,15 @@ def _listeners(facts: PodFacts, sources: dict[str, str]) -> tuple[tuple[Listener
     except ListenersError as exc:
         return None, [], f"Envoy's listeners could not be read ({exc}); assuming Istio's standard set"
     bound = {listener.port for listener in listeners if listener.binds}
-    findings = [Finding("error", f"Envoy has no listener on {port}: traffic redirected there is refused "
-                        "(is istio-proxy running and configured?)")
-                for port in REQUIRED_LISTENERS if port not in bound]
+    findings = [
+        Finding(
+            "error",
+            f"Envoy has no listener on {port}: traffic redirected there is refused "
+            "(is istio-proxy running and configured?)",
+        )
+        for port in REQUIRED_LISTENERS
+        if port not in bound
+    ]
     return listeners, findings, ""
 
 
@@ -406,7 +495,7 @@ def pod_context(pod_ip: str | None, intent: Any, dual_stack: bool = False) -> Po
 
 
 def terminating_note(pod: Mapping[str, Any]) -> str:
-    """"pod NS/NAME is terminating (deletionTimestamp T)" for a pod being deleted, else ""."""
+    """ "pod NS/NAME is terminating (deletionTimestamp T)" for a pod being deleted, else ""."""
     meta = pod.get("metadata") or {}
     since = meta.get("deletionTimestamp")
     if not since:
@@ -418,17 +507,26 @@ def _pod_header(pod: Mapping[str, Any], ref: PodRef) -> PodReport:
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
     ips = tuple(str(entry.get("ip")) for entry in status.get("podIPs") or [] if entry.get("ip"))
-    return PodReport(ref=ref, node=spec.get("nodeName"), pod_ip=status.get("podIP"),
-                     pod_ips=ips or ((status["podIP"],) if status.get("podIP") else ()))
+    return PodReport(
+        ref=ref,
+        node=spec.get("nodeName"),
+        pod_ip=status.get("podIP"),
+        pod_ips=ips or ((status["podIP"],) if status.get("podIP") else ()),
+    )
 
 
 def pod_context_data(pod_ip: str | None, intent: Any) -> dict[str, Any]:
     """The `context` object of a live pod: the proxy identity and release come from its spec."""
     sidecar = intent.mesh == "sidecar"
-    return {"pod_ip": pod_ip, "proxy_uid": intent.proxy_uid if sidecar else None,
-            "proxy_gid": intent.proxy_gid if sidecar else None,
-            "proxy_identity_from": "pod spec" if sidecar else None, "mode": intent.mesh,
-            "release": intent.version, "release_from": "pod spec (proxy image)" if intent.version else None}
+    return {
+        "pod_ip": pod_ip,
+        "proxy_uid": intent.proxy_uid if sidecar else None,
+        "proxy_gid": intent.proxy_gid if sidecar else None,
+        "proxy_identity_from": "pod spec" if sidecar else None,
+        "mode": intent.mesh,
+        "release": intent.version,
+        "release_from": "pod spec (proxy image)" if intent.version else None,
+    }
 
 
 def _with(report: PodReport, **changes: Any) -> PodReport:
@@ -457,8 +555,9 @@ def verify_pods(
             return inspect_pod(source_factory(), pod, nat_source, debug_container)
         except PodnatError as exc:
             meta = pod.get("metadata") or {}
-            return PodReport(PodRef(meta.get("namespace", "?"), meta.get("name", "?")),
-                             error=exc.message, error_code=int(exc.code))
+            return PodReport(
+                PodRef(meta.get("namespace", "?"), meta.get("name", "?")), error=exc.message, error_code=int(exc.code)
+            )
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         futures = [pool.submit(one, pod) for pod in pods]

@@ -106,6 +106,7 @@ def netns() -> Iterator[str]:
 
 def comparable_report(data: dict[str, Any]) -> dict[str, Any]:
     """A pod's report without what differs by source: where it was read, notes, input, packet counters."""
+
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if k not in ("packets", "counters", "bytes")}

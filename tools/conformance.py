@@ -311,9 +311,7 @@ def summary_line(results: Sequence[GoldenResult]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print one line per golden and the count; 0 when every golden is reproduced."""
-    parser = argparse.ArgumentParser(
-        prog="python tools/conformance.py", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python tools/conformance.py", description=__doc__.split("\n")[0])
     parser.add_argument("--reference", type=Path, default=None, help="reference folder (goldens/, kernel-save/)")
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)

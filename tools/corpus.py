@@ -96,12 +96,19 @@ def judge(entry: dict[str, Any]) -> Verdict:
     extra = EXTRA.get(name, {})
     code, out, err = run_explain(CORPUS / name)
     verdict = _verdict(entry, expected, extra, code, out, err)
-    return Verdict(name, verdict[0], verdict[1], str(entry.get("format", "")), str(entry.get("istio_release", "")),
-                   str(expected.get("result", "")))
+    return Verdict(
+        name,
+        verdict[0],
+        verdict[1],
+        str(entry.get("format", "")),
+        str(entry.get("istio_release", "")),
+        str(expected.get("result", "")),
+    )
 
 
-def _verdict(entry: dict[str, Any], expected: dict[str, Any], extra: dict[str, Any], code: int, out: str,
-             err: str) -> tuple[str, str]:
+def _verdict(
+    entry: dict[str, Any], expected: dict[str, Any], extra: dict[str, Any], code: int, out: str, err: str
+) -> tuple[str, str]:
     if "Traceback" in err or code == 5:
         return WRONG, f"internal error: {err.strip()[:200]}"
     want = expected.get("result")
@@ -127,8 +134,11 @@ def _refusal(entry: dict[str, Any], extra: dict[str, Any], err: str) -> tuple[st
     needed = list(extra.get("message", ()))
     if not needed and form.startswith("iptables -") and ("L" in form.rsplit(maxsplit=1)[-1]):
         needed = ["`iptables -L", "iptables-save -t nat"]
-    if not needed and form == "partial" and not any(
-            p in message for p in ("before any table header", "listing", "not declared", "fragment")):
+    if (
+        not needed
+        and form == "partial"
+        and not any(p in message for p in ("before any table header", "listing", "not declared", "fragment"))
+    ):
         return WRONG, f"a fragment refused without saying so: {message[:160]}"
     missing = [n for n in needed if n not in message]
     if missing:
@@ -136,8 +146,9 @@ def _refusal(entry: dict[str, Any], extra: dict[str, Any], err: str) -> tuple[st
     return REFUSED, ""
 
 
-def _reading(entry: dict[str, Any], expected: dict[str, Any], extra: dict[str, Any], code: int,
-             data: dict[str, Any]) -> tuple[str, str]:
+def _reading(
+    entry: dict[str, Any], expected: dict[str, Any], extra: dict[str, Any], code: int, data: dict[str, Any]
+) -> tuple[str, str]:
     problems: list[str] = []
     context, info = data.get("context") or {}, data.get("input") or {}
     errors = [f["message"] for f in data.get("findings", []) if f["severity"] == "error"]
@@ -170,8 +181,9 @@ def _reading(entry: dict[str, Any], expected: dict[str, Any], extra: dict[str, A
     if "skipped" in str(expected.get("input_notes", "")) and not info.get("notes"):
         problems.append("the skipped lines are not noted")
     shadowed = {s["rule"] for s in data.get("shadowed", [])}
-    problems += [f"{ref} reported unreachable, but packets reach it" for ref in extra.get("not_shadowed", ())
-                 if ref in shadowed]
+    problems += [
+        f"{ref} reported unreachable, but packets reach it" for ref in extra.get("not_shadowed", ()) if ref in shadowed
+    ]
     problems += [f"{ref} is unreachable, not reported" for ref in extra.get("shadowed", ()) if ref not in shadowed]
     if problems:
         return WRONG, "; ".join(problems)
@@ -189,15 +201,25 @@ def main(argv: list[str]) -> int:
     verdicts = [judge(entry) for entry in entries()]
     counts = scoreboard(verdicts)
     if "--json" in argv:
-        print(json.dumps({"inputs": len(verdicts), **counts,
-                          "verdicts": [{"file": v.file, "score": v.score, "why": v.why} for v in verdicts]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "inputs": len(verdicts),
+                    **counts,
+                    "verdicts": [{"file": v.file, "score": v.score, "why": v.why} for v in verdicts],
+                },
+                indent=2,
+            )
+        )
     else:
         width = max(len(v.file) for v in verdicts)
         for v in verdicts:
             print(f"{v.file:<{width}}  {v.score:<17}  {v.why}")
         print()
-        print(f"{len(verdicts)} real inputs: {counts[READ]} read correctly, {counts[REFUSED]} refused correctly, "
-              f"{counts[WRONG]} wrong")
+        print(
+            f"{len(verdicts)} real inputs: {counts[READ]} read correctly, {counts[REFUSED]} refused correctly, "
+            f"{counts[WRONG]} wrong"
+        )
     return 1 if counts[WRONG] else 0
 
 

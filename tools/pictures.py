@@ -49,16 +49,32 @@ def report_picture(table: Path, target: Path, work: Path) -> None:
     from selenium.webdriver.chrome.service import Service
 
     page = work / "report.html"
-    done = subprocess.run([sys.executable, "-m", "podnat", "explain", table.name, "--args", ARGS, "--html", str(page)],
-                          capture_output=True, text=True, timeout=120, check=False, cwd=table.parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "podnat", "explain", table.name, "--args", ARGS, "--html", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=table.parent,
+    )
     if done.returncode not in (0, 1):
         raise SystemExit(f"podnat explain --html failed: {done.stderr}")
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--hide-scrollbars", "--force-device-scale-factor=0.75", "--window-size=1280,1100",
-                 f"--user-data-dir={work / 'profile'}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=0.75",
+        "--window-size=1280,1100",
+        f"--user-data-dir={work / 'profile'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
     try:
@@ -78,8 +94,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     default = DEFAULT.read_text()
     expected = parse_ruleset(default)
-    png(diagram_svg(explain(expected, PodContext()), "the default sidecar pod (podnat explain --diagram)"),
-        out / "default-pod.png", 0.6)
+    png(
+        diagram_svg(explain(expected, PodContext()), "the default sidecar pod (podnat explain --diagram)"),
+        out / "default-pod.png",
+        0.6,
+    )
     for case, (old, new) in FAULTS.items():
         expl = explain(parse_ruleset(default.replace(old, new)), PodContext(), expected=expected)
         diagram = build_diagram(expl, case)

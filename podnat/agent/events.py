@@ -42,23 +42,49 @@ def notices(states: list[PodState], previous: list[PodState]) -> list[Notice]:
     for state in states:
         status, old = state.report.status, before.get(state.uid)
         if status in BAD and status != old:
-            flows = [f for e in (state.report.explanation, state.report.second) if e for f in e.flows
-                     if f.status.value in BAD]
+            flows = [
+                f
+                for e in (state.report.explanation, state.report.second)
+                if e
+                for f in e.flows
+                if f.status.value in BAD
+            ]
             what = "; ".join(f"type {int(f.spec.type)} {f.status.value}: {f.live.reason}" for f in flows[:3])
             source = state.report.sources.get("nat", "")
-            out.append(Notice(state.pod, "CaptureBroken" if status == "broken" else "CaptureDrift", "Warning",
-                              f"podnat: traffic capture is {status} ({what or 'see podnat inspect'}); read {source}"))
+            out.append(
+                Notice(
+                    state.pod,
+                    "CaptureBroken" if status == "broken" else "CaptureDrift",
+                    "Warning",
+                    f"podnat: traffic capture is {status} ({what or 'see podnat inspect'}); read {source}",
+                )
+            )
         elif old in BAD and status == "ok":
-            out.append(Notice(state.pod, "CaptureRecovered", "Normal",
-                              f"podnat: traffic capture is as Istio meant again (was {old})"))
+            out.append(
+                Notice(
+                    state.pod,
+                    "CaptureRecovered",
+                    "Normal",
+                    f"podnat: traffic capture is as Istio meant again (was {old})",
+                )
+            )
     return out
 
 
 class EventRecorder:
     """Queues Notices and records them as Events, deduplicated and rate-limited."""
 
-    def __init__(self, client: Any, node: str, *, window: float = 600.0, per_pod: int = 6, rate: float = 1.0,
-                 burst: int = 20, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: Any,
+        node: str,
+        *,
+        window: float = 600.0,
+        per_pod: int = 6,
+        rate: float = 1.0,
+        burst: int = 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.node = node
         self.window = window
@@ -127,12 +153,23 @@ class EventRecorder:
             return
         name = f"{meta.get('name')}.{secrets.token_hex(8)}"
         body = {
-            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
             "metadata": {"name": name, "namespace": namespace},
-            "regarding": {"apiVersion": "v1", "kind": "Pod", "name": meta.get("name"), "namespace": namespace,
-                          "uid": uid, "resourceVersion": meta.get("resourceVersion")},
-            "reportingController": CONTROLLER, "reportingInstance": f"{CONTROLLER}-{self.node}"[:128],
-            "action": "Verify", "reason": notice.reason, "type": notice.type, "note": notice.note[:1024],
+            "regarding": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": uid,
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reportingController": CONTROLLER,
+            "reportingInstance": f"{CONTROLLER}-{self.node}"[:128],
+            "action": "Verify",
+            "reason": notice.reason,
+            "type": notice.type,
+            "note": notice.note[:1024],
             "eventTime": stamp,
         }
         self.client.create(namespace, body)
@@ -153,8 +190,7 @@ class KubeEvents:
         self.api.create_namespaced_event(namespace, body, _preload_content=False, _request_timeout=self.timeout)
 
     def patch(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
-        self.api.patch_namespaced_event(name, namespace, body, _preload_content=False,
-                                        _request_timeout=self.timeout)
+        self.api.patch_namespaced_event(name, namespace, body, _preload_content=False, _request_timeout=self.timeout)
 
 
 def _micro_time() -> str:

@@ -33,7 +33,8 @@ def state_data(state: PodState, with_facts: bool) -> dict[str, Any]:
     data = pod_report_data(state.report)
     data["pod"]["uid"] = state.uid
     data["observed_at"] = datetime.datetime.fromtimestamp(state.observed_at, datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%fZ")
+        "%Y-%m-%dT%H:%M:%S.%fZ"
+    )
     data["mapping"] = state.mapping
     if with_facts and state.facts is not None:
         data["facts"] = facts_data(state.facts)
@@ -43,8 +44,9 @@ def state_data(state: PodState, with_facts: bool) -> dict[str, Any]:
 class AgentServer:
     """A threading HTTP server over one Agent; `serve_forever` in a thread of its own."""
 
-    def __init__(self, agent: Agent, metrics: AgentMetrics, address: str, port: int, name: str,
-                 stale_after: float | None = None) -> None:
+    def __init__(
+        self, agent: Agent, metrics: AgentMetrics, address: str, port: int, name: str, stale_after: float | None = None
+    ) -> None:
         self.agent = agent
         self.metrics = metrics
         self.name = name
@@ -132,8 +134,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(503, json.dumps({"error": "the agent has not listed its pods yet"}).encode(), "application/json")
             return
         states = server.agent.states_for(query.get("namespace") or None, selector, max_age)
-        body = {"node": server.agent.config.node, "agent": server.name,
-                "pods": [state_data(s, with_facts) for s in states]}
+        body = {
+            "node": server.agent.config.node,
+            "agent": server.name,
+            "pods": [state_data(s, with_facts) for s in states],
+        }
         self._send(200, json.dumps(body, separators=(",", ":")).encode(), "application/json")
 
     def _send(self, code: int, body: bytes, content_type: str) -> None:

@@ -33,13 +33,21 @@ def run_agent(config: AgentConfig, client: object, proc: Path, address: str, por
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    threads = [threading.Thread(target=watch.run, name="podnat-watch", daemon=True),
-               threading.Thread(target=agent.run, name="podnat-sweep", daemon=True)]
+    threads = [
+        threading.Thread(target=watch.run, name="podnat-watch", daemon=True),
+        threading.Thread(target=agent.run, name="podnat-sweep", daemon=True),
+    ]
     for thread in threads:
         thread.start()
     server.start()
-    log.info("podnat agent on node %s: http://%s:%d (/metrics, /v1/pods, /healthz, /readyz), /proc at %s, "
-             "every %gs", config.node, address, server.port, proc, config.interval)
+    log.info(
+        "podnat agent on node %s: http://%s:%d (/metrics, /v1/pods, /healthz, /readyz), /proc at %s, every %gs",
+        config.node,
+        address,
+        server.port,
+        proc,
+        config.interval,
+    )
     stop.wait()
     log.info("stopping")
     watch.stop()

@@ -32,11 +32,16 @@ class _StateCollector(Collector):
         agent = self.agent
         with agent._pods_lock:
             states = list(agent.states.values())
-        status = GaugeMetricFamily("podnat_pod_status", "1 for the pod's capture status as of its last reading "
-                                   "(ok, drift, broken, unknown, error, skipped)",
-                                   labels=["namespace", "pod", "uid", "status"])
-        flows = GaugeMetricFamily("podnat_pod_flow_status", "1 for each flow type's status in the pod",
-                                  labels=["namespace", "pod", "type", "status"])
+        status = GaugeMetricFamily(
+            "podnat_pod_status",
+            "1 for the pod's capture status as of its last reading (ok, drift, broken, unknown, error, skipped)",
+            labels=["namespace", "pod", "uid", "status"],
+        )
+        flows = GaugeMetricFamily(
+            "podnat_pod_flow_status",
+            "1 for each flow type's status in the pod",
+            labels=["namespace", "pod", "type", "status"],
+        )
         for state in states:
             ref = state.report.ref
             status.add_metric([ref.namespace, ref.name, state.uid, state.report.status], 1)
@@ -45,15 +50,24 @@ class _StateCollector(Collector):
         yield status
         yield flows
         stats = agent.stats
-        pods = GaugeMetricFamily("podnat_agent_pods", "Pods of this node in the last sweep, by state "
-                                 "(seen, mapped to a namespace, unmapped, failed to read)", labels=["state"])
+        pods = GaugeMetricFamily(
+            "podnat_agent_pods",
+            "Pods of this node in the last sweep, by state (seen, mapped to a namespace, unmapped, failed to read)",
+            labels=["state"],
+        )
         for name in ("seen", "mapped", "unmapped", "failed"):
             pods.add_metric([name], getattr(stats, name))
         yield pods
-        yield GaugeMetricFamily("podnat_agent_last_sweep_timestamp_seconds",
-                                "Unix time the last full sweep finished (0: none yet)", value=stats.finished_at)
-        yield GaugeMetricFamily("podnat_agent_api_up", "1 when the pods watch is connected to the API server",
-                                value=0 if agent.api_error or not agent.listed else 1)
+        yield GaugeMetricFamily(
+            "podnat_agent_last_sweep_timestamp_seconds",
+            "Unix time the last full sweep finished (0: none yet)",
+            value=stats.finished_at,
+        )
+        yield GaugeMetricFamily(
+            "podnat_agent_api_up",
+            "1 when the pods watch is connected to the API server",
+            value=0 if agent.api_error or not agent.listed else 1,
+        )
 
 
 def flow_statuses(state: PodState) -> list[tuple[str, str]]:
@@ -76,8 +90,12 @@ class AgentMetrics:
     def __init__(self, agent: Agent) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_StateCollector(agent))
-        self.duration = Histogram("podnat_agent_sweep_duration_seconds", "Wall time of a full sweep of the node",
-                                  buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60), registry=self.registry)
+        self.duration = Histogram(
+            "podnat_agent_sweep_duration_seconds",
+            "Wall time of a full sweep of the node",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60),
+            registry=self.registry,
+        )
         self.sweeps = Counter("podnat_agent_sweeps", "Sweeps done (full and on pod events)", registry=self.registry)
 
     def observe(self, states: list[PodState], previous: list[PodState], stats: SweepStats) -> None:

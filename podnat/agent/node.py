@@ -112,7 +112,8 @@ class NodeScanner:
             meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
             uid = str(meta.get("uid") or "")
             ips = [str(e.get("ip")) for e in status.get("podIPs") or [] if e.get("ip")] or (
-                [str(status["podIP"])] if status.get("podIP") else [])
+                [str(status["podIP"])] if status.get("podIP") else []
+            )
             cands = found.get(uid)
             addresses: dict[int, frozenset[str]] = {}
             if cands:
@@ -121,8 +122,11 @@ class NodeScanner:
                     addresses[cands[0].netns] = seen
             found_ = procmap.decide(uid, ips, bool(spec.get("hostNetwork")), cands, addresses)
             if isinstance(found_, procmap.Unmapped) and self.denied:
-                found_ = procmap.Unmapped(uid, f"{found_.reason}; the namespaces of {self.denied} processes could "
-                                          "not be read (permission denied: the agent needs CAP_SYS_PTRACE)")
+                found_ = procmap.Unmapped(
+                    uid,
+                    f"{found_.reason}; the namespaces of {self.denied} processes could "
+                    "not be read (permission denied: the agent needs CAP_SYS_PTRACE)",
+                )
             out[uid] = found_
         return out
 
@@ -132,13 +136,19 @@ class NodeScanner:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise KubeSourceError(Failure.API_ERROR, f"the process mapped to this pod (pid {mapped.pid}) exited "
-                                  f"before its namespace was opened ({exc.strerror}): it is mapped again next "
-                                  "sweep") from exc
+            raise KubeSourceError(
+                Failure.API_ERROR,
+                f"the process mapped to this pod (pid {mapped.pid}) exited "
+                f"before its namespace was opened ({exc.strerror}): it is mapped again next "
+                "sweep",
+            ) from exc
         if os.fstat(fd).st_ino != mapped.netns:
             os.close(fd)
-            raise KubeSourceError(Failure.API_ERROR, f"pid {mapped.pid} is no longer in net:[{mapped.netns}] (it "
-                                  "exited and the pid was reused): mapped again next sweep")
+            raise KubeSourceError(
+                Failure.API_ERROR,
+                f"pid {mapped.pid} is no longer in net:[{mapped.netns}] (it "
+                "exited and the pid was reused): mapped again next sweep",
+            )
         return PodNetns(mapped.pod_uid, mapped.netns, mapped.pid, fd, mapped.note)
 
 
@@ -147,8 +157,13 @@ class NodePodSource:
 
     `netns_of(uid)` gives the held namespace of a mapped pod (or raises why it is not mapped)."""
 
-    def __init__(self, node: str, netns_of: Any, timeout: float = READ_TIMEOUT,
-                 pods: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+    def __init__(
+        self,
+        node: str,
+        netns_of: Any,
+        timeout: float = READ_TIMEOUT,
+        pods: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
         self.node = node
         self.netns_of = netns_of
         self.timeout = timeout
@@ -161,8 +176,12 @@ class NodePodSource:
         from podnat.lab.apiobjects import parse_label_selector, selects
 
         requirements = parse_label_selector(selector)
-        return [p for p in self.pods() if (namespace is None or (p.get("metadata") or {}).get("namespace") == namespace)
-                and selects(p, requirements, [])]
+        return [
+            p
+            for p in self.pods()
+            if (namespace is None or (p.get("metadata") or {}).get("namespace") == namespace)
+            and selects(p, requirements, [])
+        ]
 
     def get_pod(self, ref: PodRef) -> dict[str, Any]:
         raise NotImplementedError("the agent keeps its pods from the API server's watch")
@@ -181,8 +200,11 @@ class NodePodSource:
             sections = split_sections(result, marker)
             if sections is None:
                 detail = " ".join((result.stderr or result.stdout).split())[:200]
-                raise KubeSourceError(Failure.API_ERROR, f"reading the namespace of pod {ref} (pid {held.pid}, "
-                                      f"net:[{held.netns}]) failed (exit {result.returncode}): {detail or 'no output'}")
+                raise KubeSourceError(
+                    Failure.API_ERROR,
+                    f"reading the namespace of pod {ref} (pid {held.pid}, "
+                    f"net:[{held.netns}]) failed (exit {result.returncode}): {detail or 'no output'}",
+                )
             notes = tuple(n for n in (why, held.note) if n)
             return ambient_facts(pod, ref, sections, f"node agent on {self.node}", NatSource.NODE, notes)
         notes = [n for n in (why, held.note) if n]
@@ -193,8 +215,11 @@ class NodePodSource:
         sections = split_sections(result, marker)
         if sections is None:
             detail = " ".join((result.stderr or result.stdout).split())[:200]
-            raise KubeSourceError(Failure.API_ERROR, f"reading the namespace of pod {ref} (pid {held.pid}, "
-                                  f"net:[{held.netns}]) failed (exit {result.returncode}): {detail or 'no output'}")
+            raise KubeSourceError(
+                Failure.API_ERROR,
+                f"reading the namespace of pod {ref} (pid {held.pid}, "
+                f"net:[{held.netns}]) failed (exit {result.returncode}): {detail or 'no output'}",
+            )
         where = f"node agent on {self.node}"
         nat, nat_error = interpret_nat(sections, ref, where, NatSource.NODE)
         if nat is None:
@@ -202,23 +227,33 @@ class NodePodSource:
             raise nat_error
         listeners, listeners_error = interpret_listeners(sections.get("listeners"), where)
         if listeners is not None:  # on the node there is no pilot-agent: curl asked the admin port itself
-            listeners = replace(listeners, label=listeners.label.replace(
-                "pilot-agent request GET listeners?format=json",
-                f"Envoy's admin port 127.0.0.1:{port}/listeners, in the pod's network namespace"))
+            listeners = replace(
+                listeners,
+                label=listeners.label.replace(
+                    "pilot-agent request GET listeners?format=json",
+                    f"Envoy's admin port 127.0.0.1:{port}/listeners, in the pod's network namespace",
+                ),
+            )
         if listeners_error:
             notes.append(listeners_error)
         routing = interpret_routing(sections, where, table) if table is not None else None
         if mesh is MeshMode.NO_CAPTURE:
             return PodFacts(ref=ref, pod=pod, listeners=listeners, notes=tuple(notes), mesh=mesh)
-        return PodFacts(ref=ref, pod=pod, nat=nat, listeners=listeners, notes=tuple(notes), mesh=mesh,
-                        routing=routing)
+        return PodFacts(ref=ref, pod=pod, nat=nat, listeners=listeners, notes=tuple(notes), mesh=mesh, routing=routing)
 
     def run_in(self, held: PodNetns, argv: list[str]) -> ExecResult:
         """argv in the held namespace (network only: the agent's own files and tools), bounded in time."""
         command = ["nsenter", f"--net=/proc/self/fd/{held.fd}", "--", *argv]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout,
-                                  pass_fds=(held.fd,), check=False, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                pass_fds=(held.fd,),
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired as exc:
             raise KubeSourceError(Failure.TIMEOUT, f"reading net:[{held.netns}] took over {self.timeout:g}s") from exc
         except OSError as exc:

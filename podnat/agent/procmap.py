@@ -60,8 +60,9 @@ class Candidate:
     start: int
 
 
-def candidates(processes: Iterable[Process], node_netns: int | None,
-               skip_netns: Iterable[int] = ()) -> dict[str, list[Candidate]]:
+def candidates(
+    processes: Iterable[Process], node_netns: int | None, skip_netns: Iterable[int] = ()
+) -> dict[str, list[Candidate]]:
     """For each pod UID, its namespaces (one per inode, by its oldest process), oldest first.
 
     The node's own namespace and `skip_netns` (the agent's own) are never a pod's."""
@@ -108,8 +109,13 @@ class HostNetwork:
 Mapping_ = Mapped | Unmapped | HostNetwork
 
 
-def decide(pod_uid: str, pod_ips: Iterable[str], host_network: bool, found: list[Candidate] | None,
-           addresses: Mapping[int, frozenset[str]]) -> Mapping_:
+def decide(
+    pod_uid: str,
+    pod_ips: Iterable[str],
+    host_network: bool,
+    found: list[Candidate] | None,
+    addresses: Mapping[int, frozenset[str]],
+) -> Mapping_:
     """One pod's namespace: the oldest candidate's, if the pod IP is on one of its interfaces.
 
     `addresses` maps a namespace inode to the addresses on its interfaces (for the oldest candidate at
@@ -117,19 +123,24 @@ def decide(pod_uid: str, pod_ips: Iterable[str], host_network: bool, found: list
     if host_network:
         return HostNetwork(pod_uid)
     if not found:
-        return Unmapped(pod_uid, "no process of this pod in a network namespace of its own on this node "
-                                 "(a pod's namespace is found through its processes' /proc/PID/cgroup)")
+        return Unmapped(
+            pod_uid,
+            "no process of this pod in a network namespace of its own on this node "
+            "(a pod's namespace is found through its processes' /proc/PID/cgroup)",
+        )
     ips = {_normal(ip) for ip in pod_ips if ip}
     first = found[0]
     if not ips:
         return Unmapped(pod_uid, "the pod has no IP yet: its namespace cannot be confirmed")
     have = addresses.get(first.netns)
     if have is None:
-        return Unmapped(pod_uid, f"the addresses of namespace net:[{first.netns}] (pid {first.pid}) could not "
-                                 "be read")
+        return Unmapped(pod_uid, f"the addresses of namespace net:[{first.netns}] (pid {first.pid}) could not be read")
     if not ips & have:
-        return Unmapped(pod_uid, f"the namespace of its oldest process (pid {first.pid}, net:[{first.netns}]) "
-                                 f"does not hold the pod IP {', '.join(sorted(ips))}: not mapped, not guessed")
+        return Unmapped(
+            pod_uid,
+            f"the namespace of its oldest process (pid {first.pid}, net:[{first.netns}]) "
+            f"does not hold the pod IP {', '.join(sorted(ips))}: not mapped, not guessed",
+        )
     note = None
     if len(found) > 1:
         others = ", ".join(f"pid {c.pid} net:[{c.netns}]" for c in found[1:])

@@ -88,8 +88,12 @@ class _FactsRecorder:
 class Agent:
     """The pods of one node and their latest states; sweeps them and tells the observers."""
 
-    def __init__(self, config: AgentConfig, scanner: NodeScanner,
-                 observers: Iterable[Callable[[list[PodState], list[PodState], SweepStats], None]] = ()) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        scanner: NodeScanner,
+        observers: Iterable[Callable[[list[PodState], list[PodState], SweepStats], None]] = (),
+    ) -> None:
         self.config = config
         self.scanner = scanner
         self.observers = list(observers)
@@ -126,8 +130,15 @@ class Agent:
         uid = str(meta.get("uid") or "")
         with self._pods_lock:
             if not uid:  # a DELETED without the object's uid: find it by name
-                uid = next((u for u, p in self.pods.items() if p["metadata"].get("namespace") == meta.get("namespace")
-                            and p["metadata"].get("name") == meta.get("name")), "")
+                uid = next(
+                    (
+                        u
+                        for u, p in self.pods.items()
+                        if p["metadata"].get("namespace") == meta.get("namespace")
+                        and p["metadata"].get("name") == meta.get("name")
+                    ),
+                    "",
+                )
             if not uid:
                 return
             if kind == "DELETED":
@@ -206,20 +217,26 @@ class Agent:
         def one(pod: dict[str, Any]) -> PodState:
             uid = str(pod["metadata"]["uid"])
             found = mapping.get(uid)
-            kind = ("host-network" if isinstance(found, procmap.HostNetwork) else
-                    "mapped" if uid in held else "unmapped")
+            kind = "host-network" if isinstance(found, procmap.HostNetwork) else "mapped" if uid in held else "unmapped"
             recorder = _FactsRecorder(node_source)
             try:
                 if isinstance(found, procmap.HostNetwork):
-                    report = PodReport(ref=_ref(pod), node=self.config.node, mesh="host-network",
-                                       notes=("hostNetwork pod: it shares the node's rules; not read",))
+                    report = PodReport(
+                        ref=_ref(pod),
+                        node=self.config.node,
+                        mesh="host-network",
+                        notes=("hostNetwork pod: it shares the node's rules; not read",),
+                    )
                 else:
                     report = inspect_pod(recorder, pod, NatSource.NODE)
             except Exception as exc:  # one pod's failure is that pod's report
                 log.exception("pod %s: %s", _ref(pod), exc)
-                report = PodReport(ref=_ref(pod), node=self.config.node,
-                                   error=f"internal error reading the pod: {type(exc).__name__}: {exc}",
-                                   error_code=int(ExitCode.INTERNAL))
+                report = PodReport(
+                    ref=_ref(pod),
+                    node=self.config.node,
+                    error=f"internal error reading the pod: {type(exc).__name__}: {exc}",
+                    error_code=int(ExitCode.INTERNAL),
+                )
             if report.explanation is None and report.error is None and kind == "unmapped":
                 kind = "skipped"  # not a sidecar pod: nothing to map
             if kind == "unmapped" and report.error is None:
@@ -252,8 +269,9 @@ class Agent:
         if only is None or not self.swept:
             self.stats = stats
         else:  # a partial sweep: keep the full sweep's duration, refresh the counts
-            self.stats = SweepStats(stats.seen, stats.mapped, stats.unmapped, stats.failed, self.stats.duration,
-                                    self.stats.finished_at)
+            self.stats = SweepStats(
+                stats.seen, stats.mapped, stats.unmapped, stats.failed, self.stats.duration, self.stats.finished_at
+            )
         self.swept = self.swept or only is None
         for observer in self.observers:
             try:
@@ -262,13 +280,16 @@ class Agent:
                 log.exception("observer failed")
         return states
 
-    def states_for(self, namespace: str | None, selector: Callable[[Mapping[str, Any]], bool] | None,
-                   max_age: float | None) -> list[PodState]:
+    def states_for(
+        self, namespace: str | None, selector: Callable[[Mapping[str, Any]], bool] | None, max_age: float | None
+    ) -> list[PodState]:
         """The pods asked for, sorted by namespace and name; those read more than `max_age` seconds ago
         (or never) are read now (None: serve the last sweep as it is)."""
-        wanted = [p for p in self.snapshot()
-                  if (namespace is None or p["metadata"].get("namespace") == namespace)
-                  and (selector is None or selector(p))]
+        wanted = [
+            p
+            for p in self.snapshot()
+            if (namespace is None or p["metadata"].get("namespace") == namespace) and (selector is None or selector(p))
+        ]
         uids = {str(p["metadata"]["uid"]) for p in wanted}
         if max_age is not None and uids:
             now = time.time()
@@ -329,7 +350,8 @@ class PodWatch:
 
     def relist(self) -> str:
         resp = self.client.core.list_pod_for_all_namespaces(
-            field_selector=self.selector, _preload_content=False, _request_timeout=self.timeout)
+            field_selector=self.selector, _preload_content=False, _request_timeout=self.timeout
+        )
         body = json.loads(resp.data)
         self.agent.replace_pods(body.get("items") or [])
         self.relists += 1
@@ -339,9 +361,14 @@ class PodWatch:
         while not self._stop.is_set() and time.monotonic() < until:
             seconds = max(1, min(60, int(until - time.monotonic())))
             resp = self.client.core.list_pod_for_all_namespaces(
-                field_selector=self.selector, watch=True, resource_version=version or None,
-                timeout_seconds=seconds, allow_watch_bookmarks=True, _preload_content=False,
-                _request_timeout=(self.timeout, seconds + self.timeout))
+                field_selector=self.selector,
+                watch=True,
+                resource_version=version or None,
+                timeout_seconds=seconds,
+                allow_watch_bookmarks=True,
+                _preload_content=False,
+                _request_timeout=(self.timeout, seconds + self.timeout),
+            )
             try:
                 for line in _lines(resp):
                     if self._stop.is_set():

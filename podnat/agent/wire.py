@@ -25,14 +25,27 @@ def facts_data(facts: PodFacts) -> dict[str, Any]:
     data: dict[str, Any] = {"mesh": facts.mesh.value, "notes": list(facts.notes)}
     if facts.nat is not None:
         nat = facts.nat
-        data["nat"] = {"source": nat.source.value, "label": nat.label, "v4": nat.v4, "v6": nat.v6, "nft": nat.nft,
-                       "counters": nat.counters}
+        data["nat"] = {
+            "source": nat.source.value,
+            "label": nat.label,
+            "v4": nat.v4,
+            "v6": nat.v6,
+            "nft": nat.nft,
+            "counters": nat.counters,
+        }
     if facts.listeners is not None:
         data["listeners"] = {"label": facts.listeners.label, "json": facts.listeners.json_text}
     if facts.routing is not None:
         r = facts.routing
-        data["routing"] = {"label": r.label, "table": r.table, "rules_v4": r.rules_v4, "routes_v4": r.routes_v4,
-                           "rules_v6": r.rules_v6, "routes_v6": r.routes_v6, "error": r.error}
+        data["routing"] = {
+            "label": r.label,
+            "table": r.table,
+            "rules_v4": r.rules_v4,
+            "routes_v4": r.routes_v4,
+            "rules_v6": r.rules_v6,
+            "routes_v6": r.routes_v6,
+            "error": r.error,
+        }
     if facts.sockets is not None:
         data["sockets"] = {"label": facts.sockets.label, "ports": list(facts.sockets.ports)}
     return data
@@ -47,14 +60,30 @@ def facts_from_data(data: Mapping[str, Any], pod: Mapping[str, Any]) -> PodFacts
     routing = data.get("routing")
     sockets = data.get("sockets")
     return PodFacts(
-        ref=ref, pod=pod,
-        nat=NatReading(source=NatSource(nat["source"]), label=str(nat["label"]), v4=str(nat["v4"] or ""),
-                       v6=nat.get("v6"), nft=nat.get("nft"), counters=bool(nat.get("counters"))) if nat else None,
+        ref=ref,
+        pod=pod,
+        nat=NatReading(
+            source=NatSource(nat["source"]),
+            label=str(nat["label"]),
+            v4=str(nat["v4"] or ""),
+            v6=nat.get("v6"),
+            nft=nat.get("nft"),
+            counters=bool(nat.get("counters")),
+        )
+        if nat
+        else None,
         listeners=ListenersReading(str(listeners["label"]), str(listeners["json"])) if listeners else None,
-        routing=PolicyRouting(label=str(routing["label"]), table=int(routing["table"]),
-                              rules_v4=routing.get("rules_v4"), routes_v4=routing.get("routes_v4"),
-                              rules_v6=routing.get("rules_v6"), routes_v6=routing.get("routes_v6"),
-                              error=routing.get("error")) if routing else None,
+        routing=PolicyRouting(
+            label=str(routing["label"]),
+            table=int(routing["table"]),
+            rules_v4=routing.get("rules_v4"),
+            routes_v4=routing.get("routes_v4"),
+            rules_v6=routing.get("rules_v6"),
+            routes_v6=routing.get("routes_v6"),
+            error=routing.get("error"),
+        )
+        if routing
+        else None,
         notes=tuple(str(n) for n in data.get("notes") or ()),
         mesh=MeshMode(data.get("mesh", "sidecar")),
         sockets=SocketsReading(str(sockets["label"]), tuple(int(p) for p in sockets["ports"])) if sockets else None,

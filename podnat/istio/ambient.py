@@ -142,27 +142,125 @@ def _inpod(cfg: AmbientConfig) -> _Builder:
     b.versioned(v4_probe, v6_probe, OUTPUT, "nat", "-d", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
     if not cfg.ingress_mode:
         b.versioned(
-            "127.0.0.1/32", "::1/128", PRERT, "nat", "!", "-d", "{ip}", "-p", "tcp", "!", "--dport",
-            str(HBONE_PORT), "-m", "mark", "!", "--mark", _MARK, "-j", "REDIRECT", "--to-ports",
+            "127.0.0.1/32",
+            "::1/128",
+            PRERT,
+            "nat",
+            "!",
+            "-d",
+            "{ip}",
+            "-p",
+            "tcp",
+            "!",
+            "--dport",
+            str(HBONE_PORT),
+            "-m",
+            "mark",
+            "!",
+            "--mark",
+            _MARK,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
             str(INBOUND_PLAINTEXT_PORT),
         )
     b.append(
-        OUTPUT, "mangle", "-m", "connmark", "--mark", _CONNMARK, "-j", "CONNMARK", "--restore-mark",
-        "--nfmask", "0xffffffff", "--ctmask", "0xffffffff",
+        OUTPUT,
+        "mangle",
+        "-m",
+        "connmark",
+        "--mark",
+        _CONNMARK,
+        "-j",
+        "CONNMARK",
+        "--restore-mark",
+        "--nfmask",
+        "0xffffffff",
+        "--ctmask",
+        "0xffffffff",
     )
     if cfg.redirect_dns:
         b.append(
-            OUTPUT, "nat", "!", "-o", "lo", "-p", "udp", "-m", "mark", "!", "--mark", _MARK, "-m", "udp",
-            "--dport", "53", "-j", "REDIRECT", "--to-port", str(DNS_PORT),
+            OUTPUT,
+            "nat",
+            "!",
+            "-o",
+            "lo",
+            "-p",
+            "udp",
+            "-m",
+            "mark",
+            "!",
+            "--mark",
+            _MARK,
+            "-m",
+            "udp",
+            "--dport",
+            "53",
+            "-j",
+            "REDIRECT",
+            "--to-port",
+            str(DNS_PORT),
         )
         b.versioned(
-            "127.0.0.1/32", "::1/128", OUTPUT, "nat", "!", "-d", "{ip}", "-p", "tcp", "--dport", "53",
-            "-m", "mark", "!", "--mark", _MARK, "-j", "REDIRECT", "--to-ports", str(DNS_PORT),
+            "127.0.0.1/32",
+            "::1/128",
+            OUTPUT,
+            "nat",
+            "!",
+            "-d",
+            "{ip}",
+            "-p",
+            "tcp",
+            "--dport",
+            "53",
+            "-m",
+            "mark",
+            "!",
+            "--mark",
+            _MARK,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            str(DNS_PORT),
         )
-        b.append(OUTPUT, "raw", "-p", "udp", "-m", "mark", "--mark", _MARK, "-m", "udp", "--dport", "53",
-                 "-j", "CT", "--zone", "1")
-        b.append(PRERT, "raw", "-p", "udp", "-m", "mark", "!", "--mark", _MARK, "-m", "udp", "--sport", "53",
-                 "-j", "CT", "--zone", "1")
+        b.append(
+            OUTPUT,
+            "raw",
+            "-p",
+            "udp",
+            "-m",
+            "mark",
+            "--mark",
+            _MARK,
+            "-m",
+            "udp",
+            "--dport",
+            "53",
+            "-j",
+            "CT",
+            "--zone",
+            "1",
+        )
+        b.append(
+            PRERT,
+            "raw",
+            "-p",
+            "udp",
+            "-m",
+            "mark",
+            "!",
+            "--mark",
+            _MARK,
+            "-m",
+            "udp",
+            "--sport",
+            "53",
+            "-j",
+            "CT",
+            "--zone",
+            "1",
+        )
     _outbound_tail(b)
     return b
 
@@ -172,21 +270,84 @@ def _inpod_tproxy(cfg: AmbientConfig, b: _Builder, v4_probe: str, v6_probe: str)
     b.append(PRERT, "mangle", "-m", "mark", "--mark", _MARK, "-j", "CONNMARK", "--set-xmark", _CONNMARK)
     b.versioned(v4_probe, v6_probe, PRERT, "mangle", "-s", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
     b.versioned(v4_probe, v6_probe, OUTPUT, "nat", "-d", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
-    b.versioned("127.0.0.1/32", "::1/128", PRERT, "mangle", "!", "-d", "{ip}", "-p", "tcp", "-i", "lo",
-                "-j", "ACCEPT")
-    b.append(PRERT, "mangle", "-p", "tcp", "-m", "tcp", "--dport", str(HBONE_PORT), "-m", "mark", "!",
-             "--mark", _MARK, "-j", "TPROXY", "--on-port", str(HBONE_PORT), "--tproxy-mark", _CONNMARK)
-    b.append(PRERT, "mangle", "-p", "tcp", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
-    b.versioned("127.0.0.1/32", "::1/128", PRERT, "mangle", "!", "-d", "{ip}", "-p", "tcp", "-m", "mark", "!",
-                "--mark", _MARK, "-j", "TPROXY", "--on-port", str(INBOUND_PLAINTEXT_PORT), "--tproxy-mark",
-                _CONNMARK)
+    b.versioned("127.0.0.1/32", "::1/128", PRERT, "mangle", "!", "-d", "{ip}", "-p", "tcp", "-i", "lo", "-j", "ACCEPT")
     b.append(
-        OUTPUT, "mangle", "-m", "connmark", "--mark", _CONNMARK, "-j", "CONNMARK", "--restore-mark",
-        "--nfmask", "0xffffffff", "--ctmask", "0xffffffff",
+        PRERT,
+        "mangle",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        str(HBONE_PORT),
+        "-m",
+        "mark",
+        "!",
+        "--mark",
+        _MARK,
+        "-j",
+        "TPROXY",
+        "--on-port",
+        str(HBONE_PORT),
+        "--tproxy-mark",
+        _CONNMARK,
+    )
+    b.append(PRERT, "mangle", "-p", "tcp", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+    b.versioned(
+        "127.0.0.1/32",
+        "::1/128",
+        PRERT,
+        "mangle",
+        "!",
+        "-d",
+        "{ip}",
+        "-p",
+        "tcp",
+        "-m",
+        "mark",
+        "!",
+        "--mark",
+        _MARK,
+        "-j",
+        "TPROXY",
+        "--on-port",
+        str(INBOUND_PLAINTEXT_PORT),
+        "--tproxy-mark",
+        _CONNMARK,
+    )
+    b.append(
+        OUTPUT,
+        "mangle",
+        "-m",
+        "connmark",
+        "--mark",
+        _CONNMARK,
+        "-j",
+        "CONNMARK",
+        "--restore-mark",
+        "--nfmask",
+        "0xffffffff",
+        "--ctmask",
+        "0xffffffff",
     )
     if cfg.redirect_dns:
-        b.append(OUTPUT, "nat", "!", "-o", "lo", "-p", "udp", "-m", "udp", "--dport", "53", "-j", "REDIRECT",
-                 "--to-port", str(DNS_PORT))
+        b.append(
+            OUTPUT,
+            "nat",
+            "!",
+            "-o",
+            "lo",
+            "-p",
+            "udp",
+            "-m",
+            "udp",
+            "--dport",
+            "53",
+            "-j",
+            "REDIRECT",
+            "--to-port",
+            str(DNS_PORT),
+        )
     _outbound_tail(b)
 
 
@@ -195,8 +356,24 @@ def _outbound_tail(b: _Builder) -> None:
     b.append(OUTPUT, "nat", "-p", "tcp", "-m", "mark", "--mark", _CONNMARK, "-j", "ACCEPT")
     b.versioned("127.0.0.1/32", "::1/128", OUTPUT, "nat", "!", "-d", "{ip}", "-o", "lo", "-j", "ACCEPT")
     b.versioned(
-        "127.0.0.1/32", "::1/128", OUTPUT, "nat", "!", "-d", "{ip}", "-p", "tcp", "-m", "mark", "!", "--mark",
-        _MARK, "-j", "REDIRECT", "--to-ports", str(OUTBOUND_PORT),
+        "127.0.0.1/32",
+        "::1/128",
+        OUTPUT,
+        "nat",
+        "!",
+        "-d",
+        "{ip}",
+        "-p",
+        "tcp",
+        "-m",
+        "mark",
+        "!",
+        "--mark",
+        _MARK,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        str(OUTBOUND_PORT),
     )
 
 
@@ -206,8 +383,24 @@ def _host(cfg: AmbientConfig) -> _Builder:
     b.insert("POSTROUTING", "nat", 1, "-j", POSTRT)
     for family, address in (("v4", cfg.probe_snat_v4), ("v6", cfg.probe_snat_v6)):
         add = b.append_v4 if family == "v4" else b.append_v6
-        add(POSTRT, "nat", "-m", "owner", "--socket-exists", "-p", "tcp", "-m", "set", "--match-set",
-            f"{PROBE_IPSET}-{family}", "dst", "-j", "SNAT", "--to-source", str(address))
+        add(
+            POSTRT,
+            "nat",
+            "-m",
+            "owner",
+            "--socket-exists",
+            "-p",
+            "tcp",
+            "-m",
+            "set",
+            "--match-set",
+            f"{PROBE_IPSET}-{family}",
+            "dst",
+            "-j",
+            "SNAT",
+            "--to-source",
+            str(address),
+        )
     return b
 
 
@@ -236,25 +429,34 @@ NFT_NAT = "istio-ambient-nat"
 NFT_MANGLE = "istio-ambient-mangle"
 NFT_RAW = "istio-ambient-raw"
 _NFT_TABLES: tuple[tuple[str, tuple[tuple[str, tuple[str, str, int] | None], ...]], ...] = (
-    (NFT_NAT, (
-        ("prerouting", ("nat", "prerouting", -100)),
-        ("output", ("nat", "output", -100)),
-        ("postrouting", ("nat", "postrouting", 100)),
-        ("istio-prerouting", None),
-        ("istio-output", None),
-    )),
-    (NFT_MANGLE, (
-        ("prerouting", ("filter", "prerouting", -150)),
-        ("output", ("route", "output", -150)),
-        ("istio-prerouting", None),
-        ("istio-output", None),
-    )),
-    (NFT_RAW, (
-        ("prerouting", ("filter", "prerouting", -300)),
-        ("output", ("filter", "output", -300)),
-        ("istio-prerouting", None),
-        ("istio-output", None),
-    )),
+    (
+        NFT_NAT,
+        (
+            ("prerouting", ("nat", "prerouting", -100)),
+            ("output", ("nat", "output", -100)),
+            ("postrouting", ("nat", "postrouting", 100)),
+            ("istio-prerouting", None),
+            ("istio-output", None),
+        ),
+    ),
+    (
+        NFT_MANGLE,
+        (
+            ("prerouting", ("filter", "prerouting", -150)),
+            ("output", ("route", "output", -150)),
+            ("istio-prerouting", None),
+            ("istio-output", None),
+        ),
+    ),
+    (
+        NFT_RAW,
+        (
+            ("prerouting", ("filter", "prerouting", -300)),
+            ("output", ("filter", "output", -300)),
+            ("istio-prerouting", None),
+            ("istio-output", None),
+        ),
+    ),
 )
 _NFT_MARK = f"mark and 0x{MARK_MASK:x}"
 
@@ -279,9 +481,12 @@ def _nft_inpod(cfg: AmbientConfig) -> list[tuple[str, str, str]]:
         add(NFT_NAT, "istio-prerouting", f"iifname {iface} meta l4proto tcp counter redirect to :{OUTBOUND_PORT}")
         add(NFT_NAT, "istio-prerouting", f"iifname {iface} meta l4proto tcp counter return")
     if not cfg.ingress_mode or cfg.release >= IstioRelease(1, 29):
-        add(NFT_MANGLE, "istio-prerouting",
+        add(
+            NFT_MANGLE,
+            "istio-prerouting",
             f"meta mark & 0x{MARK_MASK:x} == 0x{INPOD_MARK:x} counter ct mark set ct mark & 0xfffff000 |  "
-            f"0x{CONN_MARK:x}")
+            f"0x{CONN_MARK:x}",
+        )
     if not cfg.ingress_mode:
         add(NFT_NAT, "istio-prerouting", f"meta l4proto tcp ip saddr {cfg.probe_snat_v4} counter accept")
         add(NFT_NAT, "istio-prerouting", f"meta l4proto tcp ip6 saddr {cfg.probe_snat_v6} counter accept", v6=True)
@@ -289,25 +494,47 @@ def _nft_inpod(cfg: AmbientConfig) -> list[tuple[str, str, str]]:
     add(NFT_NAT, "istio-output", f"meta l4proto tcp ip6 daddr {cfg.probe_snat_v6} counter accept", v6=True)
     if not cfg.ingress_mode:
         # Istio's IPv4 rule has two spaces before `!=` (its text is joined from parts); kept as written
-        add(NFT_NAT, "istio-prerouting", f"ip daddr != 127.0.0.1/32 tcp dport != {HBONE_PORT} {_NFT_MARK}  "
-            f"!= 0x{INPOD_MARK:x} counter redirect to :{INBOUND_PLAINTEXT_PORT}")
-        add(NFT_NAT, "istio-prerouting", f"ip6 daddr != ::1/128 tcp dport != {HBONE_PORT} {_NFT_MARK} "
-            f"!= 0x{INPOD_MARK:x} counter redirect to :{INBOUND_PLAINTEXT_PORT}", v6=True)
+        add(
+            NFT_NAT,
+            "istio-prerouting",
+            f"ip daddr != 127.0.0.1/32 tcp dport != {HBONE_PORT} {_NFT_MARK}  "
+            f"!= 0x{INPOD_MARK:x} counter redirect to :{INBOUND_PLAINTEXT_PORT}",
+        )
+        add(
+            NFT_NAT,
+            "istio-prerouting",
+            f"ip6 daddr != ::1/128 tcp dport != {HBONE_PORT} {_NFT_MARK} "
+            f"!= 0x{INPOD_MARK:x} counter redirect to :{INBOUND_PLAINTEXT_PORT}",
+            v6=True,
+        )
     add(NFT_MANGLE, "istio-output", f"ct mark and 0x{MARK_MASK:x} == 0x{CONN_MARK:x} counter meta mark set ct mark")
     if cfg.redirect_dns:
-        add(NFT_NAT, "istio-output", f"oifname != lo {_NFT_MARK} != 0x{INPOD_MARK:x} udp dport 53 counter "
-            f"redirect to :{DNS_PORT}")
+        add(
+            NFT_NAT,
+            "istio-output",
+            f"oifname != lo {_NFT_MARK} != 0x{INPOD_MARK:x} udp dport 53 counter redirect to :{DNS_PORT}",
+        )
         for family, loop in (("ip", "127.0.0.1/32"), ("ip6", "::1/128")):
-            add(NFT_NAT, "istio-output", f"{family} daddr != {loop} tcp dport 53 {_NFT_MARK} != 0x{INPOD_MARK:x} "
-                f"counter redirect to :{DNS_PORT}", v6=family == "ip6")
+            add(
+                NFT_NAT,
+                "istio-output",
+                f"{family} daddr != {loop} tcp dport 53 {_NFT_MARK} != 0x{INPOD_MARK:x} "
+                f"counter redirect to :{DNS_PORT}",
+                v6=family == "ip6",
+            )
         add(NFT_RAW, "istio-output", f"udp dport 53 meta {_NFT_MARK} == 0x{INPOD_MARK:x} counter ct zone set 1")
         add(NFT_RAW, "istio-prerouting", f"udp sport 53 meta {_NFT_MARK} != 0x{INPOD_MARK:x} counter ct zone set 1")
     add(NFT_NAT, "istio-output", f"meta l4proto tcp {_NFT_MARK} == 0x{CONN_MARK:x} counter accept")
     for family, loop in (("ip", "127.0.0.1/32"), ("ip6", "::1/128")):
         add(NFT_NAT, "istio-output", f"oifname lo {family} daddr != {loop} counter accept", v6=family == "ip6")
     for family, loop in (("ip", "127.0.0.1/32"), ("ip6", "::1/128")):
-        add(NFT_NAT, "istio-output", f"meta l4proto tcp {family} daddr != {loop} {_NFT_MARK} != "
-            f"0x{INPOD_MARK:x} counter redirect to :{OUTBOUND_PORT}", v6=family == "ip6")
+        add(
+            NFT_NAT,
+            "istio-output",
+            f"meta l4proto tcp {family} daddr != {loop} {_NFT_MARK} != "
+            f"0x{INPOD_MARK:x} counter redirect to :{OUTBOUND_PORT}",
+            v6=family == "ip6",
+        )
     return rules
 
 
@@ -337,11 +564,21 @@ def ambient_nft_script(cfg: AmbientConfig) -> str:
 
 def host_probe_nft_script(cfg: AmbientConfig, kubelet_uid: int) -> str:
     """The node's probe SNAT rule with native nftables: kubelet's uid instead of `--socket-exists`."""
-    rules = [(NFT_NAT, "postrouting", f"meta l4proto tcp skuid {kubelet_uid} ip daddr @{PROBE_IPSET}-v4 counter "
-              f"snat to {cfg.probe_snat_v4}")]
+    rules = [
+        (
+            NFT_NAT,
+            "postrouting",
+            f"meta l4proto tcp skuid {kubelet_uid} ip daddr @{PROBE_IPSET}-v4 counter snat to {cfg.probe_snat_v4}",
+        )
+    ]
     if cfg.enable_ipv6:
-        rules.append((NFT_NAT, "postrouting", f"meta l4proto tcp skuid {kubelet_uid} ip6 daddr @{PROBE_IPSET}-v6 "
-                      f"counter snat to {cfg.probe_snat_v6}"))
+        rules.append(
+            (
+                NFT_NAT,
+                "postrouting",
+                f"meta l4proto tcp skuid {kubelet_uid} ip6 daddr @{PROBE_IPSET}-v6 counter snat to {cfg.probe_snat_v6}",
+            )
+        )
     return "\n".join(line for table in _nft_tables(rules) for line in table.commands) + "\n"
 
 
@@ -388,15 +625,24 @@ _ORIGINS: tuple[tuple[str, str, str | None], ...] = (
     (r"^(raw|istio-ambient-raw) ", "ztunnel's DNS queries in their own conntrack zone", _DNS_ON),
     (r"(PREROUTING|prerouting) .*(ISTIO_PRERT|istio-prerouting)", "the jump into ztunnel's inbound chain", None),
     (r"(OUTPUT|output) .*(-j ISTIO_OUTPUT|jump istio-output)", "the jump into ztunnel's outbound chain", None),
-    (r"(-i|iifname) \S+ ", "inbound from a virtual interface to ztunnel's outbound port",
-     f"the pod sets {ANN_REROUTE_VIRTUAL_INTERFACES}"),
+    (
+        r"(-i|iifname) \S+ ",
+        "inbound from a virtual interface to ztunnel's outbound port",
+        f"the pod sets {ANN_REROUTE_VIRTUAL_INTERFACES}",
+    ),
     (r"\b(53|15053)\b", "the app's DNS to ztunnel's DNS proxy (15053)", _DNS_ON),
-    (r"(-s|saddr) (169\.254\.7\.127|fd16:9254:7127:1337)", "kubelet probes (SNAT'd on the node) pass uncaptured",
-     _NOT_INGRESS),
+    (
+        r"(-s|saddr) (169\.254\.7\.127|fd16:9254:7127:1337)",
+        "kubelet probes (SNAT'd on the node) pass uncaptured",
+        _NOT_INGRESS,
+    ),
     (r"(-d|daddr) (169\.254\.7\.127|fd16:9254:7127:1337)", "replies to kubelet probes pass uncaptured", None),
     (r"(15006|TPROXY --on-port 15008)", "inbound capture to ztunnel", _NOT_INGRESS),
-    (r"(set-xmark 0x111|ct mark set)", "ztunnel's inbound return path (connmark 0x111)",
-     f"{_NOT_INGRESS}, or the release is 1.29 or newer"),
+    (
+        r"(set-xmark 0x111|ct mark set)",
+        "ztunnel's inbound return path (connmark 0x111)",
+        f"{_NOT_INGRESS}, or the release is 1.29 or newer",
+    ),
     (r"(restore-mark|meta mark set ct mark|0x111)", "ztunnel's inbound return path (connmark 0x111)", None),
     (r"(-o lo|oifname lo)", "the app's own traffic over lo (to its pod IP) bypasses ztunnel", None),
     (r"15001", "outbound capture to ztunnel", None),
@@ -415,8 +661,10 @@ def ambient_rule_origin(table: str, chain: str, rule: str) -> tuple[str, str | N
 
 def ambient_cause(kind: str, table: str, chain: str, rule: str | None) -> str:
     """A rule difference of an ambient pod, in Istio's terms: what istio-cni would have done and why."""
-    gone = ("it is gone: deleted after the agent wrote the pod's rules, or never rewritten after a node reboot or "
-            "re-enrolment; restart the pod so istio-cni writes them again")
+    gone = (
+        "it is gone: deleted after the agent wrote the pod's rules, or never rewritten after a node reboot or "
+        "re-enrolment; restart the pod so istio-cni writes them again"
+    )
     other = "not something istio-cni writes in an ambient pod: another owner (a CNI, a firewall, an operator)"
     origin = ambient_rule_origin(table, chain, rule or "")
     if rule is None:  # a whole chain

@@ -62,8 +62,12 @@ from podnat.netfilter.packet import Packet
 from podnat.netfilter.traverse import traverse
 
 ZTUNNEL = Identity(0, 0)  # ztunnel's in-pod sockets belong to ztunnel's process (root); no rule tests its owner
-LISTENER_NAMES = {OUTBOUND_PORT: "outbound", INBOUND_PLAINTEXT_PORT: "plaintext inbound", HBONE_PORT: "HBONE",
-                  DNS_PORT: "DNS proxy"}
+LISTENER_NAMES = {
+    OUTBOUND_PORT: "outbound",
+    INBOUND_PLAINTEXT_PORT: "plaintext inbound",
+    HBONE_PORT: "HBONE",
+    DNS_PORT: "DNS proxy",
+}
 
 
 def ambient_flows(ctx: PodContext, dns: bool = True) -> tuple[FlowSpec, ...]:
@@ -71,22 +75,57 @@ def ambient_flows(ctx: PodContext, dns: bool = True) -> tuple[FlowSpec, ...]:
     pod = Endpoint(ctx.pod_ip, ctx.app_port)
     probe = PROBE_SNAT_V6 if ctx.pod_ip.version == 6 else PROBE_SNAT_V4
     specs = [
-        FlowSpec(FlowType.REMOTE_TO_LOCAL, "remote -> local pod over HBONE (ztunnel 15008)", Actor.REMOTE,
-                 Endpoint(ctx.pod_ip, HBONE_PORT), source=ctx.remote.address, variant="hbone"),
-        FlowSpec(FlowType.REMOTE_TO_LOCAL, "remote -> local pod in plaintext (ztunnel 15006)", Actor.REMOTE, pod,
-                 source=ctx.remote.address, variant="plaintext"),
-        FlowSpec(FlowType.REMOTE_TO_LOCAL, "reply of an inbound connection (connmark 0x111, table 100)",
-                 Actor.PROXY, pod, source=ctx.remote.address, identity=ZTUNNEL, variant="reply"),
-        FlowSpec(FlowType.LOCAL_TO_REMOTE, "local pod -> remote pod (ztunnel 15001)", Actor.APP, ctx.remote,
-                 identity=ctx.app),
-        FlowSpec(FlowType.LOCAL_TO_LOCAL, "local pod -> its own pod IP (no ztunnel)", Actor.APP, pod,
-                 identity=ctx.app, variant="own-pod-ip"),
+        FlowSpec(
+            FlowType.REMOTE_TO_LOCAL,
+            "remote -> local pod over HBONE (ztunnel 15008)",
+            Actor.REMOTE,
+            Endpoint(ctx.pod_ip, HBONE_PORT),
+            source=ctx.remote.address,
+            variant="hbone",
+        ),
+        FlowSpec(
+            FlowType.REMOTE_TO_LOCAL,
+            "remote -> local pod in plaintext (ztunnel 15006)",
+            Actor.REMOTE,
+            pod,
+            source=ctx.remote.address,
+            variant="plaintext",
+        ),
+        FlowSpec(
+            FlowType.REMOTE_TO_LOCAL,
+            "reply of an inbound connection (connmark 0x111, table 100)",
+            Actor.PROXY,
+            pod,
+            source=ctx.remote.address,
+            identity=ZTUNNEL,
+            variant="reply",
+        ),
+        FlowSpec(
+            FlowType.LOCAL_TO_REMOTE, "local pod -> remote pod (ztunnel 15001)", Actor.APP, ctx.remote, identity=ctx.app
+        ),
+        FlowSpec(
+            FlowType.LOCAL_TO_LOCAL,
+            "local pod -> its own pod IP (no ztunnel)",
+            Actor.APP,
+            pod,
+            identity=ctx.app,
+            variant="own-pod-ip",
+        ),
     ]
     if dns and ctx.nameserver is not None:
-        specs += [FlowSpec(FlowType.DNS, f"app -> cluster DNS ({proto}, ztunnel 15053)", Actor.APP, ctx.nameserver,
-                           identity=ctx.app, proto=proto, variant=proto) for proto in ("udp", "tcp")]
-    specs.append(FlowSpec(FlowType.KUBELET_PROBE, FLOW_TITLES[FlowType.KUBELET_PROBE], Actor.REMOTE, pod,
-                          source=probe))
+        specs += [
+            FlowSpec(
+                FlowType.DNS,
+                f"app -> cluster DNS ({proto}, ztunnel 15053)",
+                Actor.APP,
+                ctx.nameserver,
+                identity=ctx.app,
+                proto=proto,
+                variant=proto,
+            )
+            for proto in ("udp", "tcp")
+        ]
+    specs.append(FlowSpec(FlowType.KUBELET_PROBE, FLOW_TITLES[FlowType.KUBELET_PROBE], Actor.REMOTE, pod, source=probe))
     return tuple(specs)
 
 
@@ -137,8 +176,11 @@ def trace_ambient(
             return done(Outcome.REFUSED, None, f"{how}, where nothing listens")
         if port not in listening:
             how = f"{arrival.leg.rules[-1]} sent it to {final}" if arrival.leg.to else f"it went to {final}"
-            return done(Outcome.REFUSED, None, f"{how}, where ztunnel's {LISTENER_NAMES[port]} listener ({port}) "
-                        "is not listening")
+            return done(
+                Outcome.REFUSED,
+                None,
+                f"{how}, where ztunnel's {LISTENER_NAMES[port]} listener ({port}) is not listening",
+            )
         if actor is Actor.PROXY and (port, dst) in seen:
             return done(Outcome.LOOP, None, f"ztunnel's own connection to {dst} came back to its {port} listener")
         seen.add((port, dst))
@@ -153,8 +195,15 @@ def trace_ambient(
             dst = Endpoint(ctx.pod_ip, ctx.app_port)
         # 15006: to the original destination, from the client's address (src unchanged)
         actor, identity, current_mark = Actor.PROXY, ZTUNNEL, INPOD_MARK
-    return FlowTrace(spec, tuple(legs), (), Outcome.LOOP, None,
-                     f"more than {MAX_LEGS} connections: ztunnel keeps re-capturing its own traffic", tuple(ports))
+    return FlowTrace(
+        spec,
+        tuple(legs),
+        (),
+        Outcome.LOOP,
+        None,
+        f"more than {MAX_LEGS} connections: ztunnel keeps re-capturing its own traffic",
+        tuple(ports),
+    )
 
 
 def _reply(ruleset: Ruleset, spec: FlowSpec, ctx: PodContext, routing: TproxyRouting | None) -> FlowTrace:
@@ -170,25 +219,43 @@ def _reply(ruleset: Ruleset, spec: FlowSpec, ctx: PodContext, routing: TproxyRou
         return FlowTrace(spec, (*legs, leg), (), Outcome.DROPPED, None, reason)
     how = "as read" if routing is not None and routing.fwmark_rule else "as istio-cni installs it"
     restored = ", ".join(leg.rules[-1:])
-    return FlowTrace(spec, (*legs, leg), (), Outcome.DELIVERED, leg.dst,
-                     f"mark {CONN_MARK:#x} restored by {restored}; `fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup "
-                     f"{ROUTE_TABLE}` and `local default dev lo` in table {ROUTE_TABLE} ({how}) route the reply "
-                     "back over lo to ztunnel's socket")
+    return FlowTrace(
+        spec,
+        (*legs, leg),
+        (),
+        Outcome.DELIVERED,
+        leg.dst,
+        f"mark {CONN_MARK:#x} restored by {restored}; `fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup "
+        f"{ROUTE_TABLE}` and `local default dev lo` in table {ROUTE_TABLE} ({how}) route the reply "
+        "back over lo to ztunnel's socket",
+    )
 
 
-def _reply_broken(ruleset: Ruleset, ctx: PodContext, client: IPAddress, app: Endpoint, ctmark: int,
-                  routing: TproxyRouting | None) -> tuple[Leg, str] | None:
+def _reply_broken(
+    ruleset: Ruleset, ctx: PodContext, client: IPAddress, app: Endpoint, ctmark: int, routing: TproxyRouting | None
+) -> tuple[Leg, str] | None:
     leg, reason = _reply_leg(ruleset, ctx, client, app, ctmark, routing)
     return None if reason is None else (leg, reason)
 
 
-def _reply_leg(ruleset: Ruleset, ctx: PodContext, client: IPAddress, app: Endpoint, ctmark: int,
-               routing: TproxyRouting | None) -> tuple[Leg, str | None]:
+def _reply_leg(
+    ruleset: Ruleset, ctx: PodContext, client: IPAddress, app: Endpoint, ctmark: int, routing: TproxyRouting | None
+) -> tuple[Leg, str | None]:
     """The app's reply to ztunnel's transparent connection, and why it does not return to ztunnel (None: it does)."""
     back = Endpoint(client, EPHEMERAL_PORT)
-    packet = Packet(proto="tcp", src=ctx.pod_ip, dst=client, sport=app.port, dport=EPHEMERAL_PORT,
-                    out_iface=ctx.iface, uid=ctx.app.uid, gid=ctx.app.gid, ctmark=ctmark,
-                    ct_state="ESTABLISHED", local_addresses=frozenset({ctx.pod_ip}))
+    packet = Packet(
+        proto="tcp",
+        src=ctx.pod_ip,
+        dst=client,
+        sport=app.port,
+        dport=EPHEMERAL_PORT,
+        out_iface=ctx.iface,
+        uid=ctx.app.uid,
+        gid=ctx.app.gid,
+        ctmark=ctmark,
+        ct_state="ESTABLISHED",
+        local_addresses=frozenset({ctx.pod_ip}),
+    )
     hits: list[Rule] = []
     for base in (b for b in ruleset.base_chains("OUTPUT") if b.kind != "nat"):
         trace = traverse(ruleset, base.table, "OUTPUT", packet, start=base.chain)
@@ -196,21 +263,29 @@ def _reply_leg(ruleset: Ruleset, ctx: PodContext, client: IPAddress, app: Endpoi
         packet = trace.packet
         stop = _stop(trace)
         if stop is not None:
-            return Leg(Actor.APP, ctx.pod_ip, back, "OUTPUT", tuple(hits), trace.verdict.kind.value, None,
-                       ctx.app), stop[1]
+            return Leg(
+                Actor.APP, ctx.pod_ip, back, "OUTPUT", tuple(hits), trace.verdict.kind.value, None, ctx.app
+            ), stop[1]
     leg = Leg(Actor.APP, ctx.pod_ip, back, "OUTPUT", tuple(hits), "ACCEPT", None, ctx.app)
     if ctmark & MARK_MASK != CONN_MARK:
-        return leg, (f"ztunnel's connection to the app got no connmark {CONN_MARK:#x} (no rule in mangle PREROUTING "
-                     f"turns ztunnel's mark {INPOD_MARK:#x} into it): the app's replies to {client} leave the pod "
-                     "instead of returning to ztunnel, and inbound connections break")
+        return leg, (
+            f"ztunnel's connection to the app got no connmark {CONN_MARK:#x} (no rule in mangle PREROUTING "
+            f"turns ztunnel's mark {INPOD_MARK:#x} into it): the app's replies to {client} leave the pod "
+            "instead of returning to ztunnel, and inbound connections break"
+        )
     if packet.mark & MARK_MASK != CONN_MARK:
-        return leg, (f"no rule in mangle OUTPUT restores connmark {CONN_MARK:#x} on the app's replies: they leave "
-                     f"the pod for {client} instead of returning to ztunnel, and inbound connections break")
+        return leg, (
+            f"no rule in mangle OUTPUT restores connmark {CONN_MARK:#x} on the app's replies: they leave "
+            f"the pod for {client} instead of returning to ztunnel, and inbound connections break"
+        )
     if routing is not None and routing.broken:
-        restored = ", ".join(rule.ref for rule in hits if rule.target is not None
-                             and rule.target.get("restore-mark") is not None)
-        return leg, (f"the app's replies to {client} (mark {CONN_MARK:#x} restored by {restored}) are routed out of "
-                     f"the pod instead of back to ztunnel over lo: {routing_gap(routing)}")
+        restored = ", ".join(
+            rule.ref for rule in hits if rule.target is not None and rule.target.get("restore-mark") is not None
+        )
+        return leg, (
+            f"the app's replies to {client} (mark {CONN_MARK:#x} restored by {restored}) are routed out of "
+            f"the pod instead of back to ztunnel over lo: {routing_gap(routing)}"
+        )
     return leg, None
 
 
@@ -228,8 +303,9 @@ def routing_gap(routing: TproxyRouting) -> str:
 
 def needs_policy_routing(trace: FlowTrace, ctx: PodContext) -> bool:
     """Does the flow hand the app a connection from an address outside the pod (ztunnel's transparent leg)?"""
-    return any(leg.actor is Actor.PROXY and not ctx.is_local(leg.src) and ctx.is_local(leg.dst.address)
-               for leg in trace.legs)
+    return any(
+        leg.actor is Actor.PROXY and not ctx.is_local(leg.src) and ctx.is_local(leg.dst.address) for leg in trace.legs
+    )
 
 
 def without_policy_routing(trace: FlowTrace, routing: TproxyRouting, ctx: PodContext) -> FlowTrace:
@@ -237,8 +313,10 @@ def without_policy_routing(trace: FlowTrace, routing: TproxyRouting, ctx: PodCon
     if trace.spec.variant == "reply" or trace.outcome is not Outcome.DELIVERED:
         return trace
     leg = next(leg for leg in trace.legs if leg.actor is Actor.PROXY and not ctx.is_local(leg.src))
-    reason = (f"the app's replies to {leg.src} (connmark {CONN_MARK:#x}) are routed out of the pod instead of "
-              f"back to ztunnel over lo: {routing_gap(routing)}")
+    reason = (
+        f"the app's replies to {leg.src} (connmark {CONN_MARK:#x}) are routed out of the pod instead of "
+        f"back to ztunnel over lo: {routing_gap(routing)}"
+    )
     return replace(trace, outcome=Outcome.DROPPED, delivered_to=None, reason=reason)
 
 
@@ -247,8 +325,9 @@ def ambient_routing(family: Family, rules_text: str | None, routes_text: str | N
     100` output (None: not read)."""
     from podnat.istio.routing import tproxy_routing
 
-    return tproxy_routing(rules_text, routes_text, family=family.value, mark=CONN_MARK, table=ROUTE_TABLE,
-                          source=source)
+    return tproxy_routing(
+        rules_text, routes_text, family=family.value, mark=CONN_MARK, table=ROUTE_TABLE, source=source
+    )
 
 
 def probe_address(version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -269,8 +348,12 @@ def has_inpod_rules(ruleset: Ruleset) -> bool:
             continue
         for rule in table.rules():
             ports = rule.target.get("to-ports") if rule.target is not None else None
-            if rule.target is not None and rule.target.name == "REDIRECT" and ports is not None \
-                    and ports.args[0] == str(OUTBOUND_PORT):
+            if (
+                rule.target is not None
+                and rule.target.name == "REDIRECT"
+                and ports is not None
+                and ports.args[0] == str(OUTBOUND_PORT)
+            ):
                 return True
     return False
 
@@ -319,18 +402,27 @@ def explain_ambient(
     diff = ambient_diff(live, expected) if expected is not None else None
     findings: list[Finding] = []
     if bypassed:
-        findings.append(Finding(
-            "error", f"{BYPASS}: the app's connections and inbound plaintext go straight to their destination "
-            "(no mTLS, no policy). istio-cni writes these rules when the pod starts or is enrolled; after a node "
-            "reboot or re-enrolment they can be missing. Restart the pod (or remove and re-add the "
-            "istio.io/dataplane-mode=ambient label) so the istio-cni node agent writes them again.",
-            (), (int(FlowType.REMOTE_TO_LOCAL), int(FlowType.LOCAL_TO_REMOTE))))
+        findings.append(
+            Finding(
+                "error",
+                f"{BYPASS}: the app's connections and inbound plaintext go straight to their destination "
+                "(no mTLS, no policy). istio-cni writes these rules when the pod starts or is enrolled; after a node "
+                "reboot or re-enrolment they can be missing. Restart the pod (or remove and re-add the "
+                "istio.io/dataplane-mode=ambient label) so the istio-cni node agent writes them again.",
+                (),
+                (int(FlowType.REMOTE_TO_LOCAL), int(FlowType.LOCAL_TO_REMOTE)),
+            )
+        )
     missing_ports = [port for port in (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT) if port not in listening]
     if missing_ports:
-        findings.append(Finding(
-            "error", f"ztunnel is not listening on {', '.join(map(str, missing_ports))} in the pod's network "
-            "namespace: connections the rules send there are refused. Check the ztunnel pod on this node "
-            "(`kubectl -n istio-system logs ds/ztunnel`) and that it has this pod in its inventory."))
+        findings.append(
+            Finding(
+                "error",
+                f"ztunnel is not listening on {', '.join(map(str, missing_ports))} in the pod's network "
+                "namespace: connections the rules send there are refused. Check the ztunnel pod on this node "
+                "(`kubectl -n istio-system logs ds/ztunnel`) and that it has this pod in its inventory.",
+            )
+        )
     findings += _findings(reports, diff or (), live)
     if policy_routing is not None:
         findings += _routing_findings(policy_routing, reports)
@@ -370,16 +462,25 @@ def _routing_findings(routing: TproxyRouting, reports: list[FlowReport]) -> list
     ip = routing.family_ip
     if routing.broken:
         affected = tuple(sorted({int(r.spec.type) for r in reports if r.live.outcome is Outcome.DROPPED}))
-        return [Finding(
-            "error",
-            f"ambient policy routing ({routing.family}) is incomplete: {routing_gap(routing)}. istio-cni adds "
-            f"them with the in-pod rules; the app's replies on inbound connections (connmark {CONN_MARK:#x}, "
-            "from ztunnel's transparent connection with the client's address) leave the pod instead of "
-            "returning to ztunnel: inbound connections never complete. Restart the pod so istio-cni writes "
-            f"them again; check with `{ip} rule show` and `{ip} route show table {ROUTE_TABLE}` in the pod.",
-            (), affected)]
+        return [
+            Finding(
+                "error",
+                f"ambient policy routing ({routing.family}) is incomplete: {routing_gap(routing)}. istio-cni adds "
+                f"them with the in-pod rules; the app's replies on inbound connections (connmark {CONN_MARK:#x}, "
+                "from ztunnel's transparent connection with the client's address) leave the pod instead of "
+                "returning to ztunnel: inbound connections never complete. Restart the pod so istio-cni writes "
+                f"them again; check with `{ip} rule show` and `{ip} route show table {ROUTE_TABLE}` in the pod.",
+                (),
+                affected,
+            )
+        ]
     if routing.unknown is not None:
-        return [Finding("warning", f"ambient policy routing ({routing.family}) not known: {routing.unknown}; "
-                        f"podnat assumes `fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup {ROUTE_TABLE}` and "
-                        f"`local default dev lo` in table {ROUTE_TABLE} are there.")]
+        return [
+            Finding(
+                "warning",
+                f"ambient policy routing ({routing.family}) not known: {routing.unknown}; "
+                f"podnat assumes `fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup {ROUTE_TABLE}` and "
+                f"`local default dev lo` in table {ROUTE_TABLE} are there.",
+            )
+        ]
     return []

@@ -121,9 +121,7 @@ class InterceptionConfig:
     @property
     def dns_active(self) -> bool:
         """DNS capture as istio-iptables applies it: asked for, and a nameserver known (or capture-all)."""
-        return self.redirect_dns and (
-            self.capture_all_dns or bool(self.dns_servers_v4 or self.dns_servers_v6)
-        )
+        return self.redirect_dns and (self.capture_all_dns or bool(self.dns_servers_v4 or self.dns_servers_v6))
 
     @classmethod
     def from_args(
@@ -148,9 +146,7 @@ class InterceptionConfig:
         rel = IstioRelease.parse(release) if isinstance(release, str) else release
         uids = _split(values.get("u", "1337")) or ("1337",)
         gids = _split(values.get("g", "")) or uids
-        dns = _truthy(
-            values.get("redirect-dns", env.get("ISTIO_META_DNS_CAPTURE", env.get("REDIRECT_DNS", "")))
-        )
+        dns = _truthy(values.get("redirect-dns", env.get("ISTIO_META_DNS_CAPTURE", env.get("REDIRECT_DNS", ""))))
         capture_all = _truthy(values.get("capture-all-dns", env.get("CAPTURE_ALL_DNS", "")))
         drop = _truthy(values.get("drop-invalid", env.get("INVALID_DROP", env.get("DROP_INVALID", ""))))
         dual = _truthy(values.get("dual-stack", env.get("ISTIO_DUAL_STACK", env.get("DUAL_STACK", ""))))
@@ -450,9 +446,7 @@ def from_pod(obj: Mapping[str, Any]) -> PodInterception:
     if proxy is None:
         if annotations.get(ANN_AMBIENT) == "enabled" or labels.get("istio.io/dataplane-mode") == "ambient":
             return PodInterception(PodMode.AMBIENT, None, "captured by ztunnel (ambient), not a sidecar")
-        return PodInterception(
-            PodMode.NO_SIDECAR, None, "no istio-proxy container: not in the mesh as a sidecar"
-        )
+        return PodInterception(PodMode.NO_SIDECAR, None, "no istio-proxy container: not in the mesh as a sidecar")
     release, note = release_from_image(str(proxy.get("image", "")))
     notes = (note,) if note else ()
     if proxy in inits:
@@ -468,9 +462,7 @@ def from_pod(obj: Mapping[str, Any]) -> PodInterception:
         config = InterceptionConfig.from_args([str(a) for a in argv], env, release)
         config = replace(config, source=ConfigSource.ISTIO_INIT)
         if config.mode is InterceptionMode.NONE:
-            return PodInterception(
-                PodMode.INTERCEPTION_NONE, None, "istio-init -m NONE: no capture rules", notes
-            )
+            return PodInterception(PodMode.INTERCEPTION_NONE, None, "istio-init -m NONE: no capture rules", notes)
         notes = (*notes, *_nftables_notes(config))
         if config.redirect_dns and not config.dns_active:
             notes = (
@@ -495,9 +487,7 @@ def from_pod(obj: Mapping[str, Any]) -> PodInterception:
         if _truthy(_parse_flags(words).get("native-nftables", "")):
             config = replace(config, native_nftables=True)
     notes = (*notes, *_nftables_notes(config))
-    return PodInterception(
-        PodMode.SIDECAR, config, "istio-cni: annotations, istio-proxy env and CNI defaults", notes
-    )
+    return PodInterception(PodMode.SIDECAR, config, "istio-cni: annotations, istio-proxy env and CNI defaults", notes)
 
 
 def _nftables_notes(config: InterceptionConfig) -> tuple[str, ...]:
@@ -587,40 +577,67 @@ _NFT = r"^istio-proxy-\S+ "
 _NFT_ORIGINS: tuple[tuple[str, str], ...] = (
     (r"^istio-proxy-raw ", "DNS capture (ISTIO_META_DNS_CAPTURE=true / --redirect-dns): conntrack zones"),
     (_NFT + r"istio-inbound .*tcp dport 15008 .*return$", "the HBONE tunnel port (always excluded)"),
-    (_NFT + r"istio-inbound .*tcp dport \S+ .*return$",
-     "traffic.sidecar.istio.io/excludeInboundPorts (-d); only with includeInboundPorts '*'"),
-    (_NFT + r"istio-inbound .*tcp dport \S+ .*(jump|goto) istio-(in-redirect|tproxy|divert)$",
-     "traffic.sidecar.istio.io/includeInboundPorts (-b) with a port list"),
-    (_NFT + r"istio-inbound (meta l4proto tcp )?(counter )?(jump|goto) istio-(in-redirect|tproxy)$",
-     "traffic.sidecar.istio.io/includeInboundPorts '*' (-b '*')"),
-    (_NFT + r"prerouting (meta l4proto tcp )?(counter )?jump istio-inbound$",
-     "traffic.sidecar.istio.io/includeInboundPorts (-b) not empty"),
-    (_NFT + r"prerouting iifname \"(?!lo\")[^\"]+\" (counter )?return$",
-     "traffic.sidecar.istio.io/excludeInterfaces (-c) or "
-     "traffic.sidecar.istio.io/kubevirtInterfaces / istio.io/reroute-virtual-interfaces (-k)"),
-    (_NFT + r"output oifname \"(?!lo\")[^\"]+\" (counter )?return$",
-     "traffic.sidecar.istio.io/excludeInterfaces (-c)"),
-    (_NFT + r"prerouting iifname \S+ .*jump istio-redirect$",
-     "traffic.sidecar.istio.io/kubevirtInterfaces / istio.io/reroute-virtual-interfaces (-k)"),
-    (_NFT + r"istio-output (meta l4proto (tcp|udp) )?(tcp|udp) dport \S+ (counter )?return$",
-     "traffic.sidecar.istio.io/excludeOutboundPorts (-o); istio-cni adds 15020 by default"),
-    (_NFT + r"istio-output (meta l4proto tcp )?tcp dport \S+ (counter )?jump istio-redirect$",
-     "traffic.sidecar.istio.io/includeOutboundPorts (-q)"),
-    (_NFT + r"istio-output ip6? daddr (127\.0\.0\.1|::1)(/\d+)? (counter )?return$",
-     "always: the proxy's own loopback traffic returns"),
-    (_NFT + r"istio-output ip6? daddr \S+ (counter )?return$",
-     "traffic.sidecar.istio.io/excludeOutboundIPRanges (-x), or the loopback range "
-     "(ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR)"),
-    (_NFT + r"istio-output ip6? daddr \S+ (counter )?jump istio-redirect$",
-     "traffic.sidecar.istio.io/includeOutboundIPRanges (-i) with a CIDR list"),
-    (_NFT + r"istio-output (counter )?jump istio-redirect$",
-     "traffic.sidecar.istio.io/includeOutboundIPRanges '*' (-i '*')"),
+    (
+        _NFT + r"istio-inbound .*tcp dport \S+ .*return$",
+        "traffic.sidecar.istio.io/excludeInboundPorts (-d); only with includeInboundPorts '*'",
+    ),
+    (
+        _NFT + r"istio-inbound .*tcp dport \S+ .*(jump|goto) istio-(in-redirect|tproxy|divert)$",
+        "traffic.sidecar.istio.io/includeInboundPorts (-b) with a port list",
+    ),
+    (
+        _NFT + r"istio-inbound (meta l4proto tcp )?(counter )?(jump|goto) istio-(in-redirect|tproxy)$",
+        "traffic.sidecar.istio.io/includeInboundPorts '*' (-b '*')",
+    ),
+    (
+        _NFT + r"prerouting (meta l4proto tcp )?(counter )?jump istio-inbound$",
+        "traffic.sidecar.istio.io/includeInboundPorts (-b) not empty",
+    ),
+    (
+        _NFT + r"prerouting iifname \"(?!lo\")[^\"]+\" (counter )?return$",
+        "traffic.sidecar.istio.io/excludeInterfaces (-c) or "
+        "traffic.sidecar.istio.io/kubevirtInterfaces / istio.io/reroute-virtual-interfaces (-k)",
+    ),
+    (_NFT + r"output oifname \"(?!lo\")[^\"]+\" (counter )?return$", "traffic.sidecar.istio.io/excludeInterfaces (-c)"),
+    (
+        _NFT + r"prerouting iifname \S+ .*jump istio-redirect$",
+        "traffic.sidecar.istio.io/kubevirtInterfaces / istio.io/reroute-virtual-interfaces (-k)",
+    ),
+    (
+        _NFT + r"istio-output (meta l4proto (tcp|udp) )?(tcp|udp) dport \S+ (counter )?return$",
+        "traffic.sidecar.istio.io/excludeOutboundPorts (-o); istio-cni adds 15020 by default",
+    ),
+    (
+        _NFT + r"istio-output (meta l4proto tcp )?tcp dport \S+ (counter )?jump istio-redirect$",
+        "traffic.sidecar.istio.io/includeOutboundPorts (-q)",
+    ),
+    (
+        _NFT + r"istio-output ip6? daddr (127\.0\.0\.1|::1)(/\d+)? (counter )?return$",
+        "always: the proxy's own loopback traffic returns",
+    ),
+    (
+        _NFT + r"istio-output ip6? daddr \S+ (counter )?return$",
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges (-x), or the loopback range "
+        "(ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR)",
+    ),
+    (
+        _NFT + r"istio-output ip6? daddr \S+ (counter )?jump istio-redirect$",
+        "traffic.sidecar.istio.io/includeOutboundIPRanges (-i) with a CIDR list",
+    ),
+    (
+        _NFT + r"istio-output (counter )?jump istio-redirect$",
+        "traffic.sidecar.istio.io/includeOutboundIPRanges '*' (-i '*')",
+    ),
     (_NFT + r"istio-output .*saddr (127\.0\.0\.6|::6)", "always: inbound passthrough from 127.0.0.6 / ::6"),
     (_NFT + r"istio-output .*skuid", "the proxy uid (-u; sidecar.istio.io/proxyUID or runAsUser)"),
-    (_NFT + r"istio-output .*skgid",
-     "the proxy gid (-g; defaults to the uid; runAsGroup), or ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE)"),
-    (r"istio-output-dns|dport 53|sport 53|to :15053|ct zone",
-     "DNS capture (ISTIO_META_DNS_CAPTURE=true / --redirect-dns)"),
+    (
+        _NFT + r"istio-output .*skgid",
+        "the proxy gid (-g; defaults to the uid; runAsGroup), or ISTIO_OUTBOUND_OWNER_GROUPS(_EXCLUDE)",
+    ),
+    (
+        r"istio-output-dns|dport 53|sport 53|to :15053|ct zone",
+        "DNS capture (ISTIO_META_DNS_CAPTURE=true / --redirect-dns)",
+    ),
     (r"^istio-proxy-mangle .*(invalid|drop)", "INVALID_DROP=true (drop-invalid)"),
     (r"^istio-proxy-mangle ", "sidecar.istio.io/interceptionMode: TPROXY (-m TPROXY)"),
     (_NFT + r"istio-(in-)?redirect .*redirect to :", "the proxy ports (-p outbound, -z inbound capture)"),

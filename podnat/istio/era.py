@@ -34,19 +34,29 @@ def predates_split_listeners(ruleset: Ruleset) -> tuple[str, ...]:
         chain = chains.get(name)
         return chain.rules if chain is not None else ()
 
-    ports = {name: {m.group(1) for r in rules(name) if (m := _TO_PORTS.search(r.spec))}
-             for name in ("ISTIO_REDIRECT", "ISTIO_IN_REDIRECT")}
+    ports = {
+        name: {m.group(1) for r in rules(name) if (m := _TO_PORTS.search(r.spec))}
+        for name in ("ISTIO_REDIRECT", "ISTIO_IN_REDIRECT")
+    }
     if ports["ISTIO_IN_REDIRECT"] and ports["ISTIO_IN_REDIRECT"] <= ports["ISTIO_REDIRECT"]:
-        signs.append(f"inbound is redirected to {', '.join(sorted(ports['ISTIO_IN_REDIRECT']))}, Envoy's outbound "
-                     "port (one listener for both directions: Istio before 1.3)")
+        signs.append(
+            f"inbound is redirected to {', '.join(sorted(ports['ISTIO_IN_REDIRECT']))}, Envoy's outbound "
+            "port (one listener for both directions: Istio before 1.3)"
+        )
     if any(_target(r) == "ISTIO_REDIRECT" for r in rules("PREROUTING")) and "ISTIO_INBOUND" not in chains:
         signs.append("PREROUTING sends inbound traffic to ISTIO_REDIRECT, with no ISTIO_INBOUND (Istio 0.x)")
     for r in rules("ISTIO_OUTPUT"):
-        if (_target(r) in ("ISTIO_IN_REDIRECT", "ISTIO_REDIRECT") and r.out_iface is not None
-                and r.out_iface.value == "lo" and not r.out_iface.negated
-                and not any(m.module == "owner" for m in r.matches)):
-            signs.append(f"{r.ref} captures lo traffic to a non-loopback address whoever sends it, before the "
-                         "owner rules (Istio before 1.5)")
+        if (
+            _target(r) in ("ISTIO_IN_REDIRECT", "ISTIO_REDIRECT")
+            and r.out_iface is not None
+            and r.out_iface.value == "lo"
+            and not r.out_iface.negated
+            and not any(m.module == "owner" for m in r.matches)
+        ):
+            signs.append(
+                f"{r.ref} captures lo traffic to a non-loopback address whoever sends it, before the "
+                "owner rules (Istio before 1.5)"
+            )
             break
     inbound = rules("ISTIO_INBOUND")
     catch_all = any(_target(r) == "ISTIO_IN_REDIRECT" and not _DPORT.search(r.spec) for r in inbound)

@@ -138,10 +138,13 @@ def explain(
     specs = flows if flows is not None else six_flows(ctx)
     live_key = rules_key(live)
     # The usual case, a pod whose rules are as Istio meant: every expected path is the live one.
-    same = (expected is not None and rules_key(expected) == live_key
-            and _bound(listeners) == _bound(expected_listeners)
-            and (other is None) == (other_expected is None)
-            and (other is None or other_expected is None or rules_key(other) == rules_key(other_expected)))
+    same = (
+        expected is not None
+        and rules_key(expected) == live_key
+        and _bound(listeners) == _bound(expected_listeners)
+        and (other is None) == (other_expected is None)
+        and (other is None or other_expected is None or rules_key(other) == rules_key(other_expected))
+    )
     reports: list[FlowReport] = []
     for spec in specs:
         traced = trace_flow(live, spec, ctx, listeners, other)
@@ -163,10 +166,15 @@ def explain(
         diff = tuple(d for d in diff if d.kind.value != "cosmetic")
     findings = _findings(reports, diff or (), live)
     if cosmetic:
-        findings.append(Finding(
-            "info", f"{len(cosmetic)} rule{'s' if len(cosmetic) > 1 else ''} written differently from the intent "
-            "but the same for every packet (nft's counter keyword, option order, -m tcp spelled or implied, "
-            "comments): not drift", tuple(d.ref for d in cosmetic[:3])))
+        findings.append(
+            Finding(
+                "info",
+                f"{len(cosmetic)} rule{'s' if len(cosmetic) > 1 else ''} written differently from the intent "
+                "but the same for every packet (nft's counter keyword, option order, -m tcp spelled or implied, "
+                "comments): not drift",
+                tuple(d.ref for d in cosmetic[:3]),
+            )
+        )
     if policy_routing is not None:
         findings += _routing_findings(policy_routing, reports, ctx)
     if dns_requested and captured_nameserver(live) is None:
@@ -174,10 +182,14 @@ def explain(
     findings += [Finding("info", f"shadow analysis skipped for {s}") for s in reach.skipped]
     era = predates_split_listeners(live)
     if era:
-        findings.append(Finding(
-            "warning", "this table predates Istio 1.5: " + "; ".join(era) + ". podnat reads and traces its rules "
-            "as written, but models Envoy's behaviour as of today's releases (separate outbound 15001 and inbound "
-            "15006 listeners): what happens after Envoy may not be what that release's Envoy did"))
+        findings.append(
+            Finding(
+                "warning",
+                "this table predates Istio 1.5: " + "; ".join(era) + ". podnat reads and traces its rules "
+                "as written, but models Envoy's behaviour as of today's releases (separate outbound 15001 and inbound "
+                "15006 listeners): what happens after Envoy may not be what that release's Envoy did",
+            )
+        )
     return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing)
 
 
@@ -195,8 +207,10 @@ def _spoofed(leg: Leg, ctx: PodContext) -> bool:
 
 def _without_policy_routing(trace: FlowTrace, routing: TproxyRouting, ctx: PodContext) -> FlowTrace:
     leg = next(leg for leg in trace.legs if _spoofed(leg, ctx))
-    reason = (f"the app's replies to {leg.src} (marked {routing.mark:#x} by CONNMARK) are routed out of the pod "
-              f"instead of back to Envoy over lo: {_routing_gap(routing)}")
+    reason = (
+        f"the app's replies to {leg.src} (marked {routing.mark:#x} by CONNMARK) are routed out of the pod "
+        f"instead of back to Envoy over lo: {_routing_gap(routing)}"
+    )
     return replace(trace, outcome=Outcome.DROPPED, delivered_to=None, reason=reason)
 
 
@@ -213,28 +227,39 @@ def _routing_findings(routing: TproxyRouting, reports: list[FlowReport], ctx: Po
     ip, table = routing.family_ip, routing.table
     if routing.broken:
         affected = tuple(sorted({int(r.spec.type) for r in reports if replies_need_policy_routing(r.live, ctx)}))
-        tproxy = tuple(dict.fromkeys(ref for r in reports for leg in r.live.legs if leg.verdict == "TPROXY"
-                                     for ref in leg.rules[-1:]))
+        tproxy = tuple(
+            dict.fromkeys(
+                ref for r in reports for leg in r.live.legs if leg.verdict == "TPROXY" for ref in leg.rules[-1:]
+            )
+        )
         missing = " and ".join(f"`{command}`" for command in routing.missing())
-        first = (f" (they meet `{routing.first_rule}` first)"
-                 if routing.fwmark_rule is False and routing.first_rule else "")
-        return [Finding(
-            "error",
-            f"TPROXY policy routing ({routing.family}) is incomplete: {missing} "
-            f"{'are' if len(routing.missing()) > 1 else 'is'} missing (istio-init runs "
-            f"{'them' if len(routing.missing()) > 1 else 'it'} in TPROXY mode). Packets marked {routing.mark:#x}, "
-            "the app's replies on inbound connections diverted by mangle ISTIO_TPROXY (they carry the client's "
-            f"address), are routed out of the pod instead of being delivered locally to Envoy over lo{first}: "
-            f"inbound connections never complete. Restart the pod so istio-init runs again; check with `{ip} rule "
-            f"show` and `{ip} route show table {table}` in the pod.",
-            tproxy, affected)]
+        first = (
+            f" (they meet `{routing.first_rule}` first)" if routing.fwmark_rule is False and routing.first_rule else ""
+        )
+        return [
+            Finding(
+                "error",
+                f"TPROXY policy routing ({routing.family}) is incomplete: {missing} "
+                f"{'are' if len(routing.missing()) > 1 else 'is'} missing (istio-init runs "
+                f"{'them' if len(routing.missing()) > 1 else 'it'} in TPROXY mode). Packets marked {routing.mark:#x}, "
+                "the app's replies on inbound connections diverted by mangle ISTIO_TPROXY (they carry the client's "
+                f"address), are routed out of the pod instead of being delivered locally to Envoy over lo{first}: "
+                f"inbound connections never complete. Restart the pod so istio-init runs again; check with `{ip} rule "
+                f"show` and `{ip} route show table {table}` in the pod.",
+                tproxy,
+                affected,
+            )
+        ]
     if routing.unknown is not None:
-        return [Finding(
-            "warning",
-            f"TPROXY policy routing ({routing.family}) not known: {routing.unknown}. Inbound connections need "
-            f"`{ip} rule fwmark {routing.mark:#x} lookup {table}` and `local default dev lo` in table {table}; "
-            f"podnat assumes they are there (check with `{ip} rule show` and `{ip} route show table {table}` in "
-            "the pod, or rerun with --debug-container).")]
+        return [
+            Finding(
+                "warning",
+                f"TPROXY policy routing ({routing.family}) not known: {routing.unknown}. Inbound connections need "
+                f"`{ip} rule fwmark {routing.mark:#x} lookup {table}` and `local default dev lo` in table {table}; "
+                f"podnat assumes they are there (check with `{ip} rule show` and `{ip} route show table {table}` in "
+                "the pod, or rerun with --debug-container).",
+            )
+        ]
     return []
 
 
@@ -247,7 +272,9 @@ def _dns_switched_off() -> Finding:
         "resolver, not through the proxy, so ServiceEntry hostnames (and other names only the mesh knows) will "
         "not resolve. Check the pod's /etc/resolv.conf (`kubectl exec POD -c istio-proxy -- cat "
         "/etc/resolv.conf`, and the pod's dnsPolicy/dnsConfig), then restart the pod.",
-        (), (int(FlowType.DNS),))
+        (),
+        (int(FlowType.DNS),),
+    )
 
 
 _SHADOW_CACHE: dict[tuple[object, ...], Reachability] = {}
@@ -257,9 +284,15 @@ _SPEC, _TARGET = attrgetter("spec"), attrgetter("target")
 def rules_key(ruleset: Ruleset) -> tuple[object, ...]:
     """What a table does, as a comparable value: its rules' texts in every table and chain, policies
     and base chains. Two tables with one key give every packet the same path and the same rule numbers."""
-    return (ruleset.family, ruleset.declared_base_chains,
-            *((t.name, c.name, c.policy, tuple(map(_SPEC, c.rules)))
-              for t in ruleset.tables.values() for c in t.chains.values()))
+    return (
+        ruleset.family,
+        ruleset.declared_base_chains,
+        *(
+            (t.name, c.name, c.policy, tuple(map(_SPEC, c.rules)))
+            for t in ruleset.tables.values()
+            for c in t.chains.values()
+        ),
+    )
 
 
 def _bound(listeners: tuple[Listener, ...] | None) -> tuple[Listener, ...] | None:
@@ -324,23 +357,41 @@ def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Rules
     out: list[Finding] = []
     for warning in live.warnings:
         if "legacy" in warning:
-            out.append(Finding("error", "both iptables-legacy and iptables-nft rules are loaded: the kernel "
-                               "evaluates both sets (a duplicate rule set); read the other with "
-                               "iptables-legacy-save. Istio 1.22+ picks legacy when legacy rules exist."))
+            out.append(
+                Finding(
+                    "error",
+                    "both iptables-legacy and iptables-nft rules are loaded: the kernel "
+                    "evaluates both sets (a duplicate rule set); read the other with "
+                    "iptables-legacy-save. Istio 1.22+ picks legacy when legacy rules exist.",
+                )
+            )
         else:
             out.append(Finding("warning", f"iptables-save warned: {warning}"))
     for report in reports:
         live_trace, want = report.live, report.expected
         title = f"type {int(report.spec.type)} ({report.spec.name})"
         if report.status is FlowStatus.BROKEN:
-            out.append(Finding("error", f"{title} is {live_trace.outcome.value}: {live_trace.reason}",
-                               live_trace.rules[-3:], (int(report.spec.type),)))
+            out.append(
+                Finding(
+                    "error",
+                    f"{title} is {live_trace.outcome.value}: {live_trace.reason}",
+                    live_trace.rules[-3:],
+                    (int(report.spec.type),),
+                )
+            )
         elif report.status is FlowStatus.DRIFT and want is not None:
-            out.append(Finding("error", f"{title} drifted: {_drift_summary(live_trace, want)}",
-                               _first_difference(live_trace, want), (int(report.spec.type),)))
+            out.append(
+                Finding(
+                    "error",
+                    f"{title} drifted: {_drift_summary(live_trace, want)}",
+                    _first_difference(live_trace, want),
+                    (int(report.spec.type),),
+                )
+            )
         elif report.status is FlowStatus.UNKNOWN:
-            out.append(Finding("warning", f"{title}: {live_trace.reason}", live_trace.rules[-1:],
-                               (int(report.spec.type),)))
+            out.append(
+                Finding("warning", f"{title}: {live_trace.reason}", live_trace.rules[-1:], (int(report.spec.type),))
+            )
     return out + (_diff_findings(reports, diff) if diff else [])
 
 
@@ -351,11 +402,18 @@ def _diff_findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...]) -> lis
     out: list[Finding] = []
     for d in diff:
         severity = "warning" if d.kind in (DiffKind.REORDERED, DiffKind.EXTRA_CHAIN) or d.releases else "error"
-        verb = {DiffKind.MISSING: "missing", DiffKind.EXTRA: "extra", DiffKind.CHANGED: "changed",
-                DiffKind.REORDERED: "moved", DiffKind.MISSING_CHAIN: "missing chain",
-                DiffKind.EXTRA_CHAIN: "extra chain", DiffKind.COSMETIC: "written differently"}[d.kind]
-        affected = tuple(sorted({int(r.spec.type) for r in reports if r.status is not FlowStatus.OK
-                                 and _touches(r, d)}))
+        verb = {
+            DiffKind.MISSING: "missing",
+            DiffKind.EXTRA: "extra",
+            DiffKind.CHANGED: "changed",
+            DiffKind.REORDERED: "moved",
+            DiffKind.MISSING_CHAIN: "missing chain",
+            DiffKind.EXTRA_CHAIN: "extra chain",
+            DiffKind.COSMETIC: "written differently",
+        }[d.kind]
+        affected = tuple(
+            sorted({int(r.spec.type) for r in reports if r.status is not FlowStatus.OK and _touches(r, d)})
+        )
         out.append(Finding(severity, f"{verb} {d.text}: {d.cause}", (d.ref,), affected))
     return out
 
@@ -376,8 +434,9 @@ def _first_difference(live: FlowTrace, want: FlowTrace) -> tuple[str, ...]:
 
 def _drift_summary(live: FlowTrace, want: FlowTrace) -> str:
     def ports(trace: FlowTrace) -> str:
-        return "->".join(map(str, trace.proxy_ports)) or ("no ztunnel" if trace.ztunnel_ports or want.ztunnel_ports
-                                                         else "no Envoy")
+        return "->".join(map(str, trace.proxy_ports)) or (
+            "no ztunnel" if trace.ztunnel_ports or want.ztunnel_ports else "no Envoy"
+        )
 
     parts = []
     if live.proxy_ports != want.proxy_ports:

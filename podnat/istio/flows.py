@@ -162,20 +162,44 @@ def six_flows(ctx: PodContext) -> tuple[FlowSpec, ...]:
     """The six flow types for this pod, plus the 'own pod IP' variant of type 4."""
     pod = Endpoint(ctx.pod_ip, ctx.app_port)
     return (
-        FlowSpec(FlowType.REMOTE_TO_LOCAL, FLOW_TITLES[FlowType.REMOTE_TO_LOCAL], Actor.REMOTE, pod,
-                 source=ctx.remote.address),
-        FlowSpec(FlowType.LOCAL_TO_REMOTE, FLOW_TITLES[FlowType.LOCAL_TO_REMOTE], Actor.APP, ctx.remote,
-                 identity=ctx.app),
-        FlowSpec(FlowType.PROMETHEUS_TO_LOCAL, FLOW_TITLES[FlowType.PROMETHEUS_TO_LOCAL], Actor.REMOTE,
-                 Endpoint(ctx.pod_ip, 15090), source=ctx.remote.address),
-        FlowSpec(FlowType.LOCAL_TO_LOCAL, FLOW_TITLES[FlowType.LOCAL_TO_LOCAL], Actor.APP, ctx.service,
-                 identity=ctx.app),
-        FlowSpec(FlowType.LOCAL_TO_LOCAL, "local pod -> its own pod IP (no Service)", Actor.APP, pod,
-                 identity=ctx.app, variant="own-pod-ip"),
-        FlowSpec(FlowType.ENVOY_LOCALHOST, FLOW_TITLES[FlowType.ENVOY_LOCALHOST], Actor.PROXY, ctx.admin,
-                 identity=ctx.proxy),
-        FlowSpec(FlowType.SIDECAR_TO_ISTIOD, FLOW_TITLES[FlowType.SIDECAR_TO_ISTIOD], Actor.PROXY, ctx.istiod,
-                 identity=ctx.proxy),
+        FlowSpec(
+            FlowType.REMOTE_TO_LOCAL,
+            FLOW_TITLES[FlowType.REMOTE_TO_LOCAL],
+            Actor.REMOTE,
+            pod,
+            source=ctx.remote.address,
+        ),
+        FlowSpec(
+            FlowType.LOCAL_TO_REMOTE, FLOW_TITLES[FlowType.LOCAL_TO_REMOTE], Actor.APP, ctx.remote, identity=ctx.app
+        ),
+        FlowSpec(
+            FlowType.PROMETHEUS_TO_LOCAL,
+            FLOW_TITLES[FlowType.PROMETHEUS_TO_LOCAL],
+            Actor.REMOTE,
+            Endpoint(ctx.pod_ip, 15090),
+            source=ctx.remote.address,
+        ),
+        FlowSpec(
+            FlowType.LOCAL_TO_LOCAL, FLOW_TITLES[FlowType.LOCAL_TO_LOCAL], Actor.APP, ctx.service, identity=ctx.app
+        ),
+        FlowSpec(
+            FlowType.LOCAL_TO_LOCAL,
+            "local pod -> its own pod IP (no Service)",
+            Actor.APP,
+            pod,
+            identity=ctx.app,
+            variant="own-pod-ip",
+        ),
+        FlowSpec(
+            FlowType.ENVOY_LOCALHOST, FLOW_TITLES[FlowType.ENVOY_LOCALHOST], Actor.PROXY, ctx.admin, identity=ctx.proxy
+        ),
+        FlowSpec(
+            FlowType.SIDECAR_TO_ISTIOD,
+            FLOW_TITLES[FlowType.SIDECAR_TO_ISTIOD],
+            Actor.PROXY,
+            ctx.istiod,
+            identity=ctx.proxy,
+        ),
         *dns_flows(ctx),
     )
 
@@ -185,8 +209,15 @@ def dns_flows(ctx: PodContext) -> tuple[FlowSpec, ...]:
     if ctx.nameserver is None:
         return ()
     return tuple(
-        FlowSpec(FlowType.DNS, f"app -> cluster DNS ({proto})", Actor.APP, ctx.nameserver, identity=ctx.app,
-                 proto=proto, variant=proto)
+        FlowSpec(
+            FlowType.DNS,
+            f"app -> cluster DNS ({proto})",
+            Actor.APP,
+            ctx.nameserver,
+            identity=ctx.app,
+            proto=proto,
+            variant=proto,
+        )
         for proto in ("udp", "tcp")
     )
 
@@ -217,9 +248,12 @@ def context_for(
     v6 = (pod_ip.version == 6) if pod_ip is not None else family == "ipv6"
     port = app_ports[0]
     if not v6:
-        ctx = PodContext(app_ports=app_ports, proxy=proxy,
-                         remote=Endpoint(ipaddress.IPv4Address("10.99.0.1"), port),
-                         service=Endpoint(ipaddress.IPv4Address("10.96.12.3"), port))
+        ctx = PodContext(
+            app_ports=app_ports,
+            proxy=proxy,
+            remote=Endpoint(ipaddress.IPv4Address("10.99.0.1"), port),
+            service=Endpoint(ipaddress.IPv4Address("10.96.12.3"), port),
+        )
         return replace(ctx, pod_ip=pod_ip) if pod_ip is not None else ctx
     return PodContext(
         pod_ip=pod_ip or ipaddress.IPv6Address(_V6_DEFAULTS["pod_ip"]),

@@ -83,9 +83,7 @@ class _Builder:
         self.append_v4(chain, table, *(v4 if p == "{ip}" else p for p in params))
         self.append_v6(chain, table, *(v6 if p == "{ip}" else p for p in params))
 
-    def insert(
-        self, chain: str, table: str, position: int, *params: str, v4: bool = True, v6: bool = True
-    ) -> None:
+    def insert(self, chain: str, table: str, position: int, *params: str, v4: bool = True, v6: bool = True) -> None:
         """An `-I CHAIN position` rule."""
         if v4:
             self.v4.append(_Rule(table, chain, params, position))
@@ -176,9 +174,7 @@ def _build(cfg: InterceptionConfig) -> _Builder:
 
     b.append("ISTIO_INBOUND", "nat", "-p", "tcp", "--dport", tunnel, "-j", "RETURN")
     b.append("ISTIO_REDIRECT", "nat", "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(cfg.proxy_port))
-    b.append(
-        "ISTIO_IN_REDIRECT", "nat", "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(cfg.inbound_capture_port)
-    )
+    b.append("ISTIO_IN_REDIRECT", "nat", "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(cfg.inbound_capture_port))
 
     _inbound(cfg, b, tproxy, loopback, mark)
 
@@ -436,29 +432,38 @@ def _dns_tcp_legacy(cfg: InterceptionConfig, b: _Builder) -> None:
     _redirect_resolvers(cfg, b, "ISTIO_OUTPUT", "tcp", "--to-ports")
 
 
-
 def _redirect_resolvers(cfg: InterceptionConfig, b: _Builder, chain: str, proto: str, to_flag: str) -> None:
     """DNS (`proto` port 53) to each resolver of each family, redirected to pilot-agent's DNS proxy.
 
     `to_flag` is kept as istio-iptables wrote it (`--to-ports` or `--to-port`, releases differ)."""
     for server in cfg.dns_servers_v4:
-        b.append_v4(chain, "nat", "-p", proto, "--dport", "53", "-d", f"{server}/32", "-j", "REDIRECT",
-                    to_flag, DNS_PROXY_PORT)
+        b.append_v4(
+            chain, "nat", "-p", proto, "--dport", "53", "-d", f"{server}/32", "-j", "REDIRECT", to_flag, DNS_PROXY_PORT
+        )
     for server6 in cfg.dns_servers_v6:
-        b.append_v6(chain, "nat", "-p", proto, "--dport", "53", "-d", f"{server6}/128", "-j", "REDIRECT",
-                    to_flag, DNS_PROXY_PORT)
+        b.append_v6(
+            chain,
+            "nat",
+            "-p",
+            proto,
+            "--dport",
+            "53",
+            "-d",
+            f"{server6}/128",
+            "-j",
+            "REDIRECT",
+            to_flag,
+            DNS_PROXY_PORT,
+        )
+
 
 def _dns_udp_legacy(cfg: InterceptionConfig, b: _Builder, owner_filter: list[tuple[str, ...]]) -> None:
     """Before 1.25: UDP DNS in nat/raw OUTPUT (up to 1.22) or at the end of ISTIO_OUTPUT (1.23, 1.24)."""
     chain = "ISTIO_OUTPUT" if _at_least(cfg, 23) else "OUTPUT"
     for uid in cfg.proxy_uids:
-        b.append(
-            chain, "nat", "-p", "udp", "--dport", "53", "-m", "owner", "--uid-owner", uid, "-j", "RETURN"
-        )
+        b.append(chain, "nat", "-p", "udp", "--dport", "53", "-m", "owner", "--uid-owner", uid, "-j", "RETURN")
     for gid in cfg.proxy_gids:
-        b.append(
-            chain, "nat", "-p", "udp", "--dport", "53", "-m", "owner", "--gid-owner", gid, "-j", "RETURN"
-        )
+        b.append(chain, "nat", "-p", "udp", "--dport", "53", "-m", "owner", "--gid-owner", gid, "-j", "RETURN")
     for matches in owner_filter:
         b.append(chain, "nat", "-p", "udp", "--dport", "53", *matches, "-j", "RETURN")
     if cfg.capture_all_dns:
@@ -468,9 +473,7 @@ def _dns_udp_legacy(cfg: InterceptionConfig, b: _Builder, owner_filter: list[tup
     _conntrack_zones(cfg, b, chain, "PREROUTING", legacy=True)
 
 
-def _conntrack_zones(
-    cfg: InterceptionConfig, b: _Builder, out_chain: str, in_chain: str, *, legacy: bool
-) -> None:
+def _conntrack_zones(cfg: InterceptionConfig, b: _Builder, out_chain: str, in_chain: str, *, legacy: bool) -> None:
     """raw-table CT zones splitting the proxy's DNS (zone 1) from the app's (zone 2)."""
     for uid in cfg.proxy_uids:
         b.append(
@@ -548,9 +551,7 @@ def _conntrack_zones(
     if not legacy and cfg.dns_servers_v4:
         b.append_v4("PREROUTING", "raw", "-j", "ISTIO_INBOUND")
     for server in cfg.dns_servers_v4:
-        b.append_v4(
-            out_chain, "raw", "-p", "udp", "--dport", "53", "-d", f"{server}/32", "-j", "CT", "--zone", "2"
-        )
+        b.append_v4(out_chain, "raw", "-p", "udp", "--dport", "53", "-d", f"{server}/32", "-j", "CT", "--zone", "2")
         b.append_v4(
             in_chain,
             "raw",
@@ -568,9 +569,7 @@ def _conntrack_zones(
     if not legacy and cfg.dns_servers_v6:
         b.append_v6("PREROUTING", "raw", "-j", "ISTIO_INBOUND")
     for server6 in cfg.dns_servers_v6:
-        b.append_v6(
-            out_chain, "raw", "-p", "udp", "--dport", "53", "-d", f"{server6}/128", "-j", "CT", "--zone", "2"
-        )
+        b.append_v6(out_chain, "raw", "-p", "udp", "--dport", "53", "-d", f"{server6}/128", "-j", "CT", "--zone", "2")
         b.append_v6(
             in_chain,
             "raw",
@@ -627,9 +626,7 @@ def _dns_modern(cfg: InterceptionConfig, b: _Builder) -> None:
 
 def _tproxy_tail(cfg: InterceptionConfig, b: _Builder, loopback: str, mark: str) -> None:
     """TPROXY: connection marks, Envoy's hairpin mark 1338, and the ISTIO_INBOUND guards on top."""
-    b.append(
-        "PREROUTING", "mangle", "-p", "tcp", "-m", "mark", "--mark", mark, "-j", "CONNMARK", "--save-mark"
-    )
+    b.append("PREROUTING", "mangle", "-p", "tcp", "-m", "mark", "--mark", mark, "-j", "CONNMARK", "--save-mark")
     b.append("OUTPUT", "mangle", "-p", "tcp", "-o", "lo", "-m", "mark", "--mark", mark, "-j", "RETURN")
     for uid in cfg.proxy_uids:
         b.versioned(
@@ -675,13 +672,9 @@ def _tproxy_tail(cfg: InterceptionConfig, b: _Builder, loopback: str, mark: str)
             "--set-mark",
             OUTBOUND_MARK,
         )
-    b.append(
-        "OUTPUT", "mangle", "-p", "tcp", "-m", "connmark", "--mark", mark, "-j", "CONNMARK", "--restore-mark"
-    )
+    b.append("OUTPUT", "mangle", "-p", "tcp", "-m", "connmark", "--mark", mark, "-j", "CONNMARK", "--restore-mark")
     b.insert("ISTIO_INBOUND", "mangle", 1, "-p", "tcp", "-m", "mark", "--mark", mark, "-j", "RETURN")
-    b.insert(
-        "ISTIO_INBOUND", "mangle", 2, "-p", "tcp", "-s", "127.0.0.6/32", "-i", "lo", "-j", "RETURN", v6=False
-    )
+    b.insert("ISTIO_INBOUND", "mangle", 2, "-p", "tcp", "-s", "127.0.0.6/32", "-i", "lo", "-j", "RETURN", v6=False)
     b.insert("ISTIO_INBOUND", "mangle", 2, "-p", "tcp", "-s", "::6/128", "-i", "lo", "-j", "RETURN", v4=False)
     b.insert(
         "ISTIO_INBOUND",

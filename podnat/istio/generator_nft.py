@@ -65,21 +65,38 @@ Base = tuple[str, str, int]  # (type, hook, priority)
 
 # Per table, the chains Istio may declare, in declaration order, and the base chains' hooks.
 TABLES: tuple[tuple[str, tuple[tuple[str, Base | None], ...]], ...] = (
-    (NAT, (
-        (PREROUTING, ("nat", "prerouting", -100)),
-        (OUTPUT, ("nat", "output", -100)),
-        (INBOUND, None), (REDIRECT, None), (IN_REDIRECT, None), (ISTIO_OUTPUT, None), (OUTPUT_DNS, None),
-    )),
-    (MANGLE, (
-        (PREROUTING, ("filter", "prerouting", -150)),
-        (OUTPUT, ("route", "output", -150)),
-        (DIVERT, None), (TPROXY, None), (INBOUND, None), (DROP, None),
-    )),
-    (RAW, (
-        (PREROUTING, ("filter", "prerouting", -300)),
-        (OUTPUT, ("filter", "output", -300)),
-        (INBOUND, None), (OUTPUT_DNS, None),
-    )),
+    (
+        NAT,
+        (
+            (PREROUTING, ("nat", "prerouting", -100)),
+            (OUTPUT, ("nat", "output", -100)),
+            (INBOUND, None),
+            (REDIRECT, None),
+            (IN_REDIRECT, None),
+            (ISTIO_OUTPUT, None),
+            (OUTPUT_DNS, None),
+        ),
+    ),
+    (
+        MANGLE,
+        (
+            (PREROUTING, ("filter", "prerouting", -150)),
+            (OUTPUT, ("route", "output", -150)),
+            (DIVERT, None),
+            (TPROXY, None),
+            (INBOUND, None),
+            (DROP, None),
+        ),
+    ),
+    (
+        RAW,
+        (
+            (PREROUTING, ("filter", "prerouting", -300)),
+            (OUTPUT, ("filter", "output", -300)),
+            (INBOUND, None),
+            (OUTPUT_DNS, None),
+        ),
+    ),
 )
 
 
@@ -242,7 +259,7 @@ def listing_rule(text: str, *, counter_values: bool = True) -> str:
             later = range(i + 3, len(words) - 1)
             implied = any(words[j] == proto and words[j + 1] in ("dport", "sport") for j in later)
             if not implied:
-                out += words[i:i + 3]
+                out += words[i : i + 3]
             i += 3
         elif word in ("iifname", "oifname") and following:
             out.append(word)
@@ -311,7 +328,7 @@ def _ntop(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """An address as inet_ntop(3) spells it: IPv4-compatible and -mapped IPv6 end in dotted quads."""
     if isinstance(address, ipaddress.IPv4Address):
         return str(address)
-    words = [int.from_bytes(address.packed[k:k + 2], "big") for k in range(0, 16, 2)]
+    words = [int.from_bytes(address.packed[k : k + 2], "big") for k in range(0, 16, 2)]
     if words[:6] == [0] * 6 and words[6] != 0:
         return f"::{ipaddress.IPv4Address(address.packed[12:])}"
     if words[:5] == [0] * 5 and words[5] == 0xFFFF:
@@ -367,8 +384,24 @@ def _build(cfg: InterceptionConfig) -> _Builder:
         for owner in owners:
             for ip, local in (("ip", loopback), ("ip6", "::1/128")):
                 add = b.append if ip == "ip" else b.append_v6
-                add(NAT, ISTIO_OUTPUT, "oifname", "lo", "meta l4proto tcp", f"{ip} daddr", "!=", local,
-                    "tcp dport", "!=", ports, key, owner, COUNTER, "jump", IN_REDIRECT)
+                add(
+                    NAT,
+                    ISTIO_OUTPUT,
+                    "oifname",
+                    "lo",
+                    "meta l4proto tcp",
+                    f"{ip} daddr",
+                    "!=",
+                    local,
+                    "tcp dport",
+                    "!=",
+                    ports,
+                    key,
+                    owner,
+                    COUNTER,
+                    "jump",
+                    IN_REDIRECT,
+                )
             if not loopback_included:
                 port53 = ("meta l4proto tcp", "tcp dport", "!=", "53") if dns else ()
                 b.append(NAT, ISTIO_OUTPUT, "oifname", "lo", *port53, key, "!=", owner, COUNTER, "return")
@@ -426,10 +459,34 @@ def _inbound(cfg: InterceptionConfig, b: _Builder, loopback: str) -> None:
         capture = f":{cfg.inbound_capture_port}"
         b.append(MANGLE, DIVERT, COUNTER, "meta mark set", mark)
         b.append(MANGLE, DIVERT, COUNTER, "accept")
-        b.append(MANGLE, TPROXY, "meta l4proto tcp", "ip daddr", "!=", loopback, "tproxy ip to", capture,
-                 "meta mark set", mark, COUNTER, "accept")
-        b.append_v6(MANGLE, TPROXY, "meta l4proto tcp", "ip6 daddr", "!=", "::1/128", "tproxy ip6 to", capture,
-                    "meta mark set", mark, COUNTER, "accept")
+        b.append(
+            MANGLE,
+            TPROXY,
+            "meta l4proto tcp",
+            "ip daddr",
+            "!=",
+            loopback,
+            "tproxy ip to",
+            capture,
+            "meta mark set",
+            mark,
+            COUNTER,
+            "accept",
+        )
+        b.append_v6(
+            MANGLE,
+            TPROXY,
+            "meta l4proto tcp",
+            "ip6 daddr",
+            "!=",
+            "::1/128",
+            "tproxy ip6 to",
+            capture,
+            "meta mark set",
+            mark,
+            COUNTER,
+            "accept",
+        )
     b.append(table, PREROUTING, "meta l4proto tcp", COUNTER, "jump", INBOUND)
     if isinstance(include, Wildcard):
         for port in cfg.inbound_ports_exclude:
@@ -442,8 +499,18 @@ def _inbound(cfg: InterceptionConfig, b: _Builder, loopback: str) -> None:
         return
     for port in include:
         if tproxy:
-            b.append(MANGLE, INBOUND, "meta l4proto tcp", "ct state", "related,established", "tcp dport", str(port),
-                     COUNTER, "jump", DIVERT)
+            b.append(
+                MANGLE,
+                INBOUND,
+                "meta l4proto tcp",
+                "ct state",
+                "related,established",
+                "tcp dport",
+                str(port),
+                COUNTER,
+                "jump",
+                DIVERT,
+            )
             b.append(MANGLE, INBOUND, "meta l4proto tcp", "tcp dport", str(port), COUNTER, "jump", TPROXY)
         else:
             b.append(NAT, INBOUND, "meta l4proto tcp", "tcp dport", str(port), COUNTER, "jump", IN_REDIRECT)
@@ -493,10 +560,36 @@ def _tproxy_tail(cfg: InterceptionConfig, b: _Builder, loopback: str) -> None:
     b.append(MANGLE, OUTPUT, "oifname", "lo", "meta l4proto tcp", "mark", mark, COUNTER, "return")
     for key, owners in (("skuid", cfg.proxy_uids), ("skgid", cfg.proxy_gids)):
         for owner in owners:
-            b.append(MANGLE, OUTPUT, "oifname", "lo", "meta l4proto tcp", "ip daddr", "!=", loopback,
-                     key, owner, COUNTER, "meta mark set", OUTBOUND_MARK)
-            b.append_v6(MANGLE, OUTPUT, "oifname", "lo", "meta l4proto tcp", "ip6 daddr", "!=", "::1/128",
-                        key, owner, COUNTER, "meta mark set", OUTBOUND_MARK)
+            b.append(
+                MANGLE,
+                OUTPUT,
+                "oifname",
+                "lo",
+                "meta l4proto tcp",
+                "ip daddr",
+                "!=",
+                loopback,
+                key,
+                owner,
+                COUNTER,
+                "meta mark set",
+                OUTBOUND_MARK,
+            )
+            b.append_v6(
+                MANGLE,
+                OUTPUT,
+                "oifname",
+                "lo",
+                "meta l4proto tcp",
+                "ip6 daddr",
+                "!=",
+                "::1/128",
+                key,
+                owner,
+                COUNTER,
+                "meta mark set",
+                OUTBOUND_MARK,
+            )
     b.append(MANGLE, OUTPUT, "meta l4proto tcp", "ct", "mark", mark, COUNTER, "meta mark set", "ct", "mark")
     b.insert(MANGLE, INBOUND, 0, "meta l4proto tcp", "mark", mark, COUNTER, "return")
     b.insert(MANGLE, INBOUND, 1, "iifname", "lo", "meta l4proto tcp", "ip saddr", "127.0.0.6/32", COUNTER, "return")

@@ -286,9 +286,7 @@ HISTORY_ISTIO_IPTABLES: tuple[str, ...] = (
 )
 HISTORY_CNI: tuple[str, ...] = ("basic", "dns")
 # groups that do not exist on a host: iptables-restore rejects the rule (kernel-save/*.FAILED.txt)
-UNKNOWN_GROUP_NOTE = (
-    "names a group (java, ftp) that does not exist on the loading host: iptables-restore fails"
-)
+UNKNOWN_GROUP_NOTE = "names a group (java, ftp) that does not exist on the loading host: iptables-restore fails"
 UNKNOWN_GROUP_NOTE_NFT = "names a group (java, ftp) that does not exist on the loading host: nft -f fails"
 KERNEL_SAVE_FAILED: frozenset[str] = frozenset(
     {
@@ -306,9 +304,7 @@ def _load_table() -> tuple[GoldenCase, ...]:
     latest = str(NEWEST_SUPPORTED)
     for name, settings in ISTIO_IPTABLES_CASES.items():
         note = UNKNOWN_GROUP_NOTE if name in KERNEL_SAVE_FAILED else ""
-        cases.append(
-            GoldenCase(f"iptables/{name}.golden", CaseKind.ISTIO_IPTABLES, latest, settings, note, name)
-        )
+        cases.append(GoldenCase(f"iptables/{name}.golden", CaseKind.ISTIO_IPTABLES, latest, settings, note, name))
     for name, pod in CNI_CASES.items():
         cases.append(
             GoldenCase(
@@ -321,9 +317,7 @@ def _load_table() -> tuple[GoldenCase, ...]:
         )
     for name, settings in ISTIO_NFTABLES_CASES.items():
         note = UNKNOWN_GROUP_NOTE_NFT if name in KERNEL_SAVE_FAILED else ""
-        cases.append(
-            GoldenCase(f"nftables/{name}.golden", CaseKind.ISTIO_NFTABLES, latest, settings, note, name)
-        )
+        cases.append(GoldenCase(f"nftables/{name}.golden", CaseKind.ISTIO_NFTABLES, latest, settings, note, name))
     for folder in ("iptables/cni-ambient-iptables", "nftables/cni-ambient-nftables"):
         for name in AMBIENT_GOLDENS:
             stem = name.removesuffix("_ipv6")
@@ -343,9 +337,7 @@ def _load_table() -> tuple[GoldenCase, ...]:
             )
         for name in HISTORY_CNI:
             cases.append(
-                GoldenCase(
-                    f"history/{tag}/cni-{name}.txt.golden", CaseKind.CNI_SIDECAR, release, CNI_CASES[name]
-                )
+                GoldenCase(f"history/{tag}/cni-{name}.txt.golden", CaseKind.CNI_SIDECAR, release, CNI_CASES[name])
             )
     return tuple(cases)
 

@@ -199,15 +199,25 @@ def parse_initlog(log: str, *, origin: LogOrigin = LogOrigin.ISTIO_INIT, first_l
                 v4_dump.line + first_line - 1,
             )
         return InitLogRules(
-            v4=v4_dump.text, v6=v6, nft=nft.text if nft else None, kind=RulesKind.SAVE_DUMP,
-            log_format=log_format, origin=origin, line=v4_dump.line + first_line - 1,
+            v4=v4_dump.text,
+            v6=v6,
+            nft=nft.text if nft else None,
+            kind=RulesKind.SAVE_DUMP,
+            log_format=log_format,
+            origin=origin,
+            line=v4_dump.line + first_line - 1,
         )
     if v4_inputs or v6_inputs:
         return _from_inputs(v4_inputs, v6_inputs, nft, log_format, origin=origin, first_line=first_line)
     if nft is not None and nft.text:
         return InitLogRules(
-            v4="", v6=None, nft=nft.text, kind=RulesKind.NFT, log_format=InitLogFormat.NFTABLES,
-            origin=origin, line=nft.line + first_line - 1,
+            v4="",
+            v6=None,
+            nft=nft.text,
+            kind=RulesKind.NFT,
+            log_format=InitLogFormat.NFTABLES,
+            origin=origin,
+            line=nft.line + first_line - 1,
         )
     where = (first_marker or 0) + 1
     raise InitLogError(
@@ -218,13 +228,23 @@ def parse_initlog(log: str, *, origin: LogOrigin = LogOrigin.ISTIO_INIT, first_l
 
 
 def _from_inputs(
-    v4: list[_Block], v6: list[_Block], nft: _Block | None, log_format: InitLogFormat,
-    *, origin: LogOrigin, first_line: int,
+    v4: list[_Block],
+    v6: list[_Block],
+    nft: _Block | None,
+    log_format: InitLogFormat,
+    *,
+    origin: LogOrigin,
+    first_line: int,
 ) -> InitLogRules:
     line = (v4 or v6)[0].line
     return InitLogRules(
-        v4=_joined(v4) or "", v6=_joined(v6), nft=nft.text if nft and nft.text else None,
-        kind=RulesKind.RESTORE_INPUT, log_format=log_format, origin=origin, line=line + first_line - 1,
+        v4=_joined(v4) or "",
+        v6=_joined(v6),
+        nft=nft.text if nft and nft.text else None,
+        kind=RulesKind.RESTORE_INPUT,
+        log_format=log_format,
+        origin=origin,
+        line=line + first_line - 1,
     )
 
 

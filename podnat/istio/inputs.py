@@ -121,8 +121,7 @@ _LOG_MARKERS = _Lazy(
     r"|nftables rules programmed:|=+ Start iptables configuration for|istio-iptables|istio-start\.sh"
     r"|^Variables:\s*$|^Environment:\s*$|^-{5,}\s*$"
 )
-_LOG_RECORD = _Lazy(
-    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?\s+(?:info|warn|error|debug)\s")
+_LOG_RECORD = _Lazy(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?\s+(?:info|warn|error|debug)\s")
 # journald: `Dec 05 10:00:00 host istio-start.sh[123]: ...` (or an ISO timestamp, `-o short-iso`)
 _JOURNALD = _Lazy(
     r"^(?:[A-Z][a-z]{2}\s+\d{1,2}\s+\d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
@@ -140,8 +139,12 @@ _CNI_START = _Lazy(r"=+ Start iptables configuration for (?:[\w.-]+/)?([\w.-]+) 
 
 
 def _is_log(lines: list[str]) -> bool:
-    return any((_LOG_MARKERS.search(line) and not re.match(r"^(?:-[AINP] |:|\*|\[\d)", line))
-               or _LOG_RECORD.match(line) or _FAILED.search(line) for line in lines)
+    return any(
+        (_LOG_MARKERS.search(line) and not re.match(r"^(?:-[AINP] |:|\*|\[\d)", line))
+        or _LOG_RECORD.match(line)
+        or _FAILED.search(line)
+        for line in lines
+    )
 
 
 # `stern` and `kubectl logs --prefix` put the pod and container before each line
@@ -155,7 +158,7 @@ def _without_log_prefixes(lines: list[str], notes: list[str]) -> list[str]:
     out = []
     for line in lines:
         prefix = next((p for p in prefixes if line.startswith(p)), None)
-        out.append(line[len(prefix):] if prefix else line)
+        out.append(line[len(prefix) :] if prefix else line)
     notes.append(f"pod/container prefixes removed ({', '.join(sorted(p.strip() for p in prefixes))})")
     return out
 
@@ -196,14 +199,19 @@ def _read_log(lines: list[str], notes: list[str]) -> tuple[str, InputInfo]:
                 f"an Istio log ({form}) that shows only part of a dump: rules with no table header (*nat) or chain "
                 "declarations (`systemctl status` and `--tail` print the last lines only); read the whole log "
                 "(`journalctl -u istio`, `kubectl logs POD -c istio-init`) or run `iptables-save -t nat`",
-                rule_lines[0]) from None
+                rule_lines[0],
+            ) from None
         raise InputError(f"an Istio log, but {exc.message}", exc.line) from None
     if failure is not None and (rules.kind is RulesKind.RESTORE_INPUT or failure > rules.line):
         # the restore ran and failed (no dump after it, or the failure came after the dump)
         return "", _failed(form, notes, lines[failure - 1], failure)
-    what = ("the last complete iptables-save dump it logged" if rules.kind is RulesKind.SAVE_DUMP
-            else "the nft rules it programmed" if rules.kind is RulesKind.NFT
-            else "the restore input it logged (no iptables-save dump after it)")
+    what = (
+        "the last complete iptables-save dump it logged"
+        if rules.kind is RulesKind.SAVE_DUMP
+        else "the nft rules it programmed"
+        if rules.kind is RulesKind.NFT
+        else "the restore input it logged (no iptables-save dump after it)"
+    )
     notes.append(f"{APPLIED_AT_START}: {what}, from line {rules.line} (Istio {rules.log_format.value} log format)")
     chosen = rules.v4 or rules.nft or ""
     if rules.v4 and rules.v6:
@@ -228,14 +236,19 @@ def _refuse_listing(lines: list[str], table: str | None) -> None:
     t = table or "nat"
     verbose = any(_LISTING_VERBOSE.match(line) for line in lines)
     names = any(re.search(r"\b(?:anywhere|localhost)\b", line) for line in lines)
-    lost = ("it abbreviates matches and targets (`owner UID match`, `redir ports`), which podnat cannot read back "
-            "faithfully" if verbose else "it has lost the interfaces (`-i lo`, `-o lo`) and more, which decide "
-            "Istio's paths")
+    lost = (
+        "it abbreviates matches and targets (`owner UID match`, `redir ports`), which podnat cannot read back "
+        "faithfully"
+        if verbose
+        else "it has lost the interfaces (`-i lo`, `-o lo`) and more, which decide Istio's paths"
+    )
     if names:
         lost += "; without -n its addresses and owners are names (`anywhere`, `localhost`), not the rules' values"
     raise InputError(
         f"this is an `iptables -L{' -v' if verbose else ''}` listing, not a table podnat can read: {lost}; "
-        f"run `iptables-save -t {t}` (or `iptables -t {t} -S`) in the pod instead", first)
+        f"run `iptables-save -t {t}` (or `iptables -t {t} -S`) in the pod instead",
+        first,
+    )
 
 
 # --- iptables -S and headerless bodies -------------------------------------------------------------
@@ -262,8 +275,11 @@ def _infer_table(lines: list[str], declared: list[str], hint: str | None) -> str
         if builtins and builtins == set(BUILTIN_CHAINS[table]):
             return table
     text = "\n".join(lines)
-    for table, targets in (("nat", r"REDIRECT|DNAT|SNAT|MASQUERADE"), ("mangle", r"TPROXY|MARK|CONNMARK"),
-                           ("raw", r"-j CT\b|NOTRACK")):
+    for table, targets in (
+        ("nat", r"REDIRECT|DNAT|SNAT|MASQUERADE"),
+        ("mangle", r"TPROXY|MARK|CONNMARK"),
+        ("raw", r"-j CT\b|NOTRACK"),
+    ):
         if re.search(rf"-j (?:{targets})\b", text):
             return table
     if builtins:
@@ -277,7 +293,9 @@ def _infer_table(lines: list[str], declared: list[str], hint: str | None) -> str
 
 
 def _from_list_rules(
-    lines: list[str], table_hint: str | None, restore: bool = False,
+    lines: list[str],
+    table_hint: str | None,
+    restore: bool = False,
 ) -> tuple[list[str], list[int], list[str]]:
     """`iptables [-t T] -S` output (one table or several in a row), or restore input without its `*table`
     line (`restore`), as iptables-save text, with each new line's number in the input, and notes."""
@@ -292,8 +310,11 @@ def _from_list_rules(
                 # prose between the rules (a blog's headings) is skipped; anything with options in it may be a
                 # rule wrapped by the paste, and is not guessed at
                 if listed[0] < n < listed[-1] and re.search(r"(?:^|\s)--?[A-Za-z]", line):
-                    raise InputError(f"not a line of `iptables -S` output, between its rules: {_quote(line)}; "
-                                     "paste the output as iptables printed it", n + 1)
+                    raise InputError(
+                        f"not a line of `iptables -S` output, between its rules: {_quote(line)}; "
+                        "paste the output as iptables printed it",
+                        n + 1,
+                    )
                 notes.append(f"line {n + 1}: not a rule, skipped: {_quote(line)}")
             continue
         if not blocks or (word == "-P" and previous not in ("-P", "")):
@@ -308,8 +329,11 @@ def _from_list_rules(
         declared = [line.split()[1] for line in body if line.split()[0] in ("-P", "-N") and len(line.split()) > 1]
         table = _infer_table(body, declared, hint)
         if table is None:
-            raise InputError("`iptables -S` output, but podnat cannot tell which table it is: run "
-                             "`iptables -t nat -S` and include the command line in the paste", block[0] + 1)
+            raise InputError(
+                "`iptables -S` output, but podnat cannot tell which table it is: run "
+                "`iptables -t nat -S` and include the command line in the paste",
+                block[0] + 1,
+            )
         out.append(f"*{table}")
         numbers.append(block[0] + 1)
         for n in block:
@@ -329,8 +353,9 @@ def _from_list_rules(
         out.append("COMMIT")
         numbers.append(block[-1] + 1)
         how = "" if hint else " (from its chains and targets)"
-        notes.append(f"no `*{table}` line: read as the {table} table{how}" if restore
-                     else f"read as the {table} table{how}")
+        notes.append(
+            f"no `*{table}` line: read as the {table} table{how}" if restore else f"read as the {table} table{how}"
+        )
     return out, numbers, notes
 
 
@@ -340,29 +365,39 @@ _RULE_COUNTERS = _Lazy(r"\s(?:-c|--set-counters) (\d+) (\d+)(?=\s|$)")
 def _counted(line: str) -> str:
     """`-A ... -c P B ...` (`iptables -S -v`) as iptables-save prints it: `[P:B] -A ...`."""
     m = _RULE_COUNTERS.search(line)
-    return f"[{m.group(1)}:{m.group(2)}] {line[:m.start()]}{line[m.end():]}" if m else line
+    return f"[{m.group(1)}:{m.group(2)}] {line[: m.start()]}{line[m.end() :]}" if m else line
 
 
 def _headerless(lines: list[str], table_hint: str | None) -> tuple[list[str], list[int], str]:
     """A table body whose `*table` line was cut, but which declares its chains."""
     first_decl = next(n for n, line in enumerate(lines) if line.startswith(":"))
     # the cut table ends at its COMMIT (whole tables may follow it)
-    end = next((n for n in range(first_decl, len(lines)) if lines[n] == "COMMIT" or lines[n].startswith("*")),
-               len(lines))
+    end = next(
+        (n for n in range(first_decl, len(lines)) if lines[n] == "COMMIT" or lines[n].startswith("*")), len(lines)
+    )
     body = lines[first_decl:end]
     declared = [line[1:].split()[0] for line in body if line.startswith(":") and len(line) > 1]
     table = _infer_table([line for line in body if line.startswith("-")], declared, table_hint)
     if table is None:
-        raise InputError(f"rule before any table header (*nat): the paste declares chains "
-                         f"({', '.join(declared[:4])}) podnat cannot place in a table; paste the whole output of "
-                         "`iptables-save -t nat`", first_decl + 1)
+        raise InputError(
+            f"rule before any table header (*nat): the paste declares chains "
+            f"({', '.join(declared[:4])}) podnat cannot place in a table; paste the whole output of "
+            "`iptables-save -t nat`",
+            first_decl + 1,
+        )
     out = [*lines[:first_decl], f"*{table}", *lines[first_decl:]]
     numbers = [*range(1, first_decl + 1), first_decl + 1, *range(first_decl + 1, len(lines) + 1)]
     if not any(line.strip() == "COMMIT" for line in lines):
-        raise InputError(f"the {table} table has no COMMIT: the paste is cut (its `*{table}` line is missing too); "
-                         f"paste the whole output of `iptables-save -t {table}`", len(lines))
-    return out, numbers, f"no `*{table}` line (the top of the paste was cut): read as the {table} table from its " \
-                         "chain declarations"
+        raise InputError(
+            f"the {table} table has no COMMIT: the paste is cut (its `*{table}` line is missing too); "
+            f"paste the whole output of `iptables-save -t {table}`",
+            len(lines),
+        )
+    return (
+        out,
+        numbers,
+        f"no `*{table}` line (the top of the paste was cut): read as the {table} table from its chain declarations",
+    )
 
 
 # --- the entry point -------------------------------------------------------------------------------
@@ -376,8 +411,7 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
     if _plain_dump(text):
         # the common case, a whole dump (100,000 rules too): nothing to recognise line by line
         restore = text.startswith(("-N ", "-I ")) or "\n-N " in text or "\n-I " in text
-        return detect_and_parse(text, family), InputInfo(RESTORE if restore else SAVE,
-                                                         tuple(_comment_note_text(text)))
+        return detect_and_parse(text, family), InputInfo(RESTORE if restore else SAVE, tuple(_comment_note_text(text)))
     raw_lines = text.splitlines()
     notes: list[str] = []
     lines: list[str] = []
@@ -395,8 +429,9 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
     stripped = [line.strip() for line in lines]
     if _is_log(stripped):
         # a log's bare commands (`iptables-save` before its output) are records of the log
-        kept = [raw if (stray := _stray(raw.strip())) is None or stray[0] == "command line" else ""
-                for raw in raw_lines]
+        kept = [
+            raw if (stray := _stray(raw.strip())) is None or stray[0] == "command line" else "" for raw in raw_lines
+        ]
         notes = [n for n in notes if "command line skipped" not in n]
         body, info = _read_log(kept, notes)
         if info.failed is not None:
@@ -430,7 +465,9 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
             raise InputError(
                 "rule before any table header (*nat): bare -A lines with no table header and no chain "
                 "declarations (a grep or a fragment) do not say which chains exist or what else is in the "
-                "table; paste the whole output of `iptables-save -t nat` (or `iptables -t nat -S`)", first_rule)
+                "table; paste the whole output of `iptables-save -t nat` (or `iptables -t nat -S`)",
+                first_rule,
+            )
     ruleset = detect_and_parse(cleaned, family)
     form = SAVE
     if ruleset.generator is None and any(line.startswith(("iptables ", "ip6tables ")) for line in stripped):
@@ -448,8 +485,14 @@ _HEADER = re.compile(r"^\*", re.M)
 def _plain_dump(text: str) -> bool:
     """Only table headers, chains, rules, COMMIT, comments and blank lines (one regex scan, in C)."""
     first = text[:1]
-    return (first in ("*", "#", "\n") and _HEADER.search(text) is not None and _OTHER.search(text) is None
-            and "\r" not in text)
+    return (
+        first in ("*", "#", "\n")
+        and _HEADER.search(text) is not None
+        and _OTHER.search(text) is None
+        and "\r" not in text
+    )
+
+
 _COMMENT = re.compile(r"^[ \t]*#.*$", re.M)
 
 

@@ -255,9 +255,7 @@ def _commands_to_restore(lines: Iterable[tuple[int, str]]) -> list[tuple[int, st
 def _is_command(line: str) -> bool:
     """Whether a line is an `iptables`/`ip6tables` command rather than restore input."""
     head = line.split(maxsplit=1)[0] if line.strip() else ""
-    return head.endswith(("iptables", "ip6tables")) or (
-        head.endswith(("-legacy", "-nft")) and "tables" in head
-    )
+    return head.endswith(("iptables", "ip6tables")) or (head.endswith(("-legacy", "-nft")) and "tables" in head)
 
 
 def parse_restore(text: str, *, ipv6: bool = False) -> dict[str, _Table]:
@@ -290,9 +288,7 @@ def parse_restore(text: str, *, ipv6: bool = False) -> dict[str, _Table]:
                 table.chain(words[1]).append(canonical_rule(words[2:], ipv6=ipv6))
             elif op == "-I":
                 chain = table.chain(words[1])
-                pos, rest = (
-                    (int(words[2]), words[3:]) if len(words) > 2 and words[2].isdigit() else (1, words[2:])
-                )
+                pos, rest = (int(words[2]), words[3:]) if len(words) > 2 and words[2].isdigit() else (1, words[2:])
                 chain.insert(pos - 1, canonical_rule(rest, ipv6=ipv6))
             else:
                 raise NormaliseError(line_no, line, f"unsupported operation {op}")

@@ -130,38 +130,67 @@ def trace_flow(
             return FlowTrace(spec, tuple(legs), tuple(ports), arrival.stop, None, arrival.reason)
         final = arrival.final
         if not ctx.is_local(final.address):
-            return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final,
-                             f"left the pod for {final}")
+            return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final, f"left the pod for {final}")
         listener = _bound_listener(listeners, final)
         dns_proxy = ctx.nameserver is not None and final.port == DNS_PROXY_PORT and final.address.is_loopback
         if listener is None and dns_proxy:
             # pilot-agent's DNS proxy answers from its cache or asks the original resolver as the proxy uid.
-            return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final,
-                             f"answered by pilot-agent's DNS proxy on {final}")
+            return FlowTrace(
+                spec,
+                tuple(legs),
+                tuple(ports),
+                Outcome.DELIVERED,
+                final,
+                f"answered by pilot-agent's DNS proxy on {final}",
+            )
         if listener is None:
             if _other_socket(ctx, final):
-                return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final,
-                                 f"reached {_socket_name(ctx, final)} on {final}")
+                return FlowTrace(
+                    spec,
+                    tuple(legs),
+                    tuple(ports),
+                    Outcome.DELIVERED,
+                    final,
+                    f"reached {_socket_name(ctx, final)} on {final}",
+                )
             how = f"{arrival.leg.rules[-1]} sent it to {final}" if arrival.leg.to else f"it went to {final}"
-            return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.REFUSED, None,
-                             f"{how}, where nothing listens")
+            return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.REFUSED, None, f"{how}, where nothing listens")
         key = (listener.port, dst)
         if actor is Actor.PROXY and key in seen:
-            return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.LOOP, None,
-                             f"Envoy's own connection to {dst} came back to {listener.name} ({listener.port})")
+            return FlowTrace(
+                spec,
+                tuple(legs),
+                tuple(ports),
+                Outcome.LOOP,
+                None,
+                f"Envoy's own connection to {dst} came back to {listener.name} ({listener.port})",
+            )
         seen.add(key)
         ports.append(listener.port)
         upstream = _envoy_upstream(listener, dst, src, ctx)
         if upstream is None:
-            return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final,
-                             f"handled by Envoy listener {listener.name}")
+            return FlowTrace(
+                spec, tuple(legs), tuple(ports), Outcome.DELIVERED, final, f"handled by Envoy listener {listener.name}"
+            )
         next_src, next_dst, mark = upstream
         if next_dst == final and arrival.leg.to is None:
-            return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.LOOP, None,
-                             f"{listener.name} would connect to itself ({final})")
+            return FlowTrace(
+                spec,
+                tuple(legs),
+                tuple(ports),
+                Outcome.LOOP,
+                None,
+                f"{listener.name} would connect to itself ({final})",
+            )
         actor, src, dst, identity = Actor.PROXY, next_src, next_dst, ctx.proxy
-    return FlowTrace(spec, tuple(legs), tuple(ports), Outcome.LOOP, None,
-                     f"more than {MAX_LEGS} connections: Envoy keeps re-capturing its own traffic")
+    return FlowTrace(
+        spec,
+        tuple(legs),
+        tuple(ports),
+        Outcome.LOOP,
+        None,
+        f"more than {MAX_LEGS} connections: Envoy keeps re-capturing its own traffic",
+    )
 
 
 def _walk(
@@ -208,14 +237,16 @@ def _walk(
             address = _LOOPBACK[current.address.version] if table_hook == "OUTPUT" else ctx.pod_ip
             current = Endpoint(address, trace.verdict.port or current.port)
             to, verdict = current, "REDIRECT"
-            packet = replace(packet, dst=address, dport=current.port,
-                             out_iface=_route(address, ctx) if local_sender else None)
+            packet = replace(
+                packet, dst=address, dport=current.port, out_iface=_route(address, ctx) if local_sender else None
+            )
         elif kind is VerdictKind.DNAT and table_hook in ("OUTPUT", "PREROUTING"):
             address = ipaddress.ip_address(trace.verdict.address) if trace.verdict.address else current.address
             current = Endpoint(address, trace.verdict.port or current.port)
             to, verdict = current, "DNAT"
-            packet = replace(packet, dst=address, dport=current.port,
-                             out_iface=_route(address, ctx) if local_sender else None)
+            packet = replace(
+                packet, dst=address, dport=current.port, out_iface=_route(address, ctx) if local_sender else None
+            )
         elif kind is VerdictKind.TPROXY:
             current = Endpoint(current.address, trace.verdict.port or current.port)
             to, verdict = current, "TPROXY"

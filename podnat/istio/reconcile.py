@@ -75,12 +75,24 @@ def rule_key(rule: Rule) -> tuple[object, ...]:
         if m.module not in _COSMETIC_MODULES and not (m.module in _IMPLIED and not m.options)
     )
     target = rule.target
-    return (rule.protocol, rule.source, rule.destination, rule.in_iface, rule.out_iface, rule.fragment,
-            tuple(matches), (target.name, tuple(sorted(target.options)), target.goto) if target else None)
+    return (
+        rule.protocol,
+        rule.source,
+        rule.destination,
+        rule.in_iface,
+        rule.out_iface,
+        rule.fragment,
+        tuple(matches),
+        (target.name, tuple(sorted(target.options)), target.goto) if target else None,
+    )
 
 
-def diff_rules(live: Ruleset, expected: Ruleset, tables: tuple[str, ...] = ISTIO_TABLES,
-               releases: Mapping[str, Ruleset] | None = None) -> tuple[RuleDiff, ...]:
+def diff_rules(
+    live: Ruleset,
+    expected: Ruleset,
+    tables: tuple[str, ...] = ISTIO_TABLES,
+    releases: Mapping[str, Ruleset] | None = None,
+) -> tuple[RuleDiff, ...]:
     """Rule-level differences in the tables Istio writes (iptables' or native nftables'), in table and chain order.
 
     `releases`: the same configuration's rules as other Istio releases write them; a difference that is
@@ -97,16 +109,22 @@ def _by_release(d: RuleDiff, releases: Mapping[str, Ruleset]) -> RuleDiff:
         key = rule_key(d.live)
         having = [v for v, rs in releases.items() if _chain_has(rs, d.table, d.chain, key)]
         if having and d.kind is not DiffKind.REORDERED:
-            return replace(d, releases=tuple(having),
-                           cause=f"{_effect(d.live)}: this is the rule as Istio {_versions(having)} writes it for "
-                           "this configuration: the pod's rules come from that release, not tampering")
+            return replace(
+                d,
+                releases=tuple(having),
+                cause=f"{_effect(d.live)}: this is the rule as Istio {_versions(having)} writes it for "
+                "this configuration: the pod's rules come from that release, not tampering",
+            )
     elif d.expected is not None and d.kind is DiffKind.MISSING:
         key = rule_key(d.expected)
         lacking = [v for v, rs in releases.items() if not _chain_has(rs, d.table, d.chain, key)]
         if lacking:
-            return replace(d, releases=tuple(lacking),
-                           cause=f"Istio {_versions(lacking)} does not install this rule for this configuration: "
-                           "if the pod's rules come from that release, this is its default, not tampering")
+            return replace(
+                d,
+                releases=tuple(lacking),
+                cause=f"Istio {_versions(lacking)} does not install this rule for this configuration: "
+                "if the pod's rules come from that release, this is its default, not tampering",
+            )
     return d
 
 
@@ -132,10 +150,20 @@ def _diff_rules(live: Ruleset, expected: Ruleset, tables: tuple[str, ...]) -> tu
         have_chains = have.chains if have else {}
         for name, chain in want_chains.items():
             if name not in have_chains:
-                diffs.append(RuleDiff(DiffKind.MISSING_CHAIN, table, name, None, None,
-                                      f"chain {name} is missing: {_missing_cause(None, name)}"))
-                diffs.extend(RuleDiff(DiffKind.MISSING, table, name, None, rule, _missing_cause(rule, name))
-                             for rule in chain.rules)
+                diffs.append(
+                    RuleDiff(
+                        DiffKind.MISSING_CHAIN,
+                        table,
+                        name,
+                        None,
+                        None,
+                        f"chain {name} is missing: {_missing_cause(None, name)}",
+                    )
+                )
+                diffs.extend(
+                    RuleDiff(DiffKind.MISSING, table, name, None, rule, _missing_cause(rule, name))
+                    for rule in chain.rules
+                )
                 continue
             diffs.extend(_diff_chain(table, name, have_chains[name].rules, chain.rules))
         for name, chain in have_chains.items():
@@ -144,10 +172,10 @@ def _diff_rules(live: Ruleset, expected: Ruleset, tables: tuple[str, ...]) -> tu
             if not chain.rules and not ISTIO_CHAIN.match(name):
                 continue
             foreign = not ISTIO_CHAIN.match(name)
-            diffs.append(RuleDiff(DiffKind.EXTRA_CHAIN, table, name, None, None,
-                                  _extra_cause_chain(name), foreign))
-            diffs.extend(RuleDiff(DiffKind.EXTRA, table, name, rule, None, _extra_cause(rule), foreign)
-                         for rule in chain.rules)
+            diffs.append(RuleDiff(DiffKind.EXTRA_CHAIN, table, name, None, None, _extra_cause_chain(name), foreign))
+            diffs.extend(
+                RuleDiff(DiffKind.EXTRA, table, name, rule, None, _extra_cause(rule), foreign) for rule in chain.rules
+            )
     return tuple(diffs)
 
 
@@ -161,10 +189,13 @@ def _diff_chain(table: str, chain: str, live: tuple[Rule, ...], expected: tuple[
     pairs: list[tuple[Rule, Rule]] = []
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
         if op == "equal":
-            out.extend(RuleDiff(DiffKind.COSMETIC, table, chain, got, exp,
-                                "written differently, the same rule for every packet")
-                       for exp, got in zip(expected[i1:i2], live[j1:j2], strict=True)
-                       if _norm(exp.spec) != _norm(got.spec))
+            out.extend(
+                RuleDiff(
+                    DiffKind.COSMETIC, table, chain, got, exp, "written differently, the same rule for every packet"
+                )
+                for exp, got in zip(expected[i1:i2], live[j1:j2], strict=True)
+                if _norm(exp.spec) != _norm(got.spec)
+            )
             continue
         exp, got = list(expected[i1:i2]), list(live[j1:j2])
         if op == "replace" and len(exp) == len(got):
@@ -180,15 +211,24 @@ def _diff_chain(table: str, chain: str, live: tuple[Rule, ...], expected: tuple[
         twins = added_by_spec.get(rule_key(rule))
         if twins:
             moved = twins.pop(0)
-            out.append(RuleDiff(DiffKind.REORDERED, table, chain, moved, rule,
-                                f"{rule.ref} is at position {moved.position} (expected {rule.position}): "
-                                "not something Istio does; rules were re-inserted by hand or by another tool"))
+            out.append(
+                RuleDiff(
+                    DiffKind.REORDERED,
+                    table,
+                    chain,
+                    moved,
+                    rule,
+                    f"{rule.ref} is at position {moved.position} (expected {rule.position}): "
+                    "not something Istio does; rules were re-inserted by hand or by another tool",
+                )
+            )
         else:
             out.append(RuleDiff(DiffKind.MISSING, table, chain, None, rule, _missing_cause(rule, chain)))
     for rules in added_by_spec.values():
         for rule in rules:
-            out.append(RuleDiff(DiffKind.EXTRA, table, chain, rule, None, _extra_cause(rule),
-                                foreign=_is_foreign(rule)))
+            out.append(
+                RuleDiff(DiffKind.EXTRA, table, chain, rule, None, _extra_cause(rule), foreign=_is_foreign(rule))
+            )
     for exp_rule, got_rule in pairs:
         if rule_key(exp_rule) == rule_key(got_rule):
             continue
@@ -244,8 +284,7 @@ def _effect(rule: Rule) -> str:
         iface = (rule.in_iface or rule.out_iface).value  # type: ignore[union-attr]
         return f"traffic on {iface} bypasses the sidecar ({rule.ref})"
     if target in ("ISTIO_REDIRECT", "ISTIO_IN_REDIRECT") and (port or dest or rule.in_iface):
-        what = _port_words(port) if port else (_dest_words(dest) if dest else
-                                                f"interface {rule.in_iface.value}")  # type: ignore[union-attr]
+        what = _port_words(port) if port else (_dest_words(dest) if dest else f"interface {rule.in_iface.value}")  # type: ignore[union-attr]
         return f"{what} is captured by {rule.ref}"
     if bypass and rule.position == 1 and rule.chain in ("OUTPUT", "PREROUTING"):
         return f"everything {rule.ref} matches skips Istio's chains"
@@ -267,22 +306,32 @@ def _missing_cause(rule: Rule | None, chain: str) -> str:
     # iptables' chains and targets, or native nftables' (prerouting, jump istio-inbound)
     name, words = chain.upper().replace("-", "_"), spec.upper().replace("-", "_")
     if name == "PREROUTING" and "ISTIO_INBOUND" in words:
-        return ("inbound capture is off: Istio leaves out this jump only for "
-                "traffic.sidecar.istio.io/includeInboundPorts=\"\", which this pod does not set; "
-                "the rule was deleted after istio-init ran")
+        return (
+            "inbound capture is off: Istio leaves out this jump only for "
+            'traffic.sidecar.istio.io/includeInboundPorts="", which this pod does not set; '
+            "the rule was deleted after istio-init ran"
+        )
     if name == "OUTPUT" and "ISTIO_OUTPUT" in words:
-        return ("outbound capture is off: Istio always installs this jump; "
-                "the rule was deleted after istio-init ran")
+        return "outbound capture is off: Istio always installs this jump; the rule was deleted after istio-init ran"
     if name == "ISTIO_OUTPUT" and words.endswith(("_J ISTIO_REDIRECT", "JUMP ISTIO_REDIRECT")) and not rule.destination:
-        return ("outbound capture is off: Istio leaves out the catch-all only for "
-                "traffic.sidecar.istio.io/includeOutboundIPRanges=\"\", which this pod does not set")
+        return (
+            "outbound capture is off: Istio leaves out the catch-all only for "
+            'traffic.sidecar.istio.io/includeOutboundIPRanges="", which this pod does not set'
+        )
     port = _PORT.search(spec) or re.search(r"(! )?tcp dport (\d+)", spec)
-    if name == "ISTIO_INBOUND" and port and not port.group(1) and port.group(2) in _INJECTOR_PORTS and (
-            "RETURN" in words):
-        return (f"inbound port {port.group(2)} is not excluded from capture: {_INJECTOR_PORTS[port.group(2)]}; "
-                "the exclusions come from the injector (istio-iptables -d, the "
-                "traffic.sidecar.istio.io/excludeInboundPorts annotation), which releases and distributions set "
-                "differently: not tampering")
+    if (
+        name == "ISTIO_INBOUND"
+        and port
+        and not port.group(1)
+        and port.group(2) in _INJECTOR_PORTS
+        and ("RETURN" in words)
+    ):
+        return (
+            f"inbound port {port.group(2)} is not excluded from capture: {_INJECTOR_PORTS[port.group(2)]}; "
+            "the exclusions come from the injector (istio-iptables -d, the "
+            "traffic.sidecar.istio.io/excludeInboundPorts annotation), which releases and distributions set "
+            "differently: not tampering"
+        )
     if "owner" in spec or "skuid" in spec or "skgid" in spec:
         return "the proxy's own traffic is no longer recognised: this owner rule was deleted"
     origin = rule_origin(rule.table, rule.chain, rule.spec)
@@ -304,12 +353,16 @@ def _changed_cause(expected: Rule, live: Rule) -> str:
     owner_exp = re.findall(r"--(uid|gid)-owner (\S+)", exp)
     owner_got = re.findall(r"--(uid|gid)-owner (\S+)", got)
     if owner_exp and owner_got and owner_exp != owner_got:
-        return (f"the proxy identity differs ({' '.join(f'{k} {v}' for k, v in owner_got)} instead of "
-                f"{' '.join(f'{k} {v}' for k, v in owner_exp)}): istio-iptables -u/-g follows the proxy's "
-                "runAsUser/runAsGroup; Envoy's own traffic is not recognised and gets re-captured")
+        return (
+            f"the proxy identity differs ({' '.join(f'{k} {v}' for k, v in owner_got)} instead of "
+            f"{' '.join(f'{k} {v}' for k, v in owner_exp)}): istio-iptables -u/-g follows the proxy's "
+            "runAsUser/runAsGroup; Envoy's own traffic is not recognised and gets re-captured"
+        )
     ports_exp = re.findall(r"--to-ports (\S+)", exp)
     ports_got = re.findall(r"--to-ports (\S+)", got)
     if ports_exp and ports_got and ports_exp != ports_got:
-        return (f"redirects to port {ports_got[0]} instead of {ports_exp[0]}: istio-iptables -p/-z set "
-                "these from the proxy's ports; not something Istio changes at runtime")
+        return (
+            f"redirects to port {ports_got[0]} instead of {ports_exp[0]}: istio-iptables -p/-z set "
+            "these from the proxy's ports; not something Istio changes at runtime"
+        )
     return "not something Istio installs for this pod's configuration"

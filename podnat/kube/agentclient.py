@@ -50,8 +50,11 @@ class AgentReader:
             found: dict[str, Mapping[str, Any]] = {}
             try:
                 resp = self.client.core.list_namespaced_pod(
-                    self.namespace, label_selector=AGENT_SELECTOR, _preload_content=False,
-                    _request_timeout=self.client.options.timeout)
+                    self.namespace,
+                    label_selector=AGENT_SELECTOR,
+                    _preload_content=False,
+                    _request_timeout=self.client.options.timeout,
+                )
                 items = json.loads(resp.data).get("items") or []
             except Exception as exc:
                 err = translate(exc, Action("list", "pods", self.namespace), self.client.server)
@@ -92,19 +95,25 @@ class AgentReader:
         item = answered.get(str(meta.get("uid") or ""))
         agent_name = agent["metadata"]["name"]
         if item is None:
-            raise KubeSourceError(Failure.NOT_FOUND, f"the podnat agent {agent_name} on node {node} does not know pod "
-                                  f"{meta.get('namespace')}/{meta.get('name')} yet (it was just created?)")
+            raise KubeSourceError(
+                Failure.NOT_FOUND,
+                f"the podnat agent {agent_name} on node {node} does not know pod "
+                f"{meta.get('namespace')}/{meta.get('name')} yet (it was just created?)",
+            )
         facts = item.get("facts")
         if facts is None or not facts.get("nat"):
             error = (item.get("error") or {}).get("message") or f"status {item.get('status')}"
-            raise KubeSourceError(Failure.API_ERROR, f"the podnat agent {agent_name} on node {node} could not read "
-                                  f"the pod: {error}")
+            raise KubeSourceError(
+                Failure.API_ERROR, f"the podnat agent {agent_name} on node {node} could not read the pod: {error}"
+            )
         from podnat.agent.wire import facts_from_data
 
         found = facts_from_data(facts, pod)
         assert found.nat is not None
-        label = f"podnat agent {agent_name} on node {node}, live at {item.get('observed_at')}: " + (
-            found.nat.label.split(": ", 1)[-1])
+        label = (
+            f"podnat agent {agent_name} on node {node}, live at {item.get('observed_at')}: "
+            + (found.nat.label.split(": ", 1)[-1])
+        )
         return replace(found, nat=replace(found.nat, label=label))
 
     def _node(self, node: str, namespace: str | None) -> dict[str, Mapping[str, Any]] | KubeSourceError:
@@ -123,8 +132,9 @@ class AgentReader:
         api = self.client.api_client
         self.requests += 1
         try:
-            request = api.param_serialize("GET", path, header_params={"Accept": "application/json"},
-                                          auth_settings=["BearerToken"])
+            request = api.param_serialize(
+                "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+            )
             resp = api.call_api(*request, _request_timeout=self.timeout)
             resp.read()
             if not 200 <= resp.status <= 299:
@@ -134,8 +144,9 @@ class AgentReader:
             body = json.loads(resp.data)
         except Exception as exc:
             err = translate(exc, Action("get", "pods/proxy", self.namespace, name), self.client.server)
-            return KubeSourceError(err.failure, f"the podnat agent {name} on node {node} could not be asked: "
-                                   f"{err.message}")
+            return KubeSourceError(
+                err.failure, f"the podnat agent {name} on node {node} could not be asked: {err.message}"
+            )
         return {str(item["pod"].get("uid")): item for item in body.get("pods") or []}
 
 

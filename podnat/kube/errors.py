@@ -94,9 +94,7 @@ def bad_kubeconfig(detail: str, context: str | None) -> KubeSourceError:
 # --- API exceptions -------------------------------------------------------------------------------
 
 _HANDSHAKE = re.compile(r"Handshake status (\d{3})")
-_RBAC = re.compile(
-    r'cannot (\w+) resource "([^"]+)" in API group "([^"]*)"(?: in the namespace "([^"]+)")?'
-)
+_RBAC = re.compile(r'cannot (\w+) resource "([^"]+)" in API group "([^"]*)"(?: in the namespace "([^"]+)")?')
 
 
 def parse_handshake(reason: str) -> tuple[int, dict[str, Any] | None]:
@@ -203,9 +201,7 @@ def from_status(status: int, body: dict[str, Any] | None, action: Action, server
                 "check the name and -n/--namespace (`kubectl get pods -n NS`)",
             )
         if action.name:
-            return KubeSourceError(
-                Failure.NOT_FOUND, f"{kind.rstrip('s')} {action.namespace}/{action.name} not found"
-            )
+            return KubeSourceError(Failure.NOT_FOUND, f"{kind.rstrip('s')} {action.namespace}/{action.name} not found")
         return KubeSourceError(Failure.NOT_FOUND, f"namespace {action.namespace} not found")
     if status == 400 and action.resource in ("pods/exec", "pods/log"):
         if "is not valid for pod" in message or "container not found" in message:

@@ -70,10 +70,18 @@ INIT_LOG_LABEL = "istio-init log: applied at pod start, not necessarily live"
 _REFUSED = re.compile(r"connection refused|Errno 111", re.IGNORECASE)
 _DEPLOY_PREFIXES = ("deploy/", "deployment/", "deployments/", "deployment.apps/", "deployments.apps/")
 # Errors after which the next source may still work (anything else: the API itself failed).
-_FALLBACK = frozenset({
-    Failure.NAT_PERMISSION, Failure.TOOL_MISSING, Failure.EMPTY_TABLE, Failure.FORBIDDEN,
-    Failure.EXEC_DENIED, Failure.PROXY_NOT_READY, Failure.POD_SECURITY, Failure.DEBUG_CONTAINER,
-})
+_FALLBACK = frozenset(
+    {
+        Failure.NAT_PERMISSION,
+        Failure.TOOL_MISSING,
+        Failure.EMPTY_TABLE,
+        Failure.FORBIDDEN,
+        Failure.EXEC_DENIED,
+        Failure.PROXY_NOT_READY,
+        Failure.POD_SECURITY,
+        Failure.DEBUG_CONTAINER,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +153,7 @@ class KubePodSource:
         name = ref.name
         for prefix in _DEPLOY_PREFIXES:
             if name.startswith(prefix):
-                return self._pod_of_deployment(ref.namespace, name[len(prefix):])
+                return self._pod_of_deployment(ref.namespace, name[len(prefix) :])
         if "." in name:
             pod, _, namespace = name.rpartition(".")
             if pod and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace):
@@ -180,12 +188,10 @@ class KubePodSource:
             if status == 404 and details.get("name") == deployment:
                 raise KubeSourceError(
                     Failure.NOT_FOUND,
-                    f"deployment {deployment} not found in namespace {namespace}: "
-                    "check the name and -n/--namespace",
+                    f"deployment {deployment} not found in namespace {namespace}: check the name and -n/--namespace",
                 ) from exc
             if status not in (403, 404):  # 403: podnat's role need not read deployments
-                raise translate(exc, Action("get", "deployments", namespace, deployment),
-                                self.client.server) from exc
+                raise translate(exc, Action("get", "deployments", namespace, deployment), self.client.server) from exc
         if selector:
             pods = self.list_pods(namespace, selector)
         else:
@@ -200,9 +206,7 @@ class KubePodSource:
 
     # --- facts ------------------------------------------------------------------------------------
 
-    def read_facts(
-        self, pod: Mapping[str, Any], source: NatSource | None, debug_container: bool
-    ) -> PodFacts:
+    def read_facts(self, pod: Mapping[str, Any], source: NatSource | None, debug_container: bool) -> PodFacts:
         ref = _ref(pod)
         mesh, why = classify(pod)
         if mesh is MeshMode.AMBIENT:
@@ -241,7 +245,8 @@ class KubePodSource:
             if source is NatSource.NODE:
                 node = (pod.get("spec") or {}).get("nodeName")
                 why = self.agents._agents_error or (
-                    f"no running pod labelled {AGENT_SELECTOR} in namespace {self.agents.namespace}")
+                    f"no running pod labelled {AGENT_SELECTOR} in namespace {self.agents.namespace}"
+                )
                 raise KubeSourceError(
                     Failure.NOT_FOUND,
                     f"no podnat agent on node {node} of pod {ref} ({why}): install it (`kubectl apply -k "
@@ -284,7 +289,9 @@ class KubePodSource:
                 name, added = self._ensure_debug_container(pod, ref)
                 notes.append(
                     f"added ephemeral container {name} to pod {ref} (ephemeral containers cannot be "
-                    "removed; later runs reuse it)" if added else f"reused ephemeral container {name}"
+                    "removed; later runs reuse it)"
+                    if added
+                    else f"reused ephemeral container {name}"
                 )
                 cap = self._capture(pod, ref, name, NatSource.DEBUG, debug_added=added)
                 if cap.routing is not None and (routing is None or not routing.complete):
@@ -319,8 +326,9 @@ class KubePodSource:
             listeners_reading, listeners_error = self._listeners_only(pod, ref)
             if listeners_error:
                 notes.append(listeners_error)
-        return PodFacts(ref=ref, pod=pod, nat=nat, listeners=listeners_reading, notes=tuple(notes), mesh=mesh,
-                        routing=routing)
+        return PodFacts(
+            ref=ref, pod=pod, nat=nat, listeners=listeners_reading, notes=tuple(notes), mesh=mesh, routing=routing
+        )
 
     def _read_ambient(self, pod: Mapping[str, Any], ref: PodRef, why: str, debug_container: bool) -> PodFacts:
         """An ambient pod has no istio-proxy to exec into and no istio-init log: only a debug container with an
@@ -340,10 +348,17 @@ class KubePodSource:
         result = self.exec(ref, name, ["sh", "-c", ambient_script(marker)])
         sections = split_sections(result, marker)
         if sections is None:
-            raise KubeSourceError(Failure.TOOL_MISSING, f"the debug image {self.debug_image} has no `sh` (pod {ref}): "
-                                  "pass --debug-image with a shell, iptables-save and nft (e.g. Istio's proxyv2)")
-        note = (f"added ephemeral container {name} ({self.debug_image}) to pod {ref} (ephemeral containers cannot "
-                "be removed; later runs reuse it)" if added else f"reused ephemeral container {name}")
+            raise KubeSourceError(
+                Failure.TOOL_MISSING,
+                f"the debug image {self.debug_image} has no `sh` (pod {ref}): "
+                "pass --debug-image with a shell, iptables-save and nft (e.g. Istio's proxyv2)",
+            )
+        note = (
+            f"added ephemeral container {name} ({self.debug_image}) to pod {ref} (ephemeral containers cannot "
+            "be removed; later runs reuse it)"
+            if added
+            else f"reused ephemeral container {name}"
+        )
         return ambient_facts(pod, ref, sections, f"debug container {name}", NatSource.DEBUG, (why, note))
 
     # --- exec -------------------------------------------------------------------------------------
@@ -356,8 +371,16 @@ class KubePodSource:
         try:
             try:
                 ws = self.client.stream_exec(
-                    api, name=ref.name, namespace=ref.namespace, container=container, command=argv,
-                    stderr=True, stdin=False, stdout=True, tty=False, _request_timeout=self.timeout,
+                    api,
+                    name=ref.name,
+                    namespace=ref.namespace,
+                    container=container,
+                    command=argv,
+                    stderr=True,
+                    stdin=False,
+                    stdout=True,
+                    tty=False,
+                    _request_timeout=self.timeout,
                 )
             except Exception as exc:
                 raise translate(exc, action, self.client.server) from exc
@@ -414,24 +437,27 @@ class KubePodSource:
                 detail = " ".join((result.stderr or result.stdout).split())[:200]
                 raise KubeSourceError(
                     Failure.API_ERROR,
-                    f"exec in {container} of pod {ref} ended (exit {result.returncode}) "
-                    f"without output: {detail}",
+                    f"exec in {container} of pod {ref} ended (exit {result.returncode}) without output: {detail}",
                 )
         where = "istio-proxy" if kind is NatSource.EXEC else f"ephemeral container {container}"
         nat, nat_error = interpret_nat(sections, ref, where, kind)
         if nat is not None and kind is NatSource.DEBUG:
             nat = NatReading(
-                source=nat.source, label=nat.label, v4=nat.v4, v6=nat.v6, nft=nat.nft, counters=nat.counters,
-                debug_container=container, debug_container_added=debug_added,
+                source=nat.source,
+                label=nat.label,
+                v4=nat.v4,
+                v6=nat.v6,
+                nft=nat.nft,
+                counters=nat.counters,
+                debug_container=container,
+                debug_container_added=debug_added,
                 listeners_json=_listeners_text(sections),
             )
         listeners, listeners_error = interpret_listeners(sections.get("listeners"), where)
         routing = interpret_routing(sections, where, table) if table is not None else None
         return _Capture(nat, nat_error, listeners, listeners_error, routing)
 
-    def _capture_without_shell(
-        self, ref: PodRef, container: str, port: int, table: int | None
-    ) -> dict[str, _Section]:
+    def _capture_without_shell(self, ref: PodRef, container: str, port: int, table: int | None) -> dict[str, _Section]:
         """The capture's sections with one exec per command (an image without `sh`): each backend's
         binary where it exists, the unqualified one only where neither does."""
         sections: dict[str, _Section] = {}
@@ -465,9 +491,7 @@ class KubePodSource:
                 break  # no `ip` in the image: the other commands would say the same
         return sections
 
-    def _listeners_only(
-        self, pod: Mapping[str, Any], ref: PodRef
-    ) -> tuple[ListenersReading | None, str | None]:
+    def _listeners_only(self, pod: Mapping[str, Any], ref: PodRef) -> tuple[ListenersReading | None, str | None]:
         try:
             r = self.exec(ref, PROXY, listeners_argv(admin_port(pod)))
         except KubeSourceError as err:
@@ -477,8 +501,9 @@ class KubePodSource:
 
     # --- debug container --------------------------------------------------------------------------
 
-    def _ensure_debug_container(self, pod: Mapping[str, Any], ref: PodRef, image: str | None = None
-                                ) -> tuple[str, bool]:
+    def _ensure_debug_container(
+        self, pod: Mapping[str, Any], ref: PodRef, image: str | None = None
+    ) -> tuple[str, bool]:
         spec = pod.get("spec") or {}
         existing = any(c.get("name") == DEBUG_CONTAINER for c in spec.get("ephemeralContainers") or [])
         added = False
@@ -511,8 +536,13 @@ class KubePodSource:
                     "use --source init-log (or recreate the pod)",
                 )
             waiting = state.get("waiting") or {}
-            if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
-                                         "CreateContainerConfigError", "CreateContainerError"):
+            if waiting.get("reason") in (
+                "ErrImagePull",
+                "ImagePullBackOff",
+                "InvalidImageName",
+                "CreateContainerConfigError",
+                "CreateContainerError",
+            ):
                 raise KubeSourceError(
                     Failure.DEBUG_CONTAINER,
                     f"ephemeral container {name} in pod {ref} cannot start ({waiting.get('reason')}: "
@@ -536,9 +566,7 @@ class KubePodSource:
             )
             return _body(resp).decode("utf-8", "replace")
         except Exception as exc:
-            raise translate(
-                exc, Action("get", "pods/log", namespace, name, container), self.client.server
-            ) from exc
+            raise translate(exc, Action("get", "pods/log", namespace, name, container), self.client.server) from exc
 
     def _read_from_log(self, pod: Mapping[str, Any], ref: PodRef) -> tuple[NatReading, list[str]]:
         spec = pod.get("spec") or {}
@@ -567,9 +595,11 @@ class KubePodSource:
         for namespace in self.cni_namespaces:
             try:
                 resp = self.client.core.list_namespaced_pod(
-                    namespace, label_selector=CNI_LABEL,
+                    namespace,
+                    label_selector=CNI_LABEL,
                     field_selector=f"spec.nodeName={node}" if node else None,
-                    _preload_content=False, _request_timeout=self.timeout,
+                    _preload_content=False,
+                    _request_timeout=self.timeout,
                 )
                 items = json.loads(_body(resp)).get("items") or []
             except Exception as exc:
@@ -608,7 +638,8 @@ AMBIENT_NOT_READ = (
     "the in-pod rules of this ambient pod could not be read live: it has no istio-proxy to exec into and no "
     "istio-init log. Run podnat's node agent on its node (`podnat agent`, manifests/agent/), or rerun with "
     "--debug-container --debug-image IMAGE (an image with sh, iptables-save, nft and ip, e.g. Istio's proxyv2 "
-    "of your release)")
+    "of your release)"
+)
 AMBIENT_ROUTE_TABLE = 100  # istio-cni's `ip rule fwmark 0x111/0xfff lookup 100` (podnat.istio.ambient)
 
 
@@ -618,8 +649,14 @@ def ambient_script(marker: str) -> str:
     return capture_script(marker, routing_table=AMBIENT_ROUTE_TABLE, listeners=False, sockets=True)
 
 
-def ambient_facts(pod: Mapping[str, Any], ref: PodRef, sections: Mapping[str, _Section], where: str,
-                  kind: NatSource, notes: tuple[str, ...]) -> PodFacts:
+def ambient_facts(
+    pod: Mapping[str, Any],
+    ref: PodRef,
+    sections: Mapping[str, _Section],
+    where: str,
+    kind: NatSource,
+    notes: tuple[str, ...],
+) -> PodFacts:
     """An ambient pod's facts from its capture. No Istio rules at all is a fact (the pod's traffic bypasses
     ztunnel), not a failure to read."""
     nat, nat_error = interpret_nat(sections, ref, where, kind)
@@ -627,8 +664,14 @@ def ambient_facts(pod: Mapping[str, Any], ref: PodRef, sections: Mapping[str, _S
         assert nat_error is not None
         if nat_error.failure is not Failure.EMPTY_TABLE:
             raise nat_error
-        nat = NatReading(source=kind, label=f"{where} (uid 0, NET_ADMIN): iptables-save -c, nft list ruleset: no "
-                         "Istio rules", v4="", v6=None, nft=None, counters=True)
+        nat = NatReading(
+            source=kind,
+            label=f"{where} (uid 0, NET_ADMIN): iptables-save -c, nft list ruleset: no Istio rules",
+            v4="",
+            v6=None,
+            nft=None,
+            counters=True,
+        )
     routing = interpret_routing(sections, where, AMBIENT_ROUTE_TABLE)
     section = sections.get("sockets")
     sockets = None
@@ -637,8 +680,15 @@ def ambient_facts(pod: Mapping[str, Any], ref: PodRef, sections: Mapping[str, _S
         sockets = SocketsReading(f"{where}: {capture.SOCKETS_COMMAND}", capture.listening_ports(section.stdout))
     else:
         extra.append(f"the pod's listening sockets were not read in {where}: ztunnel's in-pod listeners assumed")
-    return PodFacts(ref=ref, pod=pod, nat=nat, notes=tuple(n for n in extra if n), mesh=MeshMode.AMBIENT,
-                    routing=routing, sockets=sockets)
+    return PodFacts(
+        ref=ref,
+        pod=pod,
+        nat=nat,
+        notes=tuple(n for n in extra if n),
+        mesh=MeshMode.AMBIENT,
+        routing=routing,
+        sockets=sockets,
+    )
 
 
 def classify(pod: Mapping[str, Any]) -> tuple[MeshMode, str]:
@@ -648,8 +698,10 @@ def classify(pod: Mapping[str, Any]) -> tuple[MeshMode, str]:
     labels = meta.get("labels") or {}
     ref = _ref(pod)
     if proxy_container(pod) is None:
-        if annotations.get("ambient.istio.io/redirection") == "enabled" or \
-                labels.get("istio.io/dataplane-mode") == "ambient":
+        if (
+            annotations.get("ambient.istio.io/redirection") == "enabled"
+            or labels.get("istio.io/dataplane-mode") == "ambient"
+        ):
             return MeshMode.AMBIENT, f"pod {ref} is in ambient mode (ztunnel captures): no sidecar rules"
         return MeshMode.NO_SIDECAR, f"pod {ref} has no istio-proxy sidecar: nothing to explain"
     mode = annotations.get("sidecar.istio.io/interceptionMode")
@@ -706,8 +758,9 @@ def interpret_nat(
     """The nat reading out of the capture's iptables (both backends) and nft sections, or the one-line
     reason there is none (podnat.capture.nat_tables decides; this says it in kube terms)."""
     found = capture.nat_tables(capture.read_sections(sections))
-    hint = ("rerun with --debug-container or use --source init-log" if kind is NatSource.EXEC
-            else "use --source init-log")
+    hint = (
+        "rerun with --debug-container or use --source init-log" if kind is NatSource.EXEC else "use --source init-log"
+    )
     if isinstance(found, NatFailure):
         return None, _nat_error(found, ref, where, kind, hint)
     command = found.command
@@ -720,21 +773,30 @@ def interpret_nat(
 def _nat_error(found: NatFailure, ref: PodRef, where: str, kind: NatSource, hint: str) -> KubeSourceError:
     problem = found.problem
     if problem is NatProblem.PERMISSION:
-        how = ("rerun with --debug-container, or read the rules applied at start with --source init-log"
-               if kind is NatSource.EXEC else "use --source init-log")
+        how = (
+            "rerun with --debug-container, or read the rules applied at start with --source init-log"
+            if kind is NatSource.EXEC
+            else "use --source init-log"
+        )
         return KubeSourceError(
-            Failure.NAT_PERMISSION, f"{where} cannot read the nat table without NET_ADMIN (pod {ref}): {how}")
+            Failure.NAT_PERMISSION, f"{where} cannot read the nat table without NET_ADMIN (pod {ref}): {how}"
+        )
     if problem is NatProblem.MISSING:
-        return KubeSourceError(Failure.TOOL_MISSING,
-                               f"iptables-save is not in the image of {where} (pod {ref}): {hint}")
+        return KubeSourceError(
+            Failure.TOOL_MISSING, f"iptables-save is not in the image of {where} (pod {ref}): {hint}"
+        )
     if problem is NatProblem.NO_OUTPUT:
         return KubeSourceError(Failure.API_ERROR, f"no iptables-save output from {where} of pod {ref}")
     if problem is NatProblem.FAILED:
         return KubeSourceError(
             Failure.API_ERROR,
-            f"{found.command.split()[0]} failed in {where} of pod {ref} (exit {found.returncode}): {found.detail}")
-    legacy = " (iptables-save warns that iptables-legacy tables are present: the rules may be there)" if (
-        found.legacy_warning) else ""
+            f"{found.command.split()[0]} failed in {where} of pod {ref} (exit {found.returncode}): {found.detail}",
+        )
+    legacy = (
+        " (iptables-save warns that iptables-legacy tables are present: the rules may be there)"
+        if (found.legacy_warning)
+        else ""
+    )
     nft_hint = "nft is not available there" if found.nft is NftContent.UNREAD else "nft shows no istio tables"
     return KubeSourceError(
         Failure.EMPTY_TABLE,
@@ -791,8 +853,10 @@ def interpret_listeners(section: _Section | None, where: str) -> tuple[Listeners
         return ListenersReading(label=label, json_text=text), None
     if _REFUSED.search(section.stderr + section.stdout):
         # The exec ran and Envoy's admin port refused: Envoy is not running, so nothing listens.
-        return ListenersReading(label=f"{who}: Envoy's admin port refused the connection (Envoy is not running)",
-                                json_text='{"listener_statuses": []}'), None
+        return ListenersReading(
+            label=f"{who}: Envoy's admin port refused the connection (Envoy is not running)",
+            json_text='{"listener_statuses": []}',
+        ), None
     detail = " ".join((section.stderr or section.stdout).split())[:160]
     return None, f"Envoy listeners not read in {where} (exit {section.returncode}): {detail or 'no output'}"
 
@@ -806,8 +870,11 @@ def debug_container_spec(pod: Mapping[str, Any], image: str | None = None) -> di
     """podnat's ephemeral container: the proxy's own image (or `image`: an ambient pod has no proxy), uid 0
     with NET_ADMIN/NET_RAW, idle."""
     proxy = proxy_container(pod)
-    target = PROXY if proxy is not None else next(
-        (c.get("name") for c in (pod.get("spec") or {}).get("containers") or []), None)
+    target = (
+        PROXY
+        if proxy is not None
+        else next((c.get("name") for c in (pod.get("spec") or {}).get("containers") or []), None)
+    )
     return {
         "name": DEBUG_CONTAINER,
         "image": image or (proxy or {}).get("image"),
@@ -825,14 +892,15 @@ def debug_container_spec(pod: Mapping[str, Any], image: str | None = None) -> di
 
 
 def _reading_from_rules(rules: InitLogRules, label: str) -> NatReading:
-    return NatReading(
-        source=NatSource.INIT_LOG, label=label, v4=rules.v4, v6=rules.v6, nft=rules.nft, counters=False
-    )
+    return NatReading(source=NatSource.INIT_LOG, label=label, v4=rules.v4, v6=rules.v6, nft=rules.nft, counters=False)
 
 
 def _log_note(rules: InitLogRules, where: str) -> str:
-    what = "restore input (no iptables-save dump was logged)" if rules.kind is RulesKind.RESTORE_INPUT else (
-        rules.kind.value)
+    what = (
+        "restore input (no iptables-save dump was logged)"
+        if rules.kind is RulesKind.RESTORE_INPUT
+        else (rules.kind.value)
+    )
     return f"{where} log, Istio {rules.log_format.value} format: {what}, from line {rules.line}"
 
 
@@ -936,9 +1004,9 @@ def _owned_by_deployment(pod: Mapping[str, Any], deployment: str) -> bool:
     owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == "ReplicaSet"]
     if owners:
         rs = str(owners[0].get("name", ""))
-        return rs.startswith(f"{deployment}-") and "-" not in rs[len(deployment) + 1:]
+        return rs.startswith(f"{deployment}-") and "-" not in rs[len(deployment) + 1 :]
     name = str(meta.get("name", ""))
-    rest = name[len(deployment) + 1:] if name.startswith(f"{deployment}-") else ""
+    rest = name[len(deployment) + 1 :] if name.startswith(f"{deployment}-") else ""
     return bool(re.fullmatch(r"[a-z0-9]+-[a-z0-9]+", rest))
 
 

@@ -22,9 +22,7 @@ CHANNEL_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 class ApiError(Exception):
     """A request the API refuses: answered as a v1 Status with this HTTP code."""
 
-    def __init__(
-        self, code: int, reason: str, message: str, details: Mapping[str, Any] | None = None
-    ) -> None:
+    def __init__(self, code: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
@@ -33,8 +31,12 @@ class ApiError(Exception):
 
     def status(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": self.message, "reason": self.reason,
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
         }
         if self.details:
             body["details"] = self.details
@@ -51,9 +53,7 @@ def forbidden(user: str, verb: str, resource: str, namespace: str | None, name: 
     kind = resource.split("/", maxsplit=1)[0]
     subject = f'{kind} "{name}"' if name else kind
     where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-    message = (
-        f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group ""{where}'
-    )
+    message = f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group ""{where}'
     details: dict[str, Any] = {"kind": kind}
     if name:
         details = {"name": name, "kind": kind}
@@ -66,7 +66,9 @@ def not_found(kind: str, name: str) -> ApiError:
 
 def no_such_path() -> ApiError:
     return ApiError(
-        404, "NotFound", "the server could not find the requested resource",
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
         {"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]},
     )
 
@@ -76,14 +78,13 @@ def bad_request(message: str) -> ApiError:
 
 
 def method_not_allowed() -> ApiError:
-    return ApiError(
-        405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
-    )
+    return ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
 
 def conflict(kind: str, name: str) -> ApiError:
     return ApiError(
-        409, "Conflict",
+        409,
+        "Conflict",
         f'Operation cannot be fulfilled on {kind} "{name}": the object has been modified; '
         "please apply your changes to the latest version and try again",
         {"name": name, "kind": kind},
@@ -117,9 +118,14 @@ def invalid(kind: str, name: str, causes: list[Cause]) -> ApiError:
     parts = [f"{c.field}: {c.message}" for c in causes]
     summary = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
     return ApiError(
-        422, "Invalid", f'{kind} "{name}" is invalid: {summary}',
-        {"name": name, "kind": kind,
-         "causes": [{"reason": c.reason, "message": c.message, "field": c.field} for c in causes]},
+        422,
+        "Invalid",
+        f'{kind} "{name}" is invalid: {summary}',
+        {
+            "name": name,
+            "kind": kind,
+            "causes": [{"reason": c.reason, "message": c.message, "field": c.field} for c in causes],
+        },
     )
 
 
@@ -128,9 +134,10 @@ def exec_status(returncode: int, command: list[str]) -> dict[str, Any]:
     if returncode == 0:
         return {"metadata": {}, "status": "Success"}
     return {
-        "metadata": {}, "status": "Failure",
+        "metadata": {},
+        "status": "Failure",
         "message": "command terminated with non-zero exit code: error executing command "
-                   f"[{' '.join(command)}], exit code {returncode}",
+        f"[{' '.join(command)}], exit code {returncode}",
         "reason": "NonZeroExitCode",
         "details": {"causes": [{"reason": "ExitCode", "message": str(returncode)}]},
     }
@@ -139,8 +146,12 @@ def exec_status(returncode: int, command: list[str]) -> dict[str, Any]:
 def exec_internal_error(message: str) -> dict[str, Any]:
     """Channel 3 when the runtime could not start the command (containerd's words)."""
     return {
-        "metadata": {}, "status": "Failure", "message": f"Internal error occurred: {message}",
-        "reason": "InternalError", "details": {"causes": [{"message": message}]}, "code": 500,
+        "metadata": {},
+        "status": "Failure",
+        "message": f"Internal error occurred: {message}",
+        "reason": "InternalError",
+        "details": {"causes": [{"message": message}]},
+        "code": 500,
     }
 
 
@@ -194,7 +205,7 @@ def _split_top(text: str) -> list[str]:
 def _check_value(value: str, requirement: str) -> str:
     if not re.fullmatch(_VALUE, value) or len(value) > 63:
         raise bad_request(
-            f"unable to parse requirement: values[0][{requirement}]: Invalid value: \"{value}\": a valid "
+            f'unable to parse requirement: values[0][{requirement}]: Invalid value: "{value}": a valid '
             "label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"
         )
     return value
@@ -217,13 +228,17 @@ def parse_label_selector(text: str | None) -> list[LabelRequirement]:
             elif re.fullmatch(r"-?\d+", value):
                 requirements.append(LabelRequirement(key, "gt" if op == ">" else "lt", (value,)))
             else:
-                raise bad_request(f"unable to parse requirement: for 'Gt', 'Lt' operators, the value "
-                                  f"must be an integer: {part.strip()}")
+                raise bad_request(
+                    f"unable to parse requirement: for 'Gt', 'Lt' operators, the value "
+                    f"must be an integer: {part.strip()}"
+                )
         elif m := _EXISTS.match(part):
             requirements.append(LabelRequirement(m.group(2), "!" if m.group(1) else "exists"))
         else:
-            raise bad_request(f"unable to parse requirement: found '{part.strip()}', expected: "
-                              "identifier, '!', 'in', 'notin', '=', '==', '!='")
+            raise bad_request(
+                f"unable to parse requirement: found '{part.strip()}', expected: "
+                "identifier, '!', 'in', 'notin', '=', '==', '!='"
+            )
     return requirements
 
 
@@ -241,9 +256,17 @@ def _field(*path: str) -> Callable[[Mapping[str, Any]], str]:
 
 POD_FIELDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     name: _field(*name.split("."))
-    for name in ("metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy",
-                 "spec.schedulerName", "spec.serviceAccountName", "status.phase", "status.podIP",
-                 "status.nominatedNodeName")
+    for name in (
+        "metadata.name",
+        "metadata.namespace",
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    )
 }
 POD_FIELDS["spec.hostNetwork"] = lambda pod: str(bool((pod.get("spec") or {}).get("hostNetwork"))).lower()
 
@@ -276,9 +299,7 @@ def parse_field_selector(text: str | None) -> list[FieldRequirement]:
     return checks
 
 
-def selects(
-    pod: Mapping[str, Any], labels: Iterable[LabelRequirement], fields: Iterable[FieldRequirement]
-) -> bool:
+def selects(pod: Mapping[str, Any], labels: Iterable[LabelRequirement], fields: Iterable[FieldRequirement]) -> bool:
     pod_labels = (pod.get("metadata") or {}).get("labels") or {}
     return all(r.matches(pod_labels) for r in labels) and all(f.matches(pod) for f in fields)
 
@@ -290,8 +311,13 @@ POD_COLUMNS = (
     ("Ready", "string", "", 0, "The aggregate readiness state of this pod for accepting traffic."),
     ("Status", "string", "", 0, "The aggregate status of the containers in this pod."),
     ("Restarts", "string", "", 0, "The number of times the containers in this pod have been restarted."),
-    ("Age", "string", "", 0, "CreationTimestamp is a timestamp representing the server time when this "
-                             "object was created."),
+    (
+        "Age",
+        "string",
+        "",
+        0,
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    ),
     ("IP", "string", "", 1, "IP address allocated to the pod. Routable at least within the cluster."),
     ("Node", "string", "", 1, "NodeName is a request to schedule this pod onto a specific node."),
     ("Nominated Node", "string", "", 1, "nominatedNodeName is set when this pod preempts other pods."),
@@ -360,8 +386,13 @@ def pod_row_cells(pod: Mapping[str, Any], now: datetime.datetime) -> list[Any]:
         reason = "Terminating"
     gates = spec.get("readinessGates") or []
     return [
-        meta.get("name"), f"{ready}/{total}", reason, str(restarts), _age(pod, now),
-        status.get("podIP") or "<none>", spec.get("nodeName") or "<none>",
+        meta.get("name"),
+        f"{ready}/{total}",
+        reason,
+        str(restarts),
+        _age(pod, now),
+        status.get("podIP") or "<none>",
+        spec.get("nodeName") or "<none>",
         status.get("nominatedNodeName") or "<none>",
         f"0/{len(gates)}" if gates else "<none>",
     ]
@@ -378,17 +409,21 @@ def pod_table(
         elif include_object == "None":
             obj = {}
         else:
-            obj = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                   "metadata": pod.get("metadata") or {}}
+            obj = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": pod.get("metadata") or {},
+            }
         row: dict[str, Any] = {"cells": pod_row_cells(pod, now)}
         if obj:
             row["object"] = obj
         rows.append(row)
     return {
-        "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": resource_version},
         "columnDefinitions": [
-            {"name": n, "type": t, "format": f, "description": d, "priority": p}
-            for n, t, f, p, d in POD_COLUMNS
+            {"name": n, "type": t, "format": f, "description": d, "priority": p} for n, t, f, p, d in POD_COLUMNS
         ],
         "rows": rows,
     }
@@ -399,7 +434,8 @@ def pod_table(
 
 def api_versions(server_address: str) -> dict[str, Any]:
     return {
-        "kind": "APIVersions", "versions": ["v1"],
+        "kind": "APIVersions",
+        "versions": ["v1"],
         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
     }
 
@@ -409,20 +445,23 @@ def api_group_list() -> dict[str, Any]:
 
 
 def core_v1_resources() -> dict[str, Any]:
-    def resource(
-        name: str, kind: str, verbs: list[str], namespaced: bool = True, **extra: Any
-    ) -> dict[str, Any]:
+    def resource(name: str, kind: str, verbs: list[str], namespaced: bool = True, **extra: Any) -> dict[str, Any]:
         singular = extra.pop("singularName", "")
-        return {"name": name, "singularName": singular, "namespaced": namespaced, "kind": kind,
-                "verbs": verbs, **extra}
+        return {"name": name, "singularName": singular, "namespaced": namespaced, "kind": kind, "verbs": verbs, **extra}
 
     return {
-        "kind": "APIResourceList", "groupVersion": "v1",
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
         "resources": [
-            resource("namespaces", "Namespace", ["get", "list"], namespaced=False,
-                     singularName="namespace", shortNames=["ns"]),
-            resource("pods", "Pod", ["get", "list"], singularName="pod", shortNames=["po"],
-                     categories=["all"]),
+            resource(
+                "namespaces",
+                "Namespace",
+                ["get", "list"],
+                namespaced=False,
+                singularName="namespace",
+                shortNames=["ns"],
+            ),
+            resource("pods", "Pod", ["get", "list"], singularName="pod", shortNames=["po"], categories=["all"]),
             resource("pods/ephemeralcontainers", "Pod", ["get", "patch"]),
             resource("pods/exec", "PodExecOptions", ["create", "get"]),
             resource("pods/log", "Pod", ["get"]),
@@ -432,8 +471,12 @@ def core_v1_resources() -> dict[str, Any]:
 
 def version_info() -> dict[str, Any]:
     return {
-        **SERVER_VERSION, "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-        "buildDate": "2025-04-22T00:00:00Z", "goVersion": "go1.23.8", "compiler": "gc",
+        **SERVER_VERSION,
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2025-04-22T00:00:00Z",
+        "goVersion": "go1.23.8",
+        "compiler": "gc",
         "platform": "linux/amd64",
     }
 
@@ -442,11 +485,18 @@ def kubeconfig(server: str, ca_pem: bytes, token: str, user: str, namespace: str
     import base64
 
     return {
-        "apiVersion": "v1", "kind": "Config", "preferences": {},
-        "clusters": [{"name": "podnat-lab", "cluster": {
-            "server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [
+            {
+                "name": "podnat-lab",
+                "cluster": {"server": server, "certificate-authority-data": base64.b64encode(ca_pem).decode()},
+            }
+        ],
         "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "podnat-lab", "context": {
-            "cluster": "podnat-lab", "user": user, "namespace": namespace}}],
+        "contexts": [
+            {"name": "podnat-lab", "context": {"cluster": "podnat-lab", "user": user, "namespace": namespace}}
+        ],
         "current-context": "podnat-lab",
     }

@@ -141,14 +141,14 @@ def pick_container(manifest: Mapping[str, Any], requested: str | None, pod_name:
     """The API server's choice of container: the one asked for, or the only one; else a 400."""
     spec = manifest.get("spec") or {}
     containers, inits, ephemerals = (
-        _names(spec, "containers"), _names(spec, "initContainers"), _names(spec, "ephemeralContainers")
+        _names(spec, "containers"),
+        _names(spec, "initContainers"),
+        _names(spec, "ephemeralContainers"),
     )
     if not requested:
         if len(containers) == 1:
             return containers[0]
-        message = (
-            f"a container name must be specified for pod {pod_name}, choose one of: [{' '.join(containers)}]"
-        )
+        message = f"a container name must be specified for pod {pod_name}, choose one of: [{' '.join(containers)}]"
         if inits:
             message += f" or one of the init containers: [{' '.join(inits)}]"
         if ephemerals:
@@ -282,10 +282,17 @@ class LabApi:
             if name in meshed:
                 labels["istio-injection"] = "enabled"
             out[name] = {
-                "kind": "Namespace", "apiVersion": "v1",
-                "metadata": {"name": name, "uid": f"lab-ns-{name}", "resourceVersion": "1",
-                             "creationTimestamp": "2025-01-01T00:00:00Z", "labels": labels},
-                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"},
+                "kind": "Namespace",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": name,
+                    "uid": f"lab-ns-{name}",
+                    "resourceVersion": "1",
+                    "creationTimestamp": "2025-01-01T00:00:00Z",
+                    "labels": labels,
+                },
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
             }
         return out
 
@@ -293,8 +300,7 @@ class LabApi:
         self.authorize(request, "list", "namespaces", None)
         items = [_without_type(ns) for ns in self.namespaces().values()]
         return web.json_response(
-            {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
-             "items": items}
+            {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
         )
 
     async def get_namespace(self, request: web.Request) -> web.Response:
@@ -328,7 +334,7 @@ class LabApi:
         start = _continue_offset(q.get("continue"))
         meta: dict[str, Any] = {"resourceVersion": version}
         limit = int(q["limit"]) if q.get("limit", "").isdigit() and int(q["limit"]) > 0 else 0
-        page = pods[start:start + limit] if limit else pods[start:]
+        page = pods[start : start + limit] if limit else pods[start:]
         if limit and start + limit < len(pods):
             meta["continue"] = base64.urlsafe_b64encode(str(start + limit).encode()).decode()
             meta["remainingItemCount"] = len(pods) - start - limit
@@ -354,8 +360,11 @@ class LabApi:
         await response.prepare(request)
         seen: dict[tuple[str, str], str] = {}
         if since.isdigit() and since != "0":  # what the client listed already is no news
-            seen = {(p["metadata"]["namespace"], p["metadata"]["name"]): str(p["metadata"]["resourceVersion"])
-                    for p in matching() if _version(p) <= int(since)}
+            seen = {
+                (p["metadata"]["namespace"], p["metadata"]["name"]): str(p["metadata"]["resourceVersion"])
+                for p in matching()
+                if _version(p) <= int(since)
+            }
         deadline = time.monotonic() + timeout
         while True:
             current = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in matching()}
@@ -365,8 +374,18 @@ class LabApi:
                     events.append(("ADDED", pod))
                 elif seen[key] != str(pod["metadata"]["resourceVersion"]):
                     events.append(("MODIFIED", pod))
-            events += [("DELETED", {"kind": "Pod", "apiVersion": "v1", "metadata": {
-                "namespace": k[0], "name": k[1], "resourceVersion": v}}) for k, v in seen.items() if k not in current]
+            events += [
+                (
+                    "DELETED",
+                    {
+                        "kind": "Pod",
+                        "apiVersion": "v1",
+                        "metadata": {"namespace": k[0], "name": k[1], "resourceVersion": v},
+                    },
+                )
+                for k, v in seen.items()
+                if k not in current
+            ]
             seen = {k: str(p["metadata"]["resourceVersion"]) for k, p in current.items()}
             try:
                 for kind, pod in events:
@@ -399,9 +418,7 @@ class LabApi:
         q = request.query
         container_name = pick_container(pod.manifest, q.get("container"), name)
         if q.get("previous", "").lower() in ("true", "1"):
-            raise api.bad_request(
-                f'previous terminated container "{container_name}" in pod "{name}" not found'
-            )
+            raise api.bad_request(f'previous terminated container "{container_name}" in pod "{name}" not found')
         container = pod.containers.get(container_name)
         if container is None:
             raise api.bad_request(
@@ -455,8 +472,12 @@ class LabApi:
         meta = manifest.setdefault("metadata", {})
         meta["resourceVersion"] = str(max((_version(p.manifest) for p in state.pods), default=1) + 1)
         self.store.save(state)
-        log.info("pod %s/%s: added ephemeral containers %s", pod.namespace, pod.name,
-                 ", ".join(str(c["name"]) for c in added))
+        log.info(
+            "pod %s/%s: added ephemeral containers %s",
+            pod.namespace,
+            pod.name,
+            ", ".join(str(c["name"]) for c in added),
+        )
 
     # --- exec ---------------------------------------------------------------------------------------
 
@@ -474,9 +495,7 @@ class LabApi:
             raise api.bad_request("you must specify at least 1 of stdin, stdout, stderr")
         phase = (pod.manifest.get("status") or {}).get("phase", "Running")
         if phase in ("Succeeded", "Failed"):
-            raise api.bad_request(
-                f"cannot exec into a container in a completed pod; current phase is {phase}"
-            )
+            raise api.bad_request(f"cannot exec into a container in a completed pod; current phase is {phase}")
         container = running_container(pod, container_name)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             # kubectl falls back to SPDY when the WebSocket upgrade fails: it gets the same answer.
@@ -499,7 +518,6 @@ class LabApi:
         await session.run()
         return ws
 
-
     # --- pods/proxy: the API server dials the pod (from the lab's node namespace) -----------------------
 
     async def pod_proxy(self, request: web.Request) -> web.Response:
@@ -510,8 +528,11 @@ class LabApi:
         self.authorize(request, "get", "pods/proxy", namespace, name)
         state, pod = self.find_pod(namespace, name)
         if not port_text:
-            ports = [p.get("containerPort") for c in (pod.manifest.get("spec") or {}).get("containers") or []
-                     for p in c.get("ports") or []]
+            ports = [
+                p.get("containerPort")
+                for c in (pod.manifest.get("spec") or {}).get("containers") or []
+                for p in c.get("ports") or []
+            ]
             port_text = str(ports[0]) if ports else "80"
         if not port_text.isdigit() or not pod.ip:
             raise api.ApiError(503, "ServiceUnavailable", f"error trying to reach service: no address for {target}")
@@ -524,10 +545,14 @@ class LabApi:
         loop = asyncio.get_running_loop()
         try:
             status, content_type, body = await loop.run_in_executor(
-                None, _dial, node_ns, pod.ip, int(port_text), path, request.headers.get("Accept", "*/*"))
+                None, _dial, node_ns, pod.ip, int(port_text), path, request.headers.get("Accept", "*/*")
+            )
         except OSError as exc:
-            raise api.ApiError(503, "ServiceUnavailable", f"error trying to reach service: dial tcp "
-                                                          f"{pod.ip}:{port_text}: {exc.strerror or exc}") from exc
+            raise api.ApiError(
+                503,
+                "ServiceUnavailable",
+                f"error trying to reach service: dial tcp {pod.ip}:{port_text}: {exc.strerror or exc}",
+            ) from exc
         return web.Response(body=body, status=status, headers={"Content-Type": content_type})
 
     # --- events.k8s.io/v1 --------------------------------------------------------------------------------
@@ -539,8 +564,9 @@ class LabApi:
         meta = event.setdefault("metadata", {})
         meta.setdefault("name", f"event.{secrets.token_hex(8)}")
         meta["namespace"] = namespace
-        meta.update(uid=secrets.token_hex(16), resourceVersion="1", creationTimestamp=_now().strftime(
-            "%Y-%m-%dT%H:%M:%SZ"))
+        meta.update(
+            uid=secrets.token_hex(16), resourceVersion="1", creationTimestamp=_now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
         if (namespace, meta["name"]) in self.events:
             raise api.ApiError(409, "AlreadyExists", f'events.events.k8s.io "{meta["name"]}" already exists')
         event.update(kind="Event", apiVersion="events.k8s.io/v1")
@@ -562,8 +588,14 @@ class LabApi:
         namespace = request.match_info.get("namespace")
         self.authorize(request, "list", "events", namespace)
         items = [e for (ns, _), e in self.events.items() if namespace is None or ns == namespace]
-        return web.json_response({"kind": "EventList", "apiVersion": "events.k8s.io/v1",
-                                  "metadata": {"resourceVersion": "1"}, "items": items})
+        return web.json_response(
+            {
+                "kind": "EventList",
+                "apiVersion": "events.k8s.io/v1",
+                "metadata": {"resourceVersion": "1"},
+                "items": items,
+            }
+        )
 
     def _log_event(self, verb: str, event: Mapping[str, Any]) -> None:
         """Events also go to <root>/events.jsonl (a test reads when each was recorded)."""
@@ -602,8 +634,17 @@ class ExecSession:
     """One exec over a WebSocket: stdin in, stdout/stderr out, the exit status on channel 3."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, run: execution.Invocation, container: LabContainer, *,
-        v5: bool, live: set[int], stdin: bool, stdout: bool, stderr: bool, tty: bool,
+        self,
+        ws: web.WebSocketResponse,
+        run: execution.Invocation,
+        container: LabContainer,
+        *,
+        v5: bool,
+        live: set[int],
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        tty: bool,
     ) -> None:
         self.ws, self.run_spec, self.container, self.v5, self.live = ws, run, container, v5, live
         self.stdin, self.stdout, self.stderr, self.tty = stdin, stdout, stderr, tty
@@ -644,9 +685,7 @@ class ExecSession:
 
     async def _outputs_and_exit(self, process: asyncio.subprocess.Process) -> None:
         """Both pipes at EOF and the process reaped: only then may channel 3 go out."""
-        await asyncio.gather(
-            self._pump(process.stdout, STDOUT), self._pump(process.stderr, STDERR), process.wait()
-        )
+        await asyncio.gather(self._pump(process.stdout, STDOUT), self._pump(process.stderr, STDERR), process.wait())
 
     async def _finish(self, status: Mapping[str, Any]) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -727,8 +766,9 @@ def _continue_offset(token: str | None) -> int:
     try:
         return max(0, int(base64.urlsafe_b64decode(token.encode()).decode()))
     except ValueError as exc:
-        raise api.ApiError(410, "Expired", "the provided continue parameter is too old to display a "
-                                           "consistent list result") from exc
+        raise api.ApiError(
+            410, "Expired", "the provided continue parameter is too old to display a consistent list result"
+        ) from exc
 
 
 # --- the process: bind, TLS, kubeconfig, serve ------------------------------------------------------
@@ -808,22 +848,27 @@ async def serve(root: Path, port: int, latency_ms: int) -> None:
         node_sock.bind((node_ip, port))
         node_sock.listen(128)
         await web.SockSite(runner, node_sock, ssl_context=context).start()
-        write_kubeconfig(root / "kubeconfig.agent",
-                         api.kubeconfig(f"https://{node_ip}:{port}", tls.ca_pem, token, ADMIN, "podnat-system"))
+        write_kubeconfig(
+            root / "kubeconfig.agent",
+            api.kubeconfig(f"https://{node_ip}:{port}", tls.ca_pem, token, ADMIN, "podnat-system"),
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     info = LabApiServer(
-        port=port, pid=os.getpid(), token=token, readonly_token=readonly_token,
-        kubeconfig=str(root / "kubeconfig"), ca_file=str(tls.ca_file),
+        port=port,
+        pid=os.getpid(),
+        token=token,
+        readonly_token=readonly_token,
+        kubeconfig=str(root / "kubeconfig"),
+        ca_file=str(tls.ca_file),
     )
     tmp = root / f"{INFO_FILE}.tmp"
     tmp.write_text(json.dumps(asdict(info), indent=2))
     tmp.chmod(0o600)
     tmp.replace(root / INFO_FILE)
-    log.info("serving %s (pid %d, latency %d ms, state %s)", server, os.getpid(), latency_ms,
-             root / "state.json")
+    log.info("serving %s (pid %d, latency %d ms, state %s)", server, os.getpid(), latency_ms, root / "state.json")
     await stop.wait()
     log.info("stopping: killing %d running exec commands", len(lab.live))
     for pid in list(lab.live):
@@ -862,14 +907,31 @@ def start_apiserver(
     info_file = root / INFO_FILE
     info_file.unlink(missing_ok=True)
     package_parent = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
-    argv = [sys.executable, "-m", "podnat.lab.apiserver", "--root", str(root), "--port", str(port),
-            "--latency-ms", str(latency_ms)]
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p),
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "podnat.lab.apiserver",
+        "--root",
+        str(root),
+        "--port",
+        str(port),
+        "--latency-ms",
+        str(latency_ms),
+    ]
     with (root / LOG_FILE).open("ab") as out:
         process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env=env, cwd=str(root),
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=str(root),
         )
     _CHILDREN[process.pid] = process
     deadline = time.monotonic() + timeout

@@ -42,9 +42,15 @@ def make_bare_pods(tag: str, count: int, log_dir: Path, backend: str = "nft", st
     """`count` bare pods named bare-<tag>-N (N from `start`); pod IPs 10.98.N/256.N%256."""
     prefix = bare_prefix(tag)
     log_dir.mkdir(parents=True, exist_ok=True)
-    deployment = {"metadata": {"name": "bare", "namespace": "bench"},
-                  "spec": {"template": {"metadata": {"labels": {"app": "bare", "version": "v1"}},
-                                        "spec": {"containers": [{"name": "app", "image": "bare:1"}]}}}}
+    deployment = {
+        "metadata": {"name": "bare", "namespace": "bench"},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app": "bare", "version": "v1"}},
+                "spec": {"containers": [{"name": "app", "image": "bare:1"}]},
+            }
+        },
+    }
     pods = []
     for index in range(start, start + count):
         name = f"bare-{tag}-{index}"
@@ -73,8 +79,10 @@ def _wait_entered(pod: BarePod, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            if Path(f"/proc/{pod.pid}/ns/net").stat().st_ino == want and "sleep" in Path(
-                    f"/proc/{pod.pid}/comm").read_text():
+            if (
+                Path(f"/proc/{pod.pid}/ns/net").stat().st_ino == want
+                and "sleep" in Path(f"/proc/{pod.pid}/comm").read_text()
+            ):
                 return
         time.sleep(0.01)
     raise RuntimeError(f"bare pod {pod.netns}: its process {pod.pid} did not enter the namespace")

@@ -70,12 +70,12 @@ FAULTS = {
 MODES = {
     "redirect": "istio-init with iptables REDIRECT (Istio's default)",
     "tproxy": "sidecar.istio.io/interceptionMode: TPROXY: inbound diverted in mangle, Envoy as uid 0/gid 1337 "
-              "with NET_ADMIN and transparent listeners, ip rule fwmark 1337 lookup 133",
+    "with NET_ADMIN and transparent listeners, ip rule fwmark 1337 lookup 133",
     "nftables": "istio-init --native-nftables (Istio 1.27+): the rules loaded with nft -f",
     "dual-stack": "an IPv6 address beside the IPv4 one (fd00:99::/64), IPv6 rules too (ISTIO_DUAL_STACK)",
     "dns": "DNS capture (ISTIO_META_DNS_CAPTURE): queries to the pod's resolver go to pilot-agent on 15053",
     "ambient": "ambient mode: no sidecar; istio-cni's in-pod rules (ISTIO_PRERT/ISTIO_OUTPUT, marks 0x539/0x111), "
-               "ip rule fwmark 0x111/0xfff lookup 100, and a ztunnel stand-in in each pod on 15001/15006/15008/15053",
+    "ip rule fwmark 0x111/0xfff lookup 100, and a ztunnel stand-in in each pod on 15001/15006/15008/15053",
     "ambient-nftables": "ambient mode with istio-cni's native nftables (1.28+): inet istio-ambient-* tables, nft -f",
 }
 AMBIENT_FAULTS = {
@@ -83,6 +83,8 @@ AMBIENT_FAULTS = {
     "no-fwmark-rule": "delete `ip rule fwmark 0x111/0xfff lookup 100` (inbound replies leave the pod)",
     "stop-ztunnel": "stop the ztunnel stand-in (nothing listens on 15001/15006/15008/15053)",
 }
+
+
 def is_ambient(mode: str) -> bool:
     """The ambient modes: no sidecar, istio-cni's in-pod rules and a ztunnel stand-in."""
     return mode.startswith("ambient")
@@ -122,17 +124,41 @@ def run(argv: Sequence[str], *, netns: str | None = None, input: str | None = No
     return result.stdout
 
 
-def spawn(argv: Sequence[str], netns: str, uid: int, gid: int, log: Path, capabilities: Sequence[str] = (),
-          cgroup: Path | None = None) -> int:
+def spawn(
+    argv: Sequence[str],
+    netns: str,
+    uid: int,
+    gid: int,
+    log: Path,
+    capabilities: Sequence[str] = (),
+    cgroup: Path | None = None,
+) -> int:
     """Start a long-running process in a namespace as uid/gid (with only `capabilities`, when given),
     detached, output to `log`, in `cgroup` when given (podnat/lab/cgroups.py); its pid."""
     caps = "".join(f",+{c.lower()}" for c in capabilities)
     limits = [f"--inh-caps=-all{caps}", f"--ambient-caps=-all{caps}", f"--bounding-set=-all{caps}"] if caps else []
-    command = enter_command(cgroup, ["ip", "netns", "exec", netns, "setpriv", "--reuid", str(uid), "--regid", str(gid),
-                                     "--clear-groups", *limits, "--", *argv])
+    command = enter_command(
+        cgroup,
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "setpriv",
+            "--reuid",
+            str(uid),
+            "--regid",
+            str(gid),
+            "--clear-groups",
+            *limits,
+            "--",
+            *argv,
+        ],
+    )
     with log.open("ab") as out:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True, cwd="/")
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd="/"
+        )
     return process.pid
 
 
@@ -142,13 +168,18 @@ def check_requirements() -> None:
         raise LabError("the lab needs Linux (network namespaces, netfilter)")
     if os.geteuid() != 0:
         raise LabError("the lab needs root (it creates network namespaces and loads iptables rules): rerun with sudo")
-    missing = [tool for tool in ("ip", "iptables-nft-restore", "iptables-legacy-restore", "setpriv", "curl")
-               if shutil.which(tool) is None]
+    missing = [
+        tool
+        for tool in ("ip", "iptables-nft-restore", "iptables-legacy-restore", "setpriv", "curl")
+        if shutil.which(tool) is None
+    ]
     if missing:
         raise LabError(f"missing {', '.join(missing)}: run `make install` (apt: iptables iproute2 util-linux curl)")
     if not Path("/usr/bin/python3").exists():
-        raise LabError("the lab runs its apps with /usr/bin/python3 (other uids cannot run a venv's python): "
-                       "apt-get install python3")
+        raise LabError(
+            "the lab runs its apps with /usr/bin/python3 (other uids cannot run a venv's python): "
+            "apt-get install python3"
+        )
     envoy_binary()
 
 
@@ -192,14 +223,28 @@ def _matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 def istio_init_args(annotations: Mapping[str, str]) -> list[str]:
     """istio-init's args as Istio's injection template builds them from the pod's annotations."""
     a = annotations
-    exclude_in = ",".join(p for p in ("15090", "15021", a.get("traffic.sidecar.istio.io/excludeInboundPorts", ""),
-                                      "15020") if p)
-    args = ["istio-iptables", "-p", "15001", "-z", "15006", "-u", str(PROXY_UID),
-            "-m", a.get("sidecar.istio.io/interceptionMode", "REDIRECT"),
-            "-i", a.get("traffic.sidecar.istio.io/includeOutboundIPRanges", "*"),
-            "-x", a.get("traffic.sidecar.istio.io/excludeOutboundIPRanges", ""),
-            "-b", a.get("traffic.sidecar.istio.io/includeInboundPorts", "*"),
-            "-d", exclude_in]
+    exclude_in = ",".join(
+        p for p in ("15090", "15021", a.get("traffic.sidecar.istio.io/excludeInboundPorts", ""), "15020") if p
+    )
+    args = [
+        "istio-iptables",
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        str(PROXY_UID),
+        "-m",
+        a.get("sidecar.istio.io/interceptionMode", "REDIRECT"),
+        "-i",
+        a.get("traffic.sidecar.istio.io/includeOutboundIPRanges", "*"),
+        "-x",
+        a.get("traffic.sidecar.istio.io/excludeOutboundIPRanges", ""),
+        "-b",
+        a.get("traffic.sidecar.istio.io/includeInboundPorts", "*"),
+        "-d",
+        exclude_in,
+    ]
     if a.get("traffic.sidecar.istio.io/excludeOutboundPorts"):
         args += ["-o", a["traffic.sidecar.istio.io/excludeOutboundPorts"]]
     if a.get("traffic.sidecar.istio.io/includeOutboundPorts"):
@@ -215,11 +260,11 @@ def ambient_pod(deployment: Mapping[str, Any], name: str, ip: str, template_hash
     objects) and the annotation istio-cni adds once it has written the pod's rules."""
     pod = injected_pod(deployment, name, ip, template_hash, "redirect", None, lab)
     meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
-    meta["labels"] = {k: v for k, v in meta["labels"].items() if not k.startswith(("security.istio.io/",
-                                                                                   "service.istio.io/"))}
+    meta["labels"] = {
+        k: v for k, v in meta["labels"].items() if not k.startswith(("security.istio.io/", "service.istio.io/"))
+    }
     meta["labels"]["istio.io/dataplane-mode"] = "ambient"
-    meta["annotations"] = {k: v for k, v in meta["annotations"].items()
-                           if k.startswith("kubectl.kubernetes.io/")}
+    meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k.startswith("kubectl.kubernetes.io/")}
     meta["annotations"]["ambient.istio.io/redirection"] = "enabled"
     spec["initContainers"] = []
     spec["containers"] = [c for c in spec["containers"] if c["name"] != "istio-proxy"]
@@ -228,8 +273,15 @@ def ambient_pod(deployment: Mapping[str, Any], name: str, ip: str, template_hash
     return pod
 
 
-def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_hash: str, mode: str = "redirect",
-                 ip6: str | None = None, lab: str = "") -> dict[str, Any]:
+def injected_pod(
+    deployment: Mapping[str, Any],
+    name: str,
+    ip: str,
+    template_hash: str,
+    mode: str = "redirect",
+    ip6: str | None = None,
+    lab: str = "",
+) -> dict[str, Any]:
     """The Pod the API serves: the Deployment's template after Istio's sidecar injection, running.
 
     Per mode, what Istio's injection template writes differently: TPROXY (the annotation, so `-m
@@ -238,76 +290,143 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
     istio-init and istio-proxy)."""
     template = deployment["spec"]["template"]
     meta = template.get("metadata") or {}
-    labels = {**(meta.get("labels") or {}), "pod-template-hash": template_hash,
-              "security.istio.io/tlsMode": "istio",
-              "service.istio.io/canonical-name": (meta.get("labels") or {}).get("app", name),
-              "service.istio.io/canonical-revision": (meta.get("labels") or {}).get("version", "latest")}
+    labels = {
+        **(meta.get("labels") or {}),
+        "pod-template-hash": template_hash,
+        "security.istio.io/tlsMode": "istio",
+        "service.istio.io/canonical-name": (meta.get("labels") or {}).get("app", name),
+        "service.istio.io/canonical-revision": (meta.get("labels") or {}).get("version", "latest"),
+    }
     annotations = dict(meta.get("annotations") or {})
     if mode == "tproxy":
         annotations["sidecar.istio.io/interceptionMode"] = "TPROXY"
     metadata_env = {"dns": {"ISTIO_META_DNS_CAPTURE": "true"}, "dual-stack": {"ISTIO_DUAL_STACK": "true"}}.get(mode, {})
     env = [{"name": k, "value": v} for k, v in metadata_env.items()]
     app_containers = [dict(c) for c in template["spec"]["containers"]]
-    annotations.update({
-        "kubectl.kubernetes.io/default-container": app_containers[0]["name"],
-        "kubectl.kubernetes.io/default-logs-container": app_containers[0]["name"],
-        "sidecar.istio.io/status": json.dumps({
-            "initContainers": ["istio-init"], "containers": ["istio-proxy"],
-            "volumes": ["workload-socket", "istio-envoy", "istio-data", "istio-podinfo", "istio-token"],
-            "imagePullSecrets": None, "revision": "default"}),
-        "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020", "prometheus.io/scrape": "true",
-    })
+    annotations.update(
+        {
+            "kubectl.kubernetes.io/default-container": app_containers[0]["name"],
+            "kubectl.kubernetes.io/default-logs-container": app_containers[0]["name"],
+            "sidecar.istio.io/status": json.dumps(
+                {
+                    "initContainers": ["istio-init"],
+                    "containers": ["istio-proxy"],
+                    "volumes": ["workload-socket", "istio-envoy", "istio-data", "istio-podinfo", "istio-token"],
+                    "imagePullSecrets": None,
+                    "revision": "default",
+                }
+            ),
+            "prometheus.io/path": "/stats/prometheus",
+            "prometheus.io/port": "15020",
+            "prometheus.io/scrape": "true",
+        }
+    )
     init_args = istio_init_args(annotations)
     if mode == "nftables":
         init_args.insert(-1, "--native-nftables")
     init = {
-        "name": "istio-init", "image": PROXY_IMAGE, "args": init_args, **({"env": env} if env else {}),
-        "securityContext": {"allowPrivilegeEscalation": False, "privileged": False, "runAsUser": 0,
-                            "runAsGroup": 0, "runAsNonRoot": False,
-                            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}},
+        "name": "istio-init",
+        "image": PROXY_IMAGE,
+        "args": init_args,
+        **({"env": env} if env else {}),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
     }
     proxy: dict[str, Any] = {
-        "name": "istio-proxy", "image": PROXY_IMAGE,
+        "name": "istio-proxy",
+        "image": PROXY_IMAGE,
         "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local"],
         "ports": [{"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 15},
-        "securityContext": {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
-                            "runAsGroup": PROXY_UID, "runAsNonRoot": True, "runAsUser": PROXY_UID,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsGroup": PROXY_UID,
+            "runAsNonRoot": True,
+            "runAsUser": PROXY_UID,
+            "capabilities": {"drop": ["ALL"]},
+        },
         **({"env": env} if env else {}),
     }
     if mode == "tproxy":  # transparent sockets need CAP_NET_ADMIN: as 1337 Envoy cannot start (docs/istio-capture.md)
-        proxy["securityContext"] = {**proxy["securityContext"], "allowPrivilegeEscalation": True,
-                                    "runAsNonRoot": False, "runAsUser": 0,
-                                    "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]}}
+        proxy["securityContext"] = {
+            **proxy["securityContext"],
+            "allowPrivilegeEscalation": True,
+            "runAsNonRoot": False,
+            "runAsUser": 0,
+            "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+        }
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     deploy_name = deployment["metadata"]["name"]
     running = {"running": {"startedAt": now}}
     return {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {
-            "name": name, "namespace": deployment["metadata"].get("namespace", NAMESPACE),
+            "name": name,
+            "namespace": deployment["metadata"].get("namespace", NAMESPACE),
             # One UID per lab (`lab`: its namespace prefix): labs of other roots on this machine hold pods of
             # the same names, and the agent finds a pod's processes by the UID in their cgroup.
-            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/{lab}{name}")), "labels": labels,
-            "annotations": annotations, "creationTimestamp": now, "resourceVersion": "1",
+            "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/{lab}{name}")),
+            "labels": labels,
+            "annotations": annotations,
+            "creationTimestamp": now,
+            "resourceVersion": "1",
             "generateName": f"{deploy_name}-{template_hash}-",
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                 "name": f"{deploy_name}-{template_hash}",
-                                 "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/rs/{deploy_name}")),
-                                 "controller": True, "blockOwnerDeletion": True}],
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": f"{deploy_name}-{template_hash}",
+                    "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/rs/{deploy_name}")),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
-        "spec": {"nodeName": "podnat-lab", "initContainers": [init], "containers": [*app_containers, proxy],
-                 "restartPolicy": "Always", "serviceAccountName": "default"},
+        "spec": {
+            "nodeName": "podnat-lab",
+            "initContainers": [init],
+            "containers": [*app_containers, proxy],
+            "restartPolicy": "Always",
+            "serviceAccountName": "default",
+        },
         "status": {
-            "phase": "Running", "hostIP": NODE_IP, "podIP": ip, "podIPs": [{"ip": a} for a in (ip, ip6) if a],
+            "phase": "Running",
+            "hostIP": NODE_IP,
+            "podIP": ip,
+            "podIPs": [{"ip": a} for a in (ip, ip6) if a],
             "startTime": now,
-            "conditions": [{"type": t, "status": "True"} for t in ("Initialized", "Ready", "ContainersReady",
-                                                                    "PodScheduled")],
-            "initContainerStatuses": [{"name": "istio-init", "ready": True, "restartCount": 0, "image": PROXY_IMAGE,
-                                       "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}],
-            "containerStatuses": [{"name": c["name"], "ready": True, "restartCount": 0, "started": True,
-                                   "image": c["image"], "state": running} for c in [*app_containers, proxy]],
+            "conditions": [
+                {"type": t, "status": "True"} for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+            ],
+            "initContainerStatuses": [
+                {
+                    "name": "istio-init",
+                    "ready": True,
+                    "restartCount": 0,
+                    "image": PROXY_IMAGE,
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+                }
+            ],
+            "containerStatuses": [
+                {
+                    "name": c["name"],
+                    "ready": True,
+                    "restartCount": 0,
+                    "started": True,
+                    "image": c["image"],
+                    "state": running,
+                }
+                for c in [*app_containers, proxy]
+            ],
         },
     }
 
@@ -315,8 +434,15 @@ def injected_pod(deployment: Mapping[str, Any], name: str, ip: str, template_has
 # --- up, down, status, break -----------------------------------------------------------------------
 
 
-def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None, mode: str = "redirect",
-           deployments: Sequence[str] | None = None, agent: bool = False, agent_interval: float = 60.0) -> LabState:
+def lab_up(
+    backend: str = "nft",
+    root: Path | None = None,
+    progress: Any = None,
+    mode: str = "redirect",
+    deployments: Sequence[str] | None = None,
+    agent: bool = False,
+    agent_interval: float = 60.0,
+) -> LabState:
     """Build the lab (cleaning up what a previous run left), start its API server, return its state.
 
     `mode` is one of MODES; `deployments` (e.g. ["details-v1", "ratings-v1"]) starts only those pods;
@@ -366,15 +492,23 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None,
     if is_ambient(mode):  # where kubelet's probes come from once ISTIO_POSTRT has SNAT'd them
         run(["ip", "addr", "add", f"{PROBE_SNAT}/32", "dev", "br0"], netns=node_ns)
     _peer_namespace(state, istiod_ns, ISTIOD_IP, "vistiod", root, ISTIOD_IP6 if dual else None)
-    state.pids.append(spawn(["/usr/bin/python3", str(bin_dir / "peer.py"), "15012", *(["ipv6"] if dual else [])],
-                            istiod_ns, 65534, 65534, root / "istiod.log"))
+    state.pids.append(
+        spawn(
+            ["/usr/bin/python3", str(bin_dir / "peer.py"), "15012", *(["ipv6"] if dual else [])],
+            istiod_ns,
+            65534,
+            65534,
+            root / "istiod.log",
+        )
+    )
     pods = []
     for index, deployment in enumerate(sorted(chosen, key=lambda d: d["metadata"]["name"])):
         deploy = deployment["metadata"]["name"]
         template_hash = _hash(deploy, 9)
         name = f"{deploy}-{template_hash}-{_hash(deploy + '/pod', 5)}"
-        pods.append((deployment, name, f"{SUBNET}.{10 + index}", template_hash,
-                     f"{SUBNET6}:{10 + index}" if dual else None))
+        pods.append(
+            (deployment, name, f"{SUBNET}.{10 + index}", template_hash, f"{SUBNET6}:{10 + index}" if dual else None)
+        )
     ordered = sorted(services, key=lambda s: s["metadata"]["name"])
     vips = {svc["metadata"]["name"]: f"{VIP_BASE}.{10 + i}" for i, svc in enumerate(ordered)}
     vips6 = {svc["metadata"]["name"]: f"{VIP6_BASE}:{10 + i}" for i, svc in enumerate(ordered)} if dual else {}
@@ -382,14 +516,29 @@ def lab_up(backend: str = "nft", root: Path | None = None, progress: Any = None,
     for svc in services:
         svc_name = svc["metadata"]["name"]
         selector = svc["spec"].get("selector") or {}
-        selected = [(ip, ip6) for dep, _, ip, _, ip6 in pods
-                    if _matches(selector, dep["spec"]["template"]["metadata"].get("labels") or {})]
+        selected = [
+            (ip, ip6)
+            for dep, _, ip, _, ip6 in pods
+            if _matches(selector, dep["spec"]["template"]["metadata"].get("labels") or {})
+        ]
         for port in svc["spec"]["ports"]:
-            routes.append(ServiceRoute(f"{svc_name}.{NAMESPACE}.svc.cluster.local", vips[svc_name],
-                                       int(port["port"]), tuple(ip for ip, _ in selected)))
+            routes.append(
+                ServiceRoute(
+                    f"{svc_name}.{NAMESPACE}.svc.cluster.local",
+                    vips[svc_name],
+                    int(port["port"]),
+                    tuple(ip for ip, _ in selected),
+                )
+            )
             if svc_name in vips6:
-                routes.append(ServiceRoute(f"{svc_name}.{NAMESPACE}.svc.cluster.local", vips6[svc_name],
-                                           int(port["port"]), tuple(ip6 for _, ip6 in selected if ip6)))
+                routes.append(
+                    ServiceRoute(
+                        f"{svc_name}.{NAMESPACE}.svc.cluster.local",
+                        vips6[svc_name],
+                        int(port["port"]),
+                        tuple(ip6 for _, ip6 in selected if ip6),
+                    )
+                )
     hosts = _hosts(vips)
     state.services = dict(vips)
     state.services6 = dict(vips6)
@@ -425,22 +574,49 @@ NODE_NAME = "podnat-lab"
 def agent_pod_manifest(name: str, uid: str, ip: str, port: int = AGENT_PORT, node: str = NODE_NAME) -> dict[str, Any]:
     """The agent's Pod as the DaemonSet in manifests/agent/ would make it on the lab's node."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    container = {"name": "agent", "image": "ghcr.io/podnat/podnat-agent:dev",
-                 "args": ["agent", "--proc", "/host/proc"],
-                 "ports": [{"containerPort": port, "name": "http", "protocol": "TCP"}]}
+    container = {
+        "name": "agent",
+        "image": "ghcr.io/podnat/podnat-agent:dev",
+        "args": ["agent", "--proc", "/host/proc"],
+        "ports": [{"containerPort": port, "name": "http", "protocol": "TCP"}],
+    }
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": AGENT_NAMESPACE, "uid": uid, "resourceVersion": "1",
-                     "creationTimestamp": now, "labels": {AGENT_LABEL[0]: AGENT_LABEL[1],
-                                                          "sidecar.istio.io/inject": "false",
-                                                          "istio.io/dataplane-mode": "none"},
-                     "annotations": {"sidecar.istio.io/inject": "false"}},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": AGENT_NAMESPACE,
+            "uid": uid,
+            "resourceVersion": "1",
+            "creationTimestamp": now,
+            "labels": {
+                AGENT_LABEL[0]: AGENT_LABEL[1],
+                "sidecar.istio.io/inject": "false",
+                "istio.io/dataplane-mode": "none",
+            },
+            "annotations": {"sidecar.istio.io/inject": "false"},
+        },
         "spec": {"nodeName": node, "containers": [container], "serviceAccountName": "podnat-agent"},
-        "status": {"phase": "Running", "hostIP": NODE_IP, "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,
-                   "conditions": [{"type": t, "status": "True"} for t in ("Initialized", "Ready", "ContainersReady",
-                                                                           "PodScheduled")],
-                   "containerStatuses": [{"name": "agent", "ready": True, "restartCount": 0, "started": True,
-                                          "image": container["image"], "state": {"running": {"startedAt": now}}}]},
+        "status": {
+            "phase": "Running",
+            "hostIP": NODE_IP,
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": now,
+            "conditions": [
+                {"type": t, "status": "True"} for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+            ],
+            "containerStatuses": [
+                {
+                    "name": "agent",
+                    "ready": True,
+                    "restartCount": 0,
+                    "started": True,
+                    "image": container["image"],
+                    "state": {"running": {"startedAt": now}},
+                }
+            ],
+        },
     }
 
 
@@ -458,19 +634,55 @@ def start_agent(state: LabState, interval: float = 60.0, timeout: float = 60.0) 
     logs = root / "pods" / name
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / "agent.log"
-    argv = ["env", f"POD_NAME={name}", sys.executable, "-m", "podnat", "agent", "--node", NODE_NAME, "--proc", "/proc",
-            "--address", AGENT_IP, "--port", str(AGENT_PORT), "--interval", f"{interval:g}",
-            "--kubeconfig", str(root / "kubeconfig.agent")]
+    argv = [
+        "env",
+        f"POD_NAME={name}",
+        sys.executable,
+        "-m",
+        "podnat",
+        "agent",
+        "--node",
+        NODE_NAME,
+        "--proc",
+        "/proc",
+        "--address",
+        AGENT_IP,
+        "--port",
+        str(AGENT_PORT),
+        "--interval",
+        f"{interval:g}",
+        "--kubeconfig",
+        str(root / "kubeconfig.agent"),
+    ]
     pid = spawn(argv, netns, 0, 0, log, cgroup=container_cgroup(state.netns_prefix, uid, name, "agent"))
     state.pids.append(pid)
-    pod = LabPod(AGENT_NAMESPACE, name, AGENT_IP, netns, agent_pod_manifest(name, uid, AGENT_IP),
-                 {"agent": LabContainer("agent", 0, 0, log_file=str(log), pid=pid)})
+    pod = LabPod(
+        AGENT_NAMESPACE,
+        name,
+        AGENT_IP,
+        netns,
+        agent_pod_manifest(name, uid, AGENT_IP),
+        {"agent": LabContainer("agent", 0, 0, log_file=str(log), pid=pid)},
+    )
     state.agent = pod
     state.save()
     deadline = time.monotonic() + timeout
     while True:
-        answer = run(["curl", "-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}",
-                      f"http://{AGENT_IP}:{AGENT_PORT}/readyz"], netns=f"{state.netns_prefix}node", check=False)
+        answer = run(
+            [
+                "curl",
+                "-s",
+                "-m",
+                "2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                f"http://{AGENT_IP}:{AGENT_PORT}/readyz",
+            ],
+            netns=f"{state.netns_prefix}node",
+            check=False,
+        )
         if answer == "200":
             return pod
         if time.monotonic() > deadline or _gone(pid):
@@ -506,8 +718,9 @@ def _hosts(vips: Mapping[str, str]) -> str:
     lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
     for svc, vip in sorted(vips.items()):
         lines.append(f"{vip} {svc} {svc}.{NAMESPACE} {svc}.{NAMESPACE}.svc {svc}.{NAMESPACE}.svc.cluster.local")
-    lines.append(f"{ISTIOD_IP} istiod istiod.istio-system istiod.istio-system.svc "
-                 "istiod.istio-system.svc.cluster.local")
+    lines.append(
+        f"{ISTIOD_IP} istiod istiod.istio-system istiod.istio-system.svc istiod.istio-system.svc.cluster.local"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -515,8 +728,17 @@ def _etc(netns: str) -> Path:
     return Path("/etc/netns") / netns
 
 
-def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, template_hash: str,
-         routes: Sequence[ServiceRoute], hosts: str, backend: str, ip6: str | None = None) -> LabPod:
+def _pod(
+    state: LabState,
+    deployment: Mapping[str, Any],
+    name: str,
+    ip: str,
+    template_hash: str,
+    routes: Sequence[ServiceRoute],
+    hosts: str,
+    backend: str,
+    ip6: str | None = None,
+) -> LabPod:
     root = Path(state.root)
     mode = state.mode
     netns = state.netns_prefix + deployment["metadata"]["name"]
@@ -526,8 +748,9 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
     etc = _etc(netns)
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "hosts").write_text(hosts + f"{ip} {name}\n")
-    (etc / "resolv.conf").write_text(f"search {NAMESPACE}.svc.cluster.local svc.cluster.local\n"
-                                     f"nameserver {NAMESERVER}\n")  # nothing answers: names are in hosts
+    (etc / "resolv.conf").write_text(
+        f"search {NAMESPACE}.svc.cluster.local svc.cluster.local\nnameserver {NAMESERVER}\n"
+    )  # nothing answers: names are in hosts
     host_if = "v" + _hash(name, 8)
     _peer_namespace(state, netns, ip, host_if, root, ip6)
     if is_ambient(mode):
@@ -542,26 +765,55 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
     bin_dir = root / "bin"
     ipv6 = ["ipv6"] if ip6 else []
     proxy_cgroup = container_cgroup(state.netns_prefix, uid, name, "istio-proxy")
-    agent_pid = spawn(["/usr/bin/python3", str(bin_dir / "agent.py"), *(["dns"] if mode == "dns" else []), *ipv6],
-                      netns, PROXY_UID, PROXY_UID, logs / "pilot-agent.log", cgroup=proxy_cgroup)
+    agent_pid = spawn(
+        ["/usr/bin/python3", str(bin_dir / "agent.py"), *(["dns"] if mode == "dns" else []), *ipv6],
+        netns,
+        PROXY_UID,
+        PROXY_UID,
+        logs / "pilot-agent.log",
+        cgroup=proxy_cgroup,
+    )
     bootstrap = logs / "envoy.json"
     node_id = f"sidecar~{ip}~{name}.{NAMESPACE}~{NAMESPACE}.svc.cluster.local"
-    bootstrap.write_text(json.dumps(envoy_bootstrap(node_id, routes, tproxy=mode == "tproxy", ipv6=ip6 is not None),
-                                    indent=1))
+    bootstrap.write_text(
+        json.dumps(envoy_bootstrap(node_id, routes, tproxy=mode == "tproxy", ipv6=ip6 is not None), indent=1)
+    )
     bootstrap.chmod(0o644)
     envoy_log = logs / "istio-proxy.log"
     # TPROXY: istio-proxy is uid 0 / gid 1337 with NET_ADMIN only (what its securityContext asks for).
     path = [str(root / "proxyv2-bin"), str(bin_dir)]  # the proxy image's iptables toolset first
-    proxy = (LabContainer("istio-proxy", 0, PROXY_UID, ["NET_ADMIN"], path=path, log_file=str(envoy_log))
-             if mode == "tproxy" else
-             LabContainer("istio-proxy", PROXY_UID, PROXY_UID, path=path, log_file=str(envoy_log)))
-    proxy.pid = spawn([str(bin_dir / "envoy"), "-c", str(bootstrap), "--disable-hot-restart", "--concurrency", "1",
-                       "--log-level", "warning"], netns, proxy.uid, proxy.gid, envoy_log, proxy.capabilities,
-                      cgroup=proxy_cgroup)
+    proxy = (
+        LabContainer("istio-proxy", 0, PROXY_UID, ["NET_ADMIN"], path=path, log_file=str(envoy_log))
+        if mode == "tproxy"
+        else LabContainer("istio-proxy", PROXY_UID, PROXY_UID, path=path, log_file=str(envoy_log))
+    )
+    proxy.pid = spawn(
+        [
+            str(bin_dir / "envoy"),
+            "-c",
+            str(bootstrap),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        netns,
+        proxy.uid,
+        proxy.gid,
+        envoy_log,
+        proxy.capabilities,
+        cgroup=proxy_cgroup,
+    )
     app_log = logs / f"{app['name']}.log"
-    app_pid = spawn(["/usr/bin/python3", str(bin_dir / "app.py"), labels["app"], labels.get("version", "v1"), "9080",
-                     *ipv6], netns, APP_UID, APP_UID, app_log,
-                    cgroup=container_cgroup(state.netns_prefix, uid, name, app["name"]))
+    app_pid = spawn(
+        ["/usr/bin/python3", str(bin_dir / "app.py"), labels["app"], labels.get("version", "v1"), "9080", *ipv6],
+        netns,
+        APP_UID,
+        APP_UID,
+        app_log,
+        cgroup=container_cgroup(state.netns_prefix, uid, name, app["name"]),
+    )
     state.pids.extend([agent_pid, proxy.pid, app_pid])
     containers = {
         "istio-init": LabContainer("istio-init", 0, 0, ["NET_ADMIN", "NET_RAW"], log_file=str(init_log), init=True),
@@ -571,8 +823,17 @@ def _pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, tem
     return LabPod(NAMESPACE, name, ip, netns, manifest, containers, ip6=ip6)
 
 
-def _ambient_pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: str, template_hash: str,
-                 routes: Sequence[ServiceRoute], netns: str, logs: Path, backend: str) -> LabPod:
+def _ambient_pod(
+    state: LabState,
+    deployment: Mapping[str, Any],
+    name: str,
+    ip: str,
+    template_hash: str,
+    routes: Sequence[ServiceRoute],
+    netns: str,
+    logs: Path,
+    backend: str,
+) -> LabPod:
     """An ambient pod: the in-pod rules and policy routing as istio-cni writes them (podnat's generator,
     loaded with iptables-restore), ztunnel's stand-in (root with NET_ADMIN, its sockets in the pod's
     namespace as ztunnel opens them), and the app as uid 1000. No sidecar, no istio-init."""
@@ -584,14 +845,25 @@ def _ambient_pod(state: LabState, deployment: Mapping[str, Any], name: str, ip: 
     endpoints = {f"{route.vip}:{route.port}": list(route.endpoints) for route in routes}
     bin_dir = root / "bin"
     ztunnel_log = logs / "ztunnel.log"
-    ztunnel_pid = spawn(["/usr/bin/python3", str(bin_dir / "ztunnel.py"), json.dumps(endpoints)], netns, 0, 0,
-                        ztunnel_log, ["NET_ADMIN", "NET_RAW"])
+    ztunnel_pid = spawn(
+        ["/usr/bin/python3", str(bin_dir / "ztunnel.py"), json.dumps(endpoints)],
+        netns,
+        0,
+        0,
+        ztunnel_log,
+        ["NET_ADMIN", "NET_RAW"],
+    )
     app = manifest["spec"]["containers"][0]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     app_log = logs / f"{app['name']}.log"
-    app_pid = spawn(["/usr/bin/python3", str(bin_dir / "app.py"), labels["app"], labels.get("version", "v1"), "9080"],
-                    netns, APP_UID, APP_UID, app_log,
-                    cgroup=container_cgroup(state.netns_prefix, uid, name, app["name"]))
+    app_pid = spawn(
+        ["/usr/bin/python3", str(bin_dir / "app.py"), labels["app"], labels.get("version", "v1"), "9080"],
+        netns,
+        APP_UID,
+        APP_UID,
+        app_log,
+        cgroup=container_cgroup(state.netns_prefix, uid, name, app["name"]),
+    )
     state.pids.extend([ztunnel_pid, app_pid])
     containers = {app["name"]: LabContainer(app["name"], APP_UID, APP_UID, log_file=str(app_log), pid=app_pid)}
     return LabPod(NAMESPACE, name, ip, netns, manifest, containers, ztunnel_pid=ztunnel_pid)
@@ -608,17 +880,43 @@ def ztunnel_pod(state: LabState) -> LabPod:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     container = {"name": "istio-proxy", "image": ZTUNNEL_IMAGE, "args": ["proxy", "ztunnel"]}
     manifest = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "istio-system", "uid": uid, "resourceVersion": "1",
-                     "creationTimestamp": now, "labels": {"app": "ztunnel", "sidecar.istio.io/inject": "false"}},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "istio-system",
+            "uid": uid,
+            "resourceVersion": "1",
+            "creationTimestamp": now,
+            "labels": {"app": "ztunnel", "sidecar.istio.io/inject": "false"},
+        },
         "spec": {"nodeName": NODE_NAME, "containers": [container], "serviceAccountName": "ztunnel"},
-        "status": {"phase": "Running", "hostIP": NODE_IP, "podIP": NODE_IP, "podIPs": [{"ip": NODE_IP}],
-                   "startTime": now,
-                   "containerStatuses": [{"name": "istio-proxy", "ready": True, "restartCount": 0, "started": True,
-                                          "image": ZTUNNEL_IMAGE, "state": {"running": {"startedAt": now}}}]},
+        "status": {
+            "phase": "Running",
+            "hostIP": NODE_IP,
+            "podIP": NODE_IP,
+            "podIPs": [{"ip": NODE_IP}],
+            "startTime": now,
+            "containerStatuses": [
+                {
+                    "name": "istio-proxy",
+                    "ready": True,
+                    "restartCount": 0,
+                    "started": True,
+                    "image": ZTUNNEL_IMAGE,
+                    "state": {"running": {"startedAt": now}},
+                }
+            ],
+        },
     }
-    return LabPod("istio-system", name, NODE_IP, f"{state.netns_prefix}node", manifest,
-                  {"istio-proxy": LabContainer("istio-proxy", 0, 0)})
+    return LabPod(
+        "istio-system",
+        name,
+        NODE_IP,
+        f"{state.netns_prefix}node",
+        manifest,
+        {"istio-proxy": LabContainer("istio-proxy", 0, 0)},
+    )
 
 
 def _istio_cni_ambient(manifest: Mapping[str, Any], netns: str, backend: str, nft: bool = False) -> str:
@@ -642,23 +940,33 @@ def _istio_cni_ambient(manifest: Mapping[str, Any], netns: str, backend: str, nf
         restore, _ = _restore_tools(backend)
         rules = ambient_restore(config).v4
         run([restore], netns=netns, input=rules)
-    run(["ip", "rule", "add", "fwmark", f"{CONN_MARK:#x}/{MARK_MASK:#x}", "pref", "32764", "lookup", str(ROUTE_TABLE)],
-        netns=netns)
+    run(
+        ["ip", "rule", "add", "fwmark", f"{CONN_MARK:#x}/{MARK_MASK:#x}", "pref", "32764", "lookup", str(ROUTE_TABLE)],
+        netns=netns,
+    )
     run(["ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", str(ROUTE_TABLE)], netns=netns)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-    return (f"{stamp}\tinfo\tcni-agent\tin-pod rules for {manifest['metadata']['name']} ({restore}):\n{rules}"
-            f"{stamp}\tinfo\tcni-agent\tip rule add fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup {ROUTE_TABLE}; "
-            f"ip route add local 0.0.0.0/0 dev lo table {ROUTE_TABLE}\n")
+    return (
+        f"{stamp}\tinfo\tcni-agent\tin-pod rules for {manifest['metadata']['name']} ({restore}):\n{rules}"
+        f"{stamp}\tinfo\tcni-agent\tip rule add fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup {ROUTE_TABLE}; "
+        f"ip route add local 0.0.0.0/0 dev lo table {ROUTE_TABLE}\n"
+    )
 
 
 # Istio's proxyv2 image: its base sets the Debian alternative to legacy (`update-alternatives --set iptables
 # /usr/sbin/iptables-legacy`), ships both -nft and -legacy binaries, and nft (1.27+: knftables runs it for
 # the native nftables mode). Name -> the multi-call binary it is a link to.
 PROXY_IMAGE_TOOLS = {
-    **{f"{tool}{suffix}": "xtables-legacy-multi" for tool in ("iptables", "ip6tables")
-       for suffix in ("", "-save", "-restore", "-legacy", "-legacy-save", "-legacy-restore")},
-    **{f"{tool}{suffix}": "xtables-nft-multi" for tool in ("iptables", "ip6tables")
-       for suffix in ("-nft", "-nft-save", "-nft-restore")},
+    **{
+        f"{tool}{suffix}": "xtables-legacy-multi"
+        for tool in ("iptables", "ip6tables")
+        for suffix in ("", "-save", "-restore", "-legacy", "-legacy-save", "-legacy-restore")
+    },
+    **{
+        f"{tool}{suffix}": "xtables-nft-multi"
+        for tool in ("iptables", "ip6tables")
+        for suffix in ("-nft", "-nft-save", "-nft-restore")
+    },
     "nft": "nft",
 }
 
@@ -697,8 +1005,11 @@ def _istio_init(manifest: Mapping[str, Any], netns: str, backend: str, nameserve
         raise LabError(f"pod {manifest['metadata']['name']}: {found.reason}")
     config = found.config
     if config.redirect_dns:
-        config = replace(config, dns_servers_v4=tuple(ipaddress.IPv4Address(n) for n in nameservers if ":" not in n),
-                         dns_servers_v6=tuple(ipaddress.IPv6Address(n) for n in nameservers if ":" in n))
+        config = replace(
+            config,
+            dns_servers_v4=tuple(ipaddress.IPv4Address(n) for n in nameservers if ":" not in n),
+            dns_servers_v6=tuple(ipaddress.IPv6Address(n) for n in nameservers if ":" in n),
+        )
     args = " ".join(manifest["spec"]["initContainers"][0]["args"])
     if "--native-nftables" in args:
         return _istio_init_nft(config, netns)
@@ -706,8 +1017,9 @@ def _istio_init(manifest: Mapping[str, Any], netns: str, backend: str, nameserve
     restore, save = _restore_tools(backend)
     families = [("4", expected.v4, restore, save)]
     if expected.v6 is not None:
-        families.append(("6", expected.v6, restore.replace("iptables", "ip6tables"),
-                         save.replace("iptables", "ip6tables")))
+        families.append(
+            ("6", expected.v6, restore.replace("iptables", "ip6tables"), save.replace("iptables", "ip6tables"))
+        )
         run(["ip", "-6", "addr", "add", "::6/128", "dev", "lo"], netns=netns)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
     log = f"{stamp}\tinfo\tIstio iptables environment:\n{stamp}\tinfo\tIstio iptables variables: {args}\n"
@@ -719,8 +1031,10 @@ def _istio_init(manifest: Mapping[str, Any], netns: str, backend: str, nameserve
         if config.mode.value == "TPROXY":
             family = "inet" if version == "4" else "inet6"
             run(["ip", "-f", family, "rule", "add", "fwmark", TPROXY_MARK, "lookup", TPROXY_TABLE], netns=netns)
-            run(["ip", "-f", family, "route", "add", "local", "default", "dev", "lo", "table", TPROXY_TABLE],
-                netns=netns)
+            run(
+                ["ip", "-f", family, "route", "add", "local", "default", "dev", "lo", "table", TPROXY_TABLE],
+                netns=netns,
+            )
     return log + finals
 
 
@@ -744,8 +1058,11 @@ def _wait_ready(state: LabState, timeout: float = 120.0) -> None:
     for pod in state.pods:
         while True:
             envoy = run(["curl", "-sf", "-m", "1", "http://127.0.0.1:15000/ready"], netns=pod.netns, check=False)
-            app = run(["curl", "-sf", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9080/health"],
-                      netns=pod.netns, check=False)
+            app = run(
+                ["curl", "-sf", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9080/health"],
+                netns=pod.netns,
+                check=False,
+            )
             if "LIVE" in envoy and app == "200":
                 break
             if time.monotonic() > deadline:
@@ -761,8 +1078,11 @@ def _wait_ambient(state: LabState, deadline: float) -> None:
 
     for pod in state.pods:
         while True:
-            app = run(["curl", "-sf", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9080/health"],
-                      netns=pod.netns, check=False)
+            app = run(
+                ["curl", "-sf", "-m", "1", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9080/health"],
+                netns=pod.netns,
+                check=False,
+            )
             ports = listening_ports(run(["cat", "/proc/net/tcp"], netns=pod.netns, check=False))
             if app == "200" and {15001, 15006, 15008, 15053} <= set(ports):
                 break
@@ -792,8 +1112,9 @@ def lab_down(root: Path | None = None, quiet: bool = False) -> list[str]:
                 removed.append(f"pid {pid}")
     # Namespaces: the recorded ones, and any of this root's prefix a crashed run did not get to record.
     prefix = netns_prefix(root)
-    names = set(state.netns if state else []) | {n.split()[0] for n in run(["ip", "netns", "list"]).splitlines()
-                                                  if n.startswith(prefix)}
+    names = set(state.netns if state else []) | {
+        n.split()[0] for n in run(["ip", "netns", "list"]).splitlines() if n.startswith(prefix)
+    }
     for name in sorted(names):
         _kill_netns_processes(name)
         run(["ip", "netns", "delete", name], check=False)
@@ -873,8 +1194,10 @@ def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
     if not matches:
         raise LabError(f"no lab pod {pod_name!r}: see `podnat lab status`")
     if len(matches) > 1:
-        raise LabError(f"{pod_name!r} names {len(matches)} lab pods ({', '.join(p.name for p in matches)}): "
-                       "give one of them, or its Deployment's name (e.g. reviews-v1)")
+        raise LabError(
+            f"{pod_name!r} names {len(matches)} lab pods ({', '.join(p.name for p in matches)}): "
+            "give one of them, or its Deployment's name (e.g. reviews-v1)"
+        )
     pod = matches[0]
     restore, save = _restore_tools(state.backend)
     iptables = f"iptables-{state.backend}"
@@ -884,8 +1207,10 @@ def lab_break(pod_name: str, fault: str, root: Path | None = None) -> str:
     if fault == "no-prerouting-jump":
         run([iptables, "-t", "nat", "-D", "PREROUTING", "-p", "tcp", "-j", "ISTIO_INBOUND"], netns=ns)
     elif fault == "exclude-port":
-        run([iptables, "-t", "nat", "-I", "ISTIO_INBOUND", "2", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
-            netns=ns)
+        run(
+            [iptables, "-t", "nat", "-I", "ISTIO_INBOUND", "2", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
+            netns=ns,
+        )
     elif fault == "foreign-accept":
         run([iptables, "-t", "nat", "-I", "OUTPUT", "1", "-j", "ACCEPT"], netns=ns)
     elif fault in ("owner-uid", "dead-port"):
@@ -931,4 +1256,3 @@ def lab_kubeconfig(root: Path | None = None) -> str:
     if state.apiserver is None:
         raise LabError("the lab has no API server: run `podnat lab up`")
     return state.apiserver.kubeconfig
-

@@ -35,10 +35,12 @@ class TlsFiles:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "podnat lab"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "podnat lab"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def make_tls(directory: Path, extra_ips: tuple[str, ...] = (), reuse: bool = False) -> TlsFiles:
@@ -47,8 +49,12 @@ def make_tls(directory: Path, extra_ips: tuple[str, ...] = (), reuse: bool = Fal
     With `reuse`, files already there are kept (a restarted server keeps its CA: clients that loaded
     the kubeconfig before the restart, like the agent, still trust it)."""
     if reuse and all((directory / name).is_file() for name in ("ca.crt", "server.crt", "server.key")):
-        return TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key",
-                        (directory / "ca.crt").read_bytes())
+        return TlsFiles(
+            directory / "ca.crt",
+            directory / "server.crt",
+            directory / "server.key",
+            (directory / "ca.crt").read_bytes(),
+        )
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     not_before = now - datetime.timedelta(minutes=5)  # tolerate a little clock skew between processes
@@ -66,9 +72,15 @@ def make_tls(directory: Path, extra_ips: tuple[str, ...] = (), reuse: bool = Fal
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -90,17 +102,21 @@ def make_tls(directory: Path, extra_ips: tuple[str, ...] = (), reuse: bool = Fal
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
 

@@ -45,8 +45,14 @@ def container_cgroup(prefix: str, pod_uid: str, pod_name: str, container: str) -
         return None
     uid = pod_uid.replace("-", "_")
     scope = hashlib.sha256(f"{pod_name}/{container}".encode()).hexdigest()
-    path = (base / lab_slice(prefix) / "kubepods.slice" / "kubepods-besteffort.slice"
-            / f"kubepods-besteffort-pod{uid}.slice" / f"cri-containerd-{scope}.scope")
+    path = (
+        base
+        / lab_slice(prefix)
+        / "kubepods.slice"
+        / "kubepods-besteffort.slice"
+        / f"kubepods-besteffort-pod{uid}.slice"
+        / f"cri-containerd-{scope}.scope"
+    )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -60,8 +66,13 @@ def remove_pod(prefix: str, pod_uid: str) -> None:
     if base is None:
         return
     uid = pod_uid.replace("-", "_")
-    pod = (base / lab_slice(prefix) / "kubepods.slice" / "kubepods-besteffort.slice"
-           / f"kubepods-besteffort-pod{uid}.slice")
+    pod = (
+        base
+        / lab_slice(prefix)
+        / "kubepods.slice"
+        / "kubepods-besteffort.slice"
+        / f"kubepods-besteffort-pod{uid}.slice"
+    )
     for _ in range(40):
         for directory in [*(p for p in pod.glob("*") if p.is_dir()), pod]:
             with contextlib.suppress(OSError):

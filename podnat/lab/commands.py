@@ -52,16 +52,27 @@ def up(
         Backend, typer.Option("--backend", help="iptables backend the rules are loaded with.")
     ] = Backend.nft,
     mode: Annotated[
-        Mode, typer.Option("--mode", help="How the pods capture traffic: redirect (Istio's default), tproxy "
-                                          "(interceptionMode TPROXY), nftables (native nftables), dual-stack "
-                                          "(IPv4 and IPv6), dns (DNS capture to pilot-agent's 15053), "
-                                          "ambient (no sidecar: istio-cni's in-pod rules, a ztunnel stand-in), "
-                                          "ambient-nftables (the same with native nftables).")
+        Mode,
+        typer.Option(
+            "--mode",
+            help="How the pods capture traffic: redirect (Istio's default), tproxy "
+            "(interceptionMode TPROXY), nftables (native nftables), dual-stack "
+            "(IPv4 and IPv6), dns (DNS capture to pilot-agent's 15053), "
+            "ambient (no sidecar: istio-cni's in-pod rules, a ztunnel stand-in), "
+            "ambient-nftables (the same with native nftables).",
+        ),
     ] = Mode.redirect,
-    agent: Annotated[bool, typer.Option("--agent/--no-agent", help="Also run podnat's node agent (a pod of "
-                                        "podnat-system); podnat inspect/verify then read pods through it.")] = True,
-    agent_interval: Annotated[float, typer.Option("--agent-interval", min=0.5,
-                                                  help="Seconds between the agent's sweeps.")] = 60.0,
+    agent: Annotated[
+        bool,
+        typer.Option(
+            "--agent/--no-agent",
+            help="Also run podnat's node agent (a pod of "
+            "podnat-system); podnat inspect/verify then read pods through it.",
+        ),
+    ] = True,
+    agent_interval: Annotated[
+        float, typer.Option("--agent-interval", min=0.5, help="Seconds between the agent's sweeps.")
+    ] = 60.0,
     root: Root = None,
 ) -> None:
     """Build the Bookinfo pods (netns, Istio's rules, a real Envoy, the apps) and the lab's Kubernetes API."""
@@ -69,13 +80,13 @@ def up(
     from podnat.render.console import note
 
     try:
-        state = lab_up(backend.value, root, progress=note, mode=mode.value, agent=agent,
-                       agent_interval=agent_interval)
+        state = lab_up(backend.value, root, progress=note, mode=mode.value, agent=agent, agent_interval=agent_interval)
     except PodnatError as exc:
         _fail(exc)
         return
-    note(f"{len(state.pods)} pods in namespace bookinfo ({state.mode} mode); "
-         "export KUBECONFIG=$(podnat lab kubeconfig)")
+    note(
+        f"{len(state.pods)} pods in namespace bookinfo ({state.mode} mode); export KUBECONFIG=$(podnat lab kubeconfig)"
+    )
     typer.echo(state.apiserver.kubeconfig if state.apiserver else "")
 
 
@@ -113,16 +124,36 @@ def status(
     except PodnatError as exc:
         _fail(exc)
         return
-    pods: list[dict[str, Any]] = [{
-        "namespace": p.namespace, "name": p.name, "ip": p.ip, **({"ip6": p.ip6} if p.ip6 else {}),
-        "netns": f"/run/netns/{p.netns}",
-        "containers": {name: {"uid": c.uid, "gid": c.gid, "pid": c.pid, "capabilities": c.capabilities,
-                              "ephemeral": c.ephemeral} for name, c in p.containers.items()},
-    } for p in state.pods]
+    pods: list[dict[str, Any]] = [
+        {
+            "namespace": p.namespace,
+            "name": p.name,
+            "ip": p.ip,
+            **({"ip6": p.ip6} if p.ip6 else {}),
+            "netns": f"/run/netns/{p.netns}",
+            "containers": {
+                name: {
+                    "uid": c.uid,
+                    "gid": c.gid,
+                    "pid": c.pid,
+                    "capabilities": c.capabilities,
+                    "ephemeral": c.ephemeral,
+                }
+                for name, c in p.containers.items()
+            },
+        }
+        for p in state.pods
+    ]
     if output is StatusOutput.json:
         api = state.apiserver
-        data = {"root": state.root, "backend": state.backend, "mode": state.mode, "pods": pods,
-                "kubeconfig": api.kubeconfig if api else None, "apiserver_pid": api.pid if api else None}
+        data = {
+            "root": state.root,
+            "backend": state.backend,
+            "mode": state.mode,
+            "pods": pods,
+            "kubeconfig": api.kubeconfig if api else None,
+            "apiserver_pid": api.pid if api else None,
+        }
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     typer.echo(f"mode {state.mode}, backend {state.backend}, {len(pods)} pods")
@@ -135,9 +166,14 @@ def status(
 @app.command("break")
 def break_(
     pod: Annotated[str, typer.Argument(help="Pod (or Deployment) name, e.g. reviews-v1.")],
-    fault: Annotated[str, typer.Argument(help="no-prerouting-jump | exclude-port | foreign-accept | owner-uid | "
-                                              "stop-envoy | dead-port | legacy-copy; ambient labs: rules-flushed | "
-                                              "no-fwmark-rule | stop-ztunnel")],
+    fault: Annotated[
+        str,
+        typer.Argument(
+            help="no-prerouting-jump | exclude-port | foreign-accept | owner-uid | "
+            "stop-envoy | dead-port | legacy-copy; ambient labs: rules-flushed | "
+            "no-fwmark-rule | stop-ztunnel"
+        ),
+    ],
     root: Root = None,
 ) -> None:
     """Break a pod the way real pods break (for the demo and the tests)."""

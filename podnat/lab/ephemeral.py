@@ -26,15 +26,13 @@ _FORBIDDEN_FIELDS = ("ports", "livenessProbe", "readinessProbe", "startupProbe",
 
 def unsupported_media_type() -> ApiError:
     return ApiError(
-        415, "UnsupportedMediaType",
-        "the body of the request was in an unknown format - accepted media types include: "
-        + ", ".join(PATCH_TYPES),
+        415,
+        "UnsupportedMediaType",
+        "the body of the request was in an unknown format - accepted media types include: " + ", ".join(PATCH_TYPES),
     )
 
 
-def patched_ephemeral_containers(
-    pod: Mapping[str, Any], content_type: str, body: Any
-) -> list[dict[str, Any]]:
+def patched_ephemeral_containers(pod: Mapping[str, Any], content_type: str, body: Any) -> list[dict[str, Any]]:
     """The pod's spec.ephemeralContainers after the patch, validated; raises ApiError (400/409/415/422)."""
     meta = pod.get("metadata") or {}
     name = str(meta.get("name"))
@@ -143,8 +141,13 @@ def validate(pod: Mapping[str, Any], existing: list[dict[str, Any]], new: list[d
     new_names = [c.get("name") for c in new]
     for old in existing:
         if old.get("name") not in new_names:
-            causes.append(Cause("spec.ephemeralContainers", "FieldValueForbidden",
-                                f'existing ephemeral containers "{old.get("name")}" may not be removed'))
+            causes.append(
+                Cause(
+                    "spec.ephemeralContainers",
+                    "FieldValueForbidden",
+                    f'existing ephemeral containers "{old.get("name")}" may not be removed',
+                )
+            )
     regular = [c.get("name") for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]]
     seen: set[str] = set()
     for index, container in enumerate(new):
@@ -153,8 +156,9 @@ def validate(pod: Mapping[str, Any], existing: list[dict[str, Any]], new: list[d
         stored = next((c for c in existing if c.get("name") == cname), None)
         if stored is not None:
             if defaulted(stored) != container:
-                causes.append(Cause(where, "FieldValueForbidden",
-                                    f'existing ephemeral containers "{cname}" may not be changed'))
+                causes.append(
+                    Cause(where, "FieldValueForbidden", f'existing ephemeral containers "{cname}" may not be changed')
+                )
             seen.add(str(cname))
             continue
         if not cname:
@@ -170,15 +174,14 @@ def validate(pod: Mapping[str, Any], existing: list[dict[str, Any]], new: list[d
             causes.append(Cause(f"{where}.targetContainerName", "FieldValueNotFound", json.dumps(target)))
         for field in _FORBIDDEN_FIELDS:
             if container.get(field):
-                causes.append(Cause(f"{where}.{field}", "FieldValueForbidden",
-                                    "cannot be set for an Ephemeral Container"))
+                causes.append(
+                    Cause(f"{where}.{field}", "FieldValueForbidden", "cannot be set for an Ephemeral Container")
+                )
     if causes:
         raise invalid("Pod", name, causes)
 
 
-def lab_container(
-    pod: Mapping[str, Any], container: Mapping[str, Any], target_path: list[str]
-) -> LabContainer:
+def lab_container(pod: Mapping[str, Any], container: Mapping[str, Any], target_path: list[str]) -> LabContainer:
     """How the lab runs an ephemeral container: the uid, gid and capabilities its securityContext asks
     for (root, no capabilities by default), the target container's PATH (it shares that image)."""
     pod_sc = (pod.get("spec") or {}).get("securityContext") or {}
@@ -189,16 +192,23 @@ def lab_container(
     dropped = {str(c).upper().removeprefix("CAP_") for c in (sc.get("capabilities") or {}).get("drop") or []}
     wanted = [str(c).upper().removeprefix("CAP_") for c in caps]
     return LabContainer(
-        name=str(container["name"]), uid=int(uid), gid=int(gid),
+        name=str(container["name"]),
+        uid=int(uid),
+        gid=int(gid),
         capabilities=[c for c in wanted if c not in dropped],
-        path=list(target_path), ephemeral=True,
+        path=list(target_path),
+        ephemeral=True,
     )
 
 
 def running_status(container: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
     return {
-        "name": container.get("name"), "image": container.get("image"), "imageID": "",
-        "containerID": f"lab://{uuid.uuid4().hex}", "ready": False, "restartCount": 0,
+        "name": container.get("name"),
+        "image": container.get("image"),
+        "imageID": "",
+        "containerID": f"lab://{uuid.uuid4().hex}",
+        "ready": False,
+        "restartCount": 0,
         "lastState": {},
         "state": {"running": {"startedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ")}},
     }
@@ -231,7 +241,9 @@ def _parent(doc: Any, tokens: list[str], path: str) -> Any:
 
 def _patch_failed(detail: str) -> ApiError:
     return ApiError(
-        422, "Invalid", "the server rejected our request due to an error in our request",
+        422,
+        "Invalid",
+        "the server rejected our request due to an error in our request",
         {"causes": [{"reason": "FieldValueInvalid", "message": detail}]},
     )
 
@@ -283,8 +295,7 @@ def apply_json_patch(doc: Mapping[str, Any], operations: list[Any]) -> dict[str,
         elif kind in ("move", "copy"):
             source = _pointer(str(op.get("from", "")))
             src_parent = _parent(out, source, str(op.get("from")))
-            value = _remove(src_parent, source[-1], path) if kind == "move" else copy.deepcopy(
-                _get(out, source, path))
+            value = _remove(src_parent, source[-1], path) if kind == "move" else copy.deepcopy(_get(out, source, path))
             _add(_parent(out, tokens, path), tokens[-1], value, path)
         elif kind == "test":
             if _get(out, tokens, path) != op.get("value"):

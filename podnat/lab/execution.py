@@ -65,8 +65,14 @@ def capability_names(capabilities: Sequence[str]) -> list[str]:
 def setpriv_args(container: LabContainer) -> list[str]:
     caps = "".join(f",+{c}" for c in capability_names(container.capabilities))
     return [
-        "--reuid", str(container.uid), "--regid", str(container.gid), "--clear-groups",
-        f"--inh-caps=-all{caps}", f"--ambient-caps=-all{caps}", f"--bounding-set=-all{caps}",
+        "--reuid",
+        str(container.uid),
+        "--regid",
+        str(container.gid),
+        "--clear-groups",
+        f"--inh-caps=-all{caps}",
+        f"--ambient-caps=-all{caps}",
+        f"--bounding-set=-all{caps}",
     ]
 
 

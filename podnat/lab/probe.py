@@ -49,22 +49,39 @@ class ProbeResult:
         return dict(json.loads(self.body))
 
 
-def connect(netns: str, url: str, uid: int | None = None, gid: int | None = None, timeout: float = 3.0,
-            source: str | None = None) -> ProbeResult:
+def connect(
+    netns: str,
+    url: str,
+    uid: int | None = None,
+    gid: int | None = None,
+    timeout: float = 3.0,
+    source: str | None = None,
+) -> ProbeResult:
     """`curl URL` from `netns` as uid/gid (root when None), from address `source` when given; a
     `tcp://IP:PORT` URL only connects."""
     if url.startswith("tcp://"):
-        host, port = url[len("tcp://"):].rsplit(":", 1)
-        code = (f"import socket; s=socket.create_connection(({host!r}, {port}), timeout={timeout}); "
-                "s.close(); print('connected')")
+        host, port = url[len("tcp://") :].rsplit(":", 1)
+        code = (
+            f"import socket; s=socket.create_connection(({host!r}, {port}), timeout={timeout}); "
+            "s.close(); print('connected')"
+        )
         argv = ["/usr/bin/python3", "-c", code]
     else:
         argv = ["curl", "-s", "-m", str(timeout), *(["--interface", source] if source else []), url]
     if uid is not None:
-        argv = ["setpriv", "--reuid", str(uid), "--regid", str(gid if gid is not None else uid), "--clear-groups",
-                "--", *argv]
-    result = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
-                            timeout=timeout + 10, check=False)
+        argv = [
+            "setpriv",
+            "--reuid",
+            str(uid),
+            "--regid",
+            str(gid if gid is not None else uid),
+            "--clear-groups",
+            "--",
+            *argv,
+        ]
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, timeout=timeout + 10, check=False
+    )
     code = result.returncode
     if url.startswith("tcp://") and code != 0:
         code = 7 if "refused" in result.stderr.lower() else 28
@@ -74,8 +91,12 @@ def connect(netns: str, url: str, uid: int | None = None, gid: int | None = None
 def parse_counters(text: str) -> dict[str, int]:
     """`iptables-save -c` text -> {rule ref: packets}."""
     ruleset = detect_and_parse(text)
-    return {rule.ref: rule.counters.packets for table in ruleset.tables.values() for rule in table.rules()
-            if rule.counters is not None}
+    return {
+        rule.ref: rule.counters.packets
+        for table in ruleset.tables.values()
+        for rule in table.rules()
+        if rule.counters is not None
+    }
 
 
 def nat_counters(
@@ -91,15 +112,33 @@ def nat_counters(
 
 def listener_connections(netns: str) -> dict[str, int]:
     """Envoy's downstream connection totals per listener (`listener.<name>.downstream_cx_total`)."""
-    result = subprocess.run(["ip", "netns", "exec", netns, "curl", "-s", "-m", "3",
-                             "http://127.0.0.1:15000/stats?filter=downstream_cx_total$"],
-                            capture_output=True, text=True, timeout=15, check=False)
+    result = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            "http://127.0.0.1:15000/stats?filter=downstream_cx_total$",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
     totals: dict[str, int] = {}
     for line in result.stdout.splitlines():
         name, _, value = line.partition(": ")
-        if (name.startswith("listener.") and name.endswith(".downstream_cx_total") and ".worker_" not in name
-                and value.strip().isdigit()):
-            totals[name[len("listener."):-len(".downstream_cx_total")]] = int(value)
+        if (
+            name.startswith("listener.")
+            and name.endswith(".downstream_cx_total")
+            and ".worker_" not in name
+            and value.strip().isdigit()
+        ):
+            totals[name[len("listener.") : -len(".downstream_cx_total")]] = int(value)
     return totals
 
 
@@ -115,8 +154,9 @@ def envoy_ports_moved(before: dict[str, int], after: dict[str, int]) -> Counter[
     return moved
 
 
-def dns_query(netns: str, server: str, name: str, proto: str = "udp", uid: int | None = None,
-              timeout: float = 3.0) -> list[str]:
+def dns_query(
+    netns: str, server: str, name: str, proto: str = "udp", uid: int | None = None, timeout: float = 3.0
+) -> list[str]:
     """One DNS A query for `name` to `server`:53 over udp or tcp, from `netns` as uid; the addresses."""
     code = f"""
 import socket, struct, sys
@@ -138,8 +178,9 @@ print(" ".join(socket.inet_ntoa(reply[-16 * count:][16 * i + 12:16 * i + 16]) fo
     argv = ["/usr/bin/python3", "-c", code]
     if uid is not None:
         argv = ["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups", "--", *argv]
-    result = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
-                            timeout=timeout + 10, check=False)
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, timeout=timeout + 10, check=False
+    )
     if result.returncode != 0:
         raise RuntimeError(f"DNS query {name} to {server} over {proto} failed: {result.stderr.strip()[-300:]}")
     return result.stdout.split()
@@ -161,8 +202,15 @@ _TRACE_PACKET = re.compile(r"^trace id (\w+) (?:ip6?|inet) (\S+) \S+ packet: (.*
 
 def rule_positions(netns: str) -> dict[tuple[str, str, str, int], str]:
     """(family, table, chain, handle) -> podnat's rule ref, for every rule nft lists in `netns`."""
-    data = json.loads(subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "-a", "list", "ruleset"],
-                                     capture_output=True, text=True, timeout=20, check=True).stdout)
+    data = json.loads(
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "nft", "-j", "-a", "list", "ruleset"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    )
     positions: dict[tuple[str, str, str], int] = {}
     refs: dict[tuple[str, str, str, int], str] = {}
     for item in data.get("nftables", []):
@@ -186,14 +234,25 @@ def first_packets(netns: str, timeout: float = 10.0) -> Iterator[list[TracedPack
     shows when the monitor listens, and, at the end, that every event before it has arrived. The
     trace sees iptables-nft and nftables rules alike (not iptables-legacy ones)."""
     refs = rule_positions(netns)
-    chains = "".join(f"chain {hook} {{ type filter hook {hook} priority -500; policy accept;\n"
-                     f"udp dport {MARKER_PORT} meta nftrace set 1 drop\n"
-                     "tcp flags & (syn | ack) == syn meta nftrace set 1\nudp dport 53 meta nftrace set 1\n}\n"
-                     for hook in ("prerouting", "output"))
-    subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=f"table inet {TRACE_TABLE} {{\n{chains}}}\n",
-                   text=True, check=True, timeout=20)
-    monitor = subprocess.Popen(["ip", "netns", "exec", netns, "nft", "-a", "monitor", "trace"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    chains = "".join(
+        f"chain {hook} {{ type filter hook {hook} priority -500; policy accept;\n"
+        f"udp dport {MARKER_PORT} meta nftrace set 1 drop\n"
+        "tcp flags & (syn | ack) == syn meta nftrace set 1\nudp dport 53 meta nftrace set 1\n}\n"
+        for hook in ("prerouting", "output")
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-f", "-"],
+        input=f"table inet {TRACE_TABLE} {{\n{chains}}}\n",
+        text=True,
+        check=True,
+        timeout=20,
+    )
+    monitor = subprocess.Popen(
+        ["ip", "netns", "exec", netns, "nft", "-a", "monitor", "trace"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
@@ -210,8 +269,9 @@ def first_packets(netns: str, timeout: float = 10.0) -> Iterator[list[TracedPack
     finally:
         monitor.terminate()
         monitor.wait(timeout=10)
-        subprocess.run(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", TRACE_TABLE],
-                       check=False, timeout=20)
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", TRACE_TABLE], check=False, timeout=20
+        )
     by_id: dict[str, TracedPacket] = {}
     for line in output:
         packet = _TRACE_PACKET.match(line)
@@ -224,7 +284,8 @@ def first_packets(netns: str, timeout: float = 10.0) -> Iterator[list[TracedPack
             continue
         _, family, table, chain, handle = rule.groups()
         by_id[rule.group(1)].rules.append(
-            refs.get((family, table, chain, int(handle)), f"{table}/{chain}:handle{handle}"))
+            refs.get((family, table, chain, int(handle)), f"{table}/{chain}:handle{handle}")
+        )
 
 
 def _await_marker(netns: str, lines: queue.Queue[str], out: list[str], timeout: float) -> None:
@@ -233,8 +294,10 @@ def _await_marker(netns: str, lines: queue.Queue[str], out: list[str], timeout: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         sport = random.randint(20000, 60000)
-        send = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', {sport})); "
-                f"s.sendto(b'podnat', ('127.0.0.1', {MARKER_PORT}))")
+        send = (
+            f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', {sport})); "
+            f"s.sendto(b'podnat', ('127.0.0.1', {MARKER_PORT}))"
+        )
         subprocess.run(["ip", "netns", "exec", netns, "/usr/bin/python3", "-c", send], check=False, timeout=20)
         try:
             while True:

@@ -51,16 +51,23 @@ def _http(route_prefix: str, cluster: str, stat_prefix: str) -> dict[str, Any]:
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                     ".HttpConnectionManager",
+            ".HttpConnectionManager",
             "stat_prefix": stat_prefix,
-            "route_config": {"virtual_hosts": [{
-                "name": "local", "domains": ["*"],
-                "routes": [{"match": {"prefix": route_prefix}, "route": {"cluster": cluster}}],
-            }]},
-            "http_filters": [{
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-            }],
+            "route_config": {
+                "virtual_hosts": [
+                    {
+                        "name": "local",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": route_prefix}, "route": {"cluster": cluster}}],
+                    }
+                ]
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }
+            ],
         },
     }
 
@@ -74,8 +81,12 @@ def _static(name: str, endpoints: Sequence[tuple[str, int]]) -> dict[str, Any]:
         "name": name,
         "type": "STATIC",
         "connect_timeout": "2s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": _address(host, port)}} for host, port in endpoints]}]},
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _address(host, port)}} for host, port in endpoints]}
+            ],
+        },
     }
 
 
@@ -87,23 +98,35 @@ ORIGINAL_DST_FILTER = {
 # is routed back to Envoy (ip rule fwmark 1337 lookup 133).
 ORIGINAL_SRC_FILTER = {
     "name": "envoy.filters.listener.original_src",
-    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
-                     "mark": TPROXY_MARK},
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc",
+        "mark": TPROXY_MARK,
+    },
 }
 
 
 # A fresh upstream connection per request, so that every scrape's leg to the admin port is a new
 # connection the nat table sees (Istio pools it; docs/istio-capture.md: then ISTIO_OUTPUT #4 counts only once).
-ONE_REQUEST_PER_CONNECTION = {"typed_extension_protocol_options": {
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "common_http_protocol_options": {"max_requests_per_connection": 1},
-        "explicit_http_config": {"http_protocol_options": {}},
-    }}}
+ONE_REQUEST_PER_CONNECTION = {
+    "typed_extension_protocol_options": {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": {"max_requests_per_connection": 1},
+            "explicit_http_config": {"http_protocol_options": {}},
+        }
+    }
+}
 
 
-def envoy_bootstrap(node_id: str, services: Sequence[ServiceRoute], outbound_port: int = 15001,
-                    inbound_port: int = 15006, *, tproxy: bool = False, ipv6: bool = False) -> Mapping[str, Any]:
+def envoy_bootstrap(
+    node_id: str,
+    services: Sequence[ServiceRoute],
+    outbound_port: int = 15001,
+    inbound_port: int = 15006,
+    *,
+    tproxy: bool = False,
+    ipv6: bool = False,
+) -> Mapping[str, Any]:
     """The bootstrap for one pod's Envoy (TPROXY: transparent capture listeners; ipv6: dual-stack)."""
     inbound_bind: dict[str, Any] = {"source_address": {"address": INBOUND_SOURCE, "port_value": 0}}
     if ipv6:
@@ -116,12 +139,15 @@ def envoy_bootstrap(node_id: str, services: Sequence[ServiceRoute], outbound_por
             "listener_filters": [ORIGINAL_DST_FILTER],
             "filter_chains": [{"filters": [_tcp_proxy("PassthroughCluster", "PassthroughCluster")]}],
         },
-        *({
-            "name": f"{service.vip}_{service.port}",
-            "address": _address(service.vip, service.port),
-            "bind_to_port": False,
-            "filter_chains": [{"filters": [_tcp_proxy(_cluster_name(service), _cluster_name(service))]}],
-        } for service in services),
+        *(
+            {
+                "name": f"{service.vip}_{service.port}",
+                "address": _address(service.vip, service.port),
+                "bind_to_port": False,
+                "filter_chains": [{"filters": [_tcp_proxy(_cluster_name(service), _cluster_name(service))]}],
+            }
+            for service in services
+        ),
         {
             "name": "virtualInbound",
             "address": _address("0.0.0.0", inbound_port),
@@ -140,12 +166,20 @@ def envoy_bootstrap(node_id: str, services: Sequence[ServiceRoute], outbound_por
         },
     ]
     clusters: list[dict[str, Any]] = [
-        {"name": "PassthroughCluster", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
-         "connect_timeout": "2s"},
-        {"name": "InboundPassthroughCluster", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
-         "connect_timeout": "2s",
-         # TPROXY: original_src picks the source, so no bind to 127.0.0.6 (as istiod leaves it out).
-         **({} if tproxy else {"upstream_bind_config": inbound_bind})},
+        {
+            "name": "PassthroughCluster",
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": "2s",
+        },
+        {
+            "name": "InboundPassthroughCluster",
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": "2s",
+            # TPROXY: original_src picks the source, so no bind to 127.0.0.6 (as istiod leaves it out).
+            **({} if tproxy else {"upstream_bind_config": inbound_bind}),
+        },
         {**_static("prometheus_stats", [("127.0.0.1", ADMIN_PORT)]), **ONE_REQUEST_PER_CONNECTION},
         {**_static("agent", [("127.0.0.1", AGENT_PORT)]), **ONE_REQUEST_PER_CONNECTION},
         *(_static(_cluster_name(service), [(ip, service.port) for ip in service.endpoints]) for service in services),

@@ -100,13 +100,21 @@ class LabState:
     def load(cls, root: Path | None = None) -> LabState:
         root = root or lab_root()
         raw = json.loads((root / "state.json").read_text())
+
         def pod(p: dict[str, Any]) -> LabPod:
-            return LabPod(**{k: v for k, v in p.items() if k != "containers"},
-                          containers={n: LabContainer(**c) for n, c in p["containers"].items()})
+            return LabPod(
+                **{k: v for k, v in p.items() if k != "containers"},
+                containers={n: LabContainer(**c) for n, c in p["containers"].items()},
+            )
 
         pods = [pod(p) for p in raw.pop("pods")]
         api = raw.pop("apiserver")
         agent = raw.pop("agent", None)
         ztunnel = raw.pop("ztunnel", None)
-        return cls(pods=pods, apiserver=LabApiServer(**api) if api else None,
-                   agent=pod(agent) if agent else None, ztunnel=pod(ztunnel) if ztunnel else None, **raw)
+        return cls(
+            pods=pods,
+            apiserver=LabApiServer(**api) if api else None,
+            agent=pod(agent) if agent else None,
+            ztunnel=pod(ztunnel) if ztunnel else None,
+            **raw,
+        )

@@ -46,8 +46,6 @@ def _parse_network(part: str) -> Net:
     return network.version, network.prefixlen, int(network.network_address)
 
 
-
-
 def bulk_networks(values: Sequence[str]) -> list[tuple[Net]] | None:
     """`parse_networks` for many single IPv4 CIDRs as iptables-save prints them (`a.b.c.d/N`), read
     together in C: the networks, one 1-tuple per value, or None when any value is in another form

@@ -12,8 +12,15 @@ from podnat.netfilter.addresses import cond_networks, in_networks
 from podnat.netfilter.model import Cond, IPAddress, Match, Option, Rule
 from podnat.netfilter.packet import Packet
 
-PROTOCOL_NUMBERS = {"6": "tcp", "17": "udp", "1": "icmp", "58": "icmp6", "132": "sctp",
-                    "ipv6-icmp": "icmp6", "icmpv6": "icmp6"}
+PROTOCOL_NUMBERS = {
+    "6": "tcp",
+    "17": "udp",
+    "1": "icmp",
+    "58": "icmp6",
+    "132": "sctp",
+    "ipv6-icmp": "icmp6",
+    "icmpv6": "icmp6",
+}
 TCP_FLAGS = {"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
 
 

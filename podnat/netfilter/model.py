@@ -174,7 +174,10 @@ class Table:
 IPTABLES_PRIORITY: dict[tuple[str, str], int] = {
     **{("raw", hook): -300 for hook in BUILTIN_CHAINS["raw"]},
     **{("mangle", hook): -150 for hook in BUILTIN_CHAINS["mangle"]},
-    ("nat", "PREROUTING"): -100, ("nat", "OUTPUT"): -100, ("nat", "INPUT"): 100, ("nat", "POSTROUTING"): 100,
+    ("nat", "PREROUTING"): -100,
+    ("nat", "OUTPUT"): -100,
+    ("nat", "INPUT"): 100,
+    ("nat", "POSTROUTING"): 100,
     **{("filter", hook): 0 for hook in BUILTIN_CHAINS["filter"]},
     **{("security", hook): 50 for hook in BUILTIN_CHAINS["security"]},
 }

@@ -83,8 +83,25 @@ _META_KEYS = {"l4proto", "nfproto", "protocol", "skuid", "skgid", "mark", "iifna
 _BARE_META = {"skuid", "skgid", "mark", "iifname", "oifname", "iif", "oif"}
 _VERDICTS = {"accept": "ACCEPT", "drop": "DROP", "return": "RETURN", "queue": "QUEUE", "reject": "REJECT"}
 # Words that start a statement: where reading resumes after an expression podnat does not know.
-_STATEMENTS = {"counter", "accept", "drop", "return", "continue", "queue", "reject", "jump", "goto",
-               "redirect", "masquerade", "dnat", "snat", "tproxy", "log", "comment", "notrack"}
+_STATEMENTS = {
+    "counter",
+    "accept",
+    "drop",
+    "return",
+    "continue",
+    "queue",
+    "reject",
+    "jump",
+    "goto",
+    "redirect",
+    "masquerade",
+    "dnat",
+    "snat",
+    "tproxy",
+    "log",
+    "comment",
+    "notrack",
+}
 _NAT_FLAGS = {"random", "persistent", "fully-random"}
 _LOG_OPTIONS = {"prefix", "level", "group", "snaplen", "queue-threshold", "flags"}
 _IPTABLES_NAMES = {"nat", "mangle", "raw", "filter", "security"}
@@ -164,8 +181,20 @@ def looks_like_nft(text: str) -> bool:
         if line.startswith("{"):
             return True
         word = line.split()[0]
-        return word in ("table", "add", "insert", "create", "flush", "delete", "chain", "rule", "define",
-                        "include", "destroy", "replace")
+        return word in (
+            "table",
+            "add",
+            "insert",
+            "create",
+            "flush",
+            "delete",
+            "chain",
+            "rule",
+            "define",
+            "include",
+            "destroy",
+            "replace",
+        )
     return False
 
 
@@ -245,8 +274,10 @@ def _read_text(text: str) -> _Drafts:
                         _base_spec(chain, words, number, raw)
                     else:
                         chain.rules.append(_text_rule(words, number, raw))
-            elif tokens[0] in ("set", "map", "flowtable", "counter", "quota", "ct", "limit", "secmark",
-                               "synproxy") and tokens[-1] == "{":
+            elif (
+                tokens[0] in ("set", "map", "flowtable", "counter", "quota", "ct", "limit", "secmark", "synproxy")
+                and tokens[-1] == "{"
+            ):
                 scope.append(("skip", 1))
             elif tokens[0] in ("flags", "comment"):
                 pass
@@ -329,8 +360,12 @@ def _script_command(drafts: _Drafts, tokens: list[str], number: int, raw: str) -
         index: int | None = None
         if rest and rest[0] in ("index", "position", "handle"):
             if rest[0] != "index" or len(rest) < 2 or not rest[1].isdigit():
-                raise ParseError(number, raw, f"{rest[0]} {rest[1] if len(rest) > 1 else ''}: only `index N` "
-                                 "positions are supported (podnat does not track rule handles)")
+                raise ParseError(
+                    number,
+                    raw,
+                    f"{rest[0]} {rest[1] if len(rest) > 1 else ''}: only `index N` "
+                    "positions are supported (podnat does not track rule handles)",
+                )
             index, rest = int(rest[1]), rest[2:]
         if not rest:
             raise ParseError(number, raw, "a rule needs at least one expression")
@@ -596,8 +631,10 @@ def _build(drafts: _Drafts, family: Family) -> Ruleset:
     legacy_style = [f"{t.family} {t.name}" for t in applicable if t.name in _IPTABLES_NAMES]
     native = [f"{t.family} {t.name}" for t in applicable if t.name not in _IPTABLES_NAMES]
     if legacy_style and native:
-        warnings.append(f"both iptables-nft tables ({', '.join(legacy_style)}) and native nftables tables "
-                        f"({', '.join(native)}) are loaded: the kernel runs both")
+        warnings.append(
+            f"both iptables-nft tables ({', '.join(legacy_style)}) and native nftables tables "
+            f"({', '.join(native)}) are loaded: the kernel runs both"
+        )
     return Ruleset(family, tables, counters, drafts.generator, tuple(warnings), tuple(bases))
 
 
@@ -619,8 +656,9 @@ class _RuleParts:
     unknown: list[str] = field(default_factory=list)
 
 
-def _translate(draft: _RuleDraft, table: str, chain: str, position: int, *, table_draft: _TableDraft,
-               family: Family) -> Rule:
+def _translate(
+    draft: _RuleDraft, table: str, chain: str, position: int, *, table_draft: _TableDraft, family: Family
+) -> Rule:
     parts = _RuleParts()
     if table_draft.family in ("ip", "ip6"):
         parts.families.add(_IP_FAMILY[table_draft.family])
@@ -648,10 +686,19 @@ def _translate(draft: _RuleDraft, table: str, chain: str, position: int, *, tabl
         else:
             destination = impossible
     return Rule(
-        table=table, chain=chain, position=position, spec=draft.spec, line=draft.line,
-        protocol=parts.protocol, source=source, destination=destination,
-        in_iface=parts.in_iface, out_iface=parts.out_iface,
-        matches=tuple(matches), target=target, counters=parts.counters,
+        table=table,
+        chain=chain,
+        position=position,
+        spec=draft.spec,
+        line=draft.line,
+        protocol=parts.protocol,
+        source=source,
+        destination=destination,
+        in_iface=parts.in_iface,
+        out_iface=parts.out_iface,
+        matches=tuple(matches),
+        target=target,
+        counters=parts.counters,
     )
 
 
@@ -663,8 +710,14 @@ def _target(parts: _RuleParts) -> Target | None:
         marks = [e for e in effects if e.name == "MARK"]
         others = [e for e in effects if e.name not in ("TPROXY", "MARK")]
         mark = marks[0].get("set-xmark") if len(marks) == 1 else None
-        if parts.verdict is None or parts.verdict.name != "ACCEPT" or others or len(marks) > 1 or (
-                marks and mark is None) or len(tproxy) > 1:
+        if (
+            parts.verdict is None
+            or parts.verdict.name != "ACCEPT"
+            or others
+            or len(marks) > 1
+            or (marks and mark is None)
+            or len(tproxy) > 1
+        ):
             parts.unknown.append("tproxy without a single accept (nft continues the chain)")
             return parts.verdict
         options = tproxy[0].options + ((Option("tproxy-mark", mark.args),) if mark else ())
@@ -678,8 +731,7 @@ def _target(parts: _RuleParts) -> Target | None:
     return effects[0] if effects else parts.verdict
 
 
-def _expression(parts: _RuleParts, tokens: tuple[str, ...], i: int, *, table: _TableDraft,
-                family: Family) -> int:
+def _expression(parts: _RuleParts, tokens: tuple[str, ...], i: int, *, table: _TableDraft, family: Family) -> int:
     """Read one test or statement at `tokens[i]`; return where the next one starts."""
     word = tokens[i]
     if word in _STATEMENTS:
@@ -729,7 +781,7 @@ def _values(tokens: tuple[str, ...], j: int, selector: str) -> tuple[list[str], 
             end = tokens.index("}", j)
         except ValueError:
             raise _Malformed("unbalanced braces") from None
-        values = [_unquote(t) for t in tokens[j + 1:end] if t != ","]
+        values = [_unquote(t) for t in tokens[j + 1 : end] if t != ","]
         if not values:
             raise _Malformed(f"{selector}: empty set")
         return values, True, end + 1
@@ -741,8 +793,16 @@ def _values(tokens: tuple[str, ...], j: int, selector: str) -> tuple[list[str], 
     return values, False, j
 
 
-def _test(parts: _RuleParts, selector: str, *, mask: int | None, negated: bool, values: list[str],
-          is_set: bool, family: Family) -> None:
+def _test(
+    parts: _RuleParts,
+    selector: str,
+    *,
+    mask: int | None,
+    negated: bool,
+    values: list[str],
+    is_set: bool,
+    family: Family,
+) -> None:
     head, _, key = selector.partition(" ")
     if any(v.startswith("@") for v in values):
         raise _Unrecognised(f"named set {values[0]}")
@@ -803,8 +863,9 @@ def _test(parts: _RuleParts, selector: str, *, mask: int | None, negated: bool, 
         raise _Unrecognised(selector)
 
 
-def _address_test(parts: _RuleParts, head: str, key: str, *, mask: int | None, negated: bool,
-                  values: list[str], family: Family) -> None:
+def _address_test(
+    parts: _RuleParts, head: str, key: str, *, mask: int | None, negated: bool, values: list[str], family: Family
+) -> None:
     if mask is not None:
         raise _Unrecognised(f"{head} {key} with a mask")
     version = 4 if head == "ip" else 6
@@ -902,8 +963,12 @@ def _set_statement(parts: _RuleParts, selector: str, tokens: tuple[str, ...], j:
         verb = "restore-mark" if target == "MARK" else "save-mark"
         nfmask = and_mask if verb == "save-mark" else _FULL
         ctmask = and_mask if verb == "restore-mark" else _FULL
-        parts.effects.append(Target("CONNMARK", (Option(verb, ()), Option("nfmask", (f"0x{nfmask:x}",)),
-                                                 Option("ctmask", (f"0x{ctmask:x}",)))))
+        parts.effects.append(
+            Target(
+                "CONNMARK",
+                (Option(verb, ()), Option("nfmask", (f"0x{nfmask:x}",)), Option("ctmask", (f"0x{ctmask:x}",))),
+            )
+        )
     else:
         raise _Unrecognised(" ".join(words))
     return end

@@ -50,8 +50,7 @@ class ParseError(ValueError):
 # Options of the match modules podnat knows, with how many arguments each takes. A module not listed
 # here still parses (its options are read greedily) but cannot be evaluated.
 MATCH_OPTIONS: dict[str, dict[str, int]] = {
-    "tcp": {"sport": 1, "dport": 1, "source-port": 1, "destination-port": 1, "syn": 0,
-            "tcp-flags": 2, "tcp-option": 1},
+    "tcp": {"sport": 1, "dport": 1, "source-port": 1, "destination-port": 1, "syn": 0, "tcp-flags": 2, "tcp-option": 1},
     "udp": {"sport": 1, "dport": 1, "source-port": 1, "destination-port": 1},
     "sctp": {"sport": 1, "dport": 1, "source-port": 1, "destination-port": 1, "chunk-types": 2},
     "icmp": {"icmp-type": 1},
@@ -60,15 +59,36 @@ MATCH_OPTIONS: dict[str, dict[str, int]] = {
     "owner": {"uid-owner": 1, "gid-owner": 1, "socket-exists": 0, "suppl-groups": 0},
     "mark": {"mark": 1},
     "connmark": {"mark": 1},
-    "conntrack": {"ctstate": 1, "ctproto": 1, "ctorigsrc": 1, "ctorigdst": 1, "ctreplsrc": 1,
-                  "ctrepldst": 1, "ctorigsrcport": 1, "ctorigdstport": 1, "ctreplsrcport": 1,
-                  "ctrepldstport": 1, "ctstatus": 1, "ctexpire": 1, "ctdir": 1},
+    "conntrack": {
+        "ctstate": 1,
+        "ctproto": 1,
+        "ctorigsrc": 1,
+        "ctorigdst": 1,
+        "ctreplsrc": 1,
+        "ctrepldst": 1,
+        "ctorigsrcport": 1,
+        "ctorigdstport": 1,
+        "ctreplsrcport": 1,
+        "ctrepldstport": 1,
+        "ctstatus": 1,
+        "ctexpire": 1,
+        "ctdir": 1,
+    },
     "state": {"state": 1},
     "addrtype": {"src-type": 1, "dst-type": 1, "limit-iface-in": 0, "limit-iface-out": 0},
     "comment": {"comment": 1},
-    "set": {"match-set": 2, "return-nomatch": 0, "update-counters": 0, "update-subcounters": 0,
-            "packets-eq": 1, "packets-lt": 1, "packets-gt": 1, "bytes-eq": 1, "bytes-lt": 1,
-            "bytes-gt": 1},
+    "set": {
+        "match-set": 2,
+        "return-nomatch": 0,
+        "update-counters": 0,
+        "update-subcounters": 0,
+        "packets-eq": 1,
+        "packets-lt": 1,
+        "packets-gt": 1,
+        "bytes-eq": 1,
+        "bytes-lt": 1,
+        "bytes-gt": 1,
+    },
     "iprange": {"src-range": 1, "dst-range": 1},
     "socket": {"transparent": 0, "nowildcard": 0, "restore-skmark": 0},
     "pkttype": {"pkt-type": 1},
@@ -80,22 +100,51 @@ MATCH_OPTIONS: dict[str, dict[str, int]] = {
 
 # Targets podnat knows: their options (with arity) and whether they end the traversal of the table.
 TARGET_OPTIONS: dict[str, dict[str, int]] = {
-    "ACCEPT": {}, "DROP": {}, "RETURN": {}, "QUEUE": {}, "NOTRACK": {}, "TRACE": {},
+    "ACCEPT": {},
+    "DROP": {},
+    "RETURN": {},
+    "QUEUE": {},
+    "NOTRACK": {},
+    "TRACE": {},
     "REJECT": {"reject-with": 1},
     "REDIRECT": {"to-ports": 1, "random": 0},
     "DNAT": {"to-destination": 1, "random": 0, "persistent": 0},
     "SNAT": {"to-source": 1, "random": 0, "random-fully": 0, "persistent": 0},
     "MASQUERADE": {"to-ports": 1, "random": 0, "random-fully": 0},
     "MARK": {"set-xmark": 1, "set-mark": 1, "and-mark": 1, "or-mark": 1, "xor-mark": 1},
-    "CONNMARK": {"save-mark": 0, "restore-mark": 0, "nfmask": 1, "ctmask": 1, "mask": 1,
-                 "set-xmark": 1, "set-mark": 1, "and-mark": 1, "or-mark": 1, "xor-mark": 1},
+    "CONNMARK": {
+        "save-mark": 0,
+        "restore-mark": 0,
+        "nfmask": 1,
+        "ctmask": 1,
+        "mask": 1,
+        "set-xmark": 1,
+        "set-mark": 1,
+        "and-mark": 1,
+        "or-mark": 1,
+        "xor-mark": 1,
+    },
     "TPROXY": {"on-port": 1, "on-ip": 1, "tproxy-mark": 1},
-    "CT": {"zone": 1, "zone-orig": 1, "zone-reply": 1, "notrack": 0, "helper": 1, "ctevents": 1,
-           "expevents": 1, "timeout": 1},
-    "LOG": {"log-prefix": 1, "log-level": 1, "log-tcp-sequence": 0, "log-tcp-options": 0,
-            "log-ip-options": 0, "log-uid": 0, "log-macdecode": 0},
-    "NFLOG": {"nflog-group": 1, "nflog-prefix": 1, "nflog-range": 1, "nflog-size": 1,
-              "nflog-threshold": 1},
+    "CT": {
+        "zone": 1,
+        "zone-orig": 1,
+        "zone-reply": 1,
+        "notrack": 0,
+        "helper": 1,
+        "ctevents": 1,
+        "expevents": 1,
+        "timeout": 1,
+    },
+    "LOG": {
+        "log-prefix": 1,
+        "log-level": 1,
+        "log-tcp-sequence": 0,
+        "log-tcp-options": 0,
+        "log-ip-options": 0,
+        "log-uid": 0,
+        "log-macdecode": 0,
+    },
+    "NFLOG": {"nflog-group": 1, "nflog-prefix": 1, "nflog-range": 1, "nflog-size": 1, "nflog-threshold": 1},
     "NFQUEUE": {"queue-num": 1, "queue-balance": 1, "queue-bypass": 0, "queue-cpu-fanout": 0},
     "CHECKSUM": {"checksum-fill": 0},
     "TCPMSS": {"set-mss": 1, "clamp-mss-to-pmtu": 0},
@@ -106,11 +155,18 @@ TARGET_OPTIONS: dict[str, dict[str, int]] = {
 }
 
 _BASIC = {
-    "-s": "source", "--source": "source", "--src": "source",
-    "-d": "destination", "--destination": "destination", "--dst": "destination",
-    "-i": "in_iface", "--in-interface": "in_iface",
-    "-o": "out_iface", "--out-interface": "out_iface",
-    "-p": "protocol", "--protocol": "protocol",
+    "-s": "source",
+    "--source": "source",
+    "--src": "source",
+    "-d": "destination",
+    "--destination": "destination",
+    "--dst": "destination",
+    "-i": "in_iface",
+    "--in-interface": "in_iface",
+    "-o": "out_iface",
+    "--out-interface": "out_iface",
+    "-p": "protocol",
+    "--protocol": "protocol",
 }
 _IMPLICIT_PROTO_MODULES = {"tcp", "udp", "sctp", "icmp", "icmp6", "ipv6-icmp", "icmpv6"}
 _COUNTER_PREFIX = re.compile(r"^\[(\d+):(\d+)\]\s+")
@@ -191,7 +247,7 @@ class _Block:
             m = _COUNTER_PREFIX.match(line)
             if m:
                 counters = Counters(int(m.group(1)), int(m.group(2)))
-                line = line[m.end():]
+                line = line[m.end() :]
             out.append((number, raw, counters, _tokenise(line, number, raw)[2:]))
         return out
 
@@ -208,7 +264,7 @@ def _blocks(text: str, binary: bool) -> Iterator[tuple[int, str, _Block | None]]
         head, tail = run.group("head"), run.group("tail")
         if (head + tail).count(" -s ") + (head + tail).count(" -d ") > 1:
             continue  # another address: the lines go one by one (below, with the text around them)
-        for raw in text[at:run.start()].split("\n")[:-1]:
+        for raw in text[at : run.start()].split("\n")[:-1]:
             yield number, raw, None
             number += 1
         raws = run.group(0).split("\n")[:-1]
@@ -285,7 +341,7 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
         if line.startswith("#"):
             body = line.lstrip("#").strip()
             if body.startswith("Generated by "):
-                generator = body[len("Generated by "):].split(" on ")[0]
+                generator = body[len("Generated by ") :].split(" on ")[0]
             elif body.lower().startswith("warning:"):
                 warnings.append(body.split(":", 1)[1].strip())
             continue
@@ -313,8 +369,12 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
             if line.startswith(("-A ", "-I ", "-N ", "[", ":")):
                 what = "chain declaration" if line.startswith((":", "-N ")) else "rule"
                 raise ParseError(number, raw, f"{what} before any table header (*nat)")
-            raise ParseError(number, raw, "not iptables-save output (a table starts with a line like *nat, "
-                             "its chains with :CHAIN, its rules with -A; it ends with COMMIT)")
+            raise ParseError(
+                number,
+                raw,
+                "not iptables-save output (a table starts with a line like *nat, "
+                "its chains with :CHAIN, its rules with -A; it ends with COMMIT)",
+            )
         if line.startswith(":"):
             m = _CHAIN_LINE.match(line)
             if not m:
@@ -335,7 +395,7 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
         m = _COUNTER_PREFIX.match(line) if line.startswith("[") else None
         if m:
             counters = Counters(int(m.group(1)), int(m.group(2)))
-            line = line[m.end():]
+            line = line[m.end() :]
             has_counters = True
         tokens = _tokenise(line, number, raw)
         verb = tokens[0]
@@ -373,8 +433,9 @@ def _parse_ruleset(text: str, family: Family | None) -> Ruleset:
         if table.name in ruleset_tables:
             raise ParseError(0, f"*{table.name}", f"table {table.name} appears twice: pass one family's dump at a time")
         ruleset_tables[table.name] = table
-    fam = family or (_guess_family(ruleset_tables) if len(seen.versions) != 1
-                     else Family.IPV6 if 6 in seen.versions else Family.IPV4)
+    fam = family or (
+        _guess_family(ruleset_tables) if len(seen.versions) != 1 else Family.IPV6 if 6 in seen.versions else Family.IPV4
+    )
     if seen.unread or not seen.versions <= {6 if fam is Family.IPV6 else 4}:
         _check_addresses(ruleset_tables, fam)
     return Ruleset(fam, ruleset_tables, has_counters, generator, tuple(warnings))
@@ -488,8 +549,13 @@ def _chain_rules(
             group = _Group(chain, template)
         if isinstance(entry, _Block):
             count = len(entry.raws)
-            group.add(range(position, position + count), range(entry.first, entry.first + count), entry.specs(),
-                      entry.counters(), addresses)
+            group.add(
+                range(position, position + count),
+                range(entry.first, entry.first + count),
+                entry.specs(),
+                entry.counters(),
+                addresses,
+            )
             position += count
         elif template is not None:
             group.add((position,), (entry[0],), (_spec(entry[1]),), (entry[2],), addresses)
@@ -534,13 +600,18 @@ def _with_templates(
         tokens[i] = _SLOT
         shape = tuple(tokens)
         tokens[i] = address
-        template = _cached_template(table, chain, shape, ["source" if has_source else "destination"], chain_names,
-                                    templates)
+        template = _cached_template(
+            table, chain, shape, ["source" if has_source else "destination"], chain_names, templates
+        )
         yield entry, template, (address,)
 
 
 def _cached_template(
-    table: str, chain: str, shape: tuple[str, ...], fields: list[str], chain_names: set[str],
+    table: str,
+    chain: str,
+    shape: tuple[str, ...],
+    fields: list[str],
+    chain_names: set[str],
     templates: dict[tuple[str, ...], Rule | None],
 ) -> Rule | None:
     """The template of a shape (its addresses in `fields` as slots), parsed once per table."""
@@ -562,8 +633,14 @@ class _Group:
         self.counters: list[Counters | None] = []
         self.addresses: list[str] = []
 
-    def add(self, positions: Sequence[int], numbers: Sequence[int], specs: Sequence[str],
-            counters: Sequence[Counters | None], addresses: Sequence[str]) -> None:
+    def add(
+        self,
+        positions: Sequence[int],
+        numbers: Sequence[int],
+        specs: Sequence[str],
+        counters: Sequence[Counters | None],
+        addresses: Sequence[str],
+    ) -> None:
         self.positions.extend(positions)
         self.numbers.extend(numbers)
         self.specs.extend(specs)
@@ -590,13 +667,27 @@ class _Group:
         source = template.source is not None
         if len(conds) > 1 and not slot.negated and (networks is not None or all(map(_NETWORKS, conds))):
             blocks.append((len(rules), len(rules) + len(conds), "source" if source else "destination"))
-        rules.extend(map(_new_rule, zip(
-            repeat(template.table), repeat(self.chain), self.positions, self.specs, self.numbers,
-            repeat(template.protocol), conds if source else repeat(None), repeat(None) if source else conds,
-            repeat(template.in_iface), repeat(template.out_iface), repeat(template.fragment),
-            repeat(template.matches), repeat(template.target),
-            repeat(template.counters) if template.counters is not None else self.counters,
-        )))
+        rules.extend(
+            map(
+                _new_rule,
+                zip(
+                    repeat(template.table),
+                    repeat(self.chain),
+                    self.positions,
+                    self.specs,
+                    self.numbers,
+                    repeat(template.protocol),
+                    conds if source else repeat(None),
+                    repeat(None) if source else conds,
+                    repeat(template.in_iface),
+                    repeat(template.out_iface),
+                    repeat(template.fragment),
+                    repeat(template.matches),
+                    repeat(template.target),
+                    repeat(template.counters) if template.counters is not None else self.counters,
+                ),
+            )
+        )
 
 
 def _parse_rule_cached(
@@ -631,9 +722,15 @@ def _parse_rule_cached(
             source = address_cond(tokens[i], source.negated)
         elif destination is not None:
             destination = address_cond(tokens[i], destination.negated)
-    return template._replace(chain=chain, position=position, spec=_spec(raw), line=number, source=source,
-                             destination=destination,
-                             counters=template.counters if template.counters is not None else counters)
+    return template._replace(
+        chain=chain,
+        position=position,
+        spec=_spec(raw),
+        line=number,
+        source=source,
+        destination=destination,
+        counters=template.counters if template.counters is not None else counters,
+    )
 
 
 def _template(table: str, chain: str, key: list[str], chain_names: set[str], slots: list[str]) -> Rule | None:
@@ -641,8 +738,9 @@ def _template(table: str, chain: str, key: list[str], chain_names: set[str], slo
         rule = _parse_rule(table, chain, 0, 0, "", None, key, chain_names)
     except ParseError:
         return None  # the rule itself will say what is wrong, with its line
-    filled = {name for name in ("source", "destination")
-              if (cond := getattr(rule, name)) is not None and cond.value == _SLOT}
+    filled = {
+        name for name in ("source", "destination") if (cond := getattr(rule, name)) is not None and cond.value == _SLOT
+    }
     return rule if filled == set(slots) and len(slots) == len(filled) else None
 
 
@@ -802,7 +900,7 @@ def _parse_option(
         count = arities[name]
         if i + count > len(tokens):
             raise ParseError(number, raw, f"--{name} needs {count} value(s)")
-        args = tuple(tokens[i:i + count])
+        args = tuple(tokens[i : i + count])
         if any(a == "!" for a in args):
             raise ParseError(number, raw, f"--{name} needs {count} value(s)")
         return Option(name, args, negated), i + count

@@ -220,9 +220,17 @@ class _PacketSpace:
             if not self.local and iface == "lo" and not src.is_loopback:
                 continue
             yield Packet(
-                proto=proto, src=src, dst=dst, sport=sport, dport=dport,
-                in_iface=None if self.local else iface, out_iface=iface if self.local else None,
-                uid=uid, gid=gid, mark=mark, ctmark=mark,
+                proto=proto,
+                src=src,
+                dst=dst,
+                sport=sport,
+                dport=dport,
+                in_iface=None if self.local else iface,
+                out_iface=iface if self.local else None,
+                uid=uid,
+                gid=gid,
+                mark=mark,
+                ctmark=mark,
             )
 
 
@@ -251,7 +259,7 @@ def _groups(chains: list[Chain]) -> tuple[list[tuple[Rule, ...]], list[AddressRu
                 i += 1
             else:
                 runs.append(run)
-                groups.append(rules[run.start:run.stop])
+                groups.append(rules[run.start : run.stop])
                 i = run.stop
     return groups, runs
 

@@ -24,14 +24,17 @@ LOCAL_TABLES = frozenset({"local", "255"})
 # Actions of `ip rule` that end the lookup for a packet the rule matches.
 TERMINAL_ACTIONS = frozenset({"blackhole", "unreachable", "prohibit"})
 # Selectors of `ip rule` that take one value (besides fwmark, handled on its own).
-_SELECTORS = frozenset({"from", "to", "tos", "dsfield", "iif", "oif", "uidrange", "ipproto", "sport", "dport",
-                        "tun_id", "realms"})
+_SELECTORS = frozenset(
+    {"from", "to", "tos", "dsfield", "iif", "oif", "uidrange", "ipproto", "sport", "dport", "tun_id", "realms"}
+)
 # Words that qualify a rule without deciding which packets it matches.
-_QUALIFIERS_WITH_VALUE = frozenset({"proto", "protocol", "suppress_prefixlength", "suppress_ifgroup", "pref",
-                                    "priority", "preference"})
+_QUALIFIERS_WITH_VALUE = frozenset(
+    {"proto", "protocol", "suppress_prefixlength", "suppress_ifgroup", "pref", "priority", "preference"}
+)
 _FLAGS = frozenset({"l3mdev", "detached", "unresolved", "[detached]", "[unresolved]"})
-_ROUTE_TYPES = frozenset({"unicast", "local", "broadcast", "multicast", "anycast", "blackhole", "unreachable",
-                          "prohibit", "throw", "nat"})
+_ROUTE_TYPES = frozenset(
+    {"unicast", "local", "broadcast", "multicast", "anycast", "blackhole", "unreachable", "prohibit", "throw", "nat"}
+)
 
 
 class RoutingParseError(ValueError):

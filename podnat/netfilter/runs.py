@@ -65,8 +65,9 @@ class AddressRun:
             return None
         address = packet.src if self.field == "source" else packet.dst
         version, value = address.version, int(address)
-        found = [p for t in self.tables if t.version == version
-                 and (p := t.at_or_after(value >> t.shift, start)) is not None]
+        found = [
+            p for t in self.tables if t.version == version and (p := t.at_or_after(value >> t.shift, start)) is not None
+        ]
         return (min(found), rest) if found else None
 
 
@@ -94,7 +95,7 @@ def find_runs(rules: tuple[Rule, ...], min_run: int = MIN_RUN, blocks: Blocks = 
         if stop - start < min_run and stop < len(rules):
             continue  # too short to index: the rules go with those around them
         for run in _scan(rules, done, start, min_run):
-            at[run.start:run.stop] = [run] * (run.stop - run.start)
+            at[run.start : run.stop] = [run] * (run.stop - run.start)
             found = True
         if stop > start:
             run = _build(list(map(attrgetter(field), rules[start:stop])), start, field)

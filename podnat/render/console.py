@@ -33,8 +33,13 @@ STATUS_STYLE = {
     FlowStatus.UNKNOWN: "magenta",
 }
 STATUS_MARK = {FlowStatus.OK: "✓", FlowStatus.DRIFT: "✗", FlowStatus.BROKEN: "✗", FlowStatus.UNKNOWN: "?"}
-OUTCOME_MARK = {Outcome.DELIVERED: "✓", Outcome.REFUSED: "✗", Outcome.LOOP: "✗", Outcome.DROPPED: "✗",
-                Outcome.UNDECIDED: "?"}
+OUTCOME_MARK = {
+    Outcome.DELIVERED: "✓",
+    Outcome.REFUSED: "✗",
+    Outcome.LOOP: "✗",
+    Outcome.DROPPED: "✗",
+    Outcome.UNDECIDED: "?",
+}
 OUTCOME_STYLE = {
     Outcome.DELIVERED: "green",
     Outcome.REFUSED: "bold red",
@@ -128,8 +133,9 @@ def wrap_pieces(pieces: list[Text], width: int) -> Text:
 
 def print_trace(trace: FlowTrace, ruleset: Ruleset, wide: bool = True) -> None:
     out.print(Text.assemble(("path: ", "bold"), path_text(trace, ruleset)))
-    out.print(Text.assemble(("outcome: ", "bold"), (trace.outcome.value, OUTCOME_STYLE[trace.outcome]),
-                            f" — {trace.reason}"))
+    out.print(
+        Text.assemble(("outcome: ", "bold"), (trace.outcome.value, OUTCOME_STYLE[trace.outcome]), f" — {trace.reason}")
+    )
     if wide:
         _print_leg_rules(trace, ruleset)
 
@@ -137,8 +143,10 @@ def print_trace(trace: FlowTrace, ruleset: Ruleset, wide: bool = True) -> None:
 def _print_leg_rules(trace: FlowTrace, ruleset: Ruleset) -> None:
     for number, leg in enumerate(trace.legs, start=1):
         who = leg.actor.value + (f" uid {leg.identity.uid} gid {leg.identity.gid}" if leg.identity else "")
-        out.print(f"  leg {number}: {who} {leg.src} -> {leg.dst} ({leg.hook})"
-                  + (f", {leg.verdict} to {leg.to}" if leg.to else ""))
+        out.print(
+            f"  leg {number}: {who} {leg.src} -> {leg.dst} ({leg.hook})"
+            + (f", {leg.verdict} to {leg.to}" if leg.to else "")
+        )
         for rule in leg.hits:
             out.print(Text.assemble("    ", (f"{rule.ref:<22}", "cyan"), " ", rule.text))
 
@@ -150,10 +158,14 @@ def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, t
     for report in expl.flows:
         live = path_pieces(report.live, ruleset)
         expected = path_pieces(report.expected) if report.expected is not None else None
-        status = (Text(f"{STATUS_MARK[report.status]} {report.status.value}", style=STATUS_STYLE[report.status])
-                  if with_intent else
-                  Text(f"{OUTCOME_MARK[report.live.outcome]} {report.live.outcome.value}",
-                       style=OUTCOME_STYLE[report.live.outcome]))
+        status = (
+            Text(f"{STATUS_MARK[report.status]} {report.status.value}", style=STATUS_STYLE[report.status])
+            if with_intent
+            else Text(
+                f"{OUTCOME_MARK[report.live.outcome]} {report.live.outcome.value}",
+                style=OUTCOME_STYLE[report.live.outcome],
+            )
+        )
         rows.append((report, live, expected, status))
     # widths: the flow's name wraps at words; the paths take what is left, at least their widest piece
     status_w = max(len("status"), *(cell.cell_len for *_, cell in rows))
@@ -164,20 +176,27 @@ def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, t
     longest = max(Text(" ").join(path).cell_len for _, live, expected, _ in rows for path in (live, expected or live))
     path_w = min(max(left // 2 if beside else left, widest), longest + len("expected: "))
 
-    table = Table(title=title, title_justify="left", show_lines=wide or (with_intent and not beside),
-                  expand=False)
+    table = Table(title=title, title_justify="left", show_lines=wide or (with_intent and not beside), expand=False)
     table.add_column("type", justify="right")
     table.add_column("flow", width=flow_w)
-    table.add_column("path (rules ⇒ Envoy ports ⇒ end)" + (", expected" if with_intent and not beside else ""),
-                     width=path_w, overflow="fold")
+    table.add_column(
+        "path (rules ⇒ Envoy ports ⇒ end)" + (", expected" if with_intent and not beside else ""),
+        width=path_w,
+        overflow="fold",
+    )
     if beside:
         table.add_column("expected", width=path_w, overflow="fold")
     table.add_column("status" if with_intent else "outcome", no_wrap=True)
     for report, live, expected, status in rows:
         path = wrap_pieces(live, path_w)
         if beside or not with_intent:
-            other = (Text("-") if expected is None else Text("same", style="dim") if report.status is FlowStatus.OK
-                     else wrap_pieces(expected, path_w))
+            other = (
+                Text("-")
+                if expected is None
+                else Text("same", style="dim")
+                if report.status is FlowStatus.OK
+                else wrap_pieces(expected, path_w)
+            )
         elif expected is not None and report.status is not FlowStatus.OK:
             path = Text.assemble(path, "\n", wrap_pieces([Text("expected:", style="bold"), *expected], path_w))
         cells: list[Text | str] = [str(int(report.spec.type)), report.spec.name, path]
@@ -204,8 +223,11 @@ def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, t
             label = f"type {flow.flow}" + (f" ({flow.variant})" if flow.variant else "")
             out.print(Text.assemble("  ", (f"{label:<22}", "bold"), (word, "green" if flow.consistent else "yellow")))
         for ref, text, packets in observed.unexpected:
-            out.print(Text.assemble("  traffic you did not expect: ", (ref, "cyan"), f", {packets:,} packets  ",
-                                    (text, "dim")))
+            out.print(
+                Text.assemble(
+                    "  traffic you did not expect: ", (ref, "cyan"), f", {packets:,} packets  ", (text, "dim")
+                )
+            )
     if expl.findings:
         out.print(Text("Findings:", style="bold"))
         findings = _hanging()
@@ -253,8 +275,9 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
         return
     print_explanation(report.explanation, report.ruleset, wide=wide)  # type: ignore[arg-type]
     if report.probe is not None:
-        table = Table(title="Probe: one real connection each (counted by the kernel vs predicted by podnat)",
-                      title_justify="left")
+        table = Table(
+            title="Probe: one real connection each (counted by the kernel vs predicted by podnat)", title_justify="left"
+        )
         for column in ("type", "sent", "counted rules", "predicted", "match"):
             table.add_column(column, overflow="fold")
         for p in report.probe:
@@ -268,10 +291,12 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
 def _routing_text(routing: TproxyRouting) -> Text:
     """`ip rule fwmark 0x539 lookup 133 ✓  local default dev lo in 133 ✗` (? when not known)."""
     text = Text()
-    for index, (label, known) in enumerate((
-        (f"{routing.family_ip} rule fwmark {routing.mark:#x} lookup {routing.table}", routing.fwmark_rule),
-        (f"local default dev lo in table {routing.table}", routing.local_route),
-    )):
+    for index, (label, known) in enumerate(
+        (
+            (f"{routing.family_ip} rule fwmark {routing.mark:#x} lookup {routing.table}", routing.fwmark_rule),
+            (f"local default dev lo in table {routing.table}", routing.local_route),
+        )
+    ):
         if index:
             text.append("  ")
         mark, style = ("?", "magenta") if known is None else ("✓", "green") if known else ("✗ missing", "bold red")
@@ -282,8 +307,14 @@ def _routing_text(routing: TproxyRouting) -> Text:
     return text
 
 
-_STATUS_WORD = {"ok": "green", "drift": "yellow", "broken": "bold red", "error": "bold red",
-                "unknown": "magenta", "skipped": "dim"}
+_STATUS_WORD = {
+    "ok": "green",
+    "drift": "yellow",
+    "broken": "bold red",
+    "error": "bold red",
+    "unknown": "magenta",
+    "skipped": "dim",
+}
 
 
 def print_verify(report: VerifyReport) -> None:
@@ -301,8 +332,9 @@ def print_verify(report: VerifyReport) -> None:
         findings = pod.explanation.findings if pod.explanation else ()
         first_error = next((f.message for f in findings if f.severity == "error"), "")
         why = pod.error or first_error or ("; ".join(pod.notes) if pod.status == "skipped" else "")
-        table.add_row(pod.ref.namespace, pod.ref.name, Text(pod.status, style=_STATUS_WORD.get(pod.status, "")),
-                      flows, why)
+        table.add_row(
+            pod.ref.namespace, pod.ref.name, Text(pod.status, style=_STATUS_WORD.get(pod.status, "")), flows, why
+        )
     out.print(table)
     counts: dict[str, int] = {}
     for pod in report.pods:
@@ -317,8 +349,14 @@ class VerifyProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.enabled = err.is_terminal
-        self._progress = Progress(TextColumn("reading pods"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=err, transient=True)
+        self._progress = Progress(
+            TextColumn("reading pods"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
         self._task = self._progress.add_task("pods", total=total)
 
     def __enter__(self) -> VerifyProgress:

@@ -94,10 +94,13 @@ def explanation_data(expl: Explanation, counters: Ruleset | None = None) -> dict
     observed = evidence(expl, counters) if counters is not None else None
     if observed is not None:
         result["evidence"] = {
-            "flows": [{"type": f.flow, "variant": f.variant, "consistent": f.consistent,
-                       "packets": dict(f.counts)} for f in observed.flows],
-            "unexpected": [{"rule": ref, "text": text, "packets": packets}
-                           for ref, text, packets in observed.unexpected],
+            "flows": [
+                {"type": f.flow, "variant": f.variant, "consistent": f.consistent, "packets": dict(f.counts)}
+                for f in observed.flows
+            ],
+            "unexpected": [
+                {"rule": ref, "text": text, "packets": packets} for ref, text, packets in observed.unexpected
+            ],
         }
     return result
 
@@ -158,17 +161,30 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
     if report.error is not None:
         data["error"] = {"message": report.error, "exit_code": report.error_code}
     if report.listeners is not None:
-        data["listeners"] = [{"name": listener.name, "address": listener.address, "port": listener.port,
-                              "binds": listener.binds} for listener in report.listeners]
+        data["listeners"] = [
+            {"name": listener.name, "address": listener.address, "port": listener.port, "binds": listener.binds}
+            for listener in report.listeners
+        ]
     if report.explanation is not None:
         data.update(explanation_data(report.explanation, report.ruleset))
     if report.probe is not None:
-        data["probe"] = [{"type": p.flow, "variant": p.variant, "sent": p.sent, "observed": list(p.observed),
-                          "predicted": list(p.predicted), "matches": p.matches, "error": p.error}
-                         for p in report.probe]
+        data["probe"] = [
+            {
+                "type": p.flow,
+                "variant": p.variant,
+                "sent": p.sent,
+                "observed": list(p.observed),
+                "predicted": list(p.predicted),
+                "matches": p.matches,
+                "error": p.error,
+            }
+            for p in report.probe
+        ]
     if report.second is not None and report.second_ruleset is not None:
-        data["second_family"] = {"family": report.second_ruleset.family.value,
-                                 **explanation_data(report.second, report.second_ruleset)}
+        data["second_family"] = {
+            "family": report.second_ruleset.family.value,
+            **explanation_data(report.second, report.second_ruleset),
+        }
     return data
 
 
@@ -177,5 +193,4 @@ def verify_data(report: VerifyReport) -> dict[str, Any]:
     summary: dict[str, int] = {"pods": len(report.pods)}
     for pod in report.pods:
         summary[pod.status] = summary.get(pod.status, 0) + 1
-    return {"pods": [pod_report_data(p) for p in report.pods], "summary": summary,
-            "exit_code": int(report.exit_code)}
+    return {"pods": [pod_report_data(p) for p in report.pods], "summary": summary, "exit_code": int(report.exit_code)}

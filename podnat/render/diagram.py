@@ -120,8 +120,11 @@ def build_diagram(expl: Explanation, title: str) -> Diagram:
             (inbound if hooks.get(node) in INBOUND_HOOKS else outbound).append(node)
     entered = {int(n[9:]) for n in visited if n.startswith("listener:")}
     if ztunnel:  # no Envoy: ztunnel's in-pod sockets, as the flows enter them
-        middle = ["app", *(f"listener:{port}" for port in sorted(entered)),
-                  *(n for n in ("proxy", "admin") if n in visited)]
+        middle = [
+            "app",
+            *(f"listener:{port}" for port in sorted(entered)),
+            *(n for n in ("proxy", "admin") if n in visited),
+        ]
     else:
         middle = ["app", "listener:15006", "listener:15001", "listener:15090", "proxy", "admin"]
         middle += [f"listener:{port}" for port in sorted(entered) if f"listener:{port}" not in middle]
@@ -135,8 +138,18 @@ def build_diagram(expl: Explanation, title: str) -> Diagram:
     nodes = [*inbound, *outbound, *middle, *left, *right]
     proxy = "ztunnel" if ztunnel else "Envoy"
     own = tuple(sorted((a for a in pod if not a.is_loopback), key=lambda a: (a.version, int(a))))
-    return Diagram(title, proxy, own, tuple(inbound), tuple(outbound), tuple(middle), tuple(left), tuple(right), panels,
-                   {node: node_caption(expl, node, proxy) for node in nodes})
+    return Diagram(
+        title,
+        proxy,
+        own,
+        tuple(inbound),
+        tuple(outbound),
+        tuple(middle),
+        tuple(left),
+        tuple(right),
+        panels,
+        {node: node_caption(expl, node, proxy) for node in nodes},
+    )
 
 
 def _panel(report: FlowReport, pod: frozenset[IPAddress], expl: Explanation) -> Panel:
@@ -206,8 +219,11 @@ def trace_stops(trace: FlowTrace, pod: frozenset[IPAddress]) -> tuple[Stop, ...]
         visits = list(chain_visits(leg))
         for chain, numbers in visits:
             stops.append(Stop(f"chain:{chain}", numbers, index))
-        if leg.actor is Actor.REMOTE and _reaches_a_local_socket(trace, leg, last, pod) \
-                and "INPUT" not in (chain for chain, _ in visits):
+        if (
+            leg.actor is Actor.REMOTE
+            and _reaches_a_local_socket(trace, leg, last, pod)
+            and "INPUT" not in (chain for chain, _ in visits)
+        ):
             # nat INPUT runs for the first packet delivered to a local socket (no rule: the chain is empty).
             stops.append(Stop("chain:INPUT", (), index))
         if index < len(trace.proxy_ports):
@@ -295,8 +311,9 @@ def _socket_node(trace: FlowTrace, where: Endpoint, pod: frozenset[IPAddress]) -
 
 def _peer_role(trace: FlowTrace, where: Endpoint) -> str:
     if where.address == trace.spec.destination.address:
-        return {FlowType.SIDECAR_TO_ISTIOD: "istiod", FlowType.DNS: "dns",
-                FlowType.LOCAL_TO_LOCAL: "service"}.get(trace.type, "remote")
+        return {FlowType.SIDECAR_TO_ISTIOD: "istiod", FlowType.DNS: "dns", FlowType.LOCAL_TO_LOCAL: "service"}.get(
+            trace.type, "remote"
+        )
     return f"other-{where.address}"
 
 
@@ -333,8 +350,14 @@ def status_word(report: FlowReport) -> str:
 
 
 def _proxy_note(expl: Explanation) -> str:
-    uids = sorted({leg.identity.uid for r in expl.flows for leg in r.live.legs
-                   if leg.actor is Actor.PROXY and leg.identity is not None})
+    uids = sorted(
+        {
+            leg.identity.uid
+            for r in expl.flows
+            for leg in r.live.legs
+            if leg.actor is Actor.PROXY and leg.identity is not None
+        }
+    )
     return f"uid {uids[0]}" if uids else "connections"
 
 
@@ -357,13 +380,23 @@ def node_caption(expl: Explanation, node: str, proxy: str = "Envoy") -> tuple[st
         return f":{key}", "nothing listens"
     if kind == "peer":
         return _peer_names(expl, key)
-    return {"app": ("app", _app_note(expl)), "proxy": ("Envoy upstream", _proxy_note(expl)),
-            "admin": ("admin 15000", "Envoy's admin"), "agent": ("pilot-agent", "15020, 15053")}[node]
+    return {
+        "app": ("app", _app_note(expl)),
+        "proxy": ("Envoy upstream", _proxy_note(expl)),
+        "admin": ("admin 15000", "Envoy's admin"),
+        "agent": ("pilot-agent", "15020, 15053"),
+    }[node]
 
 
 def _app_note(expl: Explanation) -> str:
-    uids = sorted({leg.identity.uid for r in expl.flows for leg in r.live.legs[:1]
-                   if r.spec.actor is Actor.APP and leg.identity is not None})
+    uids = sorted(
+        {
+            leg.identity.uid
+            for r in expl.flows
+            for leg in r.live.legs[:1]
+            if r.spec.actor is Actor.APP and leg.identity is not None
+        }
+    )
     return f"uid {uids[0]}" if uids else "container"
 
 

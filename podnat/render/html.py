@@ -25,8 +25,14 @@ STATUS_ORDER = ("broken", "drift", "error", "unknown", "ok", "skipped")
 POD_MARK = {"ok": "✓", "drift": "✗", "broken": "✗", "error": "⚠", "unknown": "?", "skipped": "–"}
 FLOW_MARK = {FlowStatus.OK: "✓", FlowStatus.DRIFT: "✗", FlowStatus.BROKEN: "✗", FlowStatus.UNKNOWN: "?"}
 # text colour per status, each >= 4.5:1 on white and on the row highlight (#eef4fb)
-STATUS_COLOURS = {"ok": "#1d6b35", "drift": "#8a4500", "broken": "#b71c1c", "error": "#b71c1c",
-                  "unknown": "#6a1b9a", "skipped": "#555555"}
+STATUS_COLOURS = {
+    "ok": "#1d6b35",
+    "drift": "#8a4500",
+    "broken": "#b71c1c",
+    "error": "#b71c1c",
+    "unknown": "#6a1b9a",
+    "skipped": "#555555",
+}
 CSS = """
 :root { --ink: #1a1a1a; --muted: #555555; --line: #c8c8c8; --focus: #0b57d0; }
 * { box-sizing: border-box; }
@@ -166,23 +172,39 @@ def verify_html(report: VerifyReport, title: str = "podnat verify", open_all: bo
         counts[pod.status] = counts.get(pod.status, 0) + 1
     namespaces = sorted({pod.ref.namespace for pod in report.pods})
     statuses = [s for s in STATUS_ORDER if s in counts]
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{escape(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
-             "<header>", f"<h1>{escape(title)}</h1>",
-             f'<ul class="counts" aria-label="pods by status"><li><b>{len(report.pods)}</b> pods, '
-             f"exit code <b>{int(report.exit_code)}</b></li>"
-             + "".join(f'<li><button type="button" class="s-{s}" data-status="{s}" aria-pressed="false" '
-                       f'title="show only {s} pods">{POD_MARK[s]} <b>{counts[s]}</b> {s}</button></li>'
-                       for s in statuses) + "</ul>",
-             '<form class="filters" role="search" onsubmit="return false">',
-             '<label>search <input id="search" type="search" placeholder="pod, namespace, rule, message"></label>',
-             '<label>namespace <select id="namespace"><option value="">all</option>'
-             + "".join(f'<option value="{escape(n)}">{escape(n)}</option>' for n in namespaces) + "</select></label>",
-             '<label>status <select id="status"><option value="">all</option>'
-             + "".join(f'<option value="{s}">{POD_MARK[s]} {s}</option>' for s in statuses) + "</select></label>",
-             f'<span id="shown" aria-live="polite">{len(report.pods)} of {len(report.pods)} pods shown</span>',
-             "</form>", "</header>", "<main>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title>",
+        f"<style>{CSS}</style>",
+        "</head>",
+        "<body>",
+        "<header>",
+        f"<h1>{escape(title)}</h1>",
+        f'<ul class="counts" aria-label="pods by status"><li><b>{len(report.pods)}</b> pods, '
+        f"exit code <b>{int(report.exit_code)}</b></li>"
+        + "".join(
+            f'<li><button type="button" class="s-{s}" data-status="{s}" aria-pressed="false" '
+            f'title="show only {s} pods">{POD_MARK[s]} <b>{counts[s]}</b> {s}</button></li>'
+            for s in statuses
+        )
+        + "</ul>",
+        '<form class="filters" role="search" onsubmit="return false">',
+        '<label>search <input id="search" type="search" placeholder="pod, namespace, rule, message"></label>',
+        '<label>namespace <select id="namespace"><option value="">all</option>'
+        + "".join(f'<option value="{escape(n)}">{escape(n)}</option>' for n in namespaces)
+        + "</select></label>",
+        '<label>status <select id="status"><option value="">all</option>'
+        + "".join(f'<option value="{s}">{POD_MARK[s]} {s}</option>' for s in statuses)
+        + "</select></label>",
+        f'<span id="shown" aria-live="polite">{len(report.pods)} of {len(report.pods)} pods shown</span>',
+        "</form>",
+        "</header>",
+        "<main>",
+    ]
     for pod in report.pods:
         parts += _pod_section(pod, open_all)
     parts += ["</main>", f"<script>{SCRIPT}</script>", "</body>", "</html>"]
@@ -191,15 +213,21 @@ def verify_html(report: VerifyReport, title: str = "podnat verify", open_all: bo
 
 def pod_html(report: PodReport, title: str | None = None) -> str:
     """`inspect --html` (and `explain --html`): the same page for one pod, opened."""
-    return verify_html(VerifyReport((report,)), title or f"podnat inspect {report.ref.namespace}/{report.ref.name}",
-                       open_all=True)
+    return verify_html(
+        VerifyReport((report,)), title or f"podnat inspect {report.ref.namespace}/{report.ref.name}", open_all=True
+    )
 
 
 def _path_cell(text: str) -> str:
     """A path for a table cell: it may wrap before an arrow, never inside a rule or `Envoy 15001`."""
-    return (escape(text).replace(" → ", " →&nbsp;").replace(" ⇒ ", " ⇒&nbsp;")
-            .replace("Envoy ", "Envoy&nbsp;").replace("ztunnel ", "ztunnel&nbsp;")
-            .replace("(no rule)", "(no&nbsp;rule)"))
+    return (
+        escape(text)
+        .replace(" → ", " →&nbsp;")
+        .replace(" ⇒ ", " ⇒&nbsp;")
+        .replace("Envoy ", "Envoy&nbsp;")
+        .replace("ztunnel ", "ztunnel&nbsp;")
+        .replace("(no rule)", "(no&nbsp;rule)")
+    )
 
 
 def pod_anchor(pod: PodReport) -> str:
@@ -222,7 +250,8 @@ def _marks(expl: Explanation) -> str:
     return " ".join(
         f'<span class="s-{status.value}" title="type {int(flow_type)}: {status.value}">'
         f"{int(flow_type)}{FLOW_MARK[status]}</span>"
-        for flow_type, status in sorted(flow_types(expl.flows).items()))
+        for flow_type, status in sorted(flow_types(expl.flows).items())
+    )
 
 
 def _search_text(pod: PodReport) -> str:
@@ -241,14 +270,21 @@ def _pod_section(pod: PodReport, open_all: bool) -> list[str]:
     name = f"{pod.ref.namespace}/{pod.ref.name}"
     marks = f'<span class="marks" aria-label="flows">{_marks(pod.explanation)}</span>' if pod.explanation else ""
     why = _why(pod)
-    out = [f'<details class="pod" id="{anchor}" data-namespace="{escape(pod.ref.namespace)}" '
-           f'data-status="{pod.status}" data-search="{escape(_search_text(pod))}"{" open" if open_all else ""}>',
-           f'<summary><span class="status s-{pod.status}">{POD_MARK[pod.status]} {pod.status}</span> '
-           f"<h2>{escape(name)}</h2>{marks}"
-           + (f'<span class="why">{escape(why)}</span>' if why else "") + "</summary>",
-           '<div class="pod-body">', '<dl class="facts">']
-    facts = [("node", pod.node), ("pod IP", pod.pod_ip), ("Istio", pod.istio_version),
-             ("capture", pod.capture_mode or pod.mesh), *((f"{k} from", v) for k, v in pod.sources.items())]
+    out = [
+        f'<details class="pod" id="{anchor}" data-namespace="{escape(pod.ref.namespace)}" '
+        f'data-status="{pod.status}" data-search="{escape(_search_text(pod))}"{" open" if open_all else ""}>',
+        f'<summary><span class="status s-{pod.status}">{POD_MARK[pod.status]} {pod.status}</span> '
+        f"<h2>{escape(name)}</h2>{marks}" + (f'<span class="why">{escape(why)}</span>' if why else "") + "</summary>",
+        '<div class="pod-body">',
+        '<dl class="facts">',
+    ]
+    facts = [
+        ("node", pod.node),
+        ("pod IP", pod.pod_ip),
+        ("Istio", pod.istio_version),
+        ("capture", pod.capture_mode or pod.mesh),
+        *((f"{k} from", v) for k, v in pod.sources.items()),
+    ]
     if pod.listeners is not None:
         bound = ", ".join(f"{item.port} ({item.name})" for item in pod.listeners if item.binds)
         facts.append(("listeners", bound or "none"))
@@ -278,21 +314,28 @@ def inline_svg(svg: str) -> str:
 
 def _flows_table(expl: Explanation, diagram: Diagram, prefix: str) -> list[str]:
     with_intent = expl.diff is not None
-    head = ('<tr><th scope="col">type</th><th scope="col">flow (click for its picture)</th>'
-            '<th scope="col">path (rules ⇒ Envoy ports ⇒ end)</th>')
-    head += '<th scope="col">expected</th><th scope="col">status</th></tr>' if with_intent \
+    head = (
+        '<tr><th scope="col">type</th><th scope="col">flow (click for its picture)</th>'
+        '<th scope="col">path (rules ⇒ Envoy ports ⇒ end)</th>'
+    )
+    head += (
+        '<th scope="col">expected</th><th scope="col">status</th></tr>'
+        if with_intent
         else '<th scope="col">outcome</th></tr>'
+    )
     rows = ["<table>", f"<caption hidden>flows of {escape(diagram.title)}</caption>", head]
     views = []
     for index, report in enumerate(expl.flows):
         flow = flow_id(report)
         row_id, view_id = f"{prefix}-flow-{flow}", f"{prefix}-view-{flow}"
         colour = FLOW_COLOURS.get(report.spec.type, "#555555")
-        cells = [f'<td><span class="swatch" style="background:{colour}" aria-hidden="true"></span>'
-                 f"{int(report.spec.type)}</td>",
-                 f'<td><button type="button" aria-expanded="false" aria-controls="{view_id}">'
-                 f"{escape(report.spec.name)}</button></td>",
-                 f'<td class="path">{_path_cell(path_summary(report.live))}</td>']
+        cells = [
+            f'<td><span class="swatch" style="background:{colour}" aria-hidden="true"></span>'
+            f"{int(report.spec.type)}</td>",
+            f'<td><button type="button" aria-expanded="false" aria-controls="{view_id}">'
+            f"{escape(report.spec.name)}</button></td>",
+            f'<td class="path">{_path_cell(path_summary(report.live))}</td>',
+        ]
         if with_intent:
             cells.append(f'<td class="path">{_path_cell(_expected(report))}</td>')
             cells.append(f'<td class="status s-{report.status.value}">{escape(status_word(report))}</td>')
@@ -300,8 +343,10 @@ def _flows_table(expl: Explanation, diagram: Diagram, prefix: str) -> list[str]:
             css = "broken" if report.status in FAILING else "ok"
             mark = "✗" if report.status in FAILING else "✓"
             cells.append(f'<td class="status s-{css}">{mark} {escape(report.live.outcome.value)}</td>')
-        rows.append(f'<tr class="flow-row" id="{row_id}" data-flow="{flow}" data-status="{report.status.value}" '
-                    f'data-view="{view_id}">' + "".join(cells) + "</tr>")
+        rows.append(
+            f'<tr class="flow-row" id="{row_id}" data-flow="{flow}" data-status="{report.status.value}" '
+            f'data-view="{view_id}">' + "".join(cells) + "</tr>"
+        )
         views.append(_flow_view(report, diagram, index, view_id, prefix))
     rows.append("</table>")
     return rows + views
@@ -309,8 +354,13 @@ def _flows_table(expl: Explanation, diagram: Diagram, prefix: str) -> list[str]:
 
 def _flow_view(report: FlowReport, diagram: Diagram, index: int, view_id: str, prefix: str) -> str:
     picture = inline_svg(panel_svg(diagram, index, id_prefix=f"{prefix}-svg-"))
-    parts = [f'<section class="flow-view" id="{view_id}" data-flow="{flow_id(report)}" hidden '
-             f'aria-label="{escape(report.spec.name)}">', picture, "<h3>Rules it takes</h3>", _rules(report.live)]
+    parts = [
+        f'<section class="flow-view" id="{view_id}" data-flow="{flow_id(report)}" hidden '
+        f'aria-label="{escape(report.spec.name)}">',
+        picture,
+        "<h3>Rules it takes</h3>",
+        _rules(report.live),
+    ]
     if report.expected is not None and report.status is not FlowStatus.OK:
         parts += ["<h3>Rules Istio meant it to take</h3>", _rules(report.expected)]
     parts.append(f"<p>{escape(report.live.reason)}</p></section>")
@@ -321,10 +371,12 @@ def _rules(trace: FlowTrace) -> str:
     items = []
     for number, leg in enumerate(trace.legs, start=1):
         for rule in leg.hits:
-            items.append(f'<li>leg {number}: <code class="ref">{escape(rule.ref)}</code> '
-                         f'<code class="rule">{escape(rule.text)}</code>'
-                         f'<button type="button" class="copy" data-copy="{escape(rule.text)}" '
-                         f'aria-label="copy the rule {escape(rule.ref)}">copy</button></li>')
+            items.append(
+                f'<li>leg {number}: <code class="ref">{escape(rule.ref)}</code> '
+                f'<code class="rule">{escape(rule.text)}</code>'
+                f'<button type="button" class="copy" data-copy="{escape(rule.text)}" '
+                f'aria-label="copy the rule {escape(rule.ref)}">copy</button></li>'
+            )
     if not items:
         return "<p>no rule: every chain it crossed let it through by its policy</p>"
     return '<ol class="rules">' + "".join(items) + "</ol>"
@@ -344,10 +396,14 @@ def _findings(expl: Explanation) -> list[str]:
         css = {"error": "broken", "warning": "unknown"}.get(finding.severity, "skipped")
         mark = {"error": "✗", "warning": "?"}.get(finding.severity, "·")
         rules = f" ({', '.join(finding.rules)})" if finding.rules else ""
-        out.append(f'<li><span class="status s-{css}">{mark} {escape(finding.severity)}</span> '
-                   f"{escape(finding.message)}{escape(rules)}</li>")
+        out.append(
+            f'<li><span class="status s-{css}">{mark} {escape(finding.severity)}</span> '
+            f"{escape(finding.message)}{escape(rules)}</li>"
+        )
     for shadowed in expl.shadowed:
-        out.append(f'<li><span class="status s-skipped">– shadowed</span> {escape(shadowed.rule.ref)} '
-                   f"<code>{escape(shadowed.rule.text)}</code>: {escape(shadowed.reason)}</li>")
+        out.append(
+            f'<li><span class="status s-skipped">– shadowed</span> {escape(shadowed.rule.ref)} '
+            f"<code>{escape(shadowed.rule.text)}</code>: {escape(shadowed.reason)}</li>"
+        )
     out.append("</ul>")
     return out

@@ -25,8 +25,9 @@ def verify_junit(report: VerifyReport) -> str:
             continue
         worst = flow_types(pod.explanation.flows)
         for flow_type, status in sorted(worst.items()):
-            case = ET.SubElement(suite, "testcase", classname=str(pod.ref),
-                                 name=f"type {int(flow_type)}: {FLOW_TITLES[flow_type]}")
+            case = ET.SubElement(
+                suite, "testcase", classname=str(pod.ref), name=f"type {int(flow_type)}: {FLOW_TITLES[flow_type]}"
+            )
             if status in (FlowStatus.DRIFT, FlowStatus.BROKEN):
                 messages = [f.message for f in pod.explanation.findings if int(flow_type) in f.flow_types]
                 summary = f"{status.value}: " + (messages[0] if messages else "")

@@ -41,8 +41,10 @@ def diagram_mermaid(expl: Explanation, title: str = "") -> str:
         routes = [panel.live] + ([panel.expected] if panel.expected is not None else [])
         nodes = list(dict.fromkeys(stop.node for route in routes for stop in route))
         changed = _changed_node(panel)
-        lines.append(f'  subgraph flow_{node_id(panel.flow)}["{label(flow_label(panel.report))}: '
-                     f'{label(status_word(panel.report))}"]')
+        lines.append(
+            f'  subgraph flow_{node_id(panel.flow)}["{label(flow_label(panel.report))}: '
+            f'{label(status_word(panel.report))}"]'
+        )
         for node in nodes:
             title_, note = diagram.captions[node]
             text = label(f"{title_} {note}".strip() if note and not node.startswith("chain:") else title_)

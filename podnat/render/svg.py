@@ -36,8 +36,18 @@ from podnat.render.diagram import (
     status_word,
 )
 
-__all__ = ["BAD", "FAILING", "FLOW_COLOURS", "diagram_svg", "flow_stops", "node_caption", "panel_svg",
-           "path_summary", "pod_addresses", "status_word"]
+__all__ = [
+    "BAD",
+    "FAILING",
+    "FLOW_COLOURS",
+    "diagram_svg",
+    "flow_stops",
+    "node_caption",
+    "panel_svg",
+    "path_summary",
+    "pod_addresses",
+    "status_word",
+]
 
 SANS = "DejaVu Sans, sans-serif"
 MONO = "DejaVu Sans Mono, monospace"
@@ -129,8 +139,10 @@ def _grid(diagram: Diagram) -> _Grid:
         cells[node] = free.pop() if free else (2 + row % 2, row)
         row += 1
     rows = max(row for _, row in cells.values()) + 1
-    boxes = {node: _Box(node, col, row, col_x[col], HEAD + GUTTER + row * (BOX_H + GUTTER), COLUMNS[col], BOX_H)
-             for node, (col, row) in cells.items()}
+    boxes = {
+        node: _Box(node, col, row, col_x[col], HEAD + GUTTER + row * (BOX_H + GUTTER), COLUMNS[col], BOX_H)
+        for node, (col, row) in cells.items()
+    }
     width = col_x[-1] + COLUMNS[-1] + PAD
     return _Grid(boxes, tuple(col_x), rows, width, HEAD + GUTTER + rows * (BOX_H + GUTTER))
 
@@ -144,18 +156,43 @@ def _n(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def _text(x: float, y: float, content: str, size: float = 12, *, anchor: str = "start",
-          weight: str = "normal", fill: str = INK, family: str = SANS, extra: str = "") -> str:
+def _text(
+    x: float,
+    y: float,
+    content: str,
+    size: float = 12,
+    *,
+    anchor: str = "start",
+    weight: str = "normal",
+    fill: str = INK,
+    family: str = SANS,
+    extra: str = "",
+) -> str:
     bold = ' font-weight="bold"' if weight == "bold" else ""
-    return (f'<text x="{_n(x)}" y="{_n(y)}" font-family="{family}" font-size="{_n(size)}" '
-            f'text-anchor="{anchor}" fill="{fill}"{bold}{extra}>{escape(content)}</text>')
+    return (
+        f'<text x="{_n(x)}" y="{_n(y)}" font-family="{family}" font-size="{_n(size)}" '
+        f'text-anchor="{anchor}" fill="{fill}"{bold}{extra}>{escape(content)}</text>'
+    )
 
 
-def _rect(x: float, y: float, w: float, h: float, fill: str, stroke: str, *, radius: float = 6,
-          width: float = 1.2, dash: str = "", extra: str = "") -> str:
+def _rect(
+    x: float,
+    y: float,
+    w: float,
+    h: float,
+    fill: str,
+    stroke: str,
+    *,
+    radius: float = 6,
+    width: float = 1.2,
+    dash: str = "",
+    extra: str = "",
+) -> str:
     dashed = f' stroke-dasharray="{dash}"' if dash else ""
-    return (f'<rect x="{_n(x)}" y="{_n(y)}" width="{_n(w)}" height="{_n(h)}" rx="{_n(radius)}" '
-            f'fill="{fill}" stroke="{stroke}" stroke-width="{_n(width)}"{dashed}{extra}/>')
+    return (
+        f'<rect x="{_n(x)}" y="{_n(y)}" width="{_n(w)}" height="{_n(h)}" rx="{_n(radius)}" '
+        f'fill="{fill}" stroke="{stroke}" stroke-width="{_n(width)}"{dashed}{extra}/>'
+    )
 
 
 def wrap_path(text: str, width: int) -> list[str]:
@@ -236,13 +273,15 @@ def _arrow(grid: _Grid, points: list[tuple[float, float]], stop: Stop, side: int
     return f'<polygon points="{_points(shape)}" fill="{colour}"/>'
 
 
-def _route(grid: _Grid, stops: tuple[Stop, ...], colour: str, expected: bool,
-           changed: str | None) -> list[str]:
+def _route(grid: _Grid, stops: tuple[Stop, ...], colour: str, expected: bool, changed: str | None) -> list[str]:
     legs = max((stop.leg for stop in stops), default=0) + 1
     kind = "expected" if expected else "live"
     out = [f'<g class="route {kind}">']
-    style = (f'stroke="{colour}" stroke-width="2" stroke-dasharray="2 4" stroke-linecap="round"' if expected
-             else f'stroke="{colour}" stroke-width="3"')
+    style = (
+        f'stroke="{colour}" stroke-width="2" stroke-dasharray="2 4" stroke-linecap="round"'
+        if expected
+        else f'stroke="{colour}" stroke-width="3"'
+    )
     arrows = []
     for a, b in pairwise(stops):
         points, side = _hop(grid, a, b, legs, expected)
@@ -255,8 +294,17 @@ def _route(grid: _Grid, stops: tuple[Stop, ...], colour: str, expected: bool,
         x, y = _anchor(grid, stop, legs, expected)
         refs = stop.refs
         if not refs:
-            out.append(_text(x, y + 4, "policy", 9, anchor="middle", fill=colour,
-                             extra=' stroke="#ffffff" stroke-width="3" paint-order="stroke"'))
+            out.append(
+                _text(
+                    x,
+                    y + 4,
+                    "policy",
+                    9,
+                    anchor="middle",
+                    fill=colour,
+                    extra=' stroke="#ffffff" stroke-width="3" paint-order="stroke"',
+                )
+            )
             continue
         for index, (number, ref) in enumerate(zip(stop.rules, refs, strict=True)):
             bx = x + (index - (len(refs) - 1) / 2) * 22
@@ -264,13 +312,17 @@ def _route(grid: _Grid, stops: tuple[Stop, ...], colour: str, expected: bool,
             fill, ink = ("#ffffff", colour) if expected else (colour, "#ffffff")
             ring = ""
             if ref == changed:
-                ring = _rect(bx - w / 2 - 4, y - 12, w + 8, 20, "none", BAD, radius=9, width=2.5,
-                             extra=' class="changed-ring"')
-            out.append(f'<g class="rule{" changed" if ref == changed else ""}" data-rule="{escape(ref)}">'
-                       f"<title>{escape(ref)}</title>"
-                       + _rect(bx - w / 2, y - 8, w, 13, fill, colour, radius=4, width=1.2)
-                       + _text(bx, y + 2.5, number, 10, anchor="middle", weight="bold", fill=ink, family=MONO)
-                       + ring + "</g>")
+                ring = _rect(
+                    bx - w / 2 - 4, y - 12, w + 8, 20, "none", BAD, radius=9, width=2.5, extra=' class="changed-ring"'
+                )
+            out.append(
+                f'<g class="rule{" changed" if ref == changed else ""}" data-rule="{escape(ref)}">'
+                f"<title>{escape(ref)}</title>"
+                + _rect(bx - w / 2, y - 8, w, 13, fill, colour, radius=4, width=1.2)
+                + _text(bx, y + 2.5, number, 10, anchor="middle", weight="bold", fill=ink, family=MONO)
+                + ring
+                + "</g>"
+            )
     out.append("</g>")
     return out
 
@@ -303,8 +355,9 @@ def _skeleton(diagram: Diagram, grid: _Grid, strong: set[str], colour: str, end:
     if chains:
         for col, label in ((1, "inbound chains"), (4, "outbound chains")):
             if any(b.col == col for b in chains):
-                out.append(_text(grid.col_x[col] + COLUMNS[col] / 2, HEAD + 16, label, 10, anchor="middle",
-                                 fill=FAINT_TEXT))
+                out.append(
+                    _text(grid.col_x[col] + COLUMNS[col] / 2, HEAD + 16, label, 10, anchor="middle", fill=FAINT_TEXT)
+                )
     for node, box in grid.boxes.items():
         visited = node in strong
         void = node.startswith("void:")
@@ -312,9 +365,20 @@ def _skeleton(diagram: Diagram, grid: _Grid, strong: set[str], colour: str, end:
         fill = "#ffffff" if visited else ("#fdf0f0" if void else FAINT_FILL)
         width = 3 if node == end else 2 if visited else 1
         radius = 4 if node.startswith("chain:") else 12 if node.startswith("peer:") else 7
-        out.append(_rect(box.x, box.y, box.w, box.h, fill, stroke, radius=radius, width=width,
-                         dash="5 3" if void else "", extra=f' class="node{" visited" if visited else ""}" '
-                                                           f'data-node="{escape(node)}"'))
+        out.append(
+            _rect(
+                box.x,
+                box.y,
+                box.w,
+                box.h,
+                fill,
+                stroke,
+                radius=radius,
+                width=width,
+                dash="5 3" if void else "",
+                extra=f' class="node{" visited" if visited else ""}" data-node="{escape(node)}"',
+            )
+        )
     return out
 
 
@@ -329,16 +393,30 @@ def _labels(diagram: Diagram, grid: _Grid, strong: set[str]) -> list[str]:
         if node.startswith("chain:"):
             table, _, chain = title.rpartition("/")
             size = 10.5 if len(chain) <= 17 else 9
-            out.append(_text(box.cx, box.y + 14, chain, size, anchor="middle", weight="bold", fill=fill,
-                             family=MONO, extra=halo))
+            out.append(
+                _text(
+                    box.cx, box.y + 14, chain, size, anchor="middle", weight="bold", fill=fill, family=MONO, extra=halo
+                )
+            )
             if table:
                 out.append(_text(box.x + 4, box.y - 3, table, 8.5, fill=FAINT_TEXT, family=MONO))
             continue
-        out.append(_text(box.cx, box.y + 15, title, 11.5, anchor="middle", weight="bold",
-                         fill=BAD if node.startswith("void:") else fill, extra=halo))
+        out.append(
+            _text(
+                box.cx,
+                box.y + 15,
+                title,
+                11.5,
+                anchor="middle",
+                weight="bold",
+                fill=BAD if node.startswith("void:") else fill,
+                extra=halo,
+            )
+        )
         if note:
-            out.append(_text(box.cx, box.y + 46, note, 9.5, anchor="middle", fill=fill if visited else FAINT_TEXT,
-                             extra=halo))
+            out.append(
+                _text(box.cx, box.y + 46, note, 9.5, anchor="middle", fill=fill if visited else FAINT_TEXT, extra=halo)
+            )
     return out
 
 
@@ -350,23 +428,43 @@ def _panel_body(diagram: Diagram, grid: _Grid, panel: Panel) -> tuple[list[str],
     end = panel.live[-1].node if panel.live else None
     out = [_rect(0, 0, grid.width, 10, "#ffffff", "none", radius=0, width=0)]  # replaced below (height)
     out.append(_text(PAD, 24, flow_label(report), 15, weight="bold"))
-    out.append(_text(grid.width - PAD, 24, status_word(report), 14, anchor="end", weight="bold",
-                     fill=BAD if panel.failing else "#1d6b35"))
+    out.append(
+        _text(
+            grid.width - PAD,
+            24,
+            status_word(report),
+            14,
+            anchor="end",
+            weight="bold",
+            fill=BAD if panel.failing else "#1d6b35",
+        )
+    )
     if panel.expected is not None:
-        out.append(_text(grid.width - PAD, 40, "solid: live path   dotted: what Istio meant", 10, anchor="end",
-                         fill="#555555"))
+        out.append(
+            _text(grid.width - PAD, 40, "solid: live path   dotted: what Istio meant", 10, anchor="end", fill="#555555")
+        )
     out += _skeleton(diagram, grid, strong, colour, end)
     changed = panel.change.ref if panel.change is not None else None
     if panel.expected is not None:
-        out += _route(grid, panel.expected, EXPECTED, True, changed if panel.change and
-                      panel.change.route == "expected" else None)
+        out += _route(
+            grid, panel.expected, EXPECTED, True, changed if panel.change and panel.change.route == "expected" else None
+        )
     out += _route(grid, panel.live, colour, False, changed if panel.change and panel.change.route == "live" else None)
     out += _labels(diagram, grid, strong)
     if panel.failing and end is not None:
         box = grid.boxes[end]
-        out.append(_text(box.x + box.w - 2, box.y + 4, "✗" if report.status is not FlowStatus.UNKNOWN else "?", 22,
-                         anchor="middle", weight="bold", fill=BAD,
-                         extra=' class="end-mark" stroke="#ffffff" stroke-width="3" paint-order="stroke"'))
+        out.append(
+            _text(
+                box.x + box.w - 2,
+                box.y + 4,
+                "✗" if report.status is not FlowStatus.UNKNOWN else "?",
+                22,
+                anchor="middle",
+                weight="bold",
+                fill=BAD,
+                extra=' class="end-mark" stroke="#ffffff" stroke-width="3" paint-order="stroke"',
+            )
+        )
     y = grid.bottom + 4
     chars = int((grid.width - 2 * PAD) / 6.6)
     lines = [(line, INK) for line in wrap_path("path: " + path_summary(report.live), chars)]
@@ -392,24 +490,30 @@ def _plain_wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-def _panel_group(diagram: Diagram, grid: _Grid, panel: Panel, x: float, y: float,
-                 id_prefix: str = "") -> tuple[list[str], float]:
+def _panel_group(
+    diagram: Diagram, grid: _Grid, panel: Panel, x: float, y: float, id_prefix: str = ""
+) -> tuple[list[str], float]:
     body, height = _panel_body(diagram, grid, panel)
     spec = panel.report.spec
     variant = f' data-variant="{escape(spec.variant)}"' if spec.variant else ""
-    head = (f'<g class="panel" id="{escape(id_prefix)}flow-{escape(panel.flow)}" data-flow="{escape(panel.flow)}" '
-            f'data-type="{int(spec.type)}"{variant} data-status="{panel.report.status.value}" '
-            f'transform="translate({_n(x)},{_n(y)})">')
+    head = (
+        f'<g class="panel" id="{escape(id_prefix)}flow-{escape(panel.flow)}" data-flow="{escape(panel.flow)}" '
+        f'data-type="{int(spec.type)}"{variant} data-status="{panel.report.status.value}" '
+        f'transform="translate({_n(x)},{_n(y)})">'
+    )
     title = f"<title>{escape(flow_label(panel.report))}: {escape(status_word(panel.report))}</title>"
     return [head, title, *body, "</g>"], height
 
 
 def _document(width: float, height: float, title: str, body: list[str]) -> str:
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_n(width)}" height="{_n(height)}" '
-           f'viewBox="0 0 {_n(width)} {_n(height)}" font-family="{SANS}" role="img">',
-           f"<title>{escape(title)}</title>",
-           f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#ffffff"/>',
-           *body, "</svg>"]
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_n(width)}" height="{_n(height)}" '
+        f'viewBox="0 0 {_n(width)} {_n(height)}" font-family="{SANS}" role="img">',
+        f"<title>{escape(title)}</title>",
+        f'<rect x="0" y="0" width="{_n(width)}" height="{_n(height)}" fill="#ffffff"/>',
+        *body,
+        "</svg>",
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -417,13 +521,16 @@ def diagram_svg(expl: Explanation, title: str, columns: int = 2) -> str:
     """Every flow's panel of a pod in one SVG document, `columns` panels a row, under a title line."""
     diagram = build_diagram(expl, title)
     grid = _grid(diagram)
-    body = [_text(PAD, 28, title, 18, weight="bold"),
-            _text(PAD + (grid.width + PANEL_GAP) * columns - PANEL_GAP, 28, _summary(expl), 13, anchor="end",
-                  fill="#444444")]
+    body = [
+        _text(PAD, 28, title, 18, weight="bold"),
+        _text(
+            PAD + (grid.width + PANEL_GAP) * columns - PANEL_GAP, 28, _summary(expl), 13, anchor="end", fill="#444444"
+        ),
+    ]
     y = 44.0
     for start in range(0, len(diagram.panels), columns):
         row_height = 0.0
-        for index, panel in enumerate(diagram.panels[start:start + columns]):
+        for index, panel in enumerate(diagram.panels[start : start + columns]):
             group, height = _panel_group(diagram, grid, panel, PAD + index * (grid.width + PANEL_GAP), y)
             body += group
             row_height = max(row_height, height)

@@ -53,8 +53,10 @@ def setup_problems(setup: str, pod: Mapping[str, Any], report: Mapping[str, Any]
 
     native_sidecar = PROXY in inits and inits[PROXY].get("restartPolicy") == "Always"
     if setup == "native-sidecars":
-        want(native_sidecar and PROXY not in containers,
-             "istio-proxy is not a native sidecar (an initContainer with restartPolicy: Always)")
+        want(
+            native_sidecar and PROXY not in containers,
+            "istio-proxy is not a native sidecar (an initContainer with restartPolicy: Always)",
+        )
     else:
         want(PROXY in containers and PROXY not in inits, "istio-proxy is not in `containers`")
     if setup == "cni":
@@ -65,22 +67,29 @@ def setup_problems(setup: str, pod: Mapping[str, Any], report: Mapping[str, Any]
         want("istio-validation" not in inits, "istio-validation is there: istio-cni is on")
     native_nft = "native nftables" in nat
     if setup == "nftables":
-        want(native_nft and nat.split(": ", 1)[-1].startswith("nft "),
-             f"the rules were not read from nft (native nftables): {nat or 'no nat source'}")
-        want(any(ref.startswith("istio-proxy-nat/") for ref in refs),
-             "table inet istio-proxy-nat is not in the rules the flows went through")
+        want(
+            native_nft and nat.split(": ", 1)[-1].startswith("nft "),
+            f"the rules were not read from nft (native nftables): {nat or 'no nat source'}",
+        )
+        want(
+            any(ref.startswith("istio-proxy-nat/") for ref in refs),
+            "table inet istio-proxy-nat is not in the rules the flows went through",
+        )
     else:
         want(not native_nft, f"the rules came from native nftables: {nat}")
         want(not any(ref.startswith("istio-proxy-") for ref in refs), "Istio's native nftables tables are in use")
     tproxy = annotations.get(INTERCEPTION) == "TPROXY"
     if setup == "tproxy":
         want(tproxy, f"the pod has no {INTERCEPTION}: TPROXY annotation")
-        want(any(ref.startswith("mangle/ISTIO_TPROXY:") for ref in refs),
-             "no flow goes through mangle ISTIO_TPROXY")
+        want(any(ref.startswith("mangle/ISTIO_TPROXY:") for ref in refs), "no flow goes through mangle ISTIO_TPROXY")
         routing = report.get("policy_routing") or {}
-        want(routing.get("fwmark_rule") is True and routing.get("local_route") is True,
-             f"the TPROXY policy route is not in place (ip rule fwmark / local route): {routing or 'not read'}")
+        want(
+            routing.get("fwmark_rule") is True and routing.get("local_route") is True,
+            f"the TPROXY policy route is not in place (ip rule fwmark / local route): {routing or 'not read'}",
+        )
     else:
-        want(not tproxy and not any(ref.startswith("mangle/ISTIO_TPROXY:") for ref in refs),
-             "the pod captures with TPROXY")
+        want(
+            not tproxy and not any(ref.startswith("mangle/ISTIO_TPROXY:") for ref in refs),
+            "the pod captures with TPROXY",
+        )
     return problems

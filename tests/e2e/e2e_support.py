@@ -251,9 +251,7 @@ class Cluster:
             time.sleep(2)
         raise AssertionError(f"ephemeral container {name} in {pod.metadata.name} is not running")
 
-    def _patch_ephemeral(
-        self, namespace: str, pod: Any, name: str, image: str, capabilities: Sequence[str]
-    ) -> None:
+    def _patch_ephemeral(self, namespace: str, pod: Any, name: str, image: str, capabilities: Sequence[str]) -> None:
         body = {
             "spec": {
                 "ephemeralContainers": [

@@ -35,19 +35,22 @@ def agents() -> list[Any]:
     return list(pods)
 
 
-
 def test_one_ready_agent_per_node(agents: list[Any]) -> None:
     cluster = Cluster()
     nodes = {n.metadata.name for n in cluster.core.list_node(_request_timeout=20).items}
-    ready = {p.spec.node_name for p in agents
-             if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])}
+    ready = {
+        p.spec.node_name
+        for p in agents
+        if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    }
     assert ready == nodes
 
 
 def test_verify_reads_through_the_agent_and_equals_the_debug_container(agents: list[Any]) -> None:
     via_agent = run_podnat("verify", "-n", BOOKINFO, "-o", "json", record="agent-verify").json()
-    via_debug = run_podnat("verify", "-n", BOOKINFO, "--source", "debug", "-o", "json",
-                           record="agent-verify-debug").json()
+    via_debug = run_podnat(
+        "verify", "-n", BOOKINFO, "--source", "debug", "-o", "json", record="agent-verify-debug"
+    ).json()
     assert via_agent["pods"], via_agent
     for pod in via_agent["pods"]:
         assert pod["sources"]["nat"].startswith("podnat agent "), pod["sources"]
@@ -61,7 +64,8 @@ def test_the_agent_serves_its_metrics_through_pods_proxy(agents: list[Any]) -> N
     cluster = Cluster()
     agent = agents[0]
     text = cluster.core.connect_get_namespaced_pod_proxy_with_path(
-        f"{agent.metadata.name}:9477", AGENT_NAMESPACE, "metrics", _request_timeout=30)
+        f"{agent.metadata.name}:9477", AGENT_NAMESPACE, "metrics", _request_timeout=30
+    )
     require(isinstance(text, str), "the client returned no text")
     assert re.search(r'^podnat_agent_pods\{state="mapped"\} [1-9]', text, re.M), text[:2000]
     assert "podnat_pod_status{" in text

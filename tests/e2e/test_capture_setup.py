@@ -23,17 +23,24 @@ RECORDED = DATA / "e2e"
 
 
 def recorded(mode: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    return (json.loads((RECORDED / f"lab-{mode}.pod.json").read_text()),
-            json.loads((RECORDED / f"lab-{mode}.inspect.json").read_text()))
+    return (
+        json.loads((RECORDED / f"lab-{mode}.pod.json").read_text()),
+        json.loads((RECORDED / f"lab-{mode}.inspect.json").read_text()),
+    )
 
 
 def injected(setup: str) -> dict[str, Any]:
     """A pod of Istio's injected `hello` Deployment as each setup's injection makes it."""
-    (deployment,) = [d for d in yaml.safe_load_all((DATA / "istio" / "pod-specs" / "hello.yaml.injected").read_text())
-                     if d]
+    (deployment,) = [
+        d for d in yaml.safe_load_all((DATA / "istio" / "pod-specs" / "hello.yaml.injected").read_text()) if d
+    ]
     template = copy.deepcopy(deployment["spec"]["template"])
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": "hello-1",
-                                                          "namespace": "default"}, "spec": template["spec"]}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {**template["metadata"], "name": "hello-1", "namespace": "default"},
+        "spec": template["spec"],
+    }
     spec, annotations = pod["spec"], pod["metadata"]["annotations"]
     if setup == "native-sidecars":
         return pod  # the golden is a native-sidecar injection
@@ -55,8 +62,13 @@ def injected(setup: str) -> dict[str, Any]:
 
 # podnat's report of each setup's pod: the recorded lab reports (cni and native sidecars program the
 # same REDIRECT iptables rules as redirect does).
-REPORT_OF = {"redirect": "redirect", "cni": "redirect", "native-sidecars": "redirect", "tproxy": "tproxy",
-             "nftables": "nftables"}
+REPORT_OF = {
+    "redirect": "redirect",
+    "cni": "redirect",
+    "native-sidecars": "redirect",
+    "tproxy": "tproxy",
+    "nftables": "nftables",
+}
 
 
 def cases() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
@@ -70,8 +82,9 @@ def cases() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
 
 
 @pytest.mark.parametrize(("name", "setup", "pod", "report"), cases(), ids=[c[0] for c in cases()])
-def test_each_pod_passes_its_own_setup_and_fails_every_other(name: str, setup: str, pod: dict[str, Any],
-                                                             report: dict[str, Any]) -> None:
+def test_each_pod_passes_its_own_setup_and_fails_every_other(
+    name: str, setup: str, pod: dict[str, Any], report: dict[str, Any]
+) -> None:
     assert setup_problems(setup, pod, report) == [], name
     for other in SETUPS:
         if other != setup:
@@ -95,20 +108,21 @@ def test_what_each_wrong_setup_is_told() -> None:
         "table inet istio-proxy-nat is not in the rules the flows went through",
     ]
     assert setup_problems("native-sidecars", pod, report) == [
-        "istio-proxy is not a native sidecar (an initContainer with restartPolicy: Always)"]
+        "istio-proxy is not a native sidecar (an initContainer with restartPolicy: Always)"
+    ]
     assert setup_problems("ambient", pod, report) == [
-        "E2E_SETUP='ambient' is not a capture setup: one of redirect, cni, nftables, tproxy, native-sidecars"]
+        "E2E_SETUP='ambient' is not a capture setup: one of redirect, cni, nftables, tproxy, native-sidecars"
+    ]
 
 
 def test_a_tproxy_pod_whose_policy_route_is_missing_fails() -> None:
     pod, report = recorded("tproxy")
     broken = {**report, "policy_routing": {**report["policy_routing"], "local_route": False}}
     assert setup_problems("tproxy", pod, broken) == [
-        "the TPROXY policy route is not in place (ip rule fwmark / local route): "
-        f"{broken['policy_routing']}"]
+        f"the TPROXY policy route is not in place (ip rule fwmark / local route): {broken['policy_routing']}"
+    ]
 
 
 def test_scratch_clones_get_the_jobs_capture_setting() -> None:
     assert template_annotations("tproxy") == {"sidecar.istio.io/interceptionMode": "TPROXY"}
     assert all(template_annotations(s) == {} for s in SETUPS if s != "tproxy")
-

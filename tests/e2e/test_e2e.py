@@ -101,8 +101,9 @@ def test_the_jobs_capture_setup_is_what_it_claims(cluster: Cluster) -> None:
     run = run_podnat("verify", "--namespace", BOOKINFO, "--debug-container", "-o", "json", record="setup-verify")
     assert run.returncode == 0, run.describe()
     pods = {p.metadata.name: cluster.pod_json(p) for p in cluster.running_pods(BOOKINFO)}
-    problems = {pod_name(r): setup_problems(setup, pods[pod_name(r)], r) for r in pod_reports(run.json())
-                if pod_name(r) in pods}
+    problems = {
+        pod_name(r): setup_problems(setup, pods[pod_name(r)], r) for r in pod_reports(run.json()) if pod_name(r) in pods
+    }
     assert set(problems) == set(pods), f"verify did not report every running pod: {sorted(problems)}"
     assert not any(problems.values()), f"E2E_SETUP={setup}, but: {problems}"
 
@@ -116,25 +117,42 @@ def test_podnat_runs_as_the_serviceaccount_bound_to_manifests_rbac(cluster: Clus
     kubeconfig = podnat_kubeconfig()
     if kubeconfig is None and not cluster.has_apps:
         pytest.skip("the lab has no RBAC: podnat uses the lab's token there")
-    require(kubeconfig is not None,
-            "PODNAT_E2E_KUBECONFIG is not set: the nightly runs podnat as a ServiceAccount (make e2e-sa-kubeconfig)")
+    require(
+        kubeconfig is not None,
+        "PODNAT_E2E_KUBECONFIG is not set: the nightly runs podnat as a ServiceAccount (make e2e-sa-kubeconfig)",
+    )
     from kubernetes import client, config
 
     api = config.new_client_from_config(config_file=kubeconfig)
     review = client.AuthenticationV1Api(api).create_self_subject_review(
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    )
     assert review.status.user_info.username == SERVICE_ACCOUNT
 
     def allowed(verb: str, resource: str, subresource: str = "") -> bool:
         attributes = {"namespace": BOOKINFO, "verb": verb, "resource": resource, "subresource": subresource}
-        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                "spec": {"resourceAttributes": attributes}}
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes},
+        }
         return bool(client.AuthorizationV1Api(api).create_self_subject_access_review(body).status.allowed)
 
-    granted = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "log"), ("create", "pods", "exec"),
-               ("get", "pods", "exec"), ("patch", "pods", "ephemeralcontainers")]
-    refused = [("delete", "pods", ""), ("create", "pods", ""), ("patch", "pods", ""), ("get", "secrets", ""),
-               ("list", "deployments", "")]
+    granted = [
+        ("get", "pods", ""),
+        ("list", "pods", ""),
+        ("get", "pods", "log"),
+        ("create", "pods", "exec"),
+        ("get", "pods", "exec"),
+        ("patch", "pods", "ephemeralcontainers"),
+    ]
+    refused = [
+        ("delete", "pods", ""),
+        ("create", "pods", ""),
+        ("patch", "pods", ""),
+        ("get", "secrets", ""),
+        ("list", "deployments", ""),
+    ]
     assert [g for g in granted if not allowed(*g)] == []
     assert [r for r in refused if allowed(*r)] == []
 
@@ -185,8 +203,7 @@ def test_inspect_shows_envoy_listeners_and_where_each_fact_came_from(cluster: Cl
     assert set(flows_by_type(report)) >= FLOW_TYPES
 
     page = html_page(f"inspect-{workload}")
-    table = run_podnat("inspect", pod, "--namespace", BOOKINFO, "--html", str(page),
-                       record=f"inspect-{workload}-table")
+    table = run_podnat("inspect", pod, "--namespace", BOOKINFO, "--html", str(page), record=f"inspect-{workload}-table")
     assert table.returncode == 0, table.describe()
     for port in sorted(ENVOY_PORTS):
         assert str(port) in table.stdout, f"the human report of {pod} does not show {port}"
@@ -194,9 +211,7 @@ def test_inspect_shows_envoy_listeners_and_where_each_fact_came_from(cluster: Cl
 
 
 def counters_of(pod: str, namespace: str, record: str) -> tuple[dict[str, Any], dict[str, int]]:
-    run = run_podnat(
-        "inspect", pod, "--namespace", namespace, "--debug-container", "-o", "json", record=record
-    )
+    run = run_podnat("inspect", pod, "--namespace", namespace, "--debug-container", "-o", "json", record=record)
     assert run.returncode == 0, run.describe()
     report = run.json()
     return report, rule_counters(report)
@@ -244,9 +259,7 @@ def test_real_traffic_counts_the_rules_podnat_predicted(cluster: Cluster) -> Non
 
 def test_declared_bypass_is_expected_not_drift(cluster: Cluster) -> None:
     if not cluster.has_apps:
-        pytest.skip(
-            "a declared bypass needs a Deployment rollout (apps/v1); this API server (the lab) has none"
-        )
+        pytest.skip("a declared bypass needs a Deployment rollout (apps/v1); this API server (the lab) has none")
     with workspace(cluster, "bypass", {"details-v1"}) as namespace:
         before = cluster.pod_per_workload(namespace)["details-v1"].metadata.name
         run = run_podnat("inspect", before, "--namespace", namespace, "-o", "json", record="bypass-before")
@@ -260,9 +273,7 @@ def test_declared_bypass_is_expected_not_drift(cluster: Cluster) -> None:
         assert after.metadata.name != before
         assert (after.metadata.annotations or {}).get(EXCLUDE_OUTBOUND_PORTS) == port
 
-        run = run_podnat(
-            "verify", "--namespace", namespace, "--debug-container", "-o", "json", record="bypass-verify"
-        )
+        run = run_podnat("verify", "--namespace", namespace, "--debug-container", "-o", "json", record="bypass-verify")
         assert run.returncode == 0, run.describe()
         report = report_for(run.json(), after.metadata.name)
         assert statuses(report) == dict.fromkeys(FLOW_TYPES, "ok")

@@ -42,9 +42,13 @@ MODELS = {
 }
 # not core Kubernetes (no client model): their own tools check them (the agent's PrometheusRule with
 # promtool in its tests, kustomize files by the agent's tests)
-NOT_KUBERNETES = {("install.istio.io/v1alpha1", "IstioOperator"), ("kind.x-k8s.io/v1alpha4", "Cluster"),
-                  ("kustomize.config.k8s.io/v1beta1", "Kustomization"), ("monitoring.coreos.com/v1", "PrometheusRule"),
-                  ("monitoring.coreos.com/v1", "ServiceMonitor")}
+NOT_KUBERNETES = {
+    ("install.istio.io/v1alpha1", "IstioOperator"),
+    ("kind.x-k8s.io/v1alpha4", "Cluster"),
+    ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+}
 BOOKINFO_WORKLOADS = {
     ("productpage", "v1"),
     ("details", "v1"),
@@ -200,9 +204,7 @@ def test_rbac_binding_examples_point_at_the_two_roles() -> None:
     refs = {(d["kind"], d["roleRef"]["name"]) for d in docs if d["kind"].endswith("Binding")}
     assert refs == {("ClusterRoleBinding", "podnat"), ("RoleBinding", "podnat-debug-container")}
     # the debug-container grant is namespaced: a RoleBinding, never cluster-wide
-    assert not any(
-        d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "podnat-debug-container" for d in docs
-    )
+    assert not any(d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "podnat-debug-container" for d in docs)
 
 
 def mk_variable(name: str) -> str:
@@ -405,7 +407,8 @@ def test_each_pinned_istio_release_has_its_own_checksum_pin() -> None:
     for role in ("newest", "older"):
         version = mk_variable(f"ISTIO_VERSION_{role}")
         assert re.search(rf"^ISTIOCTL_SHA256_{re.escape(version)} :=[ \t]*([0-9a-f]{{64}})?[ \t]*$", text, re.M), (
-            f"no ISTIOCTL_SHA256_{version} line (empty, or a sha256) in {E2E_MK}")
+            f"no ISTIOCTL_SHA256_{version} line (empty, or a sha256) in {E2E_MK}"
+        )
 
 
 def test_make_n_e2e_tools_sums_prints_the_lines_to_pin(tmp_path: Path) -> None:

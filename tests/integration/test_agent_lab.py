@@ -44,8 +44,9 @@ def _source(state: Any) -> Any:
 
 def _cli(state: Any, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KUBECONFIG": state.apiserver.kubeconfig, "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "podnat", *args], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "podnat", *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
 
 
 def _agent_get(state: Any, path: str) -> str:
@@ -55,19 +56,26 @@ def _agent_get(state: Any, path: str) -> str:
 
 
 def _cli_raw(state: Any, path: str) -> str:
-    return subprocess.run(["kubectl", "--kubeconfig", state.apiserver.kubeconfig, "get", "--raw", path],
-                          capture_output=True, text=True, check=True, timeout=60,
-                          env={**os.environ, "HOME": str(ROOT)}).stdout
-
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", state.apiserver.kubeconfig, "get", "--raw", path],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(ROOT)},
+    ).stdout
 
 
 def _requests(state: Any, since: int, client: str | None = None) -> list[str]:
     """Requests in the API server's access log since line `since` (from `client` only, when given: the
     CLI dials 127.0.0.1, the agent pod the node IP)."""
     lines = Path(state.root, "apiserver.log").read_text().splitlines()[since:]
-    return [m.group(2) for line in lines
-            if (m := re.search(r'aiohttp\.access (\S+) .*?"((?:GET|POST|PATCH|PUT|DELETE) [^"]+)"', line))
-            and (client is None or m.group(1) == client)]
+    return [
+        m.group(2)
+        for line in lines
+        if (m := re.search(r'aiohttp\.access (\S+) .*?"((?:GET|POST|PATCH|PUT|DELETE) [^"]+)"', line))
+        and (client is None or m.group(1) == client)
+    ]
 
 
 def _log_length(state: Any) -> int:
@@ -119,7 +127,8 @@ def test_verify_reads_through_the_agent_and_catches_a_fault_made_outside_podnat(
     assert ok.returncode == 0, ok.stderr
     report = json.loads(ok.stdout)
     assert {p["sources"]["nat"].split(",")[0] for p in report["pods"]} == {
-        f"podnat agent {lab.agent.name} on node podnat-lab"}
+        f"podnat agent {lab.agent.name} on node podnat-lab"
+    }
     reviews = next(p for p in lab.pods if p.name.startswith("reviews-v1-"))
     # from outside podnat: the PREROUTING jump deleted on the node, in the pod's namespace
     run(["iptables-nft", "-t", "nat", "-D", "PREROUTING", "-p", "tcp", "-j", "ISTIO_INBOUND"], netns=reviews.netns)
@@ -134,8 +143,10 @@ def test_verify_reads_through_the_agent_and_catches_a_fault_made_outside_podnat(
         agent = f"/api/v1/namespaces/podnat-system/pods/{lab.agent.name}:9477/proxy/v1/pods"
         assert cli == ["/api/v1/namespaces/bookinfo/pods", "/api/v1/namespaces/podnat-system/pods", agent] * 2
     finally:
-        run(["iptables-nft", "-t", "nat", "-I", "PREROUTING", "1", "-p", "tcp", "-j", "ISTIO_INBOUND"],
-            netns=reviews.netns)
+        run(
+            ["iptables-nft", "-t", "nat", "-I", "PREROUTING", "1", "-p", "tcp", "-j", "ISTIO_INBOUND"],
+            netns=reviews.netns,
+        )
     assert _cli(lab, "verify", "-n", "bookinfo").returncode == 0
 
 
@@ -144,20 +155,37 @@ def test_a_fault_flips_the_metric_and_records_an_event_within_two_intervals_and_
 
     pod = next(p for p in lab.pods if p.name.startswith("ratings-v1-"))
     assert _status_metric(lab, pod.name) == "ok"
-    run(["iptables-nft", "-t", "nat", "-I", "ISTIO_INBOUND", "2", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
-        netns=pod.netns)
+    run(
+        ["iptables-nft", "-t", "nat", "-I", "ISTIO_INBOUND", "2", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
+        netns=pod.netns,
+    )
     try:
         flipped = _wait(lambda: _status_metric(lab, pod.name) == "drift", 2 * INTERVAL + 1)
-        _wait(lambda: any(e["event"]["reason"] == "CaptureDrift" and e["event"]["regarding"]["name"] == pod.name
-                          for e in _events(lab)), 2 * INTERVAL + 1 - flipped)
+        _wait(
+            lambda: any(
+                e["event"]["reason"] == "CaptureDrift" and e["event"]["regarding"]["name"] == pod.name
+                for e in _events(lab)
+            ),
+            2 * INTERVAL + 1 - flipped,
+        )
     finally:
-        run(["iptables-nft", "-t", "nat", "-D", "ISTIO_INBOUND", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
-            netns=pod.netns)
+        run(
+            ["iptables-nft", "-t", "nat", "-D", "ISTIO_INBOUND", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
+            netns=pod.netns,
+        )
     _wait(lambda: _status_metric(lab, pod.name) == "ok", 2 * INTERVAL + 1)
-    _wait(lambda: any(e["event"]["reason"] == "CaptureRecovered" and e["event"]["regarding"]["name"] == pod.name
-                      for e in _events(lab)), 2 * INTERVAL + 1)
-    event = next(e["event"] for e in _events(lab) if e["event"]["reason"] == "CaptureDrift"
-                 and e["event"]["regarding"]["name"] == pod.name)
+    _wait(
+        lambda: any(
+            e["event"]["reason"] == "CaptureRecovered" and e["event"]["regarding"]["name"] == pod.name
+            for e in _events(lab)
+        ),
+        2 * INTERVAL + 1,
+    )
+    event = next(
+        e["event"]
+        for e in _events(lab)
+        if e["event"]["reason"] == "CaptureDrift" and e["event"]["regarding"]["name"] == pod.name
+    )
     assert event["type"] == "Warning" and event["reportingController"] == "podnat.dev/agent"
     assert event["regarding"]["uid"] == pod.manifest["metadata"]["uid"] and "type 1 drift" in event["note"]
 
@@ -180,16 +208,20 @@ def _metrics_from_node(lab: Any) -> str:
     """The agent's /metrics asked from the lab's node (the API server may be down)."""
     from podnat.lab.build import AGENT_IP, AGENT_PORT, run
 
-    return run(["curl", "-s", "-m", "2", f"http://{AGENT_IP}:{AGENT_PORT}/metrics"], netns=f"{lab.netns_prefix}node",
-               check=False)
+    return run(
+        ["curl", "-s", "-m", "2", f"http://{AGENT_IP}:{AGENT_PORT}/metrics"],
+        netns=f"{lab.netns_prefix}node",
+        check=False,
+    )
 
 
 def test_promtool_check_metrics_on_what_the_agent_serves(lab: Any) -> None:
     require(shutil.which("promtool") is not None, "needs promtool (make install: apt prometheus)")
     text = _agent_get(lab, "/metrics")
     assert "podnat_pod_status{" in text and "podnat_agent_sweep_duration_seconds_bucket" in text
-    done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30,
-                          check=False)
+    done = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -206,12 +238,26 @@ scrape_configs:
     static_configs: [{{targets: ["{AGENT_IP}:{AGENT_PORT}"]}}]
 """)
     prometheus = subprocess.Popen(
-        ["ip", "netns", "exec", node, "prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path}/tsdb",
-         "--web.listen-address=127.0.0.1:9090"], stdout=subprocess.DEVNULL, stderr=(tmp_path / "log").open("wb"))
+        [
+            "ip",
+            "netns",
+            "exec",
+            node,
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path}/tsdb",
+            "--web.listen-address=127.0.0.1:9090",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "log").open("wb"),
+    )
 
     def query(expr: str) -> list[dict[str, Any]]:
-        out = run(["curl", "-s", "-m", "2", "--data-urlencode", f"query={expr}", "http://127.0.0.1:9090/api/v1/query"],
-                  netns=node, check=False)
+        out = run(
+            ["curl", "-s", "-m", "2", "--data-urlencode", f"query={expr}", "http://127.0.0.1:9090/api/v1/query"],
+            netns=node,
+            check=False,
+        )
         try:
             return list(json.loads(out)["data"]["result"])
         except (ValueError, KeyError):
@@ -221,14 +267,18 @@ scrape_configs:
     try:
         _wait(lambda: query('up{job="podnat-agent"} == 1'), 60, 0.5)
         _wait(lambda: query(f'podnat_pod_status{{pod="{pod.name}",status="ok"}} == 1'), 30, 0.5)
-        run(["iptables-nft", "-t", "nat", "-I", "ISTIO_INBOUND", "2", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
-            netns=pod.netns)
+        run(
+            ["iptables-nft", "-t", "nat", "-I", "ISTIO_INBOUND", "2", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
+            netns=pod.netns,
+        )
         try:
             _wait(lambda: query(f'podnat_pod_status{{pod="{pod.name}",status="drift"}} == 1'), 2 * INTERVAL + 5, 0.5)
             assert query(f'podnat_pod_flow_status{{pod="{pod.name}",type="1",status="drift"}}')
         finally:
-            run(["iptables-nft", "-t", "nat", "-D", "ISTIO_INBOUND", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
-                netns=pod.netns)
+            run(
+                ["iptables-nft", "-t", "nat", "-D", "ISTIO_INBOUND", "-p", "tcp", "--dport", "9080", "-j", "RETURN"],
+                netns=pod.netns,
+            )
         _wait(lambda: query(f'podnat_pod_status{{pod="{pod.name}",status="ok"}} == 1'), 2 * INTERVAL + 5, 0.5)
         # the drift series went stale when the agent stopped exporting it
         _wait(lambda: not query(f'podnat_pod_status{{pod="{pod.name}",status="drift"}}'), 10, 0.5)

@@ -40,8 +40,10 @@ def _save(netns: str) -> str:
     for tool in ("iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"):
         text = subprocess.run(["ip", "netns", "exec", netns, tool], capture_output=True, text=True, check=False).stdout
         # chain policy counters move with the agent's own connection to the admin port: not a rule
-        out += "\n".join(re.sub(r"\[\d+:\d+\]$", "[-]", line) for line in text.splitlines()
-                         if not line.startswith("#")) + "\n"
+        out += (
+            "\n".join(re.sub(r"\[\d+:\d+\]$", "[-]", line) for line in text.splitlines() if not line.startswith("#"))
+            + "\n"
+        )
     return out
 
 
@@ -69,20 +71,32 @@ def test_the_agent_maps_and_reads_each_pod_and_writes_nothing(bare: list) -> Non
         state = states[pod.manifest["metadata"]["name"]]
         assert (state.mapping, state.report.status) == ("mapped", "ok"), state.report.error
         assert state.report.sources["nat"].startswith("node agent on podnat-bench-node")
-        live = subprocess.run(["ip", "netns", "exec", pod.netns, "iptables-save"], capture_output=True, text=True,
-                              check=True).stdout
+        live = subprocess.run(
+            ["ip", "netns", "exec", pod.netns, "iptables-save"], capture_output=True, text=True, check=True
+        ).stdout
         read = state.facts.nat.v4
-        strip = lambda text: [line.split("] ", 1)[-1] for line in text.splitlines()  # noqa: E731
-                              if line.startswith(("-A", "[", ":"))]
+
+        def strip(text: str) -> list[str]:
+            return [line.split("] ", 1)[-1] for line in text.splitlines() if line.startswith(("-A", "[", ":"))]
+
         assert [line for line in strip(read) if line.startswith("-A")] == [
-            line for line in strip(live) if line.startswith("-A")]
+            line for line in strip(live) if line.startswith("-A")
+        ]
         # the same facts, explained as inspect explains them, give the same report
-        again = explain_facts(type(state.report)(ref=state.report.ref, node=state.report.node,
-                                                 pod_ip=state.report.pod_ip, pod_ips=state.report.pod_ips,
-                                                 mesh=state.report.mesh, istio_version=state.report.istio_version,
-                                                 capture_mode=state.report.capture_mode,
-                                                 sources={"intent": state.report.sources["intent"]}),
-                              state.facts, __import__("podnat.intent", fromlist=["x"]).intent_for_pod(pod.manifest))
+        again = explain_facts(
+            type(state.report)(
+                ref=state.report.ref,
+                node=state.report.node,
+                pod_ip=state.report.pod_ip,
+                pod_ips=state.report.pod_ips,
+                mesh=state.report.mesh,
+                istio_version=state.report.istio_version,
+                capture_mode=state.report.capture_mode,
+                sources={"intent": state.report.sources["intent"]},
+            ),
+            state.facts,
+            __import__("podnat.intent", fromlist=["x"]).intent_for_pod(pod.manifest),
+        )
         assert again.status == state.report.status
     assert states["host"].mapping == "host-network" and states["host"].report.status == "skipped"
     assert states["ghost"].mapping == "unmapped" and states["ghost"].report.status == "error"
@@ -93,16 +107,49 @@ def test_the_agent_maps_and_reads_each_pod_and_writes_nothing(bare: list) -> Non
 def test_a_fault_made_outside_flips_the_pod_and_only_that_pod(bare: list) -> None:
     agent = _agent([p.manifest for p in bare])
     target = bare[1]
-    subprocess.run(["ip", "netns", "exec", target.netns, "iptables-nft", "-t", "nat", "-D", "PREROUTING", "-p", "tcp",
-                    "-j", "ISTIO_INBOUND"], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            target.netns,
+            "iptables-nft",
+            "-t",
+            "nat",
+            "-D",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "-j",
+            "ISTIO_INBOUND",
+        ],
+        check=True,
+    )
     try:
         states = {s.report.ref.name: s.report.status for s in agent.sweep()}
         name = target.manifest["metadata"]["name"]
         assert states.pop(name) in ("drift", "broken")
         assert set(states.values()) == {"ok"}
     finally:
-        subprocess.run(["ip", "netns", "exec", target.netns, "iptables-nft", "-t", "nat", "-I", "PREROUTING", "1",
-                        "-p", "tcp", "-j", "ISTIO_INBOUND"], check=True)
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                target.netns,
+                "iptables-nft",
+                "-t",
+                "nat",
+                "-I",
+                "PREROUTING",
+                "1",
+                "-p",
+                "tcp",
+                "-j",
+                "ISTIO_INBOUND",
+            ],
+            check=True,
+        )
     assert {s.report.status for s in agent.sweep()} == {"ok"}
 
 
@@ -130,8 +177,7 @@ print(json.dumps({s.report.ref.name: [s.report.status, s.report.error] for s in 
 """
 
 
-def test_each_capability_the_daemonset_adds_is_needed_and_they_are_enough(
-        bare: list, tmp_path: Path) -> None:
+def test_each_capability_the_daemonset_adds_is_needed_and_they_are_enough(bare: list, tmp_path: Path) -> None:
     """The agent as root with only the DaemonSet's capabilities (bounding set), then without each one:
     a pod with nf_tables rules and one with legacy rules."""
     import yaml
@@ -153,8 +199,13 @@ def test_each_capability_the_daemonset_adds_is_needed_and_they_are_enough(
 
         def sweep(capabilities: list[str]) -> dict[str, list]:
             bounding = "-all" + "".join(f",+{c}" for c in capabilities)
-            done = subprocess.run(["setpriv", "--bounding-set", bounding, "--inh-caps", "-all", sys.executable,
-                                   str(script), str(pods)], capture_output=True, text=True, check=True, timeout=120)
+            done = subprocess.run(
+                ["setpriv", "--bounding-set", bounding, "--inh-caps", "-all", sys.executable, str(script), str(pods)],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            )
             return json.loads(done.stdout)
 
         names = [bare[0].manifest["metadata"]["name"], legacy[0].manifest["metadata"]["name"]]
@@ -173,23 +224,31 @@ def test_a_table_iptables_cannot_print_is_that_pods_problem_only(bare: list) -> 
     (exit 3, the dump cut short): that pod is not reported ok, the others are."""
     victim = bare[2]
     rule = ["ip", "daddr", "{ 192.0.2.1, 192.0.2.2 }", "meta", "mark", "set", "0x1", "counter"]
-    subprocess.run(["ip", "netns", "exec", victim.netns, "nft", "add", "rule", "ip", "nat", "OUTPUT", *rule],
-                   check=True)
+    subprocess.run(
+        ["ip", "netns", "exec", victim.netns, "nft", "add", "rule", "ip", "nat", "OUTPUT", *rule], check=True
+    )
     try:
-        broken = subprocess.run(["ip", "netns", "exec", victim.netns, "iptables-nft-save"], capture_output=True,
-                                text=True, check=False)
+        broken = subprocess.run(
+            ["ip", "netns", "exec", victim.netns, "iptables-nft-save"], capture_output=True, text=True, check=False
+        )
         assert broken.returncode != 0 and "Parsing nftables rule failed" in broken.stderr
         states = {s.report.ref.name: s.report.status for s in _agent([p.manifest for p in bare[:3]]).sweep()}
         assert states.pop(victim.manifest["metadata"]["name"]) in ("unknown", "error")
         assert set(states.values()) == {"ok"}
     finally:
-        handle = subprocess.run(["ip", "netns", "exec", victim.netns, "nft", "-a", "list", "chain", "ip", "nat",
-                                 "OUTPUT"], capture_output=True, text=True, check=True).stdout
+        handle = subprocess.run(
+            ["ip", "netns", "exec", victim.netns, "nft", "-a", "list", "chain", "ip", "nat", "OUTPUT"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         found = re.search(r"meta mark set 0x00000001 counter .*# handle (\d+)", handle)
         assert found is not None, handle
         number = found.group(1)
-        subprocess.run(["ip", "netns", "exec", victim.netns, "nft", "delete", "rule", "ip", "nat", "OUTPUT", "handle",
-                        number], check=True)
+        subprocess.run(
+            ["ip", "netns", "exec", victim.netns, "nft", "delete", "rule", "ip", "nat", "OUTPUT", "handle", number],
+            check=True,
+        )
 
 
 def test_a_namespace_that_disappears_mid_read_fails_that_pod_only(bare: list, tmp_path: Path) -> None:

@@ -23,16 +23,17 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 CONFIGS = {
     "default": AmbientConfig(),
     "ipv6": AmbientConfig(enable_ipv6=True),
-    "no-dns-ingress-virtual": AmbientConfig(redirect_dns=False, ingress_mode=True, virtual_interfaces=("eth1",),
-                                            enable_ipv6=True),
+    "no-dns-ingress-virtual": AmbientConfig(
+        redirect_dns=False, ingress_mode=True, virtual_interfaces=("eth1",), enable_ipv6=True
+    ),
     "release-1.23-tproxy": AmbientConfig(release=IstioRelease(1, 23), enable_ipv6=True),
 }
 
 
-
 def run(netns: str, *cmd: str, stdin: str | None = None) -> str:
-    return subprocess.run(["ip", "netns", "exec", netns, *cmd], input=stdin, capture_output=True, text=True,
-                          check=True, timeout=30).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, *cmd], input=stdin, capture_output=True, text=True, check=True, timeout=30
+    ).stdout
 
 
 @pytest.mark.parametrize("name", CONFIGS)

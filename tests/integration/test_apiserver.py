@@ -41,7 +41,8 @@ INIT_LOG = "2025-01-01T00:00:00.000000Z\tinfo\tIstio iptables environment:\nline
 
 def pod_manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": name, "namespace": NS, "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z"},
         "spec": {
             "nodeName": "lab",
@@ -52,7 +53,8 @@ def pod_manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
             ],
         },
         "status": {
-            "phase": "Running", "podIP": "10.89.0.2",
+            "phase": "Running",
+            "podIP": "10.89.0.2",
             "containerStatuses": [
                 {"name": n, "ready": True, "restartCount": 0, "state": {"running": {}}} for n in ("app", "istio-proxy")
             ],
@@ -67,11 +69,22 @@ def build_state(root: Path) -> LabState:
     state = LabState(root=str(root))
     pods = ((REVIEWS, {"app": "reviews", "version": "v1"}), (DETAILS, {"app": "details", "version": "v1"}))
     for name, labels in pods:
-        state.pods.append(LabPod(NS, name, "10.89.0.2", "", pod_manifest(name, labels), {
-            "app": LabContainer("app", uid, gid, log_file=str(root / "app.log")),
-            "istio-proxy": LabContainer("istio-proxy", uid, gid),
-            "istio-init": LabContainer("istio-init", uid, gid, log_file=str(root / "istio-init.log"), init=True),
-        }))
+        state.pods.append(
+            LabPod(
+                NS,
+                name,
+                "10.89.0.2",
+                "",
+                pod_manifest(name, labels),
+                {
+                    "app": LabContainer("app", uid, gid, log_file=str(root / "app.log")),
+                    "istio-proxy": LabContainer("istio-proxy", uid, gid),
+                    "istio-init": LabContainer(
+                        "istio-init", uid, gid, log_file=str(root / "istio-init.log"), init=True
+                    ),
+                },
+            )
+        )
     return state
 
 
@@ -100,19 +113,37 @@ def api_client(kubeconfig: str, token: str | None = None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def exec_in(lab: LabApiServer, pod: str, container: str, command: list[str], token: str | None = None,
-            stdin: str | None = None) -> tuple[str, str, int | None]:
+def exec_in(
+    lab: LabApiServer, pod: str, container: str, command: list[str], token: str | None = None, stdin: str | None = None
+) -> tuple[str, str, int | None]:
     api = client.CoreV1Api(api_client(lab.kubeconfig, token))  # stream() swaps call_api: its own client
-    ws = stream(api.connect_get_namespaced_pod_exec, pod, NS, container=container, command=command,
-                stdin=stdin is not None, stdout=True, stderr=True, tty=False, _preload_content=False)
+    ws = stream(
+        api.connect_get_namespaced_pod_exec,
+        pod,
+        NS,
+        container=container,
+        command=command,
+        stdin=stdin is not None,
+        stdout=True,
+        stderr=True,
+        tty=False,
+        _preload_content=False,
+    )
     if stdin is not None:
         ws.write_stdin(stdin)
     ws.run_forever(timeout=20)
     return ws.read_stdout(), ws.read_stderr(), ws.returncode
 
 
-def raw(lab: LabApiServer, method: str, path: str, *, token: str | None = "", body: Any = None,
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def raw(
+    lab: LabApiServer,
+    method: str,
+    path: str,
+    *,
+    token: str | None = "",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     """One HTTPS request with TLS verification on; token "" = the admin token, None = no header."""
     context = ssl.create_default_context(cafile=lab.ca_file)
     connection = http.client.HTTPSConnection("127.0.0.1", lab.port, context=context, timeout=10)
@@ -177,8 +208,18 @@ def test_exec_large_output_arrives_whole(lab: LabApiServer) -> None:
 
 def test_exec_stdin(lab: LabApiServer) -> None:
     api = client.CoreV1Api(api_client(lab.kubeconfig))
-    ws = stream(api.connect_get_namespaced_pod_exec, REVIEWS, NS, container="app", command=["head", "-n", "1"],
-                stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+    ws = stream(
+        api.connect_get_namespaced_pod_exec,
+        REVIEWS,
+        NS,
+        container="app",
+        command=["head", "-n", "1"],
+        stdin=True,
+        stdout=True,
+        stderr=True,
+        tty=False,
+        _preload_content=False,
+    )
     ws.write_stdin("piped\n")
     ws.run_forever(timeout=20)
     assert ws.read_stdout() == "piped\n" and ws.returncode == 0
@@ -186,8 +227,18 @@ def test_exec_stdin(lab: LabApiServer) -> None:
 
 def test_exec_command_not_in_the_image(lab: LabApiServer) -> None:
     api = client.CoreV1Api(api_client(lab.kubeconfig))
-    ws = stream(api.connect_get_namespaced_pod_exec, REVIEWS, NS, container="app", command=["no-such-tool"],
-                stdin=False, stdout=True, stderr=True, tty=False, _preload_content=False)
+    ws = stream(
+        api.connect_get_namespaced_pod_exec,
+        REVIEWS,
+        NS,
+        container="app",
+        command=["no-such-tool"],
+        stdin=False,
+        stdout=True,
+        stderr=True,
+        tty=False,
+        _preload_content=False,
+    )
     ws.run_forever(timeout=20)
     error = json.loads(ws.read_channel(3))
     assert error["reason"] == "InternalError"
@@ -202,19 +253,37 @@ def test_exec_errors_before_the_upgrade(lab: LabApiServer) -> None:
     }
     for container, message in cases.items():
         with pytest.raises(client.ApiException) as err:
-            stream(api.connect_get_namespaced_pod_exec, REVIEWS, NS, container=container, command=["true"],
-                   stdin=False, stdout=True, stderr=True, tty=False, _preload_content=False)
+            stream(
+                api.connect_get_namespaced_pod_exec,
+                REVIEWS,
+                NS,
+                container=container,
+                command=["true"],
+                stdin=False,
+                stdout=True,
+                stderr=True,
+                tty=False,
+                _preload_content=False,
+            )
         code, status = parse_handshake(str(err.value.reason))
         assert code == 400 and status is not None
         assert (status["reason"], status["message"]) == ("BadRequest", message)
 
 
 def test_ephemeral_container_strategic_merge_then_exec(lab: LabApiServer, core: client.CoreV1Api) -> None:
-    body = {"spec": {"ephemeralContainers": [{
-        "name": "debug-a", "image": "docker.io/istio/proxyv2:1.30.3", "command": ["sleep", "infinity"],
-        "targetContainerName": "istio-proxy",
-        "securityContext": {"runAsUser": os.getuid(), "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
-    }]}}
+    body = {
+        "spec": {
+            "ephemeralContainers": [
+                {
+                    "name": "debug-a",
+                    "image": "docker.io/istio/proxyv2:1.30.3",
+                    "command": ["sleep", "infinity"],
+                    "targetContainerName": "istio-proxy",
+                    "securityContext": {"runAsUser": os.getuid(), "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
+                }
+            ]
+        }
+    }
     pod = core.patch_namespaced_pod_ephemeralcontainers(DETAILS, NS, body)
     assert [c.name for c in pod.spec.ephemeral_containers] == ["debug-a"]
     (status,) = pod.status.ephemeral_container_statuses
@@ -228,15 +297,25 @@ def test_ephemeral_container_strategic_merge_then_exec(lab: LabApiServer, core: 
 
 
 def test_ephemeral_container_json_patch_and_kubectl_style_directives(core: client.CoreV1Api) -> None:
-    pod = core.patch_namespaced_pod_ephemeralcontainers(REVIEWS, NS, [
-        {"op": "add", "path": "/spec/ephemeralContainers", "value": []},
-        {"op": "add", "path": "/spec/ephemeralContainers/-", "value": {"name": "debug-j", "image": "busybox:1.36"}},
-    ])
+    pod = core.patch_namespaced_pod_ephemeralcontainers(
+        REVIEWS,
+        NS,
+        [
+            {"op": "add", "path": "/spec/ephemeralContainers", "value": []},
+            {"op": "add", "path": "/spec/ephemeralContainers/-", "value": {"name": "debug-j", "image": "busybox:1.36"}},
+        ],
+    )
     assert [c.name for c in pod.spec.ephemeral_containers] == ["debug-j"]
-    pod = core.patch_namespaced_pod_ephemeralcontainers(REVIEWS, NS, {"spec": {
-        "$setElementOrder/ephemeralContainers": [{"name": "debug-j"}, {"name": "debug-s"}],
-        "ephemeralContainers": [{"name": "debug-s", "image": "busybox:1.36", "stdin": True, "tty": True}],
-    }})
+    pod = core.patch_namespaced_pod_ephemeralcontainers(
+        REVIEWS,
+        NS,
+        {
+            "spec": {
+                "$setElementOrder/ephemeralContainers": [{"name": "debug-j"}, {"name": "debug-s"}],
+                "ephemeralContainers": [{"name": "debug-s", "image": "busybox:1.36", "stdin": True, "tty": True}],
+            }
+        },
+    )
     assert [c.name for c in pod.spec.ephemeral_containers] == ["debug-j", "debug-s"]
     assert [s.name for s in pod.status.ephemeral_container_statuses] == ["debug-j", "debug-s"]
 
@@ -261,8 +340,10 @@ def test_403_readonly_token_may_read_but_not_exec_or_debug(lab: LabApiServer) ->
         exec_in(lab, REVIEWS, "istio-proxy", ["true"], token=lab.readonly_token)
     code, handshake = parse_handshake(str(err.value.reason))
     assert err.value.status == 0 and code == 403 and handshake is not None
-    assert handshake["message"] == (f'pods "{REVIEWS}" is forbidden: User "podnat-readonly" cannot create '
-                                    f'resource "pods/exec" in API group "" in the namespace "{NS}"')
+    assert handshake["message"] == (
+        f'pods "{REVIEWS}" is forbidden: User "podnat-readonly" cannot create '
+        f'resource "pods/exec" in API group "" in the namespace "{NS}"'
+    )
     with pytest.raises(client.exceptions.ForbiddenException) as forbidden:
         api.patch_namespaced_pod_ephemeralcontainers(REVIEWS, NS, {"spec": {"ephemeralContainers": []}})
     status = json.loads(forbidden.value.body)
@@ -275,9 +356,14 @@ def test_404_shapes(core: client.CoreV1Api, lab: LabApiServer) -> None:
     with pytest.raises(client.exceptions.NotFoundException) as err:
         core.read_namespaced_pod("nope", NS)
     assert json.loads(err.value.body) == {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": 'pods "nope" not found', "reason": "NotFound",
-        "details": {"name": "nope", "kind": "pods"}, "code": 404,
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'pods "nope" not found',
+        "reason": "NotFound",
+        "details": {"name": "nope", "kind": "pods"},
+        "code": 404,
     }
     code, _, body = raw(lab, "GET", "/api/v1/namespaces/nowhere")
     assert code == 404 and status_of(body)["message"] == 'namespaces "nowhere" not found'
@@ -287,7 +373,9 @@ def test_404_shapes(core: client.CoreV1Api, lab: LabApiServer) -> None:
 
 def test_409_on_a_stale_resource_version(lab: LabApiServer) -> None:
     code, _, body = raw(
-        lab, "PATCH", f"/api/v1/namespaces/{NS}/pods/{REVIEWS}/ephemeralcontainers",
+        lab,
+        "PATCH",
+        f"/api/v1/namespaces/{NS}/pods/{REVIEWS}/ephemeralcontainers",
         body={"metadata": {"resourceVersion": "999999"}, "spec": {}},
         headers={"Content-Type": "application/strategic-merge-patch+json"},
     )
@@ -296,33 +384,49 @@ def test_409_on_a_stale_resource_version(lab: LabApiServer) -> None:
 
 
 def test_422_merge_patch_may_not_remove_and_415_unknown_patch_type(lab: LabApiServer, core: client.CoreV1Api) -> None:
-    pod = core.patch_namespaced_pod_ephemeralcontainers(REVIEWS, NS, {"spec": {"ephemeralContainers": [
-        {"name": "debug-m", "image": "busybox:1.36"}]}})
+    pod = core.patch_namespaced_pod_ephemeralcontainers(
+        REVIEWS, NS, {"spec": {"ephemeralContainers": [{"name": "debug-m", "image": "busybox:1.36"}]}}
+    )
     serialize = core.api_client.sanitize_for_serialization
     kept = [serialize(c) for c in pod.spec.ephemeral_containers if c.name != "debug-m"]
     path = f"/api/v1/namespaces/{NS}/pods/{REVIEWS}/ephemeralcontainers"
-    code, _, body = raw(lab, "PATCH", path, body={"spec": {"ephemeralContainers": kept}},
-                        headers={"Content-Type": "application/merge-patch+json"})
+    code, _, body = raw(
+        lab,
+        "PATCH",
+        path,
+        body={"spec": {"ephemeralContainers": kept}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
     status = status_of(body)
     assert code == 422 and status["reason"] == "Invalid"
-    assert status["message"] == (f'Pod "{REVIEWS}" is invalid: spec.ephemeralContainers: Forbidden: '
-                                 'existing ephemeral containers "debug-m" may not be removed')
-    assert status["details"]["causes"] == [{
-        "reason": "FieldValueForbidden", "field": "spec.ephemeralContainers",
-        "message": 'Forbidden: existing ephemeral containers "debug-m" may not be removed',
-    }]
+    assert status["message"] == (
+        f'Pod "{REVIEWS}" is invalid: spec.ephemeralContainers: Forbidden: '
+        'existing ephemeral containers "debug-m" may not be removed'
+    )
+    assert status["details"]["causes"] == [
+        {
+            "reason": "FieldValueForbidden",
+            "field": "spec.ephemeralContainers",
+            "message": 'Forbidden: existing ephemeral containers "debug-m" may not be removed',
+        }
+    ]
     code, _, body = raw(lab, "PATCH", path, body={}, headers={"Content-Type": "text/plain"})
     assert code == 415 and status_of(body)["reason"] == "UnsupportedMediaType"
 
 
 def test_websocket_negotiation_and_spdy(lab: LabApiServer) -> None:
     path = f"/api/v1/namespaces/{NS}/pods/{REVIEWS}/exec?command=true&container=app&stdout=true"
-    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
     code, _, body = raw(lab, "GET", path, headers={**upgrade, "Sec-WebSocket-Protocol": "channel.k8s.io"})
     assert code == 400 and "subprotocol" in status_of(body)["message"]
-    code, headers, _ = raw(lab, "GET", path,
-                           headers={**upgrade, "Sec-WebSocket-Protocol": "v3.channel.k8s.io, v4.channel.k8s.io"})
+    code, headers, _ = raw(
+        lab, "GET", path, headers={**upgrade, "Sec-WebSocket-Protocol": "v3.channel.k8s.io, v4.channel.k8s.io"}
+    )
     assert code == 101 and headers["Sec-WebSocket-Protocol"] == "v4.channel.k8s.io"
     code, _, body = raw(lab, "POST", path, headers={"Connection": "Upgrade", "Upgrade": "SPDY/3.1"})
     assert code == 400 and "not SPDY" in status_of(body)["message"]
@@ -357,8 +461,10 @@ def test_client_disconnect_kills_the_process_group(lab: LabApiServer, tmp_path: 
     query = urlencode([*(("command", c) for c in command), ("container", "app"), ("stdout", "true")])
     ws = websocket.create_connection(
         f"wss://127.0.0.1:{lab.port}/api/v1/namespaces/{NS}/pods/{REVIEWS}/exec?{query}",
-        header=[f"Authorization: Bearer {lab.token}"], subprotocols=["v5.channel.k8s.io"],
-        sslopt={"ca_certs": lab.ca_file}, timeout=10,
+        header=[f"Authorization: Bearer {lab.token}"],
+        subprotocols=["v5.channel.k8s.io"],
+        sslopt={"ca_certs": lab.ca_file},
+        timeout=10,
     )
     deadline = time.monotonic() + 10
     while not (pidfile.is_file() and pidfile.read_text().strip()) and time.monotonic() < deadline:
@@ -402,8 +508,15 @@ def kubectl(lab: LabApiServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     def run(*args: str, kubeconfig: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = [str(binary), "--kubeconfig", kubeconfig or lab.kubeconfig, "--cache-dir", str(home / "cache"), *args]
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "HOME": str(home)}, check=False)
+        return subprocess.run(
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "HOME": str(home)},
+            check=False,
+        )
 
     return run
 
@@ -414,7 +527,8 @@ def test_kubectl_get_pods(kubectl: Any) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
     assert [line.split()[:4] for line in lines[1:]] == [
-        [DETAILS, "2/2", "Running", "0"], [REVIEWS, "2/2", "Running", "0"],
+        [DETAILS, "2/2", "Running", "0"],
+        [REVIEWS, "2/2", "Running", "0"],
     ]
     selected = kubectl("get", "pods", "-n", NS, "-l", "app=reviews", "-o", "name")
     assert selected.stdout.split() == [f"pod/{REVIEWS}"]
@@ -443,8 +557,10 @@ def test_kubectl_errors(kubectl: Any, lab: LabApiServer) -> None:
     readonly = str(Path(lab.kubeconfig).with_name("kubeconfig.readonly"))
     denied = kubectl("exec", REVIEWS, "-n", NS, "-c", "app", "--", "true", kubeconfig=readonly)
     assert denied.returncode == 1
-    assert (f'pods "{REVIEWS}" is forbidden: User "podnat-readonly" cannot create resource "pods/exec" in API '
-            f'group "" in the namespace "{NS}"') in denied.stderr
+    assert (
+        f'pods "{REVIEWS}" is forbidden: User "podnat-readonly" cannot create resource "pods/exec" in API '
+        f'group "" in the namespace "{NS}"'
+    ) in denied.stderr
     assert kubectl("get", "pods", "-n", NS, kubeconfig=readonly).returncode == 0
     wrong = kubectl("--token", "wrong", "get", "pods", "-n", NS)
     assert wrong.returncode == 1 and "You must be logged in to the server (Unauthorized)" in wrong.stderr
@@ -462,10 +578,19 @@ def netns_lab(tmp_path: Path) -> Iterator[tuple[LabApiServer, str]]:
     try:
         state = LabState(root=str(tmp_path))
         manifest = pod_manifest("productpage-v1-1", {"app": "productpage"})
-        state.pods.append(LabPod(NS, "productpage-v1-1", "10.89.0.9", netns, manifest, {
-            "app": LabContainer("app", 1000, 1000),
-            "istio-proxy": LabContainer("istio-proxy", 1337, 1337),
-        }))
+        state.pods.append(
+            LabPod(
+                NS,
+                "productpage-v1-1",
+                "10.89.0.9",
+                netns,
+                manifest,
+                {
+                    "app": LabContainer("app", 1000, 1000),
+                    "istio-proxy": LabContainer("istio-proxy", 1337, 1337),
+                },
+            )
+        )
         server = start_apiserver(tmp_path, state=state)
         try:
             yield server, netns
@@ -483,10 +608,22 @@ def test_proxy_cannot_read_the_nat_table_but_a_debug_container_can(netns_lab: tu
     assert out.splitlines()[:2] == ["1337", "1337"]
     assert rc not in (0, None) and "Permission denied (you must be root)" in err
     core = client.CoreV1Api(api_client(lab.kubeconfig))
-    core.patch_namespaced_pod_ephemeralcontainers(pod, NS, {"spec": {"ephemeralContainers": [{
-        "name": "podnat-debug", "image": "docker.io/istio/proxyv2:1.30.3", "targetContainerName": "istio-proxy",
-        "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
-    }]}})
+    core.patch_namespaced_pod_ephemeralcontainers(
+        pod,
+        NS,
+        {
+            "spec": {
+                "ephemeralContainers": [
+                    {
+                        "name": "podnat-debug",
+                        "image": "docker.io/istio/proxyv2:1.30.3",
+                        "targetContainerName": "istio-proxy",
+                        "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
+                    }
+                ]
+            }
+        },
+    )
     script = "grep CapEff /proc/self/status; iptables-save -t nat"
     out, err, rc = exec_in(lab, pod, "podnat-debug", ["sh", "-c", script])
     assert rc == 0, err
@@ -506,9 +643,18 @@ def test_stop_kills_running_execs(tmp_path: Path) -> None:
     server = start_apiserver(tmp_path, state=build_state(tmp_path))
     pidfile = tmp_path / "pid"
     api = client.CoreV1Api(api_client(server.kubeconfig))
-    ws = stream(api.connect_get_namespaced_pod_exec, REVIEWS, NS, container="app",
-                command=["sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"],
-                stdin=False, stdout=True, stderr=True, tty=False, _preload_content=False)
+    ws = stream(
+        api.connect_get_namespaced_pod_exec,
+        REVIEWS,
+        NS,
+        container="app",
+        command=["sh", "-c", f"echo $$ > {pidfile}; exec sleep 300"],
+        stdin=False,
+        stdout=True,
+        stderr=True,
+        tty=False,
+        _preload_content=False,
+    )
     deadline = time.monotonic() + 10
     while not (pidfile.is_file() and pidfile.read_text().strip()) and time.monotonic() < deadline:
         ws.update(timeout=0.1)
@@ -553,15 +699,26 @@ def sidecar_lab(tmp_path: Path) -> Iterator[LabApiServer]:
             f"{stamp}Final iptables state (IPv4):\n# Generated by iptables-save v1.8.9\n{table}# Completed\n"
         )
         manifest = pod_manifest("ratings-v1-1", {"app": "ratings"})
-        manifest["metadata"]["annotations"] = {"sidecar.istio.io/status": json.dumps(
-            {"initContainers": ["istio-init"], "containers": ["istio-proxy"]})}
+        manifest["metadata"]["annotations"] = {
+            "sidecar.istio.io/status": json.dumps({"initContainers": ["istio-init"], "containers": ["istio-proxy"]})
+        }
         state = LabState(root=str(tmp_path))
-        state.pods.append(LabPod(NS, "ratings-v1-1", "10.89.0.7", netns, manifest, {
-            "app": LabContainer("app", 1000, 1000),
-            "istio-proxy": LabContainer("istio-proxy", 1337, 1337, path=[str(bin_dir)]),
-            "istio-init": LabContainer("istio-init", 0, 0, ["NET_ADMIN", "NET_RAW"], log_file=str(init_log),
-                                       init=True),
-        }))
+        state.pods.append(
+            LabPod(
+                NS,
+                "ratings-v1-1",
+                "10.89.0.7",
+                netns,
+                manifest,
+                {
+                    "app": LabContainer("app", 1000, 1000),
+                    "istio-proxy": LabContainer("istio-proxy", 1337, 1337, path=[str(bin_dir)]),
+                    "istio-init": LabContainer(
+                        "istio-init", 0, 0, ["NET_ADMIN", "NET_RAW"], log_file=str(init_log), init=True
+                    ),
+                },
+            )
+        )
         server = start_apiserver(tmp_path, state=state)
         try:
             yield server

@@ -105,11 +105,20 @@ def test_inspect_debug_container_reads_nft_rules_through_the_proxy_image_toolset
     assert lab.apiserver is not None
     src = source(lab)
     ref = sidecar_pod(lab)
-    env = {"KUBECONFIG": lab.apiserver.kubeconfig, "HOME": lab.root, "PATH": "/usr/sbin:/usr/bin:/bin",
-           "COLUMNS": "200"}
-    run = subprocess.run([sys.executable, "-m", "podnat", "inspect", ref.name, "-n", ref.namespace,
-                          "--debug-container", "-o", "json"], capture_output=True, text=True, env=env, timeout=120,
-                         check=False)
+    env = {
+        "KUBECONFIG": lab.apiserver.kubeconfig,
+        "HOME": lab.root,
+        "PATH": "/usr/sbin:/usr/bin:/bin",
+        "COLUMNS": "200",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "podnat", "inspect", ref.name, "-n", ref.namespace, "--debug-container", "-o", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     report = json.loads(run.stdout)
     assert report["sources"]["nat"] == "ephemeral container podnat-debug (uid 0, NET_ADMIN): iptables-nft-save -c"
     packets = [n for f in report["flows"] for leg in f.get("legs", []) for n in (leg.get("packets") or {}).values()]

@@ -50,24 +50,80 @@ def _flows(lab: Lab, pod) -> list[tuple[str, FlowSpec, str, str | None, int | No
     vip = _vip_of(lab, pod)
     app, proxy = Identity(1000, 1000), Identity(1337, 1337)
     return [
-        ("1-remote-to-local", FlowSpec(FlowType.REMOTE_TO_LOCAL, "", Actor.REMOTE, Endpoint(ip, 9080), node),
-         f"http://{ip}:9080/health", f"{lab.state.netns_prefix}node", None, None),
-        ("2-local-to-remote", FlowSpec(FlowType.LOCAL_TO_REMOTE, "", Actor.APP,
-                                       Endpoint(ipaddress.ip_address(other.ip), REMOTE_PORT), identity=app),
-         f"http://{other.ip}:{REMOTE_PORT}/health", pod.netns, 1000, None),
-        ("3-prometheus", FlowSpec(FlowType.PROMETHEUS_TO_LOCAL, "", Actor.REMOTE, Endpoint(ip, 15090), node),
-         f"http://{ip}:15090/stats/prometheus", f"{lab.state.netns_prefix}node", None, None),
-        ("4-own-service", FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP,
-                                   Endpoint(ipaddress.ip_address(vip), 9080), identity=app),
-         f"http://{vip}:9080/health", pod.netns, 1000, Endpoint(ip, 9080)),
-        ("4-own-pod-ip", FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP, Endpoint(ip, 9080), identity=app),
-         f"http://{ip}:9080/health", pod.netns, 1000, None),
-        ("5-envoy-localhost", FlowSpec(FlowType.ENVOY_LOCALHOST, "", Actor.PROXY,
-                                       Endpoint(ipaddress.ip_address("127.0.0.1"), 15000), identity=proxy),
-         "http://127.0.0.1:15000/ready", pod.netns, 1337, None),
-        ("6-istiod", FlowSpec(FlowType.SIDECAR_TO_ISTIOD, "", Actor.PROXY,
-                              Endpoint(ipaddress.ip_address(lab.state.peers["istiod"]), 15012), identity=proxy),
-         f"tcp://{lab.state.peers['istiod']}:15012", pod.netns, 1337, None),
+        (
+            "1-remote-to-local",
+            FlowSpec(FlowType.REMOTE_TO_LOCAL, "", Actor.REMOTE, Endpoint(ip, 9080), node),
+            f"http://{ip}:9080/health",
+            f"{lab.state.netns_prefix}node",
+            None,
+            None,
+        ),
+        (
+            "2-local-to-remote",
+            FlowSpec(
+                FlowType.LOCAL_TO_REMOTE,
+                "",
+                Actor.APP,
+                Endpoint(ipaddress.ip_address(other.ip), REMOTE_PORT),
+                identity=app,
+            ),
+            f"http://{other.ip}:{REMOTE_PORT}/health",
+            pod.netns,
+            1000,
+            None,
+        ),
+        (
+            "3-prometheus",
+            FlowSpec(FlowType.PROMETHEUS_TO_LOCAL, "", Actor.REMOTE, Endpoint(ip, 15090), node),
+            f"http://{ip}:15090/stats/prometheus",
+            f"{lab.state.netns_prefix}node",
+            None,
+            None,
+        ),
+        (
+            "4-own-service",
+            FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP, Endpoint(ipaddress.ip_address(vip), 9080), identity=app),
+            f"http://{vip}:9080/health",
+            pod.netns,
+            1000,
+            Endpoint(ip, 9080),
+        ),
+        (
+            "4-own-pod-ip",
+            FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP, Endpoint(ip, 9080), identity=app),
+            f"http://{ip}:9080/health",
+            pod.netns,
+            1000,
+            None,
+        ),
+        (
+            "5-envoy-localhost",
+            FlowSpec(
+                FlowType.ENVOY_LOCALHOST,
+                "",
+                Actor.PROXY,
+                Endpoint(ipaddress.ip_address("127.0.0.1"), 15000),
+                identity=proxy,
+            ),
+            "http://127.0.0.1:15000/ready",
+            pod.netns,
+            1337,
+            None,
+        ),
+        (
+            "6-istiod",
+            FlowSpec(
+                FlowType.SIDECAR_TO_ISTIOD,
+                "",
+                Actor.PROXY,
+                Endpoint(ipaddress.ip_address(lab.state.peers["istiod"]), 15012),
+                identity=proxy,
+            ),
+            f"tcp://{lab.state.peers['istiod']}:15012",
+            pod.netns,
+            1337,
+            None,
+        ),
     ]
 
 
@@ -106,8 +162,9 @@ def test_every_flow_of_every_pod_counts_exactly_the_predicted_rules(lab: Lab) ->
             if predicted.outcome is not Outcome.DELIVERED:
                 failures.append(f"{where}: podnat predicted {predicted.outcome.value}: {predicted.reason}")
             if counted != _predicted_rules(predicted):
-                failures.append(f"{where}: counted {dict(counted)} but podnat predicted "
-                                f"{dict(_predicted_rules(predicted))}")
+                failures.append(
+                    f"{where}: counted {dict(counted)} but podnat predicted {dict(_predicted_rules(predicted))}"
+                )
             if ports != Counter(predicted.envoy_ports):
                 failures.append(f"{where}: Envoy listeners moved {dict(ports)}, predicted {predicted.envoy_ports}")
     assert checked == 7 * len(lab.state.pods)
@@ -120,8 +177,12 @@ def test_inbound_really_crosses_the_sidecar(lab: Lab) -> None:
     pod = lab.state.pods[0]
     body = connect(f"{lab.state.netns_prefix}node", f"http://{pod.ip}:9080/health").json()
     assert body["client"] == "127.0.0.6"  # Envoy's inbound leg, not the node's 10.99.0.1
-    page = connect(next(p for p in lab.state.pods if p.name.startswith("productpage")).netns,
-                   "http://127.0.0.1:9080/", 1000, timeout=8).json()
+    page = connect(
+        next(p for p in lab.state.pods if p.name.startswith("productpage")).netns,
+        "http://127.0.0.1:9080/",
+        1000,
+        timeout=8,
+    ).json()
     assert set(page["calls"]) == {"http://details:9080/details/0", "http://reviews:9080/reviews/0"}
     assert all(call.get("client") == "127.0.0.6" for call in page["calls"].values()), page
 
@@ -130,8 +191,16 @@ def test_probe_observes_the_predicted_paths_and_a_fault_changes_them(lab: Lab) -
     pod = _pod(lab, "ratings")
     healthy = json.loads(podnat(lab, "inspect", pod.name, "-n", "bookinfo", "--probe", "-o", "json").stdout)
     assert sorted((p["type"], p["variant"]) for p in healthy["probe"]) == [
-        (2, None), (4, "own-pod-ip"), (5, None), (6, None)] or sorted(
-        (p["type"], p["variant"]) for p in healthy["probe"]) == [(4, None), (4, "own-pod-ip"), (5, None), (6, None)]
+        (2, None),
+        (4, "own-pod-ip"),
+        (5, None),
+        (6, None),
+    ] or sorted((p["type"], p["variant"]) for p in healthy["probe"]) == [
+        (4, None),
+        (4, "own-pod-ip"),
+        (5, None),
+        (6, None),
+    ]
     assert all(p["matches"] for p in healthy["probe"]), healthy["probe"]
     before = {(p["type"], p["variant"]): p["observed"] for p in healthy["probe"]}
     from podnat.lab.build import lab_break
@@ -147,10 +216,15 @@ def test_probe_observes_the_predicted_paths_and_a_fault_changes_them(lab: Lab) -
 
 
 def podnat(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"KUBECONFIG": lab.state.apiserver.kubeconfig, "HOME": str(lab.root), "PATH": "/usr/sbin:/usr/bin:/bin",
-           "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "podnat", *args], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    env = {
+        "KUBECONFIG": lab.state.apiserver.kubeconfig,
+        "HOME": str(lab.root),
+        "PATH": "/usr/sbin:/usr/bin:/bin",
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "podnat", *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
 
 
 def inspect(lab: Lab, pod) -> dict:

@@ -55,8 +55,14 @@ def _alive(pid: int) -> bool:
 
 def _lab_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PODNAT_LAB_DIR": str(ROOT), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "podnat", "lab", *args], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "podnat", "lab", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +98,13 @@ def test_status_json_lists_every_pod_with_its_namespace_ip_and_processes(lab) ->
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert sorted(p["name"].rsplit("-", 2)[0] for p in status["pods"]) == [
-        "details-v1", "productpage-v1", "ratings-v1", "reviews-v1", "reviews-v2", "reviews-v3"]
+        "details-v1",
+        "productpage-v1",
+        "ratings-v1",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+    ]
     for pod in status["pods"]:
         assert pod["namespace"] == "bookinfo" and pod["ip"].startswith("10.99.0.")
         assert Path(pod["netns"]).exists(), pod["netns"]
@@ -106,8 +118,22 @@ def test_the_served_pod_looks_injected(lab) -> None:
     pod = _source(state).get_pod(PodRef("bookinfo", state.pods[0].name))
     init = pod["spec"]["initContainers"][0]
     assert init["name"] == "istio-init"
-    assert init["args"][:14] == ["istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",
-                                 "-i", "*", "-x", "", "-b"]
+    assert init["args"][:14] == [
+        "istio-iptables",
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "",
+        "-b",
+    ]
     assert set(init["securityContext"]["capabilities"]["add"]) == {"NET_ADMIN", "NET_RAW"}
     proxy = next(c for c in pod["spec"]["containers"] if c["name"] == "istio-proxy")
     assert proxy["image"].startswith("docker.io/istio/proxyv2:1.30.") and proxy["securityContext"]["runAsUser"] == 1337
@@ -150,8 +176,13 @@ def test_service_names_resolve_to_vips_inside_pods(lab) -> None:
     state, _ = lab
     pod = state.pods[0]
     for name in ("reviews", "reviews.bookinfo.svc.cluster.local", "istiod.istio-system.svc"):
-        out = subprocess.run(["ip", "netns", "exec", pod.netns, "getent", "ahostsv4", name], capture_output=True,
-                             text=True, timeout=10, check=False).stdout.split()
+        out = subprocess.run(
+            ["ip", "netns", "exec", pod.netns, "getent", "ahostsv4", name],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.split()
         expected = state.peers["istiod"] if name.startswith("istiod") else state.services["reviews"]
         assert out and out[0] == expected, (name, out)
 

@@ -54,8 +54,9 @@ ADMIN_PORT = 15000
 @pytest.fixture(scope="module", params=MODES)
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     require(shutil.which("nft") is not None, "needs nft for packet tracing (make install)")
-    with running_lab(Path(f"/run/podnat-lab-modes-{request.param}"), "nft", mode=request.param,
-                     deployments=DEPLOYMENTS) as lab:
+    with running_lab(
+        Path(f"/run/podnat-lab-modes-{request.param}"), "nft", mode=request.param, deployments=DEPLOYMENTS
+    ) as lab:
         yield lab
 
 
@@ -109,29 +110,72 @@ def _probes(lab: Lab, pod, family: int, live: Ruleset) -> list[Probe]:
     # Istio's bootstrap puts it for IPv4 and dual-stack pods.
     loopback = at("::1", 15020) if v6 else at("127.0.0.1", ADMIN_PORT)
     probes = [
-        Probe("1-remote-to-local", FlowSpec(FlowType.REMOTE_TO_LOCAL, "", Actor.REMOTE, at(own, APP_PORT),
-                                            ipaddress.ip_address(node)),
-              url(own, APP_PORT, "/health"), node_ns, None, ctx),
-        Probe("2-local-to-remote", FlowSpec(FlowType.LOCAL_TO_REMOTE, "", Actor.APP,
-                                            at(other.ip6 if v6 else other.ip, APP_PORT), identity=app),
-              url(other.ip6 if v6 else other.ip, APP_PORT, "/health"), pod.netns, app, ctx),
-        Probe("3-prometheus", FlowSpec(FlowType.PROMETHEUS_TO_LOCAL, "", Actor.REMOTE, at(own, 15090),
-                                       ipaddress.ip_address(node)),
-              url(own, 15090, "/stats/prometheus"), node_ns, None, ctx),
-        Probe("4-own-service", FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP, at(vip, APP_PORT), identity=app),
-              url(vip, APP_PORT, "/health"), pod.netns, app, ctx.with_endpoint(at(vip, APP_PORT), at(own, APP_PORT))),
-        Probe("4-own-pod-ip", FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP, at(own, APP_PORT), identity=app),
-              url(own, APP_PORT, "/health"), pod.netns, app, ctx),
-        Probe("5-proxy-localhost", FlowSpec(FlowType.ENVOY_LOCALHOST, "", Actor.PROXY, loopback, identity=proxy),
-              f"tcp://{loopback}".replace("[", "").replace("]", ""), pod.netns, proxy, ctx),
-        Probe("6-istiod", FlowSpec(FlowType.SIDECAR_TO_ISTIOD, "", Actor.PROXY, at(istiod, 15012), identity=proxy),
-              f"tcp://{istiod}:15012", pod.netns, proxy, ctx),
+        Probe(
+            "1-remote-to-local",
+            FlowSpec(FlowType.REMOTE_TO_LOCAL, "", Actor.REMOTE, at(own, APP_PORT), ipaddress.ip_address(node)),
+            url(own, APP_PORT, "/health"),
+            node_ns,
+            None,
+            ctx,
+        ),
+        Probe(
+            "2-local-to-remote",
+            FlowSpec(
+                FlowType.LOCAL_TO_REMOTE, "", Actor.APP, at(other.ip6 if v6 else other.ip, APP_PORT), identity=app
+            ),
+            url(other.ip6 if v6 else other.ip, APP_PORT, "/health"),
+            pod.netns,
+            app,
+            ctx,
+        ),
+        Probe(
+            "3-prometheus",
+            FlowSpec(FlowType.PROMETHEUS_TO_LOCAL, "", Actor.REMOTE, at(own, 15090), ipaddress.ip_address(node)),
+            url(own, 15090, "/stats/prometheus"),
+            node_ns,
+            None,
+            ctx,
+        ),
+        Probe(
+            "4-own-service",
+            FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP, at(vip, APP_PORT), identity=app),
+            url(vip, APP_PORT, "/health"),
+            pod.netns,
+            app,
+            ctx.with_endpoint(at(vip, APP_PORT), at(own, APP_PORT)),
+        ),
+        Probe(
+            "4-own-pod-ip",
+            FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP, at(own, APP_PORT), identity=app),
+            url(own, APP_PORT, "/health"),
+            pod.netns,
+            app,
+            ctx,
+        ),
+        Probe(
+            "5-proxy-localhost",
+            FlowSpec(FlowType.ENVOY_LOCALHOST, "", Actor.PROXY, loopback, identity=proxy),
+            f"tcp://{loopback}".replace("[", "").replace("]", ""),
+            pod.netns,
+            proxy,
+            ctx,
+        ),
+        Probe(
+            "6-istiod",
+            FlowSpec(FlowType.SIDECAR_TO_ISTIOD, "", Actor.PROXY, at(istiod, 15012), identity=proxy),
+            f"tcp://{istiod}:15012",
+            pod.netns,
+            proxy,
+            ctx,
+        ),
     ]
     nameserver = captured_nameserver(live)
     if nameserver is not None:  # DNS capture: podnat's seventh flow, over UDP and TCP
         dns_ctx = ctx.replace(nameserver=nameserver)
-        probes += [Probe(f"7-dns-{spec.proto}", spec, f"dns://{spec.proto}", pod.netns, app, dns_ctx)
-                   for spec in dns_flows(dns_ctx)]
+        probes += [
+            Probe(f"7-dns-{spec.proto}", spec, f"dns://{spec.proto}", pod.netns, app, dns_ctx)
+            for spec in dns_flows(dns_ctx)
+        ]
     return probes
 
 
@@ -175,8 +219,13 @@ def observe(lab: Lab, pod, probe: Probe) -> Observation:
         if probe.url.startswith("dns://"):
             vip = lab.state.services["details"]
             try:
-                answer = dns_query(probe.netns, str(probe.spec.destination.address),
-                                   "details.bookinfo.svc.cluster.local", probe.spec.proto, who.uid if who else None)
+                answer = dns_query(
+                    probe.netns,
+                    str(probe.spec.destination.address),
+                    "details.bookinfo.svc.cluster.local",
+                    probe.spec.proto,
+                    who.uid if who else None,
+                )
             except RuntimeError as exc:
                 answered, detail = False, str(exc)
             else:
@@ -186,8 +235,16 @@ def observe(lab: Lab, pod, probe: Probe) -> Observation:
             answered, detail = result.answered, f"curl {result.returncode}"
     after = {family: _counters(text) for family, text in _tables(lab, pod).items()}
     stats_after = listener_connections(pod.netns)
-    counted = {family: Counter({ref: after[family][ref] - before[family].get(ref, 0) for ref in after[family]
-                                if after[family][ref] > before[family].get(ref, 0)}) for family in after}
+    counted = {
+        family: Counter(
+            {
+                ref: after[family][ref] - before[family].get(ref, 0)
+                for ref in after[family]
+                if after[family][ref] > before[family].get(ref, 0)
+            }
+        )
+        for family in after
+    }
     traced = [(packet.family, ref) for packet in packets for ref in packet.rules]
     return Observation(answered, detail, traced, counted, envoy_ports_moved(stats_before, stats_after))
 
@@ -232,8 +289,10 @@ def test_every_flow_counts_and_traces_exactly_the_predicted_rules(lab: Lab) -> N
     checked: Counter[str] = Counter()
     for pod in lab.state.pods:
         tables = _tables(lab, pod)
-        parsed = {family: detect_and_parse(text, Family.IPV4 if family == 4 else Family.IPV6)
-                  for family, text in tables.items()}
+        parsed = {
+            family: detect_and_parse(text, Family.IPV4 if family == 4 else Family.IPV6)
+            for family, text in tables.items()
+        }
         for family, live in parsed.items():
             other = next((table for f, table in parsed.items() if f != family), None)
             for probe in _probes(lab, pod, family, live):
@@ -253,10 +312,15 @@ def test_every_flow_counts_and_traces_exactly_the_predicted_rules(lab: Lab) -> N
 
 
 def podnat(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"KUBECONFIG": lab.state.apiserver.kubeconfig, "HOME": str(lab.root), "PATH": "/usr/sbin:/usr/bin:/bin",
-           "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "podnat", *args], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    env = {
+        "KUBECONFIG": lab.state.apiserver.kubeconfig,
+        "HOME": str(lab.root),
+        "PATH": "/usr/sbin:/usr/bin:/bin",
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "podnat", *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
 
 
 def _inspect(lab: Lab, pod, *flags: str, exit_code: int = 0) -> dict[str, Any]:
@@ -271,9 +335,15 @@ def test_the_mode_is_what_the_pods_show(lab: Lab) -> None:
     from podnat.lab.probe import connect
 
     mode = lab.state.mode
-    status = json.loads(subprocess.run([sys.executable, "-m", "podnat", "lab", "status", "-o", "json",
-                                        "--root", str(lab.root)], capture_output=True, text=True, check=True,
-                                       timeout=60).stdout)
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "podnat", "lab", "status", "-o", "json", "--root", str(lab.root)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
     assert status["mode"] == mode
     node_ns = f"{lab.state.netns_prefix}node"
     for pod in lab.state.pods:
@@ -284,8 +354,9 @@ def test_the_mode_is_what_the_pods_show(lab: Lab) -> None:
         if mode == "tproxy":
             assert served["metadata"]["annotations"]["sidecar.istio.io/interceptionMode"] == "TPROXY"
             assert init["args"][init["args"].index("-m") + 1] == "TPROXY"
-            rules = subprocess.run(["ip", "netns", "exec", pod.netns, "ip", "rule"], capture_output=True,
-                                   text=True, check=True).stdout
+            rules = subprocess.run(
+                ["ip", "netns", "exec", pod.netns, "ip", "rule"], capture_output=True, text=True, check=True
+            ).stdout
             assert "fwmark 0x539 lookup 133" in rules
             assert client == lab.state.peers["node"]  # original_src: the app sees the real client
         else:
@@ -315,7 +386,8 @@ def test_podnat_inspect_reads_each_pod_as_its_mode(lab: Lab) -> None:
             assert len(families) == 2 and report["second_family"]["family"] == "ipv6"
         for data in families:
             assert {f["status"] for f in data["flows"]} == {"ok"}, [
-                (f["type"], f.get("variant"), f["status"]) for f in data["flows"]]
+                (f["type"], f.get("variant"), f["status"]) for f in data["flows"]
+            ]
         if mode == "dns":
             dns = [f for f in report["flows"] if f["type"] == 7]
             assert sorted(f["variant"] for f in dns) == ["tcp", "udp"]
@@ -326,8 +398,9 @@ def _flow(report: dict[str, Any], flow_type: int, variant: str | None = None) ->
 
 
 def _in(netns: str, *argv: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, check=True,
-                          timeout=30).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
 
 
 def test_after_a_fault_podnat_says_what_the_connection_did(lab: Lab) -> None:
@@ -363,8 +436,26 @@ def test_after_a_fault_podnat_says_what_the_connection_did(lab: Lab) -> None:
         assert flow["status"] == "drift" and flow["envoy_ports"] == [] and flow["expected"]["envoy_ports"] == [15006]
     elif mode == "dns":
         # The UDP redirect to pilot-agent is gone: UDP queries go unanswered, TCP ones are still captured.
-        _in(pod.netns, "iptables-nft", "-t", "nat", "-D", "ISTIO_OUTPUT_DNS", "-d", "10.96.0.2/32", "-p", "udp",
-            "-m", "udp", "--dport", "53", "-j", "REDIRECT", "--to-ports", "15053")
+        _in(
+            pod.netns,
+            "iptables-nft",
+            "-t",
+            "nat",
+            "-D",
+            "ISTIO_OUTPUT_DNS",
+            "-d",
+            "10.96.0.2/32",
+            "-p",
+            "udp",
+            "-m",
+            "udp",
+            "--dport",
+            "53",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15053",
+        )
         name = "details.bookinfo.svc.cluster.local"
         with pytest.raises(RuntimeError):
             dns_query(pod.netns, "10.96.0.2", name, "udp", 1000, timeout=1)
@@ -385,19 +476,22 @@ def test_after_a_fault_podnat_says_what_the_connection_did(lab: Lab) -> None:
 # which is no first packet, must move the mangle counters podnat predicts. Then a fault per mechanism:
 # the rules flushed (as after a node reboot), the fwmark rule deleted, the stand-in stopped.
 
-HBONE = ("import socket, sys; s = socket.create_connection((sys.argv[1], 15008), timeout=3); "
-         "s.sendall(('CONNECT %s:9080 HTTP/1.1\\r\\n\\r\\n' % sys.argv[1]).encode()); head = s.recv(19); "
-         "s.sendall(b'GET /health HTTP/1.0\\r\\n\\r\\n'); body = b''\n"
-         "while chunk := s.recv(4096): body += chunk\n"
-         "print(head.decode().split()[1], body.split(b'\\r\\n\\r\\n', 1)[1].decode())")
+HBONE = (
+    "import socket, sys; s = socket.create_connection((sys.argv[1], 15008), timeout=3); "
+    "s.sendall(('CONNECT %s:9080 HTTP/1.1\\r\\n\\r\\n' % sys.argv[1]).encode()); head = s.recv(19); "
+    "s.sendall(b'GET /health HTTP/1.0\\r\\n\\r\\n'); body = b''\n"
+    "while chunk := s.recv(4096): body += chunk\n"
+    "print(head.decode().split()[1], body.split(b'\\r\\n\\r\\n', 1)[1].decode())"
+)
 DEBUG_IMAGE = "docker.io/istio/proxyv2:1.30.3"
 
 
 @pytest.fixture(scope="module", params=("ambient", "ambient-nftables"))
 def ambient_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     require(shutil.which("nft") is not None, "needs nft for packet tracing (make install)")
-    with running_lab(Path(f"/run/podnat-lab-modes-{request.param}"), "nft", mode=request.param,
-                     deployments=DEPLOYMENTS) as lab:
+    with running_lab(
+        Path(f"/run/podnat-lab-modes-{request.param}"), "nft", mode=request.param, deployments=DEPLOYMENTS
+    ) as lab:
         yield lab
 
 
@@ -415,8 +509,9 @@ def _ambient_probes(lab: Lab, pod) -> list[tuple[str, FlowSpec, str, str, Identi
     for spec in ambient_flows(ctx.replace(remote=Endpoint(ipaddress.ip_address(other.ip), APP_PORT))):
         key = spec.variant or str(int(spec.type))
         if spec.type is FlowType.REMOTE_TO_LOCAL and spec.variant in ("plaintext", "reply"):
-            from_node = FlowSpec(spec.type, spec.name, spec.actor, spec.destination, node, spec.identity,
-                                 variant=spec.variant)
+            from_node = FlowSpec(
+                spec.type, spec.name, spec.actor, spec.destination, node, spec.identity, variant=spec.variant
+            )
             out.append((key, from_node, f"http://{pod.ip}:9080/health", node_ns, None))
         elif spec.variant == "hbone":
             from_node = FlowSpec(spec.type, spec.name, spec.actor, spec.destination, node, variant="hbone")
@@ -458,9 +553,13 @@ def test_ambient_flows_trace_exactly_the_predicted_rules(ambient_lab: Lab) -> No
             before = _counters(_save(pod.netns))
             with first_packets(pod.netns) as packets:
                 if how.startswith("hbone://"):
-                    result = subprocess.run(["ip", "netns", "exec", netns, "/usr/bin/python3", "-c", HBONE,
-                                             how.removeprefix("hbone://")], capture_output=True, text=True, timeout=20,
-                                            check=False)
+                    result = subprocess.run(
+                        ["ip", "netns", "exec", netns, "/usr/bin/python3", "-c", HBONE, how.removeprefix("hbone://")],
+                        capture_output=True,
+                        text=True,
+                        timeout=20,
+                        check=False,
+                    )
                     status, _, body = result.stdout.partition(" ")
                     answered, client = status == "200", json.loads(body or "{}").get("client")
                 elif how.startswith("dns://"):
@@ -470,8 +569,9 @@ def test_ambient_flows_trace_exactly_the_predicted_rules(ambient_lab: Lab) -> No
                     source = "169.254.7.127" if spec.type is FlowType.KUBELET_PROBE else None
                     result = connect(netns, how, who.uid if who else None, who.gid if who else None, source=source)
                     answered, client = result.answered, result.json().get("client") if result.answered else None
-            counted = {ref: n - before.get(ref, 0) for ref, n in _counters(_save(pod.netns)).items()
-                       if n > before.get(ref, 0)}
+            counted = {
+                ref: n - before.get(ref, 0) for ref, n in _counters(_save(pod.netns)).items() if n > before.get(ref, 0)
+            }
             if spec.variant == "reply":  # made by a plaintext connection: the client's SYN, then ztunnel's
                 plaintext = next(s for _, s, *_ in _ambient_probes(lab, pod) if s.variant == "plaintext")
                 first_legs = trace_ambient(live, plaintext, ctx).legs
@@ -500,8 +600,9 @@ def test_ambient_flows_trace_exactly_the_predicted_rules(ambient_lab: Lab) -> No
 
 
 def _ambient_inspect(lab: Lab, pod, exit_code: int) -> dict[str, Any]:
-    result = podnat(lab, "inspect", pod.name, "-n", "bookinfo", "--debug-container", "--debug-image", DEBUG_IMAGE,
-                    "-o", "json")
+    result = podnat(
+        lab, "inspect", pod.name, "-n", "bookinfo", "--debug-container", "--debug-image", DEBUG_IMAGE, "-o", "json"
+    )
     assert result.returncode == exit_code, result.stdout[-2000:] + result.stderr
     return dict(json.loads(result.stdout))
 
@@ -514,7 +615,8 @@ def test_ambient_pods_are_read_live_and_ok(ambient_lab: Lab) -> None:
     report = _ambient_inspect(lab, pod, 0)
     assert report["context"]["mode"] == "ambient"
     assert report["context"]["release"] == "1.30" and report["context"]["release_from"].startswith(
-        "ztunnel image on node podnat-lab (istio-system/ztunnel-")
+        "ztunnel image on node podnat-lab (istio-system/ztunnel-"
+    )
     assert "debug container podnat-debug" in report["sources"]["nat"]
     flows = {(f["type"], f.get("variant")): f for f in report["flows"]}
     assert flows[(1, "plaintext")]["proxy_ports"] == [15006] and flows[(2, None)]["proxy_ports"] == [15001]
@@ -559,7 +661,8 @@ def test_ambient_faults_give_the_verdict_the_connection_had(ambient_lab: Lab) ->
     assert answer.answered and answer.json()["client"] == lab.state.peers["node"]
     report = _ambient_inspect(lab, first, 1)
     assert report["findings"][0]["message"].startswith(
-        "enrolled in ambient but its traffic bypasses ztunnel: no ISTIO_PRERT/ISTIO_OUTPUT in the pod")
+        "enrolled in ambient but its traffic bypasses ztunnel: no ISTIO_PRERT/ISTIO_OUTPUT in the pod"
+    )
     assert _flow(report, 1, "plaintext")["proxy_ports"] == [] and _flow(report, 1, "plaintext")["status"] == "broken"
     # The stand-in stopped: the app's outbound connection is redirected to 15001, where nothing listens.
     lab_break(second.name, "stop-ztunnel", root)

@@ -22,15 +22,21 @@ NFT_CASES = [case for case in GOLDEN_CASES if case.kind is CaseKind.ISTIO_NFTABL
 DEFAULT_ARGS = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020"
 
 
-
 def load(netns: str, script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=script, capture_output=True,
-                          text=True, check=False, timeout=30)
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-f", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
 
 
 def listing(netns: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "ruleset"], capture_output=True, text=True,
-                          check=True, timeout=30).stdout
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "list", "ruleset"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
 
 
 def config_of(case: GoldenCase) -> InterceptionConfig:
@@ -62,20 +68,33 @@ EXTRA = {
     "injected-default": _default(),
     "release-1.27-no-counters": _default().with_release("1.27"),
     "cni-capture-all-dns-excluded-ports": replace(
-        InterceptionConfig.from_cni({"traffic.sidecar.istio.io/excludeOutboundPorts": "5555,6666"},
-                                    {"ISTIO_META_DNS_CAPTURE": "true"}, ipv6=True), native_nftables=True),
+        InterceptionConfig.from_cni(
+            {"traffic.sidecar.istio.io/excludeOutboundPorts": "5555,6666"},
+            {"ISTIO_META_DNS_CAPTURE": "true"},
+            ipv6=True,
+        ),
+        native_nftables=True,
+    ),
     "tproxy-dual-stack-dns-drop-invalid": _default(
-        mode=InterceptionMode.TPROXY, enable_ipv6=True, drop_invalid=True, redirect_dns=True,
+        mode=InterceptionMode.TPROXY,
+        enable_ipv6=True,
+        drop_invalid=True,
+        redirect_dns=True,
         dns_servers_v4=(InterceptionConfig.from_args("", nameservers=["10.96.0.10"]).dns_servers_v4),
-        dns_servers_v6=(InterceptionConfig.from_args("", nameservers=["fd00:10:96::a", "::ffff:10.96.0.11"])
-                        .dns_servers_v6)),
+        dns_servers_v6=(
+            InterceptionConfig.from_args("", nameservers=["fd00:10:96::a", "::ffff:10.96.0.11"]).dns_servers_v6
+        ),
+    ),
     "include-ranges-loopback-cidr-owner-groups": replace(
         InterceptionConfig.from_args(
             "-p 15001 -z 15006 -u 1337 -m REDIRECT -i 10.0.0.1/8,fd00::/64 -x 192.168.0.0/16,fd01::/48 "
             "-b 9080,9090 -q 8443 -o 5555 -k eth1 -c eth9",
             {"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "127.0.0.1/8", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "0,1"},
-            "1.30", ipv6=True),
-        native_nftables=True),
+            "1.30",
+            ipv6=True,
+        ),
+        native_nftables=True,
+    ),
 }
 
 

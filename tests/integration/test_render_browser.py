@@ -46,10 +46,20 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         raise
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--hide-scrollbars", "--force-device-scale-factor=0.5", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=0.5",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     try:
@@ -59,8 +69,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 
 def podnat(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "podnat", *args], capture_output=True, text=True, timeout=120,
-                          check=False, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "podnat", *args], capture_output=True, text=True, timeout=120, check=False, cwd=REPO
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +91,20 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
 
 def verify_page(tmp_path: Path) -> Path:
     lab = {"node": "lab", "pod_ip": "10.99.0.2", "istio_version": "1.30.3", "capture_mode": "REDIRECT"}
-    report = VerifyReport((
-        PodReport(PodRef("bookinfo", "reviews-v1"), explanation=explained("broken"), **lab),
-        PodReport(PodRef("bookinfo", "productpage-v1"), explanation=explained("drift"), **lab),
-        PodReport(PodRef("bookinfo", "ratings-v1"), explanation=explained("healthy"), **lab),
-        PodReport(PodRef("bookinfo", "details-v1"),
-                  error="istio-proxy cannot read the nat table without NET_ADMIN", error_code=3),
-        PodReport(PodRef("shop", "cart-5d9f"), explanation=explained("owner"), **lab),
-        PodReport(PodRef("kube-system", "coredns"), mesh="none", notes=("no istio-proxy container",)),
-    ))
+    report = VerifyReport(
+        (
+            PodReport(PodRef("bookinfo", "reviews-v1"), explanation=explained("broken"), **lab),
+            PodReport(PodRef("bookinfo", "productpage-v1"), explanation=explained("drift"), **lab),
+            PodReport(PodRef("bookinfo", "ratings-v1"), explanation=explained("healthy"), **lab),
+            PodReport(
+                PodRef("bookinfo", "details-v1"),
+                error="istio-proxy cannot read the nat table without NET_ADMIN",
+                error_code=3,
+            ),
+            PodReport(PodRef("shop", "cart-5d9f"), explanation=explained("owner"), **lab),
+            PodReport(PodRef("kube-system", "coredns"), mesh="none", notes=("no istio-proxy container",)),
+        )
+    )
     page = tmp_path / "report.html"
     page.write_text(verify_html(report))
     return page
@@ -111,8 +127,10 @@ def test_filter_and_search(browser, tmp_path):
     Select(browser.find_element("id", "namespace")).select_by_value("")
     browser.find_element("css selector", '.counts button[data-status="drift"]').click()
     assert visible_pods(browser) == ["pod-bookinfo-productpage-v1", "pod-shop-cart-5d9f"]
-    assert browser.find_element("css selector", '.counts button[data-status="drift"]').get_attribute(
-        "aria-pressed") == "true"
+    assert (
+        browser.find_element("css selector", '.counts button[data-status="drift"]').get_attribute("aria-pressed")
+        == "true"
+    )
     browser.find_element("css selector", '.counts button[data-status="drift"]').click()  # again: all
     assert len(visible_pods(browser)) == 6
     search = browser.find_element("id", "search")
@@ -208,8 +226,9 @@ def test_a_link_to_a_flow_opens_its_pod_at_its_panel(browser, tmp_path):
     browser.get(verify_page(tmp_path).as_uri() + "#pod-shop-cart-5d9f-flow-4-own-pod-ip")
     pod = browser.find_element("id", "pod-shop-cart-5d9f")
     assert pod.get_attribute("open") == "true"
-    shown = [v.get_attribute("data-flow") for v in pod.find_elements("css selector", "section.flow-view")
-             if v.is_displayed()]
+    shown = [
+        v.get_attribute("data-flow") for v in pod.find_elements("css selector", "section.flow-view") if v.is_displayed()
+    ]
     assert shown == ["4-own-pod-ip"]
     others = browser.find_element("id", "pod-bookinfo-reviews-v1")
     assert others.get_attribute("open") is None
@@ -232,18 +251,21 @@ def test_each_panel_draws_one_flow_with_its_rules(browser, pictures, case):
         badges = live[0].find_elements("css selector", "g.rule")
         assert [b.get_attribute("data-rule") for b in badges] == rules_of(flow)
         assert [b.find_element("css selector", "text").text for b in badges] == [
-            r.rpartition(":")[2] for r in rules_of(flow)]  # the numbers shown
+            r.rpartition(":")[2] for r in rules_of(flow)
+        ]  # the numbers shown
         if flow["status"] == "ok":
             assert expected == []
             continue
         assert len(expected) == 1
-        assert [b.get_attribute("data-rule") for b in expected[0].find_elements("css selector", "g.rule")] == \
-            rules_of(flow["expected"])
+        assert [b.get_attribute("data-rule") for b in expected[0].find_elements("css selector", "g.rule")] == rules_of(
+            flow["expected"]
+        )
         lines = expected[0].find_elements("css selector", "polyline")
-        assert lines and all(line.value_of_css_property("stroke-dasharray") not in ("none", "")
-                             for line in lines)
-        assert all(line.value_of_css_property("stroke-dasharray") in ("none", "")
-                   for line in live[0].find_elements("css selector", "polyline"))
+        assert lines and all(line.value_of_css_property("stroke-dasharray") not in ("none", "") for line in lines)
+        assert all(
+            line.value_of_css_property("stroke-dasharray") in ("none", "")
+            for line in live[0].find_elements("css selector", "polyline")
+        )
         # offset: where both routes take the same rule, the browser draws the two badges apart
         shared = browser.execute_script(
             "const [live, exp] = arguments; const out = [];"
@@ -251,16 +273,29 @@ def test_each_panel_draws_one_flow_with_its_rules(browser, pictures, case):
             "  const twin = live.querySelector(`g.rule[data-rule='${b.dataset.rule}']`);"
             "  if (twin) { const r1 = twin.getBoundingClientRect(), r2 = b.getBoundingClientRect();"
             "    out.push([r2.left - r1.left, r2.top - r1.top]); } }"
-            "return out;", live[0], expected[0])
+            "return out;",
+            live[0],
+            expected[0],
+        )
         assert all(math.hypot(dx, dy) >= 3 for dx, dy in shared), shared
-        points = [{p for line in group.find_elements("css selector", "polyline")
-                   for p in line.get_attribute("points").split()} for group in (live[0], expected[0])]
+        points = [
+            {
+                p
+                for line in group.find_elements("css selector", "polyline")
+                for p in line.get_attribute("points").split()
+            }
+            for group in (live[0], expected[0])
+        ]
         assert not points[0] & points[1], "the expected route runs on the live one"
 
 
 SCREENSHOTS = [("healthy", flow, None) for flow in ("1", "2", "3", "4", "4-own-pod-ip", "5", "6")] + [
-    ("broken", "2", "healthy"), ("broken", "4", "healthy"), ("drift", "1", "healthy"), ("drift", "3", "healthy"),
-    ("owner", "6", "healthy")]
+    ("broken", "2", "healthy"),
+    ("broken", "4", "healthy"),
+    ("drift", "1", "healthy"),
+    ("drift", "3", "healthy"),
+    ("owner", "6", "healthy"),
+]
 
 
 @pytest.mark.parametrize(("case", "flow", "other"), SCREENSHOTS)

@@ -49,8 +49,7 @@ def _state(status: str, uid: str = "u-1") -> PodState:
 def test_notices_on_a_change_to_and_from_drift_or_broken_only() -> None:
     assert [n.reason for n in notices([_state("drift")], [_state("ok")])] == ["CaptureDrift"]
     assert [n.reason for n in notices([_state("broken")], [_state("drift")])] == ["CaptureBroken"]
-    assert [(n.reason, n.type) for n in notices([_state("ok")], [_state("broken")])] == [
-        ("CaptureRecovered", "Normal")]
+    assert [(n.reason, n.type) for n in notices([_state("ok")], [_state("broken")])] == [("CaptureRecovered", "Normal")]
     assert notices([_state("drift")], [_state("drift")]) == []  # no change: no Event
     assert notices([_state("ok")], [_state("error")]) == []
     assert [n.reason for n in notices([_state("drift")], [])] == ["CaptureDrift"]  # first seen drifted
@@ -79,8 +78,14 @@ def test_a_repeat_updates_the_series_and_the_rate_limits_hold() -> None:
         kinds = [c[0] for c in api.calls]
         assert kinds == ["create", "patch"]
         created = api.calls[0][1]
-        assert created["regarding"] == {"apiVersion": "v1", "kind": "Pod", "name": "reviews-v1",
-                                        "namespace": "bookinfo", "uid": "u-1", "resourceVersion": "7"}
+        assert created["regarding"] == {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": "reviews-v1",
+            "namespace": "bookinfo",
+            "uid": "u-1",
+            "resourceVersion": "7",
+        }
         assert created["reportingController"] == "podnat.dev/agent" and created["type"] == "Warning"
         assert api.calls[1][1][0] == created["metadata"]["name"]
         assert api.calls[1][1][1]["series"]["count"] == 2
@@ -99,13 +104,17 @@ def test_a_repeat_updates_the_series_and_the_rate_limits_hold() -> None:
 
 def test_facts_travel_unchanged() -> None:
     facts = PodFacts(
-        ref=PodRef("bookinfo", "reviews-v1"), pod=POD,
-        nat=NatReading(NatSource.NODE, "node agent on n: iptables-nft-save -c", "*nat\n", "*nat6\n", '{"nftables": []}',
-                       True),
+        ref=PodRef("bookinfo", "reviews-v1"),
+        pod=POD,
+        nat=NatReading(
+            NatSource.NODE, "node agent on n: iptables-nft-save -c", "*nat\n", "*nat6\n", '{"nftables": []}', True
+        ),
         listeners=ListenersReading("node agent on n: admin", '{"listener_statuses": []}'),
         routing=PolicyRouting("ip rule", 133, "0: from all lookup local", "", None, None, "no ip -6"),
-        notes=("a note",), mesh=MeshMode.SIDECAR,
-        sockets=SocketsReading("node agent on n: /proc/net/tcp", (15001, 15008)))
+        notes=("a note",),
+        mesh=MeshMode.SIDECAR,
+        sockets=SocketsReading("node agent on n: /proc/net/tcp", (15001, 15008)),
+    )
     assert facts_from_data(facts_data(facts), POD) == facts
     bare = replace(facts, listeners=None, routing=None, notes=(), sockets=None)
     assert facts_from_data(facts_data(bare), POD) == bare

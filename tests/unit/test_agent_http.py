@@ -34,13 +34,17 @@ def test_pods_filtered_by_namespace_and_label_selector_and_readiness() -> None:
     try:
         assert _get(server.port, "/readyz")[0] == 503
         assert _get(server.port, "/v1/pods")[0] == 503
-        pods = [_pod("bookinfo", "reviews-v1", "reviews"), _pod("bookinfo", "details-v1", "details"),
-                _pod("other", "reviews-x", "reviews")]
+        pods = [
+            _pod("bookinfo", "reviews-v1", "reviews"),
+            _pod("bookinfo", "details-v1", "details"),
+            _pod("other", "reviews-x", "reviews"),
+        ]
         agent.replace_pods(pods)
         for pod in pods:
             meta = pod["metadata"]
-            agent.states[meta["uid"]] = PodState(meta["uid"], pod, PodReport(PodRef(meta["namespace"], meta["name"]),
-                                                                              node="n1"), None, 0.0, "mapped")
+            agent.states[meta["uid"]] = PodState(
+                meta["uid"], pod, PodReport(PodRef(meta["namespace"], meta["name"]), node="n1"), None, 0.0, "mapped"
+            )
         agent.swept = True
         agent.stats.finished_at = time.time()  # a full sweep just finished
         assert _get(server.port, "/readyz") == (200, "ok\n")
@@ -48,9 +52,13 @@ def test_pods_filtered_by_namespace_and_label_selector_and_readiness() -> None:
         data = json.loads(body)
         assert code == 200 and (data["node"], data["agent"]) == ("n1", "agent-1")
         assert [(p["pod"]["namespace"], p["pod"]["name"], p["pod"]["uid"], p["mapping"]) for p in data["pods"]] == [
-            ("bookinfo", "reviews-v1", "uid-reviews-v1", "mapped")]
+            ("bookinfo", "reviews-v1", "uid-reviews-v1", "mapped")
+        ]
         assert [p["pod"]["name"] for p in json.loads(_get(server.port, "/v1/pods")[1])["pods"]] == [
-            "details-v1", "reviews-v1", "reviews-x"]
+            "details-v1",
+            "reviews-v1",
+            "reviews-x",
+        ]
         assert _get(server.port, "/v1/pods?labelSelector=app%20in%20(")[0] == 400
         assert _get(server.port, "/v1/pods?maxAge=soon")[0] == 400
         assert _get(server.port, "/nothing")[0] == 404

@@ -66,10 +66,13 @@ def test_the_prometheusrule_carries_the_plain_rules() -> None:
     assert rule["spec"]["groups"] == plain["groups"]
 
 
-@pytest.mark.parametrize("command", [
-    ["check", "rules", "manifests/agent/prometheus/alerts.rules.yaml"],
-    ["test", "rules", "tests/data/promtool/alerts_test.yaml"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["check", "rules", "manifests/agent/prometheus/alerts.rules.yaml"],
+        ["test", "rules", "tests/data/promtool/alerts_test.yaml"],
+    ],
+)
 def test_promtool(command: list[str]) -> None:
     require(shutil.which("promtool") is not None, "needs promtool (make install: apt prometheus)")
     done = subprocess.run(["promtool", *command], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
@@ -86,8 +89,15 @@ def test_the_nightly_builds_loads_deploys_the_agent_and_runs_its_tests() -> None
     assert any("'.[dev,agent]'" in run for run in runs)
     down = next(s for s in job["steps"] if s.get("run", "").strip() == "make e2e-down")
     assert down["if"] == "always()"
-    recipe = subprocess.run(["make", "-n", "--no-print-directory", "e2e-agent-up"], cwd=REPO, capture_output=True,
-                            text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    recipe = subprocess.run(
+        ["make", "-n", "--no-print-directory", "e2e-agent-up"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
     lines = recipe.stdout
     assert "docker build -f manifests/agent/Dockerfile" in lines and "load docker-image" in lines, recipe.stderr
     assert "apply -k manifests/agent" in lines and "rollout status daemonset/podnat-agent" in lines

@@ -24,11 +24,21 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 UID = "8d0e2a3c-5f1b-4c2d-9e6a-7b8c9d0e1f2a"
 
 
-@pytest.mark.parametrize("name", [
-    "v2-systemd-containerd", "v2-systemd-containerd-kind", "v2-systemd-crio", "v2-systemd-crio-conmon",
-    "v2-systemd-guaranteed", "v2-cgroupfs-containerd", "v2-cgroupns", "v1-cgroupfs-containerd",
-    "v1-systemd-crio", "v1-hybrid-systemd-containerd",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "v2-systemd-containerd",
+        "v2-systemd-containerd-kind",
+        "v2-systemd-crio",
+        "v2-systemd-crio-conmon",
+        "v2-systemd-guaranteed",
+        "v2-cgroupfs-containerd",
+        "v2-cgroupns",
+        "v1-cgroupfs-containerd",
+        "v1-systemd-crio",
+        "v1-hybrid-systemd-containerd",
+    ],
+)
 def test_pod_uid_in_every_kubelet_cgroup_shape(name: str) -> None:
     assert pod_uid_from_cgroup((DATA / "cgroup" / f"{name}.txt").read_text()) == UID
 

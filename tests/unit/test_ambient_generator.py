@@ -17,11 +17,13 @@ from podnat.netfilter.parse import parse_ruleset
 
 
 def test_annotations_override_the_agent() -> None:
-    cfg = AmbientConfig.from_pod_annotations({
-        "ambient.istio.io/dns-capture": "false",
-        "ambient.istio.io/bypass-inbound-capture": "true",
-        "istio.io/reroute-virtual-interfaces": "eth1, ,eth2",
-    })
+    cfg = AmbientConfig.from_pod_annotations(
+        {
+            "ambient.istio.io/dns-capture": "false",
+            "ambient.istio.io/bypass-inbound-capture": "true",
+            "istio.io/reroute-virtual-interfaces": "eth1, ,eth2",
+        }
+    )
     assert (cfg.redirect_dns, cfg.ingress_mode, cfg.virtual_interfaces) == (False, True, ("eth1", "eth2"))
     assert AmbientConfig.from_pod_annotations({}).redirect_dns is True
     # before 1.25 DNS capture was off by default and there were no per-pod DNS / interface overrides
@@ -34,8 +36,10 @@ def test_annotations_override_the_agent() -> None:
 
 def test_release_differences() -> None:
     tproxy = ambient_restore(AmbientConfig(release=IstioRelease(1, 23))).v4
-    assert "-A ISTIO_PRERT -p tcp -m tcp --dport 15008 -m mark ! --mark 0x539/0xfff -j TPROXY --on-port 15008 " \
-           "--tproxy-mark 0x111/0xfff" in tproxy
+    assert (
+        "-A ISTIO_PRERT -p tcp -m tcp --dport 15008 -m mark ! --mark 0x539/0xfff -j TPROXY --on-port 15008 "
+        "--tproxy-mark 0x111/0xfff" in tproxy
+    )
     assert "* raw" not in tproxy and "-p tcp --dport 53" not in tproxy
     # ingress mode drops the connmark rule in 1.25-1.28, keeps it from 1.29
     connmark = "-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff"

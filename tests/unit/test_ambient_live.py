@@ -22,17 +22,27 @@ ALL_PORTS = (9080, 15001, 15006, 15008, 15053)
 def ambient_pod(name: str = "ratings-v1-x", node: str = "node-1", **annotations: str) -> dict[str, Any]:
     return {
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": "bookinfo", "labels": {"istio.io/dataplane-mode": "ambient"},
-                     "annotations": dict(annotations)},
-        "spec": {"nodeName": node, "containers": [{"name": "ratings", "image": "ratings:1",
-                                                   "ports": [{"containerPort": 9080}]}]},
+        "metadata": {
+            "name": name,
+            "namespace": "bookinfo",
+            "labels": {"istio.io/dataplane-mode": "ambient"},
+            "annotations": dict(annotations),
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "ratings", "image": "ratings:1", "ports": [{"containerPort": 9080}]}],
+        },
         "status": {"phase": "Running", "podIP": "10.99.0.2", "podIPs": [{"ip": "10.99.0.2"}]},
     }
 
 
-ZTUNNEL = {"metadata": {"name": "ztunnel-abcde", "namespace": "istio-system"},
-           "spec": {"nodeName": "node-1", "containers": [{"name": "istio-proxy",
-                                                          "image": "docker.io/istio/ztunnel:1.28.2-distroless"}]}}
+ZTUNNEL = {
+    "metadata": {"name": "ztunnel-abcde", "namespace": "istio-system"},
+    "spec": {
+        "nodeName": "node-1",
+        "containers": [{"name": "istio-proxy", "image": "docker.io/istio/ztunnel:1.28.2-distroless"}],
+    },
+}
 
 
 class FakeSource:
@@ -48,17 +58,21 @@ class FakeSource:
         raise NotImplementedError
 
     def read_facts(self, pod: Mapping[str, Any], source: NatSource | None, debug_container: bool) -> PodFacts:
-        return PodFacts(ref=PodRef("bookinfo", pod["metadata"]["name"]), pod=pod, mesh=MeshMode.AMBIENT,
-                        **self.facts)
+        return PodFacts(ref=PodRef("bookinfo", pod["metadata"]["name"]), pod=pod, mesh=MeshMode.AMBIENT, **self.facts)
 
 
 def read(table: str = LIVE, ports: tuple[int, ...] = ALL_PORTS, rules: str | None = ROUTING_TEXT[0]) -> dict[str, Any]:
     return {
         "nat": NatReading(NatSource.NODE, "node agent on node-1 (uid 0, NET_ADMIN): iptables-nft-save -c", v4=table),
         "sockets": SocketsReading("node agent on node-1: cat /proc/net/tcp /proc/net/tcp6", ports),
-        "routing": PolicyRouting("node agent on node-1: ip rule show; ip route show table 100 (and ip -6)", 100,
-                                 rules.removeprefix("$ ip rule show\n") if rules is not None else None,
-                                 ROUTING_TEXT[1], "", ""),
+        "routing": PolicyRouting(
+            "node agent on node-1: ip rule show; ip route show table 100 (and ip -6)",
+            100,
+            rules.removeprefix("$ ip rule show\n") if rules is not None else None,
+            ROUTING_TEXT[1],
+            "",
+            "",
+        ),
     }
 
 
@@ -82,7 +96,8 @@ def test_rules_gone_after_a_reboot_is_broken() -> None:
     assert report.status == "broken"
     assert report.explanation is not None
     assert report.explanation.findings[0].message.startswith(
-        "enrolled in ambient but its traffic bypasses ztunnel: no ISTIO_PRERT/ISTIO_OUTPUT in the pod")
+        "enrolled in ambient but its traffic bypasses ztunnel: no ISTIO_PRERT/ISTIO_OUTPUT in the pod"
+    )
 
 
 def test_ztunnel_not_listening_is_broken() -> None:

@@ -11,15 +11,22 @@ from podnat.lab.apiobjects import ApiError
 from podnat.lab.state import LabContainer
 
 SMP, MERGE, JSON = ephemeral.STRATEGIC, ephemeral.MERGE, ephemeral.JSON_PATCH
-DEBUG = {"name": "podnat-debug", "image": "docker.io/istio/proxyv2:1.30.3", "targetContainerName": "istio-proxy",
-         "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}}}
+DEBUG = {
+    "name": "podnat-debug",
+    "image": "docker.io/istio/proxyv2:1.30.3",
+    "targetContainerName": "istio-proxy",
+    "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}},
+}
 
 
 def pod(*ephemerals: dict[str, Any]) -> dict[str, Any]:
     return {
         "metadata": {"name": "p", "namespace": "bookinfo", "resourceVersion": "5"},
-        "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}], "initContainers": [{"name": "istio-init"}],
-                 "ephemeralContainers": [ephemeral.defaulted(e) for e in ephemerals]},
+        "spec": {
+            "containers": [{"name": "app"}, {"name": "istio-proxy"}],
+            "initContainers": [{"name": "istio-init"}],
+            "ephemeralContainers": [ephemeral.defaulted(e) for e in ephemerals],
+        },
     }
 
 
@@ -28,8 +35,12 @@ def names(containers: list[dict[str, Any]]) -> list[str]:
 
 
 def test_strategic_merge_adds_by_name_and_tolerates_directives() -> None:
-    body = {"spec": {"$setElementOrder/ephemeralContainers": [{"name": "a"}, {"name": "podnat-debug"}],
-                     "ephemeralContainers": [{**DEBUG, "$patch": "merge"}]}}
+    body = {
+        "spec": {
+            "$setElementOrder/ephemeralContainers": [{"name": "a"}, {"name": "podnat-debug"}],
+            "ephemeralContainers": [{**DEBUG, "$patch": "merge"}],
+        }
+    }
     new = ephemeral.patched_ephemeral_containers(pod({"name": "a", "image": "busybox:1.36"}), SMP, body)
     assert names(new) == ["a", "podnat-debug"]
     assert new[1]["imagePullPolicy"] == "IfNotPresent" and "$patch" not in new[1]
@@ -42,19 +53,24 @@ def test_python_v1pod_body_ignores_everything_but_ephemeral_containers() -> None
 
 def test_resending_an_existing_container_is_a_no_op_but_changing_it_is_a_422() -> None:
     current = pod(DEBUG)
-    assert names(ephemeral.patched_ephemeral_containers(current, SMP, {"spec": {"ephemeralContainers": [DEBUG]}})) \
-        == ["podnat-debug"]
+    assert names(ephemeral.patched_ephemeral_containers(current, SMP, {"spec": {"ephemeralContainers": [DEBUG]}})) == [
+        "podnat-debug"
+    ]
     changed = {**DEBUG, "image": "busybox:1.36"}
     with pytest.raises(ApiError) as err:
         ephemeral.patched_ephemeral_containers(current, SMP, {"spec": {"ephemeralContainers": [changed]}})
     assert err.value.code == 422
-    assert err.value.message == ('Pod "p" is invalid: spec.ephemeralContainers[0]: Forbidden: existing ephemeral '
-                                 'containers "podnat-debug" may not be changed')
+    assert err.value.message == (
+        'Pod "p" is invalid: spec.ephemeralContainers[0]: Forbidden: existing ephemeral '
+        'containers "podnat-debug" may not be changed'
+    )
 
 
 def test_json_patch() -> None:
-    ops = [{"op": "add", "path": "/spec/ephemeralContainers/-", "value": DEBUG},
-           {"op": "test", "path": "/metadata/name", "value": "p"}]
+    ops = [
+        {"op": "add", "path": "/spec/ephemeralContainers/-", "value": DEBUG},
+        {"op": "test", "path": "/metadata/name", "value": "p"},
+    ]
     assert names(ephemeral.patched_ephemeral_containers(pod(), JSON, ops)) == ["podnat-debug"]
     with pytest.raises(ApiError) as err:
         ephemeral.patched_ephemeral_containers(pod(), JSON, [{"op": "test", "path": "/metadata/name", "value": "q"}])
@@ -69,21 +85,31 @@ def test_merge_patch_replaces_the_list_so_dropping_one_is_a_422() -> None:
     with pytest.raises(ApiError) as err:
         ephemeral.patched_ephemeral_containers(pod(DEBUG), MERGE, {"spec": {"ephemeralContainers": []}})
     assert err.value.reason == "Invalid" and err.value.details is not None
-    assert err.value.details["causes"] == [{
-        "reason": "FieldValueForbidden", "field": "spec.ephemeralContainers",
-        "message": 'Forbidden: existing ephemeral containers "podnat-debug" may not be removed',
-    }]
+    assert err.value.details["causes"] == [
+        {
+            "reason": "FieldValueForbidden",
+            "field": "spec.ephemeralContainers",
+            "message": 'Forbidden: existing ephemeral containers "podnat-debug" may not be removed',
+        }
+    ]
 
 
-@pytest.mark.parametrize(("container", "message"), [
-    ({"image": "x:1"}, "spec.ephemeralContainers[0].name: Required value"),
-    ({"name": "app", "image": "x:1"}, 'spec.ephemeralContainers[0].name: Duplicate value: "app"'),
-    ({"name": "d"}, "spec.ephemeralContainers[0].image: Required value"),
-    ({"name": "d", "image": "x:1", "targetContainerName": "nope"},
-     'spec.ephemeralContainers[0].targetContainerName: Not found: "nope"'),
-    ({"name": "d", "image": "x:1", "ports": [{"containerPort": 80}]},
-     "spec.ephemeralContainers[0].ports: Forbidden: cannot be set for an Ephemeral Container"),
-])
+@pytest.mark.parametrize(
+    ("container", "message"),
+    [
+        ({"image": "x:1"}, "spec.ephemeralContainers[0].name: Required value"),
+        ({"name": "app", "image": "x:1"}, 'spec.ephemeralContainers[0].name: Duplicate value: "app"'),
+        ({"name": "d"}, "spec.ephemeralContainers[0].image: Required value"),
+        (
+            {"name": "d", "image": "x:1", "targetContainerName": "nope"},
+            'spec.ephemeralContainers[0].targetContainerName: Not found: "nope"',
+        ),
+        (
+            {"name": "d", "image": "x:1", "ports": [{"containerPort": 80}]},
+            "spec.ephemeralContainers[0].ports: Forbidden: cannot be set for an Ephemeral Container",
+        ),
+    ],
+)
 def test_validation(container: dict[str, Any], message: str) -> None:
     with pytest.raises(ApiError) as err:
         ephemeral.patched_ephemeral_containers(pod(), SMP, {"spec": {"ephemeralContainers": [container]}})
@@ -103,8 +129,11 @@ def test_conflict_and_unsupported_media_type() -> None:
 def test_lab_container_takes_the_identity_the_patch_asked_for() -> None:
     made = ephemeral.lab_container(pod(), DEBUG, ["/lab/bin"])
     assert made == LabContainer("podnat-debug", 0, 0, ["NET_ADMIN", "NET_RAW"], ["/lab/bin"], ephemeral=True)
-    plain = ephemeral.lab_container({"spec": {"securityContext": {"runAsUser": 1000, "runAsGroup": 3000}}},
-                                    {"name": "d", "securityContext": {"capabilities": {"add": ["CAP_SYS_PTRACE"]}}}, [])
+    plain = ephemeral.lab_container(
+        {"spec": {"securityContext": {"runAsUser": 1000, "runAsGroup": 3000}}},
+        {"name": "d", "securityContext": {"capabilities": {"add": ["CAP_SYS_PTRACE"]}}},
+        [],
+    )
     assert (plain.uid, plain.gid, plain.capabilities) == (1000, 3000, ["SYS_PTRACE"])
 
 
@@ -112,8 +141,18 @@ def test_invocation_as_root_switches_namespace_and_identity() -> None:
     proxy = LabContainer("istio-proxy", 1337, 1337, path=["/lab/bin"])
     run = execution.invocation(["iptables-save"], "podnat-p", proxy, hostname="p", euid=0)
     assert run.argv[1:4] == ("netns", "exec", "podnat-p")
-    assert run.argv[5:] == ("--reuid", "1337", "--regid", "1337", "--clear-groups", "--inh-caps=-all",
-                            "--ambient-caps=-all", "--bounding-set=-all", "--", "iptables-save")
+    assert run.argv[5:] == (
+        "--reuid",
+        "1337",
+        "--regid",
+        "1337",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--bounding-set=-all",
+        "--",
+        "iptables-save",
+    )
     assert run.env["PATH"] == f"/lab/bin:{execution.SYSTEM_PATH}" and run.env["HOSTNAME"] == "p"
     debug = LabContainer("d", 0, 0, ["NET_ADMIN", "cap_net_raw"])
     host = execution.invocation(["true"], "", debug, hostname="p", euid=0)

@@ -12,8 +12,11 @@ from podnat.lab.apiobjects import ApiError, FieldRequirement, LabelRequirement
 
 
 def pod(name: str, labels: dict[str, str], phase: str = "Running") -> dict[str, object]:
-    return {"metadata": {"name": name, "namespace": "bookinfo", "labels": labels},
-            "spec": {"nodeName": "lab"}, "status": {"phase": phase}}
+    return {
+        "metadata": {"name": name, "namespace": "bookinfo", "labels": labels},
+        "spec": {"nodeName": "lab"},
+        "status": {"phase": phase},
+    }
 
 
 def test_label_selector_grammar() -> None:
@@ -30,19 +33,24 @@ def test_label_selector_grammar() -> None:
     assert api.parse_label_selector("") == [] and api.parse_label_selector(None) == []
 
 
-@pytest.mark.parametrize(("selector", "selected"), [
-    ("app=reviews", ["reviews-v1", "reviews-v2"]),
-    ("app=reviews,version!=v2", ["reviews-v1"]),
-    ("version in (v2,v3)", ["reviews-v2"]),
-    ("app notin (reviews)", ["details-v1"]),
-    ("!version", ["details-v1"]),
-    ("version", ["reviews-v1", "reviews-v2"]),
-    ("app.kubernetes.io/name=x", []),
-])
+@pytest.mark.parametrize(
+    ("selector", "selected"),
+    [
+        ("app=reviews", ["reviews-v1", "reviews-v2"]),
+        ("app=reviews,version!=v2", ["reviews-v1"]),
+        ("version in (v2,v3)", ["reviews-v2"]),
+        ("app notin (reviews)", ["details-v1"]),
+        ("!version", ["details-v1"]),
+        ("version", ["reviews-v1", "reviews-v2"]),
+        ("app.kubernetes.io/name=x", []),
+    ],
+)
 def test_label_selector_matches(selector: str, selected: list[str]) -> None:
-    pods = [pod("reviews-v1", {"app": "reviews", "version": "v1"}),
-            pod("reviews-v2", {"app": "reviews", "version": "v2"}),
-            pod("details-v1", {"app": "details"})]
+    pods = [
+        pod("reviews-v1", {"app": "reviews", "version": "v1"}),
+        pod("reviews-v2", {"app": "reviews", "version": "v2"}),
+        pod("details-v1", {"app": "details"}),
+    ]
     requirements = api.parse_label_selector(selector)
     assert [p["metadata"]["name"] for p in pods if api.selects(p, requirements, [])] == selected  # type: ignore[index]
 
@@ -56,7 +64,8 @@ def test_bad_label_selector_is_a_400(selector: str) -> None:
 
 def test_field_selector() -> None:
     assert api.parse_field_selector("metadata.name=x,status.phase!=Failed") == [
-        FieldRequirement("metadata.name", True, "x"), FieldRequirement("status.phase", False, "Failed"),
+        FieldRequirement("metadata.name", True, "x"),
+        FieldRequirement("status.phase", False, "Failed"),
     ]
     checks = api.parse_field_selector("metadata.name=x,spec.nodeName==lab")
     assert api.selects(pod("x", {}), [], checks) and not api.selects(pod("y", {}), [], checks)
@@ -67,8 +76,13 @@ def test_field_selector() -> None:
 
 def test_status_shapes() -> None:
     assert api.not_found("pods", "x").status() == {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": 'pods "x" not found', "reason": "NotFound", "details": {"name": "x", "kind": "pods"},
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'pods "x" not found',
+        "reason": "NotFound",
+        "details": {"name": "x", "kind": "pods"},
         "code": 404,
     }
     denied = api.forbidden("ro", "create", "pods/exec", "bookinfo", "p")
@@ -78,8 +92,10 @@ def test_status_shapes() -> None:
     )
     assert (denied.code, denied.reason, denied.details) == (403, "Forbidden", {"name": "p", "kind": "pods"})
     listing = api.forbidden("ro", "list", "pods", None, None)
-    assert listing.message == 'pods is forbidden: User "ro" cannot list resource "pods" in API group "" at the ' \
-                              "cluster scope"
+    assert (
+        listing.message == 'pods is forbidden: User "ro" cannot list resource "pods" in API group "" at the '
+        "cluster scope"
+    )
     assert api.unauthorized().status()["code"] == 401
     assert api.conflict("pods", "p").status()["reason"] == "Conflict"
 
@@ -87,8 +103,9 @@ def test_status_shapes() -> None:
 def test_invalid_joins_causes_as_the_api_server_does() -> None:
     one = api.invalid("Pod", "p", [api.Cause("spec.x", "FieldValueRequired", "")])
     assert one.message == 'Pod "p" is invalid: spec.x: Required value'
-    two = api.invalid("Pod", "p", [api.Cause("a", "FieldValueForbidden", "no"), api.Cause("b", "FieldValueNotFound",
-                                                                                          '"t"')])
+    two = api.invalid(
+        "Pod", "p", [api.Cause("a", "FieldValueForbidden", "no"), api.Cause("b", "FieldValueNotFound", '"t"')]
+    )
     assert two.message == 'Pod "p" is invalid: [a: Forbidden: no, b: Not found: "t"]'
     assert two.code == 422 and two.details is not None
     assert two.details["causes"][1] == {"reason": "FieldValueNotFound", "message": 'Not found: "t"', "field": "b"}
@@ -98,17 +115,32 @@ def test_exec_status_as_the_kubelet_sends_it() -> None:
     assert api.exec_status(0, ["true"]) == {"metadata": {}, "status": "Success"}
     failed = api.exec_status(3, ["sh", "-c", "exit 3"])
     assert failed == {
-        "metadata": {}, "status": "Failure",
+        "metadata": {},
+        "status": "Failure",
         "message": "command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3",
-        "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": "3"}]},
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": "3"}]},
     }
 
 
-@pytest.mark.parametrize(("seconds", "shown"), [
-    (-5, "<invalid>"), (-0.5, "0s"), (45, "45s"), (119, "119s"), (303, "5m3s"), (300, "5m"), (720, "12m"),
-    (3 * 3600 + 300, "3h5m"), (20 * 3600, "20h"), (3 * 86400 + 4 * 3600, "3d4h"), (40 * 86400, "40d"),
-    (800 * 86400, "2y70d"), (9 * 365 * 86400, "9y"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (-5, "<invalid>"),
+        (-0.5, "0s"),
+        (45, "45s"),
+        (119, "119s"),
+        (303, "5m3s"),
+        (300, "5m"),
+        (720, "12m"),
+        (3 * 3600 + 300, "3h5m"),
+        (20 * 3600, "20h"),
+        (3 * 86400 + 4 * 3600, "3d4h"),
+        (40 * 86400, "40d"),
+        (800 * 86400, "2y70d"),
+        (9 * 365 * 86400, "9y"),
+    ],
+)
 def test_human_duration(seconds: float, shown: str) -> None:
     assert api.human_duration(seconds) == shown
 
@@ -117,11 +149,19 @@ def test_pod_table_rows() -> None:
     manifest = {
         "metadata": {"name": "p", "namespace": "bookinfo", "creationTimestamp": "2026-01-01T00:00:00Z"},
         "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}], "nodeName": "lab"},
-        "status": {"phase": "Running", "podIP": "10.89.0.2", "containerStatuses": [
-            {"name": "app", "ready": True, "restartCount": 1},
-            {"name": "istio-proxy", "ready": False, "restartCount": 2,
-             "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
-        ]},
+        "status": {
+            "phase": "Running",
+            "podIP": "10.89.0.2",
+            "containerStatuses": [
+                {"name": "app", "ready": True, "restartCount": 1},
+                {
+                    "name": "istio-proxy",
+                    "ready": False,
+                    "restartCount": 2,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                },
+            ],
+        },
     }
     now = datetime.datetime(2026, 1, 1, 0, 5, 3, tzinfo=datetime.timezone.utc)
     table = api.pod_table([manifest], "7", "Metadata", now)

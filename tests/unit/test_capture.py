@@ -32,8 +32,7 @@ MARKER = "podnat-recorded"
 
 
 def recorded(name: str):  # type: ignore[no-untyped-def]
-    capture = parse_output((RECORDED / f"{name}.stdout").read_text(), (RECORDED / f"{name}.stderr").read_text(),
-                           MARKER)
+    capture = parse_output((RECORDED / f"{name}.stdout").read_text(), (RECORDED / f"{name}.stderr").read_text(), MARKER)
     assert capture is not None
     return capture
 
@@ -47,8 +46,12 @@ def test_istio_init_with_iptables_nft_the_old_read_saw_nothing() -> None:
     assert "-A " not in (RECORDED / "nft-rules.unqualified-iptables-save").read_text()
     # ... while the explicit nft backend holds Istio's rules, with live counters.
     capture = recorded("nft-rules")
-    assert states("nft-rules") == {("nft", "v4"): DumpState.ISTIO, ("nft", "v6"): DumpState.ISTIO,
-                                   ("legacy", "v4"): DumpState.EMPTY, ("legacy", "v6"): DumpState.EMPTY}
+    assert states("nft-rules") == {
+        ("nft", "v4"): DumpState.ISTIO,
+        ("nft", "v6"): DumpState.ISTIO,
+        ("legacy", "v4"): DumpState.EMPTY,
+        ("legacy", "v6"): DumpState.EMPTY,
+    }
     assert capture.nft_content is NftContent.IPTABLES_NFT  # upper-case ISTIO_* chains in nft's own listing
     found = nat_tables(capture)
     assert isinstance(found, NatTables)
@@ -106,15 +109,21 @@ def test_unprivileged_proxy_permission_messages_of_both_backends_and_nft() -> No
     )
     found = nat_tables(capture)
     assert isinstance(found, NatFailure)
-    assert (found.problem, found.command, found.nft) == (NatProblem.PERMISSION, "iptables-nft-save -c",
-                                                          NftContent.UNREAD)
+    assert (found.problem, found.command, found.nft) == (
+        NatProblem.PERMISSION,
+        "iptables-nft-save -c",
+        NftContent.UNREAD,
+    )
 
 
 def test_iptables_nft_tables_found_in_nfts_listing_when_no_nft_save() -> None:
     capture = recorded("nft-rules-no-nft-save")
-    assert states("nft-rules-no-nft-save") == {("nft", "v4"): DumpState.MISSING, ("nft", "v6"): DumpState.MISSING,
-                                               ("legacy", "v4"): DumpState.EMPTY,
-                                               ("legacy", "v6"): DumpState.EMPTY}
+    assert states("nft-rules-no-nft-save") == {
+        ("nft", "v4"): DumpState.MISSING,
+        ("nft", "v6"): DumpState.MISSING,
+        ("legacy", "v4"): DumpState.EMPTY,
+        ("legacy", "v6"): DumpState.EMPTY,
+    }
     found = nat_tables(capture)
     assert isinstance(found, NatTables)
     assert found.command == "nft -j list ruleset (iptables-nft tables)"
@@ -123,11 +132,14 @@ def test_iptables_nft_tables_found_in_nfts_listing_when_no_nft_save() -> None:
     assert live.rule("nat", "ISTIO_OUTPUT", 1) is not None  # upper-case chains, keyed as iptables' tables
 
 
-@pytest.mark.parametrize("listing", [
-    "table ip nat {\n\tchain ISTIO_OUTPUT {\n\t}\n}\n",
-    "table ip nat {\n\tchain istio_output {\n\t}\n}\n",
-    '{"nftables": [{"chain": {"family": "ip6", "table": "nat", "name": "Istio_Inbound"}}]}',
-])
+@pytest.mark.parametrize(
+    "listing",
+    [
+        "table ip nat {\n\tchain ISTIO_OUTPUT {\n\t}\n}\n",
+        "table ip nat {\n\tchain istio_output {\n\t}\n}\n",
+        '{"nftables": [{"chain": {"family": "ip6", "table": "nat", "name": "Istio_Inbound"}}]}',
+    ],
+)
 def test_iptables_nft_chain_names_in_any_case(listing: str) -> None:
     assert nft_content(listing) is NftContent.IPTABLES_NFT
 
@@ -147,12 +159,17 @@ def test_unqualified_only_where_neither_backend_exists(tmp_path: Path) -> None:
         stub.write_text(f"#!/bin/sh\necho '# {name}'\n")
         stub.chmod(0o755)
     script = capture_script("M", 15000, listeners=False)
-    result = subprocess.run(["sh", "-c", script], env={"PATH": str(tools)}, capture_output=True, text=True,
-                            check=False, timeout=20)
+    result = subprocess.run(
+        ["sh", "-c", script], env={"PATH": str(tools)}, capture_output=True, text=True, check=False, timeout=20
+    )
     capture = parse_output(result.stdout, result.stderr, "M")
     assert capture is not None
     ran = {(d.backend, d.family): d.state for d in capture.iptables}
-    assert ran == {(Backend.NFT, IpFamily.V4): DumpState.MISSING, (Backend.NFT, IpFamily.V6): DumpState.MISSING,
-                   (Backend.LEGACY, IpFamily.V4): DumpState.MISSING, (Backend.LEGACY, IpFamily.V6): DumpState.EMPTY,
-                   (Backend.UNQUALIFIED, IpFamily.V4): DumpState.EMPTY}
+    assert ran == {
+        (Backend.NFT, IpFamily.V4): DumpState.MISSING,
+        (Backend.NFT, IpFamily.V6): DumpState.MISSING,
+        (Backend.LEGACY, IpFamily.V4): DumpState.MISSING,
+        (Backend.LEGACY, IpFamily.V6): DumpState.EMPTY,
+        (Backend.UNQUALIFIED, IpFamily.V4): DumpState.EMPTY,
+    }
     assert capture.listeners is None

@@ -20,8 +20,16 @@ def test_explain_recognises_an_ambient_table() -> None:
         data = json.loads(result.stdout)
         assert data["context"]["mode"] == "ambient"
         ports = {(f["type"], f.get("variant")): f["proxy_ports"] for f in data["flows"]}
-        assert ports == {(1, "hbone"): [15008], (1, "plaintext"): [15006], (1, "reply"): [], (2, None): [15001],
-                         (4, "own-pod-ip"): [], (7, "udp"): [15053], (7, "tcp"): [15053], (8, None): []}
+        assert ports == {
+            (1, "hbone"): [15008],
+            (1, "plaintext"): [15006],
+            (1, "reply"): [],
+            (2, None): [15001],
+            (4, "own-pod-ip"): [],
+            (7, "udp"): [15053],
+            (7, "tcp"): [15053],
+            (8, None): [],
+        }
         assert all(f["envoy_ports"] == [] for f in data["flows"])
 
 
@@ -35,18 +43,33 @@ def test_trace_ztunnel_and_a_kubelet_probe() -> None:
     base = ("trace", "--nat-file", str(AMBIENT), "--pod-ip", "10.99.0.2")
     proxy = json.loads(podnat(*base, "--from", "proxy", "--to", "10.99.0.1:9080", "-o", "json").stdout)
     assert [leg["rules"] for leg in proxy["legs"]] == [["raw/OUTPUT:1", "mangle/OUTPUT:1", "OUTPUT:1"]]
-    unmarked = json.loads(podnat(*base, "--from", "proxy", "--mark", "0", "--to", "10.99.0.1:9080",
-                                 "-o", "json").stdout)
+    unmarked = json.loads(
+        podnat(*base, "--from", "proxy", "--mark", "0", "--to", "10.99.0.1:9080", "-o", "json").stdout
+    )
     assert unmarked["proxy_ports"] == [15001]
-    probe = json.loads(podnat(*base, "--from", "remote", "--src", "169.254.7.127", "--to", "10.99.0.2:8080",
-                              "-o", "json").stdout)
+    probe = json.loads(
+        podnat(*base, "--from", "remote", "--src", "169.254.7.127", "--to", "10.99.0.2:8080", "-o", "json").stdout
+    )
     assert probe["legs"][0]["rules"][-1] == "ISTIO_PRERT:1" and probe["proxy_ports"] == []
     assert probe["context"]["mode"] == "ambient"
 
 
 def test_routing_transcript_breaks_inbound() -> None:
-    result = podnat("trace", "--nat-file", str(AMBIENT), "--pod-ip", "10.99.0.2", "--from", "remote",
-                    "--to", "10.99.0.2:9080", "--routing", str(ROUTING_MISSING), "-o", "json")
+    result = podnat(
+        "trace",
+        "--nat-file",
+        str(AMBIENT),
+        "--pod-ip",
+        "10.99.0.2",
+        "--from",
+        "remote",
+        "--to",
+        "10.99.0.2:9080",
+        "--routing",
+        str(ROUTING_MISSING),
+        "-o",
+        "json",
+    )
     assert result.returncode == 1
     data = json.loads(result.stdout)
     assert data["outcome"] == "dropped" and "ip rule add fwmark 0x111/0xfff lookup 100" in data["reason"]
@@ -72,20 +95,35 @@ def test_bad_routing_transcript_and_mark(tmp_path: Path) -> None:
     result = podnat("explain", str(AMBIENT), "--routing", str(bad))
     assert result.returncode == 4
     assert "output before any `$ COMMAND` line" in result.stderr and "Traceback" not in result.stderr
-    result = podnat("trace", "--nat-file", str(AMBIENT), "--pod-ip", "10.99.0.2", "--from", "proxy",
-                    "--to", "10.99.0.1:80", "--mark", "lots")
+    result = podnat(
+        "trace",
+        "--nat-file",
+        str(AMBIENT),
+        "--pod-ip",
+        "10.99.0.2",
+        "--from",
+        "proxy",
+        "--to",
+        "10.99.0.1:80",
+        "--mark",
+        "lots",
+    )
     assert result.returncode == 2 and "--mark" in result.stderr
 
 
 def test_routing_transcript_for_a_tproxy_sidecar(tmp_path: Path) -> None:
     table = DATA / "nft" / "tproxy.nft-list-ruleset"
     good = tmp_path / "good.txt"
-    good.write_text("$ ip rule show\n0:\tfrom all lookup local\n32765:\tfrom all fwmark 0x539 lookup 133\n"
-                    "32766:\tfrom all lookup main\n$ ip route show table 133\nlocal default dev lo scope host\n")
+    good.write_text(
+        "$ ip rule show\n0:\tfrom all lookup local\n32765:\tfrom all fwmark 0x539 lookup 133\n"
+        "32766:\tfrom all lookup main\n$ ip route show table 133\nlocal default dev lo scope host\n"
+    )
     assert podnat("explain", str(table), "--routing", str(good)).returncode == 0
     missing = tmp_path / "missing.txt"
-    missing.write_text("$ ip rule show\n0:\tfrom all lookup local\n32766:\tfrom all lookup main\n"
-                       "$ ip route show table 133\nlocal default dev lo scope host\n")
+    missing.write_text(
+        "$ ip rule show\n0:\tfrom all lookup local\n32766:\tfrom all lookup main\n"
+        "$ ip route show table 133\nlocal default dev lo scope host\n"
+    )
     result = podnat("explain", str(table), "--routing", str(missing), "-o", "json")
     assert result.returncode == 1
     data = json.loads(result.stdout)

@@ -17,34 +17,84 @@ DEFAULT = DATA / "default.v4.iptables-save"
 
 def podnat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "podnat", *args], input=stdin, capture_output=True,
-                          text=True, timeout=60, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "podnat", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def test_trace_json_contract():
-    result = podnat("trace", "--nat-file", str(DEFAULT), "--pod-ip", "10.99.0.2", "--from", "app",
-                    "--to", "10.99.0.1:9080", "-o", "json")
+    result = podnat(
+        "trace",
+        "--nat-file",
+        str(DEFAULT),
+        "--pod-ip",
+        "10.99.0.2",
+        "--from",
+        "app",
+        "--to",
+        "10.99.0.1:9080",
+        "-o",
+        "json",
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data) >= {"legs", "envoy_ports", "outcome", "delivered_to"}
     assert [leg["rules"] for leg in data["legs"]] == [
-        ["OUTPUT:1", "ISTIO_OUTPUT:9", "ISTIO_REDIRECT:1"], ["OUTPUT:1", "ISTIO_OUTPUT:4"]]
+        ["OUTPUT:1", "ISTIO_OUTPUT:9", "ISTIO_REDIRECT:1"],
+        ["OUTPUT:1", "ISTIO_OUTPUT:4"],
+    ]
     first = data["legs"][0]
     assert {k: first[k] for k in ("actor", "src", "dst", "hook", "verdict", "to")} == {
-        "actor": "app", "src": "10.99.0.2", "dst": "10.99.0.1:9080", "hook": "OUTPUT",
-        "verdict": "REDIRECT", "to": "127.0.0.1:15001"}
+        "actor": "app",
+        "src": "10.99.0.2",
+        "dst": "10.99.0.1:9080",
+        "hook": "OUTPUT",
+        "verdict": "REDIRECT",
+        "to": "127.0.0.1:15001",
+    }
     assert data["envoy_ports"] == [15001]
     assert data["outcome"] == "delivered" and data["delivered_to"] == "10.99.0.1:9080"
 
 
 def test_trace_remote_and_endpoint():
-    result = podnat("trace", "--nat-file", "-", "--pod-ip", "10.99.0.2", "--from", "app",
-                    "--to", "10.96.12.3:9080", "--endpoint", "10.99.0.2", "-o", "json", stdin=DEFAULT.read_text())
+    result = podnat(
+        "trace",
+        "--nat-file",
+        "-",
+        "--pod-ip",
+        "10.99.0.2",
+        "--from",
+        "app",
+        "--to",
+        "10.96.12.3:9080",
+        "--endpoint",
+        "10.99.0.2",
+        "-o",
+        "json",
+        stdin=DEFAULT.read_text(),
+    )
     data = json.loads(result.stdout)
     assert data["envoy_ports"] == [15001, 15006]
     assert data["delivered_to"] == "10.99.0.2:9080"
-    inbound = podnat("trace", "--nat-file", str(DEFAULT), "--pod-ip", "10.99.0.2", "--from", "remote",
-                     "--to", "10.99.0.2:9080", "-o", "json")
+    inbound = podnat(
+        "trace",
+        "--nat-file",
+        str(DEFAULT),
+        "--pod-ip",
+        "10.99.0.2",
+        "--from",
+        "remote",
+        "--to",
+        "10.99.0.2:9080",
+        "-o",
+        "json",
+    )
     legs = json.loads(inbound.stdout)["legs"]
     assert legs[0]["hook"] == "PREROUTING" and legs[0]["to"] == "10.99.0.2:15006"
     assert legs[1]["src"] == "127.0.0.6"
@@ -52,10 +102,33 @@ def test_trace_remote_and_endpoint():
 
 def test_trace_refused_exits_1(tmp_path):
     listeners = tmp_path / "l.json"
-    listeners.write_text(json.dumps({"listener_statuses": [
-        {"name": "virtualInbound", "local_address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}}}]}))
-    result = podnat("trace", "--nat-file", str(DEFAULT), "--pod-ip", "10.99.0.2", "--from", "app",
-                    "--to", "10.99.0.1:80", "--listeners", str(listeners), "-o", "json")
+    listeners.write_text(
+        json.dumps(
+            {
+                "listener_statuses": [
+                    {
+                        "name": "virtualInbound",
+                        "local_address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
+                    }
+                ]
+            }
+        )
+    )
+    result = podnat(
+        "trace",
+        "--nat-file",
+        str(DEFAULT),
+        "--pod-ip",
+        "10.99.0.2",
+        "--from",
+        "app",
+        "--to",
+        "10.99.0.1:80",
+        "--listeners",
+        str(listeners),
+        "-o",
+        "json",
+    )
     assert result.returncode == 1
     assert json.loads(result.stdout)["outcome"] == "refused"
 
@@ -108,41 +181,50 @@ def test_missing_file_exit_4():
 
 
 def test_usage_errors_exit_2():
-    assert podnat("trace", "--nat-file", str(DEFAULT), "--pod-ip", "nope", "--from", "app",
-                  "--to", "1.2.3.4:80").returncode == 2
+    assert (
+        podnat(
+            "trace", "--nat-file", str(DEFAULT), "--pod-ip", "nope", "--from", "app", "--to", "1.2.3.4:80"
+        ).returncode
+        == 2
+    )
     assert podnat("trace", "--nat-file", str(DEFAULT)).returncode == 2
     assert podnat("explain", str(DEFAULT), "-o", "xml").returncode == 2
 
 
 def test_offline_commands_do_not_import_the_kubernetes_client():
-    code = (f"import sys, runpy; sys.argv=['podnat','explain',{str(DEFAULT)!r},'-o','json'];\n"
-            "try:\n  runpy.run_module('podnat', run_name='__main__')\n"
-            "except SystemExit: pass\n"
-            "assert 'kubernetes' not in sys.modules, 'kubernetes imported'\n"
-            "assert 'markdown_it' not in sys.modules, 'rich.markdown loaded at start'\n")
+    code = (
+        f"import sys, runpy; sys.argv=['podnat','explain',{str(DEFAULT)!r},'-o','json'];\n"
+        "try:\n  runpy.run_module('podnat', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "assert 'kubernetes' not in sys.modules, 'kubernetes imported'\n"
+        "assert 'markdown_it' not in sys.modules, 'rich.markdown loaded at start'\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
 
 
 def test_rich_markdown_deferred_at_start_still_works_when_used():
-    code = ("import io, sys, podnat.cli\n"
-            "assert 'markdown_it' not in sys.modules\n"
-            "from rich.console import Console\n"
-            "from rich.markdown import Markdown\n"
-            "console = Console(file=io.StringIO(), width=40)\n"
-            "console.print(Markdown('# Title\\n\\n*some* text'))\n"
-            "import rich.markdown\n"
-            "assert 'markdown_it' in sys.modules and rich.markdown.MarkdownIt is not None\n"
-            "assert isinstance(Markdown('x'), rich.markdown.Markdown)\n"
-            "print(console.file.getvalue())\n")
+    code = (
+        "import io, sys, podnat.cli\n"
+        "assert 'markdown_it' not in sys.modules\n"
+        "from rich.console import Console\n"
+        "from rich.markdown import Markdown\n"
+        "console = Console(file=io.StringIO(), width=40)\n"
+        "console.print(Markdown('# Title\\n\\n*some* text'))\n"
+        "import rich.markdown\n"
+        "assert 'markdown_it' in sys.modules and rich.markdown.MarkdownIt is not None\n"
+        "assert isinstance(Markdown('x'), rich.markdown.Markdown)\n"
+        "print(console.file.getvalue())\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "Title" in result.stdout and "some text" in result.stdout
 
 
 def test_pod_spec_reconciles_cleanly_against_its_own_default_table():
-    result = podnat("explain", str(DEFAULT), "--pod-spec", str(REFERENCE / "pod-specs/hello.yaml.injected"),
-                    "-o", "json")
+    result = podnat(
+        "explain", str(DEFAULT), "--pod-spec", str(REFERENCE / "pod-specs/hello.yaml.injected"), "-o", "json"
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {f["status"] for f in data["flows"]} == {"ok"}

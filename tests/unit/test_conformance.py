@@ -43,7 +43,8 @@ def test_kernel_dump_is_checked(reference: Path) -> None:
     result = conformance.check_golden(reference, "nftables/tproxy.golden")
     assert result.verdict is Verdict.REPRODUCED
     assert result.kernel_save == (
-        "matches the kernel's dump (ipv4 and ipv6 views, rule for rule; nft_listing is its text)")
+        "matches the kernel's dump (ipv4 and ipv6 views, rule for rule; nft_listing is its text)"
+    )
 
 
 def test_nft_bad_input_and_a_wrong_config(reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,7 +58,8 @@ def test_nft_bad_input_and_a_wrong_config(reference: Path, monkeypatch: pytest.M
     assert result.verdict is Verdict.NOT_REPRODUCED
     assert result.reason == (
         "line 3: golden 'add chain inet istio-proxy-nat output { type nat hook output priority -100 ; }', "
-        "generated 'add chain inet istio-proxy-nat prerouting { type nat hook prerouting priority -100 ; }'")
+        "generated 'add chain inet istio-proxy-nat prerouting { type nat hook prerouting priority -100 ; }'"
+    )
 
 
 def test_nft_kernel_check_compares_the_kernels_spelling(reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,8 +67,10 @@ def test_nft_kernel_check_compares_the_kernels_spelling(reference: Path, monkeyp
     monkeypatch.setattr(conformance, "listing_rule", lambda text, counter_values=True: text)
     result = conformance.check_golden(reference, "nftables/empty.golden")
     assert result.verdict is Verdict.NOT_REPRODUCED
-    assert "ipv4 istio-proxy-nat istio-inbound rule 1: kernel 'tcp dport 15008 counter return', " \
-           "generated 'meta l4proto tcp tcp dport 15008 counter return'" in result.reason
+    assert (
+        "ipv4 istio-proxy-nat istio-inbound rule 1: kernel 'tcp dport 15008 counter return', "
+        "generated 'meta l4proto tcp tcp dport 15008 counter return'" in result.reason
+    )
 
 
 def test_a_wrong_release_is_not_reproduced(reference: Path) -> None:
@@ -95,8 +99,10 @@ def test_a_wrong_ambient_setting_is_not_reproduced(reference: Path, monkeypatch:
     monkeypatch.setitem(case.settings, "IngressMode", False)
     result = conformance.check_golden(reference, case.path)
     assert result.verdict is Verdict.NOT_REPRODUCED
-    assert result.reason == ("v4 nat ISTIO_PRERT: generated 2 rules, golden has 0; "
-                             "first extra '-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT'")
+    assert result.reason == (
+        "v4 nat ISTIO_PRERT: generated 2 rules, golden has 0; "
+        "first extra '-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT'"
+    )
     case = case_for("nftables/cni-ambient-nftables/hostprobe.golden")
     assert case is not None
     monkeypatch.setitem(case.settings, "KubeletUID", 0)
@@ -112,8 +118,10 @@ def test_cli_text_and_json(reference: Path, capsys: pytest.CaptureFixture[str]) 
     assert conformance.main(["--reference", str(reference), "-o", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["reproduced"], doc["total"]) == (244, 244)
-    assert doc["backends"] == {"iptables": {"reproduced": 202, "total": 202},
-                               "nftables": {"reproduced": 42, "total": 42}}
+    assert doc["backends"] == {
+        "iptables": {"reproduced": 202, "total": 202},
+        "nftables": {"reproduced": 42, "total": 42},
+    }
     assert {g["backend"] for g in doc["goldens"]} == {"iptables", "nftables"}
 
 

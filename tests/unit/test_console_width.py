@@ -60,8 +60,15 @@ def check_paths(text: str, expl, width: int, with_intent: bool) -> None:
 
 def podnat_at(width: int, *args: str) -> str:
     env = {**os.environ, "COLUMNS": str(width), "TERM": "dumb"}
-    done = subprocess.run([sys.executable, "-m", "podnat", *args], capture_output=True, text=True, env=env,
-                          timeout=60, check=False, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "podnat", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
     assert done.returncode in (0, 1), done.stderr
     return done.stdout
 
@@ -92,15 +99,23 @@ def test_explain_without_intent_fits(width, tmp_path):
 @pytest.mark.parametrize("width", [80, 120])
 def test_inspect_report_fits(width, monkeypatch):
     screen = io.StringIO()
-    monkeypatch.setattr(console, "out", Console(file=screen, width=width, soft_wrap=False, highlight=False,
-                                                color_system=None))
+    monkeypatch.setattr(
+        console, "out", Console(file=screen, width=width, soft_wrap=False, highlight=False, color_system=None)
+    )
     expl = explained("drift")
-    console.print_pod_report(PodReport(PodRef("bookinfo", "reviews-v1-7f9c6b-x2k4p"), node="lab", pod_ip="10.99.0.2",
-                                       istio_version="1.30.3", capture_mode="REDIRECT",
-                                       sources={"nat": "debug container podnat-debug (iptables-save -c)"},
-                                       explanation=expl))
+    console.print_pod_report(
+        PodReport(
+            PodRef("bookinfo", "reviews-v1-7f9c6b-x2k4p"),
+            node="lab",
+            pod_ip="10.99.0.2",
+            istio_version="1.30.3",
+            capture_mode="REDIRECT",
+            sources={"nat": "debug container podnat-debug (iptables-save -c)"},
+            explanation=expl,
+        )
+    )
     text = screen.getvalue()
     assert "bookinfo/reviews-v1-7f9c6b-x2k4p" in text and "status: drift" in text
-    table = text[text.index("┏"):text.index("┘") + 1]
+    table = text[text.index("┏") : text.index("┘") + 1]
     check_paths(table, expl, width, with_intent=True)
     assert max(len(line.rstrip()) for line in text.splitlines()) <= width

@@ -37,8 +37,12 @@ def test_counted_paths_are_consistent_and_the_rest_is_unexpected():
     ev = evidence(explain(live, PodContext()), live)
     by_type = {(f.flow, f.variant): f for f in ev.flows}
     assert by_type[(2, None)].consistent
-    assert by_type[(2, None)].counts == (("OUTPUT:1", 10), ("ISTIO_OUTPUT:9", 4), ("ISTIO_REDIRECT:1", 4),
-                                          ("ISTIO_OUTPUT:4", 6))
+    assert by_type[(2, None)].counts == (
+        ("OUTPUT:1", 10),
+        ("ISTIO_OUTPUT:9", 4),
+        ("ISTIO_REDIRECT:1", 4),
+        ("ISTIO_OUTPUT:4", 6),
+    )
     assert not by_type[(1, None)].consistent and "PREROUTING:1" in by_type[(1, None)].silent
     assert ev.unexpected == (("ISTIO_OUTPUT:7", "-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN", 1204),)
     assert re.match(r"ISTIO_OUTPUT:\d", ev.unexpected[0][0])

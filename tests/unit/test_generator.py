@@ -1,6 +1,5 @@
 """The expected-rules generator: docs/istio-capture.md's injected default, release differences, pods."""
 
-
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,9 +19,7 @@ from podnat.istio.config import (
 )
 from podnat.istio.generator import expected_rules
 
-DEFAULT_ARGS = (
-    "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x \"\" -b '*' -d 15090,15021,15020"
-)
+DEFAULT_ARGS = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x \"\" -b '*' -d 15090,15021,15020"
 
 # docs/istio-capture.md, "The injected default (REDIRECT mode), live iptables-save -t nat form", release 1.30
 DEFAULT_NAT_1_30 = """\
@@ -108,9 +105,7 @@ def test_long_flags_and_env() -> None:
 
 def test_output_jump_and_port_22_by_release() -> None:
     config = InterceptionConfig.from_args(DEFAULT_ARGS, {}, "1.30")
-    assert _rules(expected_rules(config.with_release("1.24")).v4, "OUTPUT") == (
-        "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
-    )
+    assert _rules(expected_rules(config.with_release("1.24")).v4, "OUTPUT") == ("-A OUTPUT -p tcp -j ISTIO_OUTPUT",)
     assert _rules(expected_rules(config.with_release("1.25")).v4, "OUTPUT") == ("-A OUTPUT -j ISTIO_OUTPUT",)
     assert _rules(expected_rules(config.with_release("1.12")).v4, "ISTIO_INBOUND")[:2] == (
         "-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN",

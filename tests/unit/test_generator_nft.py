@@ -67,36 +67,49 @@ def test_listing_is_the_kernels(case: GoldenCase) -> None:
         want = parse_nft(live, family)
         got = expected_nft(config)[family]
         assert [(r.ref, r.spec) for t in got.tables.values() for r in t.rules()] == [
-            (r.ref, r.spec) for t in want.tables.values() for r in t.rules()]
+            (r.ref, r.spec) for t in want.tables.values() for r in t.rules()
+        ]
         assert got.declared_base_chains == want.declared_base_chains
 
 
 LISTED = [  # (the script's spelling, the kernel's)
-    ("oifname lo ip saddr 127.0.0.6/32 counter return",
-     'oifname "lo" ip saddr 127.0.0.6 counter packets 0 bytes 0 return'),
-    ("meta l4proto tcp tcp dport 15008 counter return",
-     "tcp dport 15008 counter packets 0 bytes 0 return"),
+    (
+        "oifname lo ip saddr 127.0.0.6/32 counter return",
+        'oifname "lo" ip saddr 127.0.0.6 counter packets 0 bytes 0 return',
+    ),
+    ("meta l4proto tcp tcp dport 15008 counter return", "tcp dport 15008 counter packets 0 bytes 0 return"),
     # capture-all DNS (istio-cni): not in the corpus; the tcp test implies the l4proto one
-    ("meta l4proto tcp tcp dport 53 counter redirect to :15053",
-     "tcp dport 53 counter packets 0 bytes 0 redirect to :15053"),
-    ("meta l4proto tcp ct state related,established counter jump istio-divert",
-     "meta l4proto tcp ct state established,related counter packets 0 bytes 0 jump istio-divert"),
-    ("meta l4proto tcp mark 1337 counter ct mark set mark",
-     "meta l4proto tcp meta mark 0x00000539 counter packets 0 bytes 0 ct mark set meta mark"),
-    ("meta l4proto tcp ct mark 1337 counter meta mark set ct mark",
-     "meta l4proto tcp ct mark 0x00000539 counter packets 0 bytes 0 meta mark set ct mark"),
-    ("iifname lo meta l4proto tcp mark != 1338 counter return",
-     'iifname "lo" meta l4proto tcp meta mark != 0x0000053a counter packets 0 bytes 0 return'),
-    ("ip daddr 127.0.0.1/8 counter return",
-     "ip daddr 127.0.0.0/8 counter packets 0 bytes 0 return"),
-    ("ip6 daddr ::127.0.0.53/128 udp dport 53 redirect to :15053",
-     "ip6 daddr ::127.0.0.53 udp dport 53 redirect to :15053"),
-    ("ip6 daddr ::ffff:10.0.0.1/128 return",
-     "ip6 daddr ::ffff:10.0.0.1 return"),
-    ("oifname lo skuid != 1337 counter return",
-     'oifname "lo" meta skuid != 1337 counter packets 0 bytes 0 return'),
-    ("udp dport 53 meta skgid 1337 counter ct zone set 1",
-     "udp dport 53 meta skgid 1337 counter packets 0 bytes 0 ct zone set 1"),
+    (
+        "meta l4proto tcp tcp dport 53 counter redirect to :15053",
+        "tcp dport 53 counter packets 0 bytes 0 redirect to :15053",
+    ),
+    (
+        "meta l4proto tcp ct state related,established counter jump istio-divert",
+        "meta l4proto tcp ct state established,related counter packets 0 bytes 0 jump istio-divert",
+    ),
+    (
+        "meta l4proto tcp mark 1337 counter ct mark set mark",
+        "meta l4proto tcp meta mark 0x00000539 counter packets 0 bytes 0 ct mark set meta mark",
+    ),
+    (
+        "meta l4proto tcp ct mark 1337 counter meta mark set ct mark",
+        "meta l4proto tcp ct mark 0x00000539 counter packets 0 bytes 0 meta mark set ct mark",
+    ),
+    (
+        "iifname lo meta l4proto tcp mark != 1338 counter return",
+        'iifname "lo" meta l4proto tcp meta mark != 0x0000053a counter packets 0 bytes 0 return',
+    ),
+    ("ip daddr 127.0.0.1/8 counter return", "ip daddr 127.0.0.0/8 counter packets 0 bytes 0 return"),
+    (
+        "ip6 daddr ::127.0.0.53/128 udp dport 53 redirect to :15053",
+        "ip6 daddr ::127.0.0.53 udp dport 53 redirect to :15053",
+    ),
+    ("ip6 daddr ::ffff:10.0.0.1/128 return", "ip6 daddr ::ffff:10.0.0.1 return"),
+    ("oifname lo skuid != 1337 counter return", 'oifname "lo" meta skuid != 1337 counter packets 0 bytes 0 return'),
+    (
+        "udp dport 53 meta skgid 1337 counter ct zone set 1",
+        "udp dport 53 meta skgid 1337 counter packets 0 bytes 0 ct zone set 1",
+    ),
 ]
 
 
@@ -141,10 +154,12 @@ def test_from_args_env_and_pods_read_native_nftables(reference: Path) -> None:
         "kind": "Pod",
         "metadata": {},
         "spec": {
-            "initContainers": [{
-                "name": "istio-validation",
-                "args": ["istio-iptables", "--run-validation", "--skip-rule-apply", "--native-nftables"],
-            }],
+            "initContainers": [
+                {
+                    "name": "istio-validation",
+                    "args": ["istio-iptables", "--run-validation", "--skip-rule-apply", "--native-nftables"],
+                }
+            ],
             "containers": [{"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.26.1"}],
         },
     }
@@ -156,8 +171,6 @@ def test_from_args_env_and_pods_read_native_nftables(reference: Path) -> None:
 # --- reconcile: a pod in native nftables mode -------------------------------------------------------
 
 
-
-
 @pytest.mark.parametrize("family", list(Family), ids=lambda f: f.value)
 def test_untouched_nft_pod_reconciles_with_no_diff(reference: Path, family: Family) -> None:
     intent = intent_for_pod(nft_pod(reference))
@@ -165,8 +178,10 @@ def test_untouched_nft_pod_reconciles_with_no_diff(reference: Path, family: Fami
     assert expected is not None and NAT in expected.tables
     live_text = nft_listing(InterceptionConfig.from_args(NFT_ARGS))
     ctx = PodContext() if family is Family.IPV4 else context_for(family=family.value)
-    for live in (parse_nft(live_text, family), parse_nft(live_text.replace("packets 0 bytes 0", "packets 9 bytes 540"),
-                                                             family)):
+    for live in (
+        parse_nft(live_text, family),
+        parse_nft(live_text.replace("packets 0 bytes 0", "packets 9 bytes 540"), family),
+    ):
         result = explain(live, ctx, expected=expected)
         assert result.diff == ()
         assert {f.status for f in result.flows} == {FlowStatus.OK}
@@ -177,9 +192,10 @@ def test_nft_pod_deleted_added_and_changed_rules_are_diffs(reference: Path) -> N
     assert expected is not None
     live_text = nft_listing(InterceptionConfig.from_args(NFT_ARGS))
     live_text = live_text.replace("\t\ttcp dport 15090 counter packets 0 bytes 0 return\n", "")
-    live_text = live_text.replace("\t\tmeta skuid 1337 counter packets 0 bytes 0 return\n",
-                                  "\t\tmeta skuid 1337 counter packets 0 bytes 0 return\n"
-                                  "\t\ttcp dport 9080 counter packets 3 bytes 180 return\n")
+    live_text = live_text.replace(
+        "\t\tmeta skuid 1337 counter packets 0 bytes 0 return\n",
+        "\t\tmeta skuid 1337 counter packets 0 bytes 0 return\n\t\ttcp dport 9080 counter packets 3 bytes 180 return\n",
+    )
     live_text = live_text.replace("redirect to :15001", "redirect to :15002")
     result = explain(parse_nft(live_text, Family.IPV4), PodContext(), expected=expected)
     got = [(d.kind, d.ref, d.text) for d in result.diff]
@@ -225,9 +241,11 @@ def test_every_nft_rule_istio_writes_has_its_origin_in_istio_terms(reference: Pa
     jump = "meta l4proto tcp counter jump istio-inbound"
     assert "includeInboundPorts" in (rule_origin(NAT, "prerouting", jump) or "")
     assert (rule_origin(NAT, "istio-inbound", "tcp dport 9080 counter return") or "").startswith(
-        "traffic.sidecar.istio.io/excludeInboundPorts")
+        "traffic.sidecar.istio.io/excludeInboundPorts"
+    )
     assert (rule_origin(NAT, "istio-output", "tcp dport 9080 counter return") or "").startswith(
-        "traffic.sidecar.istio.io/excludeOutboundPorts")
+        "traffic.sidecar.istio.io/excludeOutboundPorts"
+    )
     assert "DNS capture" in (rule_origin("istio-proxy-raw", "prerouting", "counter jump istio-inbound") or "")
 
 
@@ -236,7 +254,8 @@ def test_an_nft_rule_istio_would_add_for_an_annotation_says_which(reference: Pat
     assert expected is not None
     live_text = nft_listing(InterceptionConfig.from_args(NFT_ARGS)).replace(
         "\t\ttcp dport 15008 counter packets 0 bytes 0 return\n",
-        "\t\ttcp dport 15008 counter packets 0 bytes 0 return\n\t\ttcp dport 9080 counter packets 0 bytes 0 return\n")
+        "\t\ttcp dport 15008 counter packets 0 bytes 0 return\n\t\ttcp dport 9080 counter packets 0 bytes 0 return\n",
+    )
     result = explain(parse_nft(live_text, Family.IPV4), PodContext(), expected=expected)
     (extra,) = [d for d in result.diff if d.kind is DiffKind.EXTRA]
     assert extra.ref == f"{NAT}/istio-inbound:2"
@@ -247,7 +266,8 @@ def test_a_deleted_nft_capture_jump_says_what_it_turns_off(reference: Path) -> N
     expected = intent_for_pod(nft_pod(reference)).expected(Family.IPV4)
     assert expected is not None
     live_text = nft_listing(InterceptionConfig.from_args(NFT_ARGS)).replace(
-        "\t\tmeta l4proto tcp counter packets 0 bytes 0 jump istio-inbound\n", "")
+        "\t\tmeta l4proto tcp counter packets 0 bytes 0 jump istio-inbound\n", ""
+    )
     result = explain(parse_nft(live_text, Family.IPV4), PodContext(), expected=expected)
     (missing,) = [d for d in result.diff if d.kind is DiffKind.MISSING]
     assert missing.ref == f"{NAT}/prerouting:1"

@@ -215,10 +215,7 @@ def test_nothing_recognisable_names_a_line() -> None:
 
 def test_error_record_is_the_line_named() -> None:
     text = (
-        LogWriter()
-        .record(ENV)
-        .record("Istio iptables variables:")
-        .text()
+        LogWriter().record(ENV).record("Istio iptables variables:").text()
         + "2024-05-01T10:00:01.000000Z\terror\tFailed to execute: iptables-restore --noflush, exit status 4\n"
     )
     with pytest.raises(InitLogError) as err:

@@ -39,8 +39,10 @@ def test_save_dump_reads_as_before():
 
 
 def test_kubectl_chatter_and_prompts_are_skipped_and_noted():
-    text = ("root@node:~# kubectl exec -it p -c istio-proxy -- iptables-save\n"
-            "Defaulted container \"istio-proxy\" out of: istio-proxy, app\n" + DEFAULT)
+    text = (
+        "root@node:~# kubectl exec -it p -c istio-proxy -- iptables-save\n"
+        'Defaulted container "istio-proxy" out of: istio-proxy, app\n' + DEFAULT
+    )
     _, info = read_input(text)
     assert info.format == SAVE
     assert [n.split(":")[0] for n in info.notes] == ["line 1", "line 2"]
@@ -74,9 +76,11 @@ def test_list_rules_is_read_in_full():
 
 
 def test_list_rules_with_counters():
-    text = "-P PREROUTING ACCEPT -c 10 600\n-P INPUT ACCEPT -c 0 0\n-P OUTPUT ACCEPT -c 3 180\n" \
-           "-P POSTROUTING ACCEPT -c 3 180\n-N ISTIO_REDIRECT\n-A OUTPUT -p tcp -c 3 180 -j ISTIO_REDIRECT\n" \
-           "-A ISTIO_REDIRECT -p tcp -c 3 180 -j REDIRECT --to-ports 15001\n"
+    text = (
+        "-P PREROUTING ACCEPT -c 10 600\n-P INPUT ACCEPT -c 0 0\n-P OUTPUT ACCEPT -c 3 180\n"
+        "-P POSTROUTING ACCEPT -c 3 180\n-N ISTIO_REDIRECT\n-A OUTPUT -p tcp -c 3 180 -j ISTIO_REDIRECT\n"
+        "-A ISTIO_REDIRECT -p tcp -c 3 180 -j REDIRECT --to-ports 15001\n"
+    )
     ruleset, info = read_input(text)
     assert info.format == LIST_S and ruleset.counters
     nat = ruleset.table("nat")
@@ -84,8 +88,10 @@ def test_list_rules_with_counters():
 
 
 def test_list_rules_error_names_the_input_line():
-    text = "-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n" \
-           "-A OUTPUT -p tcp -j ISTIO_NOWHERE\n"
+    text = (
+        "-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n"
+        "-A OUTPUT -p tcp -j ISTIO_NOWHERE\n"
+    )
     with pytest.raises(ParseError) as caught:
         read_input(text)
     assert caught.value.line == 5 and "ISTIO_NOWHERE" in str(caught.value)
@@ -115,8 +121,11 @@ def test_cut_paste_says_so():
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_list_listing_is_refused_naming_what_to_run(verbose: bool):
-    header = ("    pkts bytes target     prot opt in     out     source               destination\n" if verbose
-              else "target     prot opt source               destination\n")
+    header = (
+        "    pkts bytes target     prot opt in     out     source               destination\n"
+        if verbose
+        else "target     prot opt source               destination\n"
+    )
     text = f"Chain PREROUTING (policy ACCEPT)\n{header}ISTIO_INBOUND  tcp  --  anywhere             anywhere\n"
     with pytest.raises(InputError) as caught:
         read_input(text)
@@ -126,9 +135,11 @@ def test_list_listing_is_refused_naming_what_to_run(verbose: bool):
 
 
 def test_init_log_takes_the_dump_and_says_applied_at_start():
-    log = ("2024-05-01T10:00:00.000000Z\tinfo\tRunning iptables restore with: iptables-nft and the following "
-           "input:\n*nat\n-N ISTIO_REDIRECT\nCOMMIT\n"
-           "2024-05-01T10:00:00.100000Z\tinfo\tFinal iptables state (IPv4):\n" + DEFAULT)
+    log = (
+        "2024-05-01T10:00:00.000000Z\tinfo\tRunning iptables restore with: iptables-nft and the following "
+        "input:\n*nat\n-N ISTIO_REDIRECT\nCOMMIT\n"
+        "2024-05-01T10:00:00.100000Z\tinfo\tFinal iptables state (IPv4):\n" + DEFAULT
+    )
     ruleset, info = read_input(log)
     assert info.format == INIT_LOG and info.from_log and info.failed is None
     assert any("applied at start" in n for n in info.notes)
@@ -137,33 +148,43 @@ def test_init_log_takes_the_dump_and_says_applied_at_start():
 
 def test_cni_and_vm_logs():
     record = "2024-05-01T10:00:00.000000Z\tinfo\t"
-    cni = (f"{record}============= Start iptables configuration for default/app-1 =============\n"
-           f"{record}Final iptables state (IPv4):\n" + DEFAULT +
-           f"{record}============= End iptables configuration for default/app-1 =============\n")
+    cni = (
+        f"{record}============= Start iptables configuration for default/app-1 =============\n"
+        f"{record}Final iptables state (IPv4):\n"
+        + DEFAULT
+        + f"{record}============= End iptables configuration for default/app-1 =============\n"
+    )
     assert read_input(cni)[1].format == CNI_LOG
-    vm = "".join(f"Dec 05 10:00:00 vm1 istio-start.sh[812]: {line}\n" for line in
-                 ["Running command: iptables-save", *DEFAULT.splitlines()])
+    vm = "".join(
+        f"Dec 05 10:00:00 vm1 istio-start.sh[812]: {line}\n"
+        for line in ["Running command: iptables-save", *DEFAULT.splitlines()]
+    )
     ruleset, info = read_input(vm)
     assert info.format == VM_LOG and any("journald" in n for n in info.notes)
     assert ruleset.table("nat") is not None
 
 
 def test_failed_restore_log_is_no_table():
-    log = ("2024-05-01T10:00:00.000000Z\tinfo\tRunning iptables-restore with the following input:\n"
-           "*nat\n-N ISTIO_REDIRECT\nCOMMIT\n"
-           "2024-05-01T10:00:00.100000Z\terror\tFailed to execute: iptables-restore --noflush, exit status 1\n"
-           "iptables-restore: unable to initialize table 'nat'\n")
+    log = (
+        "2024-05-01T10:00:00.000000Z\tinfo\tRunning iptables-restore with the following input:\n"
+        "*nat\n-N ISTIO_REDIRECT\nCOMMIT\n"
+        "2024-05-01T10:00:00.100000Z\terror\tFailed to execute: iptables-restore --noflush, exit status 1\n"
+        "iptables-restore: unable to initialize table 'nat'\n"
+    )
     ruleset, info = read_input(log)
     assert info.failed is not None and "line 5" in info.failed
     assert not ruleset.tables
 
 
 def test_commands_and_nft_forms():
-    commands = ("iptables -t nat -N ISTIO_REDIRECT\n"
-                "iptables -t nat -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n")
+    commands = (
+        "iptables -t nat -N ISTIO_REDIRECT\niptables -t nat -A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n"
+    )
     assert read_input(commands)[1].format == COMMANDS
-    nft = ("table inet istio-proxy-nat {\n\tchain output {\n"
-           "\t\ttype nat hook output priority dstnat; policy accept;\n\t}\n}\n")
+    nft = (
+        "table inet istio-proxy-nat {\n\tchain output {\n"
+        "\t\ttype nat hook output priority dstnat; policy accept;\n\t}\n}\n"
+    )
     assert read_input(nft)[1].format == NFT_TEXT
 
 
@@ -176,8 +197,10 @@ def test_proxy_identity_is_read_from_the_owner_rules():
 
 
 def test_a_hand_written_negated_owner_rule_does_not_name_the_proxy():
-    text = DEFAULT.replace("-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
-                           "-A ISTIO_OUTPUT -m owner ! --uid-owner 1000 -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT")
+    text = DEFAULT.replace(
+        "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+        "-A ISTIO_OUTPUT -m owner ! --uid-owner 1000 -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+    )
     found = proxy_identity_in_table(read_input(text)[0])
     assert found is not None and found.uid == 1337
 
@@ -186,9 +209,10 @@ def test_shadow_analysis_asks_every_identity():
     """`! --uid-owner 1000 -j RETURN` is taken by every root-owned connection: reachable, not shadowed."""
     from podnat.netfilter.reachability import shadowed_rules
 
-    text = DEFAULT.replace("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
-                           "-A ISTIO_OUTPUT -m owner ! --uid-owner 1000 -j RETURN\n"
-                           "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN")
+    text = DEFAULT.replace(
+        "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
+        "-A ISTIO_OUTPUT -m owner ! --uid-owner 1000 -j RETURN\n-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
+    )
     shadowed = [s.rule.ref for s in shadowed_rules(read_input(text)[0]).shadowed]
     assert shadowed == ["ISTIO_OUTPUT:5", "ISTIO_OUTPUT:6", "ISTIO_OUTPUT:9"]
 
@@ -196,9 +220,11 @@ def test_shadow_analysis_asks_every_identity():
 def test_tables_before_istio_1_5_are_read_with_a_warning():
     from podnat.istio.era import predates_split_listeners
 
-    old = (DEFAULT.replace("--to-ports 15006", "--to-ports 15001")
-           .replace("-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --uid-owner 1337 "
-                    "-j ISTIO_IN_REDIRECT", "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ISTIO_REDIRECT"))
+    old = DEFAULT.replace("--to-ports 15006", "--to-ports 15001").replace(
+        "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --uid-owner 1337 "
+        "-j ISTIO_IN_REDIRECT",
+        "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ISTIO_REDIRECT",
+    )
     signs = predates_split_listeners(read_input(old)[0])
     assert len(signs) == 2 and "before 1.3" in signs[0] and signs[1].startswith("ISTIO_OUTPUT:2 captures lo traffic")
     assert predates_split_listeners(read_input(DEFAULT)[0]) == ()
@@ -206,12 +232,14 @@ def test_tables_before_istio_1_5_are_read_with_a_warning():
 
 def test_restore_input_without_its_table_line_and_with_prose_between():
     """A blog's copy of istio-init's restore input: headings between the blocks, no `* nat`, no COMMIT."""
-    text = ("Create new Istio chains\n-N ISTIO_INBOUND\n-N ISTIO_REDIRECT\n-N ISTIO_IN_REDIRECT\n-N ISTIO_OUTPUT\n"
-            "Add routing rules.\n-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n"
-            "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n"
-            "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n"
-            "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n-A OUTPUT -p tcp -j ISTIO_OUTPUT\n"
-            "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n")
+    text = (
+        "Create new Istio chains\n-N ISTIO_INBOUND\n-N ISTIO_REDIRECT\n-N ISTIO_IN_REDIRECT\n-N ISTIO_OUTPUT\n"
+        "Add routing rules.\n-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n"
+        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n"
+        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006\n-A PREROUTING -p tcp -j ISTIO_INBOUND\n"
+        "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT\n-A OUTPUT -p tcp -j ISTIO_OUTPUT\n"
+        "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n"
+    )
     ruleset, info = read_input(text)
     assert info.format == RESTORE
     assert info.notes[0] == "line 1: not a rule, skipped: Create new Istio chains"

@@ -160,9 +160,7 @@ class FakeApi:
             (d / f"{tool}.out").write_text(out)
             (d / f"{tool}.err").write_text(err)
             script = d / tool
-            script.write_text(
-                f"#!/bin/sh\n/bin/cat '{d}/{tool}.out'\n/bin/cat '{d}/{tool}.err' >&2\nexit {rc}\n"
-            )
+            script.write_text(f"#!/bin/sh\n/bin/cat '{d}/{tool}.out'\n/bin/cat '{d}/{tool}.err' >&2\nexit {rc}\n")
             script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         self.containers[(ns, pod, name)] = d
         return d
@@ -235,9 +233,7 @@ def build_app(api: FakeApi) -> web.Application:
         if (ns, name) not in api.pods:
             return not_found(ns, name)
         if container is None:
-            return web.json_response(
-                status(400, "BadRequest", "a container name must be specified"), status=400
-            )
+            return web.json_response(status(400, "BadRequest", "a container name must be specified"), status=400)
         text = api.logs.get((ns, name, container))
         if text is None:
             msg = f'container "{container}" in pod "{name}" is not valid'
@@ -469,7 +465,9 @@ def test_permission_denied_falls_back_to_init_log_nft_backend(fake: FakeApi, tmp
     assert not any("Could not fetch" in n for n in facts.notes)  # never shown raw
     # one exec + one log read (and, once per run, the list that finds no podnat agent)
     assert [r for r in fake.requests[before:] if "/podnat-system/" not in r[1]] == [
-        ("GET", f"/api/v1/namespaces/{NS}/pods/{POD}/exec"), ("GET", f"/api/v1/namespaces/{NS}/pods/{POD}/log")]
+        ("GET", f"/api/v1/namespaces/{NS}/pods/{POD}/exec"),
+        ("GET", f"/api/v1/namespaces/{NS}/pods/{POD}/log"),
+    ]
 
 
 def test_permission_denied_legacy_backend_with_source_exec(fake: FakeApi, tmp_path: Path) -> None:
@@ -600,9 +598,7 @@ def test_dns_failure_is_named() -> None:
     # Built by hand: resolving a name would leave this machine.
     import urllib3
 
-    inner = urllib3.exceptions.NameResolutionError(
-        "api.example.invalid", None, OSError("Name or service not known")
-    )
+    inner = urllib3.exceptions.NameResolutionError("api.example.invalid", None, OSError("Name or service not known"))
     exc = urllib3.exceptions.MaxRetryError(None, "/api/v1/pods", inner)
     err = translate(exc, Action("list", "pods"), "https://api.example.invalid:6443")
     assert err.failure is Failure.UNREACHABLE
@@ -616,9 +612,7 @@ def test_unauthorized(fake: FakeApi, tmp_path: Path) -> None:
 
 
 def test_forbidden_list_names_verb_and_resource(fake: FakeApi, tmp_path: Path) -> None:
-    msg = (
-        'pods is forbidden: User "u" cannot list resource "pods" in API group "" in the namespace "bookinfo"'
-    )
+    msg = 'pods is forbidden: User "u" cannot list resource "pods" in API group "" in the namespace "bookinfo"'
     fake.deny.append(("GET", r"/namespaces/bookinfo/pods$", 403, status(403, "Forbidden", msg)))
     with pytest.raises(KubeSourceError) as err:
         source_for(fake, tmp_path).list_pods(NS)
@@ -652,18 +646,14 @@ def test_exec_denied_by_policy(fake: FakeApi, tmp_path: Path) -> None:
     fake.exec_override = lambda *_: (403, status(403, "Forbidden", msg))
     with pytest.raises(KubeSourceError) as err:
         source_for(fake, tmp_path).read_facts(fake.pods[(NS, POD)], NatSource.EXEC, False)
-    expect(
-        err, Failure.EXEC_DENIED, "a policy denied create pods/exec on pod bookinfo/reviews-v1-7f9c6b-x2k4p"
-    )
+    expect(err, Failure.EXEC_DENIED, "a policy denied create pods/exec on pod bookinfo/reviews-v1-7f9c6b-x2k4p")
     assert "use --source init-log" in err.value.message
 
 
 def test_pod_not_found(fake: FakeApi, tmp_path: Path) -> None:
     with pytest.raises(KubeSourceError) as err:
         source_for(fake, tmp_path).get_pod(PodRef(NS, "nope"))
-    expect(
-        err, Failure.NOT_FOUND, "pod nope not found in namespace bookinfo: check the name and -n/--namespace"
-    )
+    expect(err, Failure.NOT_FOUND, "pod nope not found in namespace bookinfo: check the name and -n/--namespace")
 
 
 def test_pod_not_running(fake: FakeApi, tmp_path: Path) -> None:
@@ -846,9 +836,7 @@ def test_list_pods_all_namespaces_with_selector(fake: FakeApi, tmp_path: Path) -
 def test_istio_cni_pod_reads_the_cni_node_log(fake: FakeApi, tmp_path: Path) -> None:
     pod = fake.add_pod(make_pod(init="istio-validation", native=True))
     unprivileged_proxy(fake)
-    cni = make_pod(
-        "istio-cni-node-x7", ns="kube-system", proxy=False, init=None, labels={"k8s-app": "istio-cni-node"}
-    )
+    cni = make_pod("istio-cni-node-x7", ns="kube-system", proxy=False, init=None, labels={"k8s-app": "istio-cni-node"})
     cni["spec"]["containers"] = [{"name": "install-cni", "image": "install-cni:1.24"}]
     fake.add_pod(cni)
     fake.add_pod(
@@ -904,8 +892,16 @@ def test_capture_script_sections(tmp_path: Path) -> None:
     script = capture_script("M1", 15000)
     out, err, rc = run_in_container(d, ["sh", "-c", script])
     sections = split_sections(ExecResult(out.decode(), err.decode(), rc), "M1")
-    assert sections is not None and set(sections) == {"v4_nft", "v6_nft", "v4_legacy", "v6_legacy", "v4", "v6",
-                                                      "nft", "listeners"}
+    assert sections is not None and set(sections) == {
+        "v4_nft",
+        "v6_nft",
+        "v4_legacy",
+        "v6_legacy",
+        "v4",
+        "v6",
+        "nft",
+        "listeners",
+    }
     assert sections["v4"].returncode == 127 and "iptables-save" in sections["v4"].stderr
 
 
@@ -926,8 +922,9 @@ def ip_stub(directory: Path, answers: dict[str, tuple[str, str, int]]) -> None:
     for index, (args, (out, err, rc)) in enumerate(answers.items()):
         (directory / f"ip.{index}.out").write_text(out)
         (directory / f"ip.{index}.err").write_text(err)
-        cases.append(f"  '{args}') /bin/cat '{directory}/ip.{index}.out'; /bin/cat '{directory}/ip.{index}.err' >&2; "
-                     f"exit {rc};;")
+        cases.append(
+            f"  '{args}') /bin/cat '{directory}/ip.{index}.out'; /bin/cat '{directory}/ip.{index}.err' >&2; exit {rc};;"
+        )
     script = directory / "ip"
     script.write_text('#!/bin/sh\ncase "$*" in\n' + "\n".join(cases) + "\n  *) exit 99;;\nesac\n")
     script.chmod(0o755)
@@ -945,8 +942,11 @@ def recorded_ip(table: int = 133) -> dict[str, tuple[str, str, int]]:
 
 def test_tproxy_pod_reads_policy_routing_in_the_same_exec(fake: FakeApi, tmp_path: Path) -> None:
     pod = fake.add_pod(tproxy_pod())
-    d = fake.container(POD, "istio-proxy", {"iptables-save": (LIVE.read_text(), "", 0),
-                                            "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)})
+    d = fake.container(
+        POD,
+        "istio-proxy",
+        {"iptables-save": (LIVE.read_text(), "", 0), "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)},
+    )
     ip_stub(d, recorded_ip())
     facts = source_for(fake, tmp_path).read_facts(pod, None, False)
     routing = facts.routing
@@ -974,8 +974,11 @@ def test_tproxy_custom_table_and_unprivileged_proxy(fake: FakeApi, tmp_path: Pat
 
 def test_tproxy_without_ip_is_unknown(fake: FakeApi, tmp_path: Path) -> None:
     pod = fake.add_pod(tproxy_pod())
-    fake.container(POD, "istio-proxy", {"iptables-save": (LIVE.read_text(), "", 0),
-                                        "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)})
+    fake.container(
+        POD,
+        "istio-proxy",
+        {"iptables-save": (LIVE.read_text(), "", 0), "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)},
+    )
     facts = source_for(fake, tmp_path).read_facts(pod, None, False)
     assert facts.routing is not None
     assert (facts.routing.rules_v4, facts.routing.routes_v4, facts.routing.rules_v6) == (None, None, None)
@@ -986,8 +989,11 @@ def test_tproxy_without_ip_is_unknown(fake: FakeApi, tmp_path: Path) -> None:
 def test_tproxy_debug_container_reads_routing(fake: FakeApi, tmp_path: Path) -> None:
     pod = fake.add_pod(tproxy_pod())
     unprivileged_proxy(fake)  # and no `ip` in istio-proxy
-    d = fake.container(POD, "podnat-debug", {"iptables-save": (LIVE.read_text(), "", 0),
-                                             "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)})
+    d = fake.container(
+        POD,
+        "podnat-debug",
+        {"iptables-save": (LIVE.read_text(), "", 0), "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)},
+    )
     ip_stub(d, recorded_ip())
     facts = source_for(fake, tmp_path).read_facts(pod, None, True)
     assert facts.nat is not None and facts.nat.source is NatSource.DEBUG
@@ -997,9 +1003,12 @@ def test_tproxy_debug_container_reads_routing(fake: FakeApi, tmp_path: Path) -> 
 
 def test_tproxy_without_shell_one_exec_per_command(fake: FakeApi, tmp_path: Path) -> None:
     pod = fake.add_pod(tproxy_pod())
-    d = fake.container(POD, "istio-proxy", {"iptables-save": (LIVE.read_text(), "", 0),
-                                            "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)},
-                       shell=False)
+    d = fake.container(
+        POD,
+        "istio-proxy",
+        {"iptables-save": (LIVE.read_text(), "", 0), "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)},
+        shell=False,
+    )
     facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert facts.routing is not None and facts.routing.error == "`ip` is not in the image of istio-proxy"
     assert fake.count("GET", r"/exec$") == 10  # sh, 3 per family (-nft, -legacy, unqualified), nft, pilot-agent, ip
@@ -1011,8 +1020,11 @@ def test_tproxy_without_shell_one_exec_per_command(fake: FakeApi, tmp_path: Path
 
 def test_redirect_pod_reads_no_routing(fake: FakeApi, tmp_path: Path) -> None:
     pod = fake.add_pod(make_pod())
-    d = fake.container(POD, "istio-proxy", {"iptables-save": (LIVE.read_text(), "", 0),
-                                            "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)})
+    d = fake.container(
+        POD,
+        "istio-proxy",
+        {"iptables-save": (LIVE.read_text(), "", 0), "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)},
+    )
     ip_stub(d, recorded_ip())
     assert source_for(fake, tmp_path).read_facts(pod, None, False).routing is None
 
@@ -1024,8 +1036,20 @@ def test_capture_script_routing_sections(tmp_path: Path) -> None:
     out, err, rc = run_in_container(d, ["sh", "-c", capture_script("M2", 15000, 200)])
     sections = split_sections(ExecResult(out.decode(), err.decode(), rc), "M2")
     assert sections is not None
-    assert set(sections) == {"v4_nft", "v6_nft", "v4_legacy", "v6_legacy", "v4", "v6", "nft", "listeners",
-                             "rule", "route", "rule6", "route6"}
+    assert set(sections) == {
+        "v4_nft",
+        "v6_nft",
+        "v4_legacy",
+        "v6_legacy",
+        "v4",
+        "v6",
+        "nft",
+        "listeners",
+        "rule",
+        "route",
+        "rule6",
+        "route6",
+    }
     assert sections["rule"].returncode == 127 and "ip" in sections["rule"].stderr
     assert "ip -6 route show table 200" in capture_script("M2", 15000, 200)
 
@@ -1042,8 +1066,11 @@ def recorded_tool_outputs(scenario: str) -> dict[str, tuple[str, str, int]]:
     result = ExecResult((CAPTURED / f"{scenario}.stdout").read_text(), (CAPTURED / f"{scenario}.stderr").read_text(), 0)
     out = split_sections(result, "podnat-recorded")
     assert out is not None
-    tools = {IPTABLES_SECTIONS[name][2].split()[0]: (s.stdout, s.stderr, s.returncode)
-             for name, s in out.items() if name in IPTABLES_SECTIONS}
+    tools = {
+        IPTABLES_SECTIONS[name][2].split()[0]: (s.stdout, s.stderr, s.returncode)
+        for name, s in out.items()
+        if name in IPTABLES_SECTIONS
+    }
     tools["nft"] = (out["nft"].stdout, out["nft"].stderr, out["nft"].returncode)
     old = (CAPTURED / f"{scenario}.unqualified-iptables-save").read_text()
     tools["iptables-save"] = (old, "", 0)  # the image's alternative: the legacy view
@@ -1066,8 +1093,9 @@ def test_proxy_image_toolset_both_backends_named_in_the_label(fake: FakeApi, tmp
     fake.container(POD, "istio-proxy", recorded_tool_outputs("both-backends"))
     facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert facts.nat is not None
-    assert facts.nat.label == ("exec istio-proxy: iptables-nft-save -c (iptables-legacy-save -c holds Istio's "
-                               "rules too: the kernel runs both)")
+    assert facts.nat.label == (
+        "exec istio-proxy: iptables-nft-save -c (iptables-legacy-save -c holds Istio's rules too: the kernel runs both)"
+    )
     assert facts.nat.v4.startswith("# Warning: iptables-legacy tables present")
 
 
@@ -1083,9 +1111,19 @@ def test_no_shell_native_nftables_reads_nft(fake: FakeApi, tmp_path: Path) -> No
     # A distroless proxy image (no sh) in native nftables mode: the iptables backends are empty, nft has it.
     pod = fake.add_pod(make_pod())
     nft = NFT_LIVE.read_text()
-    fake.container(POD, "istio-proxy", {"iptables-nft-save": ("", "", 0), "ip6tables-nft-save": ("", "", 0),
-                                        "iptables-legacy-save": ("", "", 0), "ip6tables-legacy-save": ("", "", 0),
-                                        "nft": (nft, "", 0), "pilot-agent": (LISTENERS, "", 0)}, shell=False)
+    fake.container(
+        POD,
+        "istio-proxy",
+        {
+            "iptables-nft-save": ("", "", 0),
+            "ip6tables-nft-save": ("", "", 0),
+            "iptables-legacy-save": ("", "", 0),
+            "ip6tables-legacy-save": ("", "", 0),
+            "nft": (nft, "", 0),
+            "pilot-agent": (LISTENERS, "", 0),
+        },
+        shell=False,
+    )
     facts = source_for(fake, tmp_path).read_facts(pod, NatSource.EXEC, False)
     assert facts.nat is not None and facts.nat.nft == nft
     assert facts.nat.label == "exec istio-proxy: nft list ruleset (native nftables)"
@@ -1110,35 +1148,59 @@ def test_ambient_pod_without_debug_image_says_how_to_read_it(fake: FakeApi, tmp_
 def test_ambient_pod_read_by_a_debug_container_of_the_named_image(fake: FakeApi, tmp_path: Path) -> None:
     fake.add_pod(ambient_pod())
     transcript = (AMBIENT_DATA / "routing.txt").read_text().split("$ ip route show table 100\n")
-    d = fake.container(POD, "podnat-debug", {
-        "iptables-save": ((AMBIENT_DATA / "default.v4.iptables-save").read_text(), "", 0),
-        "ip6tables-save": ("", "", 0),
-        "nft": ("", "", 0),
-        "cat": ((AMBIENT_DATA / "proc-net-tcp.txt").read_text(), "", 0),
-    })
-    ip_stub(d, {"rule show": (transcript[0].removeprefix("$ ip rule show\n"), "", 0),
-                "route show table 100": (transcript[1], "", 0),
-                "-6 rule show": ("", "", 0), "-6 route show table 100": ("", "", 0)})
+    d = fake.container(
+        POD,
+        "podnat-debug",
+        {
+            "iptables-save": ((AMBIENT_DATA / "default.v4.iptables-save").read_text(), "", 0),
+            "ip6tables-save": ("", "", 0),
+            "nft": ("", "", 0),
+            "cat": ((AMBIENT_DATA / "proc-net-tcp.txt").read_text(), "", 0),
+        },
+    )
+    ip_stub(
+        d,
+        {
+            "rule show": (transcript[0].removeprefix("$ ip rule show\n"), "", 0),
+            "route show table 100": (transcript[1], "", 0),
+            "-6 rule show": ("", "", 0),
+            "-6 route show table 100": ("", "", 0),
+        },
+    )
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{fake.port}", TOKEN)
     client = KubeClient.connect(KubeOptions(kubeconfig=str(kubeconfig), request_timeout=10.0))
     src = KubePodSource(client, debug_wait=5.0, sleep=lambda _s: None, debug_image="istio/proxyv2:1.27.1")
     facts = src.read_facts(src.get_pod(PodRef(NS, POD)), None, True)
     assert facts.mesh is MeshMode.AMBIENT and facts.nat is not None and "ISTIO_PRERT" in facts.nat.v4
     assert facts.sockets is not None and facts.sockets.ports == (9080, 15001, 15006, 15008, 15053)
-    assert facts.routing is not None and facts.routing.table == 100 and "fwmark 0x111/0xfff" in (
-        facts.routing.rules_v4 or "")
+    assert (
+        facts.routing is not None
+        and facts.routing.table == 100
+        and "fwmark 0x111/0xfff" in (facts.routing.rules_v4 or "")
+    )
     spec = fake.pods[(NS, POD)]["spec"]["ephemeralContainers"][0]
     assert spec["image"] == "istio/proxyv2:1.27.1" and spec["targetContainerName"] == "reviews"
     assert fake.count("GET", r"/exec$") == 1
 
 
 def _agent_pod(node: str = "node-1") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "podnat-agent-x1", "namespace": "podnat-system", "uid": "agent-uid",
-                         "labels": {"app.kubernetes.io/name": "podnat-agent"}},
-            "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "podnat-agent:1",
-                                                       "ports": [{"name": "http", "containerPort": 9477}]}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.9"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "podnat-agent-x1",
+            "namespace": "podnat-system",
+            "uid": "agent-uid",
+            "labels": {"app.kubernetes.io/name": "podnat-agent"},
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {"name": "agent", "image": "podnat-agent:1", "ports": [{"name": "http", "containerPort": 9477}]}
+            ],
+        },
+        "status": {"phase": "Running", "podIP": "10.0.0.9"},
+    }
 
 
 def test_source_node_without_an_agent_says_how_to_install_one(fake: FakeApi, tmp_path: Path) -> None:
@@ -1155,15 +1217,20 @@ def test_source_node_without_an_agent_says_how_to_install_one(fake: FakeApi, tmp
 def test_an_agent_podnat_may_not_ask_is_a_note_and_exec_reads_instead(fake: FakeApi, tmp_path: Path) -> None:
     fake.add_pod(make_pod())
     fake.add_pod(_agent_pod())
-    fake.container(POD, "istio-proxy", {"iptables-save": (LIVE.read_text(), "", 0), "ip6tables-save": ("", "", 0),
-                                        "pilot-agent": (LISTENERS, "", 0)})
+    fake.container(
+        POD,
+        "istio-proxy",
+        {"iptables-save": (LIVE.read_text(), "", 0), "ip6tables-save": ("", "", 0), "pilot-agent": (LISTENERS, "", 0)},
+    )
     msg = 'pods "podnat-agent-x1" is forbidden: User "u" cannot get resource "pods/proxy" in API group ""'
     fake.deny.append(("GET", r"/pods/podnat-agent-x1:9477/proxy/", 403, status(403, "Forbidden", msg)))
     src = source_for(fake, tmp_path)
     facts = src.read_facts(fake.pods[(NS, POD)], None, False)
     assert facts.nat is not None and facts.nat.source is NatSource.EXEC
-    assert any("the podnat agent podnat-agent-x1 on node node-1 could not be asked" in n and "pods/proxy" in n
-               for n in facts.notes), facts.notes
+    assert any(
+        "the podnat agent podnat-agent-x1 on node node-1 could not be asked" in n and "pods/proxy" in n
+        for n in facts.notes
+    ), facts.notes
     with pytest.raises(KubeSourceError) as caught:
         src.read_facts(fake.pods[(NS, POD)], NatSource.NODE, False)
     assert caught.value.failure is Failure.FORBIDDEN

@@ -17,15 +17,23 @@ def _pod(mode: str, ip6: str | None = None) -> dict:
 
 
 def test_every_mode_is_a_sidecar_pod_podnat_reads_as_that_mode() -> None:
-    expected = {"redirect": ("REDIRECT", False, False, False), "tproxy": ("TPROXY", False, False, False),
-                "nftables": ("REDIRECT", False, False, True), "dual-stack": ("REDIRECT", False, True, False),
-                "dns": ("REDIRECT", True, False, False)}
+    expected = {
+        "redirect": ("REDIRECT", False, False, False),
+        "tproxy": ("TPROXY", False, False, False),
+        "nftables": ("REDIRECT", False, False, True),
+        "dual-stack": ("REDIRECT", False, True, False),
+        "dns": ("REDIRECT", True, False, False),
+    }
     assert set(MODES) == set(expected) | {"ambient", "ambient-nftables"}
     for mode, (interception, dns, ipv6, nft) in expected.items():
         config = from_pod(_pod(mode, "fd00:99::10" if mode == "dual-stack" else None)).config
         assert config is not None
         assert (config.mode.value, config.redirect_dns, config.enable_ipv6, config.native_nftables) == (
-            interception, dns, ipv6, nft), mode
+            interception,
+            dns,
+            ipv6,
+            nft,
+        ), mode
 
 
 def test_tproxy_pods_run_the_proxy_as_root_with_gid_1337_and_net_admin() -> None:
@@ -43,8 +51,10 @@ def test_dual_stack_pods_list_both_addresses() -> None:
     assert _pod("redirect")["status"]["podIPs"] == [{"ip": "10.99.0.10"}]
 
 
-ROUTES = [ServiceRoute("details.bookinfo.svc.cluster.local", "10.96.0.10", 9080, ("10.99.0.10",)),
-          ServiceRoute("details.bookinfo.svc.cluster.local", "fd00:96::10", 9080, ("fd00:99::10",))]
+ROUTES = [
+    ServiceRoute("details.bookinfo.svc.cluster.local", "10.96.0.10", 9080, ("10.99.0.10",)),
+    ServiceRoute("details.bookinfo.svc.cluster.local", "fd00:96::10", 9080, ("fd00:99::10",)),
+]
 
 
 def _listener(bootstrap, name: str) -> dict:

@@ -65,8 +65,11 @@ def test_every_golden_parses_as_script_and_live(script, family):
 
 
 def comparable(ruleset):
-    return [(r.ref, r.spec, r.protocol, r.source, r.destination, r.in_iface, r.out_iface, r.matches, r.target,
-             r.counters) for table in ruleset.tables.values() for r in table.rules()]
+    return [
+        (r.ref, r.spec, r.protocol, r.source, r.destination, r.in_iface, r.out_iface, r.matches, r.target, r.counters)
+        for table in ruleset.tables.values()
+        for r in table.rules()
+    ]
 
 
 @pytest.mark.parametrize("dump", DUMPS, ids=lambda p: name_of(p, LIVE))
@@ -81,13 +84,20 @@ def test_json_and_text_listings_are_the_same_rules(dump, family):
 
 
 def legs(trace: FlowTrace):
-    return ([(leg.actor, leg.to, leg.verdict) for leg in trace.legs], trace.envoy_ports, trace.outcome,
-            trace.delivered_to)
+    return (
+        [(leg.actor, leg.to, leg.verdict) for leg in trace.legs],
+        trace.envoy_ports,
+        trace.outcome,
+        trace.delivered_to,
+    )
 
 
-PAIRS = [(dump, KERNEL_SAVE / f"{name_of(dump, LIVE)}.{tag}.iptables-save", family)
-         for dump in DUMPS for tag, family in (("v4", Family.IPV4), ("v6", Family.IPV6))
-         if (KERNEL_SAVE / f"{name_of(dump, LIVE)}.{tag}.iptables-save").exists()]
+PAIRS = [
+    (dump, KERNEL_SAVE / f"{name_of(dump, LIVE)}.{tag}.iptables-save", family)
+    for dump in DUMPS
+    for tag, family in (("v4", Family.IPV4), ("v6", Family.IPV6))
+    if (KERNEL_SAVE / f"{name_of(dump, LIVE)}.{tag}.iptables-save").exists()
+]
 
 
 @pytest.mark.parametrize(("dump", "saved", "family"), PAIRS, ids=lambda v: getattr(v, "name", str(v)))
@@ -114,16 +124,21 @@ NAT = "istio-proxy-nat"
 DEFAULT_PATHS = {
     (FlowType.REMOTE_TO_LOCAL, None): (
         (f"{NAT}/prerouting:1", f"{NAT}/istio-inbound:5", f"{NAT}/istio-in-redirect:1"),
-        (f"{NAT}/output:1", f"{NAT}/istio-output:1")),
+        (f"{NAT}/output:1", f"{NAT}/istio-output:1"),
+    ),
     (FlowType.LOCAL_TO_REMOTE, None): (
         (f"{NAT}/output:1", f"{NAT}/istio-output:9", f"{NAT}/istio-redirect:1"),
-        (f"{NAT}/output:1", f"{NAT}/istio-output:4")),
+        (f"{NAT}/output:1", f"{NAT}/istio-output:4"),
+    ),
     (FlowType.PROMETHEUS_TO_LOCAL, None): (
-        (f"{NAT}/prerouting:1", f"{NAT}/istio-inbound:2"), (f"{NAT}/output:1", f"{NAT}/istio-output:4")),
+        (f"{NAT}/prerouting:1", f"{NAT}/istio-inbound:2"),
+        (f"{NAT}/output:1", f"{NAT}/istio-output:4"),
+    ),
     (FlowType.LOCAL_TO_LOCAL, None): (
         (f"{NAT}/output:1", f"{NAT}/istio-output:9", f"{NAT}/istio-redirect:1"),
         (f"{NAT}/output:1", f"{NAT}/istio-output:2", f"{NAT}/istio-in-redirect:1"),
-        (f"{NAT}/output:1", f"{NAT}/istio-output:1")),
+        (f"{NAT}/output:1", f"{NAT}/istio-output:1"),
+    ),
     (FlowType.LOCAL_TO_LOCAL, "own-pod-ip"): ((f"{NAT}/output:1", f"{NAT}/istio-output:3"),),
     (FlowType.ENVOY_LOCALHOST, None): ((f"{NAT}/output:1", f"{NAT}/istio-output:4"),),
     (FlowType.SIDECAR_TO_ISTIOD, None): ((f"{NAT}/output:1", f"{NAT}/istio-output:4"),),
@@ -147,8 +162,10 @@ def test_injected_default_matches_iptables_and_the_kernel(form):
 
 def test_counters_handles_and_comments_in_the_listing():
     text = (LIVE / "default.nft-list-ruleset").read_text()
-    text = text.replace("meta skuid 1337 counter packets 0 bytes 0 return",
-                        'meta skuid 1337 counter packets 7 bytes 420 return comment "proxy" # handle 12')
+    text = text.replace(
+        "meta skuid 1337 counter packets 0 bytes 0 return",
+        'meta skuid 1337 counter packets 7 bytes 420 return comment "proxy" # handle 12',
+    )
     ruleset = parse_nft(text, Family.IPV4)
     rule = ruleset.rule(NAT, "istio-output", 4)
     assert rule is not None and rule.counters is not None and rule.counters.packets == 7
@@ -173,7 +190,10 @@ def test_base_chains_priorities_and_policies():
 """
     ruleset = parse_nft(text, Family.IPV4)
     assert [(b.chain, b.hook, b.priority, b.kind) for b in ruleset.declared_base_chains] == [
-        ("pre", "PREROUTING", -155, "filter"), ("out", "OUTPUT", -100, "nat"), ("post", "POSTROUTING", 110, "nat")]
+        ("pre", "PREROUTING", -155, "filter"),
+        ("out", "OUTPUT", -100, "nat"),
+        ("post", "POSTROUTING", 110, "nat"),
+    ]
     chains = ruleset.tables["t"].chains
     assert (chains["pre"].policy, chains["out"].policy, chains["helper"].policy) == ("DROP", "ACCEPT", None)
     packet = Packet("tcp", ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2"), 1, 2, in_iface="eth0")
@@ -184,15 +204,25 @@ def test_an_ip_rule_never_matches_an_ipv6_packet_even_negated():
     ruleset = parse_nft((LIVE / "default.nft-list-ruleset").read_text(), Family.IPV6)
     rule = ruleset.rule(NAT, "istio-output", 2)  # oifname "lo" ip daddr != 127.0.0.1 ... skuid 1337 jump
     assert rule is not None and rule.destination == Cond("::/0", negated=True)
-    proxy_to_own_ip = Packet("tcp", ipaddress.ip_address("fd00::2"), ipaddress.ip_address("fd00::2"), 50000, 9080,
-                             out_iface="lo", uid=1337, gid=1337)
+    proxy_to_own_ip = Packet(
+        "tcp",
+        ipaddress.ip_address("fd00::2"),
+        ipaddress.ip_address("fd00::2"),
+        50000,
+        9080,
+        out_iface="lo",
+        uid=1337,
+        gid=1337,
+    )
     trace = traverse(ruleset, NAT, "OUTPUT", proxy_to_own_ip, start="output")
     assert trace.refs == (f"{NAT}/output:1", f"{NAT}/istio-output:4")  # skuid 1337 return, not rule 2
 
 
 def rules_of(body: str, family: Family = Family.IPV4):
-    text = (f"table inet t {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n"
-            f"{body}\n\t}}\n\tchain x {{\n\t}}\n}}\n")
+    text = (
+        f"table inet t {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n"
+        f"{body}\n\t}}\n\tchain x {{\n\t}}\n}}\n"
+    )
     return parse_nft(text, family).tables["t"].chains["output"].rules
 
 
@@ -210,14 +240,17 @@ def test_translations():
     assert rules[0].matches == (Match("udp", (Option("dport", ("1000:2000",)),)),)
     assert rules[0].target == Target("x")
     assert rules[1].protocol == Cond("tcp")
-    assert rules[1].matches == (Match("multiport", (Option("sports", ("1,3:4",), True),)),
-                                Match("mark", (Option("mark", ("0x1/0xff",), True),)))
+    assert rules[1].matches == (
+        Match("multiport", (Option("sports", ("1,3:4",), True),)),
+        Match("mark", (Option("mark", ("0x1/0xff",), True),)),
+    )
     assert rules[1].target == Target("x", goto=True)
     assert rules[2].out_iface == Cond("eth+")
     assert rules[2].matches == (Match("conntrack", (Option("ctstate", ("NEW,UNTRACKED",)),)),)
     assert rules[2].target == Target("DNAT", (Option("to-destination", ("10.1.1.1:8080",)),))
-    assert rules[3].target == Target("CONNMARK", (Option("save-mark", ()), Option("nfmask", ("0xffff",)),
-                                                  Option("ctmask", ("0xffffffff",))))
+    assert rules[3].target == Target(
+        "CONNMARK", (Option("save-mark", ()), Option("nfmask", ("0xffff",)), Option("ctmask", ("0xffffffff",)))
+    )
     assert rules[4].target == Target("CONNMARK", (Option("set-xmark", ("0x111/0xfff",)),))
     assert rules[5].target is not None and rules[5].target.get("restore-mark") is not None
     assert rules[6].matches == (Match("owner", (Option("gid-owner", ("10-20",)),)),)
@@ -238,14 +271,17 @@ def undecided(body: str) -> FlowTrace:
     return next(f.live for f in flows if f.spec.type is FlowType.LOCAL_TO_REMOTE)
 
 
-@pytest.mark.parametrize("body", [
-    "\t\tmeta hour \"12:00\"-\"13:00\" counter packets 0 bytes 0 accept",
-    "\t\ttcp dport ssh counter packets 0 bytes 0 redirect to :15001",
-    "\t\tip daddr @blocked counter packets 0 bytes 0 drop",
-    "\t\tmeta mark set 0x1 accept",
-    "\t\ttproxy ip to :15006",
-    "\t\tmeta skuid { 1000, 1001 } accept",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '\t\tmeta hour "12:00"-"13:00" counter packets 0 bytes 0 accept',
+        "\t\ttcp dport ssh counter packets 0 bytes 0 redirect to :15001",
+        "\t\tip daddr @blocked counter packets 0 bytes 0 drop",
+        "\t\tmeta mark set 0x1 accept",
+        "\t\ttproxy ip to :15006",
+        "\t\tmeta skuid { 1000, 1001 } accept",
+    ],
+)
 def test_what_podnat_does_not_model_is_undecided_naming_the_rule(body):
     trace = undecided(body)
     assert trace.outcome is Outcome.UNDECIDED
@@ -259,18 +295,21 @@ def test_named_groups_are_undecided_not_guessed():
     assert app.outcome is Outcome.UNDECIDED and "java" in app.reason
 
 
-@pytest.mark.parametrize(("text", "line", "message"), [
-    ("hello world\n", 1, "not nftables"),
-    ("table inet t {\n\tchain c {\n\t\ttcp dport 1 accept\n", 3, "not closed"),
-    ("table inet t {\n\tchain c {\n\t\tjump nowhere\n\t}\n}\n", 3, "not declared"),
-    ("table inet t {\n\tchain c {\n\t\ttcp dport\n\t}\n}\n", 3, "needs a value"),
-    ("table inet t {\n\tchain c {\n\t\ttype nat hook sideways priority 0;\n\t}\n}\n", 3, "hook"),
-    ("table inet t {\n\tchain c {\n\t\tip daddr fd00::1 accept\n\t}\n}\n", 3, "IPv6 address"),
-    ("add table inet t\nadd rule inet t c accept\n", 2, "chain c is not declared"),
-    ("add table inet t\nadd chain inet t c\ninsert rule inet t c index 3 accept\n", 3, "out of range"),
-    ('{"nftables": [\n {"table": {"family": "inet", "name": "t"}},\n {"chain": \n', 4, "invalid JSON"),
-    ('{"nftables": [{"rule": {"family": "inet", "table": "t", "chain": "c", "expr": []}}]}', 1, "table inet t"),
-])
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("hello world\n", 1, "not nftables"),
+        ("table inet t {\n\tchain c {\n\t\ttcp dport 1 accept\n", 3, "not closed"),
+        ("table inet t {\n\tchain c {\n\t\tjump nowhere\n\t}\n}\n", 3, "not declared"),
+        ("table inet t {\n\tchain c {\n\t\ttcp dport\n\t}\n}\n", 3, "needs a value"),
+        ("table inet t {\n\tchain c {\n\t\ttype nat hook sideways priority 0;\n\t}\n}\n", 3, "hook"),
+        ("table inet t {\n\tchain c {\n\t\tip daddr fd00::1 accept\n\t}\n}\n", 3, "IPv6 address"),
+        ("add table inet t\nadd rule inet t c accept\n", 2, "chain c is not declared"),
+        ("add table inet t\nadd chain inet t c\ninsert rule inet t c index 3 accept\n", 3, "out of range"),
+        ('{"nftables": [\n {"table": {"family": "inet", "name": "t"}},\n {"chain": \n', 4, "invalid JSON"),
+        ('{"nftables": [{"rule": {"family": "inet", "table": "t", "chain": "c", "expr": []}}]}', 1, "table inet t"),
+    ],
+)
 def test_bad_input_is_a_parse_error_with_a_line(text, line, message):
     with pytest.raises(ParseError) as info:
         parse_nft(text, Family.IPV4)
@@ -282,8 +321,11 @@ def test_detect_and_parse_reads_every_form():
     iptables = (DATA / "default.v4.iptables-save").read_text()
     assert not looks_like_nft(iptables)
     assert detect_and_parse(iptables).tables.keys() == {"nat"}
-    for form, generator in (("default.nft", "nft -f script"), ("default.nft-list-ruleset", "nft list ruleset"),
-                            ("default.nft-list-ruleset.json", "nft -j list ruleset")):
+    for form, generator in (
+        ("default.nft", "nft -f script"),
+        ("default.nft-list-ruleset", "nft list ruleset"),
+        ("default.nft-list-ruleset.json", "nft -j list ruleset"),
+    ):
         ruleset = detect_and_parse((LIVE / form).read_text())
         assert ruleset.family is Family.IPV4 and ruleset.generator is not None
         assert ruleset.generator.startswith(generator) and NAT in ruleset.tables
@@ -293,9 +335,11 @@ def test_detect_and_parse_reads_every_form():
 
 
 def test_iptables_nft_tables_next_to_native_ones_are_reported():
-    text = "# Warning: table ip nat is managed by iptables-nft, do not touch!\ntable ip nat {\n" \
-           "\tchain OUTPUT {\n\t\ttype nat hook output priority -100; policy accept;\n" \
-           "\t\tmeta l4proto tcp counter packets 0 bytes 0 redirect to :15001\n\t}\n}\n"
+    text = (
+        "# Warning: table ip nat is managed by iptables-nft, do not touch!\ntable ip nat {\n"
+        "\tchain OUTPUT {\n\t\ttype nat hook output priority -100; policy accept;\n"
+        "\t\tmeta l4proto tcp counter packets 0 bytes 0 redirect to :15001\n\t}\n}\n"
+    )
     ruleset = parse_nft(text + (LIVE / "default.nft-list-ruleset").read_text(), Family.IPV4)
     assert set(ruleset.tables) == {"nat", NAT}
     assert ruleset.rule("nat", "OUTPUT", 1) is not None and ruleset.rule("nat", "OUTPUT", 1).ref == "OUTPUT:1"
@@ -309,7 +353,9 @@ def test_iptables_nft_tables_next_to_native_ones_are_reported():
 def test_a_rule_podnat_cannot_decide_is_never_called_shadowed() -> None:
     from podnat.netfilter.reachability import shadowed_rules
 
-    text = ("table inet istio-proxy-nat {\n chain output {\n  type nat hook output priority -100; policy accept;\n"
-            "  meta skuid 1337 countr return\n }\n}\n")
+    text = (
+        "table inet istio-proxy-nat {\n chain output {\n  type nat hook output priority -100; policy accept;\n"
+        "  meta skuid 1337 countr return\n }\n}\n"
+    )
     ruleset = parse_nft(text, Family.IPV4)
     assert shadowed_rules(ruleset).shadowed == ()

@@ -29,18 +29,28 @@ def flows_by_name(ruleset, ctx=None, listeners=None):
 KERNEL = {
     (FlowType.REMOTE_TO_LOCAL, None): (
         (("PREROUTING:1", "ISTIO_INBOUND:5", "ISTIO_IN_REDIRECT:1"), ("OUTPUT:1", "ISTIO_OUTPUT:1")),
-        (15006,), "10.99.0.2:9080"),
+        (15006,),
+        "10.99.0.2:9080",
+    ),
     (FlowType.LOCAL_TO_REMOTE, None): (
         (("OUTPUT:1", "ISTIO_OUTPUT:9", "ISTIO_REDIRECT:1"), ("OUTPUT:1", "ISTIO_OUTPUT:4")),
-        (15001,), "10.99.0.1:9080"),
+        (15001,),
+        "10.99.0.1:9080",
+    ),
     (FlowType.PROMETHEUS_TO_LOCAL, None): (
         (("PREROUTING:1", "ISTIO_INBOUND:2"), ("OUTPUT:1", "ISTIO_OUTPUT:4")),
-        (15090,), "127.0.0.1:15000"),
+        (15090,),
+        "127.0.0.1:15000",
+    ),
     (FlowType.LOCAL_TO_LOCAL, None): (
-        (("OUTPUT:1", "ISTIO_OUTPUT:9", "ISTIO_REDIRECT:1"),
-         ("OUTPUT:1", "ISTIO_OUTPUT:2", "ISTIO_IN_REDIRECT:1"),
-         ("OUTPUT:1", "ISTIO_OUTPUT:1")),
-        (15001, 15006), "10.99.0.2:9080"),
+        (
+            ("OUTPUT:1", "ISTIO_OUTPUT:9", "ISTIO_REDIRECT:1"),
+            ("OUTPUT:1", "ISTIO_OUTPUT:2", "ISTIO_IN_REDIRECT:1"),
+            ("OUTPUT:1", "ISTIO_OUTPUT:1"),
+        ),
+        (15001, 15006),
+        "10.99.0.2:9080",
+    ),
     (FlowType.LOCAL_TO_LOCAL, "own-pod-ip"): ((("OUTPUT:1", "ISTIO_OUTPUT:3"),), (), "10.99.0.2:9080"),
     (FlowType.ENVOY_LOCALHOST, None): ((("OUTPUT:1", "ISTIO_OUTPUT:4"),), (), "127.0.0.1:15000"),
     (FlowType.SIDECAR_TO_ISTIOD, None): ((("OUTPUT:1", "ISTIO_OUTPUT:4"),), (), "10.96.0.10:15012"),
@@ -59,16 +69,20 @@ def test_default_table_matches_the_kernel(default, key):
 
 def test_redirect_targets_follow_the_hook(default):
     trace = flows_by_name(default)[(FlowType.LOCAL_TO_LOCAL, None)]
-    assert [str(leg.to) if leg.to else None for leg in trace.legs] == [
-        "127.0.0.1:15001", "127.0.0.1:15006", None]
+    assert [str(leg.to) if leg.to else None for leg in trace.legs] == ["127.0.0.1:15001", "127.0.0.1:15006", None]
     inbound = flows_by_name(default)[(FlowType.REMOTE_TO_LOCAL, None)]
     assert str(inbound.legs[0].to) == "10.99.0.2:15006"
     assert str(inbound.legs[1].src) == "127.0.0.6"
 
 
 def test_uid_1000_with_gid_1337_hits_rule_7(default):
-    spec = FlowSpec(FlowType.LOCAL_TO_REMOTE, "x", Actor.APP,
-                    Endpoint(ipaddress.ip_address("10.99.0.1"), 9080), identity=Identity(1000, 1337))
+    spec = FlowSpec(
+        FlowType.LOCAL_TO_REMOTE,
+        "x",
+        Actor.APP,
+        Endpoint(ipaddress.ip_address("10.99.0.1"), 9080),
+        identity=Identity(1000, 1337),
+    )
     trace = trace_flow(default, spec, PodContext())
     assert trace.legs[0].rules == ("OUTPUT:1", "ISTIO_OUTPUT:7")
     assert trace.envoy_ports == ()
@@ -90,8 +104,14 @@ def test_redirect_to_a_port_without_listener_is_refused(default):
 
 
 def test_udp_falls_through_istio_redirect(default):
-    spec = FlowSpec(FlowType.LOCAL_TO_REMOTE, "x", Actor.APP,
-                    Endpoint(ipaddress.ip_address("10.99.0.1"), 53), identity=Identity(1000, 1000), proto="udp")
+    spec = FlowSpec(
+        FlowType.LOCAL_TO_REMOTE,
+        "x",
+        Actor.APP,
+        Endpoint(ipaddress.ip_address("10.99.0.1"), 53),
+        identity=Identity(1000, 1000),
+        proto="udp",
+    )
     trace = trace_flow(default, spec, PodContext())
     assert trace.legs[0].rules == ("OUTPUT:1", "ISTIO_OUTPUT:9")
     assert trace.outcome is Outcome.DELIVERED and str(trace.delivered_to) == "10.99.0.1:53"
@@ -106,17 +126,25 @@ def test_no_prerouting_jump_bypasses_inbound(default):
 
 
 def test_drop_is_dropped(default):
-    text = (DATA / "default.v4.iptables-save").read_text().replace(
-        "-A OUTPUT -j ISTIO_OUTPUT\n", "-A OUTPUT -d 10.99.0.1/32 -j DROP\n-A OUTPUT -j ISTIO_OUTPUT\n")
+    text = (
+        (DATA / "default.v4.iptables-save")
+        .read_text()
+        .replace("-A OUTPUT -j ISTIO_OUTPUT\n", "-A OUTPUT -d 10.99.0.1/32 -j DROP\n-A OUTPUT -j ISTIO_OUTPUT\n")
+    )
     trace = flows_by_name(parse_ruleset(text))[(FlowType.LOCAL_TO_REMOTE, None)]
     assert trace.outcome is Outcome.DROPPED
     assert trace.legs[0].rules == ("OUTPUT:1",)
 
 
 def test_unknown_match_is_undecided_and_named(default):
-    text = (DATA / "default.v4.iptables-save").read_text().replace(
-        "-A OUTPUT -j ISTIO_OUTPUT\n",
-        "-A OUTPUT -m set --match-set blocked dst -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n")
+    text = (
+        (DATA / "default.v4.iptables-save")
+        .read_text()
+        .replace(
+            "-A OUTPUT -j ISTIO_OUTPUT\n",
+            "-A OUTPUT -m set --match-set blocked dst -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n",
+        )
+    )
     trace = flows_by_name(parse_ruleset(text))[(FlowType.LOCAL_TO_REMOTE, None)]
     assert trace.outcome is Outcome.UNDECIDED
     assert "OUTPUT:1" in trace.reason and "blocked" in trace.reason
@@ -128,8 +156,10 @@ def test_tproxy_paths_match_the_kernel_bench():
     from conftest import REFERENCE
 
     text = (REFERENCE / "kernel-save/iptables/inbound-ports-wildcard-tproxy.v4.iptables-save").read_text()
-    text = text.replace("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n",
-                        "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n")
+    text = text.replace(
+        "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n",
+        "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n",
+    )
     ctx = PodContext(proxy=Identity(0, 1337), transparent_inbound=True)
     flows = flows_by_name(parse_ruleset(text), ctx)
     inbound = flows[(FlowType.REMOTE_TO_LOCAL, None)]
@@ -154,8 +184,14 @@ def test_dns_capture_adds_flow_7_to_pilot_agent():
     expl = explain(ruleset, PodContext(proxy=Identity(3, 1)))
     dns = {f.spec.variant: f.live for f in expl.flows if f.spec.type is FlowType.DNS}
     assert set(dns) == {"udp", "tcp"}
-    assert dns["udp"].legs[0].rules == ("raw/OUTPUT:1", "raw/ISTIO_OUTPUT_DNS:9", "OUTPUT:1", "ISTIO_OUTPUT:14",
-                                        "ISTIO_OUTPUT_DNS:2", "raw/PREROUTING:1")
+    assert dns["udp"].legs[0].rules == (
+        "raw/OUTPUT:1",
+        "raw/ISTIO_OUTPUT_DNS:9",
+        "OUTPUT:1",
+        "ISTIO_OUTPUT:14",
+        "ISTIO_OUTPUT_DNS:2",
+        "raw/PREROUTING:1",
+    )
     assert str(dns["udp"].delivered_to) == "127.0.0.1:15053" and dns["tcp"].legs[0].verdict == "REDIRECT"
     default = parse_ruleset((DATA / "default.v4.iptables-save").read_text())
     assert not [f for f in explain(default, PodContext()).flows if f.spec.type is FlowType.DNS]
@@ -176,9 +212,12 @@ def test_a_dual_stack_pods_ipv6_scrape_reaches_admin_over_ipv4():
     first = next(line for line in text.splitlines() if line.startswith("-A ISTIO_OUTPUT "))
     v4 = parse_ruleset(text.replace(first, "-A ISTIO_OUTPUT -d 192.0.2.1/32 -j RETURN\n" + first, 1))
     pod = ipaddress.IPv6Address("fd00:99::2")
-    ctx = PodContext(pod_ip=pod, remote=Endpoint(ipaddress.IPv6Address("fd00:99::1"), 9080),
-                     inbound_source=ipaddress.IPv6Address("::6"),
-                     admin=Endpoint(ipaddress.IPv4Address("127.0.0.1"), 15000))
+    ctx = PodContext(
+        pod_ip=pod,
+        remote=Endpoint(ipaddress.IPv6Address("fd00:99::1"), 9080),
+        inbound_source=ipaddress.IPv6Address("::6"),
+        admin=Endpoint(ipaddress.IPv4Address("127.0.0.1"), 15000),
+    )
     scrape = FlowSpec(FlowType.PROMETHEUS_TO_LOCAL, "scrape", Actor.REMOTE, Endpoint(pod, 15090), ctx.remote.address)
     trace = trace_flow(v6, scrape, ctx, other=v4)
     assert trace.outcome is Outcome.DELIVERED and trace.envoy_ports == (15090,)

@@ -34,14 +34,23 @@ def recorded(name: str) -> str:
 
 
 def make_pod(args: str, env: Mapping[str, str] | None = None, ips: tuple[str, ...] = ("10.99.0.2",)) -> dict[str, Any]:
-    init = {"name": "istio-init", "image": "docker.io/istio/proxyv2:1.30.0", "args": shlex.split(args),
-            "env": [{"name": k, "value": v} for k, v in (env or {}).items()]}
+    init = {
+        "name": "istio-init",
+        "image": "docker.io/istio/proxyv2:1.30.0",
+        "args": shlex.split(args),
+        "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+    }
     return {
         "kind": "Pod",
         "metadata": {"name": "reviews-v1-x", "namespace": "bookinfo", "annotations": {}},
-        "spec": {"nodeName": "node-1", "initContainers": [init],
-                 "containers": [{"name": "reviews", "image": "reviews:1", "ports": [{"containerPort": 9080}]},
-                                {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.30.0"}]},
+        "spec": {
+            "nodeName": "node-1",
+            "initContainers": [init],
+            "containers": [
+                {"name": "reviews", "image": "reviews:1", "ports": [{"containerPort": 9080}]},
+                {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.30.0"},
+            ],
+        },
         "status": {"phase": "Running", "podIP": ips[0], "podIPs": [{"ip": ip} for ip in ips]},
     }
 
@@ -62,17 +71,32 @@ class FakeSource:
         return PodFacts(ref=PodRef("bookinfo", "reviews-v1-x"), pod=pod, **self.facts)
 
 
-def live_table(args: str, env: Mapping[str, str] | None = None, nameservers: tuple[str, ...] = (),
-               ipv6: bool = False) -> NatReading:
+def live_table(
+    args: str, env: Mapping[str, str] | None = None, nameservers: tuple[str, ...] = (), ipv6: bool = False
+) -> NatReading:
     """The rules istio-init installs for these args, as the pod's live table (the pod as intended)."""
     rules = expected_rules(InterceptionConfig.from_args(args, env or {}, "1.30", nameservers=nameservers, ipv6=ipv6))
     return NatReading(NatSource.EXEC, "exec istio-proxy: iptables-save -c", v4=rules.v4, v6=rules.v6)
 
 
-def routing(rules: str | None, routes: str | None, *, table: int = 133, rules6: str | None = None,
-            routes6: str | None = None, error: str | None = None) -> PolicyRouting:
-    return PolicyRouting(f"exec istio-proxy: ip rule show; ip route show table {table} (and ip -6)", table,
-                         rules, routes, rules6, routes6, error)
+def routing(
+    rules: str | None,
+    routes: str | None,
+    *,
+    table: int = 133,
+    rules6: str | None = None,
+    routes6: str | None = None,
+    error: str | None = None,
+) -> PolicyRouting:
+    return PolicyRouting(
+        f"exec istio-proxy: ip rule show; ip route show table {table} (and ip -6)",
+        table,
+        rules,
+        routes,
+        rules6,
+        routes6,
+        error,
+    )
 
 
 def tproxy_report(reading: PolicyRouting | None, args: str = TPROXY) -> PodReport:
@@ -92,8 +116,15 @@ def test_tproxy_routing_present_is_ok_and_shown() -> None:
     assert report.status == "ok"
     data = pod_report_data(report)
     assert data["policy_routing"] == {
-        "family": "ipv4", "source": "exec istio-proxy: ip rule show; ip route show table 133 (and ip -6)",
-        "mark": 1337, "table": 133, "fwmark_rule": True, "local_route": True, "missing": [], "unknown": None}
+        "family": "ipv4",
+        "source": "exec istio-proxy: ip rule show; ip route show table 133 (and ip -6)",
+        "mark": 1337,
+        "table": 133,
+        "fwmark_rule": True,
+        "local_route": True,
+        "missing": [],
+        "unknown": None,
+    }
     assert data["sources"]["routing"] == "exec istio-proxy: ip rule show; ip route show table 133 (and ip -6)"
     assert not [f for f in data["findings"] if "policy routing" in f["message"]]
 
@@ -115,7 +146,10 @@ def test_tproxy_rule_missing_breaks_inbound() -> None:
     assert "they meet `32766: from all lookup main` first" in finding.message
     data = pod_report_data(report)["policy_routing"]
     assert (data["fwmark_rule"], data["local_route"], data["missing"]) == (
-        False, True, ["ip rule add fwmark 1337 lookup 133"])
+        False,
+        True,
+        ["ip rule add fwmark 1337 lookup 133"],
+    )
 
 
 def test_tproxy_route_missing_breaks_inbound() -> None:
@@ -157,15 +191,18 @@ def test_tproxy_routing_unknown_is_a_warning_not_a_break() -> None:
 
 def test_tproxy_dual_stack_checks_each_family() -> None:
     pod = make_pod(TPROXY, {"ISTIO_DUAL_STACK": "true"}, ips=("10.99.0.2", "fd00:10:99::2"))
-    reading = routing(recorded("rule-present.txt"), recorded("route-present.txt"),
-                      rules6=recorded("rule6-default.txt"), routes6="")
+    reading = routing(
+        recorded("rule-present.txt"), recorded("route-present.txt"), rules6=recorded("rule6-default.txt"), routes6=""
+    )
     report = inspect_pod(FakeSource(nat=live_table(TPROXY, ipv6=True), routing=reading), pod)
     assert report.explanation is not None and report.second is not None
     assert report.explanation.policy_routing is not None and not report.explanation.policy_routing.broken
     assert report.status == "broken"  # the IPv6 side
     data = pod_report_data(report)["second_family"]
-    assert data["policy_routing"]["missing"] == ["ip -6 rule add fwmark 1337 lookup 133",
-                                                 "ip -6 route add local default dev lo table 133"]
+    assert data["policy_routing"]["missing"] == [
+        "ip -6 rule add fwmark 1337 lookup 133",
+        "ip -6 route add local default dev lo table 133",
+    ]
 
 
 def test_redirect_pod_has_no_policy_routing() -> None:
@@ -184,8 +221,12 @@ def test_dns_requested_but_not_in_the_rules_warns() -> None:
     assert 7 not in {int(f.spec.type) for f in report.explanation.flows}
     (finding,) = [f for f in report.explanation.findings if "DNS" in f.message]
     assert finding.severity == "warning" and finding.flow_types == (7,)
-    for words in ("no nameserver in the pod's /etc/resolv.conf", "straight to the resolver",
-                  "ServiceEntry hostnames", "pilot-agent's DNS proxy (15053)"):
+    for words in (
+        "no nameserver in the pod's /etc/resolv.conf",
+        "straight to the resolver",
+        "ServiceEntry hostnames",
+        "pilot-agent's DNS proxy (15053)",
+    ):
         assert words in finding.message
 
 
@@ -212,8 +253,9 @@ def test_dns_in_the_rules_but_not_requested_drifts() -> None:
 
 def podnat(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "podnat", *args], capture_output=True, text=True, timeout=60,
-                          env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "podnat", *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
 
 
 def test_offline_dns_requested_without_dns_rules(tmp_path: Path) -> None:
@@ -233,12 +275,15 @@ def test_offline_dns_requested_and_present(tmp_path: Path) -> None:
     dump = tmp_path / "dns.iptables-save"
     dump.write_text(live_table(REDIRECT, DNS_ENV, nameservers=("10.96.0.10",)).v4)
     # Without --nameserver the resolvers the table redirects are taken as the ones istio-init found.
-    result = podnat("explain", str(dump), "--args", REDIRECT + " --redirect-dns", "--istio-version", "1.30",
-                    "-o", "json")
+    result = podnat(
+        "explain", str(dump), "--args", REDIRECT + " --redirect-dns", "--istio-version", "1.30", "-o", "json"
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert [(f["type"], f["variant"], f["status"]) for f in data["flows"] if f["type"] == 7] == [
-        (7, "udp", "ok"), (7, "tcp", "ok")]
+        (7, "udp", "ok"),
+        (7, "tcp", "ok"),
+    ]
     assert data["diff"] == [] and not [f for f in data["findings"] if "DNS" in f["message"]]
 
 
@@ -271,8 +316,7 @@ def test_verify_skips_a_terminating_pod_and_says_so() -> None:
     from podnat.usecases import verify_pods
 
     live, leaving = make_pod(REDIRECT), make_pod(REDIRECT)
-    leaving["metadata"] = {**leaving["metadata"], "name": "reviews-v1-old",
-                           "deletionTimestamp": "2026-01-01T00:00:00Z"}
+    leaving["metadata"] = {**leaving["metadata"], "name": "reviews-v1-old", "deletionTimestamp": "2026-01-01T00:00:00Z"}
     asked: list[str] = []
 
     class Counting(FakeSource):
@@ -285,7 +329,8 @@ def test_verify_skips_a_terminating_pod_and_says_so() -> None:
     assert asked == ["reviews-v1-x"]  # no exec in a pod that is going away
     assert by_name["reviews-v1-old"].status == "skipped"
     assert by_name["reviews-v1-old"].notes == (
-        "pod bookinfo/reviews-v1-old is terminating (deletionTimestamp 2026-01-01T00:00:00Z): not checked",)
+        "pod bookinfo/reviews-v1-old is terminating (deletionTimestamp 2026-01-01T00:00:00Z): not checked",
+    )
     assert by_name["reviews-v1-x"].status == "ok" and report.exit_code == 0
 
 
@@ -294,5 +339,6 @@ def test_inspect_of_a_terminating_pod_still_reads_it_and_notes_it() -> None:
     pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     report = inspect_pod(FakeSource(nat=live_table(REDIRECT)), pod)
     assert report.status == "ok"
-    assert report.notes[-1] == ("pod bookinfo/reviews-v1-x is terminating (deletionTimestamp 2026-01-01T00:00:00Z): "
-                                "its rules go with it")
+    assert report.notes[-1] == (
+        "pod bookinfo/reviews-v1-x is terminating (deletionTimestamp 2026-01-01T00:00:00Z): its rules go with it"
+    )

@@ -35,11 +35,17 @@ def test_the_corpus_is_large_and_has_provenance():
     assert {"iptables-save", "iptables -S", "iptables -L", "istio-init log", "nft", "partial"} <= formats
 
 
-@pytest.mark.parametrize("entry", [
-    pytest.param(e, id=e["file"], marks=[pytest.mark.xfail(reason=KNOWN_WRONG[e["file"]], strict=True)]
-                 if e["file"] in KNOWN_WRONG else [])
-    for e in ENTRIES
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param(
+            e,
+            id=e["file"],
+            marks=[pytest.mark.xfail(reason=KNOWN_WRONG[e["file"]], strict=True)] if e["file"] in KNOWN_WRONG else [],
+        )
+        for e in ENTRIES
+    ],
+)
 def test_podnat_gives_the_careful_answer(entry: dict[str, object]):
     verdict = corpus.judge(entry)
     assert verdict.score != corpus.WRONG, verdict.why

@@ -41,15 +41,18 @@ def test_a_table_as_istio_meant_it_is_traced_once_and_the_paths_are_the_same():
         assert flow.expected is flow.live  # traced once
         assert _path(trace_flow(expected, flow.spec, expl_ctx(expl, flow))) == _path(flow.live)
     # one rule moved: both tables traced
-    drifted = explain(parse_ruleset(DEFAULT.replace("-A PREROUTING -p tcp -j ISTIO_INBOUND\n", "")), PodContext(),
-                      expected=expected)
+    drifted = explain(
+        parse_ruleset(DEFAULT.replace("-A PREROUTING -p tcp -j ISTIO_INBOUND\n", "")), PodContext(), expected=expected
+    )
     assert all(flow.expected is not flow.live for flow in drifted.flows)
 
 
 def _path(trace):
     """What anyone reads of a path: per leg its rules (reference and text), and how it ended."""
-    legs = tuple((leg.actor, leg.src, leg.dst, leg.hook, leg.verdict, leg.to,
-                  tuple((r.ref, r.text) for r in leg.hits)) for leg in trace.legs)
+    legs = tuple(
+        (leg.actor, leg.src, leg.dst, leg.hook, leg.verdict, leg.to, tuple((r.ref, r.text) for r in leg.hits))
+        for leg in trace.legs
+    )
     return legs, trace.envoy_ports, trace.outcome, trace.delivered_to, trace.reason
 
 
@@ -75,9 +78,11 @@ def test_missing_prerouting_jump():
 
 
 def test_excluded_inbound_port_names_the_annotation():
-    live = DEFAULT.replace("-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN\n",
-                           "-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN\n"
-                           "-A ISTIO_INBOUND -p tcp -m tcp --dport 9080 -j RETURN\n")
+    live = DEFAULT.replace(
+        "-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN\n",
+        "-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN\n"
+        "-A ISTIO_INBOUND -p tcp -m tcp --dport 9080 -j RETURN\n",
+    )
     expl = run(live)
     assert statuses(expl)[(1, None)] is FlowStatus.DRIFT
     (extra,) = [d for d in expl.diff if d.kind is DiffKind.EXTRA]
@@ -120,8 +125,7 @@ def test_redirect_to_a_dead_port_is_refused():
 def test_legacy_and_nft_both_loaded():
     live = "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n" + DEFAULT
     expl = run(live)
-    assert any("both iptables-legacy and iptables-nft" in f.message and f.severity == "error"
-               for f in expl.findings)
+    assert any("both iptables-legacy and iptables-nft" in f.message and f.severity == "error" for f in expl.findings)
 
 
 def test_reordered_rule():
@@ -133,10 +137,13 @@ def test_reordered_rule():
     assert [d.kind for d in expl.diff] == [DiffKind.REORDERED]
 
 
-@pytest.mark.parametrize("rule,cause", [
-    ("-A ISTIO_OUTPUT -p tcp -m tcp --dport 3306 -j RETURN", "excludeOutboundPorts"),
-    ("-A ISTIO_OUTPUT -d 10.0.0.0/8 -j RETURN", "excludeOutboundIPRanges"),
-])
+@pytest.mark.parametrize(
+    "rule,cause",
+    [
+        ("-A ISTIO_OUTPUT -p tcp -m tcp --dport 3306 -j RETURN", "excludeOutboundPorts"),
+        ("-A ISTIO_OUTPUT -d 10.0.0.0/8 -j RETURN", "excludeOutboundIPRanges"),
+    ],
+)
 def test_outbound_exclusions_name_their_annotation(rule, cause):
     live = DEFAULT.replace("-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n", f"{rule}\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n")
     expl = run(live)

@@ -52,14 +52,25 @@ def explained(case: str) -> Explanation:
 
 def verify_report() -> VerifyReport:
     lab = {"node": "lab", "pod_ip": "10.99.0.2"}
-    return VerifyReport((
-        PodReport(PodRef("bookinfo", "reviews-v1"), istio_version="1.30.3", capture_mode="REDIRECT",
-                  sources={"nat": "debug container"}, explanation=explained("broken"), **lab),
-        PodReport(PodRef("bookinfo", "ratings-v1"), explanation=explained("healthy"), **lab),
-        PodReport(PodRef("bookinfo", "details-v1"),
-                  error="istio-proxy cannot read the nat table without NET_ADMIN", error_code=3),
-        PodReport(PodRef("kube-system", "coredns"), mesh="none", notes=("no istio-proxy container",)),
-    ))
+    return VerifyReport(
+        (
+            PodReport(
+                PodRef("bookinfo", "reviews-v1"),
+                istio_version="1.30.3",
+                capture_mode="REDIRECT",
+                sources={"nat": "debug container"},
+                explanation=explained("broken"),
+                **lab,
+            ),
+            PodReport(PodRef("bookinfo", "ratings-v1"), explanation=explained("healthy"), **lab),
+            PodReport(
+                PodRef("bookinfo", "details-v1"),
+                error="istio-proxy cannot read the nat table without NET_ADMIN",
+                error_code=3,
+            ),
+            PodReport(PodRef("kube-system", "coredns"), mesh="none", notes=("no istio-proxy container",)),
+        )
+    )
 
 
 # -- PNG as pixels (no imaging library needed) ----------------------------------------------------------
@@ -70,8 +81,8 @@ def png_rgb(data: bytes) -> tuple[int, int, bytes]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, chunks, header = 8, [], b""
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             header = body
         elif kind == b"IDAT":
@@ -86,7 +97,7 @@ def png_rgb(data: bytes) -> tuple[int, int, bytes]:
     pixels = bytearray()
     for y in range(height):
         start = y * (stride + 1)
-        kind, row = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        kind, row = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         _unfilter(kind, row, previous, channels)
         pixels += row
         previous = row
@@ -94,7 +105,7 @@ def png_rgb(data: bytes) -> tuple[int, int, bytes]:
         return width, height, bytes(pixels)
     rgb = bytearray()
     for i in range(0, len(pixels), channels):  # grey -> grey x3; alpha dropped (the pictures are opaque)
-        rgb += pixels[i:i + 3] if channels >= 3 else bytes([pixels[i]] * 3)
+        rgb += pixels[i : i + 3] if channels >= 3 else bytes([pixels[i]] * 3)
     return width, height, bytes(rgb)
 
 
@@ -159,8 +170,11 @@ def rule_badges(group: ET.Element) -> list[str]:
 
 
 def polyline_points(group: ET.Element) -> set[tuple[float, float]]:
-    return {tuple(map(float, point.split(","))) for line in group.iter(f"{SVG_NS}polyline")
-            for point in line.get("points").split()}
+    return {
+        tuple(map(float, point.split(",")))
+        for line in group.iter(f"{SVG_NS}polyline")
+        for point in line.get("points").split()
+    }
 
 
 def texts(svg: str) -> list[str]:
@@ -207,10 +221,23 @@ def test_each_panel_draws_one_flow_with_its_rules(case):
 def test_an_ambient_pods_panels_enter_ztunnel(tmp_path):
     """`podnat explain --diagram` on istio-cni's in-pod rules for ztunnel (the CLI, as a user runs it)."""
     svg = tmp_path / "ambient.svg"
-    done = subprocess.run([sys.executable, "-m", "podnat", "explain",
-                           str(REPO / "tests" / "data" / "ambient" / "default.v4.iptables-save"),
-                           "--diagram", str(svg), "-o", "json"], capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "podnat",
+            "explain",
+            str(REPO / "tests" / "data" / "ambient" / "default.v4.iptables-save"),
+            "--diagram",
+            str(svg),
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     flows = json.loads(done.stdout)["flows"]
     check_panels(svg.read_text(), flows)
@@ -218,17 +245,31 @@ def test_an_ambient_pods_panels_enter_ztunnel(tmp_path):
     assert set(by_flow) >= {"1-hbone", "1-plaintext", "2", "7-udp"}
     words = [t.text for t in by_flow["1-hbone"].iter(f"{SVG_NS}text")]
     assert "ztunnel 15008" in words and "ztunnel (in-pod sockets)" in words and "Envoy 15006" not in words
-    visited = {r.get("data-node") for r in by_flow["1-hbone"].iter(f"{SVG_NS}rect")
-               if "visited" in (r.get("class") or "")}
+    visited = {
+        r.get("data-node") for r in by_flow["1-hbone"].iter(f"{SVG_NS}rect") if "visited" in (r.get("class") or "")
+    }
     assert "listener:15008" in visited
 
 
 def test_a_native_nftables_pods_chains_sit_on_the_side_of_the_hook_that_first_meets_them(tmp_path):
     svg = tmp_path / "nft.svg"
-    done = subprocess.run([sys.executable, "-m", "podnat", "explain",
-                           str(REPO / "tests" / "data" / "nft" / "default.nft-list-ruleset"),
-                           "--diagram", str(svg), "-o", "json"], capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "podnat",
+            "explain",
+            str(REPO / "tests" / "data" / "nft" / "default.nft-list-ruleset"),
+            "--diagram",
+            str(svg),
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     check_panels(svg.read_text(), json.loads(done.stdout)["flows"])
     first = panels(svg.read_text())[0]
@@ -244,8 +285,14 @@ def test_svg_is_valid_xml_and_titled():
     root = ET.fromstring(svg)
     assert root.tag == f"{SVG_NS}svg" and root.find(f"{SVG_NS}title").text == "bookinfo/reviews-v1"
     assert [(p.get("data-flow"), p.get("data-type"), p.get("data-variant")) for p in panels(svg)] == [
-        ("1", "1", None), ("2", "2", None), ("3", "3", None), ("4", "4", None),
-        ("4-own-pod-ip", "4", "own-pod-ip"), ("5", "5", None), ("6", "6", None)]
+        ("1", "1", None),
+        ("2", "2", None),
+        ("3", "3", None),
+        ("4", "4", None),
+        ("4-own-pod-ip", "4", "own-pod-ip"),
+        ("5", "5", None),
+        ("6", "6", None),
+    ]
     assert 1700 <= float(root.get("width")) <= 1850  # two panels a row
 
 
@@ -256,18 +303,41 @@ def test_svg_is_deterministic():
 def test_every_panel_draws_the_whole_pod_and_its_flow_strongly():
     svg = diagram_svg(explained("healthy"), "t")
     words = texts(svg)
-    for chain in ("PREROUTING", "INPUT", "OUTPUT", "ISTIO_INBOUND", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT",
-                  "ISTIO_REDIRECT"):
+    for chain in (
+        "PREROUTING",
+        "INPUT",
+        "OUTPUT",
+        "ISTIO_INBOUND",
+        "ISTIO_IN_REDIRECT",
+        "ISTIO_OUTPUT",
+        "ISTIO_REDIRECT",
+    ):
         assert words.count(chain) == 7, chain  # the layout, in every panel
     for name in ("app", "Envoy 15001", "Envoy 15006", "Envoy 15090", "remote pod", "remote client", "istiod"):
         assert words.count(name) == 7, name
     by_flow = {p.get("data-flow"): p for p in panels(svg)}
-    visited = {flow: {r.get("data-node") for r in panel.iter(f"{SVG_NS}rect") if "visited" in (r.get("class") or "")}
-               for flow, panel in by_flow.items()}
-    assert visited["2"] == {"app", "chain:OUTPUT", "chain:ISTIO_OUTPUT", "chain:ISTIO_REDIRECT", "listener:15001",
-                            "peer:remote"}
-    assert visited["3"] == {"peer:prometheus", "chain:PREROUTING", "chain:ISTIO_INBOUND", "chain:INPUT",
-                            "listener:15090", "chain:OUTPUT", "chain:ISTIO_OUTPUT", "admin"}
+    visited = {
+        flow: {r.get("data-node") for r in panel.iter(f"{SVG_NS}rect") if "visited" in (r.get("class") or "")}
+        for flow, panel in by_flow.items()
+    }
+    assert visited["2"] == {
+        "app",
+        "chain:OUTPUT",
+        "chain:ISTIO_OUTPUT",
+        "chain:ISTIO_REDIRECT",
+        "listener:15001",
+        "peer:remote",
+    }
+    assert visited["3"] == {
+        "peer:prometheus",
+        "chain:PREROUTING",
+        "chain:ISTIO_INBOUND",
+        "chain:INPUT",
+        "listener:15090",
+        "chain:OUTPUT",
+        "chain:ISTIO_OUTPUT",
+        "admin",
+    }
     assert "path: OUTPUT:1 → ISTIO_OUTPUT:3 ⇒ 10.99.0.2:9080" in words
 
 
@@ -308,7 +378,8 @@ def test_a_changed_rule_the_live_path_no_longer_matches_is_ringed_on_the_expecte
     by_flow = {p.get("data-flow"): p for p in panels(svg)}
     expected = route(by_flow["6"], "expected")
     assert [g.get("data-rule") for g in expected.iter(f"{SVG_NS}g") if g.get("class") == "rule changed"] == [
-        "ISTIO_OUTPUT:4"]
+        "ISTIO_OUTPUT:4"
+    ]
     assert rule_badges(route(by_flow["6"], "live")) == ["OUTPUT:1", "ISTIO_OUTPUT:7"]
     words = [t.text or "" for t in by_flow["6"].iter(f"{SVG_NS}text")]
     assert any(w.startswith("✗ ISTIO_OUTPUT:4 changed: the proxy identity differs (uid 1338") for w in words)
@@ -322,7 +393,7 @@ def test_a_panel_alone_is_a_document():
 
 
 def _luminance(colour: str) -> float:
-    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
     linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
     return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
@@ -354,8 +425,9 @@ def test_mermaid_is_well_formed(case):
     assert lines[0] == "flowchart LR"
     subgraphs = [m[1] for line in lines if (m := re.match(r"^  subgraph (\w+)\[", line))]
     flows = flow_objects(case)
-    assert subgraphs == ["flow_" + node_id(f"{f['type']}-{f['variant']}" if f.get("variant") else str(f["type"]))
-                         for f in flows]
+    assert subgraphs == [
+        "flow_" + node_id(f"{f['type']}-{f['variant']}" if f.get("variant") else str(f["type"])) for f in flows
+    ]
     assert sum(line == "  end" for line in lines) == len(subgraphs)
     declared = {m[1] for line in lines if (m := re.match(r"^\s+(\w+)(\[\"|\(\[)", line))}
     edges = [m for line in lines if (m := re.match(r'^  (\w+) (-->|-\.->)(?:\|"([^"]*)"\|)? (\w+)$', line))]
@@ -366,9 +438,9 @@ def test_mermaid_is_well_formed(case):
     members: dict[str, str] = {}
     current = ""
     for line in lines:
-        if (m := re.match(r"^  subgraph (\w+)\[", line)):
+        if m := re.match(r"^  subgraph (\w+)\[", line):
             current = m[1]
-        elif (m := re.match(r"^    (\w+)(\[\"|\(\[)", line)):
+        elif m := re.match(r"^    (\w+)(\[\"|\(\[)", line):
             members[m[1]] = current
     for flow, name in zip(flows, subgraphs, strict=True):
         mine = [e for e in edges if members[e[1]] == name and e[2] == "-->"]
@@ -378,8 +450,9 @@ def test_mermaid_is_well_formed(case):
         if flow.get("status", "ok") == "ok":
             assert not theirs
         else:
-            expected = [r for e in theirs for r in (e[3] or "expected").removeprefix("expected").strip().split(", ")
-                        if r]
+            expected = [
+                r for e in theirs for r in (e[3] or "expected").removeprefix("expected").strip().split(", ") if r
+            ]
             assert expected == rules_of(flow["expected"])
 
 

@@ -40,8 +40,9 @@ class Page(HTMLParser):
         self.open.pop()
 
     def find(self, tag: str, **attrs: str) -> list[dict[str, str | None]]:
-        return [a for t, a in self.elements if t == tag and all(a.get(k.replace("_", "-")) == v
-                                                                 for k, v in attrs.items())]
+        return [
+            a for t, a in self.elements if t == tag and all(a.get(k.replace("_", "-")) == v for k, v in attrs.items())
+        ]
 
 
 def test_html_is_self_contained():
@@ -56,9 +57,21 @@ def test_html_is_self_contained():
 def test_summary_counts_filters_and_search():
     parsed = Page(verify_html(verify_report()))
     assert [b["data-status"] for b in parsed.find("button") if b.get("data-status")] == [
-        "broken", "error", "ok", "skipped"]
-    assert [o["value"] for o in parsed.find("option")] == ["", "bookinfo", "kube-system", "", "broken", "error",
-                                                           "ok", "skipped"]
+        "broken",
+        "error",
+        "ok",
+        "skipped",
+    ]
+    assert [o["value"] for o in parsed.find("option")] == [
+        "",
+        "bookinfo",
+        "kube-system",
+        "",
+        "broken",
+        "error",
+        "ok",
+        "skipped",
+    ]
     assert parsed.find("input", id="search")
 
 
@@ -66,8 +79,11 @@ def test_each_pod_is_folded_with_an_anchor_its_status_and_what_to_search():
     page = verify_html(verify_report())
     pods = Page(page).find("details")
     assert [(p["id"], p["data-status"], "open" in p) for p in pods] == [
-        ("pod-bookinfo-reviews-v1", "broken", False), ("pod-bookinfo-ratings-v1", "ok", False),
-        ("pod-bookinfo-details-v1", "error", False), ("pod-kube-system-coredns", "skipped", False)]
+        ("pod-bookinfo-reviews-v1", "broken", False),
+        ("pod-bookinfo-ratings-v1", "ok", False),
+        ("pod-bookinfo-details-v1", "error", False),
+        ("pod-kube-system-coredns", "skipped", False),
+    ]
     assert "istio_redirect:1" in pods[0]["data-search"] and "--to-ports 15002" in pods[0]["data-search"]
     assert "✗ broken</span> <h2>bookinfo/reviews-v1</h2>" in page  # a word and a mark, not colour alone
     assert "⚠ error</span> <h2>bookinfo/details-v1</h2>" in page
@@ -92,8 +108,8 @@ def test_each_flow_row_is_tied_to_its_panel_and_rules():
     copies = [b["data-copy"] for b in parsed.find("button") if b.get("class") == "copy"]
     assert "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15002" in copies
     # the broken flow lists the rules it took and the ones Istio meant (same refs, another port)
-    section = page[page.index('id="pod-bookinfo-reviews-v1-view-2"'):]
-    section = section[:section.index("</section>")]
+    section = page[page.index('id="pod-bookinfo-reviews-v1-view-2"') :]
+    section = section[: section.index("</section>")]
     refs = re.findall(r'<code class="ref">([^<]+)</code>', section)
     assert refs == rules_of(flows[1]) + rules_of(flows[1]["expected"])
 
@@ -122,15 +138,27 @@ def test_explain_writes_the_page_of_a_table(tmp_path):
     table.write_text(CASES["drift"])
     page = tmp_path / "page.html"
     args = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020"
-    done = subprocess.run([sys.executable, "-m", "podnat", "explain", str(table), "--args", args, "--html", str(page)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "podnat", "explain", str(table), "--args", args, "--html", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1, done.stderr  # drift
     text = page.read_text()
     parsed = Page(text)
     assert "<title>podnat explain no-prerouting-jump.iptables-save</title>" in text
     assert [(p["data-status"], "open" in p) for p in parsed.find("details")] == [("drift", True)]
     assert [r["data-status"] for r in parsed.find("tr", **{"class": "flow-row"})] == [
-        "drift", "ok", "drift", "ok", "ok", "ok", "ok"]
+        "drift",
+        "ok",
+        "drift",
+        "ok",
+        "ok",
+        "ok",
+        "ok",
+    ]
     assert len([g for g in parsed.find("g") if g.get("class") == "panel"]) == 7
 
 

@@ -25,10 +25,16 @@ def recorded(name: str) -> str:
     return (ROUTING / name).read_text()
 
 
-def check(rules: str | None, routes: str | None, *, family: str = "ipv4", mark: int = 1337, table: int = 133,
-          unreadable: str | None = None) -> TproxyRouting:
-    return tproxy_routing(rules, routes, family=family, mark=mark, table=table, source="test",
-                          unreadable=unreadable)
+def check(
+    rules: str | None,
+    routes: str | None,
+    *,
+    family: str = "ipv4",
+    mark: int = 1337,
+    table: int = 133,
+    unreadable: str | None = None,
+) -> TproxyRouting:
+    return tproxy_routing(rules, routes, family=family, mark=mark, table=table, source="test", unreadable=unreadable)
 
 
 # --- the generic parser -------------------------------------------------------------------------
@@ -62,8 +68,9 @@ def test_route_show_is_parsed() -> None:
     assert (route6.type, route6.destination, route6.device) == ("local", ipaddress.ip_network("::/0"), "lo")
     assert local_default(parse_routes("local 0.0.0.0/0 dev lo scope host\n", 4)) is not None
     assert local_default(parse_routes(recorded("route-other.txt"), 4)) is None  # unicast 10/8 only
-    table_all = parse_routes("local default dev lo table 133 scope host \n"
-                             "10.0.0.0/8\n\tnexthop via 10.0.0.1 dev eth0 weight 1\n", 4)
+    table_all = parse_routes(
+        "local default dev lo table 133 scope host \n10.0.0.0/8\n\tnexthop via 10.0.0.1 dev eth0 weight 1\n", 4
+    )
     assert [(r.type, r.table) for r in table_all] == [("local", "133"), ("unicast", None)]
 
 
@@ -83,12 +90,20 @@ def test_mark_lookup_follows_priorities() -> None:
     missing = mark_lookup(parse_rules(recorded("rule-default.txt")), 1337, "133")
     assert missing.rule is None and missing.first is not None and missing.first.table == "main"
     # The fwmark rule after `lookup main` is never reached: main's default route decides first.
-    late = mark_lookup(parse_rules("0:\tfrom all lookup local\n32766:\tfrom all lookup main\n"
-                                   "32767:\tfrom all fwmark 0x539 lookup 133\n"), 1337, "133")
+    late = mark_lookup(
+        parse_rules(
+            "0:\tfrom all lookup local\n32766:\tfrom all lookup main\n32767:\tfrom all fwmark 0x539 lookup 133\n"
+        ),
+        1337,
+        "133",
+    )
     assert late.rule is None and late.first is not None and late.first.priority == 32766
     # A rule that suppresses main's default route (WireGuard's) does not decide.
-    suppressed = mark_lookup(parse_rules("100:\tfrom all lookup main suppress_prefixlength 0\n"
-                                         "200:\tfrom all fwmark 0x539 lookup 133\n"), 1337, "133")
+    suppressed = mark_lookup(
+        parse_rules("100:\tfrom all lookup main suppress_prefixlength 0\n200:\tfrom all fwmark 0x539 lookup 133\n"),
+        1337,
+        "133",
+    )
     assert suppressed.rule is not None and suppressed.rule.priority == 200
     blackhole = mark_lookup(parse_rules("10:\tfrom all fwmark 0x539 blackhole\n"), 1337, "133")
     assert blackhole.first is not None and blackhole.first.action == "blackhole"

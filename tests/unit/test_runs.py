@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # --- networks -------------------------------------------------------------------------------------
 
+
 def _reference(value: str) -> tuple[tuple[int, int, int], ...] | None:
     try:
         nets = [ipaddress.ip_network(part, strict=False) for part in value.split(",")]
@@ -54,22 +55,53 @@ def test_ipv4_networks_as_iptables_save_prints_them(address: int, length: int, b
 
 
 def test_odd_forms_go_to_ipaddress() -> None:
-    for value in ("010.0.0.1/8", "10.0.0.0/255.0.0.0", "10.0.0.0/033", "1.2.3", "fd00::1/64", "::ffff:1.2.3.4",
-                  "10.0.0.0/8,fd00::/8", "10.0.0.0/٣", "256.0.0.0/8", ""):
+    for value in (
+        "010.0.0.1/8",
+        "10.0.0.0/255.0.0.0",
+        "10.0.0.0/033",
+        "1.2.3",
+        "fd00::1/64",
+        "::ffff:1.2.3.4",
+        "10.0.0.0/8,fd00::/8",
+        "10.0.0.0/٣",
+        "256.0.0.0/8",
+        "",
+    ):
         assert _read(value) == _reference(value), value
 
 
 # --- random tables ----------------------------------------------------------------------------------
 
 POOL = [f"10.0.0.{i}" for i in range(0, 256, 17)] + ["10.0.1.1", "192.168.0.1"]
-RESTS = ["", "-p tcp", "-p udp", "-o lo", "-p tcp -m tcp --dport 80", "-m mark --mark 0x1",
-         "-m owner --uid-owner 1337", "-m owner ! --uid-owner 1337", "-m set --match-set s dst"]
-TARGETS = ["-j RETURN", "-j ACCEPT", "-j DROP", "-j MARK --set-xmark 0x1/0xffffffff", "-j LOG", "-j SUB",
-           "-g SUB", "-j REDIRECT --to-ports 15001", ""]
+RESTS = [
+    "",
+    "-p tcp",
+    "-p udp",
+    "-o lo",
+    "-p tcp -m tcp --dport 80",
+    "-m mark --mark 0x1",
+    "-m owner --uid-owner 1337",
+    "-m owner ! --uid-owner 1337",
+    "-m set --match-set s dst",
+]
+TARGETS = [
+    "-j RETURN",
+    "-j ACCEPT",
+    "-j DROP",
+    "-j MARK --set-xmark 0x1/0xffffffff",
+    "-j LOG",
+    "-j SUB",
+    "-g SUB",
+    "-j REDIRECT --to-ports 15001",
+    "",
+]
 SUB_TARGETS = [t for t in TARGETS if "SUB" not in t]
 
-networks = st.builds(lambda host, length: f"{ipaddress.ip_network(f'{host}/{length}', strict=False)}",
-                     st.sampled_from(POOL), st.integers(24, 32))
+networks = st.builds(
+    lambda host, length: f"{ipaddress.ip_network(f'{host}/{length}', strict=False)}",
+    st.sampled_from(POOL),
+    st.integers(24, 32),
+)
 address_forms = st.sampled_from(["-d {}", "-s {}", "! -d {}", "-s 10.0.0.0/28 -d {}", "-d {},10.0.0.64/27"])
 
 
@@ -85,9 +117,17 @@ def segments(draw: st.DrawFn, targets: list[str]) -> list[str]:
 def tables(draw: st.DrawFn) -> str:
     main = [rule for segment in draw(st.lists(segments(TARGETS), max_size=5)) for rule in segment]
     sub = [rule for segment in draw(st.lists(segments(SUB_TARGETS), max_size=3)) for rule in segment]
-    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-             ":POSTROUTING ACCEPT [0:0]", ":MAIN - [0:0]", ":SUB - [0:0]", "-A OUTPUT -p tcp -j MAIN",
-             "-A OUTPUT -j MAIN"]
+    lines = [
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]",
+        ":INPUT ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        ":POSTROUTING ACCEPT [0:0]",
+        ":MAIN - [0:0]",
+        ":SUB - [0:0]",
+        "-A OUTPUT -p tcp -j MAIN",
+        "-A OUTPUT -j MAIN",
+    ]
     lines += [f"-A MAIN {rule}" for rule in main] + [f"-A SUB {rule}" for rule in sub] + ["COMMIT"]
     return "\n".join(lines) + "\n"
 
@@ -122,8 +162,9 @@ def test_rules_read_from_templates_equal_rules_read_one_by_one(text: str) -> Non
     ruleset = parse_ruleset(text, Family.IPV4)
     chain_names = set(ruleset.tables["nat"].chains)
     for rule in ruleset.tables["nat"].rules():
-        alone = _parse_rule("nat", rule.chain, rule.position, rule.line, rule.text, None, rule.spec.split(),
-                            chain_names)
+        alone = _parse_rule(
+            "nat", rule.chain, rule.position, rule.line, rule.text, None, rule.spec.split(), chain_names
+        )
         assert rule == alone
         for cond in (rule.source, rule.destination):
             if cond is not None:
@@ -131,6 +172,7 @@ def test_rules_read_from_templates_equal_rules_read_one_by_one(text: str) -> Non
 
 
 # --- the index itself -----------------------------------------------------------------------------
+
 
 def _synthetic(rules: int) -> str:
     sys.path.insert(0, str(REPO / "bench"))
@@ -142,8 +184,16 @@ def _synthetic(rules: int) -> str:
 
 
 def _packet(dst: str, uid: int = 1000) -> Packet:
-    return Packet("tcp", ipaddress.IPv4Address("10.99.0.2"), ipaddress.IPv4Address(dst), 50000, 9080,
-                  out_iface="eth0", uid=uid, gid=uid)
+    return Packet(
+        "tcp",
+        ipaddress.IPv4Address("10.99.0.2"),
+        ipaddress.IPv4Address(dst),
+        50000,
+        9080,
+        out_iface="eth0",
+        uid=uid,
+        gid=uid,
+    )
 
 
 def test_excluded_cidrs_are_one_run_and_only_the_matching_rule_counts() -> None:
@@ -166,9 +216,22 @@ def test_a_walk_that_comes_back_into_a_run_finds_the_next_match() -> None:
     # into the middle of the run, and the second copy counts too.
     nets = [f"10.0.{i}.0/24" for i in range(MIN_RUN)]
     rules = [f"-A MAIN -d {net} -j SUB" for net in [*nets, "10.9.0.0/16", *nets]]
-    text = "\n".join(["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-                      ":POSTROUTING ACCEPT [0:0]", ":MAIN - [0:0]", ":SUB - [0:0]", "-A OUTPUT -j MAIN",
-                      *rules, "-A SUB -j RETURN", "COMMIT", ""])
+    text = "\n".join(
+        [
+            "*nat",
+            ":PREROUTING ACCEPT [0:0]",
+            ":INPUT ACCEPT [0:0]",
+            ":OUTPUT ACCEPT [0:0]",
+            ":POSTROUTING ACCEPT [0:0]",
+            ":MAIN - [0:0]",
+            ":SUB - [0:0]",
+            "-A OUTPUT -j MAIN",
+            *rules,
+            "-A SUB -j RETURN",
+            "COMMIT",
+            "",
+        ]
+    )
     ruleset = parse_ruleset(text)
     assert len({id(run) for run in chain_runs(ruleset.tables["nat"].chains["MAIN"])}) == 1
     trace = traverse(ruleset, "nat", "OUTPUT", _packet("10.0.3.7"))
@@ -184,10 +247,15 @@ def test_short_runs_and_mixed_rules_are_not_indexed() -> None:
 
 # --- rules read in blocks (runs of one shape read together, in C) ----------------------------------
 
+
 def _counted(text: str) -> str:
     """The table as `iptables-save -c` prints it: every rule with [packets:bytes]."""
-    return "\n".join(f"[{i}:{i * 60}] {line}" if line.startswith("-A ") else line
-                     for i, line in enumerate(text.splitlines())) + "\n"
+    return (
+        "\n".join(
+            f"[{i}:{i * 60}] {line}" if line.startswith("-A ") else line for i, line in enumerate(text.splitlines())
+        )
+        + "\n"
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -228,10 +296,16 @@ cidr_values = st.one_of(
 def test_bulk_networks_read_as_parse_networks_reads_them(values: list[str]) -> None:
     bulk = bulk_networks(values)
     if bulk is None:  # some value is not a.b.c.d/N: each is then read alone
-        assert not all(v.count("/") == 1 and _read(v) is not None and ":" not in v and _reference(v)
-                       and v.split("/")[1].isdigit() and len(v.split("/")[0].split(".")) == 4
-                       and all(p.isdigit() and str(int(p)) == p for p in v.split("/")[0].split("."))
-                       for v in values)
+        assert not all(
+            v.count("/") == 1
+            and _read(v) is not None
+            and ":" not in v
+            and _reference(v)
+            and v.split("/")[1].isdigit()
+            and len(v.split("/")[0].split(".")) == 4
+            and all(p.isdigit() and str(int(p)) == p for p in v.split("/")[0].split("."))
+            for v in values
+        )
     else:
         assert bulk == [parse_networks(v) for v in values]
 

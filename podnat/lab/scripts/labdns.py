@@ -25,10 +25,10 @@ def answer(query: bytes) -> bytes:
     ident, flags = struct.unpack("!HH", query[:4])
     labels, at = [], 12
     while query[at]:
-        labels.append(query[at + 1:at + 1 + query[at]].decode(errors="replace"))
+        labels.append(query[at + 1 : at + 1 + query[at]].decode(errors="replace"))
         at += 1 + query[at]
-    question = query[12:at + 5]
-    qtype = struct.unpack("!H", query[at + 1:at + 3])[0]
+    question = query[12 : at + 5]
+    qtype = struct.unpack("!H", query[at + 1 : at + 3])[0]
     addresses = hosts().get(".".join(labels).lower(), []) if qtype == 1 else []
     rcode = 0 if addresses or qtype != 1 else 3
     header = struct.pack("!HHHHHH", ident, 0x8180 | (flags & 0x0100) | rcode, 1, len(addresses), 0, 0)

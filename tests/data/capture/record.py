@@ -34,10 +34,16 @@ SBIN = Path("/usr/sbin")
 def toolset(directory: Path, *, with_nft_save: bool = True) -> None:
     """Istio's proxyv2 toolset: `iptables-save` is the legacy one (its base image's alternative)."""
     directory.mkdir(parents=True, exist_ok=True)
-    links = {"sh": "/bin/sh", "cat": "/bin/cat", "nft": SBIN / "nft", "ip": "/sbin/ip",
-             "iptables-save": SBIN / "xtables-legacy-multi", "ip6tables-save": SBIN / "xtables-legacy-multi",
-             "iptables-legacy-save": SBIN / "xtables-legacy-multi",
-             "ip6tables-legacy-save": SBIN / "xtables-legacy-multi"}
+    links = {
+        "sh": "/bin/sh",
+        "cat": "/bin/cat",
+        "nft": SBIN / "nft",
+        "ip": "/sbin/ip",
+        "iptables-save": SBIN / "xtables-legacy-multi",
+        "ip6tables-save": SBIN / "xtables-legacy-multi",
+        "iptables-legacy-save": SBIN / "xtables-legacy-multi",
+        "ip6tables-legacy-save": SBIN / "xtables-legacy-multi",
+    }
     if with_nft_save:
         links |= {"iptables-nft-save": SBIN / "xtables-nft-multi", "ip6tables-nft-save": SBIN / "xtables-nft-multi"}
     for name, target in links.items():
@@ -47,12 +53,21 @@ def toolset(directory: Path, *, with_nft_save: bool = True) -> None:
     agent.chmod(0o755)
 
 
-def run(netns: str, argv: list[str], *, input: str | None = None, env_path: str | None = None,
-        unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
+def run(
+    netns: str, argv: list[str], *, input: str | None = None, env_path: str | None = None, unprivileged: bool = False
+) -> subprocess.CompletedProcess[str]:
     prefix = ["ip", "netns", "exec", netns]
     if unprivileged:  # istio-proxy: uid 1337, no capabilities
-        prefix += ["setpriv", "--reuid", "1337", "--regid", "1337", "--clear-groups", "--inh-caps=-all",
-                   "--bounding-set=-all"]
+        prefix += [
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]
     if env_path:
         prefix += ["env", "-i", f"PATH={env_path}"]
     return subprocess.run([*prefix, *argv], input=input, capture_output=True, text=True, timeout=30, check=False)
@@ -68,8 +83,15 @@ def load(netns: str, writer: str) -> None:
         assert result.returncode == 0, result.stderr
     run(netns, ["ip", "link", "set", "lo", "up"])
     for _ in range(3):  # traffic to the netns' own loopback: counters move
-        run(netns, [sys.executable, "-c", "import socket; s=socket.socket(); s.settimeout(1);\n"
-                    "try: s.connect(('127.0.0.1', 9))\nexcept OSError: pass"])
+        run(
+            netns,
+            [
+                sys.executable,
+                "-c",
+                "import socket; s=socket.socket(); s.settimeout(1);\n"
+                "try: s.connect(('127.0.0.1', 9))\nexcept OSError: pass",
+            ],
+        )
 
 
 SCENARIOS = {
