@@ -66,9 +66,12 @@ unit: $(STAMP)
 integration: install
 	$(PY) -m pytest tests/integration
 
+# The gate CI runs before the tests: the layering (.importlinter), the formatter, the linter, the types.
 lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff format --check podnat tests tools bench
 	$(BIN)/ruff check podnat tests tools bench
-	$(BIN)/mypy podnat/netfilter podnat/istio podnat/envoy podnat/capture.py
+	$(BIN)/mypy podnat
 
 conformance: $(STAMP)
 	$(PY) tools/conformance.py
