@@ -117,6 +117,11 @@ def build_state(root: Path, pods: int) -> Any:
     scripts = {
         "iptables-save": f"#!/bin/sh\ncat {root / 'table'}\n",
         "ip6tables-save": "#!/bin/sh\nexit 0\n",
+        # the capture script reads each backend's own save command first (podnat/capture.py)
+        "iptables-nft-save": f"#!/bin/sh\ncat {root / 'table'}\n",
+        "ip6tables-nft-save": "#!/bin/sh\nexit 0\n",
+        "iptables-legacy-save": "#!/bin/sh\nexit 0\n",
+        "ip6tables-legacy-save": "#!/bin/sh\nexit 0\n",
         "nft": "#!/bin/sh\nexit 1\n",
         "pilot-agent": f"#!/bin/sh\ncat {root / 'listeners.json'}\n",
     }
