@@ -1,16 +1,17 @@
 """`make bench`: podnat's speed and memory, measured side by side in one run.
 
-1. Offline engine: parse and parse+explain of the injected default table and of synthetic tables of
-   10,000 and 100,000 rules (excluded CIDRs), next to `iptables-nft-restore --test` and
-   `iptables-legacy-restore --test` on the same files (in a throwaway network namespace; root only).
-2. Cold start: `podnat explain` on the default table next to `kubectl version --client` (best of 10:
-   noise only adds time).
+1. Offline engine, whole process against whole process: `podnat explain -o json FILE` against
+   `iptables-restore --test FILE` (the machine's default build, nf_tables on Debian 12) and
+   `iptables-legacy-restore --test` on the same file: the injected default table, and 10,000 and
+   100,000 rules in two shapes (bench/synth.py). Root only for iptables-restore (a throwaway netns).
+2. Cold start: `podnat explain` on the default table beside `python -c pass` and `kubectl version --client`.
 3. `verify` over 200 pods against the lab API server with 50 ms added to every request (bench/verify_bench.py).
 4. The lab's start-up time and memory (bench/lab_bench.py; root only).
 5. The node agent with 110 pods on one node, and verify through it vs through exec (bench/agent_bench.py).
 
-Medians of several repetitions: these machines are shared and noisy. `--json` for machine output,
-`--only engine,startup,verify,lab,agent` to pick sections; a new section is a function added to SECTIONS.
+Medians of several repetitions, the compared commands interleaved: these machines are shared and
+noisy. `--json` for machine output, `--only engine,startup,verify,lab,agent` to pick sections; a new
+section is a function added to SECTIONS. A section that fails prints why and the others still run.
 """
 
 from __future__ import annotations
@@ -34,20 +35,47 @@ REPO = Path(__file__).resolve().parent.parent
 SIZES = (0, 10_000, 100_000)
 
 
-def _median(fn: Any, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _run(argv: list[str]) -> tuple[float, int, int]:
+    """One whole process as a user runs it: wall seconds, its own peak RSS (KB) and exit status."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    took = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    if proc.returncode not in (0, 1):  # 1: a path drifted, a verdict like 0
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {stderr.strip()[-300:]}")
+    return took, usage.ru_maxrss, proc.returncode
+
+
+def _timed(argv: list[str], repeat: int) -> dict[str, float]:
+    """Median and fastest wall time of `repeat` runs of argv, and the largest peak RSS."""
+    runs = [_run(argv) for _ in range(repeat)]
+    times = [t for t, _, _ in runs]
+    return {
+        "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
+        "peak_rss_mb": round(max(kb for _, kb, _ in runs) / 1024, 1),
+    }
+
+
+def _podnat() -> list[str]:
+    """podnat as the venv installs it (the console script), else `python -m podnat`."""
+    script = shutil.which("podnat", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "podnat"]
+
+
+def _byte_compile() -> None:
+    # Byte-compiled first, as an installed package is: with PYTHONDONTWRITEBYTECODE (set on some
+    # machines) a source tree's stale .pyc files would be compiled again at every start.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "podnat")], check=False)
 
 
 def engine_child(path: str) -> None:
-    """One measurement in a fresh process (no warm caches, a heap as the CLI has it): parse, then
-    explain, then the process's peak RSS. Printed as JSON for engine()."""
-    import resource
-
+    """The in-process breakdown (not a comparison): parse, then explain, timed inside one fresh
+    process. Printed as JSON for engine()."""
     from podnat.istio.explain import explain
     from podnat.istio.flows import context_for
     from podnat.netfilter.parse import parse_ruleset
@@ -58,24 +86,47 @@ def engine_child(path: str) -> None:
     parsed = time.perf_counter()
     explain(ruleset, context_for(family=ruleset.family.value))
     done = time.perf_counter()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"parse_s": parsed - start, "parse_explain_s": done - start, "peak_rss_kb": peak_kb}))
+    print(json.dumps({"parse_s": parsed - start, "parse_explain_s": done - start}))
+
+
+# (shape, excluded networks): the injected default table, then tables of 10,000 and 100,000 rules.
+TABLES = (("default", 0), ("consecutive", 10_000), ("consecutive", 100_000), ("spread", 100_000))
 
 
 def engine(repeat: int = 5) -> dict[str, Any]:
-    rows = []
-    netns = f"podnat-bench-{os.getpid()}"
+    """Whole process against whole process, as a user runs them: `podnat explain -o json FILE` (start-up,
+    reading, parsing, explaining, writing the JSON) against `iptables-restore --test FILE` on the same
+    file, alternated in the same run. Both run under `ip netns exec` in a throwaway network namespace
+    (iptables-restore --test talks to the kernel's netfilter there; podnat gets the same wrapper)."""
+    _byte_compile()
     skipped = _restore_skip_reason()
-    if skipped is None:
+    netns = f"podnat-bench-{os.getpid()}"
+    wrap: list[str] = [] if skipped else ["ip", "netns", "exec", netns]
+    restores = {} if skipped else {"default": "iptables-restore", "legacy": "iptables-legacy-restore"}
+    default_build = (
+        None
+        if skipped
+        else subprocess.run(
+            ["iptables-restore", "--version"], check=False, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    rows = []
+    if not skipped:
         subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for size in SIZES:
-                text = DEFAULT.read_text() if size == 0 else synthetic_table(size)
-                path = Path(tmp) / f"table-{size}.txt"
+            for shape, size in TABLES:
+                text = DEFAULT.read_text() if size == 0 else synthetic_table(size, shape)
+                path = Path(tmp) / f"table-{shape}-{size}.txt"
                 path.write_text(text)
                 rules = sum(1 for line in text.splitlines() if line.startswith("-A "))
-                runs = [
+                commands = {"podnat": [*wrap, *_podnat(), "explain", "-o", "json", str(path)]}
+                commands.update({name: [*wrap, binary, "--test", str(path)] for name, binary in restores.items()})
+                samples: dict[str, list[tuple[float, int, int]]] = {name: [] for name in commands}
+                for _ in range(repeat):  # interleaved: a slow phase of the machine hits both sides
+                    for name, argv in commands.items():
+                        samples[name].append(_run(argv))
+                inproc = [
                     json.loads(
                         subprocess.run(
                             [sys.executable, __file__, "--engine-child", str(path)],
@@ -87,70 +138,59 @@ def engine(repeat: int = 5) -> dict[str, Any]:
                     )
                     for _ in range(repeat)
                 ]
-                parse = statistics.median(r["parse_s"] for r in runs)
-                full = statistics.median(r["parse_explain_s"] for r in runs)
-                row: dict[str, Any] = {
-                    "rules": rules,
-                    "parse_s": round(parse, 4),
-                    "parse_explain_s": round(full, 4),
-                    "per_rule_us": round(full / rules * 1e6, 2),
-                    "peak_rss_mb": round(max(r["peak_rss_kb"] for r in runs) / 1024, 1),
-                }
-                for backend in ("nft", "legacy"):
-                    if skipped is not None:
-                        row[f"restore_test_{backend}_s"] = row[f"restore_test_{backend}_us_per_rule"] = None
-                        continue
-                    argv = ["ip", "netns", "exec", netns, f"iptables-{backend}-restore", "--test", str(path)]
-                    took = _median(lambda a=argv: subprocess.run(a, check=True, capture_output=True), repeat)
-                    row[f"restore_test_{backend}_s"] = round(took, 4)
-                    row[f"restore_test_{backend}_us_per_rule"] = round(took / rules * 1e6, 2)
+                row: dict[str, Any] = {"shape": shape, "rules": rules}
+                for name, runs in samples.items():
+                    row[f"{name}_s"] = round(statistics.median(t for t, _, _ in runs), 4)
+                    row[f"{name}_peak_rss_mb"] = round(max(kb for _, kb, _ in runs) / 1024, 1)
+                for name in restores:
+                    row[f"ratio_to_{name}"] = round(row["podnat_s"] / row[f"{name}_s"], 2)
+                row["podnat_us_per_rule"] = round(row["podnat_s"] / rules * 1e6, 2)
+                row["in_process_parse_s"] = round(statistics.median(r["parse_s"] for r in inproc), 4)
+                row["in_process_parse_explain_s"] = round(statistics.median(r["parse_explain_s"] for r in inproc), 4)
                 rows.append(row)
     finally:
-        if skipped is None:
+        if not skipped:
             subprocess.run(["ip", "netns", "delete", netns], check=False)
-    return {"repeat": repeat, "rows": rows, "restore_skipped": skipped}
+    return {"repeat": repeat, "rows": rows, "restore_skipped": skipped, "iptables_restore": default_build}
 
 
 def _restore_skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "not root: iptables-restore --test needs a network namespace of its own (ip netns add)"
-    missing = [b for b in ("ip", "iptables-nft-restore", "iptables-legacy-restore") if shutil.which(b) is None]
+    missing = [b for b in ("ip", "iptables-restore", "iptables-legacy-restore") if shutil.which(b) is None]
     return f"missing {', '.join(missing)}" if missing else None
 
 
-def startup(repeat: int = 10) -> dict[str, Any]:
-    def best(argv: list[str]) -> float | None:
-        if shutil.which(argv[0]) is None and not Path(argv[0]).exists():
-            return None
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            subprocess.run(argv, capture_output=True, check=False)
-            times.append(time.perf_counter() - start)
-        return round(min(times), 3)
-
-    # Byte-compiled first, as an installed package is: with PYTHONDONTWRITEBYTECODE (set on some
-    # machines) a source tree's stale .pyc files would be compiled again at every start.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "podnat")], check=False)
-    podnat = shutil.which("podnat", path=str(Path(sys.executable).parent)) or sys.executable
-    argv = (
-        [podnat, "explain", str(DEFAULT)]
-        if podnat != sys.executable
-        else [podnat, "-m", "podnat", "explain", str(DEFAULT)]
-    )
-    kubectl = best(["kubectl", "version", "--client"])
-    return {
-        "podnat_explain_s": best(argv),
-        "kubectl_version_client_s": kubectl,
-        "kubectl_skipped": None if kubectl is not None else "kubectl is not installed",
-        "imports_kubernetes": "kubernetes"
-        in subprocess.run(
-            [sys.executable, "-X", "importtime", "-m", "podnat", "explain", str(DEFAULT)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stderr,
+def startup(repeat: int = 15) -> dict[str, Any]:
+    """Cold start of `podnat explain` on the default table (table and -o json), medians of `repeat`
+    fresh processes, beside two yardsticks run in the same loop: the same interpreter doing nothing
+    (`python -c pass`) and `kubectl version --client`."""
+    _byte_compile()
+    commands = {
+        "podnat_explain": [*_podnat(), "explain", str(DEFAULT)],
+        "podnat_explain_json": [*_podnat(), "explain", "-o", "json", str(DEFAULT)],
+        "python_pass": [sys.executable, "-c", "pass"],
     }
+    if shutil.which("kubectl"):
+        commands["kubectl_version_client"] = ["kubectl", "version", "--client"]
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeat):  # interleaved: a slow phase of the machine hits every command alike
+        for name, argv in commands.items():
+            samples[name].append(_run(argv)[0])
+    result: dict[str, Any] = {"repeat": repeat}
+    for name, times in samples.items():
+        result[f"{name}_s"] = round(statistics.median(times), 3)
+        result[f"{name}_min_s"] = round(min(times), 3)
+    result["kubectl_skipped"] = None if "kubectl_version_client" in commands else "kubectl is not installed"
+    imported = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "podnat", "explain", str(DEFAULT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stderr
+    names = {line.split("|")[-1].strip().split(".")[0] for line in imported.splitlines() if "|" in line}
+    result["imports"] = {lib: lib in names for lib in ("kubernetes", "yaml", "pydantic", "urllib3", "pygments")}
+    return result
 
 
 # The sections `make bench` runs, in order: name -> a function returning JSON-able results. A new
@@ -182,19 +222,21 @@ SECTIONS: dict[str, Any] = {"engine": engine, "startup": startup, "verify": _ver
 
 def print_engine(e: dict[str, Any]) -> None:
     print(
-        f"engine: parse and parse+explain in a fresh process each time, median of {e['repeat']}; "
-        "iptables-restore --test on the same file in a throwaway netns"
+        f"engine: whole processes as a user runs them, median of {e['repeat']} (interleaved): "
+        "`podnat explain -o json FILE` against `iptables-restore --test FILE` on the same file"
+        + (f" (iptables-restore is {e['iptables_restore']})" if e["iptables_restore"] else "")
     )
     print(
-        f"{'rules':>8} {'parse s':>8} {'+explain s':>10} {'us/rule':>8} {'peak RSS MB':>11} "
-        f"{'nft --test s':>12} {'us/rule':>8} {'legacy --test s':>15} {'us/rule':>8}"
+        f"{'shape':>11} {'rules':>7} {'podnat s':>9} {'us/rule':>8} {'RSS MB':>7} {'restore s':>10} "
+        f"{'podnat/restore':>14} {'legacy s':>9} {'podnat/legacy':>13} {'in-process parse, +explain s':>29}"
     )
     for r in e["rows"]:
+        per_rule = r["podnat_us_per_rule"] if r["rules"] >= 1000 else "-"  # start-up dominates a small table
         print(
-            f"{r['rules']:>8} {r['parse_s']:>8.3f} {r['parse_explain_s']:>10.3f} {r['per_rule_us']:>8} "
-            f"{r['peak_rss_mb']:>11} {_num(r['restore_test_nft_s']):>12} "
-            f"{_num(r['restore_test_nft_us_per_rule'], 2):>8} {_num(r['restore_test_legacy_s']):>15} "
-            f"{_num(r['restore_test_legacy_us_per_rule'], 2):>8}"
+            f"{r['shape']:>11} {r['rules']:>7} {r['podnat_s']:>9.3f} {per_rule:>8} "
+            f"{r['podnat_peak_rss_mb']:>7} {_num(r.get('default_s')):>10} {_ratio(r.get('ratio_to_default')):>14} "
+            f"{_num(r.get('legacy_s')):>9} {_ratio(r.get('ratio_to_legacy')):>13} "
+            f"{r['in_process_parse_s']:>20.3f}, {r['in_process_parse_explain_s']:.3f}"
         )
     if e["restore_skipped"]:
         print(f"  iptables-restore --test skipped: {e['restore_skipped']}")
@@ -202,13 +244,16 @@ def print_engine(e: dict[str, Any]) -> None:
 
 def print_startup(s: dict[str, Any]) -> None:
     kubectl = (
-        f"{s['kubectl_version_client_s']} s"
-        if s["kubectl_version_client_s"] is not None
+        f"{s['kubectl_version_client_s']} s (fastest {s['kubectl_version_client_min_s']})"
+        if s["kubectl_skipped"] is None
         else f"skipped ({s['kubectl_skipped']})"
     )
     print(
-        f"cold start, best of 10: podnat explain (default table) {s['podnat_explain_s']} s, "
-        f"kubernetes client imported: {s['imports_kubernetes']}; kubectl version --client {kubectl}"
+        f"cold start, median of {s['repeat']} (fastest): podnat explain (default table) {s['podnat_explain_s']} s "
+        f"({s['podnat_explain_min_s']}), -o json {s['podnat_explain_json_s']} s ({s['podnat_explain_json_min_s']}); "
+        f"yardsticks: python -c pass {s['python_pass_s']} s ({s['python_pass_min_s']}), kubectl version --client "
+        f"{kubectl}; explain imports {', '.join(k for k, v in s['imports'].items() if v) or 'none'} of "
+        f"{', '.join(s['imports'])}"
     )
 
 
@@ -256,6 +301,10 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -269,9 +318,16 @@ def main() -> None:
     for name in args.only.split(","):
         if name not in SECTIONS:
             parser.error(f"unknown section {name}: pick from {','.join(SECTIONS)}")
-        results[name] = SECTIONS[name]()
+        try:
+            results[name] = SECTIONS[name]()
+        except Exception as exc:  # one broken section must not lose the others' figures
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            if not args.json:
+                print(f"{name}: FAILED ({results[name]['error'][:500]})", flush=True)
+            continue
         if not args.json:
             PRINTERS.get(name, lambda r, n=name: print(json.dumps({n: r}, indent=2)))(results[name])
+            sys.stdout.flush()
     if args.json:
         print(json.dumps(results, indent=2))
 
