@@ -146,13 +146,13 @@ def load_ruleset(path: Path | str) -> Any:
 def load_input(path: Path | str) -> tuple[Any, Any]:
     """The table in `path` and what podnat recognised it as (InputInfo: its form, notes, and for a log
     whether the rules were installed at all)."""
-    from podnat.istio.inputs import InputError, read_input
-    from podnat.netfilter.parse import ParseError
+    from podnat.istio.inputs import read_input
+    from podnat.netfilter.errors import InputError
 
     text = read_text(path)
     try:
         ruleset, info = read_input(text)
-    except (ParseError, InputError) as exc:
+    except InputError as exc:
         raise BadInput(f"cannot read {path}: {exc}") from None
     if not ruleset.tables and info.failed is None:
         raise BadInput(f"{path} holds no table: pass the output of iptables-save or nft list ruleset")
@@ -197,9 +197,9 @@ def load_for_mode(path: Path | str, mode: Mode) -> tuple[Any, Any, bool]:
     """The table, what it was read as, and whether it is an ambient pod's (`--mode`, else its rules). With
     `--mode ambient` a table without rules is accepted: that is what a pod whose rules are gone prints."""
     from podnat.istio.ambient import looks_ambient
-    from podnat.istio.inputs import InputError, read_input
+    from podnat.istio.inputs import read_input
+    from podnat.netfilter.errors import InputError
     from podnat.netfilter.model import Family, Ruleset
-    from podnat.netfilter.parse import ParseError
 
     if mode is not Mode.ambient:
         ruleset, info = load_input(path)
@@ -209,7 +209,7 @@ def load_for_mode(path: Path | str, mode: Mode) -> tuple[Any, Any, bool]:
         return Ruleset(Family.IPV4), _EmptyInput(), True
     try:
         ruleset, info = read_input(text)
-    except (ParseError, InputError) as exc:
+    except InputError as exc:
         raise BadInput(f"cannot read {path}: {exc}") from None
     return ruleset, info, True
 

@@ -13,12 +13,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from podnat.netfilter.errors import InputError
+
 STATIC_BINDING_PORTS = frozenset({15090, 15021})
 _SERVICE_NAME = re.compile(r"^\[?[0-9a-fA-F:.]+\]?_\d+$")
 
 
-class ListenersError(ValueError):
+class ListenersError(InputError):
     """The listeners JSON could not be read."""
+
+    subject = "listeners JSON"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,22 +63,22 @@ def parse_listeners(text: str) -> tuple[Listener, ...]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ListenersError(f"listeners JSON: line {exc.lineno}: {exc.msg}") from None
+        raise ListenersError(exc.lineno, None, exc.msg) from None
     if not isinstance(data, dict) or not isinstance(data.get("listener_statuses", []), list):
-        raise ListenersError("listeners JSON: expected an object with listener_statuses")
+        raise ListenersError(None, None, "expected an object with listener_statuses")
     return tuple(_listener(entry) for entry in data.get("listener_statuses") or [])
 
 
 def _listener(entry: Any) -> Listener:
     if not isinstance(entry, dict) or "name" not in entry:
-        raise ListenersError(f"listeners JSON: a listener without a name: {str(entry)[:80]}")
+        raise ListenersError(None, None, f"a listener without a name: {str(entry)[:80]}")
     name = str(entry["name"])
     socket = (entry.get("local_address") or {}).get("socket_address") or {}
     address = str(socket.get("address", "0.0.0.0"))
     try:
         port = int(socket.get("port_value", 0))
     except (TypeError, ValueError):
-        raise ListenersError(f"listeners JSON: listener {name} has a bad port") from None
+        raise ListenersError(None, None, f"listener {name} has a bad port") from None
     binds = name in ("virtualOutbound", "virtualInbound") or not _SERVICE_NAME.match(name)
     if _SERVICE_NAME.match(name) and port in STATIC_BINDING_PORTS and address in ("0.0.0.0", "::"):
         binds = True

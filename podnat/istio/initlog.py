@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from podnat.netfilter.errors import InputError
+
 
 class InitLogFormat(str, Enum):
     """Which istio-iptables log format a log was recognised as."""
@@ -61,13 +63,11 @@ class InitLogRules:
     line: int  # 1-based line of the log (of the whole log, for istio-cni-node) where v4 (or nft) starts
 
 
-class InitLogError(ValueError):
+class InitLogError(InputError):
     """Nothing recognisable in a log; `line` points at the most telling line (1-based)."""
 
-    def __init__(self, message: str, line: int) -> None:
-        super().__init__(f"line {line}: {message}")
-        self.message = message
-        self.line = line
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(line, None, message)
 
 
 # A new log record: `2024-05-01T10:00:00.123456Z<ws>info<ws>...` (istio's logger). Content lines
@@ -181,7 +181,7 @@ def parse_initlog(log: str, *, origin: LogOrigin = LogOrigin.ISTIO_INIT, first_l
         i += 1
 
     if not seen and not dumps:
-        raise InitLogError(_nothing_found(lines), _telling_line(lines) + first_line - 1)
+        raise InitLogError(_telling_line(lines) + first_line - 1, _nothing_found(lines))
 
     log_format = _pick_format(seen)
     v4_dump, v6_dump = dumps.get("4"), dumps.get("6")
@@ -195,8 +195,8 @@ def parse_initlog(log: str, *, origin: LogOrigin = LogOrigin.ISTIO_INIT, first_l
         v6 = v6_dump.text if v6_dump is not None and v6_dump.text else _joined(v6_inputs)
         if not v4_dump.text and not v6:
             raise InitLogError(
-                "the istio-iptables records are there but the iptables-save dump after them is empty",
                 v4_dump.line + first_line - 1,
+                "the istio-iptables records are there but the iptables-save dump after them is empty",
             )
         return InitLogRules(
             v4=v4_dump.text,
@@ -221,9 +221,9 @@ def parse_initlog(log: str, *, origin: LogOrigin = LogOrigin.ISTIO_INIT, first_l
         )
     where = (first_marker or 0) + 1
     raise InitLogError(
+        where + first_line - 1,
         f"found istio-iptables records ({log_format.value} format) but no rules after them: "
         f"{lines[where - 1].strip()[:120]!r}",
-        where + first_line - 1,
     )
 
 
@@ -297,9 +297,9 @@ def extract_cni_block(log: str, pod: str) -> tuple[str, int]:
     starts = [n for n, line in enumerate(lines) if start_re.search(line)]
     if not starts:
         raise InitLogError(
+            max(len(lines), 1),
             f"no '============= Start iptables configuration for {pod}' record in the istio-cni-node log "
             "(rotated away, or another node's istio-cni-node programmed this pod)",
-            max(len(lines), 1),
         )
     begin = starts[-1]
     end = next((n for n in range(begin + 1, len(lines)) if end_re.search(lines[n])), len(lines))

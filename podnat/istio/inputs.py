@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from podnat.netfilter.errors import InputError
 from podnat.netfilter.model import BUILTIN_CHAINS, Family, Ruleset
 from podnat.netfilter.nft import detect_and_parse, looks_like_nft
 from podnat.netfilter.parse import ParseError
@@ -53,15 +54,6 @@ INIT_LOG = "istio-init log"
 CNI_LOG = "istio-cni log"
 VM_LOG = "istio-start log"
 APPLIED_AT_START = "from a log: applied at start, not necessarily live"
-
-
-class InputError(ValueError):
-    """An input podnat refuses, with the one-line reason (and the line, when one is to blame)."""
-
-    def __init__(self, message: str, line: int | None = None) -> None:
-        super().__init__(f"line {line}: {message}" if line else message)
-        self.message = message
-        self.line = line
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,12 +188,13 @@ def _read_log(lines: list[str], notes: list[str]) -> tuple[str, InputInfo]:
         rule_lines = [n for n, line in enumerate(lines, 1) if re.match(r"^\s*(?:\[\d+:\d+\] )?-A ", line)]
         if rule_lines and not any(re.match(r"^\s*\*\s?[a-z]+\s*$", line) for line in lines):
             raise InputError(
+                rule_lines[0],
+                None,
                 f"an Istio log ({form}) that shows only part of a dump: rules with no table header (*nat) or chain "
                 "declarations (`systemctl status` and `--tail` print the last lines only); read the whole log "
                 "(`journalctl -u istio`, `kubectl logs POD -c istio-init`) or run `iptables-save -t nat`",
-                rule_lines[0],
             ) from None
-        raise InputError(f"an Istio log, but {exc.message}", exc.line) from None
+        raise InputError(exc.line, None, f"an Istio log, but {exc.message}") from None
     if failure is not None and (rules.kind is RulesKind.RESTORE_INPUT or failure > rules.line):
         # the restore ran and failed (no dump after it, or the failure came after the dump)
         return "", _failed(form, notes, lines[failure - 1], failure)
@@ -245,9 +238,10 @@ def _refuse_listing(lines: list[str], table: str | None) -> None:
     if names:
         lost += "; without -n its addresses and owners are names (`anywhere`, `localhost`), not the rules' values"
     raise InputError(
+        first,
+        None,
         f"this is an `iptables -L{' -v' if verbose else ''}` listing, not a table podnat can read: {lost}; "
         f"run `iptables-save -t {t}` (or `iptables -t {t} -S`) in the pod instead",
-        first,
     )
 
 
@@ -311,9 +305,10 @@ def _from_list_rules(
                 # rule wrapped by the paste, and is not guessed at
                 if listed[0] < n < listed[-1] and re.search(r"(?:^|\s)--?[A-Za-z]", line):
                     raise InputError(
+                        n + 1,
+                        None,
                         f"not a line of `iptables -S` output, between its rules: {_quote(line)}; "
                         "paste the output as iptables printed it",
-                        n + 1,
                     )
                 notes.append(f"line {n + 1}: not a rule, skipped: {_quote(line)}")
             continue
@@ -330,9 +325,10 @@ def _from_list_rules(
         table = _infer_table(body, declared, hint)
         if table is None:
             raise InputError(
+                block[0] + 1,
+                None,
                 "`iptables -S` output, but podnat cannot tell which table it is: run "
                 "`iptables -t nat -S` and include the command line in the paste",
-                block[0] + 1,
             )
         out.append(f"*{table}")
         numbers.append(block[0] + 1)
@@ -343,7 +339,7 @@ def _from_list_rules(
                 if len(words) >= 6 and words[3] in ("-c", "--set-counters"):
                     counters = f" [{words[4]}:{words[5]}]"
                 if len(words) < 3:
-                    raise InputError("-P needs a chain and a policy", n + 1)
+                    raise InputError(n + 1, None, "-P needs a chain and a policy")
                 out.append(f":{words[1]} {words[2]}{counters}")
             elif words[0] == "-N":
                 out.append(f":{words[1]} - [0:0]" if len(words) == 2 else lines[n])
@@ -380,18 +376,20 @@ def _headerless(lines: list[str], table_hint: str | None) -> tuple[list[str], li
     table = _infer_table([line for line in body if line.startswith("-")], declared, table_hint)
     if table is None:
         raise InputError(
+            first_decl + 1,
+            None,
             f"rule before any table header (*nat): the paste declares chains "
             f"({', '.join(declared[:4])}) podnat cannot place in a table; paste the whole output of "
             "`iptables-save -t nat`",
-            first_decl + 1,
         )
     out = [*lines[:first_decl], f"*{table}", *lines[first_decl:]]
     numbers = [*range(1, first_decl + 1), first_decl + 1, *range(first_decl + 1, len(lines) + 1)]
     if not any(line.strip() == "COMMIT" for line in lines):
         raise InputError(
+            len(lines),
+            None,
             f"the {table} table has no COMMIT: the paste is cut (its `*{table}` line is missing too); "
             f"paste the whole output of `iptables-save -t {table}`",
-            len(lines),
         )
     return (
         out,
@@ -437,11 +435,11 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
         if info.failed is not None:
             return Ruleset(Family.IPV4 if family is None else family, {}), info
         if not body.strip():
-            raise InputError("an Istio log with no rules in it")
+            raise InputError(None, None, "an Istio log with no rules in it")
         try:
             ruleset = detect_and_parse(body, family)
         except ParseError as exc:
-            raise InputError(f"the rules in the log cannot be read: {exc}") from None
+            raise InputError(None, None, f"the rules in the log cannot be read: {exc}") from None
         return ruleset, info
     if any(_LISTING.match(line) for line in stripped):
         _refuse_listing(stripped, table_hint)
@@ -463,10 +461,11 @@ def read_input(text: str, family: Family | None = None) -> tuple[Ruleset, InputI
         first_rule = next((n for n, line in enumerate(stripped, 1) if _S_LINE.match(line)), None)
         if first_rule is not None:
             raise InputError(
+                first_rule,
+                None,
                 "rule before any table header (*nat): bare -A lines with no table header and no chain "
                 "declarations (a grep or a fragment) do not say which chains exist or what else is in the "
                 "table; paste the whole output of `iptables-save -t nat` (or `iptables -t nat -S`)",
-                first_rule,
             )
     ruleset = detect_and_parse(cleaned, family)
     form = SAVE

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from podnat.netfilter.errors import InputError
 from podnat.netfilter.routing import RoutingParseError, local_default, mark_lookup, parse_routes, parse_rules
 
 
@@ -92,7 +93,7 @@ def _ip(family: str) -> str:
     return "ip -6" if family == "ipv6" else "ip"
 
 
-class TranscriptError(ValueError):
+class TranscriptError(InputError):
     """A routing transcript that cannot be read (names the line)."""
 
 
@@ -107,15 +108,15 @@ def parse_transcript(text: str) -> dict[str, str]:
         if line.startswith("$"):
             command = " ".join(line[1:].split())
             if not command:
-                raise TranscriptError(f"line {number}: `$` without a command")
+                raise TranscriptError(number, None, "`$` without a command")
             current = found.setdefault(command, [])
         elif current is None:
             if line.strip():
-                raise TranscriptError(f"line {number}: output before any `$ COMMAND` line: {line.strip()!r}")
+                raise TranscriptError(number, line.strip(), "output before any `$ COMMAND` line")
         else:
             current.append(line)
     if not found:
-        raise TranscriptError("no `$ COMMAND` line: expected e.g. `$ ip rule show` followed by its output")
+        raise TranscriptError(None, None, "no `$ COMMAND` line: expected e.g. `$ ip rule show` followed by its output")
     return {command: "\n".join(lines) + "\n" for command, lines in found.items()}
 
 

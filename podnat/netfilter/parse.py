@@ -20,6 +20,7 @@ from operator import attrgetter, itemgetter
 
 from podnat.netfilter.addresses import address_cond, bulk_networks
 from podnat.netfilter.alloc import collector_paused
+from podnat.netfilter.errors import InputError
 from podnat.netfilter.model import (
     BUILTIN_CHAINS,
     Blocks,
@@ -36,15 +37,15 @@ from podnat.netfilter.model import (
 )
 
 
-class ParseError(ValueError):
-    """A line of a rule dump podnat cannot read."""
+class ParseError(InputError):
+    """A line of a rule dump podnat cannot read (its number, its text, and why)."""
+
+    shown_width = 120
+    line: int
+    text: str
 
     def __init__(self, line: int, text: str, message: str) -> None:
-        shown = text if len(text) <= 120 else text[:117] + "..."
-        super().__init__(f"line {line}: {message}: {shown!r}")
-        self.line = line
-        self.text = text
-        self.message = message
+        super().__init__(line, text, message)
 
 
 # Options of the match modules podnat knows, with how many arguments each takes. A module not listed

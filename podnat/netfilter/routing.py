@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from podnat.netfilter.errors import InputError
 from podnat.netfilter.model import IPNetwork
 
 FULL_MASK = 0xFFFFFFFF
@@ -37,14 +38,11 @@ _ROUTE_TYPES = frozenset(
 )
 
 
-class RoutingParseError(ValueError):
-    """A line of `ip rule` / `ip route` output podnat cannot read."""
+class RoutingParseError(InputError):
+    """A line of `ip rule` / `ip route` output podnat cannot read (its number, its text, and why)."""
 
     def __init__(self, line: int, text: str, message: str) -> None:
-        super().__init__(f"line {line}: {message}: {text!r}")
-        self.line = line
-        self.text = text
-        self.message = message
+        super().__init__(line, text, message)
 
 
 @dataclass(frozen=True, slots=True)
