@@ -515,12 +515,12 @@ def explain(
         dns_requested = False
         intent = None
         if args is not None or pod_spec is not None:
-            from podnat.intent import offline_intent
-            from podnat.istio.explain import captured_nameservers, dns_capture_requested
+            from podnat.intent import dns_capture_requested, offline_intent, offline_pod
+            from podnat.istio.explain import captured_nameservers
 
             for address in nameserver or ():
                 _address(address, "--nameserver")
-            pod_object = _load_pod(pod_spec) if pod_spec else None
+            pod_object = offline_pod(_load_pod(pod_spec)) if pod_spec else None
             dns_requested = dns_capture_requested(args, pod_object)
             # Without --nameserver: the resolvers the table redirects are the ones istio-init found.
             nameservers = tuple(nameserver or ()) or (captured_nameservers(ruleset) if dns_requested else ())
@@ -859,7 +859,12 @@ def inspect(
         nat_source = NatSource(source.value) if source else None
         if nat_source is NatSource.DEBUG:
             debug_container = True
-        manifest = pod_source.get_pod(PodRef(namespace or default_ns, pod))
+        from podnat.istio.pod import PodSpecError, read_pod
+
+        try:  # read once: inspect and --probe share the PodInfo
+            manifest = read_pod(pod_source.get_pod(PodRef(namespace or default_ns, pod)))
+        except PodSpecError as exc:
+            raise BadInput(str(exc)) from None
         report = inspect_pod(pod_source, manifest, nat_source, debug_container or probe)
         if probe:
             from podnat.usecases import probe_report

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from podnat.errors import PodnatError
 from podnat.exitcodes import ExitCode
+from podnat.istio.pod import MeshMode  # the one vocabulary (podnat/istio/pod.py), for PodFacts.mesh
 
 
 class NatSource(str, Enum):
@@ -22,15 +23,6 @@ class NatSource(str, Enum):
     EXEC = "exec"  # iptables-save -c in istio-proxy (works only where the proxy is privileged)
     DEBUG = "debug"  # an ephemeral debug container with NET_ADMIN (opt-in: --debug-container)
     INIT_LOG = "init-log"  # the istio-init log: applied at pod start, not necessarily live
-
-
-class MeshMode(str, Enum):
-    """How the pod is (or is not) in the mesh; anything but SIDECAR is reported, not an error."""
-
-    SIDECAR = "sidecar"  # istio-proxy (container or native sidecar) with traffic capture
-    NO_SIDECAR = "no-sidecar"  # no istio-proxy container
-    AMBIENT = "ambient"  # ambient mode: ztunnel captures, there is no sidecar
-    NO_CAPTURE = "no-capture"  # istio-proxy without capture (interceptionMode NONE)
 
 
 @dataclass(frozen=True, slots=True)

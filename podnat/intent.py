@@ -1,8 +1,9 @@
 """What Istio meant to install in a pod: its interception config and the expected rule sets. Pure.
 
-From a live pod's spec (istio-init args and env, or istio-cni annotations and defaults, the proxy
-image tag for the release) or from an istio-init command line given offline (`explain --args`).
-podnat/istio/config.py and generator.py do the Istio work; this module adapts them for the use cases.
+From a live pod, read once (podnat/istio/pod.py: `read_pod(raw) -> PodInfo`: the istio-init args and
+env, or the istio-cni annotations and defaults, the proxy image tag for the release) or from an
+istio-init command line given offline (`explain --args`). podnat/istio/config.py, pod.py and
+generator.py do the Istio work; this module adds the expected rule sets for the use cases.
 """
 
 from __future__ import annotations
@@ -15,27 +16,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from podnat.errors import BadInput, UsageError
+from podnat.istio.config import NEWEST_SUPPORTED, OLDEST_SUPPORTED, InterceptionConfig, InterceptionMode, IstioRelease
+from podnat.istio.flows import Identity
+from podnat.istio.pod import WORKLOAD_KINDS, MeshMode, PodInfo, PodSpecError, pod_info
 from podnat.netfilter.model import Family, Ruleset
 from podnat.netfilter.parse import ParseError, parse_ruleset
 
-PROXY = "istio-proxy"
+DEFAULT_PROXY_ID = 1337
 
 
 @dataclass(frozen=True, slots=True)
 class PodIntent:
-    """A pod's place in the mesh and, for a sidecar pod, the rules Istio meant to install."""
+    """A pod as read (PodInfo; None for `explain --args`) and, for a sidecar pod, the rules Istio meant."""
 
-    mesh: str  # sidecar | no-sidecar | ambient | no-capture
+    mesh: MeshMode
     label: str  # where the intent came from, for the user
-    version: str | None = None
-    mode: str | None = None  # REDIRECT | TPROXY
-    tproxy_mark: int = 1337  # TPROXY: the mark of captured inbound traffic and of Envoy's upstream sockets
+    pod: PodInfo | None = None
+    config: InterceptionConfig | None = None  # sidecar pods (and --args) only
     expected_rules: Mapping[Family, Ruleset] = field(default_factory=dict)
-    app_ports: tuple[int, ...] = (9080,)
-    proxy_uid: int = 1337
-    proxy_gid: int = 1337
-    outbound_port: int = 15001
-    inbound_port: int = 15006
 
     def expected(self, family: Family) -> Ruleset | None:
         return self.expected_rules.get(family)
@@ -44,24 +42,94 @@ class PodIntent:
     def expected_v4(self) -> Ruleset | None:
         return self.expected(Family.IPV4)
 
+    @property
+    def version(self) -> str | None:
+        return str(self.config.release) if self.config is not None else None
+
+    @property
+    def mode(self) -> InterceptionMode | None:
+        """REDIRECT | TPROXY (a str enum: compares equal to its value)."""
+        return self.config.mode if self.config is not None else None
+
+    @property
+    def tproxy(self) -> bool:
+        return self.mode is InterceptionMode.TPROXY
+
+    @property
+    def tproxy_mark(self) -> int:
+        """TPROXY: the mark of captured inbound traffic and of Envoy's upstream sockets."""
+        return self.config.tproxy_mark if self.config is not None else 1337
+
+    @property
+    def app_ports(self) -> tuple[int, ...]:
+        return self.pod.app_ports if self.pod is not None else (9080,)
+
+    @property
+    def proxy_identity(self) -> Identity:
+        """The uid/gid Envoy's sockets carry: the pod's (PodInfo), else what the rules were written for."""
+        if self.pod is not None and self.pod.proxy_identity is not None:
+            return self.pod.proxy_identity
+        if self.config is None:
+            return Identity(DEFAULT_PROXY_ID, DEFAULT_PROXY_ID)
+        first_uid = self.config.proxy_uids[0]
+        uid = 0 if self.tproxy else int(first_uid) if first_uid.isdigit() else DEFAULT_PROXY_ID
+        first_gid = self.config.proxy_gids[0] if self.config.proxy_gids else str(uid)
+        return Identity(uid, int(first_gid) if first_gid.isdigit() else uid)
+
+    @property
+    def proxy_uid(self) -> int:
+        return self.proxy_identity.uid
+
+    @property
+    def proxy_gid(self) -> int:
+        return self.proxy_identity.gid
+
+    @property
+    def outbound_port(self) -> int:
+        return self.config.proxy_port if self.config is not None else 15001
+
+    @property
+    def inbound_port(self) -> int:
+        return self.config.inbound_capture_port if self.config is not None else 15006
+
 
 def intent_for_pod(pod: Mapping[str, Any], nameservers: Sequence[str] = ()) -> PodIntent:
-    """The intent of a live pod (a Pod as the API returns it)."""
-    from podnat.istio.config import PodMode, from_pod
+    """The intent of a live pod: a PodInfo (or a Pod as the API returns it, read here).
 
-    found = from_pod(pod)
-    label = found.reason + "".join(f"; {note}" for note in found.notes)
-    if found.mode is not PodMode.SIDECAR or found.config is None:
-        mesh = {PodMode.NO_SIDECAR: "no-sidecar", PodMode.AMBIENT: "ambient"}.get(found.mode, "no-capture")
-        return PodIntent(mesh=mesh, label=label)
-    config = found.config
+    `nameservers`: the resolvers istio-init found (the live table shows them), for a pod that asked for DNS
+    capture. Raises PodSpecError for a spec podnat cannot read."""
+    info = pod_info(pod)
+    if info.mesh is not MeshMode.SIDECAR or info.config is None:
+        return PodIntent(mesh=info.mesh, label=info.label, pod=info)
+    config = info.config
     if nameservers and config.redirect_dns:
         config = replace(
             config,
             dns_servers_v4=tuple(ipaddress.IPv4Address(n) for n in nameservers if ":" not in n),
             dns_servers_v6=tuple(ipaddress.IPv6Address(n) for n in nameservers if ":" in n),
         )
-    return _intent(config, pod, label)
+    return _intent(config, info.label, info)
+
+
+def offline_pod(pod: Mapping[str, Any]) -> PodInfo:
+    """`explain --pod-spec FILE`: the pod (or workload) read, or a one-line BadInput saying what to pass."""
+    if str(pod.get("kind") or "Pod") not in WORKLOAD_KINDS:
+        raise BadInput(f"--pod-spec holds a {pod.get('kind')}, not a pod: pass `kubectl get pod NAME -o yaml`")
+    try:
+        return pod_info(pod)
+    except PodSpecError as exc:
+        raise BadInput(f"--pod-spec: {exc}") from None
+
+
+def dns_capture_requested(args: str | None, pod: PodInfo | None = None) -> bool:
+    """Was istio-init asked to capture DNS (--redirect-dns / ISTIO_META_DNS_CAPTURE=true), whether or not
+    it found a nameserver? From the pod (PodInfo), else from its command line."""
+    if pod is not None:
+        return pod.dns_capture_requested
+    try:
+        return InterceptionConfig.from_args(args or "").redirect_dns
+    except ValueError:
+        return False  # the caller's own reading of the same arguments reports what is wrong
 
 
 def expected_ruleset(
@@ -87,12 +155,8 @@ def offline_intent(
     nameservers: Sequence[str] = (),
 ) -> PodIntent:
     """For `podnat explain --args ... | --pod-spec ...`: the sidecar intent (expected rules, proxy identity)."""
-    from podnat.istio.config import NEWEST_SUPPORTED, InterceptionConfig, IstioRelease
-
     if pod is not None:
-        if str(pod.get("kind") or "Pod") not in ("Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job"):
-            raise BadInput(f"--pod-spec holds a {pod.get('kind')}, not a pod: pass `kubectl get pod NAME -o yaml`")
-        intent = intent_for_pod(pod, nameservers)
+        intent = intent_for_pod(offline_pod(pod), nameservers)
     else:
         try:
             argv = shlex.split(args or "")
@@ -102,16 +166,14 @@ def offline_intent(
             )
         except ValueError as exc:
             raise UsageError(f"--args/--istio-version: {exc}") from None
-        intent = _intent(config, {}, "istio-init arguments given with --args")
-    if intent.mesh != "sidecar":
+        intent = _intent(config, "istio-init arguments given with --args")
+    if intent.mesh is not MeshMode.SIDECAR:
         raise UsageError(f"no expected rules: {intent.label}")
     return intent
 
 
 def release_variants(family: Family, args: str, nameservers: Sequence[str] = ()) -> dict[str, Ruleset]:
     """The rules this istio-init command line gives in every release podnat models."""
-    from podnat.istio.config import NEWEST_SUPPORTED, OLDEST_SUPPORTED
-
     out: dict[str, Ruleset] = {}
     for minor in range(OLDEST_SUPPORTED.minor, NEWEST_SUPPORTED.minor + 1):
         version = f"{OLDEST_SUPPORTED.major}.{minor}"
@@ -129,7 +191,6 @@ def best_release_intent(
     """For `explain --args` without `--istio-version`: the intent of the release whose rules match the
     live table best (fewest differences that change a packet's path; the newest of equals), and every
     release that matches as well."""
-    from podnat.istio.config import NEWEST_SUPPORTED, OLDEST_SUPPORTED
     from podnat.istio.reconcile import DiffKind, diff_rules
 
     scored: list[tuple[int, str, PodIntent]] = []
@@ -149,7 +210,7 @@ def best_release_intent(
 
 
 @functools.lru_cache(maxsize=64)
-def _expected_rulesets(config: Any) -> Mapping[Family, Ruleset]:
+def _expected_rulesets(config: InterceptionConfig) -> Mapping[Family, Ruleset]:
     """The generator's tables, parsed; once per distinct configuration (many pods share one).
 
     A pod in native nftables mode gets them in the form `nft list ruleset` prints (inet tables, both
@@ -175,60 +236,7 @@ def _expected_rulesets(config: Any) -> Mapping[Family, Ruleset]:
     return parsed
 
 
-def _intent(config: Any, pod: Mapping[str, Any], label: str) -> PodIntent:
-    parsed = _expected_rulesets(config)
-    uid, gid = _proxy_identity(config, pod)
+def _intent(config: InterceptionConfig, label: str, pod: PodInfo | None = None) -> PodIntent:
     return PodIntent(
-        mesh="sidecar",
-        label=label,
-        version=str(config.release),
-        mode=config.mode.value,
-        tproxy_mark=config.tproxy_mark,
-        expected_rules=parsed,
-        app_ports=_app_ports(pod),
-        proxy_uid=uid,
-        proxy_gid=gid,
-        outbound_port=config.proxy_port,
-        inbound_port=config.inbound_capture_port,
+        mesh=MeshMode.SIDECAR, label=label, pod=pod, config=config, expected_rules=_expected_rulesets(config)
     )
-
-
-def _proxy_identity(config: Any, pod: Mapping[str, Any]) -> tuple[int, int]:
-    """The uid/gid Envoy's sockets carry: istio-proxy's securityContext, else Istio's defaults."""
-    proxy = _proxy_container(pod)
-    security = (proxy or {}).get("securityContext") or {}
-    spec_security = (pod.get("spec") or {}).get("securityContext") or {}
-    tproxy = config.mode.value == "TPROXY"
-    uid = security.get("runAsUser", spec_security.get("runAsUser"))
-    gid = security.get("runAsGroup", spec_security.get("runAsGroup"))
-    # Without a securityContext, Envoy runs as the uid/gid the rules were written for.
-    default_uid = 0 if tproxy else int(config.proxy_uids[0]) if config.proxy_uids[0].isdigit() else 1337
-    uid = int(uid) if uid is not None else default_uid
-    default_gid = config.proxy_gids[0] if config.proxy_gids else str(uid)
-    gid = int(gid) if gid is not None else (int(default_gid) if default_gid.isdigit() else uid)
-    return uid, gid
-
-
-def _proxy_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    spec = pod.get("spec") or {}
-    template = (spec.get("template") or {}).get("spec") if "template" in spec else None
-    spec = template or spec
-    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
-        if container.get("name") == PROXY:
-            return dict(container)
-    return None
-
-
-def _app_ports(pod: Mapping[str, Any]) -> tuple[int, ...]:
-    """The ports the app containers declare (podnat assumes 9080 when none are declared)."""
-    spec = pod.get("spec") or {}
-    template = (spec.get("template") or {}).get("spec") if "template" in spec else None
-    spec = template or spec
-    ports = [
-        int(port["containerPort"])
-        for container in spec.get("containers") or []
-        if container.get("name") != PROXY
-        for port in container.get("ports") or []
-        if str(port.get("protocol", "TCP")).upper() == "TCP" and port.get("containerPort")
-    ]
-    return tuple(dict.fromkeys(ports)) or (9080,)

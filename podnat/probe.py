@@ -20,10 +20,11 @@ from podnat.envoy.listeners import Listener
 from podnat.facts import PodRef
 from podnat.istio.flows import Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.istio.paths import trace_flow
+from podnat.istio.pod import PROXY_CONTAINER as PROXY
+from podnat.istio.pod import pod_info
 from podnat.netfilter.nft import detect_and_parse
 
 DEBUG_CONTAINER = "podnat-debug"
-PROXY = "istio-proxy"
 TIMEOUT = 3
 
 
@@ -84,15 +85,17 @@ def probe_pod(
     """Send each probe and compare the counted rules with the predicted ones; `save` is the
     iptables-save the table was read with (default: the legacy or the unqualified one)."""
     ref = PodRef(pod["metadata"]["namespace"], pod["metadata"]["name"])
-    app = next(c for c in pod["spec"]["containers"] if c.get("name") != PROXY)
-    app_uid = int(((app.get("securityContext") or {}).get("runAsUser")) or ctx.app.uid)
+    app = pod_info(pod).app
+    if app is None:  # nothing but istio-proxy: no app to probe from
+        return ()
+    app_uid = app.run_as_user or ctx.app.uid
     app_identity = Identity(app_uid, app_uid)
     own = Endpoint(ctx.pod_ip, ctx.app_port)
     probes: list[tuple[FlowType, str | None, str, list[str], FlowSpec, PodContext]] = [
         (
             FlowType.LOCAL_TO_LOCAL,
             "own-pod-ip",
-            app["name"],
+            app.name,
             _connect_script(str(own.address), own.port),
             FlowSpec(FlowType.LOCAL_TO_LOCAL, "", Actor.APP, own, identity=app_identity),
             ctx,
@@ -121,7 +124,7 @@ def probe_pod(
             (
                 FlowType.LOCAL_TO_REMOTE,
                 None,
-                app["name"],
+                app.name,
                 _connect_script(service.address, service.port),
                 FlowSpec(FlowType.LOCAL_TO_REMOTE, "", Actor.APP, vip, identity=app_identity),
                 peer,

@@ -23,13 +23,15 @@ from podnat.envoy.listeners import Listener, ListenersError, istio_default_liste
 from podnat.errors import PodnatError
 from podnat.exitcodes import ExitCode
 from podnat.facts import NatSource, PodFacts, PodRef, PodSource
+from podnat.intent import PodIntent, intent_for_pod
+from podnat.istio.config import InterceptionConfig
 from podnat.istio.explain import Explanation, Finding, FlowStatus, captured_nameservers, explain
-from podnat.istio.flows import Endpoint, Identity, PodContext, context_for
+from podnat.istio.flows import Endpoint, PodContext, context_for
+from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info
 from podnat.istio.routing import TproxyRouting, tproxy_routing
 from podnat.netfilter.model import Family, Ruleset
 from podnat.netfilter.parse import ParseError
 
-PROXY = "istio-proxy"
 REQUIRED_LISTENERS = (15001, 15006, 15090, 15021)
 
 
@@ -38,7 +40,7 @@ class PodReport:
     """What podnat found in one pod (or why it could not look)."""
 
     ref: PodRef
-    mesh: str = "sidecar"  # sidecar | none | ambient | interception-none | unknown
+    mesh: str = MeshMode.SIDECAR.value  # a MeshMode value; "host-network" for the agent's host-network pods
     node: str | None = None
     pod_ip: str | None = None
     istio_version: str | None = None
@@ -93,33 +95,38 @@ class VerifyReport:
 def inspect_pod(
     source: PodSource, pod: Mapping[str, Any], nat_source: NatSource | None = None, debug_container: bool = False
 ) -> PodReport:
-    """Read one pod's facts and explain them against its intent."""
-    ref = PodRef(pod["metadata"]["namespace"], pod["metadata"]["name"])
-    base = _pod_header(pod, ref)
-    from podnat.intent import PodIntent, intent_for_pod
+    """Read one pod's facts and explain them against its intent.
 
+    The pod is read once (`pod_info`: a PodInfo as given, a raw pod read here) and the PodInfo is what the
+    source, the intent and the explanation see."""
+    ref = PodRef(pod["metadata"]["namespace"], pod["metadata"]["name"])
     try:
-        intent: PodIntent = intent_for_pod(pod)
+        info = pod_info(pod)
+    except PodSpecError as exc:
+        return PodReport(ref, error=str(exc), error_code=int(ExitCode.BAD_INPUT))
+    base = _pod_header(info, ref)
+    try:
+        intent = intent_for_pod(info)
     except PodnatError as exc:
         return _with(base, error=exc.message, error_code=int(exc.code))
     base = _with(
         base,
-        mesh=intent.mesh,
+        mesh=intent.mesh.value,
         istio_version=intent.version,
-        capture_mode=intent.mode,
+        capture_mode=intent.mode.value if intent.mode is not None else None,
         sources={"intent": intent.label},
         context=pod_context_data(base.pod_ip, intent),
     )
-    if intent.mesh == "ambient":
-        return inspect_ambient(source, pod, base, nat_source, debug_container)
-    if intent.mesh != "sidecar":
+    if intent.mesh is MeshMode.AMBIENT:
+        return inspect_ambient(source, info, base, nat_source, debug_container)
+    if intent.mesh is not MeshMode.SIDECAR:
         return _with(base, notes=(intent.label,))
     try:
-        facts = source.read_facts(pod, nat_source, debug_container)
+        facts = source.read_facts(info, nat_source, debug_container)
     except PodnatError as exc:
         return _with(base, error=exc.message, error_code=int(exc.code))
     report = explain_facts(base, facts, intent)
-    terminating = terminating_note(pod)
+    terminating = info.terminating
     return _with(report, notes=(*report.notes, terminating + ": its rules go with it")) if terminating else report
 
 
@@ -165,10 +172,12 @@ def ambient_release(source: PodSource, node: str | None) -> tuple[str | None, st
 
 
 def inspect_ambient(
-    source: PodSource, pod: Mapping[str, Any], base: PodReport, nat_source: NatSource | None, debug_container: bool
+    source: PodSource, pod: PodInfo, base: PodReport, nat_source: NatSource | None, debug_container: bool
 ) -> PodReport:
     """An ambient pod, first-class: its in-pod rules, ztunnel's listeners and the policy routing, read in its
-    namespace (node agent, or a debug container with --debug-image), against what istio-cni writes for it."""
+    namespace (node agent, or a debug container with --debug-image), against what istio-cni writes for it.
+    A pod enrolled but not yet annotated by istio-cni carries that note (PodInfo.notes) in its report."""
+    base = _with(base, notes=(*base.notes, *pod.notes))
     try:
         facts = source.read_facts(pod, nat_source, debug_container)
     except PodnatError as exc:
@@ -189,7 +198,7 @@ def inspect_ambient(
             (n for n in facts.notes if "could not be read live" in n),
             "the in-pod rules of this ambient pod could not be read live",
         )
-        return _with(base, error=message, error_code=int(ExitCode.CLUSTER), notes=tuple(facts.notes))
+        return _with(base, error=message, error_code=int(ExitCode.CLUSTER), notes=(*base.notes, *facts.notes))
     return explain_ambient_facts(base, facts, release)
 
 
@@ -201,7 +210,7 @@ def explain_ambient_facts(base: PodReport, facts: PodFacts, release: str | None)
 
     assert facts.nat is not None
     sources = {**base.sources, "nat": facts.nat.label}
-    notes = list(facts.notes)
+    notes = [*base.notes, *facts.notes]
     families = _pod_families(base)
     primary = families[0]
     text = facts.nat.v4 if primary is Family.IPV4 else (facts.nat.v6 or "")
@@ -253,7 +262,7 @@ def explain_ambient_facts(base: PodReport, facts: PodFacts, release: str | None)
     return _with(base, sources=sources, explanation=report, ruleset=live, notes=tuple(notes))
 
 
-def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
+def explain_facts(base: PodReport, facts: PodFacts, intent: PodIntent) -> PodReport:
     """The pure half of inspect: facts + intent -> explanation, for each IP family the pod has."""
     sources = dict(base.sources)
     notes = list(facts.notes)
@@ -290,14 +299,12 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
     listeners, listener_findings, listener_note = _listeners(facts, sources)
     if listener_note:
         notes.append(listener_note)
-    config = _interception(facts.pod)
+    config = intent.config
     dns_requested = config is not None and config.redirect_dns
     if config is not None and dns_requested and not config.dns_active and captured_nameservers(live):
         # istio-init read the nameservers from /etc/resolv.conf at start: the live table shows which.
-        from podnat.intent import intent_for_pod
-
-        intent = intent_for_pod(facts.pod, captured_nameservers(live))
-    tproxy = intent.mode == "TPROXY"
+        intent = intent_for_pod(intent.pod or facts.pod, captured_nameservers(live))
+    tproxy = intent.tproxy
     if tproxy and facts.routing is not None:
         sources["routing"] = facts.routing.label
     expected_listeners = istio_default_listeners(intent.outbound_port, intent.inbound_port)
@@ -375,17 +382,7 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: Any) -> PodReport:
     )
 
 
-def _interception(pod: Mapping[str, Any]) -> Any:
-    """The pod's InterceptionConfig (None without one): the TPROXY mark and table, DNS capture."""
-    from podnat.istio.config import from_pod
-
-    try:
-        return from_pod(pod).config
-    except (ValueError, TypeError, KeyError):
-        return None
-
-
-def _policy_routing(facts: PodFacts, config: Any, family: Family) -> TproxyRouting:
+def _policy_routing(facts: PodFacts, config: InterceptionConfig | None, family: Family) -> TproxyRouting:
     """One family's TPROXY policy routing, from what the capture read (or why it is not known)."""
     mark = config.tproxy_mark if config is not None else 1337
     table = config.tproxy_route_table if config is not None else 133
@@ -465,9 +462,9 @@ def probe_report(source: PodSource, pod: Mapping[str, Any], report: PodReport) -
     """`--probe`: real connections from inside the pod, the counted path beside the predicted one."""
     if report.explanation is None or report.ruleset is None:
         return report
-    from podnat.intent import intent_for_pod
     from podnat.probe import probe_pod
 
+    pod = pod_info(pod)
     intent = intent_for_pod(pod)
     ctx = pod_context(report.pod_ips[0] if report.pod_ips else report.pod_ip, intent)
     # Count with the binary the table was read with (the proxy image's `iptables-save` is the legacy one).
@@ -476,54 +473,37 @@ def probe_report(source: PodSource, pod: Mapping[str, Any], report: PodReport) -
     return _with(report, probe=probe_pod(source, pod, ctx, report.listeners, save=save))
 
 
-def pod_context(pod_ip: str | None, intent: Any, dual_stack: bool = False) -> PodContext:
+def pod_context(pod_ip: str | None, intent: PodIntent, dual_stack: bool = False) -> PodContext:
     """The flows' context for a live pod: its IP, app ports and proxy identity; peers are stand-ins.
 
     A dual-stack pod's Envoy has its admin port on 127.0.0.1 (Istio's bootstrap uses [::1] only for
     IPv6-only pods), so from its IPv6 address the flows reach admin over IPv4."""
     address = ipaddress.ip_address(pod_ip) if pod_ip else None
-    ctx = context_for(address, app_ports=intent.app_ports, proxy=Identity(intent.proxy_uid, intent.proxy_gid))
+    ctx = context_for(address, app_ports=intent.app_ports, proxy=intent.proxy_identity)
     if dual_stack:
         ctx = ctx.replace(admin=Endpoint(ipaddress.IPv4Address("127.0.0.1"), ctx.admin.port))
     if address is not None and address.version == 4:
         # A remote peer in the pod's own subnet (never contacted: podnat only computes paths).
         peer = address + 1 if int(address) & 0xFF != 254 else address - 1
         ctx = ctx.replace(remote=Endpoint(peer, ctx.app_port))
-    if intent.mode == "TPROXY":
+    if intent.tproxy:
         ctx = ctx.replace(transparent_inbound=True, tproxy_mark=intent.tproxy_mark)
     return ctx
 
 
-def terminating_note(pod: Mapping[str, Any]) -> str:
-    """ "pod NS/NAME is terminating (deletionTimestamp T)" for a pod being deleted, else ""."""
-    meta = pod.get("metadata") or {}
-    since = meta.get("deletionTimestamp")
-    if not since:
-        return ""
-    return f"pod {meta.get('namespace', '?')}/{meta.get('name', '?')} is terminating (deletionTimestamp {since})"
+def _pod_header(pod: PodInfo, ref: PodRef) -> PodReport:
+    return PodReport(ref=ref, node=pod.node, pod_ip=pod.pod_ip, pod_ips=pod.pod_ips)
 
 
-def _pod_header(pod: Mapping[str, Any], ref: PodRef) -> PodReport:
-    spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
-    ips = tuple(str(entry.get("ip")) for entry in status.get("podIPs") or [] if entry.get("ip"))
-    return PodReport(
-        ref=ref,
-        node=spec.get("nodeName"),
-        pod_ip=status.get("podIP"),
-        pod_ips=ips or ((status["podIP"],) if status.get("podIP") else ()),
-    )
-
-
-def pod_context_data(pod_ip: str | None, intent: Any) -> dict[str, Any]:
+def pod_context_data(pod_ip: str | None, intent: PodIntent) -> dict[str, Any]:
     """The `context` object of a live pod: the proxy identity and release come from its spec."""
-    sidecar = intent.mesh == "sidecar"
+    sidecar = intent.mesh is MeshMode.SIDECAR
     return {
         "pod_ip": pod_ip,
         "proxy_uid": intent.proxy_uid if sidecar else None,
         "proxy_gid": intent.proxy_gid if sidecar else None,
         "proxy_identity_from": "pod spec" if sidecar else None,
-        "mode": intent.mesh,
+        "mode": intent.mesh.value,
         "release": intent.version,
         "release_from": "pod spec (proxy image)" if intent.version else None,
     }
@@ -545,14 +525,17 @@ def verify_pods(
     reports: list[PodReport] = []
 
     def one(pod: dict[str, Any]) -> PodReport:
-        terminating = terminating_note(pod)
-        if terminating:
-            # Its rules go with it, and an exec may land in a container that is stopping: not checked.
-            meta = pod.get("metadata") or {}
-            ref = PodRef(str(meta.get("namespace", "?")), str(meta.get("name", "?")))
-            return _with(_pod_header(pod, ref), notes=(terminating + ": not checked",))
+        meta = pod.get("metadata") or {}
+        ref = PodRef(str(meta.get("namespace", "?")), str(meta.get("name", "?")))
         try:
-            return inspect_pod(source_factory(), pod, nat_source, debug_container)
+            info = pod_info(pod)
+        except PodSpecError as exc:
+            return PodReport(ref, error=str(exc), error_code=int(ExitCode.BAD_INPUT))
+        if info.terminating:
+            # Its rules go with it, and an exec may land in a container that is stopping: not checked.
+            return _with(_pod_header(info, ref), notes=(info.terminating + ": not checked",))
+        try:
+            return inspect_pod(source_factory(), info, nat_source, debug_container)
         except PodnatError as exc:
             meta = pod.get("metadata") or {}
             return PodReport(

@@ -24,19 +24,17 @@ from typing import Any
 
 from podnat.agent import procmap
 from podnat.capture import capture_script
-from podnat.facts import MeshMode, NatSource, PodFacts, PodRef
+from podnat.facts import NatSource, PodFacts, PodRef
+from podnat.istio.pod import MeshMode, pod_info
 from podnat.kube.errors import Failure, KubeSourceError
 from podnat.kube.source import (
     ExecResult,
-    admin_port,
     ambient_facts,
     ambient_script,
-    classify,
     interpret_listeners,
     interpret_nat,
     interpret_routing,
     split_sections,
-    tproxy_route_table,
 )
 
 READ_TIMEOUT = 20.0
@@ -190,7 +188,8 @@ class NodePodSource:
         del source, debug_container
         meta = pod.get("metadata") or {}
         ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name") or "?"))
-        mesh, why = classify(pod)
+        pod = pod_info(pod)  # a PodInfo from the use case: read once
+        mesh, why = pod.mesh, pod.mesh_note
         if mesh is MeshMode.NO_SIDECAR:
             return PodFacts(ref=ref, pod=pod, mesh=mesh, notes=(why,))
         held: PodNetns = self.netns_of(str(meta.get("uid") or ""))
@@ -208,8 +207,7 @@ class NodePodSource:
             notes = tuple(n for n in (why, held.note) if n)
             return ambient_facts(pod, ref, sections, f"node agent on {self.node}", NatSource.NODE, notes)
         notes = [n for n in (why, held.note) if n]
-        port = admin_port(pod)
-        table = tproxy_route_table(pod)
+        port, table = pod.admin_port, pod.tproxy_route_table
         marker = f"podnat-{secrets.token_hex(8)}"
         result = self.run_in(held, ["sh", "-c", capture_script(marker, port, table)])
         sections = split_sections(result, marker)

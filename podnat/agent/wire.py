@@ -11,7 +11,6 @@ from typing import Any
 
 from podnat.facts import (
     ListenersReading,
-    MeshMode,
     NatReading,
     NatSource,
     PodFacts,
@@ -19,6 +18,7 @@ from podnat.facts import (
     PolicyRouting,
     SocketsReading,
 )
+from podnat.istio.pod import MeshMode
 
 
 def facts_data(facts: PodFacts) -> dict[str, Any]:

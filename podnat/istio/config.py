@@ -4,10 +4,8 @@ Stable API:
   IstioRelease                    a comparable `major.minor` (IstioRelease.parse("1.24.3") -> 1.24)
   InterceptionMode                REDIRECT / TPROXY / NONE
   InterceptionConfig              frozen; `from_args(argv, env, release)`, `from_cni(...)`
-  from_pod(obj) -> PodInterception   a Pod or Deployment (kubectl get -o yaml, parsed to a dict):
-                                  istio-init args/env, else istio-cni annotations + istio-proxy
-                                  env/securityContext with the CNI defaults; never raises for
-                                  "no sidecar", "interceptionMode NONE" or "ambient"
+  release_from_image(image)       the release a proxy image tag names (and a note when it is a guess)
+  (a pod's config is read by podnat/istio/pod.py: read_pod(raw).config)
   rule_origin(table, chain, rule) -> str | None   which annotation/flag produces a rule, for drift
 
 Facts (docs/istio-capture.md; Istio's tools/istio-iptables/pkg/cmd/root.go, tools/common/config/config.go,
@@ -28,9 +26,8 @@ import ipaddress
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -383,25 +380,6 @@ ANN_STATUS = "sidecar.istio.io/status"
 ANN_AMBIENT = "ambient.istio.io/redirection"
 
 
-class PodMode(str, Enum):
-    """What a pod's spec says about traffic capture; only SIDECAR has rules to generate."""
-
-    SIDECAR = "sidecar"
-    NO_SIDECAR = "no-sidecar"
-    INTERCEPTION_NONE = "interceptionMode NONE"
-    AMBIENT = "ambient"
-
-
-@dataclass(frozen=True, slots=True)
-class PodInterception:
-    """A pod's capture mode and, in sidecar mode, its configuration; `reason` says how it was read."""
-
-    mode: PodMode
-    config: InterceptionConfig | None
-    reason: str
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-
 def release_from_image(image: str) -> tuple[IstioRelease, str | None]:
     """`docker.io/istio/proxyv2:1.24.3` -> 1.24; `latest`, digests, unknown tags -> the newest supported."""
     tag = image.rsplit("/", 1)[-1].split("@", 1)[0]
@@ -420,77 +398,12 @@ def release_from_image(image: str) -> tuple[IstioRelease, str | None]:
     return release, None
 
 
-def _pod_spec(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
-    """(metadata, spec) of a Pod, or of a Deployment/StatefulSet/DaemonSet/Job's pod template."""
-    spec = obj.get("spec") or {}
-    template = spec.get("template")
-    if isinstance(template, Mapping):
-        return template.get("metadata") or {}, template.get("spec") or {}
-    return obj.get("metadata") or {}, spec
+def native_nftables_flag(argv: Sequence[str]) -> bool:
+    """`--native-nftables` among istio-iptables words (istio-validation's, in istio-cni pods)."""
+    return _truthy(_parse_flags(list(argv)).get("native-nftables", ""))
 
 
-def _env(container: Mapping[str, Any]) -> dict[str, str]:
-    """A container's literal env values (valueFrom entries are not resolvable offline)."""
-    return {str(e["name"]): str(e.get("value", "")) for e in container.get("env") or [] if "name" in e}
-
-
-def from_pod(obj: Mapping[str, Any]) -> PodInterception:
-    """A Pod or workload as `kubectl get -o yaml` prints it (parsed) -> its capture mode and config."""
-    meta, spec = _pod_spec(obj)
-    annotations = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
-    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-    inits = list(spec.get("initContainers") or [])
-    containers = list(spec.get("containers") or [])
-    proxy = next((c for c in [*containers, *inits] if c.get("name") == "istio-proxy"), None)
-    init = next((c for c in inits if c.get("name") == "istio-init"), None)
-    if proxy is None:
-        if annotations.get(ANN_AMBIENT) == "enabled" or labels.get("istio.io/dataplane-mode") == "ambient":
-            return PodInterception(PodMode.AMBIENT, None, "captured by ztunnel (ambient), not a sidecar")
-        return PodInterception(PodMode.NO_SIDECAR, None, "no istio-proxy container: not in the mesh as a sidecar")
-    release, note = release_from_image(str(proxy.get("image", "")))
-    notes = (note,) if note else ()
-    if proxy in inits:
-        notes = (*notes, "istio-proxy is a native sidecar (initContainers, restartPolicy Always)")
-    proxy_env = _env(proxy)
-    if annotations.get(ANN_INTERCEPTION_MODE, "").upper() == "NONE":
-        return PodInterception(
-            PodMode.INTERCEPTION_NONE, None, f"{ANN_INTERCEPTION_MODE}: NONE: no capture rules", notes
-        )
-    if init is not None:
-        argv = [*(init.get("command") or []), *(init.get("args") or [])]
-        env = {**_env(init)}
-        config = InterceptionConfig.from_args([str(a) for a in argv], env, release)
-        config = replace(config, source=ConfigSource.ISTIO_INIT)
-        if config.mode is InterceptionMode.NONE:
-            return PodInterception(PodMode.INTERCEPTION_NONE, None, "istio-init -m NONE: no capture rules", notes)
-        notes = (*notes, *_nftables_notes(config))
-        if config.redirect_dns and not config.dns_active:
-            notes = (
-                *notes,
-                "DNS capture is on, but nameservers come from the pod's /etc/resolv.conf: "
-                "pass them to see the DNS rules",
-            )
-        return PodInterception(PodMode.SIDECAR, config, "istio-init args", notes)
-    security = proxy.get("securityContext") or {}
-    uid = security.get("runAsUser")
-    gid = security.get("runAsGroup")
-    config = InterceptionConfig.from_cni(
-        annotations,
-        proxy_env,
-        uid=int(uid) if uid is not None else None,
-        gid=int(gid) if gid is not None else None,
-        release=release,
-    )
-    validation = next((c for c in inits if c.get("name") == "istio-validation"), None)
-    if validation is not None:
-        words = [str(a) for a in [*(validation.get("command") or []), *(validation.get("args") or [])]]
-        if _truthy(_parse_flags(words).get("native-nftables", "")):
-            config = replace(config, native_nftables=True)
-    notes = (*notes, *_nftables_notes(config))
-    return PodInterception(PodMode.SIDECAR, config, "istio-cni: annotations, istio-proxy env and CNI defaults", notes)
-
-
-def _nftables_notes(config: InterceptionConfig) -> tuple[str, ...]:
+def nftables_notes(config: InterceptionConfig) -> tuple[str, ...]:
     """What a user should know about a pod in native nftables mode (none for iptables pods)."""
     if not config.native_nftables:
         return ()

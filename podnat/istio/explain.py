@@ -19,7 +19,7 @@ from enum import Enum
 from itertools import chain as concat
 from itertools import groupby
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from podnat.envoy.listeners import Listener
 from podnat.istio.era import predates_split_listeners
@@ -317,18 +317,6 @@ def captured_nameserver(ruleset: Ruleset) -> Endpoint | None:
         default = ipaddress.ip_address("10.96.0.10" if ruleset.family.value == "ipv4" else "fd00:10:96::a")
         return Endpoint(address or default, 53)
     return None
-
-
-def dns_capture_requested(args: str | None, pod: Mapping[str, Any] | None = None) -> bool:
-    """Was istio-init asked to capture DNS (--redirect-dns / ISTIO_META_DNS_CAPTURE=true), whether or
-    not it found a nameserver? From its command line, or from a pod as `kubectl get pod -o yaml` prints it."""
-    from podnat.istio.config import InterceptionConfig, from_pod
-
-    try:
-        config = from_pod(pod).config if pod is not None else InterceptionConfig.from_args(args or "")
-    except ValueError:
-        return False  # the caller's own reading of the same arguments reports what is wrong
-    return config is not None and config.redirect_dns
 
 
 def captured_nameservers(ruleset: Ruleset) -> tuple[str, ...]:

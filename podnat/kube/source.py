@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnat import capture
+from podnat.capture import MISSING as _MISSING
+from podnat.capture import PERMISSION as _PERMISSION
 from podnat.capture import (
-    DEFAULT_ADMIN_PORT,
     NatFailure,
     NatProblem,
     NftContent,
@@ -40,12 +41,9 @@ from podnat.capture import (
     listeners_argv,
     routing_commands,
 )
-from podnat.capture import MISSING as _MISSING
-from podnat.capture import PERMISSION as _PERMISSION
 from podnat.capture import Section as _Section
 from podnat.facts import (
     ListenersReading,
-    MeshMode,
     NatReading,
     NatSource,
     PodFacts,
@@ -54,14 +52,13 @@ from podnat.facts import (
     SocketsReading,
 )
 from podnat.istio.initlog import InitLogError, InitLogRules, RulesKind, parse_cni_log, parse_initlog
+from podnat.istio.pod import INIT_CONTAINER, MeshMode, pod_info
+from podnat.istio.pod import PROXY_CONTAINER as PROXY
 from podnat.kube.agentclient import AGENT_SELECTOR
 from podnat.kube.client import KubeClient
 from podnat.kube.errors import Action, Failure, KubeSourceError, translate
 
-PROXY = "istio-proxy"
 DEBUG_CONTAINER = "podnat-debug"
-INIT_CONTAINER = "istio-init"
-CNI_VALIDATION = "istio-validation"
 CNI_NAMESPACES = ("kube-system", "istio-system")
 CNI_LABEL = "k8s-app=istio-cni-node"
 CNI_CONTAINER = "install-cni"
@@ -207,8 +204,9 @@ class KubePodSource:
     # --- facts ------------------------------------------------------------------------------------
 
     def read_facts(self, pod: Mapping[str, Any], source: NatSource | None, debug_container: bool) -> PodFacts:
+        pod = pod_info(pod)  # the use case hands a PodInfo: read once
         ref = _ref(pod)
-        mesh, why = classify(pod)
+        mesh, why = pod.mesh, pod.mesh_note
         if mesh is MeshMode.AMBIENT:
             return self._read_ambient(pod, ref, why, debug_container)
         if mesh is MeshMode.NO_SIDECAR:
@@ -425,8 +423,8 @@ class KubePodSource:
         *,
         debug_added: bool = False,
     ) -> _Capture:
-        port = admin_port(pod)
-        table = tproxy_route_table(pod)
+        info = pod_info(pod)
+        port, table = info.admin_port, info.tproxy_route_table
         marker = f"podnat-{secrets.token_hex(8)}"
         result = self.exec(ref, container, ["sh", "-c", capture_script(marker, port, table)])
         sections = split_sections(result, marker)
@@ -493,7 +491,7 @@ class KubePodSource:
 
     def _listeners_only(self, pod: Mapping[str, Any], ref: PodRef) -> tuple[ListenersReading | None, str | None]:
         try:
-            r = self.exec(ref, PROXY, listeners_argv(admin_port(pod)))
+            r = self.exec(ref, PROXY, listeners_argv(pod_info(pod).admin_port))
         except KubeSourceError as err:
             return None, f"Envoy listeners not read: {err.message}"
         rc = r.returncode if r.returncode is not None else 1
@@ -569,9 +567,8 @@ class KubePodSource:
             raise translate(exc, Action("get", "pods/log", namespace, name, container), self.client.server) from exc
 
     def _read_from_log(self, pod: Mapping[str, Any], ref: PodRef) -> tuple[NatReading, list[str]]:
-        spec = pod.get("spec") or {}
-        init_names = [c.get("name") for c in spec.get("initContainers") or []]
-        if INIT_CONTAINER in init_names:
+        info = pod_info(pod)
+        if info.init is not None:
             text = self.read_log(ref.namespace, ref.name, INIT_CONTAINER)
             try:
                 rules = parse_initlog(text)
@@ -580,7 +577,7 @@ class KubePodSource:
                     Failure.LOG, f"the istio-init log of pod {ref} has no rules podnat recognises ({err})"
                 ) from err
             return _reading_from_rules(rules, INIT_LOG_LABEL), [_log_note(rules, "istio-init")]
-        if uses_istio_cni(pod):
+        if info.uses_istio_cni:
             return self._read_from_cni_log(pod, ref)
         raise KubeSourceError(
             Failure.LOG,
@@ -689,62 +686,6 @@ def ambient_facts(
         routing=routing,
         sockets=sockets,
     )
-
-
-def classify(pod: Mapping[str, Any]) -> tuple[MeshMode, str]:
-    """Is the pod in the mesh with a sidecar? The second value is a note for the user ("" if plain)."""
-    meta = pod.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    labels = meta.get("labels") or {}
-    ref = _ref(pod)
-    if proxy_container(pod) is None:
-        if (
-            annotations.get("ambient.istio.io/redirection") == "enabled"
-            or labels.get("istio.io/dataplane-mode") == "ambient"
-        ):
-            return MeshMode.AMBIENT, f"pod {ref} is in ambient mode (ztunnel captures): no sidecar rules"
-        return MeshMode.NO_SIDECAR, f"pod {ref} has no istio-proxy sidecar: nothing to explain"
-    mode = annotations.get("sidecar.istio.io/interceptionMode")
-    if mode == "NONE":
-        return MeshMode.NO_CAPTURE, f"pod {ref} has interceptionMode NONE: istio-proxy captures no traffic"
-    return MeshMode.SIDECAR, ""
-
-
-def proxy_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """istio-proxy as a container, or as a native sidecar (an init container with restartPolicy Always)."""
-    spec = pod.get("spec") or {}
-    for c in spec.get("containers") or []:
-        if c.get("name") == PROXY:
-            return dict(c)
-    for c in spec.get("initContainers") or []:
-        if c.get("name") == PROXY and c.get("restartPolicy") == "Always":
-            return dict(c)
-    return None
-
-
-def uses_istio_cni(pod: Mapping[str, Any]) -> bool:
-    spec = pod.get("spec") or {}
-    init_names = {c.get("name") for c in spec.get("initContainers") or []}
-    status = (pod.get("metadata") or {}).get("annotations", {}).get("sidecar.istio.io/status", "")
-    return CNI_VALIDATION in init_names or (INIT_CONTAINER not in init_names and CNI_VALIDATION in status)
-
-
-def admin_port(pod: Mapping[str, Any]) -> int:
-    """Envoy's admin port: `proxyAdminPort` in the proxy.istio.io/config annotation, else 15000."""
-    config = ((pod.get("metadata") or {}).get("annotations") or {}).get("proxy.istio.io/config", "")
-    m = re.search(r"proxyAdminPort\"?\s*:\s*\"?(\d+)", config)
-    return int(m.group(1)) if m else DEFAULT_ADMIN_PORT
-
-
-def tproxy_route_table(pod: Mapping[str, Any]) -> int | None:
-    """The routing table of a TPROXY pod's `ip rule fwmark ... lookup TABLE` (-r), None if not TPROXY."""
-    from podnat.istio.config import InterceptionMode, from_pod
-
-    try:
-        config = from_pod(pod).config
-    except (ValueError, TypeError, KeyError):
-        return None
-    return config.tproxy_route_table if config is not None and config.mode is InterceptionMode.TPROXY else None
 
 
 def split_sections(result: ExecResult, marker: str) -> dict[str, _Section] | None:
@@ -869,15 +810,12 @@ def _listeners_text(sections: Mapping[str, _Section]) -> str | None:
 def debug_container_spec(pod: Mapping[str, Any], image: str | None = None) -> dict[str, Any]:
     """podnat's ephemeral container: the proxy's own image (or `image`: an ambient pod has no proxy), uid 0
     with NET_ADMIN/NET_RAW, idle."""
-    proxy = proxy_container(pod)
-    target = (
-        PROXY
-        if proxy is not None
-        else next((c.get("name") for c in (pod.get("spec") or {}).get("containers") or []), None)
-    )
+    info = pod_info(pod)
+    proxy = info.proxy
+    target = PROXY if proxy is not None else info.app.name if info.app is not None else None
     return {
         "name": DEBUG_CONTAINER,
-        "image": image or (proxy or {}).get("image"),
+        "image": image or (proxy.image if proxy is not None else None),
         "imagePullPolicy": "IfNotPresent",
         "command": ["sleep", "infinity"],
         "targetContainerName": target,

@@ -997,10 +997,10 @@ def _istio_init(manifest: Mapping[str, Any], netns: str, backend: str, nameserve
     As istio-iptables does: with DNS capture it reads the pod's nameservers (/etc/resolv.conf); with
     IPv6 on it loads the IPv6 rules too and adds ::6 to lo (Envoy's inbound source); in TPROXY mode
     it adds the fwmark rule and the local route of table 133 (and their IPv6 twins)."""
-    from podnat.istio.config import from_pod
     from podnat.istio.generator import expected_rules
+    from podnat.istio.pod import read_pod
 
-    found = from_pod(manifest)
+    found = read_pod(manifest)
     if found.config is None:
         raise LabError(f"pod {manifest['metadata']['name']}: {found.reason}")
     config = found.config

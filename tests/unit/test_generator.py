@@ -11,13 +11,12 @@ from podnat.istio.config import (
     InterceptionConfig,
     InterceptionMode,
     IstioRelease,
-    PodMode,
     Wildcard,
-    from_pod,
     release_from_image,
     rule_origin,
 )
 from podnat.istio.generator import expected_rules
+from podnat.istio.pod import MeshMode, read_pod
 
 DEFAULT_ARGS = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x \"\" -b '*' -d 15090,15021,15020"
 
@@ -170,8 +169,8 @@ def _hello(reference: Path) -> dict[str, object]:
 
 
 def test_hello_pod_spec_gives_the_default(reference: Path) -> None:
-    result = from_pod(_hello(reference))
-    assert result.mode is PodMode.SIDECAR
+    result = read_pod(_hello(reference))
+    assert result.mesh is MeshMode.SIDECAR
     assert result.reason == "istio-init args"
     assert result.config is not None
     assert result.config.release == IstioRelease(1, 30)  # image tag `latest`
@@ -181,19 +180,19 @@ def test_hello_pod_spec_gives_the_default(reference: Path) -> None:
 
 def test_pod_without_sidecar_ambient_and_none() -> None:
     bare = {"kind": "Pod", "metadata": {}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
-    assert from_pod(bare).mode is PodMode.NO_SIDECAR
+    assert read_pod(bare).mesh is MeshMode.NO_SIDECAR
     ambient = {
         "kind": "Pod",
         "metadata": {"annotations": {"ambient.istio.io/redirection": "enabled"}},
         "spec": {"containers": [{"name": "app"}]},
     }
-    assert from_pod(ambient).mode is PodMode.AMBIENT
+    assert read_pod(ambient).mesh is MeshMode.AMBIENT
     none = {
         "kind": "Pod",
         "metadata": {"annotations": {"sidecar.istio.io/interceptionMode": "NONE"}},
         "spec": {"containers": [{"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24.3"}]},
     }
-    assert from_pod(none).mode is PodMode.INTERCEPTION_NONE
+    assert read_pod(none).mesh is MeshMode.NO_CAPTURE
 
 
 def test_cni_pod_reads_annotations_env_and_run_as() -> None:
@@ -212,7 +211,7 @@ def test_cni_pod_reads_annotations_env_and_run_as() -> None:
             ],
         },
     }
-    result = from_pod(pod)
+    result = read_pod(pod)
     assert result.config is not None
     assert result.config.release == IstioRelease(1, 24)
     assert result.config.proxy_uids == ("1000670000",)

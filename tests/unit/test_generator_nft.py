@@ -12,11 +12,12 @@ import yaml
 from conftest import REFERENCE
 
 from podnat.intent import expected_ruleset, intent_for_pod
-from podnat.istio.config import InterceptionConfig, InterceptionMode, IstioRelease, PodMode, from_pod
+from podnat.istio.config import InterceptionConfig, InterceptionMode, IstioRelease
 from podnat.istio.explain import FlowStatus, explain
 from podnat.istio.flows import PodContext, context_for
 from podnat.istio.generator_nft import expected_nft, listing_rule, nft_listing, nft_script
 from podnat.istio.goldens import GOLDEN_CASES, CaseKind, GoldenCase, case_config
+from podnat.istio.pod import MeshMode, read_pod
 from podnat.istio.reconcile import DiffKind
 from podnat.netfilter.model import Family
 from podnat.netfilter.nft import parse_nft
@@ -147,8 +148,8 @@ def test_from_args_env_and_pods_read_native_nftables(reference: Path) -> None:
     assert not InterceptionConfig.from_args(DEFAULT_ARGS).native_nftables
     assert InterceptionConfig.from_args(DEFAULT_ARGS, {"NATIVE_NFTABLES": "true"}).native_nftables
     assert not InterceptionConfig.from_args(f"{DEFAULT_ARGS} --native-nftables=false").native_nftables
-    found = from_pod(nft_pod(reference))
-    assert found.mode is PodMode.SIDECAR and found.config is not None and found.config.native_nftables
+    found = read_pod(nft_pod(reference))
+    assert found.mesh is MeshMode.SIDECAR and found.config is not None and found.config.native_nftables
     assert any("native nftables" in note for note in found.notes)
     cni = {
         "kind": "Pod",
@@ -163,7 +164,7 @@ def test_from_args_env_and_pods_read_native_nftables(reference: Path) -> None:
             "containers": [{"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.26.1"}],
         },
     }
-    found = from_pod(cni)
+    found = read_pod(cni)
     assert found.config is not None and found.config.native_nftables
     assert any("predates" in note for note in found.notes)  # 1.26 has no --native-nftables
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from podnat.intent import intent_for_pod
-from podnat.istio.config import InterceptionMode, from_pod
+from podnat.istio.config import InterceptionMode
+from podnat.istio.pod import MeshMode, read_pod
 from podnat.lab.build import MODES, injected_pod, load_manifests
 from podnat.lab.sidecar import ServiceRoute, envoy_bootstrap
 
@@ -26,7 +27,7 @@ def test_every_mode_is_a_sidecar_pod_podnat_reads_as_that_mode() -> None:
     }
     assert set(MODES) == set(expected) | {"ambient", "ambient-nftables"}
     for mode, (interception, dns, ipv6, nft) in expected.items():
-        config = from_pod(_pod(mode, "fd00:99::10" if mode == "dual-stack" else None)).config
+        config = read_pod(_pod(mode, "fd00:99::10" if mode == "dual-stack" else None)).config
         assert config is not None
         assert (config.mode.value, config.redirect_dns, config.enable_ipv6, config.native_nftables) == (
             interception,
@@ -109,13 +110,11 @@ def test_lab_break_names_one_pod_or_says_which_it_could_mean(tmp_path) -> None:
 
 
 def test_ambient_pods_have_no_sidecar_and_are_enrolled() -> None:
-    from podnat.istio.config import PodMode
-    from podnat.kube.source import classify
     from podnat.lab.build import ambient_pod
 
     deployments, _ = load_manifests()
     pod = ambient_pod(deployments[0], "details-v1-abc-xyz", "10.99.0.10", "abc")
     assert [c["name"] for c in pod["spec"]["containers"]] == ["details"] and pod["spec"]["initContainers"] == []
     assert pod["metadata"]["labels"]["istio.io/dataplane-mode"] == "ambient"
-    assert from_pod(pod).mode is PodMode.AMBIENT and classify(pod)[0].value == "ambient"
+    assert read_pod(pod).mesh is MeshMode.AMBIENT and read_pod(pod).notes == ()  # annotated by istio-cni
     assert intent_for_pod(pod).mesh == "ambient"
