@@ -136,3 +136,28 @@ def test_inspect_debug_container_reads_nft_rules_through_the_proxy_image_toolset
     assert "legacy" in version.stdout
     old = src.exec(ref, "podnat-debug", ["iptables-save", "-c"])
     assert old.returncode == 0 and "-A " not in old.stdout and "ISTIO" not in old.stdout
+
+
+def test_inspect_and_verify_read_each_pod_once(lab: LabState, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pod is read once per inspect (podnat.istio.pod.read_pod): the use case, the intent, the adapter
+    (its exec, admin port, TPROXY table, log fallback) and the explanation share one PodInfo."""
+    import podnat.istio.pod as pods
+    from podnat.usecases import inspect_pod, verify_pods
+
+    real = pods.read_pod
+    calls: list[str] = []
+
+    def counting(raw: object, namespace_labels: object = None) -> pods.PodInfo:
+        calls.append(str(raw["metadata"]["name"]))  # type: ignore[index]
+        return real(raw, namespace_labels)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pods, "read_pod", counting)
+    src = source(lab)
+    ref = sidecar_pod(lab)
+    report = inspect_pod(src, src.get_pod(ref), None, True)
+    assert report.explanation is not None and report.error is None, report.notes
+    assert calls == [ref.name]
+    calls.clear()
+    listed = src.list_pods(ref.namespace)
+    result = verify_pods(lambda: source(lab), listed, 2)
+    assert len(result.pods) == len(listed) and sorted(calls) == sorted(p["metadata"]["name"] for p in listed)
