@@ -11,7 +11,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 from podnat._deferred import defer_rich_markdown
 
@@ -22,6 +22,9 @@ import typer  # noqa: E402
 from podnat import __version__  # noqa: E402
 from podnat.errors import BadInput, PodnatError, UsageError  # noqa: E402
 from podnat.exitcodes import ExitCode  # noqa: E402
+
+if TYPE_CHECKING:
+    from podnat.intent import PodIntent
 
 app = typer.Typer(
     name="podnat",
@@ -288,7 +291,7 @@ def _offline_context(
     ports: tuple[int, ...],
     proxy_uid: int | None,
     proxy_gid: int | None,
-    intent: Any = None,
+    intent: PodIntent | None = None,
     intent_from: str = "args",
 ) -> tuple[Any, dict[str, Any]]:
     """The flows' context for a saved table, and the `context` object saying where each part came from.
@@ -306,8 +309,10 @@ def _offline_context(
     if intent is not None:
         uid, gid, where = intent.proxy_uid, intent.proxy_gid, intent_from
     elif (found := proxy_identity_in_table(ruleset)) is not None:
-        gid = found.gid if found.gid is not None else found.uid
-        uid = 0 if tproxy else (found.uid if found.uid is not None else found.gid)
+        either = found.uid if found.uid is not None else found.gid
+        assert either is not None  # a table's identity names a uid, a gid or both
+        gid = found.gid if found.gid is not None else either
+        uid = 0 if tproxy else either
         where = f"table {found.ref}"
     else:
         uid, gid, where = (0 if tproxy else DEFAULT_PROXY_ID), DEFAULT_PROXY_ID, "default"
@@ -513,7 +518,7 @@ def explain(
         pod = _address(pod_ip, "--pod-ip") if pod_ip else None
         expected = None
         dns_requested = False
-        intent = None
+        intent: PodIntent | None = None
         if args is not None or pod_spec is not None:
             from podnat.intent import dns_capture_requested, offline_intent, offline_pod
             from podnat.istio.explain import captured_nameservers
@@ -710,7 +715,9 @@ def _ambient_intent(ruleset: Any, pod: dict[str, Any], version: str | None) -> t
         release = IstioRelease.parse(version) if version else NEWEST_SUPPORTED
     except ValueError as exc:
         raise UsageError(f"--istio-version: {exc}") from None
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    from podnat.intent import offline_pod
+
+    annotations = offline_pod(pod).annotations or {}  # a workload's: its pod template's
     v6 = ruleset.family is Family.IPV6
     nft = any(name.startswith("istio-ambient-") for name in ruleset.tables)
     cfg = AmbientConfig.from_pod_annotations(annotations, release=release, ipv6=v6, native_nftables=nft)

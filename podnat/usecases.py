@@ -228,7 +228,7 @@ def explain_ambient_facts(base: PodReport, facts: PodFacts, release: str | None)
             error_code=int(ExitCode.BAD_INPUT),
         )
     rel = IstioRelease.parse(release) if release else NEWEST_SUPPORTED
-    annotations = (facts.pod.get("metadata") or {}).get("annotations") or {}
+    annotations = pod_info(facts.pod).annotations or {}  # the PodInfo inspect_pod read
     config = AmbientConfig.from_pod_annotations(
         annotations, release=rel, ipv6=primary is Family.IPV6, native_nftables=bool(native)
     )

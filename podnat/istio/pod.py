@@ -10,7 +10,7 @@ Stable API:
                                   containers, app ports, proxy identity, release, interception config
   pod_info(pod) -> PodInfo        a PodInfo as it is, anything else read: adapters call it on what the
                                   use case hands them, so a pod is read once per inspect
-  PodSpecError(ValueError)        a value in the spec podnat cannot read (a port, a CIDR, a uid)
+  PodSpecError(InputError)        a value in the spec podnat cannot read (a port, a CIDR, a uid)
 
 As kopf's bodies.py does for its resources, the raw JSON is typed once and every part of podnat reads
 the pod through `PodInfo` (which is also a read-only Mapping over the raw JSON, for code that wants a
@@ -49,6 +49,7 @@ from podnat.istio.config import (
     release_from_image,
 )
 from podnat.istio.flows import Identity
+from podnat.netfilter.errors import InputError
 
 PROXY_CONTAINER = "istio-proxy"
 INIT_CONTAINER = "istio-init"
@@ -194,8 +195,9 @@ class MeshMode(str, Enum):
     NO_CAPTURE = "no-capture"  # istio-proxy without capture (interceptionMode NONE)
 
 
-class PodSpecError(ValueError):
-    """A value in a pod spec that podnat cannot read; the message names the pod and the field."""
+class PodSpecError(InputError):
+    """A value in a pod spec that podnat cannot read (a ValueError, as every InputError); the message names
+    the pod and says what could not be read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +324,7 @@ def read_pod(raw: Mapping[str, Any], namespace_labels: Mapping[str, str] | None 
     except (ValueError, TypeError, KeyError, AttributeError) as exc:  # PodSpecError is a ValueError
         meta = _mapping(raw.get("metadata"))
         name = f"{meta.get('namespace') or 'default'}/{meta.get('name') or '?'}"
-        raise PodSpecError(f"pod {name}: cannot read its spec ({exc})") from None
+        raise PodSpecError(None, None, f"pod {name}: cannot read its spec ({exc})") from None
 
 
 def _read(raw: Mapping[str, Any], namespace_labels: Mapping[str, str]) -> PodInfo:
@@ -493,5 +495,5 @@ def _mapping(value: object) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise PodSpecError(f"expected an object, found {type(value).__name__}: {str(value)[:60]!r}")
+        raise PodSpecError(None, str(value)[:60], f"expected an object, found {type(value).__name__}")
     return value
