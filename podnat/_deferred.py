@@ -1,11 +1,18 @@
 """Start-up: modules typer imports at start that podnat's commands do not use, loaded on first use.
 
-typer (0.12-0.16) imports `rich.markdown`, and with it markdown-it, when it starts, for one help
-markup mode ("markdown"); podnat uses the "rich" mode. That import is about a sixth of an offline
-command's start (`make bench`, cold start). Until something asks for it, `rich.markdown` is a
-stand-in module: its first use (an attribute, or `Markdown(...)`) loads the real module, which then
-takes the stand-in's place (a `Markdown` imported before that is a stand-in class whose instances
-are the real class's). `defer_rich_markdown()` does nothing when the module is already loaded.
+The one place podnat plays an import-time trick. typer (0.12-0.16) imports, when it starts:
+
+- `rich.markdown` (and with it markdown-it) for one help markup mode ("markdown"); podnat uses "rich";
+- `rich.traceback` (and with it rich.pretty, rich.syntax, pygments and attrs) for its pretty
+  exceptions, which podnat turns off (`pretty_exceptions_enable=False`: a traceback only with --debug,
+  printed plainly).
+
+Together about a third of an offline command's start (`make bench`, cold start). Until something
+asks for one of them, the module is a stand-in: its first use (an attribute, making one of its
+classes, or a class attribute such as `Traceback.from_exception`) loads the real module, which then
+takes the stand-in's place. A class imported from the stand-in before that stays a stand-in class
+whose instances are the real class's. Importing this module defers them (a no-op for a module that
+is already loaded), so `cli.py` imports it before typer.
 """
 
 from __future__ import annotations
@@ -15,35 +22,48 @@ import sys
 import types
 from typing import Any
 
-_NAME = "rich.markdown"
+# module -> the classes typer imports from it at start
+DEFERRED: dict[str, tuple[str, ...]] = {"rich.markdown": ("Markdown",), "rich.traceback": ("Traceback",)}
 
 
-def defer_rich_markdown() -> None:
-    if _NAME in sys.modules:
+def defer(name: str, classes: tuple[str, ...]) -> None:
+    """Put a stand-in for the module `name` (a submodule of an importable package) in sys.modules."""
+    if name in sys.modules:
         return
-    stand_in = types.ModuleType(_NAME, "stand-in: the real rich.markdown is loaded on first use")
+    stand_in = types.ModuleType(name, f"stand-in: the real {name} is loaded on first use")
 
     def load() -> types.ModuleType:
-        if sys.modules.get(_NAME) is stand_in:
-            del sys.modules[_NAME]
-        real = importlib.import_module(_NAME)
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        real = importlib.import_module(name)
         stand_in.__dict__.update({k: v for k, v in real.__dict__.items() if k != "__getattr__"})
         return real
 
-    def __getattr__(name: str) -> Any:  # PEP 562: anything but Markdown loads the real module
-        if name.startswith("__"):  # e.g. the import system asking for __path__: not a use
-            raise AttributeError(name)
-        return getattr(load(), name)
+    def __getattr__(attr: str) -> Any:  # PEP 562: anything but the stand-in classes loads the real module
+        if attr.startswith("__"):  # e.g. the import system asking for __path__: not a use
+            raise AttributeError(attr)
+        return getattr(load(), attr)
 
-    class Markdown:
-        """Stands for rich.markdown.Markdown until the first one is made."""
+    class StandInType(type):
+        def __getattr__(cls, attr: str) -> Any:  # a class attribute, e.g. Traceback.from_exception
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return getattr(getattr(load(), cls.__name__), attr)
 
-        def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-            return load().Markdown(*args, **kwargs)
+    def stand_in_class(class_name: str) -> type:
+        def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+            return getattr(load(), class_name)(*args, **kwargs)
+
+        doc = f"Stands for {name}.{class_name} until the first one is made."
+        return StandInType(class_name, (), {"__new__": __new__, "__doc__": doc, "__module__": name})
 
     stand_in.__getattr__ = __getattr__  # type: ignore[method-assign]
-    stand_in.Markdown = Markdown  # type: ignore[attr-defined]
-    sys.modules[_NAME] = stand_in
-    import rich
+    for class_name in classes:
+        setattr(stand_in, class_name, stand_in_class(class_name))
+    sys.modules[name] = stand_in
+    package, _, attr = name.rpartition(".")
+    setattr(importlib.import_module(package), attr, stand_in)  # as an import would bind it
 
-    rich.markdown = stand_in  # type: ignore[attr-defined]  # as an import would bind it
+
+for _name, _classes in DEFERRED.items():
+    defer(_name, _classes)

@@ -13,15 +13,15 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-from podnat._deferred import defer_rich_markdown
+# Before typer: what typer imports at start and podnat does not use is loaded on first use.
+import podnat._deferred  # noqa: F401
 
-defer_rich_markdown()  # before typer, which imports it at start for a help mode podnat does not use
+# isort: split
+import typer
 
-import typer  # noqa: E402
-
-from podnat import __version__  # noqa: E402
-from podnat.errors import BadInput, PodnatError, UsageError  # noqa: E402
-from podnat.exitcodes import ExitCode  # noqa: E402
+from podnat import __version__
+from podnat.errors import BadInput, PodnatError, UsageError
+from podnat.exitcodes import ExitCode
 
 if TYPE_CHECKING:
     from podnat.intent import PodIntent

@@ -198,6 +198,7 @@ def test_offline_commands_do_not_import_the_kubernetes_client():
         "except SystemExit: pass\n"
         "assert 'kubernetes' not in sys.modules, 'kubernetes imported'\n"
         "assert 'markdown_it' not in sys.modules, 'rich.markdown loaded at start'\n"
+        "assert 'pygments' not in sys.modules, 'rich.traceback loaded at start'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
@@ -219,6 +220,25 @@ def test_rich_markdown_deferred_at_start_still_works_when_used():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "Title" in result.stdout and "some text" in result.stdout
+
+
+def test_rich_traceback_deferred_at_start_still_works_when_used():
+    code = (
+        "import io, sys, podnat.cli\n"
+        "assert 'pygments' not in sys.modules\n"
+        "from rich.console import Console\n"
+        "from rich.traceback import Traceback\n"
+        "console = Console(file=io.StringIO(), width=100)\n"
+        "try:\n  1 / 0\nexcept ZeroDivisionError as exc:\n"
+        "  console.print(Traceback.from_exception(type(exc), exc, exc.__traceback__))\n"
+        "  made = Traceback()\n"
+        "import rich.traceback\n"
+        "assert 'pygments' in sys.modules and isinstance(made, rich.traceback.Traceback)\n"
+        "print(console.file.getvalue())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "ZeroDivisionError" in result.stdout
 
 
 def test_pod_spec_reconciles_cleanly_against_its_own_default_table():
