@@ -8,6 +8,7 @@ Stable API:
                                   a Pod, or a Deployment/ReplicaSet/StatefulSet/DaemonSet/Job (its pod
                                   template), -> its place in the mesh, its proxy and istio-init
                                   containers, app ports, proxy identity, release, interception config
+  with_namespace_labels(pod, labels)  the same PodInfo as its namespace's labels enrol it (ambient)
   pod_info(pod) -> PodInfo        a PodInfo as it is, anything else read: adapters call it on what the
                                   use case hands them, so a pod is read once per inspect
   PodSpecError(InputError)        a value in the spec podnat cannot read (a port, a CIDR, a uid)
@@ -297,6 +298,12 @@ class PodInfo(Mapping[str, Any]):
         return (self.annotations or {}).get(ANN_AMBIENT) == "enabled"
 
     @property
+    def namespace_decides(self) -> bool:
+        """Only its namespace's labels can tell whether this pod is in ambient mode: no sidecar, no
+        annotation from istio-cni and no istio.io/dataplane-mode label of its own."""
+        return self.proxy is None and not self.ambient_redirected and LABEL_DATAPLANE_MODE not in (self.labels or {})
+
+    @property
     def terminating(self) -> str:
         """ "pod NS/NAME is terminating (deletionTimestamp T)" for a pod being deleted, else ""."""
         if not self.deletion_timestamp:
@@ -312,6 +319,14 @@ class PodInfo(Mapping[str, Any]):
 def pod_info(pod: Mapping[str, Any]) -> PodInfo:
     """`pod` itself when it is already read, else read_pod(pod): adapters call this on what they are handed."""
     return pod if isinstance(pod, PodInfo) else read_pod(pod)
+
+
+def with_namespace_labels(pod: PodInfo, namespace_labels: Mapping[str, str]) -> PodInfo:
+    """The pod as its namespace's labels enrol it (or not), without reading the raw JSON again: what
+    read_pod(raw, namespace_labels) gives, for a pod read before its namespace was."""
+    if not pod.namespace_decides:
+        return pod
+    return _without_proxy(pod, pod.labels or {}, namespace_labels)
 
 
 def read_pod(raw: Mapping[str, Any], namespace_labels: Mapping[str, str] | None = None) -> PodInfo:

@@ -21,7 +21,7 @@ import podnat.istio.pod as pods
 from podnat.facts import NatReading, NatSource, PodFacts, PodRef
 from podnat.istio.config import ConfigSource, InterceptionMode, IstioRelease
 from podnat.istio.flows import Identity
-from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, read_pod
+from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, read_pod, with_namespace_labels
 from podnat.kube.source import AMBIENT_NOT_READ
 from podnat.render.data import pod_report_data
 from podnat.usecases import inspect_pod, verify_pods
@@ -190,6 +190,13 @@ def test_ambient_enrolled_by_the_namespace_label_and_opted_out_by_the_pod_label(
     assert read_pod(opted_out, namespace_labels=ambient_ns).mesh is MeshMode.NO_SIDECAR
     # a sidecar pod stays a sidecar pod in an ambient namespace
     assert read_pod(lab_pod("redirect"), namespace_labels=ambient_ns).mesh is MeshMode.SIDECAR
+    # a pod read before its namespace: the same answer, without reading the pod again
+    first = read_pod(pod)
+    assert first.namespace_decides and not read_pod(opted_out).namespace_decides
+    later = with_namespace_labels(first, ambient_ns)
+    assert (later.mesh, later.notes, later.raw) == (info.mesh, info.notes, first.raw)
+    assert with_namespace_labels(read_pod(opted_out), ambient_ns).mesh is MeshMode.NO_SIDECAR
+    assert with_namespace_labels(first, {}) is first  # not enrolled: the same PodInfo
 
 
 # --- errors, and the raw JSON behind PodInfo ---------------------------------------------------------------
