@@ -182,15 +182,21 @@ class KubeEvents:
 
     def __init__(self, client: Any) -> None:
         from kubernetes.client import EventsV1Api
+        from kubernetes.client.models.events_v1_event import EventsV1Event
 
         self.api = EventsV1Api(client.api_client)
+        self.event_model = EventsV1Event
         self.timeout = client.options.timeout
 
     def create(self, namespace: str, body: Mapping[str, Any]) -> None:
-        self.api.create_namespaced_event(namespace, body, _preload_content=False, _request_timeout=self.timeout)
+        # The model the client's own argument validation would build from the dict: the same request.
+        event = self.event_model.model_validate(body)
+        self.api.create_namespaced_event(namespace, event, _preload_content=False, _request_timeout=self.timeout)
 
     def patch(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
-        self.api.patch_namespaced_event(name, namespace, body, _preload_content=False, _request_timeout=self.timeout)
+        self.api.patch_namespaced_event(
+            name, namespace, dict(body), _preload_content=False, _request_timeout=self.timeout
+        )
 
 
 def _micro_time() -> str:

@@ -193,6 +193,7 @@ class NodePodSource:
         if mesh is MeshMode.NO_SIDECAR:
             return PodFacts(ref=ref, pod=pod, mesh=mesh, notes=(why,))
         held: PodNetns = self.netns_of(str(meta.get("uid") or ""))
+        notes = [n for n in (why, held.note) if n]
         if mesh is MeshMode.AMBIENT:
             marker = f"podnat-{secrets.token_hex(8)}"
             result = self.run_in(held, ["sh", "-c", ambient_script(marker)])
@@ -204,9 +205,7 @@ class NodePodSource:
                     f"reading the namespace of pod {ref} (pid {held.pid}, "
                     f"net:[{held.netns}]) failed (exit {result.returncode}): {detail or 'no output'}",
                 )
-            notes = tuple(n for n in (why, held.note) if n)
-            return ambient_facts(pod, ref, sections, f"node agent on {self.node}", NatSource.NODE, notes)
-        notes = [n for n in (why, held.note) if n]
+            return ambient_facts(pod, ref, sections, f"node agent on {self.node}", NatSource.NODE, tuple(notes))
         port, table = pod.admin_port, pod.tproxy_route_table
         marker = f"podnat-{secrets.token_hex(8)}"
         result = self.run_in(held, ["sh", "-c", capture_script(marker, port, table)])

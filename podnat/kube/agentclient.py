@@ -15,12 +15,15 @@ import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 from podnat.facts import PodFacts
 from podnat.kube.client import KubeClient
 from podnat.kube.errors import Action, Failure, KubeSourceError, translate
+
+if TYPE_CHECKING:
+    from urllib3 import HTTPResponse
 
 AGENT_NAMESPACE = os.environ.get("PODNAT_AGENT_NAMESPACE", "podnat-system")
 AGENT_SELECTOR = "app.kubernetes.io/name=podnat-agent"
@@ -49,11 +52,15 @@ class AgentReader:
                 return self._agents
             found: dict[str, Mapping[str, Any]] = {}
             try:
-                resp = self.client.core.list_namespaced_pod(
-                    self.namespace,
-                    label_selector=AGENT_SELECTOR,
-                    _preload_content=False,
-                    _request_timeout=self.client.options.timeout,
+                # _preload_content=False: the raw urllib3 response, not the V1PodList the stubs name
+                resp = cast(
+                    "HTTPResponse",
+                    self.client.core.list_namespaced_pod(
+                        self.namespace,
+                        label_selector=AGENT_SELECTOR,
+                        _preload_content=False,
+                        _request_timeout=self.client.options.timeout,
+                    ),
                 )
                 items = json.loads(resp.data).get("items") or []
             except Exception as exc:
@@ -136,12 +143,12 @@ class AgentReader:
                 "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
             )
             resp = api.call_api(*request, _request_timeout=self.timeout)
-            resp.read()
+            data = resp.read()
             if not 200 <= resp.status <= 299:
                 from kubernetes.client.exceptions import ApiException
 
                 raise ApiException.from_response(http_resp=resp, body=None, data=None)
-            body = json.loads(resp.data)
+            body = json.loads(data)
         except Exception as exc:
             err = translate(exc, Action("get", "pods/proxy", self.namespace, name), self.client.server)
             return KubeSourceError(

@@ -51,7 +51,7 @@ def load_configuration(options: KubeOptions) -> Configuration:
     existing = [p for p in paths if Path(p).expanduser().is_file()]
     try:
         if existing:
-            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
+            kube_config.load_kube_config(
                 config_file=existing[0] if len(existing) == 1 else os.pathsep.join(existing),
                 context=options.context,
                 client_configuration=configuration,
@@ -59,7 +59,7 @@ def load_configuration(options: KubeOptions) -> Configuration:
         elif options.kubeconfig:
             raise errors.no_kubeconfig(f"--kubeconfig {options.kubeconfig} does not exist")
         elif os.environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.is_file():
-            kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            kube_config.load_incluster_config(client_configuration=configuration)
         else:
             raise errors.no_kubeconfig(f"none of {', '.join(paths)} exists and podnat is not in a cluster")
     except ConfigException as exc:
@@ -126,7 +126,7 @@ class KubeClient:
         return stream(api.connect_get_namespaced_pod_exec, _preload_content=False, **kwargs)
 
     def close(self) -> None:
-        self.api_client.close()  # type: ignore[no-untyped-call]
+        self.api_client.close()
 
 
 def _set_websocket_timeout(seconds: float) -> None:

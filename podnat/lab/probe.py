@@ -61,11 +61,11 @@ def connect(
     `tcp://IP:PORT` URL only connects."""
     if url.startswith("tcp://"):
         host, port = url[len("tcp://") :].rsplit(":", 1)
-        code = (
+        script = (
             f"import socket; s=socket.create_connection(({host!r}, {port}), timeout={timeout}); "
             "s.close(); print('connected')"
         )
-        argv = ["/usr/bin/python3", "-c", code]
+        argv = ["/usr/bin/python3", "-c", script]
     else:
         argv = ["curl", "-s", "-m", str(timeout), *(["--interface", source] if source else []), url]
     if uid is not None:
@@ -82,10 +82,10 @@ def connect(
     result = subprocess.run(
         ["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, timeout=timeout + 10, check=False
     )
-    code = result.returncode
-    if url.startswith("tcp://") and code != 0:
-        code = 7 if "refused" in result.stderr.lower() else 28
-    return ProbeResult(code, result.stdout)
+    returncode = result.returncode
+    if url.startswith("tcp://") and returncode != 0:  # spoken as curl's codes: 7 refused, 28 timed out
+        returncode = 7 if "refused" in result.stderr.lower() else 28
+    return ProbeResult(returncode, result.stdout)
 
 
 def parse_counters(text: str) -> dict[str, int]:
@@ -219,7 +219,8 @@ def rule_positions(netns: str) -> dict[tuple[str, str, str, int], str]:
             continue
         chain = (rule["family"], rule["table"], rule["chain"])
         positions[chain] = positions.get(chain, 0) + 1
-        refs[(*chain, int(rule["handle"]))] = rule_ref(rule["table"], rule["chain"], positions[chain])
+        key = (*chain, int(rule["handle"]))  # not refs[(*chain, ...)]: mypy reads that as 3.11 syntax
+        refs[key] = rule_ref(rule["table"], rule["chain"], positions[chain])
     return refs
 
 

@@ -18,6 +18,7 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Callable
 
 from labdns import serve_dns
 
@@ -106,7 +107,7 @@ def hbone(conn: socket.socket, client: str) -> None:
     pipe(conn, target)
 
 
-def listen(port: int, handle) -> None:
+def listen(port: int, handle: Callable[..., None]) -> None:
     server = marked(socket.socket())
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
@@ -118,7 +119,7 @@ def listen(port: int, handle) -> None:
         threading.Thread(target=_safely, args=(handle, conn, *args), daemon=True).start()
 
 
-def _safely(handle, conn: socket.socket, *args) -> None:
+def _safely(handle: Callable[..., None], conn: socket.socket, *args: object) -> None:
     try:
         handle(*args)
     except OSError as exc:
