@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from podnat.agent.metrics import AgentMetrics
 from podnat.agent.service import Agent, PodState
-from podnat.agent.wire import facts_data
+from podnat.wire import facts_data
 
 log = logging.getLogger("podnat.agent.http")
 
@@ -111,12 +111,12 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server_ref
         selector = None
         if query.get("labelSelector"):
-            from podnat.lab.apiobjects import ApiError, parse_label_selector, selects
+            from podnat.selectors import SelectorError, parse_label_selector, selects
 
             try:
                 requirements = parse_label_selector(query["labelSelector"])
-            except ApiError as err:
-                self._send(400, json.dumps({"error": err.message}).encode(), "application/json")
+            except SelectorError as err:
+                self._send(400, json.dumps({"error": str(err)}).encode(), "application/json")
                 return
 
             def selector(pod: Any) -> bool:

@@ -171,7 +171,7 @@ class NodePodSource:
         """The node's pods the agent keeps (e.g. ztunnel's, whose image tells an ambient pod's release)."""
         if self.pods is None:
             raise NotImplementedError("this source keeps no pods")
-        from podnat.lab.apiobjects import parse_label_selector, selects
+        from podnat.selectors import parse_label_selector, selects
 
         requirements = parse_label_selector(selector)
         return [

@@ -113,7 +113,7 @@ class AgentReader:
             raise KubeSourceError(
                 Failure.API_ERROR, f"the podnat agent {agent_name} on node {node} could not read the pod: {error}"
             )
-        from podnat.agent.wire import facts_from_data
+        from podnat.wire import facts_from_data
 
         found = facts_from_data(facts, pod)
         assert found.nat is not None

@@ -45,6 +45,7 @@ from podnat.lab import ephemeral, execution
 from podnat.lab.apiobjects import ApiError
 from podnat.lab.certs import make_tls
 from podnat.lab.state import LabApiServer, LabContainer, LabPod, LabState
+from podnat.selectors import selects
 
 log = logging.getLogger("podnat.lab.apiserver")
 
@@ -325,7 +326,7 @@ class LabApi:
             state = self.store.current()
             pods = [served_pod(p) for p in state.all_pods if namespace is None or p.namespace == namespace]
             pods.sort(key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
-            return [p for p in pods if api.selects(p, labels, fields)]
+            return [p for p in pods if selects(p, labels, fields)]
 
         if watching:
             return await self.watch_pods(request, matching)

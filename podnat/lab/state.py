@@ -1,4 +1,4 @@
-"""The lab's state file: the contract between the pod builder (lab/pods.py) and the API server.
+"""The lab's state file: the contract between the pod builder (lab/build.py) and the API server.
 
 `podnat lab up` writes `<root>/state.json` (root: $PODNAT_LAB_DIR, default /run/podnat-lab); the API
 server re-reads it when its mtime changes. Everything a pod is, for the API, is here: the Pod object

@@ -11,7 +11,6 @@ from conftest import require
 
 from podnat.agent.events import EventRecorder, notices
 from podnat.agent.service import Agent, AgentConfig, PodState
-from podnat.agent.wire import facts_data, facts_from_data
 from podnat.facts import (
     ListenersReading,
     MeshMode,
@@ -23,6 +22,7 @@ from podnat.facts import (
     SocketsReading,
 )
 from podnat.usecases import PodReport
+from podnat.wire import facts_data, facts_from_data
 
 POD = {"metadata": {"namespace": "bookinfo", "name": "reviews-v1", "uid": "u-1", "resourceVersion": "7"}}
 

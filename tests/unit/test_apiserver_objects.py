@@ -8,7 +8,8 @@ import ipaddress
 import pytest
 
 from podnat.lab import apiobjects as api
-from podnat.lab.apiobjects import ApiError, FieldRequirement, LabelRequirement
+from podnat.lab.apiobjects import ApiError
+from podnat.selectors import FieldRequirement, LabelRequirement, selects
 
 
 def pod(name: str, labels: dict[str, str], phase: str = "Running") -> dict[str, object]:
@@ -52,7 +53,7 @@ def test_label_selector_matches(selector: str, selected: list[str]) -> None:
         pod("details-v1", {"app": "details"}),
     ]
     requirements = api.parse_label_selector(selector)
-    assert [p["metadata"]["name"] for p in pods if api.selects(p, requirements, [])] == selected  # type: ignore[index]
+    assert [p["metadata"]["name"] for p in pods if selects(p, requirements, [])] == selected  # type: ignore[index]
 
 
 @pytest.mark.parametrize("selector", ["a in (x", "=b", "a=b c", "a=$"])
@@ -68,7 +69,7 @@ def test_field_selector() -> None:
         FieldRequirement("status.phase", False, "Failed"),
     ]
     checks = api.parse_field_selector("metadata.name=x,spec.nodeName==lab")
-    assert api.selects(pod("x", {}), [], checks) and not api.selects(pod("y", {}), [], checks)
+    assert selects(pod("x", {}), [], checks) and not selects(pod("y", {}), [], checks)
     with pytest.raises(ApiError) as err:
         api.parse_field_selector("spec.containers=x")
     assert (err.value.code, err.value.message) == (400, "field label not supported: spec.containers")

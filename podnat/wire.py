@@ -1,7 +1,10 @@
-"""What the agent's `/v1/pods` carries besides the report: the facts a pod was explained from.
+"""The node agent's wire format: what its `/v1/pods` carries besides the report, the facts a pod was
+explained from, as JSON.
 
-The CLI explains them itself (`explain_facts`, as for any other source), so a pod read through the
-agent renders in every output format and reconciles exactly as one read by exec. Pure.
+Both ends import it: the agent writes it (`agent/http.py`), the CLI's client of the agent reads it
+(`kube/agentclient.py`), so it sits below both. The CLI explains the facts itself (`explain_facts`,
+as for any other source), so a pod read through the agent renders in every output format and
+reconciles exactly as one read by exec. Pure.
 """
 
 from __future__ import annotations
