@@ -189,7 +189,7 @@ class Agent:
         with self._sweep_lock:
             return self._sweep(set(only) if only is not None else None)
 
-    def _sweep(self, only: set[str] | None) -> list[PodState]:
+    def _sweep(self, only: set[str] | None) -> list[PodState]:  # noqa: C901  one sweep's bookkeeping, in order
         started = time.monotonic()
         pods = [p for p in self.snapshot() if only is None or str(p["metadata"]["uid"]) in only]
         if only is None:

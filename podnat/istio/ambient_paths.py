@@ -129,7 +129,7 @@ def ambient_flows(ctx: PodContext, dns: bool = True) -> tuple[FlowSpec, ...]:
     return tuple(specs)
 
 
-def trace_ambient(
+def trace_ambient(  # noqa: C901  ztunnel's sockets after the in-pod rules, case by case
     ruleset: Ruleset,
     spec: FlowSpec,
     ctx: PodContext,

@@ -129,7 +129,7 @@ class NftTable:
 
 
 @dataclass(slots=True)
-class _Builder:
+class _NftBuilder:
     """Collects rules in the order istio-iptables builds them; IPv6-only rules only with IPv6 on."""
 
     ipv6: bool
@@ -339,9 +339,9 @@ def _ntop(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 # --- the rules, in istio-iptables' order -------------------------------------------------------------
 
 
-def _build(cfg: InterceptionConfig) -> _Builder:
+def _build(cfg: InterceptionConfig) -> _NftBuilder:
     """Every rule the nftables backend appends or inserts, in its order."""
-    b = _Builder(cfg.enable_ipv6, counters=cfg.release >= IstioRelease(1, 28))
+    b = _NftBuilder(cfg.enable_ipv6, counters=cfg.release >= IstioRelease(1, 28))
     tproxy = cfg.mode is InterceptionMode.TPROXY
     loopback = cfg.ipv4_loopback_cidr
     tunnel = str(cfg.inbound_tunnel_port)
@@ -447,7 +447,7 @@ def _build(cfg: InterceptionConfig) -> _Builder:
     return b
 
 
-def _inbound(cfg: InterceptionConfig, b: _Builder, loopback: str) -> None:
+def _inbound(cfg: InterceptionConfig, b: _NftBuilder, loopback: str) -> None:
     """Inbound capture: nat prerouting -> istio-inbound (REDIRECT), or mangle with TPROXY."""
     include = cfg.inbound_ports_include
     if not isinstance(include, Wildcard) and not include:
@@ -516,7 +516,7 @@ def _inbound(cfg: InterceptionConfig, b: _Builder, loopback: str) -> None:
             b.append(NAT, INBOUND, "meta l4proto tcp", "tcp dport", str(port), COUNTER, "jump", IN_REDIRECT)
 
 
-def _dns(cfg: InterceptionConfig, b: _Builder) -> None:
+def _dns(cfg: InterceptionConfig, b: _NftBuilder) -> None:
     """DNS to pilot-agent's proxy (nat istio-output-dns) and the raw table's conntrack zones."""
     to_proxy = ("redirect", "to", f":{DNS_PROXY_PORT}")
     b.append(RAW, OUTPUT, COUNTER, "jump", OUTPUT_DNS)
@@ -553,7 +553,7 @@ def _dns(cfg: InterceptionConfig, b: _Builder) -> None:
         b.append_v6(RAW, INBOUND, "udp sport", "53", "ip6 saddr", server, COUNTER, "ct zone set 1")
 
 
-def _tproxy_tail(cfg: InterceptionConfig, b: _Builder, loopback: str) -> None:
+def _tproxy_tail(cfg: InterceptionConfig, b: _NftBuilder, loopback: str) -> None:
     """TPROXY: connection marks, Envoy's hairpin mark 1338, and mangle istio-inbound's guards on top."""
     mark = str(cfg.tproxy_mark)
     b.append(MANGLE, PREROUTING, "meta l4proto tcp", "mark", mark, COUNTER, "ct mark set mark")

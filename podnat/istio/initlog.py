@@ -95,7 +95,9 @@ _NFT_PROGRAMMED = re.compile(r"nftables rules programmed:")
 
 
 @dataclass(frozen=True, slots=True)
-class _Block:
+class _LogSection:
+    """One section of the log (a dump, a restore input, an nft listing) and the line it starts on."""
+
     text: str
     line: int  # 1-based line of the first content line (or of the marker, when empty)
 
@@ -104,7 +106,7 @@ def _strip_prefix(line: str) -> str:
     return _KUBECTL_PREFIX.sub("", line, count=1)
 
 
-def _take(lines: list[str], start: int, grammar: re.Pattern[str]) -> _Block:
+def _take(lines: list[str], start: int, grammar: re.Pattern[str]) -> _LogSection:
     """Content lines from index `start` until a new log record or a line outside the grammar."""
     taken: list[str] = []
     i = start
@@ -121,10 +123,10 @@ def _take(lines: list[str], start: int, grammar: re.Pattern[str]) -> _Block:
     while lead < len(taken) and not taken[lead].strip():
         lead += 1
     text = "\n".join(taken[lead:])
-    return _Block(text + "\n" if text else "", start + lead + 1)
+    return _LogSection(text + "\n" if text else "", start + lead + 1)
 
 
-def _has_rules(text: str) -> bool:
+def _dump_has_rules(text: str) -> bool:
     return any(_RULE_LINE.match(line) for line in text.splitlines())
 
 
@@ -133,9 +135,9 @@ def parse_initlog(log: str, *, origin: LogOrigin = LogOrigin.ISTIO_INIT, first_l
 
     Raises InitLogError (with a line number) when the log holds nothing recognisable."""
     lines = [_strip_prefix(line) for line in log.splitlines()]
-    dumps: dict[str, _Block] = {}  # "4"/"6" -> last dump
-    inputs: dict[str, list[_Block]] = {"4": [], "6": []}
-    nft: _Block | None = None
+    dumps: dict[str, _LogSection] = {}  # "4"/"6" -> last dump
+    inputs: dict[str, list[_LogSection]] = {"4": [], "6": []}
+    nft: _LogSection | None = None
     seen: set[InitLogFormat] = set()
     first_marker: int | None = None
 
@@ -188,8 +190,8 @@ def parse_initlog(log: str, *, origin: LogOrigin = LogOrigin.ISTIO_INIT, first_l
     v4_inputs = [b for b in inputs["4"] if b.text]
     v6_inputs = [b for b in inputs["6"] if b.text]
 
-    if v4_dump is not None and (_has_rules(v4_dump.text) or nft is None):
-        if not _has_rules(v4_dump.text) and v4_inputs:
+    if v4_dump is not None and (_dump_has_rules(v4_dump.text) or nft is None):
+        if not _dump_has_rules(v4_dump.text) and v4_inputs:
             # An empty dump beside a real restore input: the save ran but showed nothing useful.
             return _from_inputs(v4_inputs, v6_inputs, nft, log_format, origin=origin, first_line=first_line)
         v6 = v6_dump.text if v6_dump is not None and v6_dump.text else _joined(v6_inputs)
@@ -228,9 +230,9 @@ def parse_initlog(log: str, *, origin: LogOrigin = LogOrigin.ISTIO_INIT, first_l
 
 
 def _from_inputs(
-    v4: list[_Block],
-    v6: list[_Block],
-    nft: _Block | None,
+    v4: list[_LogSection],
+    v6: list[_LogSection],
+    nft: _LogSection | None,
     log_format: InitLogFormat,
     *,
     origin: LogOrigin,
@@ -248,7 +250,7 @@ def _from_inputs(
     )
 
 
-def _joined(blocks: list[_Block]) -> str | None:
+def _joined(blocks: list[_LogSection]) -> str | None:
     text = "".join(b.text for b in blocks if b.text)
     return text or None
 

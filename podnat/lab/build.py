@@ -434,7 +434,7 @@ def injected_pod(
 # --- up, down, status, break -----------------------------------------------------------------------
 
 
-def lab_up(
+def lab_up(  # noqa: C901  the lab's start, step by step
     backend: str = "nft",
     root: Path | None = None,
     progress: Any = None,

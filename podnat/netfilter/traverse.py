@@ -64,7 +64,7 @@ class TableTrace:
         return tuple(rule.ref for rule in self.hits)
 
 
-def traverse(
+def traverse(  # noqa: C901  the evaluator's one loop: a branch per verdict and jump kind
     ruleset: Ruleset, table: str, hook: str, packet: Packet, start: str | None = None, *, indexed: bool = True
 ) -> TableTrace:
     """Walk `table` at `hook` (from chain `start`, default the hook's built-in chain) for `packet`.
