@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from podnat.istio.config import NEWEST_SUPPORTED, IstioRelease, _split, _truthy
-from podnat.istio.generator import ExpectedRules, _Builder, _restore
+from podnat.istio.generator import ExpectedRules, RuleBuilder, restore_text
 from podnat.istio.generator_nft import NftChain, NftTable, listing_of, listing_rule
 from podnat.istio.normalise import normalise_restore
 from podnat.netfilter.model import Ruleset
@@ -118,9 +118,9 @@ class AmbientConfig:
 # --- iptables --------------------------------------------------------------------------------------
 
 
-def _inpod(cfg: AmbientConfig) -> _Builder:
+def _inpod(cfg: AmbientConfig) -> RuleBuilder:
     """Every in-pod rule istio-cni appends, in its order (cni/pkg/iptables AppendInpodRules)."""
-    b = _Builder(cfg.enable_ipv6)
+    b = RuleBuilder(cfg.enable_ipv6)
     v4_probe, v6_probe = str(cfg.probe_snat_v4), str(cfg.probe_snat_v6)
     b.append("PREROUTING", "mangle", "-j", PRERT)
     b.append("OUTPUT", "mangle", "-j", OUTPUT)
@@ -265,7 +265,7 @@ def _inpod(cfg: AmbientConfig) -> _Builder:
     return b
 
 
-def _inpod_tproxy(cfg: AmbientConfig, b: _Builder, v4_probe: str, v6_probe: str) -> None:
+def _inpod_tproxy(cfg: AmbientConfig, b: RuleBuilder, v4_probe: str, v6_probe: str) -> None:
     """1.22-1.23: inbound by mangle TPROXY to 15008 and 15006; UDP DNS only."""
     b.append(PRERT, "mangle", "-m", "mark", "--mark", _MARK, "-j", "CONNMARK", "--set-xmark", _CONNMARK)
     b.versioned(v4_probe, v6_probe, PRERT, "mangle", "-s", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
@@ -351,7 +351,7 @@ def _inpod_tproxy(cfg: AmbientConfig, b: _Builder, v4_probe: str, v6_probe: str)
     _outbound_tail(b)
 
 
-def _outbound_tail(b: _Builder) -> None:
+def _outbound_tail(b: RuleBuilder) -> None:
     """ztunnel's connmarked legs pass, the app's own-pod traffic over lo passes, the rest goes to 15001."""
     b.append(OUTPUT, "nat", "-p", "tcp", "-m", "mark", "--mark", _CONNMARK, "-j", "ACCEPT")
     b.versioned("127.0.0.1/32", "::1/128", OUTPUT, "nat", "!", "-d", "{ip}", "-o", "lo", "-j", "ACCEPT")
@@ -377,9 +377,9 @@ def _outbound_tail(b: _Builder) -> None:
     )
 
 
-def _host(cfg: AmbientConfig) -> _Builder:
+def _host(cfg: AmbientConfig) -> RuleBuilder:
     """The node's rule: a kubelet probe (a host socket to a pod in the probe ipset) SNAT'd to the probe IP."""
-    b = _Builder(cfg.enable_ipv6)
+    b = RuleBuilder(cfg.enable_ipv6)
     b.insert("POSTROUTING", "nat", 1, "-j", POSTRT)
     for family, address in (("v4", cfg.probe_snat_v4), ("v6", cfg.probe_snat_v6)):
         add = b.append_v4 if family == "v4" else b.append_v6
@@ -407,7 +407,7 @@ def _host(cfg: AmbientConfig) -> _Builder:
 def ambient_restore(cfg: AmbientConfig) -> ExpectedRules:
     """The in-pod restore input istio-cni writes (what Istio's cni-ambient goldens hold)."""
     b = _inpod(cfg)
-    return ExpectedRules(_restore(b.v4), _restore(b.v6) if cfg.enable_ipv6 else None)
+    return ExpectedRules(restore_text(b.v4), restore_text(b.v6) if cfg.enable_ipv6 else None)
 
 
 def ambient_expected(cfg: AmbientConfig) -> ExpectedRules:
@@ -420,7 +420,7 @@ def ambient_expected(cfg: AmbientConfig) -> ExpectedRules:
 def host_probe_restore(cfg: AmbientConfig) -> ExpectedRules:
     """The node's probe SNAT rule as restore input (the `hostprobe` goldens)."""
     b = _host(cfg)
-    return ExpectedRules(_restore(b.v4), _restore(b.v6) if cfg.enable_ipv6 else None)
+    return ExpectedRules(restore_text(b.v4), restore_text(b.v6) if cfg.enable_ipv6 else None)
 
 
 # --- native nftables ---------------------------------------------------------------------------------

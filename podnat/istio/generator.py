@@ -8,7 +8,8 @@ Stable API:
   restore_input(config) -> ExpectedRules    the same rules as istio-iptables' restore input
 
 The generator follows istio-iptables' order of operations (tools/istio-iptables/pkg/capture/run.go),
-with the release differences the per-release goldens show (goldens/history/<tag>/):
+stage by stage (`_build`), one string per rule as Istio's builder lists its parameters, with the
+release differences the per-release goldens show (goldens/history/<tag>/):
   <1.13   ISTIO_INBOUND also returns --dport 22 (with `-b '*'`); no INVALID_DROP
   1.13+   INVALID_DROP: mangle PREROUTING `--ctstate INVALID -j DROP` (1.24+: via chain ISTIO_DROP)
   1.14+   ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]
@@ -21,12 +22,14 @@ with the release differences the per-release goldens show (goldens/history/<tag>
           excludeOutboundPorts returns tcp only
   1.25+   `OUTPUT -j ISTIO_OUTPUT`; DNS in ISTIO_OUTPUT_DNS (nat and raw) and raw ISTIO_INBOUND;
           excludeOutboundPorts returns tcp and udp
+`RuleBuilder` and `restore_text` are shared with the ambient generator (istio/ambient.py).
 Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from podnat.istio.config import InterceptionConfig, InterceptionMode, IstioRelease, Wildcard
@@ -36,6 +39,7 @@ _BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 _TABLE_SORT = ("filter", "mangle", "nat", "raw")  # istio-iptables writes tables in sorted order
 OUTBOUND_MARK = "1338"
 DNS_PROXY_PORT = "15053"
+_V6_LOOPBACK = "::1/128"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +60,17 @@ class _Rule:
     position: int | None = None  # -I position, None for -A
 
 
+def _tokens(params: Iterable[str]) -> tuple[str, ...]:
+    """Parameters given as words or as whole rules (`"-p tcp -j RETURN"`), as words."""
+    return tuple(word for param in params for word in param.split())
+
+
 @dataclass(slots=True)
-class _Builder:
-    """Collects IPv4 and IPv6 rules in the order istio-iptables appends them."""
+class RuleBuilder:
+    """Collects IPv4 and IPv6 rules in the order istio-iptables appends them.
+
+    A rule's parameters are one string (split on spaces, as they contain no quoting) or single words;
+    `{ip}` stands for the address that differs per family (`versioned`)."""
 
     ipv6: bool
     v4: list[_Rule] = field(default_factory=list)
@@ -71,27 +83,28 @@ class _Builder:
 
     def append_v4(self, chain: str, table: str, *params: str) -> None:
         """An IPv4-only rule."""
-        self.v4.append(_Rule(table, chain, params))
+        self.v4.append(_Rule(table, chain, _tokens(params)))
 
     def append_v6(self, chain: str, table: str, *params: str) -> None:
         """An IPv6-only rule (dropped when IPv6 is off)."""
         if self.ipv6:
-            self.v6.append(_Rule(table, chain, params))
+            self.v6.append(_Rule(table, chain, _tokens(params)))
 
     def versioned(self, v4: str, v6: str, chain: str, table: str, *params: str) -> None:
         """A rule whose address differs per family: `{ip}` in params is replaced."""
-        self.append_v4(chain, table, *(v4 if p == "{ip}" else p for p in params))
-        self.append_v6(chain, table, *(v6 if p == "{ip}" else p for p in params))
+        words = _tokens(params)
+        self.append_v4(chain, table, *(v4 if w == "{ip}" else w for w in words))
+        self.append_v6(chain, table, *(v6 if w == "{ip}" else w for w in words))
 
     def insert(self, chain: str, table: str, position: int, *params: str, v4: bool = True, v6: bool = True) -> None:
         """An `-I CHAIN position` rule."""
         if v4:
-            self.v4.append(_Rule(table, chain, params, position))
+            self.v4.append(_Rule(table, chain, _tokens(params), position))
         if v6 and self.ipv6:
-            self.v6.append(_Rule(table, chain, params, position))
+            self.v6.append(_Rule(table, chain, _tokens(params), position))
 
 
-def _restore(rules: list[_Rule]) -> str:
+def restore_text(rules: list[_Rule]) -> str:
     """istio-iptables' restore input for one family: per table, `-N` for user chains, then the rules."""
     chains: dict[str, list[str]] = {}
     for rule in rules:
@@ -116,7 +129,7 @@ def _restore(rules: list[_Rule]) -> str:
 def restore_input(config: InterceptionConfig) -> ExpectedRules:
     """The restore input istio-iptables writes for a configuration (per family)."""
     builder = _build(config)
-    return ExpectedRules(_restore(builder.v4), _restore(builder.v6) if config.enable_ipv6 else None)
+    return ExpectedRules(restore_text(builder.v4), restore_text(builder.v6) if config.enable_ipv6 else None)
 
 
 def expected_rules(config: InterceptionConfig) -> ExpectedRules:
@@ -124,8 +137,8 @@ def expected_rules(config: InterceptionConfig) -> ExpectedRules:
     if config.mode is InterceptionMode.NONE:
         return ExpectedRules("", "" if config.enable_ipv6 else None)
     builder = _build(config)
-    v4 = normalise_restore(_restore(builder.v4), ipv6=False) if builder.v4 else ""
-    v6 = normalise_restore(_restore(builder.v6), ipv6=True) if builder.v6 else ""
+    v4 = normalise_restore(restore_text(builder.v4), ipv6=False) if builder.v4 else ""
+    v6 = normalise_restore(restore_text(builder.v6), ipv6=True) if builder.v6 else ""
     return ExpectedRules(v4, v6 if config.enable_ipv6 else None)
 
 
@@ -134,7 +147,7 @@ def _at_least(config: InterceptionConfig, minor: int) -> bool:
     return config.release >= IstioRelease(1, minor)
 
 
-def _split_ranges(
+def split_ranges(
     ranges: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
 ) -> tuple[list[str], list[str]]:
     """CIDRs -> (IPv4, IPv6) as text."""
@@ -143,552 +156,276 @@ def _split_ranges(
     return v4, v6
 
 
-def _build(cfg: InterceptionConfig) -> _Builder:
-    """Every rule istio-iptables appends or inserts, in its order."""
-    b = _Builder(cfg.enable_ipv6)
-    tproxy = cfg.mode is InterceptionMode.TPROXY
-    loopback = cfg.ipv4_loopback_cidr if _at_least(cfg, 21) else "127.0.0.1/32"
-    mark = str(cfg.tproxy_mark)
-    tunnel = str(cfg.inbound_tunnel_port)
-    dns = cfg.dns_active
-    modern_dns = _at_least(cfg, 25)
-    ports_15008 = _at_least(cfg, 18)
+def _owners(cfg: InterceptionConfig) -> tuple[tuple[str, str], ...]:
+    """The proxy's owners as istio-iptables loops over them: every uid, then every gid."""
+    return (*(("--uid-owner", uid) for uid in cfg.proxy_uids), *(("--gid-owner", gid) for gid in cfg.proxy_gids))
 
-    # excluded interfaces, then kube-virt interfaces short-circuit PREROUTING
-    for iface in cfg.exclude_interfaces:
-        b.append("PREROUTING", "nat", "-i", iface, "-j", "RETURN")
-        b.append("OUTPUT", "nat", "-o", iface, "-j", "RETURN")
-    if tproxy:
-        for iface in cfg.exclude_interfaces:
-            b.append("PREROUTING", "mangle", "-i", iface, "-j", "RETURN")
-            b.append("OUTPUT", "mangle", "-o", iface, "-j", "RETURN")
-    for iface in cfg.reroute_virtual_interfaces:
-        b.insert("PREROUTING", "nat", 1, "-i", iface, "-j", "RETURN")
 
-    if cfg.drop_invalid and _at_least(cfg, 13):
-        if _at_least(cfg, 24):
-            b.append("PREROUTING", "mangle", "-m", "conntrack", "--ctstate", "INVALID", "-j", "ISTIO_DROP")
-            b.append("ISTIO_DROP", "mangle", "-j", "DROP")
-        else:
-            b.append("PREROUTING", "mangle", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+def _loopback(cfg: InterceptionConfig) -> str:
+    """The IPv4 loopback CIDR the owner rules exempt (configurable from 1.21)."""
+    return cfg.ipv4_loopback_cidr if _at_least(cfg, 21) else "127.0.0.1/32"
 
-    b.append("ISTIO_INBOUND", "nat", "-p", "tcp", "--dport", tunnel, "-j", "RETURN")
-    b.append("ISTIO_REDIRECT", "nat", "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(cfg.proxy_port))
-    b.append("ISTIO_IN_REDIRECT", "nat", "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(cfg.inbound_capture_port))
 
-    _inbound(cfg, b, tproxy, loopback, mark)
-
-    b.append("OUTPUT", "nat", "-j", "ISTIO_OUTPUT") if modern_dns else b.append(
-        "OUTPUT", "nat", "-p", "tcp", "-j", "ISTIO_OUTPUT"
+def _resolvers(b: RuleBuilder, cfg: InterceptionConfig) -> tuple[tuple[Callable[..., None], list[str]], ...]:
+    """Per family: how to append a rule of that family only, and the resolvers as CIDRs."""
+    return (
+        (b.append_v4, [f"{server}/32" for server in cfg.dns_servers_v4]),
+        (b.append_v6, [f"{server}/128" for server in cfg.dns_servers_v6]),
     )
-    if dns and IstioRelease(1, 23) <= cfg.release < IstioRelease(1, 25):
-        b.append("OUTPUT", "nat", "-p", "udp", "-j", "ISTIO_OUTPUT")
-        b.append("OUTPUT", "raw", "-p", "udp", "-j", "ISTIO_OUTPUT")
 
-    for port in cfg.outbound_ports_exclude:
-        b.append("ISTIO_OUTPUT", "nat", "-p", "tcp", "--dport", str(port), "-j", "RETURN")
-        if modern_dns:
-            b.append("ISTIO_OUTPUT", "nat", "-p", "udp", "--dport", str(port), "-j", "RETURN")
 
-    b.versioned("127.0.0.6/32", "::6/128", "ISTIO_OUTPUT", "nat", "-o", "lo", "-s", "{ip}", "-j", "RETURN")
-
-    include = cfg.outbound_ip_ranges_include
-    include_v4, include_v6 = _split_ranges(include) if not isinstance(include, Wildcard) else ([], [])
-    loopback_included = not isinstance(include, Wildcard) and any(r.is_loopback for r in include)
-
-    # with DNS capture, the app's TCP to a resolver on lo must still reach the DNS rules
-    dns_port: tuple[str, ...] = ("-p", "tcp", "!", "--dport", "53") if dns else ()
-    for uid in cfg.proxy_uids:
-        match: tuple[str, ...]
-        if dns and ports_15008:
-            match = ("-p", "tcp", "-m", "multiport", "!", "--dports", f"53,{tunnel}")
-        elif dns:
-            match = ("-p", "tcp", "!", "--dport", "53")
-        elif ports_15008:
-            match = ("-p", "tcp", "!", "--dport", tunnel)
-        else:
-            match = ()
-        b.versioned(
-            loopback,
-            "::1/128",
-            "ISTIO_OUTPUT",
-            "nat",
-            "-o",
-            "lo",
-            "!",
-            "-d",
-            "{ip}",
-            *match,
-            "-m",
-            "owner",
-            "--uid-owner",
-            uid,
-            "-j",
-            "ISTIO_IN_REDIRECT",
-        )
-        if not loopback_included:
-            b.append(
-                "ISTIO_OUTPUT",
-                "nat",
-                "-o",
-                "lo",
-                *dns_port,
-                "-m",
-                "owner",
-                "!",
-                "--uid-owner",
-                uid,
-                "-j",
-                "RETURN",
-            )
-        b.append("ISTIO_OUTPUT", "nat", "-m", "owner", "--uid-owner", uid, "-j", "RETURN")
-
-    gid_match: tuple[str, ...] = ("-p", "tcp", "!", "--dport", tunnel) if ports_15008 else ()
-    for gid in cfg.proxy_gids:
-        b.versioned(
-            loopback,
-            "::1/128",
-            "ISTIO_OUTPUT",
-            "nat",
-            "-o",
-            "lo",
-            "!",
-            "-d",
-            "{ip}",
-            *gid_match,
-            "-m",
-            "owner",
-            "--gid-owner",
-            gid,
-            "-j",
-            "ISTIO_IN_REDIRECT",
-        )
-        if not loopback_included:
-            b.append(
-                "ISTIO_OUTPUT",
-                "nat",
-                "-o",
-                "lo",
-                *dns_port,
-                "-m",
-                "owner",
-                "!",
-                "--gid-owner",
-                gid,
-                "-j",
-                "RETURN",
-            )
-        b.append("ISTIO_OUTPUT", "nat", "-m", "owner", "--gid-owner", gid, "-j", "RETURN")
-
-    owner_filter = _owner_group_matches(cfg)
-    for matches in owner_filter:
-        b.append("ISTIO_OUTPUT", "nat", *matches, "-j", "RETURN")
-
+def _build(cfg: InterceptionConfig) -> RuleBuilder:
+    """Every rule istio-iptables appends or inserts, in its order: run.go's stages."""
+    b = RuleBuilder(cfg.enable_ipv6)
+    dns, modern_dns = cfg.dns_active, _at_least(cfg, 25)
+    _interfaces(cfg, b)
+    _redirect_chains(cfg, b)
+    _inbound(cfg, b)
+    _outbound_entry(cfg, b)
+    owner_groups = _owner_group_matches(cfg)
+    _outbound_owners(cfg, b, owner_groups)
     if dns and modern_dns:
         _dns_modern(cfg, b)
     elif dns:
         _dns_tcp_legacy(cfg, b)
-
-    b.versioned(loopback, "::1/128", "ISTIO_OUTPUT", "nat", "-d", "{ip}", "-j", "RETURN")
-    exclude_v4, exclude_v6 = _split_ranges(cfg.outbound_ip_ranges_exclude)
-    for cidr in exclude_v4:
-        b.append_v4("ISTIO_OUTPUT", "nat", "-d", cidr, "-j", "RETURN")
-    for cidr in exclude_v6:
-        b.append_v6("ISTIO_OUTPUT", "nat", "-d", cidr, "-j", "RETURN")
-
-    for port in cfg.outbound_ports_include:
-        b.append("ISTIO_OUTPUT", "nat", "-p", "tcp", "--dport", str(port), "-j", "ISTIO_REDIRECT")
-
-    for family, cidrs in (("v4", include_v4), ("v6", include_v6)):
-        _outbound_include(cfg, b, family, cidrs)
-
+    _outbound_destinations(cfg, b)
     if dns and not modern_dns:
-        _dns_udp_legacy(cfg, b, owner_filter)
-
-    if tproxy:
-        _tproxy_tail(cfg, b, loopback, mark)
+        _dns_udp_legacy(cfg, b, owner_groups)
+    if cfg.mode is InterceptionMode.TPROXY:
+        _tproxy_tail(cfg, b)
     return b
 
 
-def _inbound(cfg: InterceptionConfig, b: _Builder, tproxy: bool, loopback: str, mark: str) -> None:
+def _interfaces(cfg: InterceptionConfig, b: RuleBuilder) -> None:
+    """Excluded interfaces, then kube-virt interfaces short-circuit PREROUTING; INVALID_DROP (1.13+)."""
+    for iface in cfg.exclude_interfaces:
+        b.append("PREROUTING", "nat", f"-i {iface} -j RETURN")
+        b.append("OUTPUT", "nat", f"-o {iface} -j RETURN")
+    if cfg.mode is InterceptionMode.TPROXY:
+        for iface in cfg.exclude_interfaces:
+            b.append("PREROUTING", "mangle", f"-i {iface} -j RETURN")
+            b.append("OUTPUT", "mangle", f"-o {iface} -j RETURN")
+    for iface in cfg.reroute_virtual_interfaces:
+        b.insert("PREROUTING", "nat", 1, f"-i {iface} -j RETURN")
+    if cfg.drop_invalid and _at_least(cfg, 24):
+        b.append("PREROUTING", "mangle", "-m conntrack --ctstate INVALID -j ISTIO_DROP")
+        b.append("ISTIO_DROP", "mangle", "-j DROP")
+    elif cfg.drop_invalid and _at_least(cfg, 13):
+        b.append("PREROUTING", "mangle", "-m conntrack --ctstate INVALID -j DROP")
+
+
+def _redirect_chains(cfg: InterceptionConfig, b: RuleBuilder) -> None:
+    """The tunnel port's return and the two REDIRECT chains."""
+    b.append("ISTIO_INBOUND", "nat", f"-p tcp --dport {cfg.inbound_tunnel_port} -j RETURN")
+    b.append("ISTIO_REDIRECT", "nat", f"-p tcp -j REDIRECT --to-ports {cfg.proxy_port}")
+    b.append("ISTIO_IN_REDIRECT", "nat", f"-p tcp -j REDIRECT --to-ports {cfg.inbound_capture_port}")
+
+
+def _inbound(cfg: InterceptionConfig, b: RuleBuilder) -> None:
     """Inbound capture: PREROUTING -> ISTIO_INBOUND, in nat (REDIRECT) or mangle (TPROXY)."""
     include = cfg.inbound_ports_include
     if not isinstance(include, Wildcard) and not include:
         return
+    tproxy = cfg.mode is InterceptionMode.TPROXY
     table = "mangle" if tproxy else "nat"
     if tproxy:
-        b.append("ISTIO_DIVERT", "mangle", "-j", "MARK", "--set-mark", mark)
-        b.append("ISTIO_DIVERT", "mangle", "-j", "ACCEPT")
+        mark = cfg.tproxy_mark
+        b.append("ISTIO_DIVERT", "mangle", f"-j MARK --set-mark {mark}")
+        b.append("ISTIO_DIVERT", "mangle", "-j ACCEPT")
         b.versioned(
-            loopback,
-            "::1/128",
+            _loopback(cfg),
+            _V6_LOOPBACK,
             "ISTIO_TPROXY",
             "mangle",
-            "!",
-            "-d",
-            "{ip}",
-            "-p",
-            "tcp",
-            "-j",
-            "TPROXY",
-            "--tproxy-mark",
-            f"{mark}/0xffffffff",
-            "--on-port",
-            str(cfg.inbound_capture_port),
+            f"! -d {{ip}} -p tcp -j TPROXY --tproxy-mark {mark}/0xffffffff --on-port {cfg.inbound_capture_port}",
         )
-    b.append("PREROUTING", table, "-p", "tcp", "-j", "ISTIO_INBOUND")
+    b.append("PREROUTING", table, "-p tcp -j ISTIO_INBOUND")
     if isinstance(include, Wildcard):
         if not _at_least(cfg, 13):
-            b.append("ISTIO_INBOUND", table, "-p", "tcp", "--dport", "22", "-j", "RETURN")
+            b.append("ISTIO_INBOUND", table, "-p tcp --dport 22 -j RETURN")
         for port in cfg.inbound_ports_exclude:
-            b.append("ISTIO_INBOUND", table, "-p", "tcp", "--dport", str(port), "-j", "RETURN")
+            b.append("ISTIO_INBOUND", table, f"-p tcp --dport {port} -j RETURN")
+        captured = [""]  # every port
+    else:
+        captured = [f"--dport {port}" for port in include]
+    for dport in captured:
         if tproxy:
             b.append(
-                "ISTIO_INBOUND",
-                "mangle",
-                "-p",
-                "tcp",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "RELATED,ESTABLISHED",
-                "-j",
-                "ISTIO_DIVERT",
+                "ISTIO_INBOUND", "mangle", f"-p tcp {dport} -m conntrack --ctstate RELATED,ESTABLISHED -j ISTIO_DIVERT"
             )
-            b.append("ISTIO_INBOUND", "mangle", "-p", "tcp", "-j", "ISTIO_TPROXY")
+            b.append("ISTIO_INBOUND", "mangle", f"-p tcp {dport} -j ISTIO_TPROXY")
         else:
-            b.append("ISTIO_INBOUND", "nat", "-p", "tcp", "-j", "ISTIO_IN_REDIRECT")
-        return
-    for port in include:
-        if tproxy:
-            b.append(
-                "ISTIO_INBOUND",
-                "mangle",
-                "-p",
-                "tcp",
-                "--dport",
-                str(port),
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "RELATED,ESTABLISHED",
-                "-j",
-                "ISTIO_DIVERT",
-            )
-            b.append("ISTIO_INBOUND", "mangle", "-p", "tcp", "--dport", str(port), "-j", "ISTIO_TPROXY")
-        else:
-            b.append("ISTIO_INBOUND", "nat", "-p", "tcp", "--dport", str(port), "-j", "ISTIO_IN_REDIRECT")
+            b.append("ISTIO_INBOUND", "nat", f"-p tcp {dport} -j ISTIO_IN_REDIRECT")
 
 
-def _owner_group_matches(cfg: InterceptionConfig) -> list[tuple[str, ...]]:
-    """ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE] -> the match lists of the RETURN rules (1.14+)."""
+def _outbound_entry(cfg: InterceptionConfig, b: RuleBuilder) -> None:
+    """OUTPUT -> ISTIO_OUTPUT, the excluded ports' returns and the inbound passthrough's (127.0.0.6)."""
+    modern_dns = _at_least(cfg, 25)
+    b.append("OUTPUT", "nat", "-j ISTIO_OUTPUT" if modern_dns else "-p tcp -j ISTIO_OUTPUT")
+    if cfg.dns_active and IstioRelease(1, 23) <= cfg.release < IstioRelease(1, 25):
+        b.append("OUTPUT", "nat", "-p udp -j ISTIO_OUTPUT")
+        b.append("OUTPUT", "raw", "-p udp -j ISTIO_OUTPUT")
+    for port in cfg.outbound_ports_exclude:
+        b.append("ISTIO_OUTPUT", "nat", f"-p tcp --dport {port} -j RETURN")
+        if modern_dns:
+            b.append("ISTIO_OUTPUT", "nat", f"-p udp --dport {port} -j RETURN")
+    b.versioned("127.0.0.6/32", "::6/128", "ISTIO_OUTPUT", "nat", "-o lo -s {ip} -j RETURN")
+
+
+def _outbound_owners(cfg: InterceptionConfig, b: RuleBuilder, owner_groups: list[str]) -> None:
+    """The proxy's own traffic: to itself over lo redirected inbound, otherwise returned; owner groups."""
+    dns, tunnel = cfg.dns_active, cfg.inbound_tunnel_port
+    include = cfg.outbound_ip_ranges_include
+    loopback_included = not isinstance(include, Wildcard) and any(r.is_loopback for r in include)
+    # with DNS capture, the app's TCP to a resolver on lo must still reach the DNS rules
+    dns_port = "-p tcp ! --dport 53" if dns else ""
+    if _at_least(cfg, 18):
+        uid_match = f"-p tcp -m multiport ! --dports 53,{tunnel}" if dns else f"-p tcp ! --dport {tunnel}"
+        gid_match = f"-p tcp ! --dport {tunnel}"
+    else:
+        uid_match, gid_match = dns_port, ""
+    for flag, owner in _owners(cfg):
+        match = uid_match if flag == "--uid-owner" else gid_match
+        b.versioned(
+            _loopback(cfg),
+            _V6_LOOPBACK,
+            "ISTIO_OUTPUT",
+            "nat",
+            f"-o lo ! -d {{ip}} {match} -m owner {flag} {owner} -j ISTIO_IN_REDIRECT",
+        )
+        if not loopback_included:
+            b.append("ISTIO_OUTPUT", "nat", f"-o lo {dns_port} -m owner ! {flag} {owner} -j RETURN")
+        b.append("ISTIO_OUTPUT", "nat", f"-m owner {flag} {owner} -j RETURN")
+    for matches in owner_groups:
+        b.append("ISTIO_OUTPUT", "nat", f"{matches} -j RETURN")
+
+
+def _owner_group_matches(cfg: InterceptionConfig) -> list[str]:
+    """ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE] -> the matches of the RETURN rules (1.14+)."""
     if not _at_least(cfg, 14):
         return []
     if isinstance(cfg.owner_groups_include, Wildcard):
-        return [("-m", "owner", "--gid-owner", group) for group in cfg.owner_groups_exclude]
+        return [f"-m owner --gid-owner {group}" for group in cfg.owner_groups_exclude]
     if not cfg.owner_groups_include:
         return []
-    combined: list[str] = []
-    for group in cfg.owner_groups_include:
-        combined += ["-m", "owner", "!", "--gid-owner", group]
-    return [tuple(combined)]
+    return [" ".join(f"-m owner ! --gid-owner {group}" for group in cfg.owner_groups_include)]
 
 
-def _outbound_include(cfg: InterceptionConfig, b: _Builder, family: str, cidrs: list[str]) -> None:
+def _outbound_destinations(cfg: InterceptionConfig, b: RuleBuilder) -> None:
+    """Outbound by destination: loopback and excluded CIDRs return, included ports and CIDRs redirect."""
+    b.versioned(_loopback(cfg), _V6_LOOPBACK, "ISTIO_OUTPUT", "nat", "-d {ip} -j RETURN")
+    exclude_v4, exclude_v6 = split_ranges(cfg.outbound_ip_ranges_exclude)
+    for append, excluded in ((b.append_v4, exclude_v4), (b.append_v6, exclude_v6)):
+        for cidr in excluded:
+            append("ISTIO_OUTPUT", "nat", f"-d {cidr} -j RETURN")
+    for port in cfg.outbound_ports_include:
+        b.append("ISTIO_OUTPUT", "nat", f"-p tcp --dport {port} -j ISTIO_REDIRECT")
+    include = cfg.outbound_ip_ranges_include
+    include_v4, include_v6 = split_ranges(include) if not isinstance(include, Wildcard) else ([], [])
+    for family, cidrs in (("v4", include_v4), ("v6", include_v6)):
+        _outbound_include(cfg, b, family, cidrs)
+
+
+def _outbound_include(cfg: InterceptionConfig, b: RuleBuilder, family: str, cidrs: list[str]) -> None:
     """Outbound capture by destination: `*` catch-all, or one rule per CIDR (per family)."""
     append = b.append_v4 if family == "v4" else b.append_v6
     v4, v6 = family == "v4", family == "v6"
     if isinstance(cfg.outbound_ip_ranges_include, Wildcard):
-        append("ISTIO_OUTPUT", "nat", "-j", "ISTIO_REDIRECT")
+        append("ISTIO_OUTPUT", "nat", "-j ISTIO_REDIRECT")
         for iface in cfg.reroute_virtual_interfaces:
-            b.insert("PREROUTING", "nat", 1, "-i", iface, "-j", "ISTIO_REDIRECT", v4=v4, v6=v6)
+            b.insert("PREROUTING", "nat", 1, f"-i {iface} -j ISTIO_REDIRECT", v4=v4, v6=v6)
         return
     if not cidrs:
         return
     for cidr in cidrs:
         for iface in cfg.reroute_virtual_interfaces:
-            b.insert("PREROUTING", "nat", 1, "-i", iface, "-d", cidr, "-j", "ISTIO_REDIRECT", v4=v4, v6=v6)
-        append("ISTIO_OUTPUT", "nat", "-d", cidr, "-j", "ISTIO_REDIRECT")
+            b.insert("PREROUTING", "nat", 1, f"-i {iface} -d {cidr} -j ISTIO_REDIRECT", v4=v4, v6=v6)
+        append("ISTIO_OUTPUT", "nat", f"-d {cidr} -j ISTIO_REDIRECT")
     if not _at_least(cfg, 23):
-        append("ISTIO_OUTPUT", "nat", "-j", "RETURN")
+        append("ISTIO_OUTPUT", "nat", "-j RETURN")
 
 
-def _dns_tcp_legacy(cfg: InterceptionConfig, b: _Builder) -> None:
+def _dns_tcp_legacy(cfg: InterceptionConfig, b: RuleBuilder) -> None:
     """Before 1.25: TCP DNS redirected from ISTIO_OUTPUT, before the loopback return."""
     if cfg.capture_all_dns:
-        b.append(
-            "ISTIO_OUTPUT",
-            "nat",
-            "-p",
-            "tcp",
-            "--dport",
-            "53",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            DNS_PROXY_PORT,
-        )
+        b.append("ISTIO_OUTPUT", "nat", f"-p tcp --dport 53 -j REDIRECT --to-ports {DNS_PROXY_PORT}")
         return
     _redirect_resolvers(cfg, b, "ISTIO_OUTPUT", "tcp", "--to-ports")
 
 
-def _redirect_resolvers(cfg: InterceptionConfig, b: _Builder, chain: str, proto: str, to_flag: str) -> None:
+def _redirect_resolvers(cfg: InterceptionConfig, b: RuleBuilder, chain: str, proto: str, to_flag: str) -> None:
     """DNS (`proto` port 53) to each resolver of each family, redirected to pilot-agent's DNS proxy.
 
     `to_flag` is kept as istio-iptables wrote it (`--to-ports` or `--to-port`, releases differ)."""
-    for server in cfg.dns_servers_v4:
-        b.append_v4(
-            chain, "nat", "-p", proto, "--dport", "53", "-d", f"{server}/32", "-j", "REDIRECT", to_flag, DNS_PROXY_PORT
-        )
-    for server6 in cfg.dns_servers_v6:
-        b.append_v6(
-            chain,
-            "nat",
-            "-p",
-            proto,
-            "--dport",
-            "53",
-            "-d",
-            f"{server6}/128",
-            "-j",
-            "REDIRECT",
-            to_flag,
-            DNS_PROXY_PORT,
-        )
+    for append, resolvers in _resolvers(b, cfg):
+        for cidr in resolvers:
+            append(chain, "nat", f"-p {proto} --dport 53 -d {cidr} -j REDIRECT {to_flag} {DNS_PROXY_PORT}")
 
 
-def _dns_udp_legacy(cfg: InterceptionConfig, b: _Builder, owner_filter: list[tuple[str, ...]]) -> None:
+def _dns_udp_legacy(cfg: InterceptionConfig, b: RuleBuilder, owner_groups: list[str]) -> None:
     """Before 1.25: UDP DNS in nat/raw OUTPUT (up to 1.22) or at the end of ISTIO_OUTPUT (1.23, 1.24)."""
     chain = "ISTIO_OUTPUT" if _at_least(cfg, 23) else "OUTPUT"
-    for uid in cfg.proxy_uids:
-        b.append(chain, "nat", "-p", "udp", "--dport", "53", "-m", "owner", "--uid-owner", uid, "-j", "RETURN")
-    for gid in cfg.proxy_gids:
-        b.append(chain, "nat", "-p", "udp", "--dport", "53", "-m", "owner", "--gid-owner", gid, "-j", "RETURN")
-    for matches in owner_filter:
-        b.append(chain, "nat", "-p", "udp", "--dport", "53", *matches, "-j", "RETURN")
+    for flag, owner in _owners(cfg):
+        b.append(chain, "nat", f"-p udp --dport 53 -m owner {flag} {owner} -j RETURN")
+    for matches in owner_groups:
+        b.append(chain, "nat", f"-p udp --dport 53 {matches} -j RETURN")
     if cfg.capture_all_dns:
-        b.append(chain, "nat", "-p", "udp", "--dport", "53", "-j", "REDIRECT", "--to-port", DNS_PROXY_PORT)
+        b.append(chain, "nat", f"-p udp --dport 53 -j REDIRECT --to-port {DNS_PROXY_PORT}")
     else:
         _redirect_resolvers(cfg, b, chain, "udp", "--to-port")
     _conntrack_zones(cfg, b, chain, "PREROUTING", legacy=True)
 
 
-def _conntrack_zones(cfg: InterceptionConfig, b: _Builder, out_chain: str, in_chain: str, *, legacy: bool) -> None:
+def _conntrack_zones(cfg: InterceptionConfig, b: RuleBuilder, out_chain: str, in_chain: str, *, legacy: bool) -> None:
     """raw-table CT zones splitting the proxy's DNS (zone 1) from the app's (zone 2)."""
-    for uid in cfg.proxy_uids:
-        b.append(
-            out_chain,
-            "raw",
-            "-p",
-            "udp",
-            "--dport",
-            "53",
-            "-m",
-            "owner",
-            "--uid-owner",
-            uid,
-            "-j",
-            "CT",
-            "--zone",
-            "1",
-        )
-        b.append(
-            out_chain,
-            "raw",
-            "-p",
-            "udp",
-            "--sport",
-            DNS_PROXY_PORT,
-            "-m",
-            "owner",
-            "--uid-owner",
-            uid,
-            "-j",
-            "CT",
-            "--zone",
-            "2",
-        )
-    for gid in cfg.proxy_gids:
-        b.append(
-            out_chain,
-            "raw",
-            "-p",
-            "udp",
-            "--dport",
-            "53",
-            "-m",
-            "owner",
-            "--gid-owner",
-            gid,
-            "-j",
-            "CT",
-            "--zone",
-            "1",
-        )
-        b.append(
-            out_chain,
-            "raw",
-            "-p",
-            "udp",
-            "--sport",
-            DNS_PROXY_PORT,
-            "-m",
-            "owner",
-            "--gid-owner",
-            gid,
-            "-j",
-            "CT",
-            "--zone",
-            "2",
-        )
-    source_match = "-s" if _at_least(cfg, 20) else "-d"
+    for flag, owner in _owners(cfg):
+        b.append(out_chain, "raw", f"-p udp --dport 53 -m owner {flag} {owner} -j CT --zone 1")
+        b.append(out_chain, "raw", f"-p udp --sport {DNS_PROXY_PORT} -m owner {flag} {owner} -j CT --zone 2")
     if cfg.capture_all_dns:
         if not legacy:
-            b.append("PREROUTING", "raw", "-j", "ISTIO_INBOUND")
-        b.append(out_chain, "raw", "-p", "udp", "--dport", "53", "-j", "CT", "--zone", "2")
-        b.append(in_chain, "raw", "-p", "udp", "--sport", "53", "-j", "CT", "--zone", "1")
+            b.append("PREROUTING", "raw", "-j ISTIO_INBOUND")
+        b.append(out_chain, "raw", "-p udp --dport 53 -j CT --zone 2")
+        b.append(in_chain, "raw", "-p udp --sport 53 -j CT --zone 1")
         return
-    if not legacy and cfg.dns_servers_v4:
-        b.append_v4("PREROUTING", "raw", "-j", "ISTIO_INBOUND")
-    for server in cfg.dns_servers_v4:
-        b.append_v4(out_chain, "raw", "-p", "udp", "--dport", "53", "-d", f"{server}/32", "-j", "CT", "--zone", "2")
-        b.append_v4(
-            in_chain,
-            "raw",
-            "-p",
-            "udp",
-            "--sport",
-            "53",
-            source_match,
-            f"{server}/32",
-            "-j",
-            "CT",
-            "--zone",
-            "1",
-        )
-    if not legacy and cfg.dns_servers_v6:
-        b.append_v6("PREROUTING", "raw", "-j", "ISTIO_INBOUND")
-    for server6 in cfg.dns_servers_v6:
-        b.append_v6(out_chain, "raw", "-p", "udp", "--dport", "53", "-d", f"{server6}/128", "-j", "CT", "--zone", "2")
-        b.append_v6(
-            in_chain,
-            "raw",
-            "-p",
-            "udp",
-            "--sport",
-            "53",
-            source_match,
-            f"{server6}/128",
-            "-j",
-            "CT",
-            "--zone",
-            "1",
-        )
+    source_match = "-s" if _at_least(cfg, 20) else "-d"
+    for append, resolvers in _resolvers(b, cfg):
+        if not legacy and resolvers:
+            append("PREROUTING", "raw", "-j ISTIO_INBOUND")
+        for cidr in resolvers:
+            append(out_chain, "raw", f"-p udp --dport 53 -d {cidr} -j CT --zone 2")
+            append(in_chain, "raw", f"-p udp --sport 53 {source_match} {cidr} -j CT --zone 1")
 
 
-def _dns_modern(cfg: InterceptionConfig, b: _Builder) -> None:
+def _dns_modern(cfg: InterceptionConfig, b: RuleBuilder) -> None:
     """1.25+: DNS through ISTIO_OUTPUT_DNS (nat and raw) and raw ISTIO_INBOUND."""
-    b.append("OUTPUT", "raw", "-j", "ISTIO_OUTPUT_DNS")
-    if cfg.capture_all_dns or cfg.dns_servers_v4:
-        b.append_v4("ISTIO_OUTPUT", "nat", "-j", "ISTIO_OUTPUT_DNS")
-    if cfg.capture_all_dns or cfg.dns_servers_v6:
-        b.append_v6("ISTIO_OUTPUT", "nat", "-j", "ISTIO_OUTPUT_DNS")
+    b.append("OUTPUT", "raw", "-j ISTIO_OUTPUT_DNS")
+    for append, resolvers in _resolvers(b, cfg):
+        if cfg.capture_all_dns or resolvers:
+            append("ISTIO_OUTPUT", "nat", "-j ISTIO_OUTPUT_DNS")
     if cfg.capture_all_dns:
-        b.append(
-            "ISTIO_OUTPUT_DNS",
-            "nat",
-            "-p",
-            "tcp",
-            "--dport",
-            "53",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            DNS_PROXY_PORT,
-        )
-        b.append(
-            "ISTIO_OUTPUT_DNS",
-            "nat",
-            "-p",
-            "udp",
-            "--dport",
-            "53",
-            "-j",
-            "REDIRECT",
-            "--to-port",
-            DNS_PROXY_PORT,
-        )
+        b.append("ISTIO_OUTPUT_DNS", "nat", f"-p tcp --dport 53 -j REDIRECT --to-ports {DNS_PROXY_PORT}")
+        b.append("ISTIO_OUTPUT_DNS", "nat", f"-p udp --dport 53 -j REDIRECT --to-port {DNS_PROXY_PORT}")
     else:
         _redirect_resolvers(cfg, b, "ISTIO_OUTPUT_DNS", "tcp", "--to-ports")
         _redirect_resolvers(cfg, b, "ISTIO_OUTPUT_DNS", "udp", "--to-port")
     _conntrack_zones(cfg, b, "ISTIO_OUTPUT_DNS", "ISTIO_INBOUND", legacy=False)
 
 
-def _tproxy_tail(cfg: InterceptionConfig, b: _Builder, loopback: str, mark: str) -> None:
+def _tproxy_tail(cfg: InterceptionConfig, b: RuleBuilder) -> None:
     """TPROXY: connection marks, Envoy's hairpin mark 1338, and the ISTIO_INBOUND guards on top."""
-    b.append("PREROUTING", "mangle", "-p", "tcp", "-m", "mark", "--mark", mark, "-j", "CONNMARK", "--save-mark")
-    b.append("OUTPUT", "mangle", "-p", "tcp", "-o", "lo", "-m", "mark", "--mark", mark, "-j", "RETURN")
-    for uid in cfg.proxy_uids:
+    mark = cfg.tproxy_mark
+    b.append("PREROUTING", "mangle", f"-p tcp -m mark --mark {mark} -j CONNMARK --save-mark")
+    b.append("OUTPUT", "mangle", f"-p tcp -o lo -m mark --mark {mark} -j RETURN")
+    for flag, owner in _owners(cfg):
         b.versioned(
-            loopback,
-            "::1/128",
+            _loopback(cfg),
+            _V6_LOOPBACK,
             "OUTPUT",
             "mangle",
-            "!",
-            "-d",
-            "{ip}",
-            "-p",
-            "tcp",
-            "-o",
-            "lo",
-            "-m",
-            "owner",
-            "--uid-owner",
-            uid,
-            "-j",
-            "MARK",
-            "--set-mark",
-            OUTBOUND_MARK,
+            f"! -d {{ip}} -p tcp -o lo -m owner {flag} {owner} -j MARK --set-mark {OUTBOUND_MARK}",
         )
-    for gid in cfg.proxy_gids:
-        b.versioned(
-            loopback,
-            "::1/128",
-            "OUTPUT",
-            "mangle",
-            "!",
-            "-d",
-            "{ip}",
-            "-p",
-            "tcp",
-            "-o",
-            "lo",
-            "-m",
-            "owner",
-            "--gid-owner",
-            gid,
-            "-j",
-            "MARK",
-            "--set-mark",
-            OUTBOUND_MARK,
-        )
-    b.append("OUTPUT", "mangle", "-p", "tcp", "-m", "connmark", "--mark", mark, "-j", "CONNMARK", "--restore-mark")
-    b.insert("ISTIO_INBOUND", "mangle", 1, "-p", "tcp", "-m", "mark", "--mark", mark, "-j", "RETURN")
-    b.insert("ISTIO_INBOUND", "mangle", 2, "-p", "tcp", "-s", "127.0.0.6/32", "-i", "lo", "-j", "RETURN", v6=False)
-    b.insert("ISTIO_INBOUND", "mangle", 2, "-p", "tcp", "-s", "::6/128", "-i", "lo", "-j", "RETURN", v4=False)
-    b.insert(
-        "ISTIO_INBOUND",
-        "mangle",
-        3,
-        "-p",
-        "tcp",
-        "-i",
-        "lo",
-        "-m",
-        "mark",
-        "!",
-        "--mark",
-        OUTBOUND_MARK,
-        "-j",
-        "RETURN",
-    )
+    b.append("OUTPUT", "mangle", f"-p tcp -m connmark --mark {mark} -j CONNMARK --restore-mark")
+    b.insert("ISTIO_INBOUND", "mangle", 1, f"-p tcp -m mark --mark {mark} -j RETURN")
+    b.insert("ISTIO_INBOUND", "mangle", 2, "-p tcp -s 127.0.0.6/32 -i lo -j RETURN", v6=False)
+    b.insert("ISTIO_INBOUND", "mangle", 2, "-p tcp -s ::6/128 -i lo -j RETURN", v4=False)
+    b.insert("ISTIO_INBOUND", "mangle", 3, f"-p tcp -i lo -m mark ! --mark {OUTBOUND_MARK} -j RETURN")

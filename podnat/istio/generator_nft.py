@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from podnat.istio.config import InterceptionConfig, InterceptionMode, IstioRelease, Wildcard
-from podnat.istio.generator import DNS_PROXY_PORT, OUTBOUND_MARK, _split_ranges
+from podnat.istio.generator import DNS_PROXY_PORT, OUTBOUND_MARK, split_ranges
 from podnat.netfilter.model import Family, Ruleset
 from podnat.netfilter.nft import parse_nft
 
@@ -347,7 +347,7 @@ def _build(cfg: InterceptionConfig) -> _NftBuilder:
     tunnel = str(cfg.inbound_tunnel_port)
     dns = cfg.dns_active
     include = cfg.outbound_ip_ranges_include
-    include_v4, include_v6 = _split_ranges(include) if not isinstance(include, Wildcard) else ([], [])
+    include_v4, include_v6 = split_ranges(include) if not isinstance(include, Wildcard) else ([], [])
     loopback_included = not isinstance(include, Wildcard) and any(r.is_loopback for r in include)
 
     for iface in cfg.exclude_interfaces:
@@ -419,7 +419,7 @@ def _build(cfg: InterceptionConfig) -> _NftBuilder:
 
     b.append(NAT, ISTIO_OUTPUT, "ip daddr", loopback, COUNTER, "return")
     b.append_v6(NAT, ISTIO_OUTPUT, "ip6 daddr", "::1/128", COUNTER, "return")
-    exclude_v4, exclude_v6 = _split_ranges(cfg.outbound_ip_ranges_exclude)
+    exclude_v4, exclude_v6 = split_ranges(cfg.outbound_ip_ranges_exclude)
     for cidr in exclude_v4:
         b.append(NAT, ISTIO_OUTPUT, "ip daddr", cidr, COUNTER, "return")
     for cidr in exclude_v6:
