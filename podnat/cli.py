@@ -169,10 +169,10 @@ def input_data(info: Any) -> dict[str, Any]:
 
 def never_installed(info: Any) -> Any:
     """The error finding for a log that shows the restore failed: no capture, every flow past Envoy."""
-    from podnat.istio.explain import Finding
+    from podnat.istio.explain import Finding, Severity
 
     return Finding(
-        "error",
+        Severity.ERROR,
         f"capture was never installed: the {info.format} shows the rules were not loaded "
         f"({info.failed}), so the pod has no Istio rules and every flow goes straight past Envoy; fix "
         "what the log names (a missing kernel module, a missing capability, a bad rule) and restart the pod",
@@ -247,7 +247,7 @@ def load_routing(path: Path | None, ruleset: Any, *, ambient: bool, table: int |
             return None
         mark, number = found, table or 133
     return routing_from_transcript(
-        transcript, family=ruleset.family.value, mark=mark, table=number, source=f"--routing {path}"
+        transcript, family=ruleset.family, mark=mark, table=number, source=f"--routing {path}"
     )
 
 
@@ -589,7 +589,7 @@ def explain(
         if context["proxy_identity_from"].startswith("table") and ctx.transparent_inbound:
             from dataclasses import replace
 
-            from podnat.istio.explain import Finding
+            from podnat.istio.explain import Finding, Severity
             from podnat.istio.identity import proxy_identity_in_table
 
             found = proxy_identity_in_table(ruleset)
@@ -599,7 +599,7 @@ def explain(
                     findings=(
                         *result.findings,
                         Finding(
-                            "info",
+                            Severity.INFO,
                             f"the table exempts uid {found.uid} and gid {found.gid} ({found.ref}); it captures "
                             f"inbound with TPROXY, and Istio then runs Envoy as uid 0 with gid {context['proxy_gid']}: "
                             "podnat traces Envoy's connections so",
@@ -909,7 +909,7 @@ def inspect(
 
                 print_error(report.error)
             raise typer.Exit(int(report.error_code or ExitCode.CLUSTER))
-        raise typer.Exit(int(ExitCode.DRIFT if report.status in ("drift", "broken") else ExitCode.OK))
+        raise typer.Exit(int(ExitCode.DRIFT if report.status.failing else ExitCode.OK))
     except PodnatError as exc:
         fail(exc)
 

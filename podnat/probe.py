@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from podnat.envoy.listeners import Listener
+from podnat.envoy.listeners import Listener, ListenerKind
 from podnat.facts import PodRef
 from podnat.istio.flows import Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.istio.paths import trace_flow
@@ -113,7 +113,7 @@ def probe_pod(
         (
             listener
             for listener in listeners or ()
-            if listener.kind == "service" and listener.address not in ("0.0.0.0", "::")
+            if listener.kind is ListenerKind.SERVICE and listener.address not in ("0.0.0.0", "::")
         ),
         None,
     )

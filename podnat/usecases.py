@@ -25,12 +25,13 @@ from podnat.exitcodes import ExitCode
 from podnat.facts import NatSource, PodFacts, PodRef, PodSource
 from podnat.intent import PodIntent, intent_for_pod
 from podnat.istio.config import InterceptionConfig
-from podnat.istio.explain import Explanation, Finding, FlowStatus, captured_nameservers, explain
+from podnat.istio.explain import Explanation, Finding, FlowStatus, Severity, captured_nameservers, explain
 from podnat.istio.flows import Endpoint, PodContext, context_for
 from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info
 from podnat.istio.routing import TproxyRouting, tproxy_routing
 from podnat.netfilter.model import Family, Ruleset
 from podnat.netfilter.parse import ParseError
+from podnat.report import PodStatus
 
 REQUIRED_LISTENERS = (15001, 15006, 15090, 15021)
 
@@ -59,21 +60,19 @@ class PodReport:
     context: Mapping[str, Any] | None = None  # `-o json`'s `context`: pod IP, proxy identity, mode, release
 
     @property
-    def status(self) -> str:
-        """ok | drift | broken | unknown | error | skipped (no sidecar to check)."""
+    def status(self) -> PodStatus:
+        """The worst of its flows' statuses; drift for an error finding; error, or skipped (nothing to check)."""
         if self.error is not None:
-            return "error"
+            return PodStatus.ERROR
         if self.explanation is None:
-            return "skipped"
-        statuses = {f.status for f in self.explanation.flows}
-        if self.second is not None:
-            statuses |= {f.status for f in self.second.flows}
-        for status in (FlowStatus.BROKEN, FlowStatus.DRIFT, FlowStatus.UNKNOWN):
-            if status in statuses:
-                return str(status.value)
-        if any(f.severity == "error" for f in self.explanation.findings):
-            return "drift"
-        return "ok"
+            return PodStatus.SKIPPED
+        flows = [*self.explanation.flows, *(self.second.flows if self.second is not None else ())]
+        worst = max((f.status for f in flows), key=lambda status: status.rank, default=FlowStatus.OK)
+        if worst is not FlowStatus.OK:
+            return PodStatus(worst.value)
+        if any(f.severity is Severity.ERROR for f in self.explanation.findings):
+            return PodStatus.DRIFT
+        return PodStatus.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +84,9 @@ class VerifyReport:
     @property
     def exit_code(self) -> ExitCode:
         statuses = {p.status for p in self.pods}
-        if statuses & {"drift", "broken"}:
+        if any(status.failing for status in statuses):
             return ExitCode.DRIFT
-        if "error" in statuses:
+        if PodStatus.ERROR in statuses:
             return ExitCode.CLUSTER
         return ExitCode.OK
 
@@ -317,7 +316,7 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: PodIntent) -> PodRep
         other_text = facts.nat.v6 if other is Family.IPV6 else facts.nat.v4
         if not _has_rules(native or other_text or "", other):
             missing = Finding(
-                "error",
+                Severity.ERROR,
                 f"the pod has {other.value} address {base.pod_ips[1]} but no {other.value} "
                 f"rules: its {other.value} traffic bypasses the sidecar (Istio adds them when the "
                 "pod is dual-stack; was istio-init run with IPv6 on?)",
@@ -354,7 +353,7 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: PodIntent) -> PodRep
     both_loaded = (
         (
             Finding(
-                "error",
+                Severity.ERROR,
                 "both iptables rules and Istio's native nftables tables (istio-proxy-*) are loaded: the kernel "
                 "runs both at each hook, so a connection can be captured twice; podnat traced the iptables rules. One "
                 "set is left over (a change of capture mode, or istio-init run twice): restart the pod",
@@ -389,7 +388,7 @@ def _policy_routing(facts: PodFacts, config: InterceptionConfig | None, family: 
     reading = facts.routing
     if reading is None:
         return TproxyRouting(
-            family.value,
+            family,
             mark,
             table,
             "not read",
@@ -402,7 +401,7 @@ def _policy_routing(facts: PodFacts, config: InterceptionConfig | None, family: 
     return tproxy_routing(
         reading.rules_v6 if v6 else reading.rules_v4,
         reading.routes_v6 if v6 else reading.routes_v4,
-        family=family.value,
+        family=family,
         mark=mark,
         table=reading.table,
         source=reading.label,
@@ -448,7 +447,7 @@ def _listeners(facts: PodFacts, sources: dict[str, str]) -> tuple[tuple[Listener
     bound = {listener.port for listener in listeners if listener.binds}
     findings = [
         Finding(
-            "error",
+            Severity.ERROR,
             f"Envoy has no listener on {port}: traffic redirected there is refused "
             "(is istio-proxy running and configured?)",
         )

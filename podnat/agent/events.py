@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnat.agent.service import PodState, SweepStats
+from podnat.istio.explain import FlowStatus
+from podnat.report import PodStatus
 
 log = logging.getLogger("podnat.agent.events")
 CONTROLLER = "podnat.dev/agent"
-BAD = ("drift", "broken")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,35 +38,35 @@ class Notice:
 
 def notices(states: list[PodState], previous: list[PodState]) -> list[Notice]:
     """The Events a sweep calls for: a status that became drift/broken, or left it for ok. Pure."""
-    before = {p.uid: p.report.status for p in previous}
+    before = {p.uid: PodStatus(p.report.status) for p in previous}
     out: list[Notice] = []
     for state in states:
-        status, old = state.report.status, before.get(state.uid)
-        if status in BAD and status != old:
+        status, old = PodStatus(state.report.status), before.get(state.uid)
+        if status.failing and status != old:
             flows = [
                 f
                 for e in (state.report.explanation, state.report.second)
                 if e
                 for f in e.flows
-                if f.status.value in BAD
+                if f.status in (FlowStatus.DRIFT, FlowStatus.BROKEN)
             ]
             what = "; ".join(f"type {int(f.spec.type)} {f.status.value}: {f.live.reason}" for f in flows[:3])
             source = state.report.sources.get("nat", "")
             out.append(
                 Notice(
                     state.pod,
-                    "CaptureBroken" if status == "broken" else "CaptureDrift",
+                    "CaptureBroken" if status is PodStatus.BROKEN else "CaptureDrift",
                     "Warning",
-                    f"podnat: traffic capture is {status} ({what or 'see podnat inspect'}); read {source}",
+                    f"podnat: traffic capture is {status.value} ({what or 'see podnat inspect'}); read {source}",
                 )
             )
-        elif old in BAD and status == "ok":
+        elif old is not None and old.failing and status is PodStatus.OK:
             out.append(
                 Notice(
                     state.pod,
                     "CaptureRecovered",
                     "Normal",
-                    f"podnat: traffic capture is as Istio meant again (was {old})",
+                    f"podnat: traffic capture is as Istio meant again (was {old.value})",
                 )
             )
     return out

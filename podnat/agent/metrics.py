@@ -20,6 +20,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from podnat.agent.service import Agent, PodState, SweepStats
+from podnat.istio.explain import FlowStatus
+from podnat.report import PodStatus
 
 STATUSES = ("ok", "drift", "broken", "unknown", "error", "skipped")
 
@@ -44,7 +46,7 @@ class _StateCollector(Collector):
         )
         for state in states:
             ref = state.report.ref
-            status.add_metric([ref.namespace, ref.name, state.uid, state.report.status], 1)
+            status.add_metric([ref.namespace, ref.name, state.uid, PodStatus(state.report.status).value], 1)
             for flow_type, flow_status in flow_statuses(state):
                 flows.add_metric([ref.namespace, ref.name, flow_type, flow_status], 1)
         yield status
@@ -73,15 +75,13 @@ class _StateCollector(Collector):
 def flow_statuses(state: PodState) -> list[tuple[str, str]]:
     """(type, status) per flow; a dual-stack pod's second family is merged in (the worse status wins)."""
     explanations = [e for e in (state.report.explanation, state.report.second) if e is not None]
-    order = {"ok": 0, "unknown": 1, "drift": 2, "broken": 3}
-    merged: dict[str, str] = {}
+    merged: dict[str, FlowStatus] = {}
     for explanation in explanations:
         for flow in explanation.flows:
             key = str(int(flow.spec.type)) + ("b" if flow.spec.variant else "")
-            value = str(flow.status.value) if flow.status is not None else "unknown"
-            if order.get(value, 0) >= order.get(merged.get(key, "ok"), 0):
-                merged[key] = value
-    return sorted(merged.items())
+            if flow.status.rank >= merged.get(key, FlowStatus.OK).rank:
+                merged[key] = flow.status
+    return sorted((key, status.value) for key, status in merged.items())
 
 
 class AgentMetrics:

@@ -26,6 +26,7 @@ from podnat.agent.node import NodePodSource, NodeScanner, PodNetns, release
 from podnat.errors import PodnatError
 from podnat.exitcodes import ExitCode
 from podnat.facts import NatSource, PodFacts, PodRef
+from podnat.report import PodStatus
 from podnat.usecases import PodReport, inspect_pod
 
 log = logging.getLogger("podnat.agent")
@@ -262,7 +263,7 @@ class Agent:
             seen=len(current),
             mapped=sum(1 for s in current if s.mapping == "mapped"),
             unmapped=sum(1 for s in current if s.mapping == "unmapped"),
-            failed=sum(1 for s in current if s.report.status == "error"),
+            failed=sum(1 for s in current if s.report.status is PodStatus.ERROR),
             duration=time.monotonic() - started,
             finished_at=time.time(),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from podnat.netfilter.errors import InputError
@@ -25,6 +26,20 @@ class ListenersError(InputError):
     subject = "listeners JSON"
 
 
+class ListenerKind(str, Enum):
+    """What an Envoy listener is for, as its name and port tell."""
+
+    VIRTUAL_OUTBOUND = "virtualOutbound"  # 15001: what the outbound capture redirects to
+    VIRTUAL_INBOUND = "virtualInbound"  # 15006: what the inbound capture redirects to
+    PROMETHEUS = "prometheus"  # 15090, bound
+    HEALTH = "health"  # 15021, bound
+    SERVICE = "service"  # ADDR_PORT: matched by virtualOutbound's original-destination lookup, binds nothing
+    OTHER = "other"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
     """One Envoy listener: its name, address, port and whether it binds that port."""
@@ -35,17 +50,16 @@ class Listener:
     binds: bool
 
     @property
-    def kind(self) -> str:
-        """virtualOutbound | virtualInbound | prometheus | health | service | other."""
+    def kind(self) -> ListenerKind:
         if self.name == "virtualOutbound":
-            return "virtualOutbound"
+            return ListenerKind.VIRTUAL_OUTBOUND
         if self.name == "virtualInbound":
-            return "virtualInbound"
+            return ListenerKind.VIRTUAL_INBOUND
         if self.port == 15090 and self.binds:
-            return "prometheus"
+            return ListenerKind.PROMETHEUS
         if self.port == 15021 and self.binds:
-            return "health"
-        return "service" if not self.binds else "other"
+            return ListenerKind.HEALTH
+        return ListenerKind.SERVICE if not self.binds else ListenerKind.OTHER
 
 
 def istio_default_listeners(outbound_port: int = 15001, inbound_port: int = 15006) -> tuple[Listener, ...]:

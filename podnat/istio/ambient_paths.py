@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from podnat.istio.reconcile import RuleDiff
 from podnat.netfilter.model import Family, IPAddress, Rule, Ruleset
 from podnat.netfilter.packet import Packet
-from podnat.netfilter.traverse import traverse
+from podnat.netfilter.traverse import VerdictKind, traverse
 
 ZTUNNEL = Identity(0, 0)  # ztunnel's in-pod sockets belong to ztunnel's process (root); no rule tests its owner
 LISTENER_NAMES = {
@@ -263,10 +263,8 @@ def _reply_leg(
         packet = trace.packet
         stop = _stop(trace)
         if stop is not None:
-            return Leg(
-                Actor.APP, ctx.pod_ip, back, "OUTPUT", tuple(hits), trace.verdict.kind.value, None, ctx.app
-            ), stop[1]
-    leg = Leg(Actor.APP, ctx.pod_ip, back, "OUTPUT", tuple(hits), "ACCEPT", None, ctx.app)
+            return Leg(Actor.APP, ctx.pod_ip, back, "OUTPUT", tuple(hits), trace.verdict.kind, None, ctx.app), stop[1]
+    leg = Leg(Actor.APP, ctx.pod_ip, back, "OUTPUT", tuple(hits), VerdictKind.ACCEPT, None, ctx.app)
     if ctmark & MARK_MASK != CONN_MARK:
         return leg, (
             f"ztunnel's connection to the app got no connmark {CONN_MARK:#x} (no rule in mangle PREROUTING "
@@ -296,7 +294,7 @@ def routing_gap(routing: TproxyRouting) -> str:
     if routing.fwmark_rule is False:
         parts.append(f"no `{ip} rule add fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup {ROUTE_TABLE}`")
     if routing.local_route is False:
-        default = "::/0" if routing.family == "ipv6" else "0.0.0.0/0"
+        default = "::/0" if routing.family is Family.IPV6 else "0.0.0.0/0"
         parts.append(f"no `{ip} route add local {default} dev lo table {ROUTE_TABLE}`")
     return " and ".join(parts)
 
@@ -325,9 +323,7 @@ def ambient_routing(family: Family, rules_text: str | None, routes_text: str | N
     100` output (None: not read)."""
     from podnat.istio.routing import tproxy_routing
 
-    return tproxy_routing(
-        rules_text, routes_text, family=family.value, mark=CONN_MARK, table=ROUTE_TABLE, source=source
-    )
+    return tproxy_routing(rules_text, routes_text, family=family, mark=CONN_MARK, table=ROUTE_TABLE, source=source)
 
 
 def probe_address(version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -377,6 +373,7 @@ def explain_ambient(
         Finding,
         FlowReport,
         FlowStatus,
+        Severity,
         _findings,
         _shadowed,
         flow_status,
@@ -404,7 +401,7 @@ def explain_ambient(
     if bypassed:
         findings.append(
             Finding(
-                "error",
+                Severity.ERROR,
                 f"{BYPASS}: the app's connections and inbound plaintext go straight to their destination "
                 "(no mTLS, no policy). istio-cni writes these rules when the pod starts or is enrolled; after a node "
                 "reboot or re-enrolment they can be missing. Restart the pod (or remove and re-add the "
@@ -417,7 +414,7 @@ def explain_ambient(
     if missing_ports:
         findings.append(
             Finding(
-                "error",
+                Severity.ERROR,
                 f"ztunnel is not listening on {', '.join(map(str, missing_ports))} in the pod's network "
                 "namespace: connections the rules send there are refused. Check the ztunnel pod on this node "
                 "(`kubectl -n istio-system logs ds/ztunnel`) and that it has this pod in its inventory.",
@@ -427,7 +424,7 @@ def explain_ambient(
     if policy_routing is not None:
         findings += _routing_findings(policy_routing, reports)
     reach = _shadowed(live, rules_key(live))
-    findings += [Finding("info", f"shadow analysis skipped for {s}") for s in reach.skipped]
+    findings += [Finding(Severity.INFO, f"shadow analysis skipped for {s}") for s in reach.skipped]
     return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing)
 
 
@@ -457,16 +454,17 @@ def _dns_target(ruleset: Ruleset) -> Endpoint | None:
 
 
 def _routing_findings(routing: TproxyRouting, reports: list[FlowReport]) -> list[Finding]:
-    from podnat.istio.explain import Finding
+    from podnat.istio.explain import Finding, Severity
 
     ip = routing.family_ip
     if routing.broken:
         affected = tuple(sorted({int(r.spec.type) for r in reports if r.live.outcome is Outcome.DROPPED}))
         return [
             Finding(
-                "error",
-                f"ambient policy routing ({routing.family}) is incomplete: {routing_gap(routing)}. istio-cni adds "
-                f"them with the in-pod rules; the app's replies on inbound connections (connmark {CONN_MARK:#x}, "
+                Severity.ERROR,
+                f"ambient policy routing ({routing.family.value}) is incomplete: {routing_gap(routing)}. "
+                "istio-cni adds them with the in-pod rules; the app's replies on inbound connections "
+                f"(connmark {CONN_MARK:#x}, "
                 "from ztunnel's transparent connection with the client's address) leave the pod instead of "
                 "returning to ztunnel: inbound connections never complete. Restart the pod so istio-cni writes "
                 f"them again; check with `{ip} rule show` and `{ip} route show table {ROUTE_TABLE}` in the pod.",
@@ -477,8 +475,8 @@ def _routing_findings(routing: TproxyRouting, reports: list[FlowReport]) -> list
     if routing.unknown is not None:
         return [
             Finding(
-                "warning",
-                f"ambient policy routing ({routing.family}) not known: {routing.unknown}; "
+                Severity.WARNING,
+                f"ambient policy routing ({routing.family.value}) not known: {routing.unknown}; "
                 f"podnat assumes `fwmark {CONN_MARK:#x}/{MARK_MASK:#x} lookup {ROUTE_TABLE}` and "
                 f"`local default dev lo` in table {ROUTE_TABLE} are there.",
             )

@@ -36,6 +36,7 @@ from podnat.istio.flows import (
 from podnat.istio.paths import FlowTrace, Leg, Outcome, trace_flow
 from podnat.netfilter.model import IPAddress, Ruleset
 from podnat.netfilter.reachability import Reachability, Shadowed, shadowed_rules
+from podnat.netfilter.traverse import VerdictKind
 
 if TYPE_CHECKING:  # loaded when a table is reconciled or a TPROXY pod's routing was read, not for every explain
     from podnat.istio.reconcile import RuleDiff
@@ -52,12 +53,34 @@ class FlowStatus(str, Enum):
     BROKEN = "broken"  # refused, loop, dropped
     UNKNOWN = "unknown"  # a rule podnat cannot evaluate decides it
 
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def rank(self) -> int:
+        """0 for ok up to 3 for broken: the worse of two statuses has the higher rank."""
+        return _FLOW_RANK[self]
+
+
+_FLOW_RANK = {FlowStatus.OK: 0, FlowStatus.UNKNOWN: 1, FlowStatus.DRIFT: 2, FlowStatus.BROKEN: 3}
+
+
+class Severity(str, Enum):
+    """How much a finding matters: an error fails the pod (drift), a warning and an info do not."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    def __str__(self) -> str:
+        return self.value
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:
     """Something a user should know, in one sentence, with the rules it is about."""
 
-    severity: str  # error | warning | info
+    severity: Severity
     message: str
     rules: tuple[str, ...] = ()
     flow_types: tuple[int, ...] = ()
@@ -168,7 +191,7 @@ def explain(
     if cosmetic:
         findings.append(
             Finding(
-                "info",
+                Severity.INFO,
                 f"{len(cosmetic)} rule{'s' if len(cosmetic) > 1 else ''} written differently from the intent "
                 "but the same for every packet (nft's counter keyword, option order, -m tcp spelled or implied, "
                 "comments): not drift",
@@ -179,12 +202,12 @@ def explain(
         findings += _routing_findings(policy_routing, reports, ctx)
     if dns_requested and captured_nameserver(live) is None:
         findings.append(_dns_switched_off())
-    findings += [Finding("info", f"shadow analysis skipped for {s}") for s in reach.skipped]
+    findings += [Finding(Severity.INFO, f"shadow analysis skipped for {s}") for s in reach.skipped]
     era = predates_split_listeners(live)
     if era:
         findings.append(
             Finding(
-                "warning",
+                Severity.WARNING,
                 "this table predates Istio 1.5: " + "; ".join(era) + ". podnat reads and traces its rules "
                 "as written, but models Envoy's behaviour as of today's releases (separate outbound 15001 and inbound "
                 "15006 listeners): what happens after Envoy may not be what that release's Envoy did",
@@ -229,7 +252,11 @@ def _routing_findings(routing: TproxyRouting, reports: list[FlowReport], ctx: Po
         affected = tuple(sorted({int(r.spec.type) for r in reports if replies_need_policy_routing(r.live, ctx)}))
         tproxy = tuple(
             dict.fromkeys(
-                ref for r in reports for leg in r.live.legs if leg.verdict == "TPROXY" for ref in leg.rules[-1:]
+                ref
+                for r in reports
+                for leg in r.live.legs
+                if leg.verdict is VerdictKind.TPROXY
+                for ref in leg.rules[-1:]
             )
         )
         missing = " and ".join(f"`{command}`" for command in routing.missing())
@@ -238,8 +265,8 @@ def _routing_findings(routing: TproxyRouting, reports: list[FlowReport], ctx: Po
         )
         return [
             Finding(
-                "error",
-                f"TPROXY policy routing ({routing.family}) is incomplete: {missing} "
+                Severity.ERROR,
+                f"TPROXY policy routing ({routing.family.value}) is incomplete: {missing} "
                 f"{'are' if len(routing.missing()) > 1 else 'is'} missing (istio-init runs "
                 f"{'them' if len(routing.missing()) > 1 else 'it'} in TPROXY mode). Packets marked {routing.mark:#x}, "
                 "the app's replies on inbound connections diverted by mangle ISTIO_TPROXY (they carry the client's "
@@ -253,8 +280,9 @@ def _routing_findings(routing: TproxyRouting, reports: list[FlowReport], ctx: Po
     if routing.unknown is not None:
         return [
             Finding(
-                "warning",
-                f"TPROXY policy routing ({routing.family}) not known: {routing.unknown}. Inbound connections need "
+                Severity.WARNING,
+                f"TPROXY policy routing ({routing.family.value}) not known: {routing.unknown}. "
+                "Inbound connections need "
                 f"`{ip} rule fwmark {routing.mark:#x} lookup {table}` and `local default dev lo` in table {table}; "
                 f"podnat assumes they are there (check with `{ip} rule show` and `{ip} route show table {table}` in "
                 "the pod, or rerun with --debug-container).",
@@ -265,7 +293,7 @@ def _routing_findings(routing: TproxyRouting, reports: list[FlowReport], ctx: Po
 
 def _dns_switched_off() -> Finding:
     return Finding(
-        "warning",
+        Severity.WARNING,
         "DNS capture was requested (ISTIO_META_DNS_CAPTURE=true / --redirect-dns) but the table redirects "
         f"no DNS to pilot-agent's DNS proxy ({DNS_PROXY_PORT}): istio-init switches DNS capture off, silently, "
         "when it finds no nameserver in the pod's /etc/resolv.conf at start. The app's DNS goes straight to the "
@@ -347,21 +375,21 @@ def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Rules
         if "legacy" in warning:
             out.append(
                 Finding(
-                    "error",
+                    Severity.ERROR,
                     "both iptables-legacy and iptables-nft rules are loaded: the kernel "
                     "evaluates both sets (a duplicate rule set); read the other with "
                     "iptables-legacy-save. Istio 1.22+ picks legacy when legacy rules exist.",
                 )
             )
         else:
-            out.append(Finding("warning", f"iptables-save warned: {warning}"))
+            out.append(Finding(Severity.WARNING, f"iptables-save warned: {warning}"))
     for report in reports:
         live_trace, want = report.live, report.expected
         title = f"type {int(report.spec.type)} ({report.spec.name})"
         if report.status is FlowStatus.BROKEN:
             out.append(
                 Finding(
-                    "error",
+                    Severity.ERROR,
                     f"{title} is {live_trace.outcome.value}: {live_trace.reason}",
                     live_trace.rules[-3:],
                     (int(report.spec.type),),
@@ -370,7 +398,7 @@ def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Rules
         elif report.status is FlowStatus.DRIFT and want is not None:
             out.append(
                 Finding(
-                    "error",
+                    Severity.ERROR,
                     f"{title} drifted: {_drift_summary(live_trace, want)}",
                     _first_difference(live_trace, want),
                     (int(report.spec.type),),
@@ -378,7 +406,9 @@ def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Rules
             )
         elif report.status is FlowStatus.UNKNOWN:
             out.append(
-                Finding("warning", f"{title}: {live_trace.reason}", live_trace.rules[-1:], (int(report.spec.type),))
+                Finding(
+                    Severity.WARNING, f"{title}: {live_trace.reason}", live_trace.rules[-1:], (int(report.spec.type),)
+                )
             )
     return out + (_diff_findings(reports, diff) if diff else [])
 
@@ -389,7 +419,9 @@ def _diff_findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...]) -> lis
 
     out: list[Finding] = []
     for d in diff:
-        severity = "warning" if d.kind in (DiffKind.REORDERED, DiffKind.EXTRA_CHAIN) or d.releases else "error"
+        severity = (
+            Severity.WARNING if d.kind in (DiffKind.REORDERED, DiffKind.EXTRA_CHAIN) or d.releases else Severity.ERROR
+        )
         verb = {
             DiffKind.MISSING: "missing",
             DiffKind.EXTRA: "extra",
@@ -438,10 +470,9 @@ def _drift_summary(live: FlowTrace, want: FlowTrace) -> str:
 
 def flow_types(reports: tuple[FlowReport, ...]) -> dict[FlowType, FlowStatus]:
     """The worst status per flow type (the own-pod-IP variant counts under type 4)."""
-    order = [FlowStatus.OK, FlowStatus.UNKNOWN, FlowStatus.DRIFT, FlowStatus.BROKEN]
     worst: dict[FlowType, FlowStatus] = {}
     for report in reports:
         t = report.spec.type
-        if t not in worst or order.index(report.status) > order.index(worst[t]):
+        if t not in worst or report.status.rank > worst[t].rank:
             worst[t] = report.status
     return worst

@@ -23,7 +23,8 @@ from enum import Enum
 from itertools import groupby
 from operator import attrgetter
 
-from podnat.envoy.listeners import Listener, istio_default_listeners
+from podnat._typing import assert_never
+from podnat.envoy.listeners import Listener, ListenerKind, istio_default_listeners
 from podnat.istio.flows import DNS_PROXY_PORT, Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.netfilter.matches import parse_mark
 from podnat.netfilter.model import Family, IPAddress, Rule, Ruleset
@@ -57,7 +58,7 @@ class Leg:
     dst: Endpoint
     hook: str  # PREROUTING (from the network) or OUTPUT (from a local socket)
     hits: tuple[Rule, ...]
-    verdict: str
+    verdict: VerdictKind  # how nat (and the other tables) ended for it: ACCEPT, REDIRECT, DNAT, TPROXY, DROP, ...
     to: Endpoint | None  # where a REDIRECT/DNAT/TPROXY sent it
     identity: Identity | None = None
 
@@ -221,7 +222,7 @@ def _walk(
     hook = "OUTPUT" if local_sender else "PREROUTING"
     hits: list[Rule] = []
     to: Endpoint | None = None
-    verdict = "ACCEPT"
+    verdict = VerdictKind.ACCEPT
     current = dst
     stages = [(c, h) for h in (LOCAL_OUT if local_sender else REMOTE_IN) for c in ruleset.base_chains(h)]
     for base, table_hook in stages:
@@ -231,25 +232,25 @@ def _walk(
         stop = _stop(trace)
         leg = Leg(actor, src, dst, hook, tuple(hits), verdict, to, identity)
         if stop is not None:
-            return _Arrival(replace(leg, verdict=trace.verdict.kind.value), current, *stop)
+            return _Arrival(replace(leg, verdict=trace.verdict.kind), current, *stop)
         kind = trace.verdict.kind
         if kind is VerdictKind.REDIRECT:
             address = _LOOPBACK[current.address.version] if table_hook == "OUTPUT" else ctx.pod_ip
             current = Endpoint(address, trace.verdict.port or current.port)
-            to, verdict = current, "REDIRECT"
+            to, verdict = current, VerdictKind.REDIRECT
             packet = replace(
                 packet, dst=address, dport=current.port, out_iface=_route(address, ctx) if local_sender else None
             )
         elif kind is VerdictKind.DNAT and table_hook in ("OUTPUT", "PREROUTING"):
             address = ipaddress.ip_address(trace.verdict.address) if trace.verdict.address else current.address
             current = Endpoint(address, trace.verdict.port or current.port)
-            to, verdict = current, "DNAT"
+            to, verdict = current, VerdictKind.DNAT
             packet = replace(
                 packet, dst=address, dport=current.port, out_iface=_route(address, ctx) if local_sender else None
             )
         elif kind is VerdictKind.TPROXY:
             current = Endpoint(current.address, trace.verdict.port or current.port)
-            to, verdict = current, "TPROXY"
+            to, verdict = current, VerdictKind.TPROXY
     if local_sender and ctx.is_local(current.address):
         # Looped back over lo: nat is done with this connection, the other tables see it again.
         arrival_packet = replace(packet, in_iface="lo", out_iface=None)
@@ -261,10 +262,10 @@ def _walk(
             stop = _stop(trace)
             leg = Leg(actor, src, dst, hook, tuple(hits), verdict, to, identity)
             if stop is not None:
-                return _Arrival(replace(leg, verdict=trace.verdict.kind.value), current, *stop)
+                return _Arrival(replace(leg, verdict=trace.verdict.kind), current, *stop)
             if trace.verdict.kind is VerdictKind.TPROXY:
                 current = Endpoint(current.address, trace.verdict.port or current.port)
-                to, verdict = current, "TPROXY"
+                to, verdict = current, VerdictKind.TPROXY
         packet = arrival_packet
     return _Arrival(Leg(actor, src, dst, hook, tuple(hits), verdict, to, identity), current, None, "", packet.ctmark)
 
@@ -336,16 +337,20 @@ def _envoy_upstream(
     """The connection Envoy opens for what `listener` received: (source, destination, socket mark);
     None when Envoy answers it itself."""
     kind = listener.kind
-    if kind == "virtualOutbound":
-        upstream = ctx.endpoint_for(original)
-        return _source_for(upstream, ctx), upstream, 0
-    if kind == "virtualInbound":
-        if ctx.transparent_inbound:
-            # TPROXY: the original_src filter keeps the client's address and marks the socket (-t, 1337).
-            return client, original, ctx.tproxy_mark
-        return ctx.inbound_source, original, 0
-    if kind == "prometheus":
-        return _source_for(ctx.admin, ctx), ctx.admin, 0
-    if kind == "health":
-        return ctx.loopback, Endpoint(ctx.loopback, ctx.agent_ports[0] if ctx.agent_ports else 15020), 0
-    return None
+    match kind:
+        case ListenerKind.VIRTUAL_OUTBOUND:
+            upstream = ctx.endpoint_for(original)
+            return _source_for(upstream, ctx), upstream, 0
+        case ListenerKind.VIRTUAL_INBOUND:
+            if ctx.transparent_inbound:
+                # TPROXY: the original_src filter keeps the client's address and marks the socket (-t, 1337).
+                return client, original, ctx.tproxy_mark
+            return ctx.inbound_source, original, 0
+        case ListenerKind.PROMETHEUS:
+            return _source_for(ctx.admin, ctx), ctx.admin, 0
+        case ListenerKind.HEALTH:
+            return ctx.loopback, Endpoint(ctx.loopback, ctx.agent_ports[0] if ctx.agent_ports else 15020), 0
+        case ListenerKind.SERVICE | ListenerKind.OTHER:
+            return None
+        case _:
+            assert_never(kind)

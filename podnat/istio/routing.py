@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from podnat.netfilter.errors import InputError
+from podnat.netfilter.model import Family
 from podnat.netfilter.routing import RoutingParseError, local_default, mark_lookup, parse_routes, parse_rules
 
 
@@ -23,7 +24,7 @@ from podnat.netfilter.routing import RoutingParseError, local_default, mark_look
 class TproxyRouting:
     """One IP family's policy routing for TPROXY, as read from the pod; None fields: not known."""
 
-    family: str  # ipv4 | ipv6
+    family: Family
     mark: int
     table: int
     source: str  # where it was read, e.g. "exec istio-proxy: ip rule show; ip route show table 133"
@@ -56,14 +57,15 @@ def tproxy_routing(
     rules_text: str | None,
     routes_text: str | None,
     *,
-    family: str,
+    family: Family,
     mark: int,
     table: int,
     source: str,
     unreadable: str | None = None,
 ) -> TproxyRouting:
     """`ip rule show` and `ip route show table TABLE` output (None: not read, `unreadable` says why)."""
-    version = 6 if family == "ipv6" else 4
+    family = Family(family)
+    version = 6 if family is Family.IPV6 else 4
     why: list[str] = []
     fwmark_rule: bool | None = None
     first: str | None = None
@@ -89,8 +91,8 @@ def tproxy_routing(
     return TproxyRouting(family, mark, table, source, fwmark_rule, local_route, first, "; ".join(why) or None)
 
 
-def _ip(family: str) -> str:
-    return "ip -6" if family == "ipv6" else "ip"
+def _ip(family: Family) -> str:
+    return "ip -6" if family is Family.IPV6 else "ip"
 
 
 class TranscriptError(InputError):
@@ -121,11 +123,11 @@ def parse_transcript(text: str) -> dict[str, str]:
 
 
 def routing_from_transcript(
-    transcript: dict[str, str], *, family: str, mark: int, table: int, source: str
+    transcript: dict[str, str], *, family: Family, mark: int, table: int, source: str
 ) -> TproxyRouting:
     """The policy routing of one family from a transcript (`ip rule show` / `ip route show table T`; for
     IPv6 `ip -6 ...`); a command the transcript lacks is not known."""
-    ip = _ip(family)
+    ip = _ip(Family(family))
     rules = transcript.get(f"{ip} rule show", transcript.get(f"{ip} rule list"))
     routes = transcript.get(f"{ip} route show table {table}", transcript.get(f"{ip} route list table {table}"))
     return tproxy_routing(rules, routes, family=family, mark=mark, table=table, source=source)

@@ -12,10 +12,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from podnat._typing import assert_never
 from podnat.istio.evidence import evidence
-from podnat.istio.explain import Explanation, FlowStatus, flow_types
+from podnat.istio.explain import Explanation, FlowStatus, Severity, flow_types
 from podnat.istio.paths import FlowTrace, Outcome
 from podnat.netfilter.model import Ruleset
+from podnat.report import PodStatus
 
 if TYPE_CHECKING:  # types only: -o json/yaml does not load the use cases
     from podnat.istio.routing import TproxyRouting
@@ -145,7 +147,7 @@ def _print_leg_rules(trace: FlowTrace, ruleset: Ruleset) -> None:
         who = leg.actor.value + (f" uid {leg.identity.uid} gid {leg.identity.gid}" if leg.identity else "")
         out.print(
             f"  leg {number}: {who} {leg.src} -> {leg.dst} ({leg.hook})"
-            + (f", {leg.verdict} to {leg.to}" if leg.to else "")
+            + (f", {leg.verdict.value} to {leg.to}" if leg.to else "")
         )
         for rule in leg.hits:
             out.print(Text.assemble("    ", (f"{rule.ref:<22}", "cyan"), " ", rule.text))
@@ -232,10 +234,22 @@ def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, t
         out.print(Text("Findings:", style="bold"))
         findings = _hanging()
         for f in expl.findings:
-            style = {"error": "red", "warning": "yellow"}.get(f.severity, "dim")
-            mark = {"error": "✗", "warning": "?"}.get(f.severity, "·")
-            findings.add_row(Text(f"{mark} {f.severity}", style=style), f.message)
+            mark, style = _severity_look(f.severity)
+            findings.add_row(Text(f"{mark} {f.severity.value}", style=style), f.message)
         out.print(findings)
+
+
+def _severity_look(severity: Severity) -> tuple[str, str]:
+    """A finding's mark and style."""
+    match severity:
+        case Severity.ERROR:
+            return "✗", "red"
+        case Severity.WARNING:
+            return "?", "yellow"
+        case Severity.INFO:
+            return "·", "dim"
+        case _:
+            assert_never(severity)
 
 
 def _hanging() -> Table:
@@ -260,7 +274,7 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
         header.add_row(f"{name} from", label)
     for expl in (report.explanation, report.second):
         if expl is not None and expl.policy_routing is not None:
-            header.add_row(f"TPROXY routing ({expl.policy_routing.family})", _routing_text(expl.policy_routing))
+            header.add_row(f"TPROXY routing ({expl.policy_routing.family.value})", _routing_text(expl.policy_routing))
     out.print(header)
     if report.listeners is not None:
         bound = ", ".join(f"{listener.port} ({listener.name})" for listener in report.listeners if listener.binds)
@@ -285,7 +299,7 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
             match = Text("yes", style="green") if p.matches else Text(p.error or "NO", style="bold red")
             table.add_row(label, p.sent, " → ".join(p.observed) or "(none)", " → ".join(p.predicted), match)
         out.print(table)
-    out.print(Text.assemble(("status: ", "bold"), (report.status, _STATUS_WORD.get(report.status, ""))))
+    out.print(Text.assemble(("status: ", "bold"), (report.status.value, _STATUS_WORD[report.status])))
 
 
 def _routing_text(routing: TproxyRouting) -> Text:
@@ -308,12 +322,12 @@ def _routing_text(routing: TproxyRouting) -> Text:
 
 
 _STATUS_WORD = {
-    "ok": "green",
-    "drift": "yellow",
-    "broken": "bold red",
-    "error": "bold red",
-    "unknown": "magenta",
-    "skipped": "dim",
+    PodStatus.OK: "green",
+    PodStatus.DRIFT: "yellow",
+    PodStatus.BROKEN: "bold red",
+    PodStatus.ERROR: "bold red",
+    PodStatus.UNKNOWN: "magenta",
+    PodStatus.SKIPPED: "dim",
 }
 
 
@@ -330,15 +344,15 @@ def print_verify(report: VerifyReport) -> None:
                 mark = "✓" if status is FlowStatus.OK else ("?" if status is FlowStatus.UNKNOWN else "✗")
                 flows.append(f"{int(flow_type)}{mark} ", style=STATUS_STYLE[status])
         findings = pod.explanation.findings if pod.explanation else ()
-        first_error = next((f.message for f in findings if f.severity == "error"), "")
-        why = pod.error or first_error or ("; ".join(pod.notes) if pod.status == "skipped" else "")
+        first_error = next((f.message for f in findings if f.severity is Severity.ERROR), "")
+        why = pod.error or first_error or ("; ".join(pod.notes) if pod.status is PodStatus.SKIPPED else "")
         table.add_row(
-            pod.ref.namespace, pod.ref.name, Text(pod.status, style=_STATUS_WORD.get(pod.status, "")), flows, why
+            pod.ref.namespace, pod.ref.name, Text(pod.status.value, style=_STATUS_WORD[pod.status]), flows, why
         )
     out.print(table)
     counts: dict[str, int] = {}
     for pod in report.pods:
-        counts[pod.status] = counts.get(pod.status, 0) + 1
+        counts[pod.status.value] = counts.get(pod.status.value, 0) + 1
     out.print(f"{len(report.pods)} pods: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
 

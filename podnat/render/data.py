@@ -26,7 +26,7 @@ def leg_data(leg: Leg, counters: Ruleset | None = None) -> dict[str, Any]:
         "dst": str(leg.dst),
         "hook": leg.hook,
         "rules": list(leg.rules),
-        "verdict": leg.verdict,
+        "verdict": leg.verdict.value,
         "to": str(leg.to) if leg.to else None,
     }
     if leg.identity is not None:
@@ -108,7 +108,7 @@ def explanation_data(expl: Explanation, counters: Ruleset | None = None) -> dict
 def policy_routing_data(routing: TproxyRouting) -> dict[str, Any]:
     """A TPROXY pod's `ip rule` / `ip route` check: true, false, or null when not known (`unknown` says why)."""
     return {
-        "family": routing.family,
+        "family": routing.family.value,
         "source": routing.source,
         "mark": routing.mark,
         "table": routing.table,
@@ -121,7 +121,7 @@ def policy_routing_data(routing: TproxyRouting) -> dict[str, Any]:
 
 def finding_data(finding: Finding) -> dict[str, Any]:
     return {
-        "severity": finding.severity,
+        "severity": finding.severity.value,
         "message": finding.message,
         "rules": list(finding.rules),
         "flow_types": list(finding.flow_types),
@@ -153,7 +153,7 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
             "capture_mode": report.capture_mode,
             "mesh": report.mesh,
         },
-        "status": report.status,
+        "status": report.status.value,
         "sources": dict(report.sources),
         **({"context": dict(report.context)} if report.context is not None else {}),
         "notes": list(report.notes),
@@ -192,5 +192,5 @@ def verify_data(report: VerifyReport) -> dict[str, Any]:
     """`podnat verify -o json`: every pod, and counts per status."""
     summary: dict[str, int] = {"pods": len(report.pods)}
     for pod in report.pods:
-        summary[pod.status] = summary.get(pod.status, 0) + 1
+        summary[pod.status.value] = summary.get(pod.status.value, 0) + 1
     return {"pods": [pod_report_data(p) for p in report.pods], "summary": summary, "exit_code": int(report.exit_code)}

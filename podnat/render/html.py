@@ -15,14 +15,22 @@ from __future__ import annotations
 import re
 from html import escape
 
-from podnat.istio.explain import Explanation, FlowReport, FlowStatus, flow_types
+from podnat._typing import assert_never
+from podnat.istio.explain import Explanation, FlowReport, FlowStatus, Severity, flow_types
 from podnat.istio.paths import FlowTrace
 from podnat.render.diagram import Diagram, build_diagram, flow_id, path_summary, status_word
 from podnat.render.svg import FAILING, FLOW_COLOURS, panel_svg
+from podnat.report import PodStatus
 from podnat.usecases import PodReport, VerifyReport
 
-STATUS_ORDER = ("broken", "drift", "error", "unknown", "ok", "skipped")
-POD_MARK = {"ok": "✓", "drift": "✗", "broken": "✗", "error": "⚠", "unknown": "?", "skipped": "–"}
+POD_MARK = {
+    PodStatus.OK: "✓",
+    PodStatus.DRIFT: "✗",
+    PodStatus.BROKEN: "✗",
+    PodStatus.ERROR: "⚠",
+    PodStatus.UNKNOWN: "?",
+    PodStatus.SKIPPED: "–",
+}
 FLOW_MARK = {FlowStatus.OK: "✓", FlowStatus.DRIFT: "✗", FlowStatus.BROKEN: "✗", FlowStatus.UNKNOWN: "?"}
 # text colour per status, each >= 4.5:1 on white and on the row highlight (#eef4fb)
 STATUS_COLOURS = {
@@ -169,9 +177,9 @@ def verify_html(report: VerifyReport, title: str = "podnat verify", open_all: bo
     """The whole page: the summary (counts, filters, search), then a folded section per pod."""
     counts: dict[str, int] = {}
     for pod in report.pods:
-        counts[pod.status] = counts.get(pod.status, 0) + 1
+        counts[pod.status.value] = counts.get(pod.status.value, 0) + 1
     namespaces = sorted({pod.ref.namespace for pod in report.pods})
-    statuses = [s for s in STATUS_ORDER if s in counts]
+    statuses = [s.value for s in PodStatus if s.value in counts]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -188,7 +196,7 @@ def verify_html(report: VerifyReport, title: str = "podnat verify", open_all: bo
         f"exit code <b>{int(report.exit_code)}</b></li>"
         + "".join(
             f'<li><button type="button" class="s-{s}" data-status="{s}" aria-pressed="false" '
-            f'title="show only {s} pods">{POD_MARK[s]} <b>{counts[s]}</b> {s}</button></li>'
+            f'title="show only {s} pods">{POD_MARK[PodStatus(s)]} <b>{counts[s]}</b> {s}</button></li>'
             for s in statuses
         )
         + "</ul>",
@@ -198,7 +206,7 @@ def verify_html(report: VerifyReport, title: str = "podnat verify", open_all: bo
         + "".join(f'<option value="{escape(n)}">{escape(n)}</option>' for n in namespaces)
         + "</select></label>",
         '<label>status <select id="status"><option value="">all</option>'
-        + "".join(f'<option value="{s}">{POD_MARK[s]} {s}</option>' for s in statuses)
+        + "".join(f'<option value="{s}">{POD_MARK[PodStatus(s)]} {s}</option>' for s in statuses)
         + "</select></label>",
         f'<span id="shown" aria-live="polite">{len(report.pods)} of {len(report.pods)} pods shown</span>',
         "</form>",
@@ -240,7 +248,7 @@ def _why(pod: PodReport) -> str:
         return pod.error
     for expl in (pod.explanation, pod.second):
         if expl is not None:
-            found = next((f.message for f in expl.findings if f.severity == "error"), "")
+            found = next((f.message for f in expl.findings if f.severity is Severity.ERROR), "")
             if found:
                 return found
     return "; ".join(pod.notes) if pod.explanation is None else ""
@@ -255,7 +263,7 @@ def _marks(expl: Explanation) -> str:
 
 
 def _search_text(pod: PodReport) -> str:
-    words = [pod.ref.namespace, pod.ref.name, f"{pod.ref.namespace}/{pod.ref.name}", pod.status, _why(pod)]
+    words = [pod.ref.namespace, pod.ref.name, f"{pod.ref.namespace}/{pod.ref.name}", pod.status.value, _why(pod)]
     for expl in (pod.explanation, pod.second):
         if expl is not None:
             for report in expl.flows:
@@ -272,8 +280,8 @@ def _pod_section(pod: PodReport, open_all: bool) -> list[str]:
     why = _why(pod)
     out = [
         f'<details class="pod" id="{anchor}" data-namespace="{escape(pod.ref.namespace)}" '
-        f'data-status="{pod.status}" data-search="{escape(_search_text(pod))}"{" open" if open_all else ""}>',
-        f'<summary><span class="status s-{pod.status}">{POD_MARK[pod.status]} {pod.status}</span> '
+        f'data-status="{pod.status.value}" data-search="{escape(_search_text(pod))}"{" open" if open_all else ""}>',
+        f'<summary><span class="status s-{pod.status.value}">{POD_MARK[pod.status]} {pod.status.value}</span> '
         f"<h2>{escape(name)}</h2>{marks}" + (f'<span class="why">{escape(why)}</span>' if why else "") + "</summary>",
         '<div class="pod-body">',
         '<dl class="facts">',
@@ -388,16 +396,28 @@ def _expected(report: FlowReport) -> str:
     return "same" if report.status is FlowStatus.OK else path_summary(report.expected)
 
 
+def _severity_look(severity: Severity) -> tuple[str, str]:
+    """A finding's status class and mark."""
+    match severity:
+        case Severity.ERROR:
+            return "broken", "✗"
+        case Severity.WARNING:
+            return "unknown", "?"
+        case Severity.INFO:
+            return "skipped", "·"
+        case _:
+            assert_never(severity)
+
+
 def _findings(expl: Explanation) -> list[str]:
     if not expl.findings and not expl.shadowed:
         return []
     out = ["<h3>Findings</h3>", '<ul class="findings">']
     for finding in expl.findings:
-        css = {"error": "broken", "warning": "unknown"}.get(finding.severity, "skipped")
-        mark = {"error": "✗", "warning": "?"}.get(finding.severity, "·")
+        css, mark = _severity_look(finding.severity)
         rules = f" ({', '.join(finding.rules)})" if finding.rules else ""
         out.append(
-            f'<li><span class="status s-{css}">{mark} {escape(finding.severity)}</span> '
+            f'<li><span class="status s-{css}">{mark} {escape(finding.severity.value)}</span> '
             f"{escape(finding.message)}{escape(rules)}</li>"
         )
     for shadowed in expl.shadowed:
