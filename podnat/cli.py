@@ -631,7 +631,7 @@ def _show_explanation(
     if html is not None:
         from podnat.facts import PodRef
         from podnat.render.html import pod_html
-        from podnat.usecases import PodReport
+        from podnat.report import PodReport
 
         offline = PodReport(
             PodRef("file", file.name),

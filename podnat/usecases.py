@@ -16,7 +16,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from podnat.envoy.listeners import Listener, ListenersError, istio_default_listeners, parse_listeners
@@ -25,70 +25,15 @@ from podnat.exitcodes import ExitCode
 from podnat.facts import NatSource, PodFacts, PodRef, PodSource
 from podnat.intent import PodIntent, intent_for_pod
 from podnat.istio.config import InterceptionConfig
-from podnat.istio.explain import Explanation, Finding, FlowStatus, Severity, captured_nameservers, explain
+from podnat.istio.explain import Explanation, Finding, Severity, captured_nameservers, explain
 from podnat.istio.flows import Endpoint, PodContext, context_for
 from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info
 from podnat.istio.routing import TproxyRouting, tproxy_routing
 from podnat.netfilter.model import Family, Ruleset
 from podnat.netfilter.parse import ParseError
-from podnat.report import PodStatus
+from podnat.report import PodReport, VerifyReport
 
 REQUIRED_LISTENERS = (15001, 15006, 15090, 15021)
-
-
-@dataclass(frozen=True, slots=True)
-class PodReport:
-    """What podnat found in one pod (or why it could not look)."""
-
-    ref: PodRef
-    mesh: str = MeshMode.SIDECAR.value  # a MeshMode value; "host-network" for the agent's host-network pods
-    node: str | None = None
-    pod_ip: str | None = None
-    istio_version: str | None = None
-    capture_mode: str | None = None
-    sources: Mapping[str, str] = field(default_factory=dict)
-    explanation: Explanation | None = None
-    ruleset: Ruleset | None = None
-    listeners: tuple[Listener, ...] | None = None
-    pod_ips: tuple[str, ...] = ()  # status.podIPs: two on a dual-stack pod
-    second: Explanation | None = None  # the other IP family's flows, on a dual-stack pod
-    second_ruleset: Ruleset | None = None
-    probe: tuple[Any, ...] | None = None  # ProbeObservation, with --probe
-    notes: tuple[str, ...] = ()
-    error: str | None = None
-    error_code: int | None = None
-    context: Mapping[str, Any] | None = None  # `-o json`'s `context`: pod IP, proxy identity, mode, release
-
-    @property
-    def status(self) -> PodStatus:
-        """The worst of its flows' statuses; drift for an error finding; error, or skipped (nothing to check)."""
-        if self.error is not None:
-            return PodStatus.ERROR
-        if self.explanation is None:
-            return PodStatus.SKIPPED
-        flows = [*self.explanation.flows, *(self.second.flows if self.second is not None else ())]
-        worst = max((f.status for f in flows), key=lambda status: status.rank, default=FlowStatus.OK)
-        if worst is not FlowStatus.OK:
-            return PodStatus(worst.value)
-        if any(f.severity is Severity.ERROR for f in self.explanation.findings):
-            return PodStatus.DRIFT
-        return PodStatus.OK
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    """Every pod `verify` looked at."""
-
-    pods: tuple[PodReport, ...]
-
-    @property
-    def exit_code(self) -> ExitCode:
-        statuses = {p.status for p in self.pods}
-        if any(status.failing for status in statuses):
-            return ExitCode.DRIFT
-        if PodStatus.ERROR in statuses:
-            return ExitCode.CLUSTER
-        return ExitCode.OK
 
 
 def inspect_pod(

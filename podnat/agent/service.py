@@ -26,8 +26,8 @@ from podnat.agent.node import NodePodSource, NodeScanner, PodNetns, release
 from podnat.errors import PodnatError
 from podnat.exitcodes import ExitCode
 from podnat.facts import NatSource, PodFacts, PodRef
-from podnat.report import PodStatus
-from podnat.usecases import PodReport, inspect_pod
+from podnat.report import PodReport, PodStatus
+from podnat.usecases import inspect_pod
 
 log = logging.getLogger("podnat.agent")
 

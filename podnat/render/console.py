@@ -17,11 +17,10 @@ from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, FlowStatus, Severity, flow_types
 from podnat.istio.paths import FlowTrace, Outcome
 from podnat.netfilter.model import Ruleset
-from podnat.report import PodStatus
+from podnat.report import PodReport, PodStatus, VerifyReport
 
-if TYPE_CHECKING:  # types only: -o json/yaml does not load the use cases
+if TYPE_CHECKING:
     from podnat.istio.routing import TproxyRouting
-    from podnat.usecases import PodReport, VerifyReport
 
 # Piped output (scripts, CI logs) gets long lines rather than an 80-column wrap, as kubectl does.
 _PIPED_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200

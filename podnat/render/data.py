@@ -11,12 +11,12 @@ from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, Finding
 from podnat.istio.paths import FlowTrace, Leg
 from podnat.netfilter.model import Ruleset
+from podnat.report import PodReport, VerifyReport
 
-if TYPE_CHECKING:  # types only: -o json/yaml does not load the use cases
+if TYPE_CHECKING:  # types only
     from podnat.istio.reconcile import RuleDiff
     from podnat.istio.routing import TproxyRouting
     from podnat.netfilter.reachability import Shadowed
-    from podnat.usecases import PodReport, VerifyReport
 
 
 def leg_data(leg: Leg, counters: Ruleset | None = None) -> dict[str, Any]:

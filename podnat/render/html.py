@@ -20,8 +20,7 @@ from podnat.istio.explain import Explanation, FlowReport, FlowStatus, Severity, 
 from podnat.istio.paths import FlowTrace
 from podnat.render.diagram import Diagram, build_diagram, flow_id, path_summary, status_word
 from podnat.render.svg import FAILING, FLOW_COLOURS, panel_svg
-from podnat.report import PodStatus
-from podnat.usecases import PodReport, VerifyReport
+from podnat.report import PodReport, PodStatus, VerifyReport
 
 POD_MARK = {
     PodStatus.OK: "✓",

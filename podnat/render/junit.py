@@ -6,7 +6,7 @@ from xml.etree import ElementTree as ET
 
 from podnat.istio.explain import FlowStatus, flow_types
 from podnat.istio.flows import FLOW_TITLES
-from podnat.usecases import VerifyReport
+from podnat.report import VerifyReport
 
 
 def verify_junit(report: VerifyReport) -> str:
