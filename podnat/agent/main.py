@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -20,6 +21,10 @@ log = logging.getLogger("podnat.agent")
 
 def run_agent(config: AgentConfig, client: object, proc: Path, address: str, port: int, events: bool) -> int:
     """Serve until SIGTERM/SIGINT; 0 on a clean stop."""
+    # The CLI's entry point leaves the cyclic collector off for one-shot commands; the agent runs for
+    # weeks, so it turns it back on, with what start-up made frozen (never walked again).
+    gc.freeze()
+    gc.enable()
     scanner = NodeScanner(proc)
     agent = Agent(config, scanner)
     metrics = AgentMetrics(agent)

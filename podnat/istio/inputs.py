@@ -22,10 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from podnat.netfilter.errors import InputError
+from podnat.netfilter.errors import InputError, ParseError
 from podnat.netfilter.model import BUILTIN_CHAINS, Family, Ruleset
 from podnat.netfilter.nft import detect_and_parse, looks_like_nft
-from podnat.netfilter.parse import ParseError
 
 
 class _Lazy:

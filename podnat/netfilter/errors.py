@@ -41,3 +41,14 @@ class InputError(ValueError):
         if width is not None and len(shown) > width:
             shown = shown[: width - 3] + "..."
         return f"{out}: {shown!r}"
+
+
+class ParseError(InputError):
+    """A line of a rule dump podnat cannot read (its number, its text, and why)."""
+
+    shown_width = 120
+    line: int
+    text: str
+
+    def __init__(self, line: int, text: str, message: str) -> None:
+        super().__init__(line, text, message)

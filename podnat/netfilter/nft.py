@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podnat.netfilter.addresses import address_cond
+from podnat.netfilter.errors import ParseError
 from podnat.netfilter.model import (
     BaseChain,
     Chain,
@@ -67,7 +68,7 @@ from podnat.netfilter.model import (
     Table,
     Target,
 )
-from podnat.netfilter.parse import ParseError, parse_ruleset
+from podnat.netfilter.parse import parse_ruleset
 
 # Named chain priorities (nft(8), ip/ip6/inet families).
 PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}

@@ -20,7 +20,6 @@ from itertools import compress, groupby, repeat
 from operator import attrgetter, itemgetter, or_
 
 from podnat.netfilter.addresses import WIDTH, by_prefix, cond_networks, network_bounds, to_address
-from podnat.netfilter.alloc import collector_paused
 from podnat.netfilter.matches import parse_mark, rule_matches
 from podnat.netfilter.model import Chain, Cond, Family, Rule, Ruleset, Table
 from podnat.netfilter.packet import Packet
@@ -72,8 +71,7 @@ def _analyse(
         chains = _reachable_chains(tab, entry)
         if not chains or not any(tab.chains[c].rules for c in chains):
             return
-        with collector_paused():
-            space = _PacketSpace([tab.chains[c] for c in chains], hook, ruleset.family)
+        space = _PacketSpace([tab.chains[c] for c in chains], hook, ruleset.family)
         if space.size > MAX_PACKETS:
             count = f"{space.size}" if space.exact else f"at least {space.size}"
             skipped.append(f"{table} {hook}: {count} representative packets, over {MAX_PACKETS}")

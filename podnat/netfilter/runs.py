@@ -5,12 +5,17 @@ A pod with a long `excludeOutboundIPRanges` has thousands of consecutive rules s
 such a run every rule's other conditions give the same answer for a packet, so the first rule of the
 run that matches is the first rule whose network holds the packet's address, from where the walk
 is. That is looked up per prefix length in a dict, instead of testing every rule: the traversal
-stays first-match exact and counts the same rules (only the one that matches). Pure; a run index is
-derived from a chain's rules and kept on the chain on first use.
+stays first-match exact and counts the same rules (only the one that matches).
+
+A chain's index is a pure function of its rules, built on the chain's first traversal and kept
+beside the chain (keyed by the chain itself, and dropped with it), not in it: the model stays plain
+data. The bulk reader (podnat.netfilter._bulk) hands over the runs it already found in the text
+(`note_blocks`), so that they are not looked for again. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,14 +25,19 @@ from operator import attrgetter, itemgetter, rshift
 from typing import cast
 
 from podnat.netfilter.addresses import WIDTH, by_prefix
-from podnat.netfilter.alloc import collector_paused
 from podnat.netfilter.matches import Result, rest_matches
-from podnat.netfilter.model import Blocks, Chain, Cond, Rule
+from podnat.netfilter.model import Chain, Cond, Rule
 from podnat.netfilter.packet import Packet
 
 MIN_RUN = 8  # shorter runs are scanned: a lookup costs about as much as testing a few rules
 
 RunIndex = tuple["AddressRun | None", ...]  # per rule of a chain, the run it is in; () when none
+Blocks = tuple[tuple[int, int, str], ...]  # (start, stop, field): rules the bulk reader read as one run
+
+# Beside the chains, keyed by id(chain): a chain is not hashed (that would hash its rules), and the
+# entries go when the chain does (weakref.finalize), before its id can be reused.
+_INDEXES: dict[int, RunIndex] = {}
+_BLOCKS: dict[int, Blocks] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,20 +82,35 @@ class AddressRun:
 
 
 def chain_runs(chain: Chain) -> RunIndex:
-    """The address runs of `chain`, per rule, found on first use and kept on the chain."""
-    runs = chain._runs
+    """The address runs of `chain`, per rule, found on first use and kept beside the chain."""
+    key = id(chain)
+    runs = _INDEXES.get(key)
     if runs is None:
-        with collector_paused():
-            runs = find_runs(chain.rules, blocks=chain.blocks)
-        object.__setattr__(chain, "_runs", runs)  # a cache of a pure function of the frozen rules
+        if key not in _BLOCKS:
+            weakref.finalize(chain, _forget, key)
+        runs = _INDEXES[key] = find_runs(chain.rules, blocks=_BLOCKS.pop(key, ()))
     return runs
+
+
+def note_blocks(chain: Chain, blocks: Blocks) -> None:
+    """What the bulk reader read as runs of `chain` (rules start..stop-1 of one template, differing
+    only by their `field` address, not negated, read): used when the chain's index is built."""
+    key = id(chain)
+    if key not in _BLOCKS and key not in _INDEXES:
+        weakref.finalize(chain, _forget, key)
+    _BLOCKS[key] = blocks
+
+
+def _forget(key: int) -> None:
+    _INDEXES.pop(key, None)
+    _BLOCKS.pop(key, None)
 
 
 def find_runs(rules: tuple[Rule, ...], min_run: int = MIN_RUN, blocks: Blocks = ()) -> RunIndex:
     """Every run of at least `min_run` rules, as the run each rule is in (() when there is none).
 
-    `blocks`: ranges the parser read from one template, one address each (Chain.blocks): each is a
-    run as it stands; the rules around them are grouped here."""
+    `blocks`: ranges the bulk reader read from one template, one address each (note_blocks): each is
+    a run as it stands; the rules around them are grouped here."""
     if len(rules) < min_run:
         return ()
     at: list[AddressRun | None] = [None] * len(rules)

@@ -1,7 +1,7 @@
 """The fast paths of the engine give exactly what the plain ones give.
 
 - networks read as integers (podnat.netfilter.addresses) equal what ipaddress reads, and fail where it fails;
-- rules read from a template (parse.py) equal rules read one by one;
+- rules read from a template (netfilter/_bulk.py) equal rules read one by one (grammar.parse_rule);
 - the run index (podnat.netfilter.runs) finds the same first match and counts the same rules as
   testing every rule (`traverse(..., indexed=False)`), on random tables and packets.
 """
@@ -11,14 +11,18 @@ from __future__ import annotations
 import ipaddress
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from podnat.netfilter import runs as run_index
 from podnat.netfilter.addresses import bulk_networks, parse_networks
-from podnat.netfilter.model import Counters, Family
+from podnat.netfilter.grammar import parse_rule
+from podnat.netfilter.model import Counters, Family, Rule
 from podnat.netfilter.packet import Packet
-from podnat.netfilter.parse import _parse_rule, parse_ruleset
+from podnat.netfilter.parse import parse_ruleset
 from podnat.netfilter.runs import MIN_RUN, AddressRun, chain_runs, find_runs
 from podnat.netfilter.traverse import traverse
 
@@ -162,9 +166,7 @@ def test_rules_read_from_templates_equal_rules_read_one_by_one(text: str) -> Non
     ruleset = parse_ruleset(text, Family.IPV4)
     chain_names = set(ruleset.tables["nat"].chains)
     for rule in ruleset.tables["nat"].rules():
-        alone = _parse_rule(
-            "nat", rule.chain, rule.position, rule.line, rule.text, None, rule.spec.split(), chain_names
-        )
+        alone = parse_rule("nat", rule.chain, rule.position, rule.line, rule.text, None, rule.spec.split(), chain_names)
         assert rule == alone
         for cond in (rule.source, rule.destination):
             if cond is not None:
@@ -279,7 +281,7 @@ def test_rules_read_in_blocks_equal_rules_read_one_by_one(text: str, counted: bo
                 counters = Counters(int(packets), int(octets))
                 words = words[1:]
             assert rule.spec == " ".join(words[2:])
-            alone = _parse_rule("nat", chain.name, position, rule.line, raw, counters, words[2:], chain_names)
+            alone = parse_rule("nat", chain.name, position, rule.line, raw, counters, words[2:], chain_names)
             assert rule == alone
             for cond in (rule.source, rule.destination):
                 if cond is not None:
@@ -340,10 +342,10 @@ def test_shadow_analysis_skips_a_large_table_on_a_bound_no_larger_than_the_count
 
 
 def test_runs_of_one_shape_are_found_in_the_text() -> None:
-    from podnat.netfilter.parse import _blocks
+    from podnat.netfilter._bulk import text_lines
 
     def blocks(text: str) -> list[tuple[int, str, int]]:
-        return [(n, b.chain, len(b.raws)) for n, _, b in _blocks(text, False) if b is not None]
+        return [(n, b.chain, len(b.raws)) for n, _, b in text_lines(text, False) if b is not None]
 
     text = _synthetic(100)
     start = text.splitlines().index("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN") + 1
@@ -351,7 +353,7 @@ def test_runs_of_one_shape_are_found_in_the_text() -> None:
     assert blocks(text) == [(start, "ISTIO_OUTPUT", 101)]
     assert blocks(_counted(text)) == [(start, "ISTIO_OUTPUT", 101)]
     # every line where str.splitlines has it, blocks or not
-    numbered = [(n + i, line) for n, raw, b in _blocks(text, False) for i, line in enumerate(b.raws if b else [raw])]
+    numbered = [(n + i, line) for n, raw, b in text_lines(text, False) for i, line in enumerate(b.raws if b else [raw])]
     assert numbered == list(enumerate(text.splitlines(), start=1))
     # two addresses in a line, or quoting: line by line
     two = text.replace("-A ISTIO_OUTPUT -d 100.", "-A ISTIO_OUTPUT -s 10.0.0.0/8 -d 100.")
@@ -360,10 +362,28 @@ def test_runs_of_one_shape_are_found_in_the_text() -> None:
     assert blocks(quoted) == []
 
 
-def test_the_parser_hands_its_blocks_to_the_run_index() -> None:
+def test_the_parser_hands_its_blocks_to_the_run_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    handed: list[tuple[tuple[int, int, str], ...]] = []
+
+    def find(rules: tuple[Rule, ...], min_run: int = MIN_RUN, blocks: tuple[tuple[int, int, str], ...] = ()) -> Any:
+        handed.append(blocks)
+        return find_runs(rules, min_run, blocks)
+
+    monkeypatch.setattr(run_index, "find_runs", find)
     ruleset = parse_ruleset(_synthetic(1000))
     chain = ruleset.tables["nat"].chains["ISTIO_OUTPUT"]
-    assert chain.blocks == ((7, 1008, "destination"),)
     assert chain_runs(chain) == find_runs(chain.rules)  # the same runs as grouping every rule
+    assert chain_runs(chain) is chain_runs(chain)  # built once, kept beside the chain
+    assert handed == [((7, 1008, "destination"),)]
     negated = parse_ruleset(_synthetic(1000).replace("-A ISTIO_OUTPUT -d 100.", "-A ISTIO_OUTPUT ! -d 100."))
-    assert negated.tables["nat"].chains["ISTIO_OUTPUT"].blocks == ()  # a negated address is not looked up
+    chain_runs(negated.tables["nat"].chains["ISTIO_OUTPUT"])
+    assert handed[1] == ()  # a negated address is not looked up
+
+
+def test_an_index_goes_with_its_chain() -> None:
+    ruleset = parse_ruleset(_synthetic(1000))
+    key = id(ruleset.tables["nat"].chains["ISTIO_OUTPUT"])
+    chain_runs(ruleset.tables["nat"].chains["ISTIO_OUTPUT"])
+    assert key in run_index._INDEXES
+    del ruleset
+    assert key not in run_index._INDEXES and key not in run_index._BLOCKS
