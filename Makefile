@@ -71,7 +71,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff format --check podnat tests tools bench
 	$(BIN)/ruff check podnat tests tools bench
-	$(BIN)/mypy podnat
+	$(BIN)/mypy podnat tools bench
 
 conformance: $(STAMP)
 	$(PY) tools/conformance.py
