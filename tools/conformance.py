@@ -72,7 +72,7 @@ def default_reference() -> Path:
     return REFERENCE
 
 
-class Verdict(str, Enum):
+class Outcome(str, Enum):
     """How a golden came out."""
 
     REPRODUCED = "reproduced"
@@ -85,7 +85,7 @@ class GoldenResult:
     """One golden's verdict, why, and what its kernel dump said."""
 
     path: str
-    verdict: Verdict
+    verdict: Outcome
     reason: str = ""
     kernel_save: str = ""  # "matches (v4, v6)", "bad input: ...", "" when the golden was not loaded
 
@@ -143,19 +143,19 @@ def check_golden(reference: Path, rel: str) -> GoldenResult:
     """Reproduce one golden (path relative to reference/goldens)."""
     case = case_for(rel)
     if case is None:
-        return GoldenResult(rel, Verdict.NOT_REPRODUCED, "no configuration known for this golden")
+        return GoldenResult(rel, Outcome.NOT_REPRODUCED, "no configuration known for this golden")
     if case.kind is CaseKind.AMBIENT:
         return _check_ambient_golden(reference, rel, case)
     config = case_config(case)
     if config is None:  # pragma: no cover - only ambient cases have none
-        return GoldenResult(rel, Verdict.NOT_REPRODUCED, "no configuration known for this golden")
+        return GoldenResult(rel, Outcome.NOT_REPRODUCED, "no configuration known for this golden")
     if case.kind is CaseKind.ISTIO_NFTABLES:
         return _check_nft_golden(reference, rel, case, config)
     golden = load_golden(reference / "goldens" / rel)
     try:
         want = _golden_chains(golden)
     except NormaliseError as exc:
-        return GoldenResult(rel, Verdict.NOT_REPRODUCED, f"golden does not parse: {exc}")
+        return GoldenResult(rel, Outcome.NOT_REPRODUCED, f"golden does not parse: {exc}")
     expected = expected_rules(config)
     got = chains(expected.v4, "v4")
     if expected.v6 is not None:
@@ -164,7 +164,7 @@ def check_golden(reference: Path, rel: str) -> GoldenResult:
     reason = compare(want, got)
     if not reason and kernel.startswith("DIFFERS"):
         reason = f"normalised golden differs from the kernel's dump: {kernel}"
-    verdict = Verdict.NOT_REPRODUCED if reason else Verdict.REPRODUCED
+    verdict = Outcome.NOT_REPRODUCED if reason else Outcome.REPRODUCED
     note = f" ({case.note})" if case.note and not reason else ""
     return GoldenResult(rel, verdict, reason + note, kernel)
 
@@ -183,11 +183,11 @@ def _check_ambient_golden(reference: Path, rel: str, case: GoldenCase) -> Golden
         try:
             want = _golden_chains(golden)
         except NormaliseError as exc:
-            return GoldenResult(rel, Verdict.NOT_REPRODUCED, f"golden does not parse: {exc}")
+            return GoldenResult(rel, Outcome.NOT_REPRODUCED, f"golden does not parse: {exc}")
         restore = host_probe_restore(config) if host else ambient_restore(config)
         reason = compare(want, _golden_chains(Golden(restore.v4, restore.v6, config.enable_ipv6)))
     note = f" ({case.note})" if case.note and not reason else ""
-    return GoldenResult(rel, Verdict.NOT_REPRODUCED if reason else Verdict.REPRODUCED, reason + note)
+    return GoldenResult(rel, Outcome.NOT_REPRODUCED if reason else Outcome.REPRODUCED, reason + note)
 
 
 def _kernel_check(reference: Path, stem: str | None, golden: Golden) -> str:
@@ -221,7 +221,7 @@ def _check_nft_golden(reference: Path, rel: str, case: GoldenCase, config: Inter
     kernel = _nft_kernel_check(reference, case.kernel_save, script, config)
     if not reason and kernel.startswith("DIFFERS"):
         reason = f"generated script differs from the kernel's dump: {kernel}"
-    verdict = Verdict.NOT_REPRODUCED if reason else Verdict.REPRODUCED
+    verdict = Outcome.NOT_REPRODUCED if reason else Outcome.REPRODUCED
     note = f" ({case.note})" if case.note and not reason else ""
     return GoldenResult(rel, verdict, reason + note, kernel)
 
@@ -298,8 +298,8 @@ def run(reference: Path) -> list[GoldenResult]:
 
 def summary(results: Sequence[GoldenResult], backend: str | None = None) -> tuple[int, int]:
     """(reproduced, counted), of one backend's goldens or of all."""
-    counted = [r for r in results if r.verdict is not Verdict.AMBIENT and backend in (None, r.backend)]
-    return sum(r.verdict is Verdict.REPRODUCED for r in counted), len(counted)
+    counted = [r for r in results if r.verdict is not Outcome.AMBIENT and backend in (None, r.backend)]
+    return sum(r.verdict is Outcome.REPRODUCED for r in counted), len(counted)
 
 
 def summary_line(results: Sequence[GoldenResult]) -> str:

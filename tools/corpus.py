@@ -59,7 +59,7 @@ EXTRA: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Judgement:
     """One input's score and, when wrong, why."""
 
     file: str
@@ -90,13 +90,13 @@ def run_explain(path: Path) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def judge(entry: dict[str, Any]) -> Verdict:
+def judge(entry: dict[str, Any]) -> Judgement:
     name = str(entry["file"])
     expected = entry.get("expected") or {}
     extra = EXTRA.get(name, {})
     code, out, err = run_explain(CORPUS / name)
     verdict = _verdict(entry, expected, extra, code, out, err)
-    return Verdict(
+    return Judgement(
         name,
         verdict[0],
         verdict[1],
@@ -190,7 +190,7 @@ def _reading(
     return READ, ""
 
 
-def scoreboard(verdicts: list[Verdict]) -> dict[str, int]:
+def scoreboard(verdicts: list[Judgement]) -> dict[str, int]:
     counts = {READ: 0, REFUSED: 0, WRONG: 0}
     for v in verdicts:
         counts[v.score] += 1

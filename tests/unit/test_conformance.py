@@ -12,17 +12,17 @@ from podnat.istio.generator import expected_rules
 from podnat.istio.goldens import GOLDEN_CASES, CaseKind, case_config, case_for
 from podnat.istio.normalise import normalise_restore
 from tools import conformance
-from tools.conformance import Verdict, chains, compare, run, summary
+from tools.conformance import Outcome, chains, compare, run, summary
 
 
 def test_every_golden_is_reproduced(reference: Path) -> None:
     results = run(reference)
-    failures = [f"{r.path}: {r.reason}" for r in results if r.verdict is Verdict.NOT_REPRODUCED]
+    failures = [f"{r.path}: {r.reason}" for r in results if r.verdict is Outcome.NOT_REPRODUCED]
     assert failures == []
     assert summary(results, "iptables") == (202, 202)
     assert summary(results, "nftables") == (42, 42)
     assert summary(results) == (244, 244)
-    assert not any(r.verdict is Verdict.AMBIENT for r in results)
+    assert not any(r.verdict is Outcome.AMBIENT for r in results)
 
 
 def test_every_golden_file_has_a_case(reference: Path) -> None:
@@ -32,7 +32,7 @@ def test_every_golden_file_has_a_case(reference: Path) -> None:
 
 def test_bad_input_goldens_are_noted_not_failed(reference: Path) -> None:
     result = conformance.check_golden(reference, "iptables/outbound-owner-groups.golden")
-    assert result.verdict is Verdict.REPRODUCED
+    assert result.verdict is Outcome.REPRODUCED
     assert result.kernel_save.startswith("bad input, not loaded: ")
     assert "java" in result.kernel_save
 
@@ -41,7 +41,7 @@ def test_kernel_dump_is_checked(reference: Path) -> None:
     result = conformance.check_golden(reference, "iptables/tproxy.golden")
     assert result.kernel_save == "matches the kernel's dump (v4, v6)"
     result = conformance.check_golden(reference, "nftables/tproxy.golden")
-    assert result.verdict is Verdict.REPRODUCED
+    assert result.verdict is Outcome.REPRODUCED
     assert result.kernel_save == (
         "matches the kernel's dump (ipv4 and ipv6 views, rule for rule; nft_listing is its text)"
     )
@@ -49,13 +49,13 @@ def test_kernel_dump_is_checked(reference: Path) -> None:
 
 def test_nft_bad_input_and_a_wrong_config(reference: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = conformance.check_golden(reference, "nftables/outbound-owner-groups.golden")
-    assert result.verdict is Verdict.REPRODUCED
+    assert result.verdict is Outcome.REPRODUCED
     assert result.kernel_save.startswith("bad input, not loaded: ") and "Group does not exist" in result.kernel_save
     case = case_for("nftables/empty.golden")
     assert case is not None
     monkeypatch.setitem(case.settings, "InboundPortsInclude", "*")
     result = conformance.check_golden(reference, "nftables/empty.golden")
-    assert result.verdict is Verdict.NOT_REPRODUCED
+    assert result.verdict is Outcome.NOT_REPRODUCED
     assert result.reason == (
         "line 3: golden 'add chain inet istio-proxy-nat output { type nat hook output priority -100 ; }', "
         "generated 'add chain inet istio-proxy-nat prerouting { type nat hook prerouting priority -100 ; }'"
@@ -66,7 +66,7 @@ def test_nft_kernel_check_compares_the_kernels_spelling(reference: Path, monkeyp
     """Without the listing normalisation the script's rules are not the kernel's: the check notices."""
     monkeypatch.setattr(conformance, "listing_rule", lambda text, counter_values=True: text)
     result = conformance.check_golden(reference, "nftables/empty.golden")
-    assert result.verdict is Verdict.NOT_REPRODUCED
+    assert result.verdict is Outcome.NOT_REPRODUCED
     assert (
         "ipv4 istio-proxy-nat istio-inbound rule 1: kernel 'tcp dport 15008 counter return', "
         "generated 'meta l4proto tcp tcp dport 15008 counter return'" in result.reason
@@ -98,7 +98,7 @@ def test_a_wrong_ambient_setting_is_not_reproduced(reference: Path, monkeypatch:
     assert case is not None
     monkeypatch.setitem(case.settings, "IngressMode", False)
     result = conformance.check_golden(reference, case.path)
-    assert result.verdict is Verdict.NOT_REPRODUCED
+    assert result.verdict is Outcome.NOT_REPRODUCED
     assert result.reason == (
         "v4 nat ISTIO_PRERT: generated 2 rules, golden has 0; "
         "first extra '-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT'"
@@ -107,7 +107,7 @@ def test_a_wrong_ambient_setting_is_not_reproduced(reference: Path, monkeypatch:
     assert case is not None
     monkeypatch.setitem(case.settings, "KubeletUID", 0)
     result = conformance.check_golden(reference, case.path)
-    assert result.verdict is Verdict.NOT_REPRODUCED and "skuid 1000" in result.reason
+    assert result.verdict is Outcome.NOT_REPRODUCED and "skuid 1000" in result.reason
 
 
 def test_cli_text_and_json(reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
