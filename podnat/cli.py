@@ -825,13 +825,15 @@ DebugImage = Annotated[
 
 def _connect(
     kubeconfig: str | None, context: str | None, request_timeout: str | None, debug_image: str | None = None
-) -> tuple[Any, str]:
+) -> tuple[Any, Any, str]:
+    """The cluster (the Kubernetes API behind the port), the use cases' source over it, the default namespace."""
     from podnat.kube.client import KubeClient, KubeOptions, context_namespace
-    from podnat.kube.source import KubePodSource
+    from podnat.kube.cluster import KubeCluster
+    from podnat.sources import LiveSource
 
     options = KubeOptions(kubeconfig=kubeconfig, context=context, request_timeout=_timeout(request_timeout))
-    client = KubeClient.connect(options)
-    return KubePodSource(client, debug_image=debug_image), context_namespace(options)
+    cluster = KubeCluster(KubeClient.connect(options))
+    return cluster, LiveSource(cluster, debug_image=debug_image), context_namespace(options)
 
 
 @app.command()
@@ -862,8 +864,8 @@ def inspect(
         from podnat.facts import NatSource, PodRef
         from podnat.usecases import inspect_pod
 
-        pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
-        pod_source.agents.max_age = max_age
+        cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
+        cluster.agents.max_age = max_age
         nat_source = NatSource(source.value) if source else None
         if nat_source is NatSource.DEBUG:
             debug_container = True
@@ -941,11 +943,18 @@ def verify(
 
         if all_namespaces and namespace:
             raise UsageError("give --namespace or --all-namespaces, not both")
-        pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
-        pods = pod_source.list_pods(None if all_namespaces else (namespace or default_ns), selector)
+        cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
+        where = None if all_namespaces else (namespace or default_ns)
+        unchecked = None
+        if where is not None:
+            from podnat.sources import check_namespace
+
+            unchecked = check_namespace(cluster, where)  # a namespace that does not exist: exit 3
+        pods = pod_source.list_pods(where, selector)
         nat_source = NatSource(source.value) if source else None
-        pod_source.agents.max_age = max_age
-        pod_source.prefetch(pods, nat_source)  # one request per node with a podnat agent
+        cluster.agents.max_age = max_age
+        if nat_source in (None, NatSource.NODE):
+            cluster.prefetch(pods)  # one request per node with a podnat agent
         with VerifyProgress(len(pods)) as progress:
             report = verify_pods(
                 lambda: pod_source,
@@ -972,13 +981,16 @@ def verify(
             from podnat.render.console import print_verify
 
             print_verify(report)
-        if not pods:
-            from podnat.render.console import note
+        if unchecked is not None or not pods:
+            from podnat.render.console import warning
 
-            note(
-                f"no pods in {'any namespace' if all_namespaces else (namespace or default_ns)}"
-                + (f" matching {selector}" if selector else "")
-            )
+            if unchecked is not None:
+                warning(f"{unchecked}: a mistyped namespace shows as one without pods")
+            if not pods:
+                warning(
+                    f"no pods to verify in {'any namespace' if all_namespaces else where}"
+                    + (f" matching {selector}" if selector else "")
+                )
         raise typer.Exit(int(report.exit_code))
     except PodnatError as exc:
         fail(exc)

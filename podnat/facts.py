@@ -1,7 +1,11 @@
-"""What podnat learns about a live pod, each fact labelled with where it came from.
+"""What podnat learns about a live pod, each fact labelled with where it came from, and the port to the
+cluster it learns it through.
 
-The use cases (podnat/usecases.py) only see `PodSource`; podnat/kube/ implements it against a real
-API server, and tests swap in fakes. Nothing here does I/O.
+`Cluster` is the thin port: list and get pods, get a namespace, exec, read a log, add the debug container,
+ask the node agent. podnat/kube/cluster.py implements it against a real API server (each method turns the
+client's errors into one `SourceError`); podnat/sources.py holds the policy (which source to try, which
+failure allows the next) on top of it; tests swap in a fake cluster. The use cases see a `PodSource`
+(something that reads a pod's facts). Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -22,7 +26,39 @@ class NatSource(str, Enum):
     NODE = "node"  # the podnat agent on the pod's node, read inside the pod's namespace (podnat/agent/)
     EXEC = "exec"  # iptables-save -c in istio-proxy (works only where the proxy is privileged)
     DEBUG = "debug"  # an ephemeral debug container with NET_ADMIN (opt-in: --debug-container)
-    INIT_LOG = "init-log"  # the istio-init log: applied at pod start, not necessarily live
+    INIT_LOG = "init-log"  # the istio-init (or istio-cni-node) log: applied at pod start, not necessarily live
+
+    @property
+    def evidence(self) -> Evidence:
+        return Evidence.AT_START if self is NatSource.INIT_LOG else Evidence.LIVE
+
+
+class Evidence(str, Enum):
+    """What a reading of the rules is evidence of: the rules the kernel runs now, or those applied at start."""
+
+    LIVE = "live"  # read in the pod's namespace now (node agent, exec, debug container)
+    AT_START = "at-start"  # the istio-init / istio-cni-node log: what was applied when the pod started
+
+
+class Failure(str, Enum):
+    """What went wrong, for the caller that wants to branch (the source policy, verify's summary)."""
+
+    NO_KUBECONFIG = "no-kubeconfig"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not-found"
+    POD_NOT_RUNNING = "pod-not-running"
+    PROXY_NOT_READY = "proxy-not-ready"
+    EXEC_DENIED = "exec-denied"  # an admission policy refused pods/exec
+    POD_SECURITY = "pod-security"  # Pod Security admission refused the debug container
+    NAT_PERMISSION = "nat-permission"  # iptables-save ran but may not read the table
+    TOOL_MISSING = "tool-missing"  # iptables-save (or sh, pilot-agent) not in the image
+    EMPTY_TABLE = "empty-table"
+    DEBUG_CONTAINER = "debug-container"
+    LOG = "log"  # the istio-init / istio-cni-node log could not be read or parsed
+    API_ERROR = "api-error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +85,11 @@ class NatReading:
     debug_container: str | None = None  # name of podnat's ephemeral container, when one was used
     debug_container_added: bool = False  # True when this run added it (ephemeral containers stay)
     listeners_json: str | None = None  # the debug container reads listeners in the same exec
+
+    @property
+    def live(self) -> bool:
+        """True when these are the rules the kernel runs now; False for rules applied at start (a log)."""
+        return self.source.evidence is Evidence.LIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +141,73 @@ class PodFacts:
     routing: PolicyRouting | None = None  # TPROXY pods: policy routing, read by the same exec as the table
     sockets: SocketsReading | None = None  # ambient pods: ztunnel's in-pod listeners, read by the same exec
 
+    @property
+    def live(self) -> bool | None:
+        """Whether the rules are live (None: no rules were read, e.g. a pod without a sidecar)."""
+        return self.nat.live if self.nat is not None else None
+
 
 class SourceError(PodnatError):
-    """A fact could not be read. `message` is one line that says what to do; `code` an ExitCode."""
+    """A fact could not be read: one line that says what to do, and the kind of failure. Exit code 3."""
 
-    def __init__(self, message: str, code: int = ExitCode.CLUSTER) -> None:
-        super().__init__(message, code)
+    def __init__(self, failure: Failure, message: str, code: int = ExitCode.CLUSTER) -> None:
+        super().__init__(message, int(code))
+        self.failure = failure
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """What one exec printed and how it ended (None: the server sent no exit status)."""
+
+    stdout: str
+    stderr: str
+    returncode: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DebugContainer:
+    """podnat's ephemeral container in a pod, running; `added` when this call added it (they stay)."""
+
+    name: str
+    added: bool
+
+
+class Cluster(Protocol):
+    """The thin port to a cluster. Every method raises `SourceError` (one line, the kind of failure)."""
+
+    def list_pods(
+        self, namespace: str | None, selector: str | None = None, node: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Pods in a namespace (None: all namespaces), optionally by label selector and node, as API JSON."""
+        ...
+
+    def get_pod(self, ref: PodRef) -> dict[str, Any]:
+        """One pod by name, `deploy/NAME` or `POD.NAMESPACE`, as API JSON."""
+        ...
+
+    def get_namespace(self, name: str) -> dict[str, Any]:
+        """One namespace, as API JSON (NOT_FOUND when it does not exist, FORBIDDEN without `get namespaces`)."""
+        ...
+
+    def exec(self, ref: PodRef, container: str, argv: list[str]) -> ExecResult:
+        """Run argv in a container of a pod, until it ends (bounded by the request timeout)."""
+        ...
+
+    def read_log(self, ref: PodRef, container: str) -> str:
+        """A container's log."""
+        ...
+
+    def add_debug_container(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> DebugContainer:
+        """Add the ephemeral `container` unless the pod has one of that name; return once it runs."""
+        ...
+
+    def agent_facts(self, pod: Mapping[str, Any]) -> PodFacts | None:
+        """The pod's facts from podnat's agent on its node; None when no agent runs there."""
+        ...
+
+    def agent_absent(self, pod: Mapping[str, Any]) -> str:
+        """Why no agent answers for the pod's node (e.g. "no running pod labelled ... in podnat-system")."""
+        ...
 
 
 class PodSource(Protocol):

@@ -60,6 +60,7 @@ class PodReport:
     error: str | None = None
     error_code: int | None = None
     context: Mapping[str, Any] | None = None  # `-o json`'s `context`: pod IP, proxy identity, mode, release
+    live: bool | None = None  # the rules read are live (node agent, exec, debug container), or applied at start
 
     @property
     def status(self) -> PodStatus:

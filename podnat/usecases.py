@@ -69,7 +69,7 @@ def inspect_pod(
         facts = source.read_facts(info, nat_source, debug_container)
     except PodnatError as exc:
         return _with(base, error=exc.message, error_code=int(exc.code))
-    report = explain_facts(base, facts, intent)
+    report = _with(explain_facts(base, facts, intent), live=facts.live)
     terminating = info.terminating
     return _with(report, notes=(*report.notes, terminating + ": its rules go with it")) if terminating else report
 
@@ -143,7 +143,7 @@ def inspect_ambient(
             "the in-pod rules of this ambient pod could not be read live",
         )
         return _with(base, error=message, error_code=int(ExitCode.CLUSTER), notes=(*base.notes, *facts.notes))
-    return explain_ambient_facts(base, facts, release)
+    return _with(explain_ambient_facts(base, facts, release), live=facts.live)
 
 
 def explain_ambient_facts(base: PodReport, facts: PodFacts, release: str | None) -> PodReport:

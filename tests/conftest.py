@@ -75,13 +75,14 @@ def running_lab(root: Path, backend: str = "nft", **options: Any) -> Iterator[La
     require(os.geteuid() == 0, "the lab needs root")
     from podnat.facts import PodRef
     from podnat.kube.client import KubeClient, KubeOptions
-    from podnat.kube.source import KubePodSource
+    from podnat.kube.cluster import KubeCluster
     from podnat.lab.build import lab_down, lab_up
+    from podnat.sources import LiveSource
 
     try:
         state = lab_up(backend, root, **options)
         client = KubeClient.connect(KubeOptions(kubeconfig=state.apiserver.kubeconfig, request_timeout=20))
-        source = KubePodSource(client)
+        source = LiveSource(KubeCluster(client))
         for pod in state.pods:
             source.read_facts(source.get_pod(PodRef(pod.namespace, pod.name)), None, True)
         yield Lab(state, source, root)

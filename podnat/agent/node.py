@@ -24,11 +24,10 @@ from typing import Any
 
 from podnat.agent import procmap
 from podnat.capture import capture_script
-from podnat.facts import NatSource, PodFacts, PodRef
+from podnat.facts import ExecResult, NatSource, PodFacts, PodRef
 from podnat.istio.pod import MeshMode, pod_info
 from podnat.kube.errors import Failure, KubeSourceError
-from podnat.kube.source import (
-    ExecResult,
+from podnat.sources import (
     ambient_facts,
     ambient_script,
     interpret_listeners,

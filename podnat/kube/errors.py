@@ -10,40 +10,14 @@ import ast
 import json
 import re
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
-from podnat.exitcodes import ExitCode
-from podnat.facts import SourceError
+from podnat.facts import Failure, SourceError
 
+# The port's error and its kinds live with the port (podnat/facts.py); the adapter's name for them stays.
+KubeSourceError = SourceError
 
-class Failure(str, Enum):
-    """What went wrong, for the caller that wants to branch (fallbacks, verify's summary)."""
-
-    NO_KUBECONFIG = "no-kubeconfig"
-    UNREACHABLE = "unreachable"
-    TIMEOUT = "timeout"
-    UNAUTHORIZED = "unauthorized"
-    FORBIDDEN = "forbidden"
-    NOT_FOUND = "not-found"
-    POD_NOT_RUNNING = "pod-not-running"
-    PROXY_NOT_READY = "proxy-not-ready"
-    EXEC_DENIED = "exec-denied"  # an admission policy refused pods/exec
-    POD_SECURITY = "pod-security"  # Pod Security admission refused the debug container
-    NAT_PERMISSION = "nat-permission"  # iptables-save ran but may not read the table
-    TOOL_MISSING = "tool-missing"  # iptables-save (or sh, pilot-agent) not in the image
-    EMPTY_TABLE = "empty-table"
-    DEBUG_CONTAINER = "debug-container"
-    LOG = "log"  # the istio-init / istio-cni-node log could not be read or parsed
-    API_ERROR = "api-error"
-
-
-class KubeSourceError(SourceError):
-    """A SourceError with the kind of failure attached; always exit code 3 (ExitCode.CLUSTER)."""
-
-    def __init__(self, failure: Failure, message: str) -> None:
-        super().__init__(message, int(ExitCode.CLUSTER))
-        self.failure = failure
+__all__ = ["Action", "Failure", "KubeSourceError", "SourceError", "translate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +173,11 @@ def from_status(status: int, body: dict[str, Any] | None, action: Action, server
                 Failure.NOT_FOUND,
                 f"pod {action.name} not found in namespace {action.namespace}: "
                 "check the name and -n/--namespace (`kubectl get pods -n NS`)",
+            )
+        if kind == "namespaces" and action.name:
+            return KubeSourceError(
+                Failure.NOT_FOUND,
+                f"namespace {action.name} does not exist: check -n/--namespace (`kubectl get namespaces`)",
             )
         if action.name:
             return KubeSourceError(Failure.NOT_FOUND, f"{kind.rstrip('s')} {action.namespace}/{action.name} not found")

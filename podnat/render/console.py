@@ -55,6 +55,11 @@ def error(message: str) -> None:
     err.print(f"[bold red]podnat:[/] {escape(message)}")
 
 
+def warning(message: str) -> None:
+    """One line on stderr: something the user should know, that does not change the exit code."""
+    err.print(f"[bold yellow]podnat: warning:[/] {escape(message)}")
+
+
 def note(message: str) -> None:
     err.print(f"[dim]{escape(message)}[/]")
 
@@ -271,6 +276,8 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
     header.add_row("capture", report.capture_mode or report.mesh)
     for name, label in report.sources.items():
         header.add_row(f"{name} from", label)
+    if report.live is not None:
+        header.add_row("rules", "live" if report.live else Text("applied at start, not necessarily live", "yellow"))
     for expl in (report.explanation, report.second):
         if expl is not None and expl.policy_routing is not None:
             header.add_row(f"TPROXY routing ({expl.policy_routing.family.value})", _routing_text(expl.policy_routing))
@@ -333,7 +340,7 @@ _STATUS_WORD = {
 def print_verify(report: VerifyReport) -> None:
     """`podnat verify`: one row per pod, then the totals."""
     table = Table(expand=False)
-    for column in ("NAMESPACE", "POD", "STATUS", "FLOWS 1-6"):
+    for column in ("NAMESPACE", "POD", "STATUS", "LIVE", "FLOWS 1-6"):
         table.add_column(column, no_wrap=True)
     table.add_column("WHY", overflow="fold")
     for pod in report.pods:
@@ -346,13 +353,25 @@ def print_verify(report: VerifyReport) -> None:
         first_error = next((f.message for f in findings if f.severity is Severity.ERROR), "")
         why = pod.error or first_error or ("; ".join(pod.notes) if pod.status is PodStatus.SKIPPED else "")
         table.add_row(
-            pod.ref.namespace, pod.ref.name, Text(pod.status.value, style=_STATUS_WORD[pod.status]), flows, why
+            pod.ref.namespace,
+            pod.ref.name,
+            Text(pod.status.value, style=_STATUS_WORD[pod.status]),
+            _live_word(pod.live),
+            flows,
+            why,
         )
     out.print(table)
     counts: dict[str, int] = {}
     for pod in report.pods:
         counts[pod.status.value] = counts.get(pod.status.value, 0) + 1
     out.print(f"{len(report.pods)} pods: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+def _live_word(live: bool | None) -> Text:
+    """`verify`'s LIVE column: yes (the rules the kernel runs now), no (applied at start: a log), - (none read)."""
+    if live is None:
+        return Text("-", style="dim")
+    return Text("yes") if live else Text("no (at start)", style="yellow")
 
 
 class VerifyProgress:

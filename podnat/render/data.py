@@ -154,6 +154,7 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
             "mesh": report.mesh,
         },
         "status": report.status.value,
+        "live": report.live,
         "sources": dict(report.sources),
         **({"context": dict(report.context)} if report.context is not None else {}),
         "notes": list(report.notes),

@@ -189,6 +189,7 @@ def test_rbac_is_least_privilege() -> None:
         "podnat": {
             ("", "pods", "get"),
             ("", "pods", "list"),
+            ("", "namespaces", "get"),  # verify -n NS: does NS exist?
             ("", "pods/log", "get"),
             ("", "pods/exec", "create"),
             ("", "pods/exec", "get"),

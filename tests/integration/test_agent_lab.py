@@ -37,9 +37,11 @@ def lab() -> Iterator[Any]:
 
 def _source(state: Any) -> Any:
     from podnat.kube.client import KubeClient, KubeOptions
-    from podnat.kube.source import KubePodSource
+    from podnat.kube.cluster import KubeCluster
+    from podnat.sources import LiveSource
 
-    return KubePodSource(KubeClient.connect(KubeOptions(kubeconfig=state.apiserver.kubeconfig, request_timeout=30)))
+    client = KubeClient.connect(KubeOptions(kubeconfig=state.apiserver.kubeconfig, request_timeout=30))
+    return LiveSource(KubeCluster(client))
 
 
 def _cli(state: Any, *args: str) -> subprocess.CompletedProcess[str]:

@@ -670,7 +670,7 @@ def test_stop_kills_running_execs(tmp_path: Path) -> None:
     assert not alive, "the exec outlived the server"
 
 
-# --- root: podnat's own KubePodSource against a pod built as the lab builds one ---------------------
+# --- root: the source policy over KubeCluster against a pod built as the lab builds one ---------------------
 
 DEFAULT_TABLE = Path(__file__).resolve().parent.parent / "data" / "default.v4.iptables-save"
 LISTENERS = '{"listener_statuses": [{"name": "virtualOutbound"}, {"name": "virtualInbound"}]}'
@@ -733,20 +733,22 @@ def sidecar_lab(tmp_path: Path) -> Iterator[LabApiServer]:
 def test_kube_pod_source_reads_the_lab_as_a_cluster(sidecar_lab: LabApiServer) -> None:
     from podnat.facts import NatSource, PodRef
     from podnat.kube.client import KubeClient, KubeOptions
+    from podnat.kube.cluster import KubeCluster
     from podnat.kube.errors import Failure, KubeSourceError
-    from podnat.kube.source import KubePodSource
+    from podnat.sources import LiveSource
 
-    def source(token: str | None = None) -> KubePodSource:
+    def source(token: str | None = None) -> LiveSource:
         kube = KubeClient.connect(KubeOptions(kubeconfig=sidecar_lab.kubeconfig, request_timeout=20))
         if token is not None:
             kube.configuration.refresh_api_key_hook = None
             kube.configuration.api_key = {"BearerToken": f"Bearer {token}"}
-        return KubePodSource(kube, debug_wait=10)
+        return LiveSource(KubeCluster(kube, debug_wait=10))
 
     ref = PodRef(NS, "ratings-v1-1")
     src = source()
     facts = src.read_facts(src.get_pod(ref), None, False)
     assert facts.nat is not None and facts.nat.source is NatSource.INIT_LOG, facts.notes
+    assert facts.live is False  # the rules applied at start, and the facts say so
     assert any("cannot read the nat table without NET_ADMIN" in n for n in facts.notes)
     assert facts.listeners is not None and "virtualOutbound" in facts.listeners.json_text, facts.notes
     live = src.read_facts(src.get_pod(ref), None, True)

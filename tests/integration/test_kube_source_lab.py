@@ -1,4 +1,4 @@
-"""KubePodSource against the lab: its real API server and real network-namespace pods.
+"""The source policy over KubeCluster against the lab: its real API server and real network-namespace pods.
 
 The module brings its own lab up (root) and takes it down afterwards.
 """
@@ -13,9 +13,10 @@ from conftest import require
 
 from podnat.facts import NatSource, PodRef
 from podnat.kube.client import KubeClient, KubeOptions
+from podnat.kube.cluster import KubeCluster
 from podnat.kube.errors import Failure, KubeSourceError
-from podnat.kube.source import KubePodSource
 from podnat.lab.state import LabState
+from podnat.sources import LiveSource
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -35,14 +36,14 @@ def lab() -> Iterator[LabState]:
         lab_down(root)
 
 
-def source(lab: LabState, token: str | None = None) -> KubePodSource:
+def source(lab: LabState, token: str | None = None) -> LiveSource:
     assert lab.apiserver is not None
     client = KubeClient.connect(KubeOptions(kubeconfig=lab.apiserver.kubeconfig, request_timeout=20))
     if token is not None:
         # load_kube_config re-applies the kubeconfig token on every request unless its hook is cleared.
         client.configuration.refresh_api_key_hook = None
         client.configuration.api_key = {"BearerToken": f"Bearer {token}"}
-    return KubePodSource(client, debug_wait=30)
+    return LiveSource(KubeCluster(client, debug_wait=30))
 
 
 def sidecar_pod(lab: LabState) -> PodRef:
@@ -58,6 +59,7 @@ def test_unprivileged_proxy_falls_back_to_init_log(lab: LabState) -> None:
     facts = src.read_facts(src.get_pod(ref), None, False)
     assert facts.nat is not None
     assert facts.nat.source is NatSource.INIT_LOG, facts.notes
+    assert facts.live is False
     assert facts.nat.label == "istio-init log: applied at pod start, not necessarily live"
     assert "ISTIO_OUTPUT" in facts.nat.v4
     assert any("cannot read the nat table without NET_ADMIN" in n for n in facts.notes)
@@ -77,6 +79,7 @@ def test_debug_container_reads_live_table_and_is_reused(lab: LabState) -> None:
     ref = sidecar_pod(lab)
     first = src.read_facts(src.get_pod(ref), None, True)
     assert first.nat is not None and first.nat.source is NatSource.DEBUG, first.notes
+    assert first.live is True
     assert first.nat.counters and "ISTIO_OUTPUT" in first.nat.v4
     second = src.read_facts(src.get_pod(ref), None, True)
     assert second.nat is not None and second.nat.debug_container_added is False
@@ -121,6 +124,7 @@ def test_inspect_debug_container_reads_nft_rules_through_the_proxy_image_toolset
     )
     report = json.loads(run.stdout)
     assert report["sources"]["nat"] == "ephemeral container podnat-debug (uid 0, NET_ADMIN): iptables-nft-save -c"
+    assert report["live"] is True
     packets = [n for f in report["flows"] for leg in f.get("legs", []) for n in (leg.get("packets") or {}).values()]
     assert packets and None not in packets and sum(packets) > 0  # live counters beside the traced rules
     facts = src.read_facts(src.get_pod(ref), NatSource.DEBUG, True)
@@ -161,3 +165,39 @@ def test_inspect_and_verify_read_each_pod_once(lab: LabState, monkeypatch: pytes
     listed = src.list_pods(ref.namespace)
     result = verify_pods(lambda: source(lab), listed, 2)
     assert len(result.pods) == len(listed) and sorted(calls) == sorted(p["metadata"]["name"] for p in listed)
+
+
+def test_debug_container_denied_falls_back_never_silently_and_source_debug_is_a_demand(lab: LabState) -> None:
+    """A token that may not exec nor patch pods/ephemeralcontainers (the lab's read-only one): with
+    --debug-container the istio-init log is read, the notes say why, and the report says the rules are not
+    live (JSON and table); with --source debug it is exit 3 saying what to grant."""
+    import json
+    import subprocess
+    import sys
+
+    assert lab.apiserver is not None
+    ref = sidecar_pod(lab)
+    env = {
+        "KUBECONFIG": str(Path(lab.apiserver.kubeconfig).with_name("kubeconfig.readonly")),
+        "HOME": lab.root,
+        "PATH": "/usr/sbin:/usr/bin:/bin",
+        "COLUMNS": "200",
+    }
+
+    def inspect(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "podnat", "inspect", ref.name, "-n", ref.namespace, *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+    run = inspect("--debug-container", "-o", "json")
+    report = json.loads(run.stdout)
+    assert run.returncode == 0 and report["status"] == "ok", run.stderr
+    assert report["live"] is False
+    assert report["sources"]["nat"] == "istio-init log: applied at pod start, not necessarily live"
+    # The module's earlier tests added podnat-debug: this token may not exec in it (nor patch a new one).
+    denied = f"cannot create pods/exec in namespace {ref.namespace}: grant it"
+    assert [n for n in report["notes"] if n.startswith(denied)], report["notes"]
+    table = inspect("--debug-container")
+    assert table.returncode == 0 and "applied at start, not necessarily live" in table.stdout
+    demanded = inspect("--source", "debug", "-o", "json")
+    assert demanded.returncode == 3
+    assert json.loads(demanded.stdout)["error"]["message"].startswith(denied)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from podnat.facts import MeshMode, NatReading, NatSource, PodFacts, PodRef, PolicyRouting, SocketsReading
-from podnat.kube.source import AMBIENT_NOT_READ
 from podnat.render.data import pod_report_data
+from podnat.sources import AMBIENT_NOT_READ
 from podnat.usecases import _RELEASES, inspect_pod, verify_pods
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ambient"

@@ -22,8 +22,8 @@ from podnat.facts import NatReading, NatSource, PodFacts, PodRef
 from podnat.istio.config import ConfigSource, InterceptionMode, IstioRelease
 from podnat.istio.flows import Identity
 from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, read_pod, with_namespace_labels
-from podnat.kube.source import AMBIENT_NOT_READ
 from podnat.render.data import pod_report_data
+from podnat.sources import AMBIENT_NOT_READ
 from podnat.usecases import inspect_pod, verify_pods
 
 DATA = Path(__file__).resolve().parent.parent / "data"
