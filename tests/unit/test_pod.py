@@ -235,7 +235,7 @@ def test_pod_info_is_a_read_only_view_of_the_raw_pod_and_is_not_read_twice() -> 
 
 class AmbientSource:
     """A PodSource that reads what it is handed as the real adapters do (pod_info): no node agent, so an
-    ambient pod's in-pod rules cannot be read (what KubePodSource says then)."""
+    ambient pod's in-pod rules cannot be read (what podnat.sources says then)."""
 
     def __init__(self) -> None:
         self.seen: list[PodInfo] = []
