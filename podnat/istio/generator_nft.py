@@ -340,44 +340,60 @@ def _ntop(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 
 
 def _build(cfg: InterceptionConfig) -> _NftBuilder:
-    """Every rule the nftables backend appends or inserts, in its order."""
+    """Every rule the nftables backend appends or inserts, in its order: run.go's stages."""
     b = _NftBuilder(cfg.enable_ipv6, counters=cfg.release >= IstioRelease(1, 28))
-    tproxy = cfg.mode is InterceptionMode.TPROXY
     loopback = cfg.ipv4_loopback_cidr
-    tunnel = str(cfg.inbound_tunnel_port)
-    dns = cfg.dns_active
-    include = cfg.outbound_ip_ranges_include
-    include_v4, include_v6 = split_ranges(include) if not isinstance(include, Wildcard) else ([], [])
-    loopback_included = not isinstance(include, Wildcard) and any(r.is_loopback for r in include)
+    _interfaces(cfg, b)
+    _redirect_chains(cfg, b)
+    _inbound(cfg, b, loopback)
+    _outbound_entry(cfg, b)
+    _outbound_owners(cfg, b, loopback)
+    if cfg.dns_active:
+        _dns(cfg, b)
+    _outbound_destinations(cfg, b, loopback)
+    if cfg.mode is InterceptionMode.TPROXY:
+        _tproxy_tail(cfg, b, loopback)
+    return b
 
+
+def _interfaces(cfg: InterceptionConfig, b: _NftBuilder) -> None:
+    """Excluded interfaces, then kube-virt interfaces short-circuit PREROUTING; INVALID_DROP."""
     for iface in cfg.exclude_interfaces:
         b.append(NAT, PREROUTING, "iifname", iface, COUNTER, "return")
         b.append(NAT, OUTPUT, "oifname", iface, COUNTER, "return")
-    if tproxy:
+    if cfg.mode is InterceptionMode.TPROXY:
         for iface in cfg.exclude_interfaces:
             b.append(MANGLE, PREROUTING, "iifname", iface, COUNTER, "return")
             b.append(MANGLE, OUTPUT, "oifname", iface, COUNTER, "return")
     for iface in cfg.reroute_virtual_interfaces:
         b.insert(NAT, PREROUTING, 0, "iifname", iface, COUNTER, "return")
-
     if cfg.drop_invalid:
         b.append(MANGLE, PREROUTING, "meta l4proto tcp", "ct state", "invalid", COUNTER, "jump", DROP)
         b.append(MANGLE, DROP, COUNTER, "drop")
 
-    b.append(NAT, INBOUND, "meta l4proto tcp", "tcp dport", tunnel, COUNTER, "return")
+
+def _redirect_chains(cfg: InterceptionConfig, b: _NftBuilder) -> None:
+    """The tunnel port's return and the two redirect chains."""
+    b.append(NAT, INBOUND, "meta l4proto tcp", "tcp dport", str(cfg.inbound_tunnel_port), COUNTER, "return")
     b.append(NAT, REDIRECT, "meta l4proto tcp", COUNTER, "redirect to", f":{cfg.proxy_port}")
     b.append(NAT, IN_REDIRECT, "meta l4proto tcp", COUNTER, "redirect to", f":{cfg.inbound_capture_port}")
 
-    _inbound(cfg, b, loopback)
 
+def _outbound_entry(cfg: InterceptionConfig, b: _NftBuilder) -> None:
+    """OUTPUT -> ISTIO_OUTPUT, the excluded ports' returns and the inbound passthrough's (127.0.0.6)."""
     b.append(NAT, OUTPUT, COUNTER, "jump", ISTIO_OUTPUT)
     for port in cfg.outbound_ports_exclude:
         b.append(NAT, ISTIO_OUTPUT, "tcp dport", str(port), COUNTER, "return")
         b.append(NAT, ISTIO_OUTPUT, "udp dport", str(port), COUNTER, "return")
-
     b.append(NAT, ISTIO_OUTPUT, "oifname", "lo", "ip saddr", "127.0.0.6/32", COUNTER, "return")
     b.append_v6(NAT, ISTIO_OUTPUT, "oifname", "lo", "ip6 saddr", "::6/128", COUNTER, "return")
 
+
+def _outbound_owners(cfg: InterceptionConfig, b: _NftBuilder, loopback: str) -> None:
+    """The proxy's own traffic: to itself over lo redirected inbound, otherwise returned; owner groups."""
+    tunnel, dns = str(cfg.inbound_tunnel_port), cfg.dns_active
+    include = cfg.outbound_ip_ranges_include
+    loopback_included = not isinstance(include, Wildcard) and any(r.is_loopback for r in include)
     for key, owners in (("skuid", cfg.proxy_uids), ("skgid", cfg.proxy_gids)):
         # with DNS capture, the app's TCP to a resolver on lo must still reach the DNS rules
         ports = f"{{ 53, {tunnel} }}" if dns and key == "skuid" else tunnel
@@ -414,9 +430,9 @@ def _build(cfg: InterceptionConfig) -> _NftBuilder:
         none_of = [word for group in cfg.owner_groups_include for word in ("skgid", "!=", group)]
         b.append(NAT, ISTIO_OUTPUT, *none_of, COUNTER, "return")
 
-    if dns:
-        _dns(cfg, b)
 
+def _outbound_destinations(cfg: InterceptionConfig, b: _NftBuilder, loopback: str) -> None:
+    """Outbound by destination: loopback and excluded CIDRs return, included ports and CIDRs redirect."""
     b.append(NAT, ISTIO_OUTPUT, "ip daddr", loopback, COUNTER, "return")
     b.append_v6(NAT, ISTIO_OUTPUT, "ip6 daddr", "::1/128", COUNTER, "return")
     exclude_v4, exclude_v6 = split_ranges(cfg.outbound_ip_ranges_exclude)
@@ -428,23 +444,21 @@ def _build(cfg: InterceptionConfig) -> _NftBuilder:
     for port in cfg.outbound_ports_include:
         b.append(NAT, ISTIO_OUTPUT, "tcp dport", str(port), COUNTER, "jump", REDIRECT)
 
+    include = cfg.outbound_ip_ranges_include
     if isinstance(include, Wildcard):
         b.append(NAT, ISTIO_OUTPUT, COUNTER, "jump", REDIRECT)
         for iface in cfg.reroute_virtual_interfaces:
             b.insert(NAT, PREROUTING, 0, "iifname", iface, COUNTER, "jump", REDIRECT)
-    else:
-        for cidr in include_v4:
-            for iface in cfg.reroute_virtual_interfaces:
-                b.insert(NAT, PREROUTING, 0, "iifname", iface, "ip daddr", cidr, COUNTER, "jump", REDIRECT)
-            b.append(NAT, ISTIO_OUTPUT, "ip daddr", cidr, COUNTER, "jump", REDIRECT)
-        for cidr in include_v6:
-            for iface in cfg.reroute_virtual_interfaces:
-                b.insert_v6(NAT, PREROUTING, 0, "iifname", iface, "ip6 daddr", cidr, COUNTER, "jump", REDIRECT)
-            b.append_v6(NAT, ISTIO_OUTPUT, "ip6 daddr", cidr, COUNTER, "jump", REDIRECT)
-
-    if tproxy:
-        _tproxy_tail(cfg, b, loopback)
-    return b
+        return
+    include_v4, include_v6 = split_ranges(include)
+    for cidr in include_v4:
+        for iface in cfg.reroute_virtual_interfaces:
+            b.insert(NAT, PREROUTING, 0, "iifname", iface, "ip daddr", cidr, COUNTER, "jump", REDIRECT)
+        b.append(NAT, ISTIO_OUTPUT, "ip daddr", cidr, COUNTER, "jump", REDIRECT)
+    for cidr in include_v6:
+        for iface in cfg.reroute_virtual_interfaces:
+            b.insert_v6(NAT, PREROUTING, 0, "iifname", iface, "ip6 daddr", cidr, COUNTER, "jump", REDIRECT)
+        b.append_v6(NAT, ISTIO_OUTPUT, "ip6 daddr", cidr, COUNTER, "jump", REDIRECT)
 
 
 def _inbound(cfg: InterceptionConfig, b: _NftBuilder, loopback: str) -> None:
