@@ -5,9 +5,10 @@
 
 iptables: for each golden under DIR/goldens (iptables/*.golden, iptables/cni-sidecar-plugin/*,
 history/<tag>/*), the configuration it was made from (podnat.istio.goldens) goes through
-`expected_rules`, the golden through `normalise_restore`, and the two are compared rule by rule per
-(family, table, chain). Where the golden was loaded into a real kernel (DIR/kernel-save/iptables/
-NAME.v4|v6.iptables-save), the normalised golden must also equal that dump.
+`expected_rules`; the golden is read (podnat.netfilter.parse) and printed in the kernel's spelling
+(podnat.netfilter.save), and the two are compared rule by rule per (family, table, chain). Where the
+golden was loaded into a real kernel (DIR/kernel-save/iptables/NAME.v4|v6.iptables-save), the
+printed golden must also equal that dump (which the printer gives back unchanged: test_save.py).
 
 nftables: for each golden under DIR/goldens/nftables, `nft_script` (podnat.istio.generator_nft) must
 equal the golden line for line. Where it was loaded (DIR/kernel-save/nftables/NAME.nft-list-ruleset),
@@ -50,10 +51,11 @@ from podnat.istio.goldens import (
     case_for,
     split_golden,
 )
-from podnat.istio.normalise import NormaliseError, normalise_restore
+from podnat.netfilter.errors import ParseError
 from podnat.netfilter.model import BaseChain, Family, Ruleset
 from podnat.netfilter.nft import parse_nft
-from podnat.netfilter.parse import ParseError
+from podnat.netfilter.parse import parse_ruleset
+from podnat.netfilter.save import format_rule
 
 ChainKey = tuple[str, str, str]  # (family, table, chain)
 BACKENDS = ("iptables", "nftables")
@@ -96,18 +98,14 @@ class GoldenResult:
 
 
 def chains(save_text: str, family: str) -> dict[ChainKey, list[str]]:
-    """`iptables-save` text -> rules per (family, table, chain); declared empty chains included."""
-    out: dict[ChainKey, list[str]] = {}
-    table = ""
-    for line in save_text.splitlines():
-        if line.startswith("*"):
-            table = line[1:].strip()
-        elif line.startswith(":"):
-            out.setdefault((family, table, line[1:].split()[0]), [])
-        elif line.startswith("-A "):
-            chain = line.split()[1]
-            out.setdefault((family, table, chain), []).append(line)
-    return out
+    """`iptables-save` text (or restore input) of one family (`v4`, `v6`) -> each rule as the kernel
+    prints it, per (family, table, chain); declared empty chains included. ParseError when unreadable."""
+    ruleset = parse_ruleset(save_text, Family.IPV6 if family == "v6" else Family.IPV4)
+    return {
+        (family, table.name, chain.name): [format_rule(rule, ruleset.family) for rule in chain.rules]
+        for table in ruleset.tables.values()
+        for chain in table.chains.values()
+    }
 
 
 def compare(want: dict[ChainKey, list[str]], got: dict[ChainKey, list[str]], source: str = "golden") -> str:
@@ -132,10 +130,10 @@ def compare(want: dict[ChainKey, list[str]], got: dict[ChainKey, list[str]], sou
 
 
 def _golden_chains(golden: Golden) -> dict[ChainKey, list[str]]:
-    """A golden's rules per (family, table, chain), normalised to the save form."""
-    out = chains(normalise_restore(golden.v4, ipv6=False), "v4")
+    """A golden's rules per (family, table, chain), in the kernel's spelling."""
+    out = chains(golden.v4, "v4")
     if golden.v6 is not None:
-        out.update(chains(normalise_restore(golden.v6, ipv6=True), "v6"))
+        out.update(chains(golden.v6, "v6"))
     return out
 
 
@@ -154,7 +152,7 @@ def check_golden(reference: Path, rel: str) -> GoldenResult:
     golden = load_golden(reference / "goldens" / rel)
     try:
         want = _golden_chains(golden)
-    except NormaliseError as exc:
+    except ParseError as exc:
         return GoldenResult(rel, Outcome.NOT_REPRODUCED, f"golden does not parse: {exc}")
     expected = expected_rules(config)
     got = chains(expected.v4, "v4")
@@ -182,7 +180,7 @@ def _check_ambient_golden(reference: Path, rel: str, case: GoldenCase) -> Golden
         golden = split_golden(text)
         try:
             want = _golden_chains(golden)
-        except NormaliseError as exc:
+        except ParseError as exc:
             return GoldenResult(rel, Outcome.NOT_REPRODUCED, f"golden does not parse: {exc}")
         restore = host_probe_restore(config) if host else ambient_restore(config)
         reason = compare(want, _golden_chains(Golden(restore.v4, restore.v6, config.enable_ipv6)))
@@ -191,7 +189,7 @@ def _check_ambient_golden(reference: Path, rel: str, case: GoldenCase) -> Golden
 
 
 def _kernel_check(reference: Path, stem: str | None, golden: Golden) -> str:
-    """normalise(golden) against kernel-save/iptables/STEM.v4|v6.iptables-save, in words."""
+    """The golden, printed, against kernel-save/iptables/STEM.v4|v6.iptables-save, in words."""
     if not stem:
         return ""
     base = reference / "kernel-save" / "iptables"
@@ -205,7 +203,7 @@ def _kernel_check(reference: Path, stem: str | None, golden: Golden) -> str:
         if not dump.exists() or text is None:
             continue
         want = chains(dump.read_text(encoding="utf-8"), family)
-        got = chains(normalise_restore(text, ipv6=family == "v6"), family)
+        got = chains(text, family)
         diff = compare(want, got)
         if diff:
             return f"DIFFERS {diff}"

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 from podnat.istio.config import InterceptionConfig, InterceptionMode, IstioRelease, Wildcard
 from podnat.istio.generator import DNS_PROXY_PORT, OUTBOUND_MARK, split_ranges
+from podnat.netfilter.addresses import ntop
 from podnat.netfilter.model import Family, Ruleset
 from podnat.netfilter.nft import parse_nft
 
@@ -320,20 +321,8 @@ def _listed_address(text: str) -> str:
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return text
-    host = _ntop(network.network_address)
+    host = ntop(network.network_address)
     return host if network.prefixlen == network.max_prefixlen else f"{host}/{network.prefixlen}"
-
-
-def _ntop(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """An address as inet_ntop(3) spells it: IPv4-compatible and -mapped IPv6 end in dotted quads."""
-    if isinstance(address, ipaddress.IPv4Address):
-        return str(address)
-    words = [int.from_bytes(address.packed[k : k + 2], "big") for k in range(0, 16, 2)]
-    if words[:6] == [0] * 6 and words[6] != 0:
-        return f"::{ipaddress.IPv4Address(address.packed[12:])}"
-    if words[:5] == [0] * 5 and words[5] == 0xFFFF:
-        return f"::ffff:{ipaddress.IPv4Address(address.packed[12:])}"
-    return address.compressed
 
 
 # --- the rules, in istio-iptables' order -------------------------------------------------------------
@@ -535,8 +524,8 @@ def _dns(cfg: InterceptionConfig, b: _NftBuilder) -> None:
     to_proxy = ("redirect", "to", f":{DNS_PROXY_PORT}")
     b.append(RAW, OUTPUT, COUNTER, "jump", OUTPUT_DNS)
     b.append(NAT, ISTIO_OUTPUT, COUNTER, "jump", OUTPUT_DNS)
-    v4 = [f"{_ntop(server)}/32" for server in cfg.dns_servers_v4]
-    v6 = [f"{_ntop(server)}/128" for server in cfg.dns_servers_v6]
+    v4 = [f"{ntop(server)}/32" for server in cfg.dns_servers_v4]
+    v6 = [f"{ntop(server)}/128" for server in cfg.dns_servers_v6]
     for proto in ("tcp", "udp"):
         if cfg.capture_all_dns:
             l4proto = ("meta l4proto tcp",) if proto == "tcp" else ()

@@ -126,3 +126,16 @@ def network_bounds(net: Net) -> tuple[int, int]:
 
 def to_address(version: int, value: int) -> IPAddress:
     return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+
+
+def ntop(address: IPAddress) -> str:
+    """An address as inet_ntop(3) spells it (and so iptables-save and nft): IPv4-compatible and
+    IPv4-mapped IPv6 addresses end in a dotted quad (`::127.0.0.53`, `::ffff:10.0.0.1`)."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    words = [int.from_bytes(address.packed[k : k + 2], "big") for k in range(0, 16, 2)]
+    if words[:6] == [0] * 6 and words[6] != 0:
+        return f"::{ipaddress.IPv4Address(address.packed[12:])}"
+    if words[:5] == [0] * 5 and words[5] == 0xFFFF:
+        return f"::ffff:{ipaddress.IPv4Address(address.packed[12:])}"
+    return address.compressed
