@@ -161,7 +161,7 @@ def check_golden(reference: Path, rel: str) -> GoldenResult:
     kernel = _kernel_check(reference, case.kernel_save, golden)
     reason = compare(want, got)
     if not reason and kernel.startswith("DIFFERS"):
-        reason = f"normalised golden differs from the kernel's dump: {kernel}"
+        reason = f"printed golden differs from the kernel's dump: {kernel}"
     verdict = Outcome.NOT_REPRODUCED if reason else Outcome.REPRODUCED
     note = f" ({case.note})" if case.note and not reason else ""
     return GoldenResult(rel, verdict, reason + note, kernel)
