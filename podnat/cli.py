@@ -875,7 +875,9 @@ def inspect(
             manifest = read_pod(pod_source.get_pod(PodRef(namespace or default_ns, pod)))
         except PodSpecError as exc:
             raise BadInput(str(exc)) from None
-        report = inspect_pod(pod_source, manifest, nat_source, debug_container or probe)
+        from podnat.sources import NamespaceLabels
+
+        report = inspect_pod(pod_source, manifest, nat_source, debug_container or probe, NamespaceLabels(cluster))
         if probe:
             from podnat.usecases import probe_report
 
@@ -946,6 +948,8 @@ def verify(
         cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
         where = None if all_namespaces else (namespace or default_ns)
         unchecked = None
+        from podnat.sources import NamespaceLabels
+
         if where is not None:
             from podnat.sources import check_namespace
 
@@ -963,6 +967,7 @@ def verify(
                 nat_source,
                 debug_container or nat_source is NatSource.DEBUG,
                 progress.advance,
+                NamespaceLabels(cluster),
             )
         if html is not None:
             from podnat.render.html import verify_html

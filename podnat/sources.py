@@ -737,6 +737,26 @@ class LiveSource:
         return self.cluster.exec(ref, container, argv)
 
 
+class NamespaceLabels:
+    """Each namespace's labels, read once per run (a namespace labelled istio.io/dataplane-mode=ambient
+    enrols its pods: podnat.istio.pod). None for a namespace that could not be read (no right to `get
+    namespaces`): its pods are then read from their own labels and annotations only."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._read: dict[str, Mapping[str, str] | None] = {}
+
+    def __call__(self, namespace: str) -> Mapping[str, str] | None:
+        if namespace not in self._read:  # two threads may both read it: the same answer
+            try:
+                found = self.cluster.get_namespace(namespace)
+                labels = (found.get("metadata") or {}).get("labels") or {}
+                self._read[namespace] = {str(k): str(v) for k, v in labels.items()}
+            except SourceError:
+                self._read[namespace] = None
+        return self._read[namespace]
+
+
 def check_namespace(cluster: Cluster, namespace: str) -> str | None:
     """Raises SourceError (NOT_FOUND, exit 3) when the namespace does not exist; returns a warning when it
     could not be checked (no right to `get namespaces`), else None."""

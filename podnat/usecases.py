@@ -27,7 +27,7 @@ from podnat.intent import PodIntent, intent_for_pod
 from podnat.istio.config import InterceptionConfig
 from podnat.istio.explain import Explanation, Finding, Severity, captured_nameservers, explain
 from podnat.istio.flows import Endpoint, PodContext, context_for
-from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info
+from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, with_namespace_labels
 from podnat.istio.routing import TproxyRouting, tproxy_routing
 from podnat.netfilter.model import Family, Ruleset
 from podnat.netfilter.parse import ParseError
@@ -36,18 +36,29 @@ from podnat.report import PodReport, VerifyReport
 REQUIRED_LISTENERS = (15001, 15006, 15090, 15021)
 
 
+NamespaceLabels = Callable[[str], Mapping[str, str] | None]  # a namespace's labels; None: could not be read
+
+
 def inspect_pod(
-    source: PodSource, pod: Mapping[str, Any], nat_source: NatSource | None = None, debug_container: bool = False
+    source: PodSource,
+    pod: Mapping[str, Any],
+    nat_source: NatSource | None = None,
+    debug_container: bool = False,
+    namespace_labels: NamespaceLabels | None = None,
 ) -> PodReport:
     """Read one pod's facts and explain them against its intent.
 
     The pod is read once (`pod_info`: a PodInfo as given, a raw pod read here) and the PodInfo is what the
-    source, the intent and the explanation see."""
+    source, the intent and the explanation see. `namespace_labels` is asked only for a pod whose mesh mode
+    its namespace decides (no sidecar, no ambient label or annotation of its own)."""
     ref = PodRef(pod["metadata"]["namespace"], pod["metadata"]["name"])
     try:
         info = pod_info(pod)
     except PodSpecError as exc:
         return PodReport(ref, error=str(exc), error_code=int(ExitCode.BAD_INPUT))
+    if namespace_labels is not None and info.namespace_decides:
+        labels = namespace_labels(info.namespace or ref.namespace)
+        info = with_namespace_labels(info, labels) if labels is not None else info
     base = _pod_header(info, ref)
     try:
         intent = intent_for_pod(info)
@@ -464,6 +475,7 @@ def verify_pods(
     nat_source: NatSource | None = None,
     debug_container: bool = False,
     progress: Callable[[PodReport], None] | None = None,
+    namespace_labels: NamespaceLabels | None = None,
 ) -> VerifyReport:
     """Inspect every pod, `concurrency` at a time; each worker uses its own source (own API clients)."""
     reports: list[PodReport] = []
@@ -479,7 +491,7 @@ def verify_pods(
             # Its rules go with it, and an exec may land in a container that is stopping: not checked.
             return _with(_pod_header(info, ref), notes=(info.terminating + ": not checked",))
         try:
-            return inspect_pod(source_factory(), info, nat_source, debug_container)
+            return inspect_pod(source_factory(), info, nat_source, debug_container, namespace_labels)
         except PodnatError as exc:
             meta = pod.get("metadata") or {}
             return PodReport(

@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 import podnat.istio.pod as pods
-from podnat.facts import NatReading, NatSource, PodFacts, PodRef
+from podnat.facts import Failure, NatReading, NatSource, PodFacts, PodRef, SourceError
 from podnat.istio.config import ConfigSource, InterceptionMode, IstioRelease
 from podnat.istio.flows import Identity
 from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, read_pod, with_namespace_labels
 from podnat.render.data import pod_report_data
-from podnat.sources import AMBIENT_NOT_READ
+from podnat.sources import AMBIENT_NOT_READ, NamespaceLabels
 from podnat.usecases import inspect_pod, verify_pods
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -291,3 +291,33 @@ def test_ambient_enrolled_but_not_annotated_is_ambient_to_inspect_and_verify_ali
         assert (data["pod"]["mesh"], data["context"]["mode"], data["status"]) == ("ambient", "ambient", "error")
         assert report.error == AMBIENT_NOT_READ and report.error_code == 3
         assert any(AMBIENT_NOTE in note for note in report.notes)
+
+
+class Namespaces:
+    """The one Cluster method NamespaceLabels uses: namespaces by name, `bookinfo` labelled ambient."""
+
+    def __init__(self, forbidden: bool = False) -> None:
+        self.forbidden = forbidden
+        self.asked: list[str] = []
+
+    def get_namespace(self, name: str) -> dict[str, Any]:
+        self.asked.append(name)
+        if self.forbidden:
+            raise SourceError(Failure.FORBIDDEN, f"cannot get namespaces {name}")
+        return {"kind": "Namespace", "metadata": {"name": name, "labels": {"istio.io/dataplane-mode": "ambient"}}}
+
+
+def test_a_namespace_labelled_ambient_enrols_its_pods_in_inspect_and_verify() -> None:
+    plain = without_proxy(lab_pod("redirect"))
+    cluster = Namespaces()
+    labels = NamespaceLabels(cluster)  # type: ignore[arg-type]
+    report = inspect_pod(AmbientSource(), plain, namespace_labels=labels)
+    assert report.mesh == "ambient" and any("its namespace's label" in note for note in report.notes)
+    verified = verify_pods(
+        AmbientSource, [plain, lab_pod("redirect"), without_proxy(plain)], 2, namespace_labels=labels
+    )
+    assert [p.mesh for p in verified.pods].count("ambient") == 2 and "sidecar" in [p.mesh for p in verified.pods]
+    assert cluster.asked == ["bookinfo"]  # once per run, and never for the sidecar pod
+    # without the right to read namespaces: the pod's own labels decide, as without the lookup
+    denied = inspect_pod(AmbientSource(), plain, namespace_labels=NamespaceLabels(Namespaces(forbidden=True)))  # type: ignore[arg-type]
+    assert denied.mesh == "no-sidecar" and denied.status == "skipped"
