@@ -364,7 +364,12 @@ def print_verify(report: VerifyReport) -> None:
     counts: dict[str, int] = {}
     for pod in report.pods:
         counts[pod.status.value] = counts.get(pod.status.value, 0) + 1
-    out.print(f"{len(report.pods)} pods: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    at_start = sum(1 for pod in report.pods if pod.live is False)
+    out.print(
+        f"{len(report.pods)} pods: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + (f" ({at_start} read from rules applied at start, not live)" if at_start else "")
+    )
 
 
 def _live_word(live: bool | None) -> Text:

@@ -9,6 +9,7 @@ directory. The real client against a real API server is tests/integration/test_k
 
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 import subprocess
@@ -1025,3 +1026,41 @@ def test_read_facts_takes_the_cluster_and_the_choice(fake: FakeCluster) -> None:
     privileged_proxy(fake)
     facts = read_facts(fake, fake.pods[(NS, POD)], Choice(NatSource.EXEC))
     assert facts.nat is not None and facts.nat.source is NatSource.EXEC and fake.calls == ["exec"]
+
+
+# --- the report says what evidence it rests on -------------------------------------------------------------
+
+
+def test_the_report_says_live_or_applied_at_start_in_json_and_in_the_verify_table() -> None:
+    import dataclasses
+
+    from test_pod_facts_explained import REDIRECT, FakeSource, live_table, make_pod
+
+    from podnat.render import console
+    from podnat.render.data import pod_report_data, verify_data
+    from podnat.report import VerifyReport
+    from podnat.sources import INIT_LOG_LABEL
+    from podnat.usecases import inspect_pod
+
+    reading = live_table(REDIRECT)
+    live = inspect_pod(FakeSource(nat=reading), make_pod(REDIRECT))
+    logged = dataclasses.replace(reading, source=NatSource.INIT_LOG, label=INIT_LOG_LABEL)
+    at_start = inspect_pod(FakeSource(nat=logged), make_pod(REDIRECT))
+    plain = make_pod(REDIRECT)
+    plain["metadata"]["name"] = "plain"
+    plain["spec"]["containers"] = [c for c in plain["spec"]["containers"] if c["name"] != "istio-proxy"]
+    plain["spec"]["initContainers"] = []
+    unread = inspect_pod(FakeSource(), plain)
+    assert (live.status.value, at_start.status.value) == ("ok", "ok")  # the same rules: both explain as ok...
+    assert (live.live, at_start.live, unread.live) == (True, False, None)  # ...but only one is live
+    assert [pod_report_data(r)["live"] for r in (live, at_start, unread)] == [True, False, None]
+    report = VerifyReport((live, dataclasses.replace(at_start, ref=PodRef(NS, "reviews-v2-y")), unread))
+    assert [p["live"] for p in verify_data(report)["pods"]] == [True, False, None]
+    with console.out.capture() as captured:
+        console.print_verify(report)
+    table = captured.get()
+    cells = [[c.strip() for c in re.split("[│┃]", line)[1:-1]] for line in table.splitlines() if line[:1] in "│┃"]
+    assert cells[0][:4] == ["NAMESPACE", "POD", "STATUS", "LIVE"]
+    rows = {row[1]: row[3] for row in cells[1:] if row[0] == NS}
+    assert rows == {"reviews-v1-x": "yes", "reviews-v2-y": "no (at start)", "plain": "-"}, table
+    assert "(1 read from rules applied at start, not live)" in table.splitlines()[-1]
