@@ -10,8 +10,12 @@ not be what that release's Envoy did: the caller warns.
 from __future__ import annotations
 
 import re
+from itertools import compress
+from operator import attrgetter
 
 from podnat.netfilter.model import Rule, Ruleset
+
+_OUT_IFACE = attrgetter("out_iface")
 
 _TO_PORTS = re.compile(r"--to-ports (\d+)")
 _DPORT = re.compile(r"--dport (\d+)")
@@ -45,7 +49,8 @@ def predates_split_listeners(ruleset: Ruleset) -> tuple[str, ...]:
         )
     if any(_target(r) == "ISTIO_REDIRECT" for r in rules("PREROUTING")) and "ISTIO_INBOUND" not in chains:
         signs.append("PREROUTING sends inbound traffic to ISTIO_REDIRECT, with no ISTIO_INBOUND (Istio 0.x)")
-    for r in rules("ISTIO_OUTPUT"):
+    output = rules("ISTIO_OUTPUT")
+    for r in compress(output, map(_OUT_IFACE, output)):  # (only rules with -o: picked out in C)
         if (
             _target(r) in ("ISTIO_IN_REDIRECT", "ISTIO_REDIRECT")
             and r.out_iface is not None
