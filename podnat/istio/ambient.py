@@ -39,7 +39,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from podnat.istio.config import NEWEST_SUPPORTED, IstioRelease, _split, _truthy
+from podnat.istio import ports
+from podnat.istio.config import NEWEST_SUPPORTED, IstioRelease, split_list, truthy
 from podnat.istio.generator import ExpectedRules, RuleBuilder, restore_text
 from podnat.istio.generator_nft import NftChain, NftTable, listing_of, listing_rule
 from podnat.istio.normalise import normalise_restore
@@ -49,10 +50,10 @@ INPOD_MARK = 0x539
 CONN_MARK = 0x111
 MARK_MASK = 0xFFF
 ROUTE_TABLE = 100
-OUTBOUND_PORT = 15001
-INBOUND_PLAINTEXT_PORT = 15006
-HBONE_PORT = 15008
-DNS_PORT = 15053
+OUTBOUND_PORT = ports.OUTBOUND
+INBOUND_PLAINTEXT_PORT = ports.INBOUND
+HBONE_PORT = ports.HBONE
+DNS_PORT = ports.DNS_PROXY
 ZTUNNEL_PORTS: tuple[int, ...] = (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT, DNS_PORT)
 PROBE_SNAT_V4 = ipaddress.IPv4Address("169.254.7.127")
 PROBE_SNAT_V6 = ipaddress.IPv6Address("fd16:9254:7127:1337:ffff:ffff:ffff:ffff")
@@ -102,9 +103,9 @@ class AmbientConfig:
         dns = dns_global if dns_global is not None else release >= IstioRelease(1, 25)
         overrides = release >= IstioRelease(1, 25)
         if overrides and ANN_DNS_CAPTURE in annotations:
-            dns = _truthy(annotations[ANN_DNS_CAPTURE])
-        ingress = release >= IstioRelease(1, 24) and _truthy(annotations.get(ANN_BYPASS_INBOUND, ""))
-        virtual = _split(annotations.get(ANN_REROUTE_VIRTUAL_INTERFACES, "")) if overrides else ()
+            dns = truthy(annotations[ANN_DNS_CAPTURE])
+        ingress = release >= IstioRelease(1, 24) and truthy(annotations.get(ANN_BYPASS_INBOUND, ""))
+        virtual = split_list(annotations.get(ANN_REROUTE_VIRTUAL_INTERFACES, "")) if overrides else ()
         return cls(
             release=release,
             redirect_dns=dns,

@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from podnat.istio import ports
+from podnat.netfilter.model import IPNetwork
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -88,9 +88,9 @@ class InterceptionConfig:
 
     release: IstioRelease = NEWEST_SUPPORTED
     mode: InterceptionMode = InterceptionMode.REDIRECT
-    proxy_port: int = 15001
-    inbound_capture_port: int = 15006
-    inbound_tunnel_port: int = 15008
+    proxy_port: int = ports.OUTBOUND
+    inbound_capture_port: int = ports.INBOUND
+    inbound_tunnel_port: int = ports.HBONE
     proxy_uids: tuple[str, ...] = ("1337",)
     proxy_gids: tuple[str, ...] = ("1337",)
     inbound_ports_include: Ports | Wildcard = ()
@@ -141,37 +141,37 @@ class InterceptionConfig:
             if flag not in values and var in env:
                 values[flag] = env[var]
         rel = IstioRelease.parse(release) if isinstance(release, str) else release
-        uids = _split(values.get("u", "1337")) or ("1337",)
-        gids = _split(values.get("g", "")) or uids
-        dns = _truthy(values.get("redirect-dns", env.get("ISTIO_META_DNS_CAPTURE", env.get("REDIRECT_DNS", ""))))
-        capture_all = _truthy(values.get("capture-all-dns", env.get("CAPTURE_ALL_DNS", "")))
-        drop = _truthy(values.get("drop-invalid", env.get("INVALID_DROP", env.get("DROP_INVALID", ""))))
-        dual = _truthy(values.get("dual-stack", env.get("ISTIO_DUAL_STACK", env.get("DUAL_STACK", ""))))
-        nftables = _truthy(values.get("native-nftables", env.get("NATIVE_NFTABLES", "")))
-        v4_dns, v6_dns = _split_servers(nameservers)
+        uids = split_list(values.get("u", "1337")) or ("1337",)
+        gids = split_list(values.get("g", "")) or uids
+        dns = truthy(values.get("redirect-dns", env.get("ISTIO_META_DNS_CAPTURE", env.get("REDIRECT_DNS", ""))))
+        capture_all = truthy(values.get("capture-all-dns", env.get("CAPTURE_ALL_DNS", "")))
+        drop = truthy(values.get("drop-invalid", env.get("INVALID_DROP", env.get("DROP_INVALID", ""))))
+        dual = truthy(values.get("dual-stack", env.get("ISTIO_DUAL_STACK", env.get("DUAL_STACK", ""))))
+        nftables = truthy(values.get("native-nftables", env.get("NATIVE_NFTABLES", "")))
+        v4_dns, v6_dns = split_servers(nameservers)
         return cls(
             release=rel,
             mode=InterceptionMode(values.get("m", "REDIRECT").upper() or "REDIRECT"),
-            proxy_port=int(values.get("p", "15001")),
-            inbound_capture_port=int(values.get("z", "15006")),
-            inbound_tunnel_port=int(values.get("e", "15008")),
+            proxy_port=int(values.get("p", ports.OUTBOUND)),
+            inbound_capture_port=int(values.get("z", ports.INBOUND)),
+            inbound_tunnel_port=int(values.get("e", ports.HBONE)),
             proxy_uids=uids,
             proxy_gids=gids,
-            inbound_ports_include=_ports_or_all(values.get("b", "")),
-            inbound_ports_exclude=_ports(values.get("d", "")),
-            outbound_ports_include=_ports(values.get("q", "")),
-            outbound_ports_exclude=_ports(values.get("o", "")),
-            outbound_ip_ranges_include=_ranges_or_all(values.get("i", "")),
-            outbound_ip_ranges_exclude=_ranges(values.get("x", "")),
-            reroute_virtual_interfaces=_split(values.get("k", "")),
-            exclude_interfaces=_split(values.get("c", "")),
+            inbound_ports_include=ports_or_all(values.get("b", "")),
+            inbound_ports_exclude=port_list(values.get("d", "")),
+            outbound_ports_include=port_list(values.get("q", "")),
+            outbound_ports_exclude=port_list(values.get("o", "")),
+            outbound_ip_ranges_include=ranges_or_all(values.get("i", "")),
+            outbound_ip_ranges_exclude=range_list(values.get("x", "")),
+            reroute_virtual_interfaces=split_list(values.get("k", "")),
+            exclude_interfaces=split_list(values.get("c", "")),
             redirect_dns=dns,
             capture_all_dns=capture_all,
             dns_servers_v4=v4_dns,
             dns_servers_v6=v6_dns,
             drop_invalid=drop,
-            owner_groups_include=_groups_or_all(env.get("ISTIO_OUTBOUND_OWNER_GROUPS", "*")),
-            owner_groups_exclude=_split(env.get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "")),
+            owner_groups_include=groups_or_all(env.get("ISTIO_OUTBOUND_OWNER_GROUPS", "*")),
+            owner_groups_exclude=split_list(env.get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "")),
             ipv4_loopback_cidr=env.get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/32") or "127.0.0.1/32",
             enable_ipv6=ipv6 or dual,
             tproxy_mark=int(values.get("t", "1337") or "1337", 0),
@@ -203,7 +203,7 @@ class InterceptionConfig:
             exclude_in += ","
         exclude_in += "15020,15021,15090"
         reroute = ann.get(ANN_REROUTE_VIRTUAL_INTERFACES, ann.get(ANN_KUBEVIRT_INTERFACES, ""))
-        dns = _truthy(env.get("ISTIO_META_DNS_CAPTURE", ""))
+        dns = truthy(env.get("ISTIO_META_DNS_CAPTURE", ""))
         uid_text = str(uid) if uid else "1337"
         gid_text = str(gid) if gid else "1337"
         return cls(
@@ -211,20 +211,20 @@ class InterceptionConfig:
             mode=InterceptionMode(get(ANN_INTERCEPTION_MODE, "REDIRECT").upper()),
             proxy_uids=(uid_text,),
             proxy_gids=(gid_text,),
-            inbound_ports_include=_ports_or_all(get(ANN_INCLUDE_INBOUND_PORTS, "*")),
-            inbound_ports_exclude=_dedup(_ports(exclude_in)),
-            outbound_ports_include=_ports(get(ANN_INCLUDE_OUTBOUND_PORTS, "")),
-            outbound_ports_exclude=_ports(get(ANN_EXCLUDE_OUTBOUND_PORTS, "15020")),
-            outbound_ip_ranges_include=_ranges_or_all(get(ANN_INCLUDE_OUTBOUND_IP_RANGES, "*")),
-            outbound_ip_ranges_exclude=_ranges(get(ANN_EXCLUDE_OUTBOUND_IP_RANGES, "")),
-            reroute_virtual_interfaces=_split(reroute),
-            exclude_interfaces=_split(get(ANN_EXCLUDE_INTERFACES, "")),
+            inbound_ports_include=ports_or_all(get(ANN_INCLUDE_INBOUND_PORTS, "*")),
+            inbound_ports_exclude=_dedup(port_list(exclude_in)),
+            outbound_ports_include=port_list(get(ANN_INCLUDE_OUTBOUND_PORTS, "")),
+            outbound_ports_exclude=port_list(get(ANN_EXCLUDE_OUTBOUND_PORTS, "15020")),
+            outbound_ip_ranges_include=ranges_or_all(get(ANN_INCLUDE_OUTBOUND_IP_RANGES, "*")),
+            outbound_ip_ranges_exclude=range_list(get(ANN_EXCLUDE_OUTBOUND_IP_RANGES, "")),
+            reroute_virtual_interfaces=split_list(reroute),
+            exclude_interfaces=split_list(get(ANN_EXCLUDE_INTERFACES, "")),
             redirect_dns=dns,
             capture_all_dns=dns,
-            drop_invalid=_truthy(env.get("INVALID_DROP", "")),
-            owner_groups_include=_groups_or_all(env.get("ISTIO_OUTBOUND_OWNER_GROUPS", "*")),
-            owner_groups_exclude=_split(env.get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "")),
-            enable_ipv6=ipv6 or _truthy(env.get("ISTIO_DUAL_STACK", "")),
+            drop_invalid=truthy(env.get("INVALID_DROP", "")),
+            owner_groups_include=groups_or_all(env.get("ISTIO_OUTBOUND_OWNER_GROUPS", "*")),
+            owner_groups_exclude=split_list(env.get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "")),
+            enable_ipv6=ipv6 or truthy(env.get("ISTIO_DUAL_STACK", "")),
             source=ConfigSource.ISTIO_CNI,
         )
 
@@ -312,19 +312,19 @@ def _parse_flags(words: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _truthy(text: str) -> bool:
+def truthy(text: str) -> bool:
     """Go's strconv.ParseBool, lenient: anything unparseable is false."""
     return text.strip().lower() in ("1", "t", "true", "yes", "y", "on")
 
 
-def _split(text: str) -> tuple[str, ...]:
+def split_list(text: str) -> tuple[str, ...]:
     """Istio's config.Split: comma-separated, blanks dropped."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _ports(text: str) -> Ports:
+def port_list(text: str) -> Ports:
     """A comma list of ports."""
-    return tuple(int(p) for p in _split(text))
+    return tuple(int(p) for p in split_list(text))
 
 
 def _dedup(ports: Ports) -> Ports:
@@ -332,27 +332,27 @@ def _dedup(ports: Ports) -> Ports:
     return tuple(dict.fromkeys(ports))
 
 
-def _ports_or_all(text: str) -> Ports | Wildcard:
+def ports_or_all(text: str) -> Ports | Wildcard:
     """A port list, or `*`."""
-    return Wildcard.ALL if text.strip() == "*" else _ports(text)
+    return Wildcard.ALL if text.strip() == "*" else port_list(text)
 
 
-def _ranges(text: str) -> tuple[IPNetwork, ...]:
+def range_list(text: str) -> tuple[IPNetwork, ...]:
     """A comma list of CIDRs (host bits kept as istio-iptables keeps them, masked in the save form)."""
-    return tuple(ipaddress.ip_network(r, strict=False) for r in _split(text) if r != "*")
+    return tuple(ipaddress.ip_network(r, strict=False) for r in split_list(text) if r != "*")
 
 
-def _ranges_or_all(text: str) -> tuple[IPNetwork, ...] | Wildcard:
+def ranges_or_all(text: str) -> tuple[IPNetwork, ...] | Wildcard:
     """A CIDR list, or `*` (anywhere in the list, as istio-iptables reads it)."""
-    return Wildcard.ALL if "*" in _split(text) else _ranges(text)
+    return Wildcard.ALL if "*" in split_list(text) else range_list(text)
 
 
-def _groups_or_all(text: str) -> tuple[str, ...] | Wildcard:
+def groups_or_all(text: str) -> tuple[str, ...] | Wildcard:
     """ISTIO_OUTBOUND_OWNER_GROUPS: `*` or a list of group names/ids."""
-    return Wildcard.ALL if text.strip() in ("", "*") else _split(text)
+    return Wildcard.ALL if text.strip() in ("", "*") else split_list(text)
 
 
-def _split_servers(
+def split_servers(
     servers: Sequence[str],
 ) -> tuple[tuple[ipaddress.IPv4Address, ...], tuple[ipaddress.IPv6Address, ...]]:
     """resolv.conf nameservers -> (IPv4, IPv6)."""
@@ -400,7 +400,7 @@ def release_from_image(image: str) -> tuple[IstioRelease, str | None]:
 
 def native_nftables_flag(argv: Sequence[str]) -> bool:
     """`--native-nftables` among istio-iptables words (istio-validation's, in istio-cni pods)."""
-    return _truthy(_parse_flags(list(argv)).get("native-nftables", ""))
+    return truthy(_parse_flags(list(argv)).get("native-nftables", ""))
 
 
 def nftables_notes(config: InterceptionConfig) -> tuple[str, ...]:

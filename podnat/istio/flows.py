@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 
+from podnat.istio import ports
+from podnat.netfilter.addresses import split_host_port
 from podnat.netfilter.model import IPAddress
 
 
@@ -40,7 +42,7 @@ FLOW_TITLES = {
     FlowType.DNS: "app -> cluster DNS (captured to pilot-agent 15053)",
     FlowType.KUBELET_PROBE: "kubelet probe -> local pod (ambient: SNAT 169.254.7.127, not captured)",
 }
-DNS_PROXY_PORT = 15053
+DNS_PROXY_PORT = ports.DNS_PROXY
 
 
 class Actor(str, Enum):
@@ -67,12 +69,7 @@ class Endpoint:
     def parse(cls, text: str, default_port: int | None = None) -> Endpoint:
         """`10.0.0.1:80`, `[fd00::1]:80`, or an address alone when a default port is given."""
         text = text.strip()
-        host, port = text, None
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port = rest[1:] if rest.startswith(":") else None
-        elif text.count(":") == 1:
-            host, port = text.split(":")
+        host, port = split_host_port(text)
         if port is None and default_port is None:
             raise ValueError(f"{text!r}: expected IP:PORT")
         try:
@@ -109,8 +106,8 @@ class PodContext:
     istiod: Endpoint = Endpoint(ipaddress.IPv4Address("10.96.0.10"), 15012)
     app: Identity = Identity(1000, 1000)
     proxy: Identity = Identity(1337, 1337)
-    admin: Endpoint = Endpoint(ipaddress.IPv4Address("127.0.0.1"), 15000)
-    agent_ports: tuple[int, ...] = (15020,)  # pilot-agent: status (and 15053 DNS when captured)
+    admin: Endpoint = Endpoint(ipaddress.IPv4Address("127.0.0.1"), ports.ADMIN)
+    agent_ports: tuple[int, ...] = (ports.AGENT,)  # pilot-agent: status (and 15053 DNS when captured)
     iface: str = "eth0"
     inbound_source: IPAddress = INBOUND_SOURCE_V4  # ::6 on IPv6
     endpoints: tuple[tuple[Endpoint, Endpoint], ...] = ()  # Service VIP -> endpoint Envoy picks
@@ -176,7 +173,7 @@ def six_flows(ctx: PodContext) -> tuple[FlowSpec, ...]:
             FlowType.PROMETHEUS_TO_LOCAL,
             FLOW_TITLES[FlowType.PROMETHEUS_TO_LOCAL],
             Actor.REMOTE,
-            Endpoint(ctx.pod_ip, 15090),
+            Endpoint(ctx.pod_ip, ports.PROMETHEUS),
             source=ctx.remote.address,
         ),
         FlowSpec(
@@ -262,6 +259,6 @@ def context_for(
         service=Endpoint(ipaddress.IPv6Address(_V6_DEFAULTS["service"]), port),
         istiod=Endpoint(ipaddress.IPv6Address(_V6_DEFAULTS["istiod"]), 15012),
         proxy=proxy,
-        admin=Endpoint(ipaddress.IPv6Address("::1"), 15000),
+        admin=Endpoint(ipaddress.IPv6Address("::1"), ports.ADMIN),
         inbound_source=ipaddress.IPv6Address("::6"),
     )

@@ -32,13 +32,14 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from podnat.istio import ports
 from podnat.istio.config import InterceptionConfig, InterceptionMode, IstioRelease, Wildcard
 from podnat.istio.normalise import normalise_restore
 
 _BUILTIN = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 _TABLE_SORT = ("filter", "mangle", "nat", "raw")  # istio-iptables writes tables in sorted order
 OUTBOUND_MARK = "1338"
-DNS_PROXY_PORT = "15053"
+DNS_PROXY_PORT = str(ports.DNS_PROXY)
 _V6_LOOPBACK = "::1/128"
 
 

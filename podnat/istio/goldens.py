@@ -38,13 +38,13 @@ from podnat.istio.config import (
     InterceptionConfig,
     InterceptionMode,
     IstioRelease,
-    _groups_or_all,
-    _ports,
-    _ports_or_all,
-    _ranges,
-    _ranges_or_all,
-    _split,
-    _split_servers,
+    groups_or_all,
+    port_list,
+    ports_or_all,
+    range_list,
+    ranges_or_all,
+    split_list,
+    split_servers,
 )
 
 _PROBES = frozenset({"iptables-save", "ip6tables-save"})
@@ -364,29 +364,29 @@ def case_config(case: GoldenCase) -> InterceptionConfig | None:
     def text(key: str, default: str = "") -> str:
         return str(s.get(key, default))
 
-    uids = _split(text("ProxyUID", "1337"))
+    uids = split_list(text("ProxyUID", "1337"))
     servers = [*s.get("DNSServersV4", []), *s.get("DNSServersV6", [])]
-    v4_dns, v6_dns = _split_servers(servers)
+    v4_dns, v6_dns = split_servers(servers)
     return InterceptionConfig(
         release=release,
         mode=InterceptionMode(text("InboundInterceptionMode", "REDIRECT") or "REDIRECT"),
         proxy_uids=uids,
-        proxy_gids=_split(text("ProxyGID")) or uids,
-        inbound_ports_include=_ports_or_all(text("InboundPortsInclude")),
-        inbound_ports_exclude=_ports(text("InboundPortsExclude")),
-        outbound_ports_include=_ports(text("OutboundPortsInclude")),
-        outbound_ports_exclude=_ports(text("OutboundPortsExclude")),
-        outbound_ip_ranges_include=_ranges_or_all(text("OutboundIPRangesInclude")),
-        outbound_ip_ranges_exclude=_ranges(text("OutboundIPRangesExclude")),
-        reroute_virtual_interfaces=_split(text("RerouteVirtualInterfaces")),
-        exclude_interfaces=_split(text("ExcludeInterfaces")),
+        proxy_gids=split_list(text("ProxyGID")) or uids,
+        inbound_ports_include=ports_or_all(text("InboundPortsInclude")),
+        inbound_ports_exclude=port_list(text("InboundPortsExclude")),
+        outbound_ports_include=port_list(text("OutboundPortsInclude")),
+        outbound_ports_exclude=port_list(text("OutboundPortsExclude")),
+        outbound_ip_ranges_include=ranges_or_all(text("OutboundIPRangesInclude")),
+        outbound_ip_ranges_exclude=range_list(text("OutboundIPRangesExclude")),
+        reroute_virtual_interfaces=split_list(text("RerouteVirtualInterfaces")),
+        exclude_interfaces=split_list(text("ExcludeInterfaces")),
         redirect_dns=bool(s.get("RedirectDNS", False)),
         capture_all_dns=bool(s.get("CaptureAllDNS", False)),
         dns_servers_v4=v4_dns,
         dns_servers_v6=v6_dns,
         drop_invalid=bool(s.get("DropInvalid", False)),
-        owner_groups_include=_groups_or_all(text("OwnerGroupsInclude", "*")),
-        owner_groups_exclude=_split(text("OwnerGroupsExclude")),
+        owner_groups_include=groups_or_all(text("OwnerGroupsInclude", "*")),
+        owner_groups_exclude=split_list(text("OwnerGroupsExclude")),
         ipv4_loopback_cidr=text("HostIPv4LoopbackCidr", "127.0.0.1/32"),
         enable_ipv6=bool(s.get("EnableIPv6", False)),
         native_nftables=case.kind is CaseKind.ISTIO_NFTABLES,

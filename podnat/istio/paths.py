@@ -25,6 +25,7 @@ from operator import attrgetter
 
 from podnat._typing import assert_never
 from podnat.envoy.listeners import Listener, ListenerKind, istio_default_listeners
+from podnat.istio import ports
 from podnat.istio.flows import DNS_PROXY_PORT, Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.netfilter.matches import parse_mark
 from podnat.netfilter.model import Family, IPAddress, Rule, Ruleset
@@ -349,7 +350,7 @@ def _envoy_upstream(
         case ListenerKind.PROMETHEUS:
             return _source_for(ctx.admin, ctx), ctx.admin, 0
         case ListenerKind.HEALTH:
-            return ctx.loopback, Endpoint(ctx.loopback, ctx.agent_ports[0] if ctx.agent_ports else 15020), 0
+            return ctx.loopback, Endpoint(ctx.loopback, ctx.agent_ports[0] if ctx.agent_ports else ports.AGENT), 0
         case ListenerKind.SERVICE | ListenerKind.OTHER:
             return None
         case _:

@@ -139,3 +139,15 @@ def ntop(address: IPAddress) -> str:
     if words[:5] == [0] * 5 and words[5] == 0xFFFF:
         return f"::ffff:{ipaddress.IPv4Address(address.packed[12:])}"
     return address.compressed
+
+
+def split_host_port(text: str) -> tuple[str, str | None]:
+    """`10.0.0.1:80` -> ("10.0.0.1", "80"), `[fd00::1]:80` -> ("fd00::1", "80"); an address alone
+    (`10.0.0.1`, `fd00::1`, `[fd00::1]`) -> (address, None). Neither part is checked here."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else None
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, port
+    return text, None

@@ -52,7 +52,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from podnat.netfilter.addresses import address_cond
+from podnat.netfilter.addresses import address_cond, split_host_port
 from podnat.netfilter.errors import ParseError
 from podnat.netfilter.model import (
     BaseChain,
@@ -1085,13 +1085,8 @@ def _address_port(spec: str, word: str) -> tuple[str | None, str | None]:
         return None, _port_spec(spec[1:])
     if word in ("redirect", "masquerade") and spec.replace("-", "").isdigit():
         return None, _port_spec(spec)
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        return host, _port_spec(rest[1:]) if rest.startswith(":") else None
-    if spec.count(":") == 1:
-        host, port = spec.split(":")
-        return host, _port_spec(port)
-    return spec, None
+    host, port = split_host_port(spec)
+    return host, _port_spec(port) if port is not None else None
 
 
 def _port_spec(text: str) -> str:

@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from podnat.netfilter.addresses import split_host_port
 from podnat.netfilter.matches import Result, Unknown, parse_mark, rule_matches
 from podnat.netfilter.model import Chain, Rule, Ruleset, Target
 from podnat.netfilter.packet import Packet
@@ -156,7 +157,7 @@ def _terminal(rule: Rule, target: Target, packet: Packet) -> Verdict:
         return Verdict(VerdictKind(name), rule.ref, port=port)
     if name in ("DNAT", "SNAT"):
         option = target.get("to-destination" if name == "DNAT" else "to-source")
-        address, port = _split_host_port(option.args[0]) if option else (None, None)
+        address, port = _host_and_port(option.args[0]) if option else (None, None)
         return Verdict(VerdictKind(name), rule.ref, port=port, address=address)
     if name == "TPROXY":
         on_port = target.get("on-port")
@@ -174,13 +175,11 @@ def _first_port(spec: str) -> int:
     return int(spec.replace(":", "-").split("-")[0])
 
 
-def _split_host_port(spec: str) -> tuple[str | None, int | None]:
+def _host_and_port(spec: str) -> tuple[str | None, int | None]:
+    """A NAT target's `ADDRESS[-ADDRESS][:PORT[-PORT]]`: the first address and the first port."""
     spec = spec.split("-", maxsplit=1)[0] if spec.count(":") <= 1 else spec
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        return host or None, _first_port(rest[1:]) if rest.startswith(":") else None
-    if spec.count(":") == 1:
-        host, port = spec.split(":")
+    host, port = split_host_port(spec)
+    if port is not None or spec.startswith("["):
         return host or None, _first_port(port) if port else None
     try:
         ipaddress.ip_address(spec)
