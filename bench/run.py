@@ -5,12 +5,14 @@
    `iptables-legacy-restore --test` on the same file: the injected default table, and 10,000 and
    100,000 rules in two shapes (bench/synth.py). Root only for iptables-restore (a throwaway netns).
 2. Cold start: `podnat explain` on the default table beside `python -c pass` and `kubectl version --client`.
+   The live path: `podnat inspect POD --debug-container -o json` of one lab pod beside `kubectl exec`
+   of the same read (bench/live_bench.py; root only).
 3. `verify` over 200 pods against the lab API server with 50 ms added to every request (bench/verify_bench.py).
 4. The lab's start-up time and memory (bench/lab_bench.py; root only).
 5. The node agent with 110 pods on one node, and verify through it vs through exec (bench/agent_bench.py).
 
 Medians of several repetitions, the compared commands interleaved: these machines are shared and
-noisy. `--json` for machine output, `--only engine,startup,verify,lab,agent` to pick sections; a new
+noisy. `--json` for machine output, `--only engine,startup,live,verify,lab,agent` to pick sections; a new
 section is a function added to SECTIONS. A section that fails prints why and the others still run.
 """
 
@@ -209,6 +211,14 @@ def _lab() -> dict[str, Any]:
     return lab_benchmark()
 
 
+def _live() -> dict[str, Any]:
+    if os.geteuid() != 0:
+        return {"skipped": "not root: the lab needs network namespaces"}
+    from live_bench import live_benchmark
+
+    return live_benchmark()
+
+
 def _agent() -> dict[str, Any]:
     if os.geteuid() != 0:
         return {"skipped": "not root: the agent's pods are network namespaces"}
@@ -217,7 +227,14 @@ def _agent() -> dict[str, Any]:
     return agent_benchmark()
 
 
-SECTIONS: dict[str, Any] = {"engine": engine, "startup": startup, "verify": _verify, "lab": _lab, "agent": _agent}
+SECTIONS: dict[str, Any] = {
+    "engine": engine,
+    "startup": startup,
+    "live": _live,
+    "verify": _verify,
+    "lab": _lab,
+    "agent": _agent,
+}
 
 
 def print_engine(e: dict[str, Any]) -> None:
@@ -257,6 +274,22 @@ def print_startup(s: dict[str, Any]) -> None:
     )
 
 
+def print_live(live: dict[str, Any]) -> None:
+    if "skipped" in live:
+        print(f"live: skipped ({live['skipped']})")
+        return
+    kubectl = (
+        f"{live['kubectl_exec_s']} s (fastest {live['kubectl_exec_min_s']})"
+        if live["kubectl_skipped"] is None
+        else f"skipped ({live['kubectl_skipped']})"
+    )
+    print(
+        f"live, one lab pod ({live['pod']}), median of {live['repeat']} (fastest): podnat inspect --debug-container "
+        f"-o json {live['podnat_inspect_s']} s ({live['podnat_inspect_min_s']}); kubectl exec -c podnat-debug -- "
+        f"iptables-save -c {kubectl}"
+    )
+
+
 def print_verify(v: dict[str, Any]) -> None:
     print(
         f"verify {v['pods']} pods, +{v['latency_ms']} ms/request: {v['verify_default_concurrency_s']} s at "
@@ -291,6 +324,7 @@ def print_agent(a: dict[str, Any]) -> None:
 PRINTERS: dict[str, Any] = {
     "engine": print_engine,
     "startup": print_startup,
+    "live": print_live,
     "verify": print_verify,
     "lab": print_lab,
     "agent": print_agent,

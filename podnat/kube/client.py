@@ -1,8 +1,15 @@
-"""The one module that imports `kubernetes`: config loading and API objects, created lazily.
+"""The one module that imports `kubernetes`: config loading and the API calls podnat makes, created lazily.
 
 Offline commands never import this module's dependencies: `kubernetes` is imported inside functions.
 Exec needs an ApiClient of its own per call (`kubernetes.stream.stream()` swaps `call_api` on the
 client it is given), so this hands out a fresh one for each exec and one shared client for the rest.
+
+The calls go through the official client's ApiClient (its Configuration from the kubeconfig, its
+authentication, request serialisation, REST and WebSocket layers and ApiException), but not through
+the generated `CoreV1Api`/`AppsV1Api` classes: their modules import about 250 pydantic model classes
+(0.3-0.9 s of a one-pod `inspect`) that podnat never builds, since it reads every answer as raw JSON
+(`_preload_content=False`). `RawApi` makes the same requests the generated methods make (path,
+query, headers, authentication), for the few methods podnat calls, under the same names.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from podnat.kube import errors
 
 if TYPE_CHECKING:
-    from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api
+    from kubernetes.client import ApiClient, Configuration
 
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
@@ -73,7 +80,7 @@ def load_configuration(options: KubeOptions) -> Configuration:
 
 
 class KubeClient:
-    """API objects built from one Configuration; `exec_core()` gives each exec its own ApiClient."""
+    """API calls over one Configuration; `exec_core()` gives each exec its own ApiClient."""
 
     def __init__(self, configuration: Configuration, options: KubeOptions) -> None:
         from kubernetes.client import ApiClient
@@ -81,8 +88,8 @@ class KubeClient:
         self.configuration = configuration
         self.options = options
         self.api_client: ApiClient = ApiClient(configuration)
-        self._core: CoreV1Api | None = None
-        self._apps: AppsV1Api | None = None
+        self.core = RawApi(self.api_client)  # the core/v1 calls (CoreV1Api's names)
+        self.apps = RawApi(self.api_client)  # the apps/v1 calls (AppsV1Api's names)
         _set_websocket_timeout(options.timeout)
 
     @classmethod
@@ -93,33 +100,17 @@ class KubeClient:
     def server(self) -> str:
         return str(self.configuration.host)
 
-    @property
-    def core(self) -> CoreV1Api:
-        from kubernetes.client import CoreV1Api
+    def exec_core(self) -> RawApi:
+        """The API calls on a fresh ApiClient, for one exec; close it with `close_exec_core`."""
+        from kubernetes.client import ApiClient
 
-        if self._core is None:
-            self._core = CoreV1Api(self.api_client)
-        return self._core
-
-    @property
-    def apps(self) -> AppsV1Api:
-        from kubernetes.client import AppsV1Api
-
-        if self._apps is None:
-            self._apps = AppsV1Api(self.api_client)
-        return self._apps
-
-    def exec_core(self) -> CoreV1Api:
-        """A CoreV1Api on a fresh ApiClient, for one exec; close it with `close_exec_core`."""
-        from kubernetes.client import ApiClient, CoreV1Api
-
-        return CoreV1Api(ApiClient(self.configuration))
+        return RawApi(ApiClient(self.configuration))
 
     @staticmethod
-    def close_exec_core(api: CoreV1Api) -> None:
-        api.api_client.close()
+    def close_exec_core(api: RawApi) -> None:
+        api.api_client.close()  # type: ignore[no-untyped-call]
 
-    def stream_exec(self, api: CoreV1Api, **kwargs: Any) -> Any:
+    def stream_exec(self, api: RawApi, **kwargs: Any) -> Any:
         """`kubernetes.stream.stream(connect_get_namespaced_pod_exec, ...)` with `_preload_content=False`."""
         from kubernetes.stream import stream
 
@@ -127,6 +118,107 @@ class KubeClient:
 
     def close(self) -> None:
         self.api_client.close()
+
+
+# The query parameters podnat passes, by the generated methods' argument names, in the order the
+# generated methods put them in the URL (their wire names' alphabetical order).
+_QUERY = {
+    "command": "command",
+    "container": "container",
+    "_continue": "continue",
+    "field_selector": "fieldSelector",
+    "label_selector": "labelSelector",
+    "limit": "limit",
+    "resource_version": "resourceVersion",
+    "stderr": "stderr",
+    "stdin": "stdin",
+    "stdout": "stdout",
+    "tail_lines": "tailLines",
+    "timeout_seconds": "timeoutSeconds",
+    "tty": "tty",
+    "watch": "watch",
+}
+_JSON = "application/json"  # what the generated methods' Accept lists come to (ApiClient.select_header_accept)
+# The generated PATCH methods' first content type; the REST layer sends a body that is not a list
+# (not a JSON patch) as application/strategic-merge-patch+json, as kubectl does.
+_PATCH = "application/json-patch+json"
+
+
+class RawApi:
+    """The core/v1 and apps/v1 calls podnat makes, under the generated methods' names and arguments,
+    answered raw as the generated methods answer with `_preload_content=False`: the urllib3 response
+    (a WSClient for exec under `kubernetes.stream.stream`), or ApiException for a status outside 2xx."""
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self.api_client = api_client
+
+    def list_pod_for_all_namespaces(self, **kwargs: Any) -> Any:
+        return self._call("GET", "/api/v1/pods", {}, kwargs)
+
+    def list_namespaced_pod(self, namespace: str, **kwargs: Any) -> Any:
+        return self._call("GET", "/api/v1/namespaces/{namespace}/pods", {"namespace": namespace}, kwargs)
+
+    def read_namespaced_pod(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        path = "/api/v1/namespaces/{namespace}/pods/{name}"
+        return self._call("GET", path, {"name": name, "namespace": namespace}, kwargs)
+
+    def read_namespace(self, name: str, **kwargs: Any) -> Any:
+        return self._call("GET", "/api/v1/namespaces/{name}", {"name": name}, kwargs)
+
+    def read_namespaced_pod_log(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        path = "/api/v1/namespaces/{namespace}/pods/{name}/log"
+        return self._call("GET", path, {"name": name, "namespace": namespace}, kwargs)
+
+    def patch_namespaced_pod_ephemeralcontainers(self, name: str, namespace: str, body: Any, **kwargs: Any) -> Any:
+        path = "/api/v1/namespaces/{namespace}/pods/{name}/ephemeralcontainers"
+        return self._call("PATCH", path, {"name": name, "namespace": namespace}, kwargs, body=body, content_type=_PATCH)
+
+    def connect_get_namespaced_pod_exec(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        path = "/api/v1/namespaces/{namespace}/pods/{name}/exec"
+        return self._call("GET", path, {"name": name, "namespace": namespace}, kwargs, accept="*/*")
+
+    def read_namespaced_deployment(self, name: str, namespace: str, **kwargs: Any) -> Any:
+        path = "/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+        return self._call("GET", path, {"name": name, "namespace": namespace}, kwargs)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        path_params: dict[str, str],
+        kwargs: dict[str, Any],
+        *,
+        body: Any = None,
+        accept: str = _JSON,
+        content_type: str | None = None,
+    ) -> Any:
+        if kwargs.pop("_preload_content", True) is not False:
+            raise TypeError("podnat reads answers raw: pass _preload_content=False")
+        timeout = kwargs.pop("_request_timeout", None)
+        unknown = sorted(set(kwargs) - set(_QUERY))
+        if unknown:
+            raise TypeError(f"{path}: unexpected arguments {', '.join(unknown)}")
+        query = [(wire, kwargs[key]) for key, wire in _QUERY.items() if kwargs.get(key) is not None]
+        headers = {"Accept": accept, **({"Content-Type": content_type} if content_type else {})}
+        request = self.api_client.param_serialize(
+            method,
+            path,
+            path_params=path_params,
+            query_params=query,
+            header_params=headers,
+            body=body,
+            post_params=[],
+            files={},
+            auth_settings=["BearerToken"],
+            collection_formats={"command": "multi"},
+        )
+        response = self.api_client.call_api(*request, _request_timeout=timeout)
+        if not 200 <= response.status <= 299:
+            from kubernetes.client.exceptions import ApiException
+
+            response.read()  # type: ignore[no-untyped-call]
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return response.response
 
 
 def _set_websocket_timeout(seconds: float) -> None:
