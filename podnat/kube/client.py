@@ -108,7 +108,7 @@ class KubeClient:
 
     @staticmethod
     def close_exec_core(api: RawApi) -> None:
-        api.api_client.close()  # type: ignore[no-untyped-call]
+        api.api_client.close()
 
     def stream_exec(self, api: RawApi, **kwargs: Any) -> Any:
         """`kubernetes.stream.stream(connect_get_namespaced_pod_exec, ...)` with `_preload_content=False`."""
@@ -216,7 +216,7 @@ class RawApi:
         if not 200 <= response.status <= 299:
             from kubernetes.client.exceptions import ApiException
 
-            response.read()  # type: ignore[no-untyped-call]
+            response.read()
             raise ApiException.from_response(http_resp=response, body=None, data=None)
         return response.response
 
