@@ -123,6 +123,7 @@ class KubeClient:
 # The query parameters podnat passes, by the generated methods' argument names, in the order the
 # generated methods put them in the URL (their wire names' alphabetical order).
 _QUERY = {
+    "allow_watch_bookmarks": "allowWatchBookmarks",
     "command": "command",
     "container": "container",
     "_continue": "continue",

@@ -25,6 +25,7 @@ EXEC = {
     "tty": False,
 }
 # (generated class, method, positional arguments, keyword arguments), as podnat's call sites pass them
+# (every keyword argument any call site passes appears here at least once)
 CALLS: list[tuple[type, str, tuple[Any, ...], dict[str, Any]]] = [
     (CoreV1Api, "list_pod_for_all_namespaces", (), {"label_selector": "app=reviews", "field_selector": None}),
     (
@@ -32,6 +33,18 @@ CALLS: list[tuple[type, str, tuple[Any, ...], dict[str, Any]]] = [
         "list_pod_for_all_namespaces",
         (),
         {"field_selector": "spec.nodeName=n1", "watch": True, "resource_version": "42", "timeout_seconds": 30},
+    ),
+    (  # the agent's watch
+        CoreV1Api,
+        "list_pod_for_all_namespaces",
+        (),
+        {
+            "field_selector": "spec.nodeName=n1",
+            "watch": True,
+            "resource_version": None,
+            "timeout_seconds": 60,
+            "allow_watch_bookmarks": True,
+        },
     ),
     (CoreV1Api, "list_namespaced_pod", ("bookinfo",), {"label_selector": "app in (a,b)", "limit": 5}),
     (CoreV1Api, "list_namespaced_pod", ("kube-system",), {"_continue": "tok/en", "field_selector": "x=y"}),
@@ -78,8 +91,9 @@ def test_raw_api_sends_what_the_generated_method_sends(
 ) -> None:
     theirs, theirs_sent = _recorder()
     ours, ours_sent = _recorder()
-    expected = getattr(generated(theirs), method)(*args, **kwargs, _preload_content=False, _request_timeout=7.0)
-    got = getattr(RawApi(ours), method)(*args, **kwargs, _preload_content=False, _request_timeout=7.0)
+    timeout = (5.0, 65.0)  # (connect, read), as the agent's watch passes it
+    expected = getattr(generated(theirs), method)(*args, **kwargs, _preload_content=False, _request_timeout=timeout)
+    got = getattr(RawApi(ours), method)(*args, **kwargs, _preload_content=False, _request_timeout=timeout)
     assert ours_sent == theirs_sent
     assert "Bearer t0ken" in str(ours_sent)  # the configuration's authentication is applied
     assert got == expected == _Answer.response
@@ -133,3 +147,36 @@ def test_a_live_commands_client_loads_no_generated_api_or_model_module(tmp_path:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_call_site_in_podnat_passes_only_what_raw_api_takes() -> None:
+    """Each `X.core.METHOD(...)`, `X.apps.METHOD(...)` and `stream_exec(...)` in podnat names a RawApi
+    method and passes keyword arguments RawApi sends (RawApi refuses the others, at run time)."""
+    import ast
+    from pathlib import Path
+
+    import podnat
+    from podnat.kube.client import _QUERY
+
+    allowed = {*_QUERY, "_preload_content", "_request_timeout"}
+    seen: list[tuple[str, str]] = []
+    for path in Path(podnat.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            target = node.func.value
+            if isinstance(target, ast.Attribute) and target.attr in ("core", "apps"):
+                method, keywords = node.func.attr, {k.arg for k in node.keywords if k.arg}
+            elif node.func.attr == "stream_exec":
+                method, keywords = "connect_get_namespaced_pod_exec", {k.arg for k in node.keywords if k.arg}
+                keywords -= {"name", "namespace"}
+            else:
+                continue
+            seen.append((path.name, method))
+            assert hasattr(RawApi, method), f"{path.name}:{node.lineno}: RawApi has no {method}"
+            assert keywords <= allowed, f"{path.name}:{node.lineno}: RawApi does not send {keywords - allowed}"
+    assert {m for _, m in seen} >= {
+        "read_namespaced_pod",
+        "list_pod_for_all_namespaces",
+        "connect_get_namespaced_pod_exec",
+    }
