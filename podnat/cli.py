@@ -26,6 +26,8 @@ from podnat.exitcodes import ExitCode
 
 if TYPE_CHECKING:
     from podnat.intent import PodIntent
+    from podnat.istio.explain import Explanation
+    from podnat.report import PodReport
 
 app = typer.Typer(
     name="podnat",
@@ -632,13 +634,12 @@ def _show_explanation(
     if html is not None:
         from podnat.facts import PodRef
         from podnat.render.html import pod_html
-        from podnat.report import PodReport
+        from podnat.report import Explained, FamilyReport
 
-        offline = PodReport(
-            PodRef("file", file.name),
+        offline = Explained(
+            ref=PodRef("file", file.name),
             pod_ip=pod_ip,
-            explanation=result,
-            ruleset=ruleset,
+            families=(FamilyReport(family=ruleset.family, explanation=result, ruleset=ruleset),),
             sources={"nat": f"file {file}"},
         )
         write_file(html, pod_html(offline, f"podnat explain {file.name}"))
@@ -862,6 +863,7 @@ def inspect(
     """Explain one live pod: each flow's path through its rules and Envoy, what Istio meant, what differs."""
     try:
         from podnat.facts import NatSource, PodRef
+        from podnat.report import Failed
         from podnat.usecases import inspect_pod
 
         cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
@@ -883,22 +885,18 @@ def inspect(
 
             report = probe_report(pod_source, manifest, report)
         if diagram is not None:
-            if report.explanation is None:
-                why = report.error or f"not a sidecar pod ({report.mesh})"
-                raise UsageError(f"no diagram for {report.ref}: {why}")
             from podnat.render.svg import diagram_svg
 
-            write_file(diagram, diagram_svg(report.explanation, str(report.ref)))
+            explanation = _to_draw(report, f"not a sidecar pod ({report.mesh})")
+            write_file(diagram, diagram_svg(explanation, str(report.ref)))
         if html is not None:
             from podnat.render.html import pod_html
 
             write_file(html, pod_html(report))
         if output is Output.mermaid:
-            if report.explanation is None:
-                raise UsageError(f"no diagram for {report.ref}: {report.error or report.mesh}")
             from podnat.render.mermaid import diagram_mermaid
 
-            sys.stdout.write(diagram_mermaid(report.explanation))
+            sys.stdout.write(diagram_mermaid(_to_draw(report, report.mesh)))
         elif output in (Output.json, Output.yaml):
             from podnat.render.console import print_data
             from podnat.render.data import pod_report_data
@@ -908,7 +906,7 @@ def inspect(
             from podnat.render.console import print_pod_report
 
             print_pod_report(report, wide=output is Output.wide)
-        if report.error is not None:
+        if isinstance(report, Failed):
             if output in (Output.table, Output.wide):
                 from podnat.render.console import error as print_error
 
@@ -917,6 +915,15 @@ def inspect(
         raise typer.Exit(int(ExitCode.DRIFT if report.status.failing else ExitCode.OK))
     except PodnatError as exc:
         fail(exc)
+
+
+def _to_draw(report: PodReport, skipped_why: str) -> Explanation:
+    """The explanation a picture of an inspected pod draws; a usage error for a pod that was not explained."""
+    from podnat.report import Explained, Failed
+
+    if isinstance(report, Explained):
+        return report.explanation
+    raise UsageError(f"no diagram for {report.ref}: {report.error if isinstance(report, Failed) else skipped_why}")
 
 
 @app.command()

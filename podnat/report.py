@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from podnat.envoy.listeners import Listener
 from podnat.exitcodes import ExitCode
 from podnat.facts import PodRef
 from podnat.istio.explain import Explanation, FlowStatus, Severity
 from podnat.istio.pod import MeshMode
-from podnat.netfilter.model import Ruleset
+from podnat.netfilter.model import Family, Ruleset
 
 if TYPE_CHECKING:  # `--probe` only
     from podnat.probe import ProbeObservation
@@ -38,44 +38,102 @@ class PodStatus(str, Enum):
         return self in (PodStatus.DRIFT, PodStatus.BROKEN)
 
 
-@dataclass(frozen=True, slots=True)
-class PodReport:
-    """What podnat found in one pod (or why it could not look)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodHeader:
+    """What every pod's report says, whatever came of it: the pod, where it runs, what was read and noted."""
 
     ref: PodRef
     mesh: str = MeshMode.SIDECAR.value  # a MeshMode value; "host-network" for the agent's host-network pods
     node: str | None = None
     pod_ip: str | None = None
+    pod_ips: tuple[str, ...] = ()  # status.podIPs: two on a dual-stack pod
     istio_version: str | None = None
     capture_mode: str | None = None
-    sources: Mapping[str, str] = field(default_factory=dict)
-    explanation: Explanation | None = None
-    ruleset: Ruleset | None = None
-    listeners: tuple[Listener, ...] | None = None
-    pod_ips: tuple[str, ...] = ()  # status.podIPs: two on a dual-stack pod
-    second: Explanation | None = None  # the other IP family's flows, on a dual-stack pod
-    second_ruleset: Ruleset | None = None
-    probe: tuple[ProbeObservation, ...] | None = None  # with --probe
+    sources: Mapping[str, str] = field(default_factory=dict)  # fact -> where it was read
     notes: tuple[str, ...] = ()
-    error: str | None = None
-    error_code: int | None = None
     context: Mapping[str, Any] | None = None  # `-o json`'s `context`: pod IP, proxy identity, mode, release
     live: bool | None = None  # the rules read are live (node agent, exec, debug container), or applied at start
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FamilyReport:
+    """One IP family of an explained pod: its table as read and every flow through it."""
+
+    family: Family
+    explanation: Explanation
+    ruleset: Ruleset
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Explained(PodHeader):
+    """A pod whose rules were read and explained: per IP family (the pod's first address first)."""
+
+    families: tuple[FamilyReport, ...]
+    listeners: tuple[Listener, ...] | None = None  # Envoy's, as read (None: Istio's standard set assumed)
+    probe: tuple[ProbeObservation, ...] | None = None  # with --probe
+
+    @property
+    def explanation(self) -> Explanation:
+        """The first family's flows and findings (the pod's findings are there)."""
+        return self.families[0].explanation
+
+    @property
+    def ruleset(self) -> Ruleset:
+        return self.families[0].ruleset
+
     @property
     def status(self) -> PodStatus:
-        """The worst of its flows' statuses; drift for an error finding; error, or skipped (nothing to check)."""
-        if self.error is not None:
-            return PodStatus.ERROR
-        if self.explanation is None:
-            return PodStatus.SKIPPED
-        flows = [*self.explanation.flows, *(self.second.flows if self.second is not None else ())]
+        """The worst of its flows' statuses (every family); drift for an error finding."""
+        flows = [flow for family in self.families for flow in family.explanation.flows]
         worst = max((f.status for f in flows), key=lambda status: status.rank, default=FlowStatus.OK)
         if worst is not FlowStatus.OK:
             return PodStatus(worst.value)
         if any(f.severity is Severity.ERROR for f in self.explanation.findings):
             return PodStatus.DRIFT
         return PodStatus.OK
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skipped(PodHeader):
+    """A pod with nothing to check (no sidecar, no capture, host network, terminating): `notes` say why."""
+
+    @property
+    def status(self) -> PodStatus:
+        return PodStatus.SKIPPED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failed(PodHeader):
+    """A pod that could not be read or explained: one line saying what to do, and the exit code it calls for."""
+
+    error: str
+    error_code: int
+
+    @property
+    def status(self) -> PodStatus:
+        return PodStatus.ERROR
+
+
+PodReport: TypeAlias = Explained | Skipped | Failed
+
+
+def skipped(header: PodHeader, **changes: Any) -> Skipped:
+    """`header` as a pod with nothing to check."""
+    return Skipped(**{**_header_fields(header), **changes})
+
+
+def failed(header: PodHeader, error: str, error_code: int, **changes: Any) -> Failed:
+    """`header` as a pod that could not be read or explained."""
+    return Failed(**{**_header_fields(header), **changes}, error=error, error_code=error_code)
+
+
+def explained(header: PodHeader, families: tuple[FamilyReport, ...], **changes: Any) -> Explained:
+    """`header` as an explained pod (`changes`: header fields, `listeners`, `probe`)."""
+    return Explained(**{**_header_fields(header), **changes}, families=families)
+
+
+def _header_fields(header: PodHeader) -> dict[str, Any]:
+    return {f.name: getattr(header, f.name) for f in fields(PodHeader)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from podnat.envoy.listeners import Listener, ListenersError, istio_default_listeners, parse_listeners
 from podnat.errors import PodnatError
@@ -31,9 +31,20 @@ from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, with_nam
 from podnat.istio.routing import TproxyRouting, tproxy_routing
 from podnat.netfilter.model import Family, Ruleset
 from podnat.netfilter.parse import ParseError
-from podnat.report import PodReport, VerifyReport
+from podnat.report import (
+    Explained,
+    Failed,
+    FamilyReport,
+    PodHeader,
+    PodReport,
+    VerifyReport,
+    explained,
+    failed,
+    skipped,
+)
 
 REQUIRED_LISTENERS = (15001, 15006, 15090, 15021)
+_Header = TypeVar("_Header", bound=PodHeader)
 
 
 NamespaceLabels = Callable[[str], Mapping[str, str] | None]  # a namespace's labels; None: could not be read
@@ -55,7 +66,7 @@ def inspect_pod(
     try:
         info = pod_info(pod)
     except PodSpecError as exc:
-        return PodReport(ref, error=str(exc), error_code=int(ExitCode.BAD_INPUT))
+        return Failed(ref=ref, error=str(exc), error_code=int(ExitCode.BAD_INPUT))
     if namespace_labels is not None and info.namespace_decides:
         labels = namespace_labels(info.namespace or ref.namespace)
         info = with_namespace_labels(info, labels) if labels is not None else info
@@ -63,7 +74,7 @@ def inspect_pod(
     try:
         intent = intent_for_pod(info)
     except PodnatError as exc:
-        return _with(base, error=exc.message, error_code=int(exc.code))
+        return failed(base, exc.message, int(exc.code))
     base = _with(
         base,
         mesh=intent.mesh.value,
@@ -75,11 +86,11 @@ def inspect_pod(
     if intent.mesh is MeshMode.AMBIENT:
         return inspect_ambient(source, info, base, nat_source, debug_container)
     if intent.mesh is not MeshMode.SIDECAR:
-        return _with(base, notes=(intent.label,))
+        return skipped(base, notes=(intent.label,))
     try:
         facts = source.read_facts(info, nat_source, debug_container)
     except PodnatError as exc:
-        return _with(base, error=exc.message, error_code=int(exc.code))
+        return failed(base, exc.message, int(exc.code))
     report = _with(explain_facts(base, facts, intent), live=facts.live)
     terminating = info.terminating
     return _with(report, notes=(*report.notes, terminating + ": its rules go with it")) if terminating else report
@@ -127,7 +138,7 @@ def ambient_release(source: PodSource, node: str | None) -> tuple[str | None, st
 
 
 def inspect_ambient(
-    source: PodSource, pod: PodInfo, base: PodReport, nat_source: NatSource | None, debug_container: bool
+    source: PodSource, pod: PodInfo, base: PodHeader, nat_source: NatSource | None, debug_container: bool
 ) -> PodReport:
     """An ambient pod, first-class: its in-pod rules, ztunnel's listeners and the policy routing, read in its
     namespace (node agent, or a debug container with --debug-image), against what istio-cni writes for it.
@@ -136,7 +147,7 @@ def inspect_ambient(
     try:
         facts = source.read_facts(pod, nat_source, debug_container)
     except PodnatError as exc:
-        return _with(base, error=exc.message, error_code=int(exc.code))
+        return failed(base, exc.message, int(exc.code))
     release, release_from = ambient_release(source, base.node)
     context = {
         **(base.context or {}),
@@ -153,11 +164,11 @@ def inspect_ambient(
             (n for n in facts.notes if "could not be read live" in n),
             "the in-pod rules of this ambient pod could not be read live",
         )
-        return _with(base, error=message, error_code=int(ExitCode.CLUSTER), notes=(*base.notes, *facts.notes))
+        return failed(base, message, int(ExitCode.CLUSTER), notes=(*base.notes, *facts.notes))
     return _with(explain_ambient_facts(base, facts, release), live=facts.live)
 
 
-def explain_ambient_facts(base: PodReport, facts: PodFacts, release: str | None) -> PodReport:
+def explain_ambient_facts(base: PodHeader, facts: PodFacts, release: str | None) -> PodReport:
     """The pure half of inspect for an ambient pod."""
     from podnat.istio.ambient import ZTUNNEL_PORTS, AmbientConfig, ambient_expected, ambient_nft_listing
     from podnat.istio.ambient_paths import ZTUNNEL, ambient_routing, explain_ambient
@@ -176,11 +187,8 @@ def explain_ambient_facts(base: PodReport, facts: PodFacts, release: str | None)
     try:
         live = _read_table(text, primary) if text.strip() else Ruleset(primary)
     except ParseError as exc:
-        return _with(
-            base,
-            sources=sources,
-            error=f"cannot read the pod's table ({sources['nat']}): {exc}",
-            error_code=int(ExitCode.BAD_INPUT),
+        return failed(
+            base, f"cannot read the pod's table ({sources['nat']}): {exc}", int(ExitCode.BAD_INPUT), sources=sources
         )
     rel = IstioRelease.parse(release) if release else NEWEST_SUPPORTED
     annotations = pod_info(facts.pod).annotations or {}  # the PodInfo inspect_pod read
@@ -214,15 +222,20 @@ def explain_ambient_facts(base: PodReport, facts: PodFacts, release: str | None)
             f"the Istio release is not known ({(base.context or {}).get('release_from')}): "
             f"reconciled with {rel}'s rules"
         )
-    return _with(base, sources=sources, explanation=report, ruleset=live, notes=tuple(notes))
+    return explained(
+        base,
+        (FamilyReport(family=primary, explanation=report, ruleset=live),),
+        sources=sources,
+        notes=tuple(notes),
+    )
 
 
-def explain_facts(base: PodReport, facts: PodFacts, intent: PodIntent) -> PodReport:
+def explain_facts(base: PodHeader, facts: PodFacts, intent: PodIntent) -> PodReport:
     """The pure half of inspect: facts + intent -> explanation, for each IP family the pod has."""
     sources = dict(base.sources)
     notes = list(facts.notes)
     if facts.nat is None:
-        return _with(base, error="no nat table could be read", error_code=int(ExitCode.CLUSTER))
+        return failed(base, "no nat table could be read", int(ExitCode.CLUSTER))
     sources["nat"] = facts.nat.label
     families = _pod_families(base)
     primary = families[0]
@@ -241,15 +254,12 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: PodIntent) -> PodRep
             + ("" if facts.nat.nft is not None else " and nft could not be read (native nftables mode?)")
             + ": read the rules applied at start with --source init-log"
         )
-        return _with(base, sources=sources, error=message, error_code=int(ExitCode.CLUSTER))
+        return failed(base, message, int(ExitCode.CLUSTER), sources=sources)
     try:
         live = _read_table(text, primary)
     except ParseError as exc:
-        return _with(
-            base,
-            sources=sources,
-            error=f"cannot read the pod's table ({sources['nat']}): {exc}",
-            error_code=int(ExitCode.BAD_INPUT),
+        return failed(
+            base, f"cannot read the pod's table ({sources['nat']}): {exc}", int(ExitCode.BAD_INPUT), sources=sources
         )
     listeners, listener_findings, listener_note = _listeners(facts, sources)
     if listener_note:
@@ -320,21 +330,11 @@ def explain_facts(base: PodReport, facts: PodFacts, intent: PodIntent) -> PodRep
     )
     findings = (*listener_findings, *both_loaded, *report.findings, *((missing,) if missing else ()))
     report = replace(report, findings=tuple(findings))
-    second = (
-        explain_family(other, second_live, base.pod_ips[1], primary, live)
-        if other is not None and second_live is not None
-        else None
-    )
-    return _with(
-        base,
-        sources=sources,
-        explanation=report,
-        ruleset=live,
-        listeners=listeners,
-        notes=tuple(notes),
-        second=second,
-        second_ruleset=second_live,
-    )
+    families_read = [FamilyReport(family=primary, explanation=report, ruleset=live)]
+    if other is not None and second_live is not None:
+        second = explain_family(other, second_live, base.pod_ips[1], primary, live)
+        families_read.append(FamilyReport(family=other, explanation=second, ruleset=second_live))
+    return explained(base, tuple(families_read), sources=sources, listeners=listeners, notes=tuple(notes))
 
 
 def _policy_routing(facts: PodFacts, config: InterceptionConfig | None, family: Family) -> TproxyRouting:
@@ -385,7 +385,7 @@ def _istio_nft(text: str | None) -> str:
     return text if text and "istio-proxy-" in text else ""
 
 
-def _pod_families(report: PodReport) -> list[Family]:
+def _pod_families(report: PodHeader) -> list[Family]:
     ips = report.pod_ips or ((report.pod_ip,) if report.pod_ip else ())
     families = [Family.IPV6 if ":" in ip else Family.IPV4 for ip in ips]
     return list(dict.fromkeys(families)) or [Family.IPV4]
@@ -415,7 +415,7 @@ def _listeners(facts: PodFacts, sources: dict[str, str]) -> tuple[tuple[Listener
 
 def probe_report(source: PodSource, pod: Mapping[str, Any], report: PodReport) -> PodReport:
     """`--probe`: real connections from inside the pod, the counted path beside the predicted one."""
-    if report.explanation is None or report.ruleset is None:
+    if not isinstance(report, Explained):
         return report
     from podnat.probe import probe_pod
 
@@ -425,7 +425,7 @@ def probe_report(source: PodSource, pod: Mapping[str, Any], report: PodReport) -
     # Count with the binary the table was read with (the proxy image's `iptables-save` is the legacy one).
     read_with = re.search(r"\b(iptables(?:-nft|-legacy)?-save) -c", report.sources.get("nat", ""))
     save = read_with.group(1) if read_with else "iptables-save"
-    return _with(report, probe=probe_pod(source, pod, ctx, report.listeners, save=save))
+    return replace(report, probe=probe_pod(source, pod, ctx, report.listeners, save=save))
 
 
 def pod_context(pod_ip: str | None, intent: PodIntent, dual_stack: bool = False) -> PodContext:
@@ -446,8 +446,8 @@ def pod_context(pod_ip: str | None, intent: PodIntent, dual_stack: bool = False)
     return ctx
 
 
-def _pod_header(pod: PodInfo, ref: PodRef) -> PodReport:
-    return PodReport(ref=ref, node=pod.node, pod_ip=pod.pod_ip, pod_ips=pod.pod_ips)
+def _pod_header(pod: PodInfo, ref: PodRef) -> PodHeader:
+    return PodHeader(ref=ref, node=pod.node, pod_ip=pod.pod_ip, pod_ips=pod.pod_ips)
 
 
 def pod_context_data(pod_ip: str | None, intent: PodIntent) -> dict[str, Any]:
@@ -464,7 +464,8 @@ def pod_context_data(pod_ip: str | None, intent: PodIntent) -> dict[str, Any]:
     }
 
 
-def _with(report: PodReport, **changes: Any) -> PodReport:
+def _with(report: _Header, **changes: Any) -> _Header:
+    """`report` (any variant, or a header being built) with other header fields."""
     return replace(report, **changes)
 
 
@@ -486,16 +487,18 @@ def verify_pods(
         try:
             info = pod_info(pod)
         except PodSpecError as exc:
-            return PodReport(ref, error=str(exc), error_code=int(ExitCode.BAD_INPUT))
+            return Failed(ref=ref, error=str(exc), error_code=int(ExitCode.BAD_INPUT))
         if info.terminating:
             # Its rules go with it, and an exec may land in a container that is stopping: not checked.
-            return _with(_pod_header(info, ref), notes=(info.terminating + ": not checked",))
+            return skipped(_pod_header(info, ref), notes=(info.terminating + ": not checked",))
         try:
             return inspect_pod(source_factory(), info, nat_source, debug_container, namespace_labels)
         except PodnatError as exc:
             meta = pod.get("metadata") or {}
-            return PodReport(
-                PodRef(meta.get("namespace", "?"), meta.get("name", "?")), error=exc.message, error_code=int(exc.code)
+            return Failed(
+                ref=PodRef(meta.get("namespace", "?"), meta.get("name", "?")),
+                error=exc.message,
+                error_code=int(exc.code),
             )
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:

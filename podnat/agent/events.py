@@ -20,7 +20,7 @@ from typing import Any
 
 from podnat.agent.service import PodState, SweepStats
 from podnat.istio.explain import FlowStatus
-from podnat.report import PodStatus
+from podnat.report import Explained, PodStatus
 
 log = logging.getLogger("podnat.agent.events")
 CONTROLLER = "podnat.dev/agent"
@@ -43,11 +43,11 @@ def notices(states: list[PodState], previous: list[PodState]) -> list[Notice]:
     for state in states:
         status, old = PodStatus(state.report.status), before.get(state.uid)
         if status.failing and status != old:
+            families = state.report.families if isinstance(state.report, Explained) else ()
             flows = [
                 f
-                for e in (state.report.explanation, state.report.second)
-                if e
-                for f in e.flows
+                for family in families
+                for f in family.explanation.flows
                 if f.status in (FlowStatus.DRIFT, FlowStatus.BROKEN)
             ]
             what = "; ".join(f"type {int(f.spec.type)} {f.status.value}: {f.live.reason}" for f in flows[:3])

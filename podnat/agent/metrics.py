@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from podnat.agent.service import Agent, PodState, SweepStats
 from podnat.istio.explain import FlowStatus
-from podnat.report import PodStatus
+from podnat.report import Explained, PodStatus
 
 STATUSES = ("ok", "drift", "broken", "unknown", "error", "skipped")
 
@@ -74,7 +74,8 @@ class _StateCollector(Collector):
 
 def flow_statuses(state: PodState) -> list[tuple[str, str]]:
     """(type, status) per flow; a dual-stack pod's second family is merged in (the worse status wins)."""
-    explanations = [e for e in (state.report.explanation, state.report.second) if e is not None]
+    report = state.report
+    explanations = [family.explanation for family in report.families] if isinstance(report, Explained) else []
     merged: dict[str, FlowStatus] = {}
     for explanation in explanations:
         for flow in explanation.flows:

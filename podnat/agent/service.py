@@ -26,7 +26,7 @@ from podnat.agent.node import NodePodSource, NodeScanner, PodNetns, release
 from podnat.errors import PodnatError
 from podnat.exitcodes import ExitCode
 from podnat.facts import NatSource, PodFacts, PodRef
-from podnat.report import PodReport, PodStatus
+from podnat.report import Failed, PodReport, PodStatus, Skipped
 from podnat.usecases import inspect_pod
 
 log = logging.getLogger("podnat.agent")
@@ -222,7 +222,7 @@ class Agent:
             recorder = _FactsRecorder(node_source)
             try:
                 if isinstance(found, procmap.HostNetwork):
-                    report = PodReport(
+                    report: PodReport = Skipped(
                         ref=_ref(pod),
                         node=self.config.node,
                         mesh="host-network",
@@ -232,16 +232,14 @@ class Agent:
                     report = inspect_pod(recorder, pod, NatSource.NODE)
             except Exception as exc:  # one pod's failure is that pod's report
                 log.exception("pod %s: %s", _ref(pod), exc)
-                report = PodReport(
+                report = Failed(
                     ref=_ref(pod),
                     node=self.config.node,
                     error=f"internal error reading the pod: {type(exc).__name__}: {exc}",
                     error_code=int(ExitCode.INTERNAL),
                 )
-            if report.explanation is None and report.error is None and kind == "unmapped":
-                kind = "skipped"  # not a sidecar pod: nothing to map
-            if kind == "unmapped" and report.error is None:
-                kind = "skipped"
+            if kind == "unmapped" and not isinstance(report, Failed):
+                kind = "skipped"  # not a sidecar pod (or nothing to read): nothing to map
             return PodState(uid, pod, report, recorder.facts, time.time(), kind)
 
         try:

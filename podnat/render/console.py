@@ -17,7 +17,7 @@ from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, FlowStatus, Severity, flow_types
 from podnat.istio.paths import FlowTrace, Outcome
 from podnat.netfilter.model import Ruleset
-from podnat.report import PodReport, PodStatus, VerifyReport
+from podnat.report import Explained, Failed, PodReport, PodStatus, Skipped, VerifyReport
 
 if TYPE_CHECKING:
     from podnat.istio.routing import TproxyRouting
@@ -278,22 +278,31 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
         header.add_row(f"{name} from", label)
     if report.live is not None:
         header.add_row("rules", "live" if report.live else Text("applied at start, not necessarily live", "yellow"))
-    for expl in (report.explanation, report.second):
-        if expl is not None and expl.policy_routing is not None:
-            header.add_row(f"TPROXY routing ({expl.policy_routing.family.value})", _routing_text(expl.policy_routing))
+    families = report.families if isinstance(report, Explained) else ()
+    for family in families:
+        routing = family.explanation.policy_routing
+        if routing is not None:
+            header.add_row(f"TPROXY routing ({routing.family.value})", _routing_text(routing))
     out.print(header)
-    if report.listeners is not None:
+    if isinstance(report, Explained) and report.listeners is not None:
         bound = ", ".join(f"{listener.port} ({listener.name})" for listener in report.listeners if listener.binds)
         out.print(Text.assemble(("listeners ", "bold"), bound or "none"))
     for item in report.notes:
         out.print(Text(f"note: {item}", style="yellow"))
-    if report.error is not None:
-        out.print(Text(f"error: {report.error}", style="bold red"))
-        return
-    if report.explanation is None:
-        out.print(Text(f"not checked: {report.mesh}", style="dim"))
-        return
-    print_explanation(report.explanation, report.ruleset, wide=wide)  # type: ignore[arg-type]
+    match report:
+        case Explained():
+            _print_explained(report, wide)
+        case Skipped():
+            out.print(Text(f"not checked: {report.mesh}", style="dim"))
+        case Failed():
+            out.print(Text(f"error: {report.error}", style="bold red"))
+        case _:
+            assert_never(report)
+
+
+def _print_explained(report: Explained, wide: bool) -> None:
+    """An explained pod's flows (its first family's), probe and status."""
+    print_explanation(report.explanation, report.ruleset, wide=wide)
     if report.probe is not None:
         table = Table(
             title="Probe: one real connection each (counted by the kernel vs predicted by podnat)", title_justify="left"
@@ -345,13 +354,18 @@ def print_verify(report: VerifyReport) -> None:
     table.add_column("WHY", overflow="fold")
     for pod in report.pods:
         flows = Text()
-        if pod.explanation is not None:
-            for flow_type, status in sorted(flow_types(pod.explanation.flows).items()):
-                mark = "✓" if status is FlowStatus.OK else ("?" if status is FlowStatus.UNKNOWN else "✗")
-                flows.append(f"{int(flow_type)}{mark} ", style=STATUS_STYLE[status])
-        findings = pod.explanation.findings if pod.explanation else ()
-        first_error = next((f.message for f in findings if f.severity is Severity.ERROR), "")
-        why = pod.error or first_error or ("; ".join(pod.notes) if pod.status is PodStatus.SKIPPED else "")
+        match pod:
+            case Explained():
+                for flow_type, status in sorted(flow_types(pod.explanation.flows).items()):
+                    mark = "✓" if status is FlowStatus.OK else ("?" if status is FlowStatus.UNKNOWN else "✗")
+                    flows.append(f"{int(flow_type)}{mark} ", style=STATUS_STYLE[status])
+                why = next((f.message for f in pod.explanation.findings if f.severity is Severity.ERROR), "")
+            case Skipped():
+                why = "; ".join(pod.notes)
+            case Failed():
+                why = pod.error
+            case _:
+                assert_never(pod)
         table.add_row(
             pod.ref.namespace,
             pod.ref.name,

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from podnat._typing import assert_never
 from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, Finding
 from podnat.istio.paths import FlowTrace, Leg
 from podnat.netfilter.model import Ruleset
-from podnat.report import PodReport, VerifyReport
+from podnat.report import Explained, Failed, PodReport, Skipped, VerifyReport
 
 if TYPE_CHECKING:  # types only
     from podnat.istio.reconcile import RuleDiff
@@ -159,15 +160,28 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
         **({"context": dict(report.context)} if report.context is not None else {}),
         "notes": list(report.notes),
     }
-    if report.error is not None:
-        data["error"] = {"message": report.error, "exit_code": report.error_code}
+    match report:
+        case Explained():
+            data.update(_explained_data(report))
+        case Skipped():
+            pass
+        case Failed():
+            data["error"] = {"message": report.error, "exit_code": report.error_code}
+        case _:
+            assert_never(report)
+    return data
+
+
+def _explained_data(report: Explained) -> dict[str, Any]:
+    """An explained pod's listeners, flows, findings (its first family's), probe, and its other family."""
+    data: dict[str, Any] = {}
     if report.listeners is not None:
         data["listeners"] = [
             {"name": listener.name, "address": listener.address, "port": listener.port, "binds": listener.binds}
             for listener in report.listeners
         ]
-    if report.explanation is not None:
-        data.update(explanation_data(report.explanation, report.ruleset))
+    first, *others = report.families
+    data.update(explanation_data(first.explanation, first.ruleset))
     if report.probe is not None:
         data["probe"] = [
             {
@@ -181,11 +195,8 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
             }
             for p in report.probe
         ]
-    if report.second is not None and report.second_ruleset is not None:
-        data["second_family"] = {
-            "family": report.second_ruleset.family.value,
-            **explanation_data(report.second, report.second_ruleset),
-        }
+    for other in others:  # a dual-stack pod's
+        data["second_family"] = {"family": other.family.value, **explanation_data(other.explanation, other.ruleset)}
     return data
 
 

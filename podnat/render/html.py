@@ -20,7 +20,7 @@ from podnat.istio.explain import Explanation, FlowReport, FlowStatus, Severity, 
 from podnat.istio.paths import FlowTrace
 from podnat.render.diagram import Diagram, build_diagram, flow_id, path_summary, status_word
 from podnat.render.svg import FAILING, FLOW_COLOURS, panel_svg
-from podnat.report import PodReport, PodStatus, VerifyReport
+from podnat.report import Explained, Failed, PodReport, PodStatus, Skipped, VerifyReport
 
 POD_MARK = {
     PodStatus.OK: "✓",
@@ -243,14 +243,21 @@ def pod_anchor(pod: PodReport) -> str:
 
 
 def _why(pod: PodReport) -> str:
-    if pod.error is not None:
-        return pod.error
-    for expl in (pod.explanation, pod.second):
-        if expl is not None:
-            found = next((f.message for f in expl.findings if f.severity is Severity.ERROR), "")
-            if found:
-                return found
-    return "; ".join(pod.notes) if pod.explanation is None else ""
+    match pod:
+        case Explained():
+            errors = (f for family in pod.families for f in family.explanation.findings if f.severity is Severity.ERROR)
+            return next((f.message for f in errors), "")
+        case Skipped():
+            return "; ".join(pod.notes)
+        case Failed():
+            return pod.error
+        case _:
+            assert_never(pod)
+
+
+def _explanations(pod: PodReport) -> list[Explanation]:
+    """Each IP family's explanation (none for a pod that was not explained)."""
+    return [family.explanation for family in pod.families] if isinstance(pod, Explained) else []
 
 
 def _marks(expl: Explanation) -> str:
@@ -263,19 +270,19 @@ def _marks(expl: Explanation) -> str:
 
 def _search_text(pod: PodReport) -> str:
     words = [pod.ref.namespace, pod.ref.name, f"{pod.ref.namespace}/{pod.ref.name}", pod.status.value, _why(pod)]
-    for expl in (pod.explanation, pod.second):
-        if expl is not None:
-            for report in expl.flows:
-                words.append(report.spec.name)
-                words += [rule.ref for leg in report.live.legs for rule in leg.hits]
-                words += [rule.text for leg in report.live.legs for rule in leg.hits]
+    for expl in _explanations(pod):
+        for report in expl.flows:
+            words.append(report.spec.name)
+            words += [rule.ref for leg in report.live.legs for rule in leg.hits]
+            words += [rule.text for leg in report.live.legs for rule in leg.hits]
     return " ".join(words).lower()
 
 
 def _pod_section(pod: PodReport, open_all: bool) -> list[str]:
     anchor = pod_anchor(pod)
     name = f"{pod.ref.namespace}/{pod.ref.name}"
-    marks = f'<span class="marks" aria-label="flows">{_marks(pod.explanation)}</span>' if pod.explanation else ""
+    explanations = _explanations(pod)
+    marks = f'<span class="marks" aria-label="flows">{_marks(explanations[0])}</span>' if explanations else ""
     why = _why(pod)
     out = [
         f'<details class="pod" id="{anchor}" data-namespace="{escape(pod.ref.namespace)}" '
@@ -292,18 +299,15 @@ def _pod_section(pod: PodReport, open_all: bool) -> list[str]:
         ("capture", pod.capture_mode or pod.mesh),
         *((f"{k} from", v) for k, v in pod.sources.items()),
     ]
-    if pod.listeners is not None:
+    if isinstance(pod, Explained) and pod.listeners is not None:
         bound = ", ".join(f"{item.port} ({item.name})" for item in pod.listeners if item.binds)
         facts.append(("listeners", bound or "none"))
     out += [f"<dt>{escape(k)}</dt><dd>{escape(v or '-')}</dd>" for k, v in facts]
     out.append("</dl>")
     out += [f'<p class="note">note: {escape(n)}</p>' for n in pod.notes]
-    if pod.error is not None:
+    if isinstance(pod, Failed):
         out.append(f'<p class="status s-error">⚠ error: {escape(pod.error)}</p>')
-    families = [(pod.explanation, ""), (pod.second, "second")]
-    for expl, suffix in families:
-        if expl is None:
-            continue
+    for expl, suffix in zip(explanations, ("", "second"), strict=False):
         prefix = f"{anchor}-{suffix}" if suffix else anchor
         if suffix:
             out.append("<h3>The other IP family</h3>")

@@ -115,7 +115,7 @@ def test_the_agents_report_equals_the_debug_containers_for_every_bookinfo_pod(la
         manifest = source.get_pod(PodRef(pod.namespace, pod.name))
         node = inspect_pod(source, manifest, NatSource.NODE)
         debug = inspect_pod(source, manifest, NatSource.DEBUG, True)
-        assert node.status == debug.status == "ok", (node.error, debug.error)
+        assert node.status == debug.status == "ok", (node, debug)
         assert node.sources["nat"].startswith(f"podnat agent {lab.agent.name} on node podnat-lab, live at ")
         assert debug.sources["nat"].startswith("ephemeral container podnat-debug")
         assert comparable_report(pod_report_data(node)) == comparable_report(pod_report_data(debug))

@@ -57,6 +57,7 @@ def _agent(pods: list) -> object:
 
 
 def test_the_agent_maps_and_reads_each_pod_and_writes_nothing(bare: list) -> None:
+    from podnat.report import PodHeader
     from podnat.usecases import explain_facts
 
     before = {p.netns: _save(p.netns) for p in bare}
@@ -69,7 +70,7 @@ def test_the_agent_maps_and_reads_each_pod_and_writes_nothing(bare: list) -> Non
     states = {s.report.ref.name: s for s in agent.sweep()}
     for pod in bare:
         state = states[pod.manifest["metadata"]["name"]]
-        assert (state.mapping, state.report.status) == ("mapped", "ok"), state.report.error
+        assert (state.mapping, state.report.status) == ("mapped", "ok"), state.report
         assert state.report.sources["nat"].startswith("node agent on podnat-bench-node")
         live = subprocess.run(
             ["ip", "netns", "exec", pod.netns, "iptables-save"], capture_output=True, text=True, check=True
@@ -84,7 +85,7 @@ def test_the_agent_maps_and_reads_each_pod_and_writes_nothing(bare: list) -> Non
         ]
         # the same facts, explained as inspect explains them, give the same report
         again = explain_facts(
-            type(state.report)(
+            PodHeader(
                 ref=state.report.ref,
                 node=state.report.node,
                 pod_ip=state.report.pod_ip,
@@ -173,7 +174,7 @@ from podnat.agent.node import NodeScanner
 from podnat.agent.service import Agent, AgentConfig
 agent = Agent(AgentConfig(node="n"), NodeScanner(Path("/proc")))
 agent.replace_pods(json.loads(Path(sys.argv[1]).read_text()))
-print(json.dumps({s.report.ref.name: [s.report.status, s.report.error] for s in agent.sweep()}))
+print(json.dumps({s.report.ref.name: [s.report.status, getattr(s.report, "error", None)] for s in agent.sweep()}))
 """
 
 

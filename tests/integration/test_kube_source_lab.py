@@ -16,6 +16,7 @@ from podnat.kube.client import KubeClient, KubeOptions
 from podnat.kube.cluster import KubeCluster
 from podnat.kube.errors import Failure, KubeSourceError
 from podnat.lab.state import LabState
+from podnat.report import Explained
 from podnat.sources import LiveSource
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
@@ -159,7 +160,7 @@ def test_inspect_and_verify_read_each_pod_once(lab: LabState, monkeypatch: pytes
     src = source(lab)
     ref = sidecar_pod(lab)
     report = inspect_pod(src, src.get_pod(ref), None, True)
-    assert report.explanation is not None and report.error is None, report.notes
+    assert isinstance(report, Explained), report
     assert calls == [ref.name]
     calls.clear()
     listed = src.list_pods(ref.namespace)

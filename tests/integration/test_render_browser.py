@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, require
-from unit.test_render_diagrams import CASES, check_picture, explained, rules_of
+from unit.test_render_diagrams import CASES, check_picture, explained, explained_pod, rules_of
 
 from podnat.facts import PodRef
 from podnat.render.html import verify_html
-from podnat.usecases import PodReport, VerifyReport
+from podnat.report import Failed, Skipped, VerifyReport
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -93,16 +93,16 @@ def verify_page(tmp_path: Path) -> Path:
     lab = {"node": "lab", "pod_ip": "10.99.0.2", "istio_version": "1.30.3", "capture_mode": "REDIRECT"}
     report = VerifyReport(
         (
-            PodReport(PodRef("bookinfo", "reviews-v1"), explanation=explained("broken"), **lab),
-            PodReport(PodRef("bookinfo", "productpage-v1"), explanation=explained("drift"), **lab),
-            PodReport(PodRef("bookinfo", "ratings-v1"), explanation=explained("healthy"), **lab),
-            PodReport(
-                PodRef("bookinfo", "details-v1"),
+            explained_pod(PodRef("bookinfo", "reviews-v1"), "broken", **lab),
+            explained_pod(PodRef("bookinfo", "productpage-v1"), "drift", **lab),
+            explained_pod(PodRef("bookinfo", "ratings-v1"), "healthy", **lab),
+            Failed(
+                ref=PodRef("bookinfo", "details-v1"),
                 error="istio-proxy cannot read the nat table without NET_ADMIN",
                 error_code=3,
             ),
-            PodReport(PodRef("shop", "cart-5d9f"), explanation=explained("owner"), **lab),
-            PodReport(PodRef("kube-system", "coredns"), mesh="none", notes=("no istio-proxy container",)),
+            explained_pod(PodRef("shop", "cart-5d9f"), "owner", **lab),
+            Skipped(ref=PodRef("kube-system", "coredns"), mesh="none", notes=("no istio-proxy container",)),
         )
     )
     page = tmp_path / "report.html"

@@ -21,14 +21,14 @@ from podnat.facts import (
     PolicyRouting,
     SocketsReading,
 )
-from podnat.usecases import PodReport
+from podnat.report import Skipped
 from podnat.wire import facts_data, facts_from_data
 
 POD = {"metadata": {"namespace": "bookinfo", "name": "reviews-v1", "uid": "u-1", "resourceVersion": "7"}}
 
 
-class _Fixed(PodReport):
-    """A PodReport whose status is given (the flows behind it do not matter here)."""
+class _Fixed(Skipped):
+    """A pod report whose status is given (the flows behind it do not matter here)."""
 
     __slots__ = ("fixed",)
 
@@ -39,8 +39,8 @@ class _Fixed(PodReport):
 
 def _state(status: str, uid: str = "u-1") -> PodState:
     report = object.__new__(_Fixed)
-    base = PodReport(ref=PodRef("bookinfo", "reviews-v1"))
-    for name in PodReport.__dataclass_fields__:
+    base = Skipped(ref=PodRef("bookinfo", "reviews-v1"))
+    for name in Skipped.__dataclass_fields__:
         object.__setattr__(report, name, getattr(base, name))
     object.__setattr__(report, "fixed", status)
     return PodState(uid, {**POD, "metadata": {**POD["metadata"], "uid": uid}}, report, None, 0.0, "mapped")

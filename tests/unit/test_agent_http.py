@@ -12,7 +12,7 @@ from podnat.agent.http import AgentServer
 from podnat.agent.metrics import AgentMetrics
 from podnat.agent.service import Agent, AgentConfig, PodState
 from podnat.facts import PodRef
-from podnat.usecases import PodReport
+from podnat.report import Skipped
 
 
 def _pod(namespace: str, name: str, app: str) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def test_pods_filtered_by_namespace_and_label_selector_and_readiness() -> None:
         for pod in pods:
             meta = pod["metadata"]
             agent.states[meta["uid"]] = PodState(
-                meta["uid"], pod, PodReport(PodRef(meta["namespace"], meta["name"]), node="n1"), None, 0.0, "mapped"
+                meta["uid"], pod, Skipped(ref=PodRef(meta["namespace"], meta["name"]), node="n1"), None, 0.0, "mapped"
             )
         agent.swept = True
         agent.stats.finished_at = time.time()  # a full sweep just finished

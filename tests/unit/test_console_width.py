@@ -13,12 +13,11 @@ import sys
 import pytest
 from conftest import REPO
 from rich.console import Console
-from unit.test_render_diagrams import CASES, explained
+from unit.test_render_diagrams import CASES, explained, explained_pod
 
 from podnat.facts import PodRef
 from podnat.render import console
 from podnat.render.diagram import path_summary
-from podnat.usecases import PodReport
 
 ARGS = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020"
 
@@ -102,18 +101,17 @@ def test_inspect_report_fits(width, monkeypatch):
     monkeypatch.setattr(
         console, "out", Console(file=screen, width=width, soft_wrap=False, highlight=False, color_system=None)
     )
-    expl = explained("drift")
-    console.print_pod_report(
-        PodReport(
-            PodRef("bookinfo", "reviews-v1-7f9c6b-x2k4p"),
-            node="lab",
-            pod_ip="10.99.0.2",
-            istio_version="1.30.3",
-            capture_mode="REDIRECT",
-            sources={"nat": "debug container podnat-debug (iptables-save -c)"},
-            explanation=expl,
-        )
+    report = explained_pod(
+        PodRef("bookinfo", "reviews-v1-7f9c6b-x2k4p"),
+        "drift",
+        node="lab",
+        pod_ip="10.99.0.2",
+        istio_version="1.30.3",
+        capture_mode="REDIRECT",
+        sources={"nat": "debug container podnat-debug (iptables-save -c)"},
     )
+    expl = report.explanation
+    console.print_pod_report(report)
     text = screen.getvalue()
     assert "bookinfo/reviews-v1-7f9c6b-x2k4p" in text and "status: drift" in text
     table = text[text.index("┏") : text.index("┘") + 1]

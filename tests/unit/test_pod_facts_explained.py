@@ -18,7 +18,8 @@ from podnat.istio.config import InterceptionConfig
 from podnat.istio.explain import FlowStatus
 from podnat.istio.generator import expected_rules
 from podnat.render.data import pod_report_data
-from podnat.usecases import PodReport, inspect_pod
+from podnat.report import Explained, PodReport
+from podnat.usecases import inspect_pod
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 ROUTING = DATA / "routing"
@@ -195,7 +196,8 @@ def test_tproxy_dual_stack_checks_each_family() -> None:
         recorded("rule-present.txt"), recorded("route-present.txt"), rules6=recorded("rule6-default.txt"), routes6=""
     )
     report = inspect_pod(FakeSource(nat=live_table(TPROXY, ipv6=True), routing=reading), pod)
-    assert report.explanation is not None and report.second is not None
+    assert isinstance(report, Explained)
+    assert [family.family.value for family in report.families] == ["ipv4", "ipv6"]
     assert report.explanation.policy_routing is not None and not report.explanation.policy_routing.broken
     assert report.status == "broken"  # the IPv6 side
     data = pod_report_data(report)["second_family"]

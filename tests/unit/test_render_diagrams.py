@@ -19,6 +19,7 @@ import sys
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, require
@@ -26,12 +27,13 @@ from conftest import REPO, require
 from podnat.facts import PodRef
 from podnat.istio.explain import Explanation, explain
 from podnat.istio.flows import PodContext
+from podnat.netfilter.model import Family
 from podnat.netfilter.parse import parse_ruleset
 from podnat.render.data import explanation_data
 from podnat.render.diagram import build_diagram
 from podnat.render.mermaid import UNSAFE, diagram_mermaid, node_id
 from podnat.render.svg import BAD, EXPECTED, FAINT_FILL, FAINT_TEXT, FLOW_COLOURS, INK, diagram_svg, panel_svg
-from podnat.usecases import PodReport, VerifyReport
+from podnat.report import Explained, Failed, FamilyReport, Skipped, VerifyReport
 
 DEFAULT = (REPO / "tests" / "data" / "default.v4.iptables-save").read_text()
 REFERENCES = REPO / "tests" / "data" / "reference"
@@ -50,25 +52,31 @@ def explained(case: str) -> Explanation:
     return explain(parse_ruleset(CASES[case]), PodContext(), expected=parse_ruleset(DEFAULT))
 
 
+def explained_pod(ref: PodRef, case: str, **header: Any) -> Explained:
+    """A pod report of one of the CASES, as `inspect` makes it."""
+    family = FamilyReport(family=Family.IPV4, explanation=explained(case), ruleset=parse_ruleset(CASES[case]))
+    return Explained(ref=ref, families=(family,), **header)
+
+
 def verify_report() -> VerifyReport:
     lab = {"node": "lab", "pod_ip": "10.99.0.2"}
     return VerifyReport(
         (
-            PodReport(
+            explained_pod(
                 PodRef("bookinfo", "reviews-v1"),
+                "broken",
                 istio_version="1.30.3",
                 capture_mode="REDIRECT",
                 sources={"nat": "debug container"},
-                explanation=explained("broken"),
                 **lab,
             ),
-            PodReport(PodRef("bookinfo", "ratings-v1"), explanation=explained("healthy"), **lab),
-            PodReport(
-                PodRef("bookinfo", "details-v1"),
+            explained_pod(PodRef("bookinfo", "ratings-v1"), "healthy", **lab),
+            Failed(
+                ref=PodRef("bookinfo", "details-v1"),
                 error="istio-proxy cannot read the nat table without NET_ADMIN",
                 error_code=3,
             ),
-            PodReport(PodRef("kube-system", "coredns"), mesh="none", notes=("no istio-proxy container",)),
+            Skipped(ref=PodRef("kube-system", "coredns"), mesh="none", notes=("no istio-proxy container",)),
         )
     )
 

@@ -9,11 +9,17 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 
-from unit.test_render_diagrams import CASES, contrast, explained, flow_objects, rules_of, verify_report
+from unit.test_render_diagrams import (
+    CASES,
+    contrast,
+    explained_pod,
+    flow_objects,
+    rules_of,
+    verify_report,
+)
 
 from podnat.facts import PodRef
 from podnat.render.html import CSS, STATUS_COLOURS, pod_html, verify_html
-from podnat.usecases import PodReport
 
 VOID = ("meta", "br", "rect", "polyline", "polygon", "line", "input")
 
@@ -115,7 +121,7 @@ def test_each_flow_row_is_tied_to_its_panel_and_rules():
 
 
 def test_inspect_page_is_one_pod_opened():
-    report = PodReport(PodRef("bookinfo", "reviews-v1"), explanation=explained("drift"), pod_ip="10.99.0.2")
+    report = explained_pod(PodRef("bookinfo", "reviews-v1"), "drift", pod_ip="10.99.0.2")
     parsed = Page(pod_html(report))
     assert [(p["id"], "open" in p) for p in parsed.find("details")] == [("pod-bookinfo-reviews-v1", True)]
     assert [t for t, _ in parsed.elements].count("svg") == 7
