@@ -954,13 +954,11 @@ def verify(
             raise UsageError("give --namespace or --all-namespaces, not both")
         cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
         where = None if all_namespaces else (namespace or default_ns)
-        unchecked = None
         from podnat.sources import NamespaceLabels
 
-        if where is not None:
-            from podnat.sources import check_namespace
-
-            unchecked = check_namespace(cluster, where)  # a namespace that does not exist: exit 3
+        namespaces = NamespaceLabels(cluster)
+        # A namespace that does not exist: exit 3. The same read gives its labels to the pods that need them.
+        unchecked = namespaces.check(where) if where is not None else None
         pods = pod_source.list_pods(where, selector)
         nat_source = NatSource(source.value) if source else None
         cluster.agents.max_age = max_age
@@ -974,7 +972,7 @@ def verify(
                 nat_source,
                 debug_container or nat_source is NatSource.DEBUG,
                 progress.advance,
-                NamespaceLabels(cluster),
+                namespaces,
             )
         if html is not None:
             from podnat.render.html import verify_html

@@ -749,21 +749,29 @@ class NamespaceLabels:
     def __call__(self, namespace: str) -> Mapping[str, str] | None:
         if namespace not in self._read:  # two threads may both read it: the same answer
             try:
-                found = self.cluster.get_namespace(namespace)
-                labels = (found.get("metadata") or {}).get("labels") or {}
-                self._read[namespace] = {str(k): str(v) for k, v in labels.items()}
+                self._get(namespace)
             except SourceError:
                 self._read[namespace] = None
         return self._read[namespace]
 
+    def check(self, namespace: str) -> str | None:
+        """`verify -n NS`: raises SourceError (NOT_FOUND, exit 3) when NS does not exist; returns a warning
+        when it could not be checked (no right to `get namespaces`), else None. Its labels are kept."""
+        try:
+            self._get(namespace)
+        except SourceError as err:
+            self._read[namespace] = None
+            if err.failure is not Failure.FORBIDDEN:
+                raise
+            return f"namespace {namespace} could not be checked ({err.message})"
+        return None
+
+    def _get(self, namespace: str) -> None:
+        found = self.cluster.get_namespace(namespace)
+        labels = (found.get("metadata") or {}).get("labels") or {}
+        self._read[namespace] = {str(k): str(v) for k, v in labels.items()}
+
 
 def check_namespace(cluster: Cluster, namespace: str) -> str | None:
-    """Raises SourceError (NOT_FOUND, exit 3) when the namespace does not exist; returns a warning when it
-    could not be checked (no right to `get namespaces`), else None."""
-    try:
-        cluster.get_namespace(namespace)
-    except SourceError as err:
-        if err.failure is not Failure.FORBIDDEN:
-            raise
-        return f"namespace {namespace} could not be checked ({err.message})"
-    return None
+    """NamespaceLabels(cluster).check(namespace), for a caller that needs no labels."""
+    return NamespaceLabels(cluster).check(namespace)

@@ -1021,6 +1021,18 @@ def test_a_namespace_that_does_not_exist_is_an_error_and_one_podnat_may_not_chec
         check_namespace(fake, NS)
 
 
+def test_verify_s_namespace_check_is_the_read_its_pods_labels_come_from(fake: FakeCluster) -> None:
+    from podnat.sources import NamespaceLabels
+
+    fake.add_pod(make_pod())
+    namespaces = NamespaceLabels(fake)
+    assert namespaces.check(NS) is None
+    assert namespaces(NS) == {} and fake.calls == ["get_namespace"]  # read once
+    with pytest.raises(SourceError):
+        namespaces.check("nosuchns")
+    assert namespaces("nosuchns") is None and fake.calls == ["get_namespace"] * 2
+
+
 def test_read_facts_takes_the_cluster_and_the_choice(fake: FakeCluster) -> None:
     fake.add_pod(make_pod())
     privileged_proxy(fake)
