@@ -202,8 +202,7 @@ def _input_notes(info: Any, output: Any) -> None:
 def load_for_mode(path: Path | str, mode: Mode) -> tuple[Any, Any, bool]:
     """The table, what it was read as, and whether it is an ambient pod's (`--mode`, else its rules). With
     `--mode ambient` a table without rules is accepted: that is what a pod whose rules are gone prints."""
-    from podnat.istio.ambient import looks_ambient
-    from podnat.istio.inputs import read_input
+    from podnat.istio.inputs import looks_ambient, read_input
     from podnat.netfilter.errors import InputError
     from podnat.netfilter.model import Family, Ruleset
 

@@ -10,8 +10,8 @@ Stable API:
   ambient_nft_script(cfg) / host_probe_nft_script(cfg, kubelet_uid)
                                      the native nftables transactions (Istio 1.28+, `inet istio-ambient-*`)
   ambient_nft_listing(cfg)           what `nft list ruleset` prints in the pod after that transaction
-  looks_ambient(ruleset) -> bool     a table holding ztunnel's in-pod chains (ISTIO_PRERT / istio-prerouting
-                                     with the 0x539 mark), not a sidecar's
+  (podnat.istio.inputs.looks_ambient(ruleset) recognises a table holding these chains: a sidecar's
+  table is read without loading this module)
   ZTUNNEL_PORTS, INPOD_MARK, CONN_MARK, MARK_MASK, ROUTE_TABLE, PROBE_SNAT_V4, PROBE_SNAT_V6
 
 Facts (Istio cni/pkg/iptables/iptables.go, cni/pkg/nftables/nftables.go, cni/pkg/config/config.go,
@@ -44,7 +44,6 @@ from podnat.istio.config import NEWEST_SUPPORTED, IstioRelease, split_list, trut
 from podnat.istio.generator import ExpectedRules, RuleBuilder, restore_text
 from podnat.istio.generator_nft import NftChain, NftTable, listing_of, listing_rule
 from podnat.istio.normalise import normalise_restore
-from podnat.netfilter.model import Ruleset
 
 INPOD_MARK = 0x539
 CONN_MARK = 0x111
@@ -600,20 +599,6 @@ def _listed(rule: str) -> str:
     return _CT_SET.sub(
         lambda m: f"ct mark set ct mark & 0x{int(m[1], 16) | int(m[2], 16):08x} | 0x{int(m[2], 16):08x}", text
     )
-
-
-# --- recognising a saved ambient table ----------------------------------------------------------------
-
-
-def looks_ambient(ruleset: Ruleset) -> bool:
-    """A rule set holding ztunnel's in-pod capture: ISTIO_PRERT / istio-prerouting in an istio-ambient or
-    iptables table, or a rule that tests ztunnel's socket mark 0x539/0xfff."""
-    for table in ruleset.tables.values():
-        if table.name.startswith("istio-ambient-"):
-            return True
-        if PRERT in table.chains and "ISTIO_INBOUND" not in table.chains:
-            return True
-    return False
 
 
 # --- causes in Istio's terms ---------------------------------------------------------------------------

@@ -511,3 +511,15 @@ def _parse_mapped(out: list[str], numbers: list[int], family: Family | None) -> 
     except ParseError as exc:
         line = numbers[exc.line - 1] if 0 < exc.line <= len(numbers) else exc.line
         raise ParseError(line, exc.text, exc.message) from None
+
+
+def looks_ambient(ruleset: Ruleset) -> bool:
+    """A rule set holding ztunnel's in-pod capture: ISTIO_PRERT / istio-prerouting in an istio-ambient or
+    iptables table, or a rule that tests ztunnel's socket mark 0x539/0xfff. (Here, with the other
+    recognising by content, so that reading a sidecar's table never loads the ambient rule model.)"""
+    for table in ruleset.tables.values():
+        if table.name.startswith("istio-ambient-"):
+            return True
+        if "ISTIO_PRERT" in table.chains and "ISTIO_INBOUND" not in table.chains:
+            return True
+    return False

@@ -7,10 +7,10 @@ from podnat.istio.ambient import (
     ambient_expected,
     ambient_nft_listing,
     ambient_restore,
-    looks_ambient,
 )
 from podnat.istio.config import InterceptionConfig, IstioRelease
 from podnat.istio.generator import expected_rules
+from podnat.istio.inputs import looks_ambient
 from podnat.netfilter.model import Family
 from podnat.netfilter.nft import parse_nft
 from podnat.netfilter.parse import parse_ruleset
