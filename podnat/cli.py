@@ -123,13 +123,6 @@ def _root(
     _debug = debug
 
 
-def fail(error: PodnatError) -> NoReturn:
-    from podnat.render.console import error as print_error
-
-    print_error(error.message)
-    raise typer.Exit(int(error.code))
-
-
 def read_text(path: Path | str, what: str = "file") -> str:
     """Read an input file (or stdin for "-") as text, with a one-line error when it cannot be read."""
     try:
@@ -393,71 +386,68 @@ def trace(
     output: OutputOpt = Output.table,
 ) -> None:
     """Follow one connection through a saved table and the pod's proxy (Envoy, or ztunnel in ambient mode)."""
-    try:
-        missing = [
-            flag
-            for flag, value in (("--nat-file", nat_file), ("--pod-ip", pod_ip), ("--from", from_), ("--to", to))
-            if value is None
-        ]
-        if missing:
-            raise UsageError(f"missing {', '.join(missing)}: see podnat trace --help")
-        assert nat_file is not None and pod_ip is not None and from_ is not None and to is not None
-        from podnat.istio.flows import Actor, FlowSpec, FlowType, Identity
-        from podnat.istio.paths import Outcome, trace_flow
+    missing = [
+        flag
+        for flag, value in (("--nat-file", nat_file), ("--pod-ip", pod_ip), ("--from", from_), ("--to", to))
+        if value is None
+    ]
+    if missing:
+        raise UsageError(f"missing {', '.join(missing)}: see podnat trace --help")
+    assert nat_file is not None and pod_ip is not None and from_ is not None and to is not None
+    from podnat.istio.flows import Actor, FlowSpec, FlowType, Identity
+    from podnat.istio.paths import Outcome, trace_flow
 
-        ruleset, info, ambient = load_for_mode(nat_file, mode)
-        pod = _address(pod_ip, "--pod-ip")
-        destination = _endpoint(to, "--to")
-        ports = tuple(app_port or (destination.port,))
-        ctx, context = _offline_context(ruleset, pod, ports, proxy_uid, proxy_gid)
-        if ambient:
-            ctx, context = _ambient_context(ctx, context)
-        first_mark = _mark(mark) if mark is not None else None
-        policy_routing = load_routing(routing, ruleset, ambient=ambient)
-        _input_notes(info, output)
-        if endpoint:
-            ctx = ctx.with_endpoint(destination, _endpoint(endpoint, "--endpoint", destination.port))
-        actor = Actor(from_.value)
-        identity = None
-        if actor is Actor.APP:
-            identity = Identity(1000 if uid is None else uid, gid if gid is not None else (uid or 1000))
-        elif actor is Actor.PROXY:
-            identity = Identity(ctx.proxy.uid if uid is None else uid, ctx.proxy.gid if gid is None else gid)
-        source = _address(src, "--src") if src else (ctx.remote.address if actor is Actor.REMOTE else None)
-        spec = FlowSpec(FlowType.LOCAL_TO_REMOTE, "trace", actor, destination, source, identity, proto.value)
-        if ambient:
-            from podnat.istio.ambient_paths import needs_policy_routing, trace_ambient, without_policy_routing
+    ruleset, info, ambient = load_for_mode(nat_file, mode)
+    pod = _address(pod_ip, "--pod-ip")
+    destination = _endpoint(to, "--to")
+    ports = tuple(app_port or (destination.port,))
+    ctx, context = _offline_context(ruleset, pod, ports, proxy_uid, proxy_gid)
+    if ambient:
+        ctx, context = _ambient_context(ctx, context)
+    first_mark = _mark(mark) if mark is not None else None
+    policy_routing = load_routing(routing, ruleset, ambient=ambient)
+    _input_notes(info, output)
+    if endpoint:
+        ctx = ctx.with_endpoint(destination, _endpoint(endpoint, "--endpoint", destination.port))
+    actor = Actor(from_.value)
+    identity = None
+    if actor is Actor.APP:
+        identity = Identity(1000 if uid is None else uid, gid if gid is not None else (uid or 1000))
+    elif actor is Actor.PROXY:
+        identity = Identity(ctx.proxy.uid if uid is None else uid, ctx.proxy.gid if gid is None else gid)
+    source = _address(src, "--src") if src else (ctx.remote.address if actor is Actor.REMOTE else None)
+    spec = FlowSpec(FlowType.LOCAL_TO_REMOTE, "trace", actor, destination, source, identity, proto.value)
+    if ambient:
+        from podnat.istio.ambient_paths import needs_policy_routing, trace_ambient, without_policy_routing
 
-            result = trace_ambient(ruleset, spec, ctx, routing=policy_routing, mark=first_mark)
-            if policy_routing is not None and policy_routing.broken and needs_policy_routing(result, ctx):
-                result = without_policy_routing(result, policy_routing, ctx)
-        else:
-            result = trace_flow(ruleset, spec, ctx, load_listeners(listeners), mark=first_mark or 0)
-            if policy_routing is not None and policy_routing.broken:
-                from podnat.istio.explain import _without_policy_routing, replies_need_policy_routing
+        result = trace_ambient(ruleset, spec, ctx, routing=policy_routing, mark=first_mark)
+        if policy_routing is not None and policy_routing.broken and needs_policy_routing(result, ctx):
+            result = without_policy_routing(result, policy_routing, ctx)
+    else:
+        result = trace_flow(ruleset, spec, ctx, load_listeners(listeners), mark=first_mark or 0)
+        if policy_routing is not None and policy_routing.broken:
+            from podnat.istio.explain import _without_policy_routing, replies_need_policy_routing
 
-                if replies_need_policy_routing(result, ctx):
-                    result = _without_policy_routing(result, policy_routing, ctx)
-        if output in (Output.json, Output.yaml):
-            from podnat.render.console import print_data
-            from podnat.render.data import finding_data, trace_data
+            if replies_need_policy_routing(result, ctx):
+                result = _without_policy_routing(result, policy_routing, ctx)
+    if output in (Output.json, Output.yaml):
+        from podnat.render.console import print_data
+        from podnat.render.data import finding_data, trace_data
 
-            data = trace_data(result, ruleset)
-            if info.failed is not None:
-                data["findings"] = [finding_data(never_installed(info))]
-            print_data({**data, "input": input_data(info), "context": context}, output.value)
-        else:
-            from podnat.render.console import print_trace
+        data = trace_data(result, ruleset)
+        if info.failed is not None:
+            data["findings"] = [finding_data(never_installed(info))]
+        print_data({**data, "input": input_data(info), "context": context}, output.value)
+    else:
+        from podnat.render.console import print_trace
 
-            print_trace(result, ruleset)
-            if info.failed is not None:
-                from podnat.render.console import error as print_error
+        print_trace(result, ruleset)
+        if info.failed is not None:
+            from podnat.render.console import error as print_error
 
-                print_error(never_installed(info).message)
-        broken = result.outcome in (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED) or info.failed is not None
-        raise typer.Exit(int(ExitCode.DRIFT if broken else ExitCode.OK))
-    except PodnatError as exc:
-        fail(exc)
+            print_error(never_installed(info).message)
+    broken = result.outcome in (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED) or info.failed is not None
+    raise typer.Exit(int(ExitCode.DRIFT if broken else ExitCode.OK))
 
 
 @app.command()
@@ -495,123 +485,120 @@ def explain(
     output: OutputOpt = Output.table,
 ) -> None:
     """Explain every flow of a saved table; with --args or --pod-spec, reconcile it with Istio's intent."""
-    try:
-        from podnat.istio.explain import explain as run_explain
+    from podnat.istio.explain import explain as run_explain
 
-        ruleset, info, ambient = load_for_mode(file, mode)
-        _input_notes(info, output)
-        if ambient:
-            _explain_ambient(
-                file,
-                ruleset,
-                info,
-                pod_ip,
-                app_port,
-                remote,
-                service_vip,
-                pod_spec,
-                istio_version,
-                args,
-                routing,
-                diagram,
-                html,
-                output,
-            )
-        pod = _address(pod_ip, "--pod-ip") if pod_ip else None
-        expected = None
-        dns_requested = False
-        intent: PodIntent | None = None
-        if args is not None or pod_spec is not None:
-            from podnat.intent import dns_capture_requested, offline_intent, offline_pod
-            from podnat.istio.explain import captured_nameservers
-
-            for address in nameserver or ():
-                _address(address, "--nameserver")
-            pod_object = offline_pod(_load_pod(pod_spec)) if pod_spec else None
-            dns_requested = dns_capture_requested(args, pod_object)
-            # Without --nameserver: the resolvers the table redirects are the ones istio-init found.
-            nameservers = tuple(nameserver or ()) or (captured_nameservers(ruleset) if dns_requested else ())
-            matched: tuple[str, ...] = ()
-            if args is not None and pod_object is None and istio_version is None:
-                from podnat.intent import best_release_intent
-
-                intent, matched = best_release_intent(ruleset, args, nameservers)
-            else:
-                intent = offline_intent(
-                    ruleset.family, args=args, version=istio_version, pod=pod_object, nameservers=nameservers
-                )
-            expected = intent.expected(ruleset.family)
-            if expected is None:
-                raise UsageError(f"the configuration installs no {ruleset.family.value} rules (is IPv6 enabled?)")
-        where = "pod spec" if pod_spec is not None else "args"
-        ctx, context = _offline_context(ruleset, pod, (app_port,), proxy_uid, proxy_gid, intent, where)
-        if intent is not None:
-            context["release_from"] = (
-                "pod spec (proxy image)"
-                if pod_spec is not None
-                else "flag (--istio-version)"
-                if istio_version
-                else _best_match_words(matched)
-                if matched
-                else "default (newest release)"
-            )
-            if matched and output in (Output.table, Output.wide):
-                from podnat.render.console import note
-
-                note(f"Istio release: {intent.version}, {_best_match_words(matched)} (give --istio-version to pick)")
-        if remote:
-            ctx = ctx.replace(remote=_endpoint(remote, "--remote", app_port))
-        if service_vip:
-            ctx = ctx.replace(service=_endpoint(service_vip, "--service-vip", app_port))
-        if istiod:
-            ctx = ctx.replace(istiod=_endpoint(istiod, "--istiod", 15012))
-        policy_routing = load_routing(routing, ruleset, ambient=False)
-        releases = None
-        if args is not None and pod_spec is None:
-            from podnat.intent import release_variants
-
-            releases = {
-                v: rs
-                for v, rs in release_variants(ruleset.family, args, nameservers).items()
-                if v != (intent.version if intent is not None else None)
-            }
-        result = run_explain(
+    ruleset, info, ambient = load_for_mode(file, mode)
+    _input_notes(info, output)
+    if ambient:
+        _explain_ambient(
+            file,
             ruleset,
-            ctx,
-            load_listeners(listeners),
-            expected=expected,
-            dns_requested=dns_requested,
-            policy_routing=policy_routing,
-            releases=releases,
+            info,
+            pod_ip,
+            app_port,
+            remote,
+            service_vip,
+            pod_spec,
+            istio_version,
+            args,
+            routing,
+            diagram,
+            html,
+            output,
         )
-        if info.failed is not None:
-            from dataclasses import replace
+    pod = _address(pod_ip, "--pod-ip") if pod_ip else None
+    expected = None
+    dns_requested = False
+    intent: PodIntent | None = None
+    if args is not None or pod_spec is not None:
+        from podnat.intent import dns_capture_requested, offline_intent, offline_pod
+        from podnat.istio.explain import captured_nameservers
 
-            result = replace(result, findings=(never_installed(info), *result.findings))
-        if context["proxy_identity_from"].startswith("table") and ctx.transparent_inbound:
-            from dataclasses import replace
+        for address in nameserver or ():
+            _address(address, "--nameserver")
+        pod_object = offline_pod(_load_pod(pod_spec)) if pod_spec else None
+        dns_requested = dns_capture_requested(args, pod_object)
+        # Without --nameserver: the resolvers the table redirects are the ones istio-init found.
+        nameservers = tuple(nameserver or ()) or (captured_nameservers(ruleset) if dns_requested else ())
+        matched: tuple[str, ...] = ()
+        if args is not None and pod_object is None and istio_version is None:
+            from podnat.intent import best_release_intent
 
-            from podnat.istio.explain import Finding, Severity
-            from podnat.istio.identity import proxy_identity_in_table
+            intent, matched = best_release_intent(ruleset, args, nameservers)
+        else:
+            intent = offline_intent(
+                ruleset.family, args=args, version=istio_version, pod=pod_object, nameservers=nameservers
+            )
+        expected = intent.expected(ruleset.family)
+        if expected is None:
+            raise UsageError(f"the configuration installs no {ruleset.family.value} rules (is IPv6 enabled?)")
+    where = "pod spec" if pod_spec is not None else "args"
+    ctx, context = _offline_context(ruleset, pod, (app_port,), proxy_uid, proxy_gid, intent, where)
+    if intent is not None:
+        context["release_from"] = (
+            "pod spec (proxy image)"
+            if pod_spec is not None
+            else "flag (--istio-version)"
+            if istio_version
+            else _best_match_words(matched)
+            if matched
+            else "default (newest release)"
+        )
+        if matched and output in (Output.table, Output.wide):
+            from podnat.render.console import note
 
-            found = proxy_identity_in_table(ruleset)
-            if found is not None and found.uid not in (None, 0):
-                result = replace(
-                    result,
-                    findings=(
-                        *result.findings,
-                        Finding(
-                            Severity.INFO,
-                            f"the table exempts uid {found.uid} and gid {found.gid} ({found.ref}); it captures "
-                            f"inbound with TPROXY, and Istio then runs Envoy as uid 0 with gid {context['proxy_gid']}: "
-                            "podnat traces Envoy's connections so",
-                            (found.ref,),
-                        ),
+            note(f"Istio release: {intent.version}, {_best_match_words(matched)} (give --istio-version to pick)")
+    if remote:
+        ctx = ctx.replace(remote=_endpoint(remote, "--remote", app_port))
+    if service_vip:
+        ctx = ctx.replace(service=_endpoint(service_vip, "--service-vip", app_port))
+    if istiod:
+        ctx = ctx.replace(istiod=_endpoint(istiod, "--istiod", 15012))
+    policy_routing = load_routing(routing, ruleset, ambient=False)
+    releases = None
+    if args is not None and pod_spec is None:
+        from podnat.intent import release_variants
+
+        releases = {
+            v: rs
+            for v, rs in release_variants(ruleset.family, args, nameservers).items()
+            if v != (intent.version if intent is not None else None)
+        }
+    result = run_explain(
+        ruleset,
+        ctx,
+        load_listeners(listeners),
+        expected=expected,
+        dns_requested=dns_requested,
+        policy_routing=policy_routing,
+        releases=releases,
+    )
+    if info.failed is not None:
+        from dataclasses import replace
+
+        result = replace(result, findings=(never_installed(info), *result.findings))
+    if context["proxy_identity_from"].startswith("table") and ctx.transparent_inbound:
+        from dataclasses import replace
+
+        from podnat.istio.explain import Finding, Severity
+        from podnat.istio.identity import proxy_identity_in_table
+
+        found = proxy_identity_in_table(ruleset)
+        if found is not None and found.uid not in (None, 0):
+            result = replace(
+                result,
+                findings=(
+                    *result.findings,
+                    Finding(
+                        Severity.INFO,
+                        f"the table exempts uid {found.uid} and gid {found.gid} ({found.ref}); it captures "
+                        f"inbound with TPROXY, and Istio then runs Envoy as uid 0 with gid {context['proxy_gid']}: "
+                        "podnat traces Envoy's connections so",
+                        (found.ref,),
                     ),
-                )
-        _show_explanation(file, result, ruleset, info, context, str(ctx.pod_ip), diagram, html, output)
-    except PodnatError as exc:
-        fail(exc)
+                ),
+            )
+    _show_explanation(file, result, ruleset, info, context, str(ctx.pod_ip), diagram, html, output)
 
 
 def _show_explanation(
@@ -860,60 +847,57 @@ def inspect(
     output: OutputOpt = Output.table,
 ) -> None:
     """Explain one live pod: each flow's path through its rules and Envoy, what Istio meant, what differs."""
-    try:
-        from podnat.facts import NatSource, PodRef
-        from podnat.report import Failed
-        from podnat.usecases import inspect_pod
+    from podnat.facts import NatSource, PodRef
+    from podnat.report import Failed
+    from podnat.usecases import inspect_pod
 
-        cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
-        cluster.agents.max_age = max_age
-        nat_source = NatSource(source.value) if source else None
-        if nat_source is NatSource.DEBUG:
-            debug_container = True
-        from podnat.istio.pod import PodSpecError, read_pod
+    cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
+    cluster.agents.max_age = max_age
+    nat_source = NatSource(source.value) if source else None
+    if nat_source is NatSource.DEBUG:
+        debug_container = True
+    from podnat.istio.pod import PodSpecError, read_pod
 
-        try:  # read once: inspect and --probe share the PodInfo
-            manifest = read_pod(pod_source.get_pod(PodRef(namespace or default_ns, pod)))
-        except PodSpecError as exc:
-            raise BadInput(str(exc)) from None
-        from podnat.sources import NamespaceLabels
+    try:  # read once: inspect and --probe share the PodInfo
+        manifest = read_pod(pod_source.get_pod(PodRef(namespace or default_ns, pod)))
+    except PodSpecError as exc:
+        raise BadInput(str(exc)) from None
+    from podnat.sources import NamespaceLabels
 
-        report = inspect_pod(pod_source, manifest, nat_source, debug_container or probe, NamespaceLabels(cluster))
-        if probe:
-            from podnat.usecases import probe_report
+    report = inspect_pod(pod_source, manifest, nat_source, debug_container or probe, NamespaceLabels(cluster))
+    if probe:
+        from podnat.usecases import probe_report
 
-            report = probe_report(pod_source, manifest, report)
-        if diagram is not None:
-            from podnat.render.svg import diagram_svg
+        report = probe_report(pod_source, manifest, report)
+    if diagram is not None:
+        from podnat.render.svg import diagram_svg
 
-            explanation = _to_draw(report, f"not a sidecar pod ({report.mesh})")
-            write_file(diagram, diagram_svg(explanation, str(report.ref)))
-        if html is not None:
-            from podnat.render.html import pod_html
+        explanation = _to_draw(report, f"not a sidecar pod ({report.mesh})")
+        write_file(diagram, diagram_svg(explanation, str(report.ref)))
+    if html is not None:
+        from podnat.render.html import pod_html
 
-            write_file(html, pod_html(report))
-        if output is Output.mermaid:
-            from podnat.render.mermaid import diagram_mermaid
+        write_file(html, pod_html(report))
+    if output is Output.mermaid:
+        from podnat.render.mermaid import diagram_mermaid
 
-            sys.stdout.write(diagram_mermaid(_to_draw(report, report.mesh)))
-        elif output in (Output.json, Output.yaml):
-            from podnat.render.console import print_data
-            from podnat.render.data import pod_report_data
+        sys.stdout.write(diagram_mermaid(_to_draw(report, report.mesh)))
+    elif output in (Output.json, Output.yaml):
+        from podnat.render.console import print_data
+        from podnat.render.data import pod_report_data
 
-            print_data(pod_report_data(report), output.value)
-        else:
-            from podnat.render.console import print_pod_report
+        print_data(pod_report_data(report), output.value)
+    else:
+        from podnat.render.console import print_pod_report
 
-            print_pod_report(report, wide=output is Output.wide)
-        if isinstance(report, Failed):
-            if output in (Output.table, Output.wide):
-                from podnat.render.console import error as print_error
+        print_pod_report(report, wide=output is Output.wide)
+    if isinstance(report, Failed):
+        if output in (Output.table, Output.wide):
+            from podnat.render.console import error as print_error
 
-                print_error(report.error)
-            raise typer.Exit(int(report.error_code or ExitCode.CLUSTER))
-        raise typer.Exit(int(ExitCode.DRIFT if report.status.failing else ExitCode.OK))
-    except PodnatError as exc:
-        fail(exc)
+            print_error(report.error)
+        raise typer.Exit(int(report.error_code or ExitCode.CLUSTER))
+    raise typer.Exit(int(ExitCode.DRIFT if report.status.failing else ExitCode.OK))
 
 
 def _to_draw(report: PodReport, skipped_why: str) -> Explanation:
@@ -944,65 +928,62 @@ def verify(
     ] = VerifyOutput.table,
 ) -> None:
     """Check every sidecar and ambient pod: exit 0 all ok, 1 drift or broken, 3 some pods could not be read."""
-    try:
-        from podnat.facts import NatSource
-        from podnat.render.console import VerifyProgress
-        from podnat.usecases import verify_pods
+    from podnat.facts import NatSource
+    from podnat.render.console import VerifyProgress
+    from podnat.usecases import verify_pods
 
-        if all_namespaces and namespace:
-            raise UsageError("give --namespace or --all-namespaces, not both")
-        cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
-        where = None if all_namespaces else (namespace or default_ns)
-        from podnat.sources import NamespaceLabels
+    if all_namespaces and namespace:
+        raise UsageError("give --namespace or --all-namespaces, not both")
+    cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
+    where = None if all_namespaces else (namespace or default_ns)
+    from podnat.sources import NamespaceLabels
 
-        namespaces = NamespaceLabels(cluster)
-        # A namespace that does not exist: exit 3. The same read gives its labels to the pods that need them.
-        unchecked = namespaces.check(where) if where is not None else None
-        pods = pod_source.list_pods(where, selector)
-        nat_source = NatSource(source.value) if source else None
-        cluster.agents.max_age = max_age
-        if nat_source in (None, NatSource.NODE):
-            cluster.prefetch(pods)  # one request per node with a podnat agent
-        with VerifyProgress(len(pods)) as progress:
-            report = verify_pods(
-                lambda: pod_source,
-                pods,
-                concurrency,
-                nat_source,
-                debug_container or nat_source is NatSource.DEBUG,
-                progress.advance,
-                namespaces,
+    namespaces = NamespaceLabels(cluster)
+    # A namespace that does not exist: exit 3. The same read gives its labels to the pods that need them.
+    unchecked = namespaces.check(where) if where is not None else None
+    pods = pod_source.list_pods(where, selector)
+    nat_source = NatSource(source.value) if source else None
+    cluster.agents.max_age = max_age
+    if nat_source in (None, NatSource.NODE):
+        cluster.prefetch(pods)  # one request per node with a podnat agent
+    with VerifyProgress(len(pods)) as progress:
+        report = verify_pods(
+            lambda: pod_source,
+            pods,
+            concurrency,
+            nat_source,
+            debug_container or nat_source is NatSource.DEBUG,
+            progress.advance,
+            namespaces,
+        )
+    if html is not None:
+        from podnat.render.html import verify_html
+
+        write_file(html, verify_html(report))
+    if output is VerifyOutput.junit:
+        from podnat.render.junit import verify_junit
+
+        sys.stdout.write(verify_junit(report))
+    elif output in (VerifyOutput.json, VerifyOutput.yaml):
+        from podnat.render.console import print_data
+        from podnat.render.data import verify_data
+
+        print_data(verify_data(report), output.value)
+    else:
+        from podnat.render.console import print_verify
+
+        print_verify(report)
+    if unchecked is not None or not pods:
+        from podnat.render.console import warning
+
+        if unchecked is not None:
+            warning(f"{unchecked}: a mistyped namespace shows as one without pods")
+        if not pods:
+            warning(
+                f"no pods to verify in {'any namespace' if all_namespaces else where}"
+                + (f" matching {selector}" if selector else "")
             )
-        if html is not None:
-            from podnat.render.html import verify_html
-
-            write_file(html, verify_html(report))
-        if output is VerifyOutput.junit:
-            from podnat.render.junit import verify_junit
-
-            sys.stdout.write(verify_junit(report))
-        elif output in (VerifyOutput.json, VerifyOutput.yaml):
-            from podnat.render.console import print_data
-            from podnat.render.data import verify_data
-
-            print_data(verify_data(report), output.value)
-        else:
-            from podnat.render.console import print_verify
-
-            print_verify(report)
-        if unchecked is not None or not pods:
-            from podnat.render.console import warning
-
-            if unchecked is not None:
-                warning(f"{unchecked}: a mistyped namespace shows as one without pods")
-            if not pods:
-                warning(
-                    f"no pods to verify in {'any namespace' if all_namespaces else where}"
-                    + (f" matching {selector}" if selector else "")
-                )
-        raise typer.Exit(int(report.exit_code))
-    except PodnatError as exc:
-        fail(exc)
+    raise typer.Exit(int(report.exit_code))
 
 
 @app.command()
@@ -1023,29 +1004,26 @@ def agent(
     request_timeout: RequestTimeout = None,
 ) -> None:
     """Run the node agent: read every pod of this node from /proc, continuously, and export it."""
-    try:
-        import logging
+    import logging
 
-        if not node:
-            raise UsageError("--node (or $NODE_NAME) is required: the agent keeps the pods of one node")
-        if not (proc / "1" / "ns").is_dir():
-            raise UsageError(f"--proc {proc} is not a /proc with processes (mount the node's /proc there)")
-        logging.basicConfig(
-            level=logging.DEBUG if _debug else logging.INFO,
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        )
-        from podnat.agent.main import run_agent
-        from podnat.agent.service import AgentConfig
-        from podnat.kube.client import KubeClient, KubeOptions
+    if not node:
+        raise UsageError("--node (or $NODE_NAME) is required: the agent keeps the pods of one node")
+    if not (proc / "1" / "ns").is_dir():
+        raise UsageError(f"--proc {proc} is not a /proc with processes (mount the node's /proc there)")
+    logging.basicConfig(
+        level=logging.DEBUG if _debug else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    from podnat.agent.main import run_agent
+    from podnat.agent.service import AgentConfig
+    from podnat.kube.client import KubeClient, KubeOptions
 
-        client = KubeClient.connect(
-            KubeOptions(kubeconfig=kubeconfig, context=context, request_timeout=_timeout(request_timeout))
-        )
-        config = AgentConfig(node=node, interval=interval, concurrency=concurrency)
-        raise typer.Exit(run_agent(config, client, proc, address, port, events))
-    except PodnatError as exc:
-        fail(exc)
+    client = KubeClient.connect(
+        KubeOptions(kubeconfig=kubeconfig, context=context, request_timeout=_timeout(request_timeout))
+    )
+    config = AgentConfig(node=node, interval=interval, concurrency=concurrency)
+    raise typer.Exit(run_agent(config, client, proc, address, port, events))
 
 
 @app.command()
@@ -1075,7 +1053,7 @@ def main() -> None:
     gc.disable()
     try:
         app()
-    except PodnatError as exc:  # raised outside a command's own handler
+    except PodnatError as exc:  # every command's: one line saying what to do, the documented exit code
         from podnat.render.console import error
 
         error(exc.message)
