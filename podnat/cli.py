@@ -19,6 +19,7 @@ import podnat._deferred  # noqa: F401
 
 # isort: split
 import typer
+from typer.core import TyperGroup
 
 from podnat import __version__
 from podnat.errors import BadInput, PodnatError, UsageError
@@ -29,7 +30,23 @@ if TYPE_CHECKING:
     from podnat.istio.explain import Explanation
     from podnat.report import PodReport
 
+
+class _Commands(TyperGroup):
+    """podnat's commands, with the one handler of their errors: one line on stderr saying what to do, and
+    the documented exit code (ExitCode) for the error's kind; a traceback only with --debug."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PodnatError as exc:
+            from podnat.render.console import error
+
+            error(exc.message)
+            raise typer.Exit(int(exc.code)) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="podnat",
     rich_markup_mode="rich",
     help="Which iptables rule did that? Explains an Istio sidecar's traffic capture, pod by pod.",
@@ -1053,7 +1070,7 @@ def main() -> None:
     gc.disable()
     try:
         app()
-    except PodnatError as exc:  # every command's: one line saying what to do, the documented exit code
+    except PodnatError as exc:  # raised outside a command (the commands' own are _Commands')
         from podnat.render.console import error
 
         error(exc.message)
