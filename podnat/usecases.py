@@ -25,7 +25,7 @@ from podnat.exitcodes import ExitCode
 from podnat.facts import NatSource, PodFacts, PodRef, PodSource
 from podnat.intent import PodIntent, intent_for_pod
 from podnat.istio.config import InterceptionConfig
-from podnat.istio.explain import Explanation, Finding, Severity, captured_nameservers, explain
+from podnat.istio.explain import Explanation, Finding, Severity, ShadowMemo, captured_nameservers, explain
 from podnat.istio.flows import Endpoint, PodContext, context_for
 from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, with_namespace_labels
 from podnat.istio.routing import TproxyRouting, tproxy_routing
@@ -56,12 +56,14 @@ def inspect_pod(
     nat_source: NatSource | None = None,
     debug_container: bool = False,
     namespace_labels: NamespaceLabels | None = None,
+    shadows: ShadowMemo | None = None,
 ) -> PodReport:
     """Read one pod's facts and explain them against its intent.
 
     The pod is read once (`pod_info`: a PodInfo as given, a raw pod read here) and the PodInfo is what the
     source, the intent and the explanation see. `namespace_labels` is asked only for a pod whose mesh mode
-    its namespace decides (no sidecar, no ambient label or annotation of its own)."""
+    its namespace decides (no sidecar, no ambient label or annotation of its own). `shadows`: the memo of
+    shadow analyses of a caller that explains many pods (verify_pods, the agent's sweep)."""
     ref = PodRef(pod["metadata"]["namespace"], pod["metadata"]["name"])
     try:
         info = pod_info(pod)
@@ -84,14 +86,14 @@ def inspect_pod(
         context=pod_context_data(base.pod_ip, intent),
     )
     if intent.mesh is MeshMode.AMBIENT:
-        return inspect_ambient(source, info, base, nat_source, debug_container)
+        return inspect_ambient(source, info, base, nat_source, debug_container, shadows)
     if intent.mesh is not MeshMode.SIDECAR:
         return skipped(base, notes=(intent.label,))
     try:
         facts = source.read_facts(info, nat_source, debug_container)
     except PodnatError as exc:
         return failed(base, exc.message, int(exc.code))
-    report = _with(explain_facts(base, facts, intent), live=facts.live)
+    report = _with(explain_facts(base, facts, intent, shadows), live=facts.live)
     terminating = info.terminating
     return _with(report, notes=(*report.notes, terminating + ": its rules go with it")) if terminating else report
 
@@ -138,7 +140,12 @@ def ambient_release(source: PodSource, node: str | None) -> tuple[str | None, st
 
 
 def inspect_ambient(
-    source: PodSource, pod: PodInfo, base: PodHeader, nat_source: NatSource | None, debug_container: bool
+    source: PodSource,
+    pod: PodInfo,
+    base: PodHeader,
+    nat_source: NatSource | None,
+    debug_container: bool,
+    shadows: ShadowMemo | None = None,
 ) -> PodReport:
     """An ambient pod, first-class: its in-pod rules, ztunnel's listeners and the policy routing, read in its
     namespace (node agent, or a debug container with --debug-image), against what istio-cni writes for it.
@@ -165,10 +172,12 @@ def inspect_ambient(
             "the in-pod rules of this ambient pod could not be read live",
         )
         return failed(base, message, int(ExitCode.CLUSTER), notes=(*base.notes, *facts.notes))
-    return _with(explain_ambient_facts(base, facts, release), live=facts.live)
+    return _with(explain_ambient_facts(base, facts, release, shadows), live=facts.live)
 
 
-def explain_ambient_facts(base: PodHeader, facts: PodFacts, release: str | None) -> PodReport:
+def explain_ambient_facts(
+    base: PodHeader, facts: PodFacts, release: str | None, shadows: ShadowMemo | None = None
+) -> PodReport:
     """The pure half of inspect for an ambient pod."""
     from podnat.istio.ambient import ZTUNNEL_PORTS, AmbientConfig, ambient_expected, ambient_nft_listing
     from podnat.istio.ambient_paths import ZTUNNEL, ambient_routing, explain_ambient
@@ -216,7 +225,7 @@ def explain_ambient_facts(base: PodHeader, facts: PodFacts, release: str | None)
         )
     address = base.pod_ips[0] if base.pod_ips else base.pod_ip
     ctx = context_for(ipaddress.ip_address(address) if address else None, family=primary.value).replace(proxy=ZTUNNEL)
-    report = explain_ambient(live, ctx, expected, listening=listening, policy_routing=routing)
+    report = explain_ambient(live, ctx, expected, listening=listening, policy_routing=routing, shadows=shadows)
     if release is None:
         notes.append(
             f"the Istio release is not known ({(base.context or {}).get('release_from')}): "
@@ -230,7 +239,7 @@ def explain_ambient_facts(base: PodHeader, facts: PodFacts, release: str | None)
     )
 
 
-def explain_facts(base: PodHeader, facts: PodFacts, intent: PodIntent) -> PodReport:
+def explain_facts(base: PodHeader, facts: PodFacts, intent: PodIntent, shadows: ShadowMemo | None = None) -> PodReport:
     """The pure half of inspect: facts + intent -> explanation, for each IP family the pod has."""
     sources = dict(base.sources)
     notes = list(facts.notes)
@@ -311,6 +320,7 @@ def explain_facts(base: PodHeader, facts: PodFacts, intent: PodIntent) -> PodRep
             policy_routing=_policy_routing(facts, config, family) if tproxy else None,
             other=crossing_table,
             other_expected=intent.expected(crossing) if crossing else None,
+            shadows=shadows,
             **extra,
         )
 
@@ -478,8 +488,12 @@ def verify_pods(
     progress: Callable[[PodReport], None] | None = None,
     namespace_labels: NamespaceLabels | None = None,
 ) -> VerifyReport:
-    """Inspect every pod, `concurrency` at a time; each worker uses its own source (own API clients)."""
+    """Inspect every pod, `concurrency` at a time; each worker uses its own source (own API clients).
+
+    Pods with one table (a Deployment's replicas, the injected default) share its shadow analysis: the
+    run keeps one memo, gone with it."""
     reports: list[PodReport] = []
+    shadows: ShadowMemo = {}
 
     def one(pod: dict[str, Any]) -> PodReport:
         meta = pod.get("metadata") or {}
@@ -492,7 +506,7 @@ def verify_pods(
             # Its rules go with it, and an exec may land in a container that is stopping: not checked.
             return skipped(_pod_header(info, ref), notes=(info.terminating + ": not checked",))
         try:
-            return inspect_pod(source_factory(), info, nat_source, debug_container, namespace_labels)
+            return inspect_pod(source_factory(), info, nat_source, debug_container, namespace_labels, shadows)
         except PodnatError as exc:
             meta = pod.get("metadata") or {}
             return Failed(

@@ -26,6 +26,7 @@ from podnat.agent.node import NodePodSource, NodeScanner, PodNetns, release
 from podnat.errors import PodnatError
 from podnat.exitcodes import ExitCode
 from podnat.facts import NatSource, PodFacts, PodRef
+from podnat.istio.explain import ShadowMemo
 from podnat.report import Failed, PodReport, PodStatus, Skipped
 from podnat.usecases import inspect_pod
 
@@ -107,6 +108,9 @@ class Agent:
         self._pods_lock = threading.Lock()
         self._sweep_lock = threading.Lock()
         self._changed: set[str] = set()
+        # Shadow analyses of the tables the last full sweep met (pods share tables; a full sweep starts afresh,
+        # so a table no pod has any more is forgotten); partial sweeps reuse them.
+        self._shadows: ShadowMemo = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
 
@@ -196,6 +200,8 @@ class Agent:
         if only is None:
             with self._pods_lock:
                 self._changed.clear()
+            self._shadows = {}
+        shadows = self._shadows
         mapping = self.scanner.map_pods(pods) if pods else {}
         held: dict[str, PodNetns] = {}
         problems: dict[str, str] = {}
@@ -229,7 +235,7 @@ class Agent:
                         notes=("hostNetwork pod: it shares the node's rules; not read",),
                     )
                 else:
-                    report = inspect_pod(recorder, pod, NatSource.NODE)
+                    report = inspect_pod(recorder, pod, NatSource.NODE, shadows=shadows)
             except Exception as exc:  # one pod's failure is that pod's report
                 log.exception("pod %s: %s", _ref(pod), exc)
                 report = Failed(

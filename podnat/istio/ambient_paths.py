@@ -55,7 +55,7 @@ from podnat.istio.paths import (
 from podnat.istio.routing import TproxyRouting
 
 if TYPE_CHECKING:
-    from podnat.istio.explain import Explanation, Finding, FlowReport
+    from podnat.istio.explain import Explanation, Finding, FlowReport, ShadowMemo
     from podnat.istio.reconcile import RuleDiff
 from podnat.netfilter.model import Family, IPAddress, Rule, Ruleset
 from podnat.netfilter.packet import Packet
@@ -362,12 +362,14 @@ def explain_ambient(
     listening: tuple[int, ...] = ZTUNNEL_PORTS,
     policy_routing: TproxyRouting | None = None,
     enrolled: bool = True,
+    shadows: ShadowMemo | None = None,
 ) -> Explanation:
     """Every ambient flow through `live` (and `expected`, istio-cni's intent), statuses, rule diff, findings.
 
     A pod enrolled in ambient whose table holds no in-pod capture is `broken` however its flows end:
     its traffic bypasses ztunnel (istio/istio#61182). `listening`: ztunnel's in-pod listeners as read
-    (default: all four). `policy_routing`: as read (None: as istio-cni installs it)."""
+    (default: all four). `policy_routing`: as read (None: as istio-cni installs it). `shadows`: the caller's
+    memo of shadow analyses (explain.ShadowMemo)."""
     from podnat.istio.explain import (
         Explanation,
         Finding,
@@ -375,9 +377,8 @@ def explain_ambient(
         FlowStatus,
         Severity,
         _findings,
-        _shadowed,
         flow_status,
-        rules_key,
+        shadow_analysis,
     )
 
     if ctx.nameserver is None:
@@ -423,7 +424,7 @@ def explain_ambient(
     findings += _findings(reports, diff or (), live)
     if policy_routing is not None:
         findings += _routing_findings(policy_routing, reports)
-    reach = _shadowed(live, rules_key(live))
+    reach = shadow_analysis(live, shadows)
     findings += [Finding(Severity.INFO, f"shadow analysis skipped for {s}") for s in reach.skipped]
     return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing)
 

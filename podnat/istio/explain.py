@@ -13,7 +13,7 @@ nameserver).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from itertools import chain as concat
@@ -43,6 +43,10 @@ if TYPE_CHECKING:  # loaded when a table is reconciled or a TPROXY pod's routing
     from podnat.istio.routing import TproxyRouting
 
 BROKEN = (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED)
+
+ShadowMemo = MutableMapping[tuple[object, ...], Reachability]
+"""Shadow analyses by `rules_key`, owned by a caller that explains many pods with one table (verify's run,
+the agent's sweep) and passed to explain(); this module keeps nothing between calls."""
 
 
 class FlowStatus(str, Enum):
@@ -144,6 +148,7 @@ def explain(
     other: Ruleset | None = None,
     other_expected: Ruleset | None = None,
     releases: Mapping[str, Ruleset] | None = None,
+    shadows: ShadowMemo | None = None,
 ) -> Explanation:
     """Trace every flow through `live` (and `expected`), diff the rules, list what stands out.
 
@@ -152,7 +157,8 @@ def explain(
     --redirect-dns / ISTIO_META_DNS_CAPTURE), so a table without it gets a finding. `other` and
     `other_expected`: the pod's live and intended tables of its other IP family, for a connection of
     that family within a flow (see trace_flow). `releases`: the same configuration as other Istio
-    releases write it, so that a release's own rule is not blamed on tampering."""
+    releases write it, so that a release's own rule is not blamed on tampering. `shadows`: the caller's
+    memo of shadow analyses (see ShadowMemo); without it the table is analysed here."""
     ctx = service_context(ctx)
     if ctx.nameserver is None:
         nameserver = (captured_nameserver(expected) if expected is not None else None) or captured_nameserver(live)
@@ -178,7 +184,7 @@ def explain(
         if expected is not None:
             want = traced if same else trace_flow(expected, spec, ctx, expected_listeners, other_expected)
         reports.append(FlowReport(got, want, flow_status(got, want)))
-    reach = _shadowed(live, live_key)
+    reach = shadow_analysis(live, shadows, live_key)
     diff = None
     if expected is not None:
         from podnat.istio.reconcile import diff_rules
@@ -305,7 +311,6 @@ def _dns_switched_off() -> Finding:
     )
 
 
-_SHADOW_CACHE: dict[tuple[object, ...], Reachability] = {}
 _SPEC, _TARGET = attrgetter("spec"), attrgetter("target")
 
 
@@ -328,13 +333,16 @@ def _bound(listeners: tuple[Listener, ...] | None) -> tuple[Listener, ...] | Non
     return None if listeners is None else tuple(sorted((x for x in listeners if x.binds), key=repr))
 
 
-def _shadowed(ruleset: Ruleset, key: tuple[object, ...]) -> Reachability:
-    """shadowed_rules, computed once per distinct table: `verify` meets the same table in many pods."""
-    found = _SHADOW_CACHE.get(key)
+def shadow_analysis(
+    ruleset: Ruleset, memo: ShadowMemo | None = None, key: tuple[object, ...] | None = None
+) -> Reachability:
+    """shadowed_rules(ruleset), looked up first in the caller's `memo` by `key` (its rules_key) and kept there."""
+    if memo is None:
+        return shadowed_rules(ruleset)
+    key = rules_key(ruleset) if key is None else key
+    found = memo.get(key)
     if found is None:
-        if len(_SHADOW_CACHE) > 256:
-            _SHADOW_CACHE.clear()
-        found = _SHADOW_CACHE[key] = shadowed_rules(ruleset)
+        found = memo[key] = shadowed_rules(ruleset)
     return found
 
 
