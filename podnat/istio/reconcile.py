@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from podnat.istio.config import rule_origin
+from podnat.istio.origins import rule_origin
 from podnat.netfilter.model import Rule, Ruleset
 
 ISTIO_CHAIN = re.compile(r"^(ISTIO_|istio-)")  # iptables' ISTIO_OUTPUT, native nftables' istio-output

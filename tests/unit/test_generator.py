@@ -13,9 +13,9 @@ from podnat.istio.config import (
     IstioRelease,
     Wildcard,
     release_from_image,
-    rule_origin,
 )
 from podnat.istio.generator import expected_rules
+from podnat.istio.origins import rule_origin
 from podnat.istio.pod import MeshMode, read_pod
 
 DEFAULT_ARGS = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x \"\" -b '*' -d 15090,15021,15020"

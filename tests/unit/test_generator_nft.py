@@ -231,7 +231,7 @@ def test_explain_args_with_native_nftables_expects_the_nft_form() -> None:
 
 
 def test_every_nft_rule_istio_writes_has_its_origin_in_istio_terms(reference: Path) -> None:
-    from podnat.istio.config import rule_origin
+    from podnat.istio.origins import rule_origin
 
     for dump in sorted((reference / "kernel-save/nftables").glob("*.nft-list-ruleset")):
         ruleset = parse_nft(dump.read_text(), Family.IPV4)
