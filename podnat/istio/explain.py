@@ -34,12 +34,12 @@ from podnat.istio.flows import (
     six_flows,
 )
 from podnat.istio.paths import FlowTrace, Leg, Outcome, trace_flow
+from podnat.istio.reconcile import DiffKind, RuleDiff, diff_rules
 from podnat.netfilter.model import IPAddress, Ruleset
 from podnat.netfilter.reachability import Reachability, Shadowed, shadowed_rules
 from podnat.netfilter.traverse import VerdictKind
 
-if TYPE_CHECKING:  # loaded when a table is reconciled or a TPROXY pod's routing was read, not for every explain
-    from podnat.istio.reconcile import RuleDiff
+if TYPE_CHECKING:  # loaded when a TPROXY pod's routing was read, not for every explain
     from podnat.istio.routing import TproxyRouting
 
 BROKEN = (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED)
@@ -187,12 +187,10 @@ def explain(
     reach = shadow_analysis(live, shadows, live_key)
     diff = None
     if expected is not None:
-        from podnat.istio.reconcile import diff_rules
-
         diff = diff_rules(live, expected, releases=releases)
-    cosmetic = tuple(d for d in diff or () if d.kind.value == "cosmetic")
+    cosmetic = tuple(d for d in diff or () if d.kind is DiffKind.COSMETIC)
     if diff is not None:
-        diff = tuple(d for d in diff if d.kind.value != "cosmetic")
+        diff = tuple(d for d in diff if d.kind is not DiffKind.COSMETIC)
     findings = _findings(reports, diff or (), live)
     if cosmetic:
         findings.append(
@@ -423,8 +421,6 @@ def _findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...], live: Rules
 
 def _diff_findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...]) -> list[Finding]:
     """One finding per rule that differs from the intent, with the flows it touches."""
-    from podnat.istio.reconcile import DiffKind
-
     out: list[Finding] = []
     for d in diff:
         severity = (
@@ -447,8 +443,6 @@ def _diff_findings(reports: list[FlowReport], diff: tuple[RuleDiff, ...]) -> lis
 
 
 def _touches(report: FlowReport, d: RuleDiff) -> bool:
-    from podnat.istio.reconcile import DiffKind
-
     refs = set(report.live.rules) | set(report.expected.rules if report.expected else ())
     return any(r is not None and r.ref in refs for r in (d.live, d.expected)) or d.kind is DiffKind.MISSING
 
