@@ -18,17 +18,18 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import podnat._deferred  # noqa: F401
 
 # isort: split
+import click
 import typer
 from typer.core import TyperGroup
 
 from podnat import __version__
 from podnat.errors import BadInput, PodnatError, UsageError
 from podnat.exitcodes import ExitCode
+from podnat.istio.actor import Actor
+from podnat.render.output import OutputFormat
 
 if TYPE_CHECKING:
     from podnat.intent import PodIntent
-    from podnat.istio.explain import Explanation
-    from podnat.report import PodReport
 
 
 class _Commands(TyperGroup):
@@ -59,24 +60,6 @@ app = typer.Typer(
 _debug = False
 
 
-class Output(str, Enum):
-    """Output formats (kubectl style)."""
-
-    table = "table"
-    wide = "wide"
-    json = "json"
-    yaml = "yaml"
-    mermaid = "mermaid"
-
-
-class From(str, Enum):
-    """Who opens the traced connection."""
-
-    app = "app"
-    proxy = "proxy"
-    remote = "remote"
-
-
 class Proto(str, Enum):
     tcp = "tcp"
     udp = "udp"
@@ -90,7 +73,16 @@ class Mode(str, Enum):
     ambient = "ambient"
 
 
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table, wide, json or yaml.")]
+def _output(*formats: OutputFormat, help: str) -> Any:
+    """`-o`: one OutputFormat, of which each command accepts the forms it has (listed as its choices)."""
+    return typer.Option("--output", "-o", click_type=click.Choice(formats), help=help)
+
+
+_OFFLINE = (OutputFormat.table, OutputFormat.wide, OutputFormat.json, OutputFormat.yaml, OutputFormat.mermaid)
+OutputOpt = Annotated[OutputFormat, _output(*_OFFLINE, help="table, wide, json or yaml.")]
+VerifyOutputOpt = Annotated[
+    OutputFormat, _output(*_OFFLINE[:4], OutputFormat.junit, help="table, wide, json, yaml or junit.")
+]
 ModeOpt = Annotated[
     Mode,
     typer.Option(
@@ -203,7 +195,7 @@ def _best_match_words(matched: tuple[str, ...]) -> str:
 
 def _input_notes(info: Any, output: Any) -> None:
     """What podnat skipped or assumed to read the input, on stderr (the data carries it in `input`)."""
-    if output in (Output.table, Output.wide) and (info.notes or info.format != "iptables-save"):
+    if output in (OutputFormat.table, OutputFormat.wide) and (info.notes or info.format != "iptables-save"):
         from podnat.render.console import note
 
         note(f"read as {info.format}" + "".join(f"; {n}" for n in info.notes))
@@ -378,7 +370,7 @@ def trace(
     ] = None,
     pod_ip: Annotated[str | None, typer.Option("--pod-ip", help="The pod's IP. Required.")] = None,
     from_: Annotated[
-        From | None, typer.Option("--from", help="Who opens the connection: app, proxy or remote. Required.")
+        Actor | None, typer.Option("--from", help="Who opens the connection: app, proxy or remote. Required.")
     ] = None,
     to: Annotated[str | None, typer.Option("--to", help="Destination IP:PORT. Required.")] = None,
     src: Annotated[str | None, typer.Option("--src", help="Source IP (default: routing's choice).")] = None,
@@ -400,7 +392,7 @@ def trace(
     ] = None,
     mode: ModeOpt = Mode.auto,
     routing: RoutingOpt = None,
-    output: OutputOpt = Output.table,
+    output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Follow one connection through a saved table and the pod's proxy (Envoy, or ztunnel in ambient mode)."""
     missing = [
@@ -411,7 +403,7 @@ def trace(
     if missing:
         raise UsageError(f"missing {', '.join(missing)}: see podnat trace --help")
     assert nat_file is not None and pod_ip is not None and from_ is not None and to is not None
-    from podnat.istio.flows import Actor, FlowSpec, FlowType, Identity
+    from podnat.istio.flows import FlowSpec, FlowType, Identity
     from podnat.istio.paths import Outcome, trace_flow
 
     ruleset, info, ambient = load_for_mode(nat_file, mode)
@@ -426,7 +418,7 @@ def trace(
     _input_notes(info, output)
     if endpoint:
         ctx = ctx.with_endpoint(destination, _endpoint(endpoint, "--endpoint", destination.port))
-    actor = Actor(from_.value)
+    actor = from_
     identity = None
     if actor is Actor.APP:
         identity = Identity(1000 if uid is None else uid, gid if gid is not None else (uid or 1000))
@@ -447,22 +439,16 @@ def trace(
 
             if replies_need_policy_routing(result, ctx):
                 result = _without_policy_routing(result, policy_routing, ctx)
-    if output in (Output.json, Output.yaml):
-        from podnat.render.console import print_data
-        from podnat.render.data import finding_data, trace_data
+    from podnat.render.data import finding_data
+    from podnat.render.emit import TableTrace, emit
 
-        data = trace_data(result, ruleset)
-        if info.failed is not None:
-            data["findings"] = [finding_data(never_installed(info))]
-        print_data({**data, "input": input_data(info), "context": context}, output.value)
-    else:
-        from podnat.render.console import print_trace
-
-        print_trace(result, ruleset)
-        if info.failed is not None:
-            from podnat.render.console import error as print_error
-
-            print_error(never_installed(info).message)
+    failed = never_installed(info) if info.failed is not None else None
+    beside = {
+        **({"findings": [finding_data(failed)]} if failed is not None else {}),
+        "input": input_data(info),
+        "context": context,
+    }
+    emit(TableTrace(result, ruleset, beside, failed.message if failed is not None else None), output)
     broken = result.outcome in (Outcome.REFUSED, Outcome.LOOP, Outcome.DROPPED) or info.failed is not None
     raise typer.Exit(int(ExitCode.DRIFT if broken else ExitCode.OK))
 
@@ -499,7 +485,7 @@ def explain(
     ] = None,
     mode: ModeOpt = Mode.auto,
     routing: RoutingOpt = None,
-    output: OutputOpt = Output.table,
+    output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Explain every flow of a saved table; with --args or --pod-spec, reconcile it with Istio's intent."""
     from podnat.istio.explain import explain as run_explain
@@ -561,7 +547,7 @@ def explain(
             if matched
             else "default (newest release)"
         )
-        if matched and output in (Output.table, Output.wide):
+        if matched and output in (OutputFormat.table, OutputFormat.wide):
             from podnat.render.console import note
 
             note(f"Istio release: {intent.version}, {_best_match_words(matched)} (give --istio-version to pick)")
@@ -627,7 +613,7 @@ def _show_explanation(
     pod_ip: str,
     diagram: Path | None,
     html: Path | None,
-    output: Output,
+    output: OutputFormat,
 ) -> NoReturn:
     """Write the pictures asked for, print the explanation in the chosen form, exit 1 on a failed flow."""
     if diagram is not None:
@@ -646,19 +632,9 @@ def _show_explanation(
             sources={"nat": f"file {file}"},
         )
         write_file(html, pod_html(offline, f"podnat explain {file.name}"))
-    if output is Output.mermaid:
-        from podnat.render.mermaid import diagram_mermaid
+    from podnat.render.emit import TableExplanation, emit
 
-        sys.stdout.write(diagram_mermaid(result))
-    elif output in (Output.json, Output.yaml):
-        from podnat.render.console import print_data
-        from podnat.render.data import explanation_data
-
-        print_data({**explanation_data(result, ruleset), "input": input_data(info), "context": context}, output.value)
-    else:
-        from podnat.render.console import print_explanation
-
-        print_explanation(result, ruleset, wide=output is Output.wide)
+    emit(TableExplanation(result, ruleset, {"input": input_data(info), "context": context}), output)
     raise typer.Exit(int(ExitCode.DRIFT if result.failed or info.failed is not None else ExitCode.OK))
 
 
@@ -676,7 +652,7 @@ def _explain_ambient(
     routing: Path | None,
     diagram: Path | None,
     html: Path | None,
-    output: Output,
+    output: OutputFormat,
 ) -> NoReturn:
     """`podnat explain` of an ambient pod's table: ztunnel's flows; with --pod-spec, istio-cni's intent from
     the pod's annotations (release: --istio-version, else the newest)."""
@@ -759,14 +735,6 @@ class SourceChoice(str, Enum):
     exec = "exec"
     debug = "debug"
     init_log = "init-log"
-
-
-class VerifyOutput(str, Enum):
-    table = "table"
-    wide = "wide"
-    json = "json"
-    yaml = "yaml"
-    junit = "junit"
 
 
 Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: the context's).")]
@@ -861,7 +829,7 @@ def inspect(
     kubeconfig: Kubeconfig = None,
     context: Context = None,
     request_timeout: RequestTimeout = None,
-    output: OutputOpt = Output.table,
+    output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Explain one live pod: each flow's path through its rules and Envoy, what Istio meant, what differs."""
     from podnat.facts import NatSource, PodRef
@@ -886,44 +854,25 @@ def inspect(
         from podnat.usecases import probe_report
 
         report = probe_report(pod_source, manifest, report)
+    from podnat.render.emit import emit, explanation_to_draw
+
     if diagram is not None:
         from podnat.render.svg import diagram_svg
 
-        explanation = _to_draw(report, f"not a sidecar pod ({report.mesh})")
+        explanation = explanation_to_draw(report, f"not a sidecar pod ({report.mesh})")
         write_file(diagram, diagram_svg(explanation, str(report.ref)))
     if html is not None:
         from podnat.render.html import pod_html
 
         write_file(html, pod_html(report))
-    if output is Output.mermaid:
-        from podnat.render.mermaid import diagram_mermaid
-
-        sys.stdout.write(diagram_mermaid(_to_draw(report, report.mesh)))
-    elif output in (Output.json, Output.yaml):
-        from podnat.render.console import print_data
-        from podnat.render.data import pod_report_data
-
-        print_data(pod_report_data(report), output.value)
-    else:
-        from podnat.render.console import print_pod_report
-
-        print_pod_report(report, wide=output is Output.wide)
+    emit(report, output)
     if isinstance(report, Failed):
-        if output in (Output.table, Output.wide):
+        if output in (OutputFormat.table, OutputFormat.wide):
             from podnat.render.console import error as print_error
 
             print_error(report.error)
         raise typer.Exit(int(report.error_code or ExitCode.CLUSTER))
     raise typer.Exit(int(ExitCode.DRIFT if report.status.failing else ExitCode.OK))
-
-
-def _to_draw(report: PodReport, skipped_why: str) -> Explanation:
-    """The explanation a picture of an inspected pod draws; a usage error for a pod that was not explained."""
-    from podnat.report import Explained, Failed
-
-    if isinstance(report, Explained):
-        return report.explanation
-    raise UsageError(f"no diagram for {report.ref}: {report.error if isinstance(report, Failed) else skipped_why}")
 
 
 @app.command()
@@ -940,9 +889,7 @@ def verify(
     kubeconfig: Kubeconfig = None,
     context: Context = None,
     request_timeout: RequestTimeout = None,
-    output: Annotated[
-        VerifyOutput, typer.Option("--output", "-o", help="table, wide, json, yaml or junit.")
-    ] = VerifyOutput.table,
+    output: VerifyOutputOpt = OutputFormat.table,
 ) -> None:
     """Check every sidecar and ambient pod: exit 0 all ok, 1 drift or broken, 3 some pods could not be read."""
     from podnat.facts import NatSource
@@ -977,19 +924,9 @@ def verify(
         from podnat.render.html import verify_html
 
         write_file(html, verify_html(report))
-    if output is VerifyOutput.junit:
-        from podnat.render.junit import verify_junit
+    from podnat.render.emit import emit
 
-        sys.stdout.write(verify_junit(report))
-    elif output in (VerifyOutput.json, VerifyOutput.yaml):
-        from podnat.render.console import print_data
-        from podnat.render.data import verify_data
-
-        print_data(verify_data(report), output.value)
-    else:
-        from podnat.render.console import print_verify
-
-        print_verify(report)
+    emit(report, output)
     if unchecked is not None or not pods:
         from podnat.render.console import warning
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from podnat.envoy.listeners import Listener, ListenerKind
 from podnat.facts import PodRef
-from podnat.istio.flows import Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
+from podnat.istio.actor import Actor
+from podnat.istio.flows import Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.istio.paths import trace_flow
 from podnat.istio.pod import PROXY_CONTAINER as PROXY
 from podnat.istio.pod import pod_info

@@ -25,6 +25,7 @@ import ipaddress
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from podnat.istio.actor import Actor
 from podnat.istio.ambient import (
     CONN_MARK,
     DNS_PORT,
@@ -39,7 +40,7 @@ from podnat.istio.ambient import (
     ZTUNNEL_PORTS,
     ambient_cause,
 )
-from podnat.istio.flows import FLOW_TITLES, Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
+from podnat.istio.flows import FLOW_TITLES, Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.istio.paths import (
     EPHEMERAL_PORT,
     MAX_LEGS,

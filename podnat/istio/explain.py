@@ -22,10 +22,10 @@ from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from podnat.envoy.listeners import Listener
+from podnat.istio.actor import Actor
 from podnat.istio.era import predates_split_listeners
 from podnat.istio.flows import (
     DNS_PROXY_PORT,
-    Actor,
     Endpoint,
     FlowSpec,
     FlowType,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
-from enum import Enum, IntEnum
+from enum import IntEnum
 
 from podnat.istio import ports
+from podnat.istio.actor import Actor
 from podnat.netfilter.addresses import split_host_port
 from podnat.netfilter.model import IPAddress
 
@@ -43,14 +44,6 @@ FLOW_TITLES = {
     FlowType.KUBELET_PROBE: "kubelet probe -> local pod (ambient: SNAT 169.254.7.127, not captured)",
 }
 DNS_PROXY_PORT = ports.DNS_PROXY
-
-
-class Actor(str, Enum):
-    """Who opens a connection."""
-
-    APP = "app"
-    PROXY = "proxy"
-    REMOTE = "remote"
 
 
 @dataclass(frozen=True, slots=True)

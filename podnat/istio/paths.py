@@ -26,7 +26,8 @@ from operator import attrgetter
 from podnat._typing import assert_never
 from podnat.envoy.listeners import Listener, ListenerKind, istio_default_listeners
 from podnat.istio import ports
-from podnat.istio.flows import DNS_PROXY_PORT, Actor, Endpoint, FlowSpec, FlowType, Identity, PodContext
+from podnat.istio.actor import Actor
+from podnat.istio.flows import DNS_PROXY_PORT, Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.netfilter.matches import parse_mark
 from podnat.netfilter.model import Family, IPAddress, Rule, Ruleset
 from podnat.netfilter.packet import Packet

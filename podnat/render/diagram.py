@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import TYPE_CHECKING
 
+from podnat.istio.actor import Actor
 from podnat.istio.explain import Explanation, FlowReport, FlowStatus
-from podnat.istio.flows import Actor, Endpoint, FlowType
+from podnat.istio.flows import Endpoint, FlowType
 from podnat.istio.paths import FlowTrace, Leg, Outcome
 from podnat.netfilter.model import IPAddress
 
