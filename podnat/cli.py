@@ -853,7 +853,7 @@ def inspect(
     if probe:
         from podnat.usecases import probe_report
 
-        report = probe_report(pod_source, manifest, report)
+        report = probe_report(cluster, manifest, report)
     from podnat.render.emit import emit, explanation_to_draw
 
     if diagram is not None:

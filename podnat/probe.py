@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnat.envoy.listeners import Listener, ListenerKind
-from podnat.facts import PodRef
+from podnat.facts import Cluster, PodRef
 from podnat.istio.actor import Actor
 from podnat.istio.flows import Endpoint, FlowSpec, FlowType, Identity, PodContext
 from podnat.istio.paths import trace_flow
@@ -61,8 +61,8 @@ def _connect_script(address: str, port: int) -> list[str]:
     ]
 
 
-def _counters(source: Any, ref: PodRef, save: str) -> tuple[str, Counter[str]]:
-    result = source.exec(ref, DEBUG_CONTAINER, [save, "-c"])
+def _counters(cluster: Cluster, ref: PodRef, save: str) -> tuple[str, Counter[str]]:
+    result = cluster.exec(ref, DEBUG_CONTAINER, [save, "-c"])
     ruleset = detect_and_parse(result.stdout)
     counts = Counter(
         {
@@ -76,7 +76,7 @@ def _counters(source: Any, ref: PodRef, save: str) -> tuple[str, Counter[str]]:
 
 
 def probe_pod(
-    source: Any,
+    cluster: Cluster,
     pod: Mapping[str, Any],
     ctx: PodContext,
     listeners: tuple[Listener, ...] | None,
@@ -147,9 +147,9 @@ def probe_pod(
         flow = probed_flow
         sent = f"{container} -> {spec.destination if flow is not FlowType.SIDECAR_TO_ISTIOD else 'istiod:15012'}"
         try:
-            text, before = _counters(source, ref, save)
-            source.exec(ref, container, argv)
-            _, after = _counters(source, ref, save)
+            text, before = _counters(cluster, ref, save)
+            cluster.exec(ref, container, argv)
+            _, after = _counters(cluster, ref, save)
         except Exception as exc:  # one probe's failure is reported, never fatal
             observations.append(ProbeObservation(int(flow), variant, sent, (), (), f"{type(exc).__name__}: {exc}"))
             continue

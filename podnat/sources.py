@@ -732,10 +732,6 @@ class LiveSource:
         choice = Choice(source, debug_container or source is NatSource.DEBUG, self.debug_image)
         return read_facts(self.cluster, pod, choice, self.cni_namespaces)
 
-    def exec(self, ref: PodRef, container: str, argv: list[str]) -> ExecResult:
-        """For --probe, which runs its connections in the pod's containers."""
-        return self.cluster.exec(ref, container, argv)
-
 
 class NamespaceLabels:
     """Each namespace's labels, read once per run (a namespace labelled istio.io/dataplane-mode=ambient

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from podnat.envoy.listeners import Listener, ListenersError, istio_default_listeners, parse_listeners
 from podnat.errors import PodnatError
 from podnat.exitcodes import ExitCode
-from podnat.facts import NatSource, PodFacts, PodRef, PodSource
+from podnat.facts import Cluster, NatSource, PodFacts, PodRef, PodSource
 from podnat.intent import PodIntent, intent_for_pod
 from podnat.istio.config import InterceptionConfig
 from podnat.istio.explain import Explanation, Finding, Severity, ShadowMemo, captured_nameservers, explain
@@ -423,8 +423,9 @@ def _listeners(facts: PodFacts, sources: dict[str, str]) -> tuple[tuple[Listener
     return listeners, findings, ""
 
 
-def probe_report(source: PodSource, pod: Mapping[str, Any], report: PodReport) -> PodReport:
-    """`--probe`: real connections from inside the pod, the counted path beside the predicted one."""
+def probe_report(cluster: Cluster, pod: Mapping[str, Any], report: PodReport) -> PodReport:
+    """`--probe`: real connections from inside the pod (execs through the cluster port), the counted path
+    beside the predicted one."""
     if not isinstance(report, Explained):
         return report
     from podnat.probe import probe_pod
@@ -435,7 +436,7 @@ def probe_report(source: PodSource, pod: Mapping[str, Any], report: PodReport) -
     # Count with the binary the table was read with (the proxy image's `iptables-save` is the legacy one).
     read_with = re.search(r"\b(iptables(?:-nft|-legacy)?-save) -c", report.sources.get("nat", ""))
     save = read_with.group(1) if read_with else "iptables-save"
-    return replace(report, probe=probe_pod(source, pod, ctx, report.listeners, save=save))
+    return replace(report, probe=probe_pod(cluster, pod, ctx, report.listeners, save=save))
 
 
 def pod_context(pod_ip: str | None, intent: PodIntent, dual_stack: bool = False) -> PodContext:

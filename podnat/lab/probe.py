@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from podnat.facts import Cluster, PodRef
 from podnat.netfilter.model import rule_ref
 from podnat.netfilter.nft import detect_and_parse
 
@@ -100,11 +101,11 @@ def parse_counters(text: str) -> dict[str, int]:
 
 
 def nat_counters(
-    source: Any, pod: Any, container: str = "podnat-debug", save: str = "iptables-save"
+    cluster: Cluster, pod: PodRef, container: str = "podnat-debug", save: str = "iptables-save"
 ) -> tuple[str, dict[str, int]]:
     """The pod's live table with counters, read through the API in podnat's debug container; `save` is
     an iptables-save of either family and backend, or `nft` (`nft list ruleset`: native nftables)."""
-    result = source.exec(pod, container, ["nft", "list", "ruleset"] if save == "nft" else [save, "-c"])
+    result = cluster.exec(pod, container, ["nft", "list", "ruleset"] if save == "nft" else [save, "-c"])
     if result.returncode not in (0, None):
         raise RuntimeError(f"iptables-save in {container}: {result.stderr.strip()[:200]}")
     return result.stdout, parse_counters(result.stdout)

@@ -137,9 +137,9 @@ def test_inspect_debug_container_reads_nft_rules_through_the_proxy_image_toolset
     assert live.backend == "nf_tables"
     assert any(r.counters is not None and r.counters.packets for t in live.tables.values() for r in t.rules())
     # What the old capture read, in the same container: the image's unqualified iptables-save.
-    version = src.exec(ref, "podnat-debug", ["iptables-save", "--version"])
+    version = src.cluster.exec(ref, "podnat-debug", ["iptables-save", "--version"])
     assert "legacy" in version.stdout
-    old = src.exec(ref, "podnat-debug", ["iptables-save", "-c"])
+    old = src.cluster.exec(ref, "podnat-debug", ["iptables-save", "-c"])
     assert old.returncode == 0 and "-A " not in old.stdout and "ISTIO" not in old.stdout
 
 

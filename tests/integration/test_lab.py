@@ -133,9 +133,9 @@ def observe(lab: Lab, pod, spec: FlowSpec, url: str, netns: str, uid: int | None
     ref = PodRef(pod.namespace, pod.name)
     stats_before = listener_connections(pod.netns)
     save = f"iptables-{lab.state.backend}-save"
-    text, before = nat_counters(lab.source, ref, save=save)
+    text, before = nat_counters(lab.source.cluster, ref, save=save)
     result = connect(netns, url, uid)
-    _, after = nat_counters(lab.source, ref, save=save)
+    _, after = nat_counters(lab.source.cluster, ref, save=save)
     stats_after = listener_connections(pod.netns)
     counted = Counter({ref_: after[ref_] - before.get(ref_, 0) for ref_ in after if after[ref_] > before.get(ref_, 0)})
     ctx = context_for(ipaddress.ip_address(pod.ip), app_ports=(9080,))

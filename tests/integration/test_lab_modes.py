@@ -196,10 +196,10 @@ def _tables(lab: Lab, pod) -> dict[int, str]:
     # TPROXY's istio-proxy is root with NET_ADMIN: podnat reads the table there (no debug container).
     container = "istio-proxy" if lab.state.mode == "tproxy" else "podnat-debug"
     if lab.state.mode == "nftables":  # Istio's own inet tables: `nft list ruleset` (counters since 1.28)
-        return {4: nat_counters(lab.source, ref, container, save="nft")[0]}
-    tables = {4: nat_counters(lab.source, ref, container, save="iptables-nft-save")[0]}
+        return {4: nat_counters(lab.source.cluster, ref, container, save="nft")[0]}
+    tables = {4: nat_counters(lab.source.cluster, ref, container, save="iptables-nft-save")[0]}
     if pod.ip6:
-        tables[6] = nat_counters(lab.source, ref, container, save="ip6tables-nft-save")[0]
+        tables[6] = nat_counters(lab.source.cluster, ref, container, save="ip6tables-nft-save")[0]
     return tables
 
 
