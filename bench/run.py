@@ -1,19 +1,19 @@
 """`make bench`: podnat's speed and memory, measured side by side in one run.
 
-1. Offline engine, whole process against whole process: `podnat explain -o json FILE` against
+1. engine: whole process against whole process, `podnat explain -o json FILE` against
    `iptables-restore --test FILE` (the machine's default build, nf_tables on Debian 12) and
    `iptables-legacy-restore --test` on the same file: the injected default table, and 10,000 and
    100,000 rules in two shapes (bench/synth.py). Root only for iptables-restore (a throwaway netns).
-2. Cold start: `podnat explain` on the default table beside `python -c pass` and `kubectl version --client`.
-   The live path: `podnat inspect POD --debug-container -o json` of one lab pod beside `kubectl exec`
-   of the same read (bench/live_bench.py; root only).
-3. `verify` over 200 pods against the lab API server with 50 ms added to every request (bench/verify_bench.py).
-4. The lab's start-up time and memory (bench/lab_bench.py; root only).
-5. The node agent with 110 pods on one node, and verify through it vs through exec (bench/agent_bench.py).
+2. startup: `podnat explain` on the default table beside `python -c pass` and `kubectl version --client`.
+3. live: `podnat inspect POD --debug-container -o json` of one lab pod beside `kubectl exec` of the
+   same read (bench/live_bench.py; root only).
+4. verify: 200 pods against the lab API server with 50 ms added to every request (bench/verify_bench.py).
+5. lab: the lab's start-up time and memory (bench/lab_bench.py; root only).
+6. agent: the node agent with 110 pods on one node, verify through it vs through exec (bench/agent_bench.py).
 
 Medians of several repetitions, the compared commands interleaved: these machines are shared and
-noisy. `--json` for machine output, `--only engine,startup,live,verify,lab,agent` to pick sections; a new
-section is a function added to SECTIONS. A section that fails prints why and the others still run.
+noisy. `--json` for machine output, `--only engine,startup,live,verify,lab,agent` to pick sections; a
+new section is a function added to SECTIONS. A section that fails prints why and the others still run.
 """
 
 from __future__ import annotations
