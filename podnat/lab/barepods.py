@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from podnat.lab import cgroups
-from podnat.lab.build import _istio_init, injected_pod, run, spawn
+from podnat.lab.build import _istio_init, run, spawn
+from podnat.lab.inject import injected_pod
 
 NODE = "podnat-bench-node"
 

@@ -8,7 +8,8 @@ import pytest
 from podnat.intent import intent_for_pod
 from podnat.istio.config import InterceptionMode
 from podnat.istio.pod import MeshMode, read_pod
-from podnat.lab.build import MODES, injected_pod, load_manifests
+from podnat.lab.build import MODES, load_manifests
+from podnat.lab.inject import injected_pod
 from podnat.lab.sidecar import ServiceRoute, envoy_bootstrap
 
 
@@ -110,7 +111,7 @@ def test_lab_break_names_one_pod_or_says_which_it_could_mean(tmp_path) -> None:
 
 
 def test_ambient_pods_have_no_sidecar_and_are_enrolled() -> None:
-    from podnat.lab.build import ambient_pod
+    from podnat.lab.inject import ambient_pod
 
     deployments, _ = load_manifests()
     pod = ambient_pod(deployments[0], "details-v1-abc-xyz", "10.99.0.10", "abc")
