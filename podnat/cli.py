@@ -28,15 +28,25 @@ from podnat.exitcodes import ExitCode
 from podnat.istio.actor import Actor
 from podnat.render.output import OutputFormat
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: each command imports what it uses when it runs (start-up stays small)
+    import ipaddress as _ip
+
+    from podnat.envoy.listeners import Listener
     from podnat.intent import PodIntent
+    from podnat.istio.explain import Explanation, Finding
+    from podnat.istio.flows import Endpoint, PodContext
+    from podnat.istio.inputs import InputInfo
+    from podnat.istio.routing import TproxyRouting
+    from podnat.kube.cluster import KubeCluster
+    from podnat.netfilter.model import Ruleset
+    from podnat.sources import LiveSource
 
 
 class _Commands(TyperGroup):
     """podnat's commands, with the one handler of their errors: one line on stderr saying what to do, and
     the documented exit code (ExitCode) for the error's kind; a traceback only with --debug."""
 
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except PodnatError as exc:
@@ -146,12 +156,12 @@ def read_text(path: Path | str, what: str = "file") -> str:
         raise BadInput(f"{path} is not UTF-8 text (byte {exc.start}): pass the output of iptables-save") from None
 
 
-def load_ruleset(path: Path | str) -> Any:
+def load_ruleset(path: Path | str) -> Ruleset:
     """A saved table in any form podnat reads (podnat.istio.inputs), without what was said about it."""
     return load_input(path)[0]
 
 
-def load_input(path: Path | str) -> tuple[Any, Any]:
+def load_input(path: Path | str) -> tuple[Ruleset, InputInfo]:
     """The table in `path` and what podnat recognised it as (InputInfo: its form, notes, and for a log
     whether the rules were installed at all)."""
     from podnat.istio.inputs import read_input
@@ -167,12 +177,12 @@ def load_input(path: Path | str) -> tuple[Any, Any]:
     return ruleset, info
 
 
-def input_data(info: Any) -> dict[str, Any]:
+def input_data(info: InputInfo) -> dict[str, Any]:
     """The `input` object of `-o json`: which form podnat read, and what it skipped or assumed."""
     return {"format": info.format, "notes": list(info.notes)}
 
 
-def never_installed(info: Any) -> Any:
+def never_installed(info: InputInfo) -> Finding:
     """The error finding for a log that shows the restore failed: no capture, every flow past Envoy."""
     from podnat.istio.explain import Finding, Severity
 
@@ -193,7 +203,7 @@ def _best_match_words(matched: tuple[str, ...]) -> str:
     return f"best match of the table's rules ({which} match equally well: the newest is assumed)"
 
 
-def _input_notes(info: Any, output: Any) -> None:
+def _input_notes(info: InputInfo, output: OutputFormat) -> None:
     """What podnat skipped or assumed to read the input, on stderr (the data carries it in `input`)."""
     if output in (OutputFormat.table, OutputFormat.wide) and (info.notes or info.format != "iptables-save"):
         from podnat.render.console import note
@@ -201,10 +211,10 @@ def _input_notes(info: Any, output: Any) -> None:
         note(f"read as {info.format}" + "".join(f"; {n}" for n in info.notes))
 
 
-def load_for_mode(path: Path | str, mode: Mode) -> tuple[Any, Any, bool]:
+def load_for_mode(path: Path | str, mode: Mode) -> tuple[Ruleset, InputInfo, bool]:
     """The table, what it was read as, and whether it is an ambient pod's (`--mode`, else its rules). With
     `--mode ambient` a table without rules is accepted: that is what a pod whose rules are gone prints."""
-    from podnat.istio.inputs import looks_ambient, read_input
+    from podnat.istio.inputs import InputInfo, looks_ambient, read_input
     from podnat.netfilter.errors import InputError
     from podnat.netfilter.model import Family, Ruleset
 
@@ -213,7 +223,7 @@ def load_for_mode(path: Path | str, mode: Mode) -> tuple[Any, Any, bool]:
         return ruleset, info, mode is Mode.auto and looks_ambient(ruleset)
     text = read_text(path)
     if not text.strip():
-        return Ruleset(Family.IPV4), _EmptyInput(), True
+        return Ruleset(Family.IPV4), InputInfo("empty (no rules)"), True  # an ambient pod whose rules are gone
     try:
         ruleset, info = read_input(text)
     except InputError as exc:
@@ -221,15 +231,9 @@ def load_for_mode(path: Path | str, mode: Mode) -> tuple[Any, Any, bool]:
     return ruleset, info, True
 
 
-class _EmptyInput:
-    """What an empty input was read as (an ambient pod whose rules are gone prints nothing)."""
-
-    format = "empty (no rules)"
-    notes: tuple[str, ...] = ()
-    failed = None
-
-
-def load_routing(path: Path | None, ruleset: Any, *, ambient: bool, table: int | None = None) -> Any:
+def load_routing(
+    path: Path | None, ruleset: Ruleset, *, ambient: bool, table: int | None = None
+) -> TproxyRouting | None:
     """The pod's policy routing from a `--routing` transcript, for the table's family: ambient's (mark 0x111,
     table 100) or a TPROXY table's (its mark; table 133 unless given). None without --routing, or for a table
     that needs none."""
@@ -255,7 +259,7 @@ def load_routing(path: Path | None, ruleset: Any, *, ambient: bool, table: int |
     )
 
 
-def _ambient_context(ctx: Any, context: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _ambient_context(ctx: PodContext, context: dict[str, Any]) -> tuple[PodContext, dict[str, Any]]:
     """An ambient pod's flows run through ztunnel, whose sockets carry mark 0x539 (no owner rule tests it)."""
     from podnat.istio.ambient_paths import ZTUNNEL
 
@@ -269,7 +273,7 @@ def _ambient_context(ctx: Any, context: dict[str, Any]) -> tuple[Any, dict[str, 
     return ctx.replace(proxy=ZTUNNEL), context
 
 
-def load_listeners(path: Path | None) -> Any:
+def load_listeners(path: Path | None) -> tuple[Listener, ...] | None:
     if path is None:
         return None
     from podnat.envoy.listeners import ListenersError, parse_listeners
@@ -280,7 +284,7 @@ def load_listeners(path: Path | None) -> Any:
         raise BadInput(f"cannot read {path}: {exc}") from None
 
 
-def _endpoint(text: str, flag: str, default_port: int | None = None) -> Any:
+def _endpoint(text: str, flag: str, default_port: int | None = None) -> Endpoint:
     from podnat.istio.flows import Endpoint
 
     try:
@@ -290,14 +294,14 @@ def _endpoint(text: str, flag: str, default_port: int | None = None) -> Any:
 
 
 def _offline_context(
-    ruleset: Any,
-    pod: Any,
+    ruleset: Ruleset,
+    pod: _ip.IPv4Address | _ip.IPv6Address | None,
     ports: tuple[int, ...],
     proxy_uid: int | None,
     proxy_gid: int | None,
     intent: PodIntent | None = None,
     intent_from: str = "args",
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[PodContext, dict[str, Any]]:
     """The flows' context for a saved table, and the `context` object saying where each part came from.
 
     The proxy identity: --proxy-uid/--proxy-gid, else the intent (--args, --pod-spec), else the uid/gid
@@ -356,7 +360,7 @@ def _mark(text: str) -> int:
     return value
 
 
-def _address(text: str, flag: str) -> Any:
+def _address(text: str, flag: str) -> _ip.IPv4Address | _ip.IPv6Address:
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -606,9 +610,9 @@ def explain(
 
 def _show_explanation(
     file: Path,
-    result: Any,
-    ruleset: Any,
-    info: Any,
+    result: Explanation,
+    ruleset: Ruleset,
+    info: InputInfo,
     context: dict[str, Any],
     pod_ip: str,
     diagram: Path | None,
@@ -640,8 +644,8 @@ def _show_explanation(
 
 def _explain_ambient(
     file: Path,
-    ruleset: Any,
-    info: Any,
+    ruleset: Ruleset,
+    info: InputInfo,
     pod_ip: str | None,
     app_port: int,
     remote: str | None,
@@ -684,7 +688,7 @@ def _explain_ambient(
     _show_explanation(file, result, ruleset, info, context, str(ctx.pod_ip), diagram, html, output)
 
 
-def _ambient_intent(ruleset: Any, pod: dict[str, Any], version: str | None) -> tuple[Any, str]:
+def _ambient_intent(ruleset: Ruleset, pod: dict[str, Any], version: str | None) -> tuple[Ruleset, str]:
     """istio-cni's in-pod rules for a pod's annotations, in the form of the live table (iptables or nft)."""
     from podnat.istio.ambient import AmbientConfig, ambient_expected, ambient_nft_listing
     from podnat.istio.config import NEWEST_SUPPORTED, IstioRelease
@@ -797,7 +801,7 @@ DebugImage = Annotated[
 
 def _connect(
     kubeconfig: str | None, context: str | None, request_timeout: str | None, debug_image: str | None = None
-) -> tuple[Any, Any, str]:
+) -> tuple[KubeCluster, LiveSource, str]:
     """The cluster (the Kubernetes API behind the port), the use cases' source over it, the default namespace."""
     from podnat.kube.client import KubeClient, KubeOptions, context_namespace
     from podnat.kube.cluster import KubeCluster
