@@ -17,10 +17,10 @@ from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, FlowStatus, Severity, flow_types
 from podnat.istio.paths import FlowTrace, Outcome
 from podnat.netfilter.model import Ruleset
-from podnat.report import Explained, Failed, PodReport, PodStatus, Skipped, VerifyReport
 
 if TYPE_CHECKING:
     from podnat.istio.routing import TproxyRouting
+    from podnat.report import Explained, PodReport, VerifyReport
 
 # Piped output (scripts, CI logs) gets long lines rather than an 80-column wrap, as kubectl does.
 _PIPED_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
@@ -266,6 +266,8 @@ def _hanging() -> Table:
 
 def print_pod_report(report: PodReport, wide: bool = False) -> None:
     """`podnat inspect`: a header (pod, node, IP, release, capture mode, sources), flows, diff, advice."""
+    from podnat.report import Explained, Failed, Skipped  # the pod reports (and what they import): live commands only
+
     header = Table.grid(padding=(0, 2))
     header.add_column(style="bold")
     header.add_column()
@@ -336,18 +338,21 @@ def _routing_text(routing: TproxyRouting) -> Text:
     return text
 
 
+# PodStatus (a str Enum) -> style, keyed by its values so that explain's start need not import the pod reports
 _STATUS_WORD = {
-    PodStatus.OK: "green",
-    PodStatus.DRIFT: "yellow",
-    PodStatus.BROKEN: "bold red",
-    PodStatus.ERROR: "bold red",
-    PodStatus.UNKNOWN: "magenta",
-    PodStatus.SKIPPED: "dim",
+    "ok": "green",
+    "drift": "yellow",
+    "broken": "bold red",
+    "error": "bold red",
+    "unknown": "magenta",
+    "skipped": "dim",
 }
 
 
 def print_verify(report: VerifyReport) -> None:
     """`podnat verify`: one row per pod, then the totals."""
+    from podnat.report import Explained, Failed, Skipped
+
     table = Table(expand=False)
     for column in ("NAMESPACE", "POD", "STATUS", "LIVE", "FLOWS 1-6"):
         table.add_column(column, no_wrap=True)

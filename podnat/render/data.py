@@ -12,12 +12,12 @@ from podnat.istio.evidence import evidence
 from podnat.istio.explain import Explanation, Finding
 from podnat.istio.paths import FlowTrace, Leg
 from podnat.netfilter.model import Ruleset
-from podnat.report import Explained, Failed, PodReport, Skipped, VerifyReport
 
 if TYPE_CHECKING:  # types only
     from podnat.istio.reconcile import RuleDiff
     from podnat.istio.routing import TproxyRouting
     from podnat.netfilter.reachability import Shadowed
+    from podnat.report import Explained, PodReport, VerifyReport
 
 
 def leg_data(leg: Leg, counters: Ruleset | None = None) -> dict[str, Any]:
@@ -144,6 +144,8 @@ def diff_data(diff: RuleDiff) -> dict[str, Any]:
 
 def pod_report_data(report: PodReport) -> dict[str, Any]:
     """`podnat inspect -o json`, and each element of `verify`'s `pods`."""
+    from podnat.report import Explained, Failed, Skipped  # the pod reports (and what they import): live commands only
+
     data: dict[str, Any] = {
         "pod": {
             "namespace": report.ref.namespace,

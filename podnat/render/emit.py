@@ -86,15 +86,18 @@ def _data(result: Result) -> dict[str, Any]:
 
 def _table(result: Result, wide: bool) -> None:
     from podnat.render import console
-    from podnat.report import VerifyReport
 
     if isinstance(result, TableTrace):
         console.print_trace(result.trace, result.ruleset)
         if result.error is not None:
             console.error(result.error)
-    elif isinstance(result, TableExplanation):
+        return
+    if isinstance(result, TableExplanation):
         console.print_explanation(result.explanation, result.ruleset, wide=wide)
-    elif isinstance(result, VerifyReport):
+        return
+    from podnat.report import VerifyReport  # the pod reports (and what they import): live commands only
+
+    if isinstance(result, VerifyReport):
         console.print_verify(result)
     else:
         console.print_pod_report(result, wide=wide)

@@ -200,6 +200,7 @@ def test_offline_commands_do_not_import_the_kubernetes_client():
         "assert 'markdown_it' not in sys.modules, 'rich.markdown loaded at start'\n"
         "assert 'pygments' not in sys.modules, 'rich.traceback loaded at start'\n"
         "assert 'podnat.istio.ambient' not in sys.modules, 'ambient rule model loaded for a sidecar table'\n"
+        "assert 'podnat.report' not in sys.modules, 'the pod reports loaded for a saved table'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
