@@ -931,16 +931,19 @@ def verify(
     from podnat.render.emit import emit
 
     emit(report, output)
-    if unchecked is not None or not pods:
+    from podnat.report import PodStatus
+
+    nothing_checked = all(p.status is PodStatus.SKIPPED for p in report.pods)
+    if unchecked is not None or nothing_checked:
         from podnat.render.console import warning
 
+        scope = (where or "any namespace") + (f" matching {selector}" if selector else "")
         if unchecked is not None:
             warning(f"{unchecked}: a mistyped namespace shows as one without pods")
         if not pods:
-            warning(
-                f"no pods to verify in {'any namespace' if all_namespaces else where}"
-                + (f" matching {selector}" if selector else "")
-            )
+            warning(f"no pods to verify in {scope}")
+        elif nothing_checked:
+            warning(f"nothing verified: none of the {len(pods)} pods in {scope} has sidecar or ambient rules to check")
     raise typer.Exit(int(report.exit_code))
 
 

@@ -70,6 +70,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabApiServer]:
             "istio-init": LabContainer("istio-init", uid, gid, log_file=str(root / "istio-init.log"), init=True),
         }
         state.pods.append(LabPod(NS, name, "10.89.0.2", "", manifest(name, labels), containers))
+    plain = manifest("web-1", {"app": "web"})  # a pod outside the mesh, alone in its namespace
+    plain["metadata"]["namespace"] = "plain"
+    plain["spec"] = {"nodeName": "lab", "containers": [plain["spec"]["containers"][0]]}
+    plain["status"]["containerStatuses"] = plain["status"]["containerStatuses"][:1]
+    state.pods.append(LabPod("plain", "web-1", "10.89.0.3", "", plain, {"app": LabContainer("app", uid, gid)}))
     server = start_apiserver(root, state=state)
     try:
         yield server
@@ -281,3 +286,10 @@ def test_verify_an_existing_namespace_without_pods_warns_and_exits_0(lab: LabApi
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["pods"] == []
     assert "podnat: warning: no pods to verify in kube-public" in run.stderr
+
+
+def test_verify_of_a_namespace_without_a_pod_in_the_mesh_says_nothing_was_verified(lab: LabApiServer) -> None:
+    run = podnat(lab, "verify", "-n", "plain", "-o", "json")
+    assert run.returncode == 0, run.stderr
+    assert [p["status"] for p in json.loads(run.stdout)["pods"]] == ["skipped"]
+    assert "podnat: warning: nothing verified: none of the 1 pods in plain has sidecar or ambient rules" in run.stderr
