@@ -299,6 +299,8 @@ def _pod_section(pod: PodReport, open_all: bool) -> list[str]:
         ("capture", pod.capture_mode or pod.mesh),
         *((f"{k} from", v) for k, v in pod.sources.items()),
     ]
+    if pod.live is not None:  # what the rules shown are evidence of (as inspect's `rules` line says)
+        facts.append(("rules", "live" if pod.live else "applied at start, not necessarily live"))
     if isinstance(pod, Explained) and pod.listeners is not None:
         bound = ", ".join(f"{item.port} ({item.name})" for item in pod.listeners if item.binds)
         facts.append(("listeners", bound or "none"))

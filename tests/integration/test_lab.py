@@ -290,3 +290,15 @@ def test_faults_podnat_verdict_matches_what_the_connection_did(lab: Lab) -> None
     assert result.returncode == 1
     statuses = {p["pod"]["name"]: p["status"] for p in json.loads(result.stdout)["pods"]}
     assert all(statuses[p.name] in ("drift", "broken") for p in lab.state.pods), statuses
+    assert {p["live"] for p in json.loads(result.stdout)["pods"]} == {True}  # the debug container reads live
+    # The rules applied at start (istio-init's logs) do not show the faults made in the live rules: each
+    # pod says its evidence is not live, in the JSON and in the table's LIVE column, so an "ok" read from
+    # a log is not taken for proof.
+    at_start = podnat(lab, "verify", "-n", "bookinfo", "--source", "init-log", "-o", "json")
+    pods = json.loads(at_start.stdout)["pods"]
+    assert {p["live"] for p in pods} == {False}, at_start.stderr
+    missed = [p["pod"]["name"] for p in pods if p["status"] == "ok"]  # broken live, "ok" from the log
+    assert missed and all(statuses[name] in ("drift", "broken") for name in missed), (missed, statuses)
+    table = podnat(lab, "verify", "-n", "bookinfo", "--source", "init-log").stdout
+    rows = [line for line in table.splitlines() if any(p.name in line for p in lab.state.pods)]
+    assert len(rows) == len(lab.state.pods) and all("no (at start)" in row for row in rows), table

@@ -170,3 +170,13 @@ def test_explain_writes_the_page_of_a_table(tmp_path):
 
 def test_html_is_deterministic():
     assert verify_html(verify_report()) == verify_html(verify_report())
+
+
+def test_each_pod_says_whether_its_rules_were_read_live_or_applied_at_start():
+    def rules_line(live: bool | None) -> list[str]:
+        page = pod_html(explained_pod(PodRef("bookinfo", "reviews-v1"), "healthy", live=live))
+        return re.findall(r"<dt>rules</dt><dd>([^<]*)</dd>", page)
+
+    assert rules_line(True) == ["live"]
+    assert rules_line(False) == ["applied at start, not necessarily live"]
+    assert rules_line(None) == []  # no rules read: nothing said
