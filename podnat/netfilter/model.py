@@ -69,17 +69,8 @@ class Cond(NamedTuple):
     value: str
     negated: bool = False
     # For -s/-d: `value` read once at parse time (podnat.netfilter.addresses); () when not read.
-    # Derived from `value`, so not compared: a Cond is equal to one whose networks are not read yet.
+    # (derived from `value`: equal values have equal networks, so tuple equality is the right one)
     networks: tuple[Net, ...] = ()
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Cond) and self.value == other.value and self.negated == other.negated
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    def __hash__(self) -> int:
-        return hash((self.value, self.negated))
 
 
 class Target(NamedTuple):

@@ -151,7 +151,7 @@ def _address_runs(rules: tuple[Rule, ...], start: int, stop: int, min_run: int) 
     segment = rules[start:stop]
     sources, destinations = list(map(_SOURCE, segment)), list(map(_DESTINATION, segment))
     for field, conds, others in (("source", sources, destinations), ("destination", destinations, sources)):
-        if not any(others) and all(conds):  # (truth, not == None: a Cond compares in Python)
+        if not any(others) and all(conds):  # (truth: every Cond is a non-empty tuple)
             addressed = cast("list[Cond]", conds)
             if not any(map(_NEGATED, addressed)) and all(map(_NETWORKS, addressed)):
                 yield _build(addressed, start, field)  # the whole group: one field, every address indexable

@@ -14,6 +14,7 @@ from conftest import REFERENCE
 from podnat.istio.explain import captured_nameserver, explain
 from podnat.istio.flows import FlowType, Identity, PodContext, context_for
 from podnat.istio.paths import FlowTrace, Outcome
+from podnat.netfilter.addresses import address_cond
 from podnat.netfilter.model import Cond, Family, Match, Option, Target
 from podnat.netfilter.nft import detect_and_parse, looks_like_nft, parse_nft
 from podnat.netfilter.packet import Packet
@@ -203,7 +204,7 @@ def test_base_chains_priorities_and_policies():
 def test_an_ip_rule_never_matches_an_ipv6_packet_even_negated():
     ruleset = parse_nft((LIVE / "default.nft-list-ruleset").read_text(), Family.IPV6)
     rule = ruleset.rule(NAT, "istio-output", 2)  # oifname "lo" ip daddr != 127.0.0.1 ... skuid 1337 jump
-    assert rule is not None and rule.destination == Cond("::/0", negated=True)
+    assert rule is not None and rule.destination == address_cond("::/0", negated=True)
     proxy_to_own_ip = Packet(
         "tcp",
         ipaddress.ip_address("fd00::2"),
@@ -236,7 +237,7 @@ def test_translations():
 		meta mark set ct mark
 		skgid 10-20 masquerade to :3000-3010
 		ip saddr 10.0.0.1-10.0.0.3 ct zone set 2""")
-    assert (rules[0].destination, rules[0].source) == (Cond("10.0.0.0/8,192.168.1.1/32"), None)
+    assert (rules[0].destination, rules[0].source) == (address_cond("10.0.0.0/8,192.168.1.1/32"), None)
     assert rules[0].matches == (Match("udp", (Option("dport", ("1000:2000",)),)),)
     assert rules[0].target == Target("x")
     assert rules[1].protocol == Cond("tcp")
@@ -255,7 +256,7 @@ def test_translations():
     assert rules[5].target is not None and rules[5].target.get("restore-mark") is not None
     assert rules[6].matches == (Match("owner", (Option("gid-owner", ("10-20",)),)),)
     assert rules[6].target == Target("MASQUERADE", (Option("to-ports", ("3000-3010",)),))
-    assert rules[7].source == Cond("10.0.0.1/32,10.0.0.2/31")
+    assert rules[7].source == address_cond("10.0.0.1/32,10.0.0.2/31")
     assert rules[7].target == Target("CT", (Option("zone", ("2",)),))
 
 
