@@ -1076,3 +1076,8 @@ def test_the_report_says_live_or_applied_at_start_in_json_and_in_the_verify_tabl
     rows = {row[1]: row[3] for row in cells[1:] if row[0] == NS}
     assert rows == {"reviews-v1-x": "yes", "reviews-v2-y": "no (at start)", "plain": "-"}, table
     assert "(1 read from rules applied at start, not live)" in table.splitlines()[-1]
+    from podnat.render.html import verify_html
+
+    page = verify_html(report)
+    assert page.count("<dt>rules</dt><dd>live</dd>") == 1
+    assert page.count("<dt>rules</dt><dd>applied at start, not necessarily live</dd>") == 1
