@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from podnat import __version__
 from podnat.errors import BadInput, PodnatError, UsageError
+from podnat.evidence import NatSource
 from podnat.exitcodes import ExitCode
 from podnat.istio.actor import Actor
 from podnat.render.output import OutputFormat
@@ -732,15 +733,6 @@ def _load_pod(path: Path) -> dict[str, Any]:
     return docs[0]
 
 
-class SourceChoice(str, Enum):
-    """Where to read the nat table from (default: the most live that works)."""
-
-    node = "node"
-    exec = "exec"
-    debug = "debug"
-    init_log = "init-log"
-
-
 Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: the context's).")]
 Kubeconfig = Annotated[str | None, typer.Option("--kubeconfig", help="Path to the kubeconfig file.")]
 Context = Annotated[str | None, typer.Option("--context", help="The kubeconfig context to use.")]
@@ -748,7 +740,7 @@ RequestTimeout = Annotated[
     str | None, typer.Option("--request-timeout", help="Per-request timeout, e.g. 10s, 1m (default 30s).")
 ]
 SourceOpt = Annotated[
-    SourceChoice | None,
+    NatSource | None,
     typer.Option(
         "--source",
         help="Read the nat table from: node (podnat's agent on the pod's node, via pods/proxy), "
@@ -836,13 +828,13 @@ def inspect(
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Explain one live pod: each flow's path through its rules and Envoy, what Istio meant, what differs."""
-    from podnat.facts import NatSource, PodRef
+    from podnat.facts import PodRef
     from podnat.report import Failed
     from podnat.usecases import inspect_pod
 
     cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
     cluster.agents.max_age = max_age
-    nat_source = NatSource(source.value) if source else None
+    nat_source = source
     if nat_source is NatSource.DEBUG:
         debug_container = True
     from podnat.istio.pod import PodSpecError, read_pod
@@ -896,7 +888,6 @@ def verify(
     output: VerifyOutputOpt = OutputFormat.table,
 ) -> None:
     """Check every sidecar and ambient pod: exit 0 all ok, 1 drift or broken, 3 some pods could not be read."""
-    from podnat.facts import NatSource
     from podnat.render.console import VerifyProgress
     from podnat.usecases import verify_pods
 
@@ -910,7 +901,7 @@ def verify(
     # A namespace that does not exist: exit 3. The same read gives its labels to the pods that need them.
     unchecked = namespaces.check(where) if where is not None else None
     pods = pod_source.list_pods(where, selector)
-    nat_source = NatSource(source.value) if source else None
+    nat_source = source
     cluster.agents.max_age = max_age
     if nat_source in (None, NatSource.NODE):
         cluster.prefetch(pods)  # one request per node with a podnat agent

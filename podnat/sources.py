@@ -39,13 +39,13 @@ from podnat.capture import (
     listeners_argv,
     routing_commands,
 )
+from podnat.evidence import NatSource
 from podnat.facts import (
     Cluster,
     ExecResult,
     Failure,
     ListenersReading,
     NatReading,
-    NatSource,
     PodFacts,
     PodRef,
     PolicyRouting,

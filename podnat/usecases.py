@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 from podnat.envoy.listeners import Listener, ListenersError, istio_default_listeners, parse_listeners
 from podnat.errors import PodnatError
+from podnat.evidence import NatSource
 from podnat.exitcodes import ExitCode
-from podnat.facts import Cluster, NatSource, PodFacts, PodRef, PodSource
+from podnat.facts import Cluster, PodFacts, PodRef, PodSource
 from podnat.intent import PodIntent, intent_for_pod
 from podnat.istio.config import InterceptionConfig
 from podnat.istio.explain import Explanation, Finding, Severity, ShadowMemo, captured_nameservers, explain

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from podnat.evidence import NatSource
 from podnat.facts import (
     ListenersReading,
     NatReading,
-    NatSource,
     PodFacts,
     PodRef,
     PolicyRouting,

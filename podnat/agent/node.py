@@ -24,7 +24,8 @@ from typing import Any
 
 from podnat.agent import procmap
 from podnat.capture import capture_script
-from podnat.facts import ExecResult, NatSource, PodFacts, PodRef
+from podnat.evidence import NatSource
+from podnat.facts import ExecResult, PodFacts, PodRef
 from podnat.istio.pod import MeshMode, pod_info
 from podnat.kube.errors import Failure, KubeSourceError
 from podnat.sources import (

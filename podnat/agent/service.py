@@ -24,8 +24,9 @@ from typing import Any
 from podnat.agent import procmap
 from podnat.agent.node import NodePodSource, NodeScanner, PodNetns, release
 from podnat.errors import PodnatError
+from podnat.evidence import NatSource
 from podnat.exitcodes import ExitCode
-from podnat.facts import NatSource, PodFacts, PodRef
+from podnat.facts import PodFacts, PodRef
 from podnat.istio.explain import ShadowMemo
 from podnat.report import Failed, PodReport, PodStatus, Skipped
 from podnat.usecases import inspect_pod
