@@ -745,7 +745,8 @@ SourceOpt = Annotated[
         "--source",
         help="Read the nat table from: node (podnat's agent on the pod's node, via pods/proxy), "
         "exec (istio-proxy), debug (ephemeral container), init-log (istio-init log: applied at start, "
-        "not necessarily live). Default: node, exec, debug (with --debug-container), init-log.",
+        "not necessarily live). Default: node, exec, debug (with --debug-container), init-log. A source "
+        "named here is the only one read: denied or unavailable, the pod is an error (exit 3) saying what to grant.",
     ),
 ]
 DebugContainer = Annotated[
@@ -753,7 +754,8 @@ DebugContainer = Annotated[
     typer.Option(
         "--debug-container",
         help="Allow an ephemeral debug container (NET_ADMIN) to read the live "
-        "table and listeners; it cannot be removed, podnat reuses it.",
+        "table and listeners; it cannot be removed, podnat reuses it. If it cannot be used, the next "
+        "source is read and the report says whether the rules are live.",
     ),
 ]
 
