@@ -30,8 +30,8 @@ from podnat.istio.explain import Explanation, Finding, Severity, ShadowMemo, cap
 from podnat.istio.flows import Endpoint, PodContext, context_for
 from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, with_namespace_labels
 from podnat.istio.routing import TproxyRouting, tproxy_routing
+from podnat.netfilter.errors import InputError
 from podnat.netfilter.model import Family, Ruleset
-from podnat.netfilter.parse import ParseError
 from podnat.report import (
     Explained,
     Failed,
@@ -196,7 +196,7 @@ def explain_ambient_facts(
         notes.append("native nftables mode: the rules were read from `nft list ruleset`")
     try:
         live = _read_table(text, primary) if text.strip() else Ruleset(primary)
-    except ParseError as exc:
+    except InputError as exc:
         return failed(
             base, f"cannot read the pod's table ({sources['nat']}): {exc}", int(ExitCode.BAD_INPUT), sources=sources
         )
@@ -267,7 +267,7 @@ def explain_facts(base: PodHeader, facts: PodFacts, intent: PodIntent, shadows: 
         return failed(base, message, int(ExitCode.CLUSTER), sources=sources)
     try:
         live = _read_table(text, primary)
-    except ParseError as exc:
+    except InputError as exc:
         return failed(
             base, f"cannot read the pod's table ({sources['nat']}): {exc}", int(ExitCode.BAD_INPUT), sources=sources
         )
@@ -300,7 +300,7 @@ def explain_facts(base: PodHeader, facts: PodFacts, intent: PodIntent, shadows: 
         else:
             try:
                 second_live = _read_table(native or other_text or "", other)
-            except ParseError as exc:
+            except InputError as exc:
                 notes.append(f"the {other.value} table could not be read: {exc}")
     dual = other is not None
 
@@ -381,7 +381,7 @@ def _has_rules(text: str, family: Family) -> bool:
         return False
     try:
         return not _read_table(text, family).empty
-    except ParseError:
+    except InputError:
         return True  # let the caller report the parse error
 
 

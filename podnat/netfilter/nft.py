@@ -175,7 +175,11 @@ def parse_nft(text: str, family: Family) -> Ruleset:
 
 def looks_like_nft(text: str) -> bool:
     """Whether `text` is nftables (listing, script or JSON) rather than iptables-save output."""
-    for raw in text.splitlines():
+    head = text[:4096]  # the first line that says decides: not worth splitting a table of 100,000 rules
+    lines = head.splitlines()[:-1] if len(head) < len(text) else head.splitlines()
+    if not any(line.strip() and not line.strip().startswith("#") for line in lines):
+        lines = text.splitlines()
+    for raw in lines:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
