@@ -44,7 +44,7 @@ def _remedy(resource: str) -> str:
     if resource == "pods/exec":
         return "grant it (manifests/rbac/) or use --source init-log"
     if resource == "pods/ephemeralcontainers":
-        return "grant it (manifests/rbac/) or drop --debug-container"
+        return "grant it (ClusterRole podnat-debug-container, manifests/rbac/) or read without a debug container"
     return "grant it (manifests/rbac/)"
 
 

@@ -109,6 +109,15 @@ def test_exec_denied_by_a_policy_and_pod_security() -> None:
     err = from_status(403, status(403, "Forbidden", msg), action, SERVER)
     assert err.failure is Failure.POD_SECURITY
     assert err.message.startswith("Pod Security admission (baseline:latest) rejected podnat's debug container")
+    msg = (
+        f'pods "{POD}" is forbidden: User "u" cannot patch resource "pods/ephemeralcontainers" in API group "" '
+        'in the namespace "bookinfo"'
+    )
+    err = from_status(403, status(403, "Forbidden", msg), action, SERVER)
+    assert err.message == (
+        "cannot patch pods/ephemeralcontainers in namespace bookinfo: grant it (ClusterRole "
+        "podnat-debug-container, manifests/rbac/) or read without a debug container"
+    )
 
 
 def test_a_namespace_that_does_not_exist() -> None:

@@ -56,7 +56,8 @@ EXEC_FORBIDDEN = SourceError(
 )
 PATCH_FORBIDDEN = SourceError(
     Failure.FORBIDDEN,
-    "cannot patch pods/ephemeralcontainers in namespace bookinfo: grant it (manifests/rbac/) or drop --debug-container",
+    "cannot patch pods/ephemeralcontainers in namespace bookinfo: grant it (ClusterRole podnat-debug-container, "
+    "manifests/rbac/) or read without a debug container",
 )
 LOG_FORBIDDEN = SourceError(Failure.FORBIDDEN, "cannot get pods/log in namespace bookinfo: grant it (manifests/rbac/)")
 
