@@ -6,7 +6,8 @@ The nat table, most live first, unless `--source NAME` demands one:
      listeners, a TPROXY pod's policy routing), split by a random marker; an image without `sh` gets one
      exec per command. Works only where the proxy may read the table.
   3. debug (only with --debug-container): podnat's ephemeral container (the proxy's image, uid 0,
-     NET_ADMIN/NET_RAW, targeting istio-proxy), added once and reused, runs the same exec.
+     NET_ADMIN/NET_RAW, targeting istio-proxy), added once and reused, runs the same exec. Once it runs in
+     the pod it is tried before exec (the same live rules, without a first exec that would be refused).
   4. init-log: the istio-init log (istio-cni pods: the istio-cni-node log of the pod's node). These are
      the rules applied at start, not necessarily the live ones: the facts say so (`PodFacts.live`).
 
@@ -92,11 +93,18 @@ class Choice:
     debug_container: bool = False
     debug_image: str | None = None  # --debug-image: the debug container's image for pods without istio-proxy
 
-    def plan(self) -> tuple[NatSource, ...]:
-        """The sources to try, in order: the demanded one alone, else the default order."""
+    def plan(self, debug_running: bool = False) -> tuple[NatSource, ...]:
+        """The sources to try, in order: the demanded one alone, else the default order. Where the debug
+        container is allowed and already runs in the pod, it goes before exec: it reads the same live rules,
+        and an exec in istio-proxy (no NET_ADMIN in nearly every pod) would be a round trip that fails."""
         if self.source is not None:
             return (self.source,)
-        return tuple(s for s in ORDER if s is not NatSource.DEBUG or self.debug_container)
+        plan = tuple(s for s in ORDER if s is not NatSource.DEBUG or self.debug_container)
+        if self.debug_container and debug_running:
+            before_exec = tuple(s for s in plan if s is not NatSource.DEBUG)
+            at = before_exec.index(NatSource.EXEC)
+            plan = (*before_exec[:at], NatSource.DEBUG, *before_exec[at:])
+        return plan
 
 
 @dataclass(slots=True)
@@ -164,7 +172,7 @@ def _first_reading(
 ) -> NatReading | PodFacts:
     """The first source of the plan that reads the table; each failure either allows the next source (a note)
     or is the pod's error."""
-    plan = choice.plan()
+    plan = choice.plan(debug_running=debug_container_running(pod))
     demanded = choice.source is not None
     for position, kind in enumerate(plan):
         try:
@@ -186,6 +194,12 @@ def _first_reading(
             _give_up_or_go_on(err, kind, demanded, last=position == len(plan) - 1, progress=progress)
     # Only reachable when the plan ends with an agent that is not there.
     raise progress.failures[-1] if progress.failures else SourceError(Failure.API_ERROR, f"nothing read from {ref}")
+
+
+def debug_container_running(pod: Mapping[str, Any]) -> bool:
+    """Whether podnat's debug container already runs in the pod (as the pod's status says)."""
+    statuses = (pod.get("status") or {}).get("ephemeralContainerStatuses") or []
+    return any(s.get("name") == DEBUG_CONTAINER and "running" in (s.get("state") or {}) for s in statuses)
 
 
 def _give_up_or_go_on(err: SourceError, kind: NatSource, demanded: bool, *, last: bool, progress: _Progress) -> None:

@@ -218,7 +218,8 @@ class KubeCluster:
             except Exception as exc:
                 action = Action("patch", "pods/ephemeralcontainers", ref.namespace, ref.name)
                 raise translate(exc, action, self.client.server) from exc
-        self._wait_running(ref, name)
+        if not (existing and _running(_ephemeral_status(pod, name))):  # the pod just read says it runs: no wait
+            self._wait_running(ref, name)
         return DebugContainer(name, added=not existing)
 
     def _wait_running(self, ref: PodRef, name: str) -> None:
@@ -227,7 +228,7 @@ class KubeCluster:
         while True:
             status = _ephemeral_status(self._read_pod(ref.namespace, ref.name), name)
             state = (status or {}).get("state") or {}
-            if "running" in state:
+            if _running(status):
                 return
             if "terminated" in state:
                 why = state["terminated"].get("reason") or f"exit {state['terminated'].get('exitCode')}"
@@ -269,6 +270,10 @@ class KubeCluster:
 
 
 # --- helpers of the calls above ---------------------------------------------------------------------
+
+
+def _running(status: Mapping[str, Any] | None) -> bool:
+    return "running" in ((status or {}).get("state") or {})
 
 
 def _ephemeral_status(pod: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:

@@ -367,6 +367,25 @@ def test_debug_container_added_then_reused(fake: FakeCluster) -> None:
     assert len(fake.pods[(NS, POD)]["spec"]["ephemeralContainers"]) == 1
 
 
+def test_a_running_debug_container_is_read_before_exec(fake: FakeCluster) -> None:
+    """With --debug-container, a debug container the pod's status shows running reads the live rules first:
+    no exec in istio-proxy (which cannot read them) before it."""
+    pod = fake.add_pod(make_pod())
+    pod["status"]["ephemeralContainerStatuses"] = [{"name": "podnat-debug", "state": {"running": {}}}]
+    unprivileged_proxy(fake)
+    debug_container(fake)
+    facts = source_for(fake).read_facts(pod, None, True)
+    assert facts.nat is not None and facts.nat.source is NatSource.DEBUG and facts.live is True
+    assert facts.nat.listeners_json == LISTENERS
+    assert fake.calls == ["agent_facts", "add_debug_container", "exec"]
+    # without --debug-container the running container is not used: exec first, as always
+    fake.calls.clear()
+    fake.logs[(NS, POD, "istio-init")] = init_log()
+    from_log = source_for(fake).read_facts(pod, None, False)
+    assert from_log.nat is not None and from_log.nat.source is NatSource.INIT_LOG
+    assert fake.calls[:2] == ["agent_facts", "exec"] and "add_debug_container" not in fake.calls
+
+
 def test_source_debug_skips_exec(fake: FakeCluster) -> None:
     fake.add_pod(make_pod())
     unprivileged_proxy(fake)
