@@ -116,3 +116,32 @@ def comparable_report(data: dict[str, Any]) -> dict[str, Any]:
         return value
 
     return strip({k: v for k, v in data.items() if k not in ("sources", "notes", "input")})
+
+
+def pod_manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A running Bookinfo pod in namespace bookinfo as an injector leaves it (the lab API server tests' pods)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "bookinfo",
+            "labels": labels,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": {
+            "nodeName": "lab",
+            "initContainers": [{"name": "istio-init", "image": "docker.io/istio/proxyv2:1.30.3"}],
+            "containers": [
+                {"name": "app", "image": "docker.io/istio/examples-bookinfo-reviews-v1:1.20.2"},
+                {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.30.3"},
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": "10.89.0.2",
+            "containerStatuses": [
+                {"name": n, "ready": True, "restartCount": 0, "state": {"running": {}}} for n in ("app", "istio-proxy")
+            ],
+        },
+    }

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from conftest import require
+from conftest import pod_manifest, require
 from kubernetes import client, config
 from kubernetes.stream import stream
 
@@ -37,29 +37,6 @@ NS = "bookinfo"
 REVIEWS = "reviews-v1-7d9c6b-x1"
 DETAILS = "details-v1-5f8b4c-x2"
 INIT_LOG = "2025-01-01T00:00:00.000000Z\tinfo\tIstio iptables environment:\nline 2\nline 3\n"
-
-
-def pod_manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {
-            "nodeName": "lab",
-            "initContainers": [{"name": "istio-init", "image": "docker.io/istio/proxyv2:1.30.3"}],
-            "containers": [
-                {"name": "app", "image": "docker.io/istio/examples-bookinfo-reviews-v1:1.20.2"},
-                {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.30.3"},
-            ],
-        },
-        "status": {
-            "phase": "Running",
-            "podIP": "10.89.0.2",
-            "containerStatuses": [
-                {"name": n, "ready": True, "restartCount": 0, "state": {"running": {}}} for n in ("app", "istio-proxy")
-            ],
-        },
-    }
 
 
 def build_state(root: Path) -> LabState:

@@ -16,9 +16,9 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from conftest import pod_manifest
 
 from podnat.facts import Failure, PodRef, SourceError
 from podnat.kube.client import KubeClient, KubeOptions
@@ -34,29 +34,6 @@ DETAILS = "details-v1-5f8b4c-x2"
 INIT_LOG = "2025-01-01T00:00:00.000000Z\tinfo\tIstio iptables environment:\nline 2\n"
 
 
-def manifest(name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": labels, "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {
-            "nodeName": "lab",
-            "initContainers": [{"name": "istio-init", "image": "docker.io/istio/proxyv2:1.30.3"}],
-            "containers": [
-                {"name": "app", "image": "docker.io/istio/examples-bookinfo-reviews-v1:1.20.2"},
-                {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.30.3"},
-            ],
-        },
-        "status": {
-            "phase": "Running",
-            "podIP": "10.89.0.2",
-            "containerStatuses": [
-                {"name": n, "ready": True, "restartCount": 0, "state": {"running": {}}} for n in ("app", "istio-proxy")
-            ],
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabApiServer]:
     root = tmp_path_factory.mktemp("lab")
@@ -69,8 +46,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabApiServer]:
             "istio-proxy": LabContainer("istio-proxy", uid, gid),
             "istio-init": LabContainer("istio-init", uid, gid, log_file=str(root / "istio-init.log"), init=True),
         }
-        state.pods.append(LabPod(NS, name, "10.89.0.2", "", manifest(name, labels), containers))
-    plain = manifest("web-1", {"app": "web"})  # a pod outside the mesh, alone in its namespace
+        state.pods.append(LabPod(NS, name, "10.89.0.2", "", pod_manifest(name, labels), containers))
+    plain = pod_manifest("web-1", {"app": "web"})  # a pod outside the mesh, alone in its namespace
     plain["metadata"]["namespace"] = "plain"
     plain["spec"] = {"nodeName": "lab", "containers": [plain["spec"]["containers"][0]]}
     plain["status"]["containerStatuses"] = plain["status"]["containerStatuses"][:1]
