@@ -122,21 +122,21 @@ def _inpod(cfg: AmbientConfig) -> RuleBuilder:
     """Every in-pod rule istio-cni appends, in its order (cni/pkg/iptables AppendInpodRules)."""
     b = RuleBuilder(cfg.enable_ipv6)
     v4_probe, v6_probe = str(cfg.probe_snat_v4), str(cfg.probe_snat_v6)
-    b.append("PREROUTING", "mangle", "-j", PRERT)
-    b.append("OUTPUT", "mangle", "-j", OUTPUT)
-    b.append("OUTPUT", "nat", "-j", OUTPUT)
+    b.append("PREROUTING", "mangle", f"-j {PRERT}")
+    b.append("OUTPUT", "mangle", f"-j {OUTPUT}")
+    b.append("OUTPUT", "nat", f"-j {OUTPUT}")
     if cfg.tproxy:
         _inpod_tproxy(cfg, b, v4_probe, v6_probe)
         return b
     if cfg.redirect_dns:
-        b.append("PREROUTING", "raw", "-j", PRERT)
-        b.append("OUTPUT", "raw", "-j", OUTPUT)
-    b.append("PREROUTING", "nat", "-j", PRERT)
+        b.append("PREROUTING", "raw", f"-j {PRERT}")
+        b.append("OUTPUT", "raw", f"-j {OUTPUT}")
+    b.append("PREROUTING", "nat", f"-j {PRERT}")
     for iface in cfg.virtual_interfaces:
-        b.append(PRERT, "nat", "-i", iface, "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(OUTBOUND_PORT))
-        b.append(PRERT, "nat", "-i", iface, "-p", "tcp", "-j", "RETURN")
+        b.append(PRERT, "nat", f"-i {iface} -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}")
+        b.append(PRERT, "nat", f"-i {iface} -p tcp -j RETURN")
     if not cfg.ingress_mode or cfg.release >= IstioRelease(1, 29):
-        b.append(PRERT, "mangle", "-m", "mark", "--mark", _MARK, "-j", "CONNMARK", "--set-xmark", _CONNMARK)
+        b.append(PRERT, "mangle", f"-m mark --mark {_MARK} -j CONNMARK --set-xmark {_CONNMARK}")
     if not cfg.ingress_mode:
         b.versioned(v4_probe, v6_probe, PRERT, "nat", "-s", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
     b.versioned(v4_probe, v6_probe, OUTPUT, "nat", "-d", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
@@ -167,40 +167,11 @@ def _inpod(cfg: AmbientConfig) -> RuleBuilder:
     b.append(
         OUTPUT,
         "mangle",
-        "-m",
-        "connmark",
-        "--mark",
-        _CONNMARK,
-        "-j",
-        "CONNMARK",
-        "--restore-mark",
-        "--nfmask",
-        "0xffffffff",
-        "--ctmask",
-        "0xffffffff",
+        f"-m connmark --mark {_CONNMARK} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff",
     )
     if cfg.redirect_dns:
         b.append(
-            OUTPUT,
-            "nat",
-            "!",
-            "-o",
-            "lo",
-            "-p",
-            "udp",
-            "-m",
-            "mark",
-            "!",
-            "--mark",
-            _MARK,
-            "-m",
-            "udp",
-            "--dport",
-            "53",
-            "-j",
-            "REDIRECT",
-            "--to-port",
-            str(DNS_PORT),
+            OUTPUT, "nat", f"! -o lo -p udp -m mark ! --mark {_MARK} -m udp --dport 53 -j REDIRECT --to-port {DNS_PORT}"
         )
         b.versioned(
             "127.0.0.1/32",
@@ -224,75 +195,25 @@ def _inpod(cfg: AmbientConfig) -> RuleBuilder:
             "--to-ports",
             str(DNS_PORT),
         )
-        b.append(
-            OUTPUT,
-            "raw",
-            "-p",
-            "udp",
-            "-m",
-            "mark",
-            "--mark",
-            _MARK,
-            "-m",
-            "udp",
-            "--dport",
-            "53",
-            "-j",
-            "CT",
-            "--zone",
-            "1",
-        )
-        b.append(
-            PRERT,
-            "raw",
-            "-p",
-            "udp",
-            "-m",
-            "mark",
-            "!",
-            "--mark",
-            _MARK,
-            "-m",
-            "udp",
-            "--sport",
-            "53",
-            "-j",
-            "CT",
-            "--zone",
-            "1",
-        )
+        b.append(OUTPUT, "raw", f"-p udp -m mark --mark {_MARK} -m udp --dport 53 -j CT --zone 1")
+        b.append(PRERT, "raw", f"-p udp -m mark ! --mark {_MARK} -m udp --sport 53 -j CT --zone 1")
     _outbound_tail(b)
     return b
 
 
 def _inpod_tproxy(cfg: AmbientConfig, b: RuleBuilder, v4_probe: str, v6_probe: str) -> None:
     """1.22-1.23: inbound by mangle TPROXY to 15008 and 15006; UDP DNS only."""
-    b.append(PRERT, "mangle", "-m", "mark", "--mark", _MARK, "-j", "CONNMARK", "--set-xmark", _CONNMARK)
+    b.append(PRERT, "mangle", f"-m mark --mark {_MARK} -j CONNMARK --set-xmark {_CONNMARK}")
     b.versioned(v4_probe, v6_probe, PRERT, "mangle", "-s", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
     b.versioned(v4_probe, v6_probe, OUTPUT, "nat", "-d", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
     b.versioned("127.0.0.1/32", "::1/128", PRERT, "mangle", "!", "-d", "{ip}", "-p", "tcp", "-i", "lo", "-j", "ACCEPT")
     b.append(
         PRERT,
         "mangle",
-        "-p",
-        "tcp",
-        "-m",
-        "tcp",
-        "--dport",
-        str(HBONE_PORT),
-        "-m",
-        "mark",
-        "!",
-        "--mark",
-        _MARK,
-        "-j",
-        "TPROXY",
-        "--on-port",
-        str(HBONE_PORT),
-        "--tproxy-mark",
-        _CONNMARK,
+        f"-p tcp -m tcp --dport {HBONE_PORT} -m mark ! --mark {_MARK}",
+        f"-j TPROXY --on-port {HBONE_PORT} --tproxy-mark {_CONNMARK}",
     )
-    b.append(PRERT, "mangle", "-p", "tcp", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+    b.append(PRERT, "mangle", "-p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
     b.versioned(
         "127.0.0.1/32",
         "::1/128",
@@ -318,42 +239,16 @@ def _inpod_tproxy(cfg: AmbientConfig, b: RuleBuilder, v4_probe: str, v6_probe: s
     b.append(
         OUTPUT,
         "mangle",
-        "-m",
-        "connmark",
-        "--mark",
-        _CONNMARK,
-        "-j",
-        "CONNMARK",
-        "--restore-mark",
-        "--nfmask",
-        "0xffffffff",
-        "--ctmask",
-        "0xffffffff",
+        f"-m connmark --mark {_CONNMARK} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff",
     )
     if cfg.redirect_dns:
-        b.append(
-            OUTPUT,
-            "nat",
-            "!",
-            "-o",
-            "lo",
-            "-p",
-            "udp",
-            "-m",
-            "udp",
-            "--dport",
-            "53",
-            "-j",
-            "REDIRECT",
-            "--to-port",
-            str(DNS_PORT),
-        )
+        b.append(OUTPUT, "nat", f"! -o lo -p udp -m udp --dport 53 -j REDIRECT --to-port {DNS_PORT}")
     _outbound_tail(b)
 
 
 def _outbound_tail(b: RuleBuilder) -> None:
     """ztunnel's connmarked legs pass, the app's own-pod traffic over lo passes, the rest goes to 15001."""
-    b.append(OUTPUT, "nat", "-p", "tcp", "-m", "mark", "--mark", _CONNMARK, "-j", "ACCEPT")
+    b.append(OUTPUT, "nat", f"-p tcp -m mark --mark {_CONNMARK} -j ACCEPT")
     b.versioned("127.0.0.1/32", "::1/128", OUTPUT, "nat", "!", "-d", "{ip}", "-o", "lo", "-j", "ACCEPT")
     b.versioned(
         "127.0.0.1/32",
@@ -380,7 +275,7 @@ def _outbound_tail(b: RuleBuilder) -> None:
 def _host(cfg: AmbientConfig) -> RuleBuilder:
     """The node's rule: a kubelet probe (a host socket to a pod in the probe ipset) SNAT'd to the probe IP."""
     b = RuleBuilder(cfg.enable_ipv6)
-    b.insert("POSTROUTING", "nat", 1, "-j", POSTRT)
+    b.insert("POSTROUTING", "nat", 1, f"-j {POSTRT}")
     for family, address in (("v4", cfg.probe_snat_v4), ("v6", cfg.probe_snat_v6)):
         add = b.append_v4 if family == "v4" else b.append_v6
         add(
