@@ -138,31 +138,16 @@ def _inpod(cfg: AmbientConfig) -> RuleBuilder:
     if not cfg.ingress_mode or cfg.release >= IstioRelease(1, 29):
         b.append(PRERT, "mangle", f"-m mark --mark {_MARK} -j CONNMARK --set-xmark {_CONNMARK}")
     if not cfg.ingress_mode:
-        b.versioned(v4_probe, v6_probe, PRERT, "nat", "-s", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
-    b.versioned(v4_probe, v6_probe, OUTPUT, "nat", "-d", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
+        b.versioned(v4_probe, v6_probe, PRERT, "nat", "-s {ip} -p tcp -m tcp -j ACCEPT")
+    b.versioned(v4_probe, v6_probe, OUTPUT, "nat", "-d {ip} -p tcp -m tcp -j ACCEPT")
     if not cfg.ingress_mode:
         b.versioned(
             "127.0.0.1/32",
             "::1/128",
             PRERT,
             "nat",
-            "!",
-            "-d",
-            "{ip}",
-            "-p",
-            "tcp",
-            "!",
-            "--dport",
-            str(HBONE_PORT),
-            "-m",
-            "mark",
-            "!",
-            "--mark",
-            _MARK,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            str(INBOUND_PLAINTEXT_PORT),
+            f"! -d {{ip}} -p tcp ! --dport {HBONE_PORT} -m mark ! --mark {_MARK}",
+            f"-j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}",
         )
     b.append(
         OUTPUT,
@@ -178,22 +163,7 @@ def _inpod(cfg: AmbientConfig) -> RuleBuilder:
             "::1/128",
             OUTPUT,
             "nat",
-            "!",
-            "-d",
-            "{ip}",
-            "-p",
-            "tcp",
-            "--dport",
-            "53",
-            "-m",
-            "mark",
-            "!",
-            "--mark",
-            _MARK,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            str(DNS_PORT),
+            f"! -d {{ip}} -p tcp --dport 53 -m mark ! --mark {_MARK} -j REDIRECT --to-ports {DNS_PORT}",
         )
         b.append(OUTPUT, "raw", f"-p udp -m mark --mark {_MARK} -m udp --dport 53 -j CT --zone 1")
         b.append(PRERT, "raw", f"-p udp -m mark ! --mark {_MARK} -m udp --sport 53 -j CT --zone 1")
@@ -204,9 +174,9 @@ def _inpod(cfg: AmbientConfig) -> RuleBuilder:
 def _inpod_tproxy(cfg: AmbientConfig, b: RuleBuilder, v4_probe: str, v6_probe: str) -> None:
     """1.22-1.23: inbound by mangle TPROXY to 15008 and 15006; UDP DNS only."""
     b.append(PRERT, "mangle", f"-m mark --mark {_MARK} -j CONNMARK --set-xmark {_CONNMARK}")
-    b.versioned(v4_probe, v6_probe, PRERT, "mangle", "-s", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
-    b.versioned(v4_probe, v6_probe, OUTPUT, "nat", "-d", "{ip}", "-p", "tcp", "-m", "tcp", "-j", "ACCEPT")
-    b.versioned("127.0.0.1/32", "::1/128", PRERT, "mangle", "!", "-d", "{ip}", "-p", "tcp", "-i", "lo", "-j", "ACCEPT")
+    b.versioned(v4_probe, v6_probe, PRERT, "mangle", "-s {ip} -p tcp -m tcp -j ACCEPT")
+    b.versioned(v4_probe, v6_probe, OUTPUT, "nat", "-d {ip} -p tcp -m tcp -j ACCEPT")
+    b.versioned("127.0.0.1/32", "::1/128", PRERT, "mangle", "! -d {ip} -p tcp -i lo -j ACCEPT")
     b.append(
         PRERT,
         "mangle",
@@ -219,22 +189,8 @@ def _inpod_tproxy(cfg: AmbientConfig, b: RuleBuilder, v4_probe: str, v6_probe: s
         "::1/128",
         PRERT,
         "mangle",
-        "!",
-        "-d",
-        "{ip}",
-        "-p",
-        "tcp",
-        "-m",
-        "mark",
-        "!",
-        "--mark",
-        _MARK,
-        "-j",
-        "TPROXY",
-        "--on-port",
-        str(INBOUND_PLAINTEXT_PORT),
-        "--tproxy-mark",
-        _CONNMARK,
+        f"! -d {{ip}} -p tcp -m mark ! --mark {_MARK}",
+        f"-j TPROXY --on-port {INBOUND_PLAINTEXT_PORT} --tproxy-mark {_CONNMARK}",
     )
     b.append(
         OUTPUT,
@@ -249,26 +205,13 @@ def _inpod_tproxy(cfg: AmbientConfig, b: RuleBuilder, v4_probe: str, v6_probe: s
 def _outbound_tail(b: RuleBuilder) -> None:
     """ztunnel's connmarked legs pass, the app's own-pod traffic over lo passes, the rest goes to 15001."""
     b.append(OUTPUT, "nat", f"-p tcp -m mark --mark {_CONNMARK} -j ACCEPT")
-    b.versioned("127.0.0.1/32", "::1/128", OUTPUT, "nat", "!", "-d", "{ip}", "-o", "lo", "-j", "ACCEPT")
+    b.versioned("127.0.0.1/32", "::1/128", OUTPUT, "nat", "! -d {ip} -o lo -j ACCEPT")
     b.versioned(
         "127.0.0.1/32",
         "::1/128",
         OUTPUT,
         "nat",
-        "!",
-        "-d",
-        "{ip}",
-        "-p",
-        "tcp",
-        "-m",
-        "mark",
-        "!",
-        "--mark",
-        _MARK,
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        str(OUTBOUND_PORT),
+        f"! -d {{ip}} -p tcp -m mark ! --mark {_MARK} -j REDIRECT --to-ports {OUTBOUND_PORT}",
     )
 
 
