@@ -39,6 +39,7 @@ FORMS = {
     "iptables -S": {"iptables -S", "iptables-restore input"},
     "istio-init log": {"istio-init log", "istio-cni log", "istio-start log"},
     "istio-cni log": {"istio-cni log"},
+    "vm istio-start": {"istio-start log"},
     "nft": {"nft list ruleset", "nft -j list ruleset"},
 }
 
@@ -55,6 +56,11 @@ EXTRA: dict[str, dict[str, Any]] = {
     "14-istio-insider-hand-edited-uid-1000.txt": {"not_shadowed": ["ISTIO_OUTPUT:5", "ISTIO_OUTPUT:8"]},
     # "as pasted, ISTIO_OUTPUT rule 6 ... is unreachable because rule 5 already RETURNs": a genuine shadow
     "30-shyunny-notes-annotated-restore-input-reordered.txt": {"shadowed": ["ISTIO_OUTPUT:6"]},
+    # "the last complete dump is used ..."; "ISTIO_OUTPUT:6 ... is unreachable"
+    "38-clarechu-blog-vm-1.9.4-journalctl-istio-start-zh-locale.txt": {
+        "notes": ["journald prefixes removed", "applied at start", "the last complete iptables-save dump"],
+        "shadowed": ["ISTIO_OUTPUT:6"],
+    },
 }
 
 
@@ -180,6 +186,8 @@ def _reading(
         problems.append(f"exit {code}, expected {want_code}")
     if "skipped" in str(expected.get("input_notes", "")) and not info.get("notes"):
         problems.append("the skipped lines are not noted")
+    noted = " ".join(info.get("notes") or [])
+    problems += [f"the input notes do not say {n!r}" for n in extra.get("notes", ()) if n not in noted]
     shadowed = {s["rule"] for s in data.get("shadowed", [])}
     problems += [
         f"{ref} reported unreachable, but packets reach it" for ref in extra.get("not_shadowed", ()) if ref in shadowed

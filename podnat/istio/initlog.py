@@ -1,12 +1,12 @@
-"""Rules out of a log: istio-init (1.11 to 1.30) and the istio-cni-node DaemonSet.
+"""Rules out of a log: istio-init (1.5 to 1.30), a VM's istio-start.sh and the istio-cni-node DaemonSet.
 
 Pure: text in, text out. istio-iptables logs what it fed `iptables-restore` and, after applying it,
 a real `iptables-save` dump; the dump is the better of the two (it is what the kernel held at pod
 start), the restore input the fallback. Neither is necessarily what is live now: callers label it so.
 
 Formats (docs/istio-capture.md, "Where a pod's rules are printed"):
-  1.11-1.17  `Writing following contents to rules file: FILE` + restore input;
-             `Running command: iptables-save` / `Command output:` + dump
+  1.5-1.17   `Writing following contents to rules file: FILE` + restore input;
+             `iptables-save` (before 1.11) or `Running command: iptables-save` / `Command output:` + dump
   1.18-1.21  `Running iptables-restore with the following input:`; dump as above
   1.22-1.24  dump after `Running command (without lock): iptables-nft-save` / `Command output:`
   1.25+      `Running iptables restore with: BIN and the following input:`;
@@ -28,7 +28,7 @@ from podnat.netfilter.errors import InputError
 class InitLogFormat(str, Enum):
     """Which istio-iptables log format a log was recognised as."""
 
-    RULES_FILE = "1.11-1.17"  # "Writing following contents to rules file"
+    RULES_FILE = "1.5-1.17"  # "Writing following contents to rules file" (published 1.5, 1.7, 1.9 logs)
     RESTORE_INPUT = "1.18-1.21"  # "Running iptables-restore with the following input"
     WITHOUT_LOCK = "1.22-1.24"  # "Running command (without lock): iptables-nft-save"
     FINAL_STATE = "1.25+"  # "Final iptables state (IPv4):"

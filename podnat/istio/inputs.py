@@ -113,9 +113,10 @@ _LOG_MARKERS = _Lazy(
     r"|^Variables:\s*$|^Environment:\s*$|^-{5,}\s*$"
 )
 _LOG_RECORD = _Lazy(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?\s+(?:info|warn|error|debug)\s")
-# journald: `Dec 05 10:00:00 host istio-start.sh[123]: ...` (or an ISO timestamp, `-o short-iso`)
+# journald: `Dec 05 10:00:00 host istio-start.sh[123]: ...`, the month as the locale spells it (`7月 19 ...`
+# under zh_CN, `déc. 05 ...`), or an ISO timestamp (`-o short-iso`)
 _JOURNALD = _Lazy(
-    r"^(?:[A-Z][a-z]{2}\s+\d{1,2}\s+\d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
+    r"^(?:(?:[^\W\d_]{3,}\.?|\d{1,2}月)\s+\d{1,2}\s+\d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
     r"\s+\S+\s+[\w.@/-]+(?:\[\d+\])?:\s?"
 )
 _FAILED = _Lazy(

@@ -164,6 +164,18 @@ def test_cni_and_vm_logs():
     assert ruleset.table("nat") is not None
 
 
+@pytest.mark.parametrize("stamp", ["7月 19 09:03:35", "juil. 19 09:03:35", "Dez 05 10:00:00"])
+def test_journald_prefixes_in_other_locales(stamp: str):
+    """journalctl prints the month as the VM's locale spells it (a published zh_CN journal: `7月 19 ...`)."""
+    vm = "".join(
+        f"{stamp} localhost.localdomain istio-start.sh[6717]: {line}\n"
+        for line in ["iptables-save", *DEFAULT.splitlines()]
+    )
+    ruleset, info = read_input(vm)
+    assert info.format == VM_LOG and any(f"from {len(DEFAULT.splitlines()) + 1} lines" in n for n in info.notes)
+    assert ruleset.table("nat") is not None
+
+
 def test_failed_restore_log_is_no_table():
     log = (
         "2024-05-01T10:00:00.000000Z\tinfo\tRunning iptables-restore with the following input:\n"
