@@ -112,10 +112,11 @@ class Explanation:
     findings: tuple[Finding, ...]
     diff: tuple[RuleDiff, ...] | None  # None when no intent was given
     policy_routing: TproxyRouting | None = None  # TPROXY pods read live: the routing the flows depend on
+    uncaptured: bool = False  # no intent given, and neither the app's inbound nor its outbound enters Envoy
 
     @property
     def failed(self) -> bool:
-        return any(f.status in (FlowStatus.DRIFT, FlowStatus.BROKEN) for f in self.flows)
+        return self.uncaptured or any(f.status in (FlowStatus.DRIFT, FlowStatus.BROKEN) for f in self.flows)
 
 
 def same_path(a: FlowTrace, b: FlowTrace) -> bool:
@@ -192,6 +193,9 @@ def explain(
     if diff is not None:
         diff = tuple(d for d in diff if d.kind is not DiffKind.COSMETIC)
     findings = _findings(reports, diff or (), live)
+    uncaptured = expected is None and flows is None and not _captures_anything(reports)
+    if uncaptured:
+        findings.append(_nothing_captured())
     if cosmetic:
         findings.append(
             Finding(
@@ -217,7 +221,7 @@ def explain(
                 "15006 listeners): what happens after Envoy may not be what that release's Envoy did",
             )
         )
-    return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing)
+    return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing, uncaptured)
 
 
 def replies_need_policy_routing(trace: FlowTrace, ctx: PodContext) -> bool:
@@ -293,6 +297,27 @@ def _routing_findings(routing: TproxyRouting, reports: list[FlowReport], ctx: Po
             )
         ]
     return []
+
+
+def _captures_anything(reports: list[FlowReport]) -> bool:
+    """Whether any of the app's connections, in (type 1) or out (type 2), is sent into Envoy."""
+    directions = (FlowType.REMOTE_TO_LOCAL, FlowType.LOCAL_TO_REMOTE)
+    return any(report.live.envoy_ports for report in reports if report.spec.type in directions)
+
+
+def _nothing_captured() -> Finding:
+    # Without an intent to compare with, a table that sends nothing to Envoy (a published
+    # `iptables -t nat -S -v` of a host with one DNAT rule) would otherwise read as a healthy pod.
+    return Finding(
+        Severity.ERROR,
+        "nothing in this table sends the app's traffic to Envoy: neither inbound (type 1) nor outbound (type 2) "
+        "connections are redirected (no Istio chain or REDIRECT/TPROXY to Envoy's ports leads there). If this is "
+        "a sidecar pod's table, capture is not installed and every flow goes straight past Envoy (istio-init or "
+        "istio-cni did not run, interception mode NONE, or the rules were flushed); if it is not a mesh pod's "
+        "table, there is no capture to explain",
+        (),
+        (int(FlowType.REMOTE_TO_LOCAL), int(FlowType.LOCAL_TO_REMOTE)),
+    )
 
 
 def _dns_switched_off() -> Finding:

@@ -226,3 +226,22 @@ def test_a_dual_stack_pods_ipv6_scrape_reaches_admin_over_ipv4():
     assert fetch.rules == ("OUTPUT:1", "ISTIO_OUTPUT:5")
     owner = v4.rule_by_ref("ISTIO_OUTPUT:5")
     assert owner is not None and owner.text == "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"
+
+
+def test_a_table_that_sends_nothing_to_envoy_is_not_a_healthy_pod(default):
+    """A nat table with no Istio capture (a published `iptables -t nat -S -v` of a host with one DNAT rule)
+    must not read as a healthy sidecar: without an intent to compare with, every flow is "delivered"."""
+    from podnat.istio.explain import Severity, explain
+
+    bare = parse_ruleset(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [1:60]\n:POSTROUTING ACCEPT [1:60]\n"
+        "[1:60] -A PREROUTING -d 172.30.5.206/32 -j DNAT --to-destination 172.21.0.25\nCOMMIT\n"
+    )
+    expl = explain(bare, PodContext())
+    assert expl.uncaptured and expl.failed
+    assert [f.severity for f in expl.findings] == [Severity.ERROR]
+    assert expl.findings[0].message.startswith("nothing in this table sends the app's traffic to Envoy")
+    healthy = explain(default, PodContext())
+    assert not healthy.uncaptured and not healthy.failed
+    # with an intent the difference is drift, said by the diff: no second finding
+    assert not explain(bare, PodContext(), expected=default).uncaptured
