@@ -40,6 +40,8 @@ FORMS = {
     "istio-init log": {"istio-init log", "istio-cni log", "istio-start log"},
     "istio-cni log": {"istio-cni log"},
     "vm istio-start": {"istio-start log"},
+    # restore input or a dump whose `*nat` line was cut: read by content as the one or the other
+    "headerless nat body": {"iptables-restore input", "iptables-save", "iptables -S"},
     "nft": {"nft list ruleset", "nft -j list ruleset"},
 }
 
@@ -60,6 +62,10 @@ EXTRA: dict[str, dict[str, Any]] = {
     "38-clarechu-blog-vm-1.9.4-journalctl-istio-start-zh-locale.txt": {
         "notes": ["journald prefixes removed", "applied at start", "the last complete iptables-save dump"],
         "shadowed": ["ISTIO_OUTPUT:6"],
+    },
+    # "'no `*nat` line: read as the nat table' noted"; "the two headings skipped (noted ...)"
+    "39-tongworknotes-blog-restore-input-nat-header-cut.txt": {
+        "notes": ["no `*nat` line", "line 1: not a rule, skipped", "line 8: not a rule, skipped"],
     },
 }
 
