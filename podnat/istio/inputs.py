@@ -207,7 +207,7 @@ def _read_log(lines: list[str], notes: list[str]) -> tuple[str, InputInfo]:
     )
     notes.append(f"{APPLIED_AT_START}: {what}, from line {rules.line} (Istio {rules.log_format.value} log format)")
     chosen = rules.v4 or rules.nft or ""
-    if rules.v4 and rules.v6:
+    if rules.v4 and rules.v6 and re.search(r"^(?:\[\d+:\d+\] )?-[AI] ", rules.v6, re.M):
         notes.append("the log has IPv6 rules too; podnat reads the IPv4 ones")
     return chosen, InputInfo(form, tuple(notes), None, True)
 

@@ -146,6 +146,20 @@ def test_init_log_takes_the_dump_and_says_applied_at_start():
     assert ruleset.table("nat") is not None
 
 
+@pytest.mark.parametrize("v6_rules", [True, False])
+def test_a_logs_ipv6_rules_are_mentioned_only_when_there_are_some(v6_rules: bool):
+    """A VM's journal dumps empty ip6tables tables too (a published 1.9 one does): that is no IPv6 rule."""
+    v6 = DEFAULT if v6_rules else "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+    log = (
+        "2024-05-01T10:00:00.000000Z\tinfo\tFinal iptables state (IPv4):\n"
+        + DEFAULT
+        + "2024-05-01T10:00:00.100000Z\tinfo\tFinal iptables state (IPv6):\n"
+        + v6
+    )
+    info = read_input(log)[1]
+    assert any("IPv6 rules too" in n for n in info.notes) is v6_rules
+
+
 def test_cni_and_vm_logs():
     record = "2024-05-01T10:00:00.000000Z\tinfo\t"
     cni = (
