@@ -427,7 +427,7 @@ def explain_ambient(
         findings += _routing_findings(policy_routing, reports)
     reach = shadow_analysis(live, shadows)
     findings += [Finding(Severity.INFO, f"shadow analysis skipped for {s}") for s in reach.skipped]
-    return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing)
+    return Explanation(tuple(reports), reach.shadowed, tuple(findings), diff, policy_routing, proxy="ztunnel")
 
 
 AMBIENT_TABLES = ("mangle", "nat", "raw", "istio-ambient-nat", "istio-ambient-mangle", "istio-ambient-raw")

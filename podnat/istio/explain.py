@@ -113,6 +113,7 @@ class Explanation:
     diff: tuple[RuleDiff, ...] | None  # None when no intent was given
     policy_routing: TproxyRouting | None = None  # TPROXY pods read live: the routing the flows depend on
     uncaptured: bool = False  # no intent given, and neither the app's inbound nor its outbound enters Envoy
+    proxy: str = "Envoy"  # whose listeners the flows enter: Envoy's (a sidecar pod) or ztunnel's (an ambient pod)
 
     @property
     def failed(self) -> bool:

@@ -186,7 +186,7 @@ def print_explanation(expl: Explanation, ruleset: Ruleset, wide: bool = False, t
     table.add_column("type", justify="right")
     table.add_column("flow", width=flow_w)
     table.add_column(
-        "path (rules ⇒ Envoy ports ⇒ end)" + (", expected" if with_intent and not beside else ""),
+        f"path (rules ⇒ {expl.proxy} ports ⇒ end)" + (", expected" if with_intent and not beside else ""),
         width=path_w,
         overflow="fold",
     )

@@ -110,7 +110,7 @@ def build_diagram(expl: Explanation, title: str) -> Diagram:
                 for chain, _ in chain_visits(leg):
                     hooks.setdefault(f"chain:{chain}", leg.hook)
     chains = [n for n in visited if n.startswith("chain:")]
-    ztunnel = any(report.live.ztunnel_ports for report in expl.flows)
+    ztunnel = expl.proxy == "ztunnel" or any(report.live.ztunnel_ports for report in expl.flows)
     # a sidecar pod's panels show all of Istio's nat chains; an ambient pod's, the ones its flows cross
     with_rules = {stop.node for route in routes for stop in route if stop.rules}  # INPUT may be added without
     standard = not ztunnel and any(n.removeprefix("chain:") in STANDARD_CHAINS for n in with_rules)

@@ -329,7 +329,7 @@ def _flows_table(expl: Explanation, diagram: Diagram, prefix: str) -> list[str]:
     with_intent = expl.diff is not None
     head = (
         '<tr><th scope="col">type</th><th scope="col">flow (click for its picture)</th>'
-        '<th scope="col">path (rules ⇒ Envoy ports ⇒ end)</th>'
+        f'<th scope="col">path (rules ⇒ {escape(expl.proxy)} ports ⇒ end)</th>'
     )
     head += (
         '<th scope="col">expected</th><th scope="col">status</th></tr>'

@@ -130,3 +130,21 @@ def test_routing_transcript_for_a_tproxy_sidecar(tmp_path: Path) -> None:
     assert data["policy_routing"]["fwmark_rule"] is False
     inbound = next(f for f in data["flows"] if f["type"] == 1)
     assert inbound["outcome"] == "dropped"
+
+
+def test_the_table_header_names_the_proxy_the_flows_enter(tmp_path: Path) -> None:
+    """An ambient pod's flows enter ztunnel's ports, a sidecar pod's Envoy's: the console table and the HTML
+    page say which in the path column's header (the JSON keeps `envoy_ports` and has `proxy_ports`). A pod
+    whose rules are gone enters no port at all, and is still ztunnel's."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for args in ((str(AMBIENT),), (str(AMBIENT_NFT),), (str(empty), "--mode", "ambient")):
+        shown = podnat("explain", *args).stdout
+        assert "path (rules ⇒ ztunnel ports ⇒ end)" in shown, shown
+        assert "Envoy ports" not in shown
+    sidecar = podnat("explain", str(DEFAULT)).stdout
+    assert "path (rules ⇒ Envoy ports ⇒ end)" in sidecar and "ztunnel" not in sidecar
+    for table, proxy in ((AMBIENT, "ztunnel"), (DEFAULT, "Envoy")):
+        page = tmp_path / f"{proxy}.html"
+        podnat("explain", str(table), "--html", str(page))
+        assert f'<th scope="col">path (rules ⇒ {proxy} ports ⇒ end)</th>' in page.read_text()
