@@ -25,7 +25,7 @@ from podnat.evidence import NatSource
 from podnat.exitcodes import ExitCode
 from podnat.facts import Cluster, PodFacts, PodRef, PodSource
 from podnat.intent import PodIntent, intent_for_pod
-from podnat.istio.config import InterceptionConfig
+from podnat.istio.config import InterceptionConfig, IstioRelease
 from podnat.istio.explain import Explanation, Finding, Severity, ShadowMemo, captured_nameservers, explain
 from podnat.istio.flows import Endpoint, PodContext, context_for
 from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, with_namespace_labels
@@ -179,65 +179,86 @@ def inspect_ambient(
 def explain_ambient_facts(
     base: PodHeader, facts: PodFacts, release: str | None, shadows: ShadowMemo | None = None
 ) -> PodReport:
-    """The pure half of inspect for an ambient pod."""
-    from podnat.istio.ambient import ZTUNNEL_PORTS, AmbientConfig, ambient_expected, ambient_nft_listing
-    from podnat.istio.ambient_paths import ZTUNNEL, ambient_routing, explain_ambient
-    from podnat.istio.config import NEWEST_SUPPORTED, IstioRelease
+    """The pure half of inspect for an ambient pod: each IP family the pod has (a dual-stack pod's IPv6
+    table, `ip -6` routing and address too, as for a sidecar's), against what istio-cni writes for it."""
+    from podnat.istio.config import NEWEST_SUPPORTED
 
     assert facts.nat is not None
     sources = {**base.sources, "nat": facts.nat.label}
     notes = [*base.notes, *facts.notes]
     families = _pod_families(base)
-    primary = families[0]
-    text = facts.nat.v4 if primary is Family.IPV4 else (facts.nat.v6 or "")
     native = facts.nat.nft if facts.nat.nft and "istio-ambient-" in facts.nat.nft else ""
-    if native and not _has_rules(text, primary):
-        text = native
+    primary_text = facts.nat.v4 if families[0] is Family.IPV4 else (facts.nat.v6 or "")
+    if native and not _has_rules(primary_text, families[0]):
         notes.append("native nftables mode: the rules were read from `nft list ruleset`")
-    try:
-        live = _read_table(text, primary) if text.strip() else Ruleset(primary)
-    except InputError as exc:
-        return failed(
-            base, f"cannot read the pod's table ({sources['nat']}): {exc}", int(ExitCode.BAD_INPUT), sources=sources
-        )
-    rel = IstioRelease.parse(release) if release else NEWEST_SUPPORTED
-    annotations = pod_info(facts.pod).annotations or {}  # the PodInfo inspect_pod read
-    config = AmbientConfig.from_pod_annotations(
-        annotations, release=rel, ipv6=primary is Family.IPV6, native_nftables=bool(native)
-    )
-    if config.native_nftables:
-        expected = _read_table(ambient_nft_listing(config), primary)
     else:
-        rules = ambient_expected(config)
-        expected = _read_table((rules.v6 or "") if primary is Family.IPV6 else rules.v4, primary)
-    listening = ZTUNNEL_PORTS
+        native = ""
     if facts.sockets is not None:
         sources["sockets"] = facts.sockets.label
-        listening = tuple(p for p in ZTUNNEL_PORTS if p in facts.sockets.ports)
-    routing = None
     if facts.routing is not None:
         sources["routing"] = facts.routing.label
-        v6 = primary is Family.IPV6
-        routing = ambient_routing(
-            primary,
-            facts.routing.rules_v6 if v6 else facts.routing.rules_v4,
-            facts.routing.routes_v6 if v6 else facts.routing.routes_v4,
-            facts.routing.label,
-        )
-    address = base.pod_ips[0] if base.pod_ips else base.pod_ip
-    ctx = context_for(ipaddress.ip_address(address) if address else None, family=primary.value).replace(proxy=ZTUNNEL)
-    report = explain_ambient(live, ctx, expected, listening=listening, policy_routing=routing, shadows=shadows)
+    rel = IstioRelease.parse(release) if release else NEWEST_SUPPORTED
+    annotations = pod_info(facts.pod).annotations or {}  # the PodInfo inspect_pod read
+    dual = len(families) > 1
+    reports: list[FamilyReport] = []
+    for index, family in enumerate(families):
+        text = native or (facts.nat.v4 if family is Family.IPV4 else (facts.nat.v6 or ""))
+        try:
+            live = _read_table(text, family) if text.strip() else Ruleset(family)
+        except InputError as exc:
+            if index:  # the first family was explained: say why the other was not
+                notes.append(f"the {family.value} table could not be read: {exc}")
+                continue
+            return failed(
+                base, f"cannot read the pod's table ({sources['nat']}): {exc}", int(ExitCode.BAD_INPUT), sources=sources
+            )
+        address = base.pod_ips[index] if len(base.pod_ips) > index else base.pod_ip
+        report = _explain_ambient_family(facts, family, live, address, annotations, rel, bool(native), dual, shadows)
+        reports.append(FamilyReport(family=family, explanation=report, ruleset=live))
     if release is None:
         notes.append(
             f"the Istio release is not known ({(base.context or {}).get('release_from')}): "
             f"reconciled with {rel}'s rules"
         )
-    return explained(
-        base,
-        (FamilyReport(family=primary, explanation=report, ruleset=live),),
-        sources=sources,
-        notes=tuple(notes),
-    )
+    return explained(base, tuple(reports), sources=sources, notes=tuple(notes))
+
+
+def _explain_ambient_family(
+    facts: PodFacts,
+    family: Family,
+    live: Ruleset,
+    address: str | None,
+    annotations: Mapping[str, str],
+    release: IstioRelease,
+    native: bool,
+    dual: bool,
+    shadows: ShadowMemo | None,
+) -> Explanation:
+    """One IP family of an ambient pod: its live table against istio-cni's rules for that family (a dual-stack
+    pod's agent writes both, `ipv6` on), ztunnel's listeners, that family's `ip rule` and table 100."""
+    from podnat.istio.ambient import ZTUNNEL_PORTS, AmbientConfig, ambient_expected, ambient_nft_listing
+    from podnat.istio.ambient_paths import ZTUNNEL, ambient_routing, explain_ambient
+
+    v6 = family is Family.IPV6
+    config = AmbientConfig.from_pod_annotations(annotations, release=release, ipv6=v6 or dual, native_nftables=native)
+    if config.native_nftables:
+        expected = _read_table(ambient_nft_listing(config), family)
+    else:
+        rules = ambient_expected(config)
+        expected = _read_table((rules.v6 or "") if v6 else rules.v4, family)
+    listening = ZTUNNEL_PORTS
+    if facts.sockets is not None:
+        listening = tuple(p for p in ZTUNNEL_PORTS if p in facts.sockets.ports)
+    routing = None
+    if facts.routing is not None:
+        routing = ambient_routing(
+            family,
+            facts.routing.rules_v6 if v6 else facts.routing.rules_v4,
+            facts.routing.routes_v6 if v6 else facts.routing.routes_v4,
+            facts.routing.label,
+        )
+    ctx = context_for(ipaddress.ip_address(address) if address else None, family=family.value).replace(proxy=ZTUNNEL)
+    return explain_ambient(live, ctx, expected, listening=listening, policy_routing=routing, shadows=shadows)
 
 
 def explain_facts(base: PodHeader, facts: PodFacts, intent: PodIntent, shadows: ShadowMemo | None = None) -> PodReport:

@@ -10,6 +10,7 @@ from typing import Any
 
 from podnat.facts import MeshMode, NatReading, NatSource, PodFacts, PodRef, PolicyRouting, SocketsReading
 from podnat.render.data import pod_report_data
+from podnat.report import Explained
 from podnat.sources import AMBIENT_NOT_READ
 from podnat.usecases import _RELEASES, inspect_pod, verify_pods
 
@@ -133,3 +134,61 @@ def test_not_readable_says_how_and_verify_counts_it() -> None:
     assert int(result.exit_code) == 3
     ok = verify_pods(lambda: FakeSource(**read()), [ambient_pod("a"), ambient_pod("b")], 2)
     assert [p.status for p in ok.pods] == ["ok", "ok"] and int(ok.exit_code) == 0
+
+
+# --- a dual-stack ambient pod: both families explained, as a sidecar's ---------------------------------------
+# Recorded in a network namespace of our own: the IPv6 in-pod rules loaded with ip6tables-nft-restore and dumped
+# with ip6tables-nft-save -c; `ip -6 rule add fwmark 0x111/0xfff pref 32764 lookup 100`, `ip -6 route add local
+# ::/0 dev lo table 100`, then `ip -6 rule show` and `ip -6 route show table 100`.
+LIVE6 = (DATA / "default.v6.iptables-save").read_text()
+ROUTING6 = (
+    (DATA / "routing-v6.txt").read_text().removeprefix("$ ip -6 rule show\n").split("$ ip -6 route show table 100\n")
+)
+NO_FWMARK6 = "0:\tfrom all lookup local\n32766:\tfrom all lookup main\n"
+
+
+def dual_stack_pod() -> dict[str, Any]:
+    pod = ambient_pod()
+    pod["status"]["podIPs"] = [{"ip": "10.99.0.2"}, {"ip": "fd00:99::2"}]
+    return pod
+
+
+def read_dual(table6: str = LIVE6, rules6: str = ROUTING6[0]) -> dict[str, Any]:
+    facts = read()
+    facts["nat"] = NatReading(facts["nat"].source, facts["nat"].label, v4=LIVE, v6=table6)
+    v4 = facts["routing"]
+    facts["routing"] = PolicyRouting(v4.label, 100, v4.rules_v4, v4.routes_v4, rules6, ROUTING6[1])
+    return facts
+
+
+def test_a_dual_stack_ambient_pod_is_explained_in_both_families() -> None:
+    report = inspect_pod(FakeSource(**read_dual()), dual_stack_pod())
+    assert report.status == "ok"
+    assert isinstance(report, Explained)
+    assert [f.family.value for f in report.families] == ["ipv4", "ipv6"]
+    v6 = report.families[1].explanation
+    assert v6.proxy == "ztunnel" and all(f.status.value == "ok" for f in v6.flows)
+    flows = {(int(f.spec.type), f.spec.variant): f for f in v6.flows}
+    assert str(flows[(1, "plaintext")].live.legs[0].dst.address) == "fd00:99::2"
+    assert flows[(1, "plaintext")].live.proxy_ports == (15006,) and flows[(2, None)].live.proxy_ports == (15001,)
+    assert str(flows[(8, None)].spec.source) == "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
+    data = pod_report_data(report)
+    assert data["second_family"]["family"] == "ipv6"
+    assert {f["status"] for f in data["second_family"]["flows"]} == {"ok"}
+
+
+def test_dual_stack_ambient_faults_in_one_family_only() -> None:
+    # istio-cni wrote no IPv6 rules (IPv6 off in its agent): the pod's IPv6 traffic bypasses ztunnel, IPv4 does not
+    no_v6 = inspect_pod(FakeSource(**read_dual(table6="")), dual_stack_pod())
+    assert isinstance(no_v6, Explained) and no_v6.status == "broken"
+    v4, v6 = no_v6.families
+    assert all(f.status.value == "ok" for f in v4.explanation.flows)
+    assert v6.explanation.findings[0].message.startswith("enrolled in ambient but its traffic bypasses ztunnel")
+    # the IPv6 fwmark rule deleted: IPv6 inbound replies leave the pod, IPv4's come back
+    no_rule = inspect_pod(FakeSource(**read_dual(rules6=NO_FWMARK6)), dual_stack_pod())
+    assert isinstance(no_rule, Explained) and no_rule.status == "broken"
+    v4, v6 = no_rule.families
+    assert all(f.status.value == "ok" for f in v4.explanation.flows)
+    broken = {(int(f.spec.type), f.spec.variant) for f in v6.explanation.flows if f.status.value == "broken"}
+    assert (1, "plaintext") in broken
+    assert any("ip -6 rule add fwmark 0x111/0xfff lookup 100" in f.message for f in v6.explanation.findings)
