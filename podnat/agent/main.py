@@ -13,6 +13,7 @@ from pathlib import Path
 from podnat.agent.events import EventRecorder, KubeEvents
 from podnat.agent.http import AgentServer
 from podnat.agent.metrics import AgentMetrics
+from podnat.agent.namespaces import NamespaceLabels, kube_reader
 from podnat.agent.node import NodeScanner
 from podnat.agent.service import Agent, AgentConfig, PodWatch
 
@@ -26,7 +27,9 @@ def run_agent(config: AgentConfig, client: object, proc: Path, address: str, por
     gc.freeze()
     gc.enable()
     scanner = NodeScanner(proc)
-    agent = Agent(config, scanner)
+    agent = Agent(
+        config, scanner, namespace_labels=NamespaceLabels(kube_reader(client, config.read_timeout), ttl=config.interval)
+    )
     metrics = AgentMetrics(agent)
     agent.observers.append(metrics.observe)
     recorder = EventRecorder(KubeEvents(client), config.node) if events else None

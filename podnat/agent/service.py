@@ -29,7 +29,7 @@ from podnat.exitcodes import ExitCode
 from podnat.facts import PodFacts, PodRef
 from podnat.istio.explain import ShadowMemo
 from podnat.report import Failed, PodReport, PodStatus, Skipped
-from podnat.usecases import inspect_pod
+from podnat.usecases import NamespaceLabels, inspect_pod
 
 log = logging.getLogger("podnat.agent")
 
@@ -96,10 +96,13 @@ class Agent:
         config: AgentConfig,
         scanner: NodeScanner,
         observers: Iterable[Callable[[list[PodState], list[PodState], SweepStats], None]] = (),
+        namespace_labels: NamespaceLabels | None = None,
     ) -> None:
         self.config = config
         self.scanner = scanner
         self.observers = list(observers)
+        # A pod enrolled in ambient by its namespace's label alone is ambient only once its Namespace is read.
+        self.namespace_labels = namespace_labels
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> Pod (from the watch)
         self.states: dict[str, PodState] = {}
         self.stats = SweepStats()
@@ -236,7 +239,9 @@ class Agent:
                         notes=("hostNetwork pod: it shares the node's rules; not read",),
                     )
                 else:
-                    report = inspect_pod(recorder, pod, NatSource.NODE, shadows=shadows)
+                    report = inspect_pod(
+                        recorder, pod, NatSource.NODE, namespace_labels=self.namespace_labels, shadows=shadows
+                    )
             except Exception as exc:  # one pod's failure is that pod's report
                 log.exception("pod %s: %s", _ref(pod), exc)
                 report = Failed(

@@ -53,6 +53,7 @@ def test_rbac_is_what_the_agent_and_the_cli_use() -> None:
     role, _ = _docs(AGENT / "rbac.yaml")
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
         {"apiGroups": ["events.k8s.io", ""], "resources": ["events"], "verbs": ["create", "patch"]},
     ]
     reader, _ = _docs(AGENT / "cli-rbac.yaml")
