@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-APT_PACKAGES := iptables iproute2 nftables procps util-linux chromium chromium-driver librsvg2-bin fonts-dejavu-core prometheus
+APT_PACKAGES := iptables ipset iproute2 nftables procps util-linux chromium chromium-driver librsvg2-bin fonts-dejavu-core prometheus
 STAMP := $(VENV)/.installed
 
 .PHONY: install system-deps demo test unit integration lint bench soak clean conformance workflows corpus pictures
@@ -15,7 +15,7 @@ install: system-deps $(STAMP)
 
 # System packages the lab and the integration tests need (root only; a no-op when present).
 system-deps:
-	@missing=""; for b in iptables-restore iptables-legacy-restore ip nft setpriv pkill chromium chromedriver rsvg-convert promtool nsenter; do \
+	@missing=""; for b in iptables-restore iptables-legacy-restore ipset ip nft setpriv pkill chromium chromedriver rsvg-convert promtool nsenter; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

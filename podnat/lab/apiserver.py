@@ -277,11 +277,15 @@ class LabApi:
         state = self.store.current()
         names = dict.fromkeys([*SYSTEM_NAMESPACES, *sorted({p.namespace for p in state.all_pods})])
         meshed = {p.namespace for p in state.pods if "istio-proxy" in p.containers}
+        # ambient modes: the namespace enrols its pods (`kubectl label ns bookinfo istio.io/dataplane-mode=ambient`)
+        ambient = {p.namespace for p in state.pods} if state.mode.startswith("ambient") else set()
         out = {}
         for name in names:
             labels = {"kubernetes.io/metadata.name": name}
             if name in meshed:
                 labels["istio-injection"] = "enabled"
+            if name in ambient:
+                labels["istio.io/dataplane-mode"] = "ambient"
             out[name] = {
                 "kind": "Namespace",
                 "apiVersion": "v1",

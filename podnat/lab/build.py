@@ -87,6 +87,7 @@ def is_ambient(mode: str) -> bool:
 
 
 PROBE_SNAT = "169.254.7.127"  # kubelet probes reach an ambient pod from here (ISTIO_POSTRT SNATs them on the node)
+PROBE_KUBELET_UID = 0  # the kubelet's uid: native nftables matches the prober by it (`skuid`)
 TPROXY_MARK = "1337"
 TPROXY_TABLE = "133"
 
@@ -239,6 +240,10 @@ def lab_up(  # noqa: C901  the lab's start, step by step
         raise LabError(f"--mode {mode}: one of {', '.join(MODES)}")
     if mode in ("nftables", "ambient-nftables") and shutil.which("nft") is None:
         raise LabError(f"--mode {mode} needs nft: run `make install` (apt: nftables)")
+    if mode == "ambient" and shutil.which("ipset") is None:
+        raise LabError(
+            "--mode ambient needs ipset (istio-cni's probe set on the node): run `make install` (apt: ipset)"
+        )
     root = (root or lab_root()).resolve()
     lab_down(root, quiet=True)
     started = time.monotonic()
@@ -274,8 +279,6 @@ def lab_up(  # noqa: C901  the lab's start, step by step
         run(["ip", "-6", "addr", "add", f"{NODE_IP6}/64", "dev", "br0", "nodad"], netns=node_ns)
     run(["ip", "link", "set", "br0", "up"], netns=node_ns)
     run(["ip", "link", "set", "lo", "up"], netns=node_ns)
-    if is_ambient(mode):  # where kubelet's probes come from once ISTIO_POSTRT has SNAT'd them
-        run(["ip", "addr", "add", f"{PROBE_SNAT}/32", "dev", "br0"], netns=node_ns)
     _peer_namespace(state, istiod_ns, ISTIOD_IP, "vistiod", root, ISTIOD_IP6 if dual else None)
     state.pids.append(
         spawn(
@@ -335,6 +338,8 @@ def lab_up(  # noqa: C901  the lab's start, step by step
         state.pods.append(_pod(state, deployment, name, ip, template_hash, routes, hosts, backend, ip6))
         state.save()
     if is_ambient(mode):
+        say("node: istio-cni's probe SNAT rule and the probe ipset")
+        node_probe_snat(state)
         state.ztunnel = ztunnel_pod(state)
         state.save()
     say("Kubernetes API server")
@@ -414,7 +419,8 @@ def start_agent(state: LabState, interval: float = 60.0, timeout: float = 60.0) 
     name = f"podnat-agent-{_hash(state.netns_prefix + 'agent', 5)}"
     uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"podnat-lab/{state.netns_prefix}{name}"))
     netns = f"{state.netns_prefix}agent"
-    _peer_namespace(state, netns, AGENT_IP, "vpodnatagent"[:15], root)
+    if netns not in state.netns:  # else an agent ran here and was stopped: start it again in its namespace
+        _peer_namespace(state, netns, AGENT_IP, "vpodnatagent"[:15], root)
     logs = root / "pods" / name
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / "agent.log"
@@ -701,6 +707,42 @@ def ztunnel_pod(state: LabState) -> LabPod:
         manifest,
         {"istio-proxy": LabContainer("istio-proxy", 0, 0)},
     )
+
+
+def node_probe_snat(state: LabState) -> str:
+    """What istio-cni's node agent does on the node for kubelet probes: its probe set holding each enrolled pod's
+    IP (iptables: the ipset `istio-inpod-probes-v4`, `hash:ip` with the pod UID as each entry's comment, as
+    istio-cni creates it; native nftables: a set of that name in `inet istio-ambient-nat`, which Istio's script
+    uses but does not create) and the node's rule, as podnat's generator writes it (the `hostprobe` goldens):
+    `ISTIO_POSTRT` SNATs a host socket's (iptables: `--socket-exists`; nftables: the kubelet's uid) TCP to a pod
+    in the set to 169.254.7.127. So the kernel SNATs the lab's kubelet probes, from the node's namespace, as on
+    a real node, and every other connection the node's own sockets make to an enrolled pod with them: the
+    lab's remote clients are in a peer's namespace. Returns what it loaded."""
+    from podnat.istio.ambient import PROBE_IPSET, AmbientConfig, host_probe_nft_script, host_probe_restore
+
+    node_ns = f"{state.netns_prefix}node"
+    name = f"{PROBE_IPSET}-v4"
+    members = [(pod.ip, str(pod.manifest["metadata"]["uid"])) for pod in state.pods]
+    config = AmbientConfig()
+    if state.mode == "ambient-nftables":
+        table = "inet istio-ambient-nat"
+        run(
+            ["nft", "-f", "-"],
+            netns=node_ns,
+            input=f"add table {table}\nadd set {table} {name} {{ type ipv4_addr; }}\n",
+        )
+        rules = host_probe_nft_script(config, PROBE_KUBELET_UID)
+        run(["nft", "-f", "-"], netns=node_ns, input=rules)
+        for ip, _ in members:
+            run(["nft", "add", "element", *table.split(), name, f"{{ {ip} }}"], netns=node_ns)
+        return rules
+    run(["ipset", "create", name, "hash:ip", "family", "inet", "comment"], netns=node_ns)
+    for ip, uid in members:
+        run(["ipset", "add", name, ip, "comment", uid], netns=node_ns)
+    rules = host_probe_restore(config).v4
+    restore, _ = _restore_tools(state.backend)
+    run([restore, "--noflush"], netns=node_ns, input=rules)
+    return rules
 
 
 def _istio_cni_ambient(manifest: Mapping[str, Any], netns: str, backend: str, nft: bool = False) -> str:

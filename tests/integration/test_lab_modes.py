@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -501,22 +503,24 @@ def _ambient_probes(lab: Lab, pod) -> list[tuple[str, FlowSpec, str, str, Identi
 
     state = lab.state
     other = next(p for p in state.pods if p.name != pod.name)
-    node_ns = f"{state.netns_prefix}node"
+    node_ns, peer_ns = f"{state.netns_prefix}node", f"{state.netns_prefix}istiod"
     ctx = _ambient_context(lab, pod)
     app = Identity(1000, 1000)
     out = []
-    node = ipaddress.ip_address(state.peers["node"])
+    # The remote client: a peer's namespace on the bridge (the node's own sockets to an enrolled pod are
+    # SNAT'd to 169.254.7.127 by istio-cni's node rule, as kubelet probes: node_probe_snat).
+    peer = ipaddress.ip_address(state.peers["istiod"])
     for spec in ambient_flows(ctx.replace(remote=Endpoint(ipaddress.ip_address(other.ip), APP_PORT))):
         key = spec.variant or str(int(spec.type))
         if spec.type is FlowType.REMOTE_TO_LOCAL and spec.variant in ("plaintext", "reply"):
-            from_node = FlowSpec(
-                spec.type, spec.name, spec.actor, spec.destination, node, spec.identity, variant=spec.variant
+            from_peer = FlowSpec(
+                spec.type, spec.name, spec.actor, spec.destination, peer, spec.identity, variant=spec.variant
             )
-            out.append((key, from_node, f"http://{pod.ip}:9080/health", node_ns, None))
+            out.append((key, from_peer, f"http://{pod.ip}:9080/health", peer_ns, None))
         elif spec.variant == "hbone":
-            from_node = FlowSpec(spec.type, spec.name, spec.actor, spec.destination, node, variant="hbone")
-            out.append((key, from_node, f"hbone://{pod.ip}", node_ns, None))
-        elif spec.type is FlowType.KUBELET_PROBE:
+            from_peer = FlowSpec(spec.type, spec.name, spec.actor, spec.destination, peer, variant="hbone")
+            out.append((key, from_peer, f"hbone://{pod.ip}", peer_ns, None))
+        elif spec.type is FlowType.KUBELET_PROBE:  # the kubelet: a node socket, SNAT'd by the kernel
             out.append((key, spec, f"http://{pod.ip}:9080/health", node_ns, None))
         elif spec.type is FlowType.DNS:
             out.append((key, spec, f"dns://{spec.proto}", pod.netns, app))
@@ -538,6 +542,16 @@ def _save(netns: str) -> str:
     return listing if "istio-ambient-" in listing else _in(netns, "iptables-nft-save", "-c")
 
 
+def _probe_snat_count(lab: Lab) -> int:
+    """Packets istio-cni's probe SNAT rule on the node has counted (ISTIO_POSTRT, or the nft postrouting rule)."""
+    node_ns = f"{lab.state.netns_prefix}node"
+    text = _save(node_ns)
+    rule = next(line for line in text.splitlines() if "snat" in line.lower() and "istio-inpod-probes-v4" in line)
+    found = re.search(r"^\[(\d+):\d+\]|counter packets (\d+)", rule.strip())
+    assert found is not None, rule
+    return int(found.group(1) or found.group(2))
+
+
 def test_ambient_flows_trace_exactly_the_predicted_rules(ambient_lab: Lab) -> None:
     from podnat.istio.ambient_paths import trace_ambient
     from podnat.lab.probe import connect, dns_query, first_packets
@@ -551,6 +565,7 @@ def test_ambient_flows_trace_exactly_the_predicted_rules(ambient_lab: Lab) -> No
         for name, spec, how, netns, who in _ambient_probes(lab, pod):
             predicted = trace_ambient(live, spec, ctx)
             before = _counters(_save(pod.netns))
+            snat_before = _probe_snat_count(lab)
             with first_packets(pod.netns) as packets:
                 if how.startswith("hbone://"):
                     result = subprocess.run(
@@ -566,8 +581,7 @@ def test_ambient_flows_trace_exactly_the_predicted_rules(ambient_lab: Lab) -> No
                     answer = dns_query(netns, "10.96.0.2", "details.bookinfo.svc.cluster.local", spec.proto, who.uid)
                     answered, client = answer == [lab.state.services["details"]], None
                 else:
-                    source = "169.254.7.127" if spec.type is FlowType.KUBELET_PROBE else None
-                    result = connect(netns, how, who.uid if who else None, who.gid if who else None, source=source)
+                    result = connect(netns, how, who.uid if who else None, who.gid if who else None)
                     answered, client = result.answered, result.json().get("client") if result.answered else None
             counted = {
                 ref: n - before.get(ref, 0) for ref, n in _counters(_save(pod.netns)).items() if n > before.get(ref, 0)
@@ -593,8 +607,13 @@ def test_ambient_flows_trace_exactly_the_predicted_rules(ambient_lab: Lab) -> No
                 missing = [ref for ref in predicted.legs[-1].rules if ref in countable and ref not in counted]
                 if missing:
                     failures.append(f"{where}: the reply did not count {missing} (counted {counted})")
-            if spec.variant in ("plaintext", "hbone", "reply") and client != lab.state.peers["node"]:
+            if spec.variant in ("plaintext", "hbone", "reply") and client != lab.state.peers["istiod"]:
                 failures.append(f"{where}: the app saw {client}, not the client (ztunnel's transparent socket)")
+            snat = _probe_snat_count(lab) - snat_before
+            if spec.type is FlowType.KUBELET_PROBE and (client != "169.254.7.127" or snat != 1):
+                failures.append(f"{where}: the app saw {client}, the node's probe SNAT rule counted {snat} (want 1)")
+            if spec.type is not FlowType.KUBELET_PROBE and snat:
+                failures.append(f"{where}: the node's probe SNAT rule counted {snat}")
     assert set(checked) == {"hbone", "plaintext", "reply", "2", "own-pod-ip", "udp", "tcp", "8"}
     assert not failures, "\n".join(failures)
 
@@ -647,18 +666,18 @@ def test_ambient_faults_give_the_verdict_the_connection_had(ambient_lab: Lab) ->
 
     lab = ambient_lab
     first, second = lab.state.pods
-    node_ns = f"{lab.state.netns_prefix}node"
+    peer_ns = f"{lab.state.netns_prefix}istiod"  # a remote client (the node's own sockets are SNAT'd as probes)
     root = lab.root
     # The fwmark rule deleted: the app's replies to the client leave by eth0, inbound never completes.
     lab_break(first.name, "no-fwmark-rule", root)
-    assert not connect(node_ns, f"http://{first.ip}:9080/health", timeout=2).answered
+    assert not connect(peer_ns, f"http://{first.ip}:9080/health", timeout=2).answered
     report = _ambient_inspect(lab, first, 1)
     assert _flow(report, 1, "plaintext")["status"] == "broken"
     assert any("no `ip rule add fwmark 0x111/0xfff lookup 100`" in f["message"] for f in report["findings"])
     # The rules flushed (a node reboot): inbound reaches the app straight from the client, bypassing ztunnel.
     lab_break(first.name, "rules-flushed", root)
-    answer = connect(node_ns, f"http://{first.ip}:9080/health")
-    assert answer.answered and answer.json()["client"] == lab.state.peers["node"]
+    answer = connect(peer_ns, f"http://{first.ip}:9080/health")
+    assert answer.answered and answer.json()["client"] == lab.state.peers["istiod"]
     report = _ambient_inspect(lab, first, 1)
     assert report["findings"][0]["message"].startswith(
         "enrolled in ambient but its traffic bypasses ztunnel: no ISTIO_PRERT/ISTIO_OUTPUT in the pod"
@@ -671,3 +690,60 @@ def test_ambient_faults_give_the_verdict_the_connection_had(ambient_lab: Lab) ->
     report = _ambient_inspect(lab, second, 1)
     assert _flow(report, 2)["outcome"] == "refused"
     assert any("ztunnel is not listening on 15001, 15006, 15008" in f["message"] for f in report["findings"])
+
+
+def test_the_agent_reads_a_pod_enrolled_by_its_namespace_alone(ambient_lab: Lab) -> None:
+    """Runs after the faults: the first pod has no in-pod rules. Its istio-cni annotation removed too, only its
+    Namespace's label istio.io/dataplane-mode=ambient enrols it: podnat's agent reads that Namespace (`get
+    namespaces/bookinfo`, the one right its ClusterRole adds for it) and says broken, not skipped."""
+    from podnat.lab.build import AGENT_PORT, _kill, start_agent
+    from podnat.lab.state import LabState
+
+    lab = ambient_lab
+    state = LabState.load(lab.root)
+    first = state.pods[0]
+    meta = first.manifest["metadata"]
+    assert meta["annotations"].pop("ambient.istio.io/redirection") == "enabled"
+    assert "istio.io/dataplane-mode" not in meta["labels"]
+    state.save()
+    raw = podnat(lab, "inspect", first.name, "-n", "bookinfo", "--debug-container", "--debug-image", DEBUG_IMAGE)
+    assert raw.returncode == 1, raw.stdout[-2000:] + raw.stderr  # the CLI reads the Namespace too
+    namespace = json.loads(_raw(lab, "/api/v1/namespaces/bookinfo"))
+    assert namespace["metadata"]["labels"]["istio.io/dataplane-mode"] == "ambient"
+    log = Path(state.root, "apiserver.log")
+    since = len(log.read_text().splitlines())
+    agent = start_agent(state, interval=1.0)
+    try:
+        path = f"/api/v1/namespaces/podnat-system/pods/{agent.name}:{AGENT_PORT}/proxy/v1/pods?namespace=bookinfo"
+        deadline = time.monotonic() + 30
+        while True:
+            pods = {p["pod"]["name"]: p for p in json.loads(_raw(lab, path))["pods"]}
+            if pods.get(first.name, {}).get("status") == "broken" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        report = pods[first.name]
+        assert (report["status"], report["pod"]["mesh"]) == ("broken", "ambient"), report
+        assert report["findings"][0]["message"].startswith(
+            "enrolled in ambient but its traffic bypasses ztunnel: no ISTIO_PRERT/ISTIO_OUTPUT in the pod"
+        )
+        assert any("enrolled in ambient mode by its namespace's label" in n for n in report["notes"])
+        asked = [
+            m.group(1)
+            for line in log.read_text().splitlines()[since:]
+            if (m := re.search(r'aiohttp\.access (\S+) .*?"GET /api/v1/namespaces/bookinfo HTTP', line))
+        ]
+        assert asked and "127.0.0.1" not in asked, asked  # asked by the agent's pod, not by this test's CLI
+    finally:
+        _kill(agent.containers["agent"].pid)
+
+
+def _raw(lab: Lab, path: str) -> str:
+    """`kubectl get --raw PATH` against the lab's API server."""
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", lab.state.apiserver.kubeconfig, "get", "--raw", path],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={"HOME": str(lab.root), "PATH": "/usr/sbin:/usr/bin:/bin:/usr/local/bin"},
+    ).stdout

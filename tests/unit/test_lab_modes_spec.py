@@ -116,6 +116,6 @@ def test_ambient_pods_have_no_sidecar_and_are_enrolled() -> None:
     deployments, _ = load_manifests()
     pod = ambient_pod(deployments[0], "details-v1-abc-xyz", "10.99.0.10", "abc")
     assert [c["name"] for c in pod["spec"]["containers"]] == ["details"] and pod["spec"]["initContainers"] == []
-    assert pod["metadata"]["labels"]["istio.io/dataplane-mode"] == "ambient"
+    assert "istio.io/dataplane-mode" not in pod["metadata"]["labels"]  # its Namespace's label enrols it
     assert read_pod(pod).mesh is MeshMode.AMBIENT and read_pod(pod).notes == ()  # annotated by istio-cni
     assert intent_for_pod(pod).mesh == "ambient"
