@@ -281,10 +281,11 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
     if report.live is not None:
         header.add_row("rules", "live" if report.live else Text("applied at start, not necessarily live", "yellow"))
     families = report.families if isinstance(report, Explained) else ()
+    kind = "policy" if report.capture_mode == "ambient" else "TPROXY"  # ambient: ztunnel's fwmark rule and table 100
     for family in families:
         routing = family.explanation.policy_routing
         if routing is not None:
-            header.add_row(f"TPROXY routing ({routing.family.value})", _routing_text(routing))
+            header.add_row(f"{kind} routing ({routing.family.value})", _routing_text(routing))
     out.print(header)
     if isinstance(report, Explained) and report.listeners is not None:
         bound = ", ".join(f"{listener.port} ({listener.name})" for listener in report.listeners if listener.binds)
@@ -303,8 +304,13 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
 
 
 def _print_explained(report: Explained, wide: bool) -> None:
-    """An explained pod's flows (its first family's), probe and status."""
-    print_explanation(report.explanation, report.ruleset, wide=wide)
+    """An explained pod's flows (a dual-stack pod's: each family's, its first address's first), probe, status."""
+    if len(report.families) == 1:
+        print_explanation(report.explanation, report.ruleset, wide=wide)
+    for index, family in enumerate(report.families if len(report.families) > 1 else ()):
+        address = report.pod_ips[index] if index < len(report.pod_ips) else None
+        title = f"{family.family.value}" + (f" ({address})" if address else "")
+        print_explanation(family.explanation, family.ruleset, wide=wide, title=title)
     if report.probe is not None:
         table = Table(
             title="Probe: one real connection each (counted by the kernel vs predicted by podnat)", title_justify="left"

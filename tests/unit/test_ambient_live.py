@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from podnat.facts import MeshMode, NatReading, NatSource, PodFacts, PodRef, PolicyRouting, SocketsReading
 from podnat.render.data import pod_report_data
 from podnat.report import Explained
@@ -192,3 +194,22 @@ def test_dual_stack_ambient_faults_in_one_family_only() -> None:
     broken = {(int(f.spec.type), f.spec.variant) for f in v6.explanation.flows if f.status.value == "broken"}
     assert (1, "plaintext") in broken
     assert any("ip -6 rule add fwmark 0x111/0xfff lookup 100" in f.message for f in v6.explanation.findings)
+
+
+def test_the_console_shows_each_familys_flows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`podnat inspect` of a dual-stack pod: a flows table per family (titled with its address), and an ambient
+    pod's fwmark rule and table 100 as its policy routing (not TPROXY's)."""
+    import io
+
+    from rich.console import Console
+
+    from podnat.render import console
+
+    screen = io.StringIO()
+    monkeypatch.setattr(console, "out", Console(file=screen, width=160, soft_wrap=False, color_system=None))
+    console.print_pod_report(inspect_pod(FakeSource(**read_dual(rules6=NO_FWMARK6)), dual_stack_pod()))
+    text = screen.getvalue()
+    assert "ipv4 (10.99.0.2)" in text and "ipv6 (fd00:99::2)" in text
+    assert text.count("path (rules ⇒ ztunnel ports ⇒ end)") == 2
+    assert "policy routing (ipv6)  ip -6 rule fwmark 0x111 lookup 100 ✗ missing" in text and "TPROXY" not in text
+    assert "status: broken" in text
