@@ -7,7 +7,12 @@ The one place podnat plays an import-time trick. typer (0.12-0.16) imports, when
   exceptions, which podnat turns off (`pretty_exceptions_enable=False`: a traceback only with --debug,
   printed plainly).
 
-Together about a third of an offline command's start (`make bench`, cold start). Until something
+- `typer.rich_utils`, and with it rich's console, tables, panels and text, for its help screens and
+  its usage errors; a command that runs never shows either (`explain -o json` prints no rich at all).
+  typer's only call into it at start, `_get_rich_console` for its pretty exceptions' console, gets a
+  console made on first use.
+
+Together about half of an offline command's start (`make bench`, cold start). Until something
 asks for one of them, the module is a stand-in: its first use (an attribute, making one of its
 classes, or a class attribute such as `Traceback.from_exception`) loads the real module, which then
 takes the stand-in's place. A class imported from the stand-in before that stays a stand-in class
@@ -23,11 +28,34 @@ import types
 from typing import Any
 
 # module -> the classes typer imports from it at start
-DEFERRED: dict[str, tuple[str, ...]] = {"rich.markdown": ("Markdown",), "rich.traceback": ("Traceback",)}
+DEFERRED: dict[str, tuple[str, ...]] = {
+    "rich.markdown": ("Markdown",),
+    "rich.traceback": ("Traceback",),
+    "typer.rich_utils": (),
+}
+# module -> the functions typer calls at start whose result it keeps for later (made on its first use)
+CALLED_AT_START: dict[str, tuple[str, ...]] = {"typer.rich_utils": ("_get_rich_console",)}
 
 
-def defer(name: str, classes: tuple[str, ...]) -> None:
-    """Put a stand-in for the module `name` (a submodule of an importable package) in sys.modules."""
+class _Later:
+    """What a deferred module's function returns when typer calls it at start: the real result, made on
+    first use (an attribute) from the real function."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+        self._real: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        if self._real is None:
+            self._real = self._make()
+        return getattr(self._real, attr)
+
+
+def defer(name: str, classes: tuple[str, ...], called: tuple[str, ...] = ()) -> None:
+    """Put a stand-in for the module `name` (a submodule of an importable package) in sys.modules:
+    `classes` are stand-in classes, `called` functions whose result is a _Later."""
     if name in sys.modules:
         return
     stand_in = types.ModuleType(name, f"stand-in: the real {name} is loaded on first use")
@@ -57,13 +85,21 @@ def defer(name: str, classes: tuple[str, ...]) -> None:
         doc = f"Stands for {name}.{class_name} until the first one is made."
         return StandInType(class_name, (), {"__new__": __new__, "__doc__": doc, "__module__": name})
 
+    def stand_in_function(function_name: str) -> Any:
+        def function(*args: Any, **kwargs: Any) -> _Later:
+            return _Later(lambda: getattr(load(), function_name)(*args, **kwargs))
+
+        return function
+
     stand_in.__getattr__ = __getattr__  # type: ignore[method-assign]
     for class_name in classes:
         setattr(stand_in, class_name, stand_in_class(class_name))
+    for function_name in called:
+        setattr(stand_in, function_name, stand_in_function(function_name))
     sys.modules[name] = stand_in
     package, _, attr = name.rpartition(".")
     setattr(importlib.import_module(package), attr, stand_in)  # as an import would bind it
 
 
 for _name, _classes in DEFERRED.items():
-    defer(_name, _classes)
+    defer(_name, _classes, CALLED_AT_START.get(_name, ()))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -62,23 +61,6 @@ def warning(message: str) -> None:
 
 def note(message: str) -> None:
     err.print(f"[dim]{escape(message)}[/]")
-
-
-def print_data(data: Any, fmt: str) -> None:
-    """JSON or YAML to stdout, untouched by rich.
-
-    JSON is indented for a person at a terminal; piped or redirected it is one line from the C
-    encoder (indenting is pure Python: a 200-pod verify report took 0.3 s to indent, 0.05 s not to).
-    The indented form is streamed (json.dumps would hold its every piece in one list)."""
-    if fmt == "yaml":
-        import yaml
-
-        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
-    elif sys.stdout.isatty():
-        json.dump(data, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(json.dumps(data) + "\n")
 
 
 NARROW = 110  # below this many columns the expected path goes under the live one, not beside it

@@ -199,6 +199,7 @@ def test_offline_commands_do_not_import_the_kubernetes_client():
         "assert 'kubernetes' not in sys.modules, 'kubernetes imported'\n"
         "assert 'markdown_it' not in sys.modules, 'rich.markdown loaded at start'\n"
         "assert 'pygments' not in sys.modules, 'rich.traceback loaded at start'\n"
+        "assert 'rich.console' not in sys.modules, 'rich loaded for -o json'\n"
         "assert 'podnat.istio.ambient' not in sys.modules, 'ambient rule model loaded for a sidecar table'\n"
         "assert 'podnat.report' not in sys.modules, 'the pod reports loaded for a saved table'\n"
     )
@@ -222,6 +223,16 @@ def test_rich_markdown_deferred_at_start_still_works_when_used():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "Title" in result.stdout and "some text" in result.stdout
+
+
+def test_typer_rich_help_and_usage_errors_still_work_with_rich_loaded_on_first_use():
+    shown = podnat("explain", "--help")
+    assert shown.returncode == 0 and "explain [OPTIONS] FILE" in shown.stdout
+    assert "╭─ Options" in shown.stdout and "--pod-ip" in shown.stdout  # typer's rich help panels
+    listed = podnat("--help")
+    assert listed.returncode == 0 and "explain" in listed.stdout and "╭─ Commands" in listed.stdout
+    refused = podnat("explain", str(DEFAULT), "-o", "xml")
+    assert refused.returncode == 2 and "╭─ Error" in refused.stderr and "'xml' is not one of" in refused.stderr
 
 
 def test_rich_traceback_deferred_at_start_still_works_when_used():

@@ -496,7 +496,7 @@ def test_svg_looks_like_the_reference(case, index, other, tmp_path):
 def test_json_is_indented_on_a_terminal_and_one_line_when_piped(capsys, monkeypatch):
     import sys
 
-    from podnat.render.console import print_data
+    from podnat.render.emit import print_data
 
     data = {"pods": [{"name": "a", "flows": [1, 2]}], "summary": {"ok": 1}}
     print_data(data, "json")
