@@ -999,6 +999,29 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+def _for_argv(argv: list[str]) -> typer.Typer:
+    """The app as typer should build it for this command line: when it names a command, that command
+    alone (typer reads each command's signature into click parameters when the app runs, ~2 ms a
+    command); else every command, for the help that lists them. Usage, help and errors of the named
+    command are the same either way."""
+    import copy
+
+    from typer.main import get_command_name
+
+    name = argv[1] if len(argv) > 1 else None
+    commands = [
+        c
+        for c in app.registered_commands
+        if (c.name or (get_command_name(c.callback.__name__) if c.callback is not None else None)) == name
+    ]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not commands and not groups:
+        return app
+    only = copy.copy(app)
+    only.registered_commands, only.registered_groups = commands, groups
+    return only
+
+
 def main() -> None:
     """Entry point for `podnat` and `kubectl-podnat`."""
     # One command, then exit: the cyclic collector stays off. Tables of 100,000 rules are built without
@@ -1006,7 +1029,7 @@ def main() -> None:
     # frees what is dropped. The node agent, which runs for weeks, turns it back on (agent/main.py).
     gc.disable()
     try:
-        app()
+        _for_argv(sys.argv)()
     except PodnatError as exc:  # raised outside a command (the commands' own are _Commands')
         from podnat.render.console import error
 

@@ -314,3 +314,20 @@ def test_a_tproxy_table_with_its_own_mark_is_followed_with_that_mark():
     text = TPROXY.read_text().replace("0x539", "0x7")
     assert "0x7/0xffffffff" in text
     assert _flows(text) == _flows(TPROXY.read_text())
+
+
+def test_a_named_command_is_built_alone_and_anything_else_sees_every_command():
+    code = (
+        "import typer.main\n"
+        "from podnat.cli import _for_argv, app\n"
+        "def built(*argv):\n"
+        "    return sorted(typer.main.get_command(_for_argv(['podnat', *argv])).commands)\n"
+        "every = sorted(typer.main.get_command(app).commands)\n"
+        "assert {'explain', 'trace', 'inspect', 'verify', 'lab', 'version'} <= set(every), every\n"
+        "assert built('explain', 'x.txt') == ['explain']\n"
+        "assert built('lab', 'up') == ['lab']\n"
+        "assert built() == built('--help') == built('--debug', 'explain') == built('explian') == every\n"
+        "assert sorted(typer.main.get_command(app).commands) == every  # the app itself is left whole\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
