@@ -14,6 +14,7 @@ from itertools import compress
 from operator import attrgetter
 
 from podnat.netfilter.model import Rule, Ruleset
+from podnat.netfilter.runs import representatives
 
 _OUT_IFACE = attrgetter("out_iface")
 
@@ -34,9 +35,10 @@ def predates_split_listeners(ruleset: Ruleset) -> tuple[str, ...]:
     signs: list[str] = []
     chains = nat.chains
 
-    def rules(name: str) -> tuple[Rule, ...]:
+    def rules(name: str) -> list[Rule]:
+        # one rule for each run read from one template: these signs are in no rule's address
         chain = chains.get(name)
-        return chain.rules if chain is not None else ()
+        return list(representatives(chain)) if chain is not None else []
 
     ports = {
         name: {m.group(1) for r in rules(name) if (m := _TO_PORTS.search(r.spec))}

@@ -14,6 +14,7 @@ from itertools import compress
 from operator import attrgetter
 
 from podnat.netfilter.model import Rule, Ruleset
+from podnat.netfilter.runs import representatives
 
 DEFAULT_PROXY_ID = 1337
 _OUTPUT_CHAINS = ("ISTIO_OUTPUT", "istio-output")
@@ -50,7 +51,8 @@ def _output_rules(ruleset: Ruleset) -> Iterator[Rule]:
         for name in _OUTPUT_CHAINS:
             chain = table.chains.get(name)
             if chain is not None:
-                yield from compress(chain.rules, map(_MATCHES, chain.rules))
+                rules = list(representatives(chain))  # one of each run read from one template
+                yield from compress(rules, map(_MATCHES, rules))
 
 
 def proxy_identity_in_table(ruleset: Ruleset) -> TableIdentity | None:

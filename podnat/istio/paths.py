@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 from enum import Enum
+from itertools import chain as concat
 from itertools import groupby
 from operator import attrgetter
 
@@ -31,6 +32,7 @@ from podnat.istio.flows import DNS_PROXY_PORT, Endpoint, FlowSpec, FlowType, Ide
 from podnat.netfilter.matches import parse_mark
 from podnat.netfilter.model import Family, IPAddress, Rule, Ruleset
 from podnat.netfilter.packet import Packet
+from podnat.netfilter.runs import representatives
 from podnat.netfilter.traverse import TableTrace, VerdictKind, traverse
 
 MAX_LEGS = 8
@@ -323,7 +325,7 @@ def tproxy_mark(ruleset: Ruleset) -> int | None:
     """The mark of the table's TPROXY capture (`--tproxy-mark`, nft `tproxy ... meta mark set`), or None
     when nothing is captured by TPROXY: a saved table says whether its pod's Envoy is transparent."""
     for table in ruleset.tables.values():
-        for target, _ in groupby(map(_TARGET, table.rules())):
+        for target, _ in groupby(map(_TARGET, concat.from_iterable(map(representatives, table.chains.values())))):
             if target is not None and target.name == "TPROXY":
                 option = target.get("tproxy-mark")
                 return parse_mark(option.args[0])[0] if option is not None and option.args else 1337

@@ -23,7 +23,7 @@ from podnat.netfilter.addresses import WIDTH, by_prefix, cond_networks, network_
 from podnat.netfilter.matches import parse_mark, rule_matches
 from podnat.netfilter.model import Chain, Cond, Family, Rule, Ruleset, Table
 from podnat.netfilter.packet import Packet
-from podnat.netfilter.runs import AddressRun, chain_runs
+from podnat.netfilter.runs import AddressRun, chain_runs, representatives
 from podnat.netfilter.traverse import traverse
 
 MAX_PACKETS = 20000
@@ -120,8 +120,8 @@ def _reachable_chains(table: Table, entry: str) -> list[str]:
         return []
     order, todo = [entry], [entry]
     while todo:
-        # consecutive rules with one target (read from one template) are looked at once
-        for target, _ in groupby(map(_TARGET, table.chains[todo.pop()].rules)):
+        # a run read from one template is looked at once, and consecutive rules with one target too
+        for target, _ in groupby(map(_TARGET, representatives(table.chains[todo.pop()]))):
             name = target.name if target else None
             if name in table.chains and name not in order:
                 order.append(name)

@@ -32,7 +32,7 @@ from podnat.netfilter.packet import Packet
 MIN_RUN = 8  # shorter runs are scanned: a lookup costs about as much as testing a few rules
 
 RunIndex = tuple["AddressRun | None", ...]  # per rule of a chain, the run it is in; () when none
-Blocks = tuple[tuple[int, int, str], ...]  # (start, stop, field): rules the bulk reader read as one run
+Blocks = tuple[tuple[int, int, str], ...]  # (start, stop, field): rules the bulk reader read as one run, in order
 
 # Beside the chains, keyed by id(chain): a chain is not hashed (that would hash its rules), and the
 # entries go when the chain does (weakref.finalize), before its id can be reused.
@@ -88,8 +88,32 @@ def chain_runs(chain: Chain) -> RunIndex:
     if runs is None:
         if key not in _BLOCKS:
             weakref.finalize(chain, _forget, key)
-        runs = _INDEXES[key] = find_runs(chain.rules, blocks=_BLOCKS.pop(key, ()))
+        runs = _INDEXES[key] = find_runs(chain.rules, blocks=_BLOCKS.get(key, ()))
     return runs
+
+
+def spans(chain: Chain) -> Iterator[tuple[int, int]]:
+    """The chain's rules as consecutive ranges (start, stop), 0-based: each run the bulk reader read
+    from one template as one range (rules alike but for one `-s`/`-d` address, their text, position,
+    line and counters: their protocol, interfaces, matches and target are the same objects), every
+    other rule alone. A question about a whole table that no rule's address, position or counters
+    answers needs one rule of each range (a pod's 100,000 excluded CIDRs are one range)."""
+    done = 0
+    for start, stop, _ in (*_BLOCKS.get(id(chain), ()), (len(chain.rules), len(chain.rules), "")):
+        yield from ((i, i + 1) for i in range(done, start))
+        if stop > start:
+            yield start, stop
+        done = stop
+
+
+def representatives(chain: Chain) -> Iterator[Rule]:
+    """The first rule of each of the chain's spans, in order (see spans)."""
+    rules = chain.rules
+    done = 0
+    for start, stop, _ in _BLOCKS.get(id(chain), ()):
+        yield from rules[done : start + 1]
+        done = stop
+    yield from rules[done:]
 
 
 def note_blocks(chain: Chain, blocks: Blocks) -> None:

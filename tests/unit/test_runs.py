@@ -3,7 +3,9 @@
 - networks read as integers (podnat.netfilter.addresses) equal what ipaddress reads, and fail where it fails;
 - rules read from a template (netfilter/_bulk.py) equal rules read one by one (grammar.parse_rule);
 - the run index (podnat.netfilter.runs) finds the same first match and counts the same rules as
-  testing every rule (`traverse(..., indexed=False)`), on random tables and packets.
+  testing every rule (`traverse(..., indexed=False)`), on random tables and packets;
+- a chain's spans (runs.spans) cover its rules in order, and the rules of a span differ in nothing
+  but their address, text, position, line and counters.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from podnat.netfilter.grammar import parse_rule
 from podnat.netfilter.model import Counters, Family, Rule
 from podnat.netfilter.packet import Packet
 from podnat.netfilter.parse import parse_ruleset
-from podnat.netfilter.runs import MIN_RUN, AddressRun, chain_runs, find_runs
+from podnat.netfilter.runs import MIN_RUN, AddressRun, chain_runs, find_runs, representatives, spans
 from podnat.netfilter.traverse import traverse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -387,3 +389,53 @@ def test_an_index_goes_with_its_chain() -> None:
     assert key in run_index._INDEXES
     del ruleset
     assert key not in run_index._INDEXES and key not in run_index._BLOCKS
+
+
+# --- spans: whole-table questions asked of one rule per run ---------------------------------------
+
+_ALIKE = ("table", "chain", "protocol", "in_iface", "out_iface", "fragment", "matches", "target")
+
+
+@settings(max_examples=200, deadline=None)
+@given(tables(), st.integers(0, 80), st.booleans())
+def test_spans_cover_the_rules_and_their_rules_differ_only_by_address(text: str, padding: int, indexed: bool) -> None:
+    text = "\n".join(["# padding"] * padding + text.splitlines()) + "\n"
+    for chain in parse_ruleset(text, Family.IPV4).tables["nat"].chains.values():
+        if indexed:
+            chain_runs(chain)  # (the spans are the same once the chain's index is built)
+        ranges = list(spans(chain))
+        assert [i for start, stop in ranges for i in range(start, stop)] == list(range(len(chain.rules)))
+        for start, stop in ranges:
+            first = chain.rules[start]
+            for rule in chain.rules[start + 1 : stop]:
+                assert all(getattr(rule, name) == getattr(first, name) for name in _ALIKE)
+                assert (rule.source is None) == (first.source is None)
+                assert (rule.destination is None) == (first.destination is None)
+        assert list(representatives(chain)) == [chain.rules[start] for start, _ in ranges]
+
+
+def test_a_pods_excluded_cidrs_are_one_span() -> None:
+    chain = parse_ruleset(_synthetic(1000)).tables["nat"].chains["ISTIO_OUTPUT"]
+    assert (7, 1008) in list(spans(chain))  # `-d 127.0.0.1/32 -j RETURN` and the 1,000 CIDRs after it
+    assert len(list(representatives(chain))) == len(chain.rules) - 1000
+
+
+def test_whole_table_questions_give_the_same_answers_when_asked_of_one_rule_per_span() -> None:
+    from podnat.istio.explain import captured_nameservers
+    from podnat.istio.paths import tproxy_mark
+
+    saved = REPO / "tests/data/istio/kernel-save/iptables"
+    dns = (saved / "dns-uid-gid.v4.iptables-save").read_text()
+    resolvers = [f"10.{i // 256}.{i % 256}.53" for i in range(300)]
+    redirects = "".join(
+        f"-A ISTIO_OUTPUT_DNS -d {r}/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053\n" for r in resolvers
+    )
+    first = "-A ISTIO_OUTPUT_DNS -d 127.0.0.53/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053\n"
+    ruleset = parse_ruleset(dns.replace(first, first + redirects))
+    chain = ruleset.tables["nat"].chains["ISTIO_OUTPUT_DNS"]
+    assert any(stop - start > 300 for start, stop in spans(chain))  # read as one run
+    assert captured_nameservers(ruleset) == ("127.0.0.53", *resolvers)
+    tproxy = (saved / "tproxy.v4.iptables-save").read_text()
+    inbound = "-A ISTIO_INBOUND -p tcp -j ISTIO_TPROXY\n"
+    returns = "".join(f"-A ISTIO_INBOUND -d 10.1.{i // 256}.{i % 256}/32 -j RETURN\n" for i in range(300))
+    assert tproxy_mark(parse_ruleset(tproxy.replace(inbound, returns + inbound))) == 0x539
