@@ -210,6 +210,14 @@ def _build(conds: list[Cond], start: int, field: str) -> AddressRun:
     stop = start + len(conds)
     nets = list(concat.from_iterable(map(_NETWORKS, conds)))
     kinds = by_prefix(nets) if len(nets) == len(conds) else None
+    if kinds is not None and len(kinds) == 1:  # one network per rule, one prefix length: a pod's excluded CIDRs
+        ((version, length),) = kinds
+        shift = WIDTH[version] - length
+        keys = list(map(rshift, map(_NETWORK, nets), repeat(shift)))
+        first = dict(zip(reversed(keys), range(stop - 1, start - 1, -1), strict=True))  # the first position wins
+        if len(first) == len(keys):
+            return AddressRun(start, stop, field, (PrefixTable(version, shift, first, {}),))
+        kinds = None  # a network listed again: the general way below keeps the later positions too
     if kinds is not None:  # one network per rule: each prefix length's table built in C
         fast: list[PrefixTable] = []
         for (version, length), mask in kinds.items():

@@ -296,7 +296,18 @@ cidr_values = st.one_of(
 )
 
 
-@given(st.lists(cidr_values, max_size=12))
+one_length = st.integers(0, 32).flatmap(
+    lambda n: st.lists(
+        st.one_of(
+            st.integers(0, 2**32 - 1).map(lambda a: f"{ipaddress.IPv4Address(a)}/{n}"),  # the usual run
+            cidr_values,  # and now and then another value
+        ),
+        max_size=12,
+    )
+)
+
+
+@given(st.one_of(st.lists(cidr_values, max_size=12), one_length))
 def test_bulk_networks_read_as_parse_networks_reads_them(values: list[str]) -> None:
     bulk = bulk_networks(values)
     if bulk is None:  # some value is not a.b.c.d/N: each is then read alone
