@@ -23,7 +23,7 @@ from functools import partial
 from itertools import repeat
 from operator import attrgetter, itemgetter
 
-from podnat.netfilter.addresses import address_cond, bulk_networks
+from podnat.netfilter.addresses import address_cond, bulk_read
 from podnat.netfilter.errors import ParseError
 from podnat.netfilter.grammar import COUNTER_PREFIX, parse_rule, rule_spec, tokenise
 from podnat.netfilter.model import Cond, Counters, Rule
@@ -180,7 +180,7 @@ def chain_rules(
     together (_Group). A template whose slot does not land exactly in -s/-d is not used.
     """
     rules: list[Rule] = []
-    blocks: list[tuple[int, int, str]] = []
+    blocks: list[tuple[int, int, str, tuple[list[int], list[int]] | None]] = []
     group = _Group(chain, None)
     position = 1
     for entry, template, addresses in _with_templates(table, chain, entries, chain_names, templates):
@@ -287,7 +287,9 @@ class _Group:
         self.counters.extend(counters)
         self.addresses.extend(addresses)
 
-    def flush_into(self, rules: list[Rule], seen: Seen, blocks: list[tuple[int, int, str]]) -> None:
+    def flush_into(
+        self, rules: list[Rule], seen: Seen, blocks: list[tuple[int, int, str, tuple[list[int], list[int]] | None]]
+    ) -> None:
         """Append the group's rules (the template with each rule's address, position, line, text and
         counters) and, when their addresses can be looked up, the group as a block."""
         template = self.template
@@ -295,7 +297,8 @@ class _Group:
             return
         slot = template.source if template.source is not None else template.destination
         assert slot is not None
-        networks = bulk_networks(self.addresses)
+        read = bulk_read(self.addresses)
+        networks, known = (read[0], (read[1], read[2])) if read else (None, None)
         if networks is None:
             conds = [address_cond(address, slot.negated) for address in self.addresses]
             for cond in conds:
@@ -306,7 +309,8 @@ class _Group:
             seen.versions.add(4)
         source = template.source is not None
         if len(conds) > 1 and not slot.negated and (networks is not None or all(map(_NETWORKS, conds))):
-            blocks.append((len(rules), len(rules) + len(conds), "source" if source else "destination"))
+            address_field = "source" if source else "destination"
+            blocks.append((len(rules), len(rules) + len(conds), address_field, known))
         rules.extend(
             map(
                 _new_rule,

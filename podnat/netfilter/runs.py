@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import weakref
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain as concat
 from itertools import compress, groupby, repeat
@@ -32,7 +32,9 @@ from podnat.netfilter.packet import Packet
 MIN_RUN = 8  # shorter runs are scanned: a lookup costs about as much as testing a few rules
 
 RunIndex = tuple["AddressRun | None", ...]  # per rule of a chain, the run it is in; () when none
-Blocks = tuple[tuple[int, int, str], ...]  # (start, stop, field): rules the bulk reader read as one run, in order
+# (start, stop, field, known): rules the bulk reader read as one run, in order; `known`: their IPv4
+# networks as it read them (prefix lengths, networks as integers), else None
+Blocks = tuple[tuple[int, int, str, "tuple[list[int], list[int]] | None"], ...]
 
 # Beside the chains, keyed by id(chain): a chain is not hashed (that would hash its rules), and the
 # entries go when the chain does (weakref.finalize), before its id can be reused.
@@ -99,7 +101,7 @@ def spans(chain: Chain) -> Iterator[tuple[int, int]]:
     other rule alone. A question about a whole table that no rule's address, position or counters
     answers needs one rule of each range (a pod's 100,000 excluded CIDRs are one range)."""
     done = 0
-    for start, stop, _ in (*_BLOCKS.get(id(chain), ()), (len(chain.rules), len(chain.rules), "")):
+    for start, stop, _, _ in (*_BLOCKS.get(id(chain), ()), (len(chain.rules), len(chain.rules), "", None)):
         yield from ((i, i + 1) for i in range(done, start))
         if stop > start:
             yield start, stop
@@ -110,7 +112,7 @@ def representatives(chain: Chain) -> Iterator[Rule]:
     """The first rule of each of the chain's spans, in order (see spans)."""
     rules = chain.rules
     done = 0
-    for start, stop, _ in _BLOCKS.get(id(chain), ()):
+    for start, stop, _, _ in _BLOCKS.get(id(chain), ()):
         yield from rules[done : start + 1]
         done = stop
     yield from rules[done:]
@@ -140,14 +142,16 @@ def find_runs(rules: tuple[Rule, ...], min_run: int = MIN_RUN, blocks: Blocks = 
     at: list[AddressRun | None] = [None] * len(rules)
     found = False
     done = 0
-    for start, stop, field in (*blocks, (len(rules), len(rules), "")):
+    for start, stop, field, known in (*blocks, (len(rules), len(rules), "", None)):
         if stop - start < min_run and stop < len(rules):
             continue  # too short to index: the rules go with those around them
         for run in _scan(rules, done, start, min_run):
             at[run.start : run.stop] = [run] * (run.stop - run.start)
             found = True
         if stop > start:
-            run = _build(list(map(attrgetter(field), rules[start:stop])), start, field)
+            run = (_from_networks(known, start, field) if known else None) or _build(
+                list(map(attrgetter(field), rules[start:stop])), start, field
+            )
             at[start:stop] = [run] * (stop - start)
             found = True
         done = stop
@@ -205,6 +209,29 @@ def _indexable(cond: Cond | None) -> bool:
     return cond is not None and not cond.negated and bool(cond.networks)
 
 
+def _from_networks(known: tuple[list[int], list[int]], start: int, field: str) -> AddressRun | None:
+    """The run of rules start.. whose addresses are the IPv4 networks the bulk reader read, when all but
+    a few at the start have one prefix length (a pod's excluded CIDRs after `-d 127.0.0.1/32`): that
+    length's table is built in C. None otherwise, or when a network is listed twice (_build then)."""
+    prefixes, nets = known
+    length = prefixes[-1]
+    few = len(prefixes) - prefixes.count(length)
+    if few > 8 or prefixes[few:].count(length) != len(prefixes) - few:
+        return None
+    shift = 32 - length
+    keys = list(map(rshift, nets[few:], repeat(shift))) if shift else nets[few:]
+    stop = start + len(prefixes)
+    first = dict(zip(reversed(keys), range(stop - 1, start + few - 1, -1), strict=True))  # the first position wins
+    if len(first) != len(keys):
+        return None
+    tables = {length: first}
+    for position, (other, net) in enumerate(zip(prefixes[:few], nets[:few], strict=True), start=start):
+        table = tables.setdefault(other, {})
+        if table.setdefault(net >> (32 - other), position) != position:
+            return None
+    return AddressRun(start, stop, field, _ordered(PrefixTable(4, 32 - n, table, {}) for n, table in tables.items()))
+
+
 def _build(conds: list[Cond], start: int, field: str) -> AddressRun:
     """The prefix tables of the rules start.. whose addresses are `conds` (one per rule)."""
     stop = start + len(conds)
@@ -229,7 +256,7 @@ def _build(conds: list[Cond], start: int, field: str) -> AddressRun:
                 break  # a network listed again: the general way below keeps the later positions too
             fast.append(PrefixTable(version, shift, first, {}))
         else:
-            return AddressRun(start, stop, field, tuple(fast))
+            return AddressRun(start, stop, field, _ordered(fast))
     tables: dict[tuple[int, int], PrefixTable] = {}
     for position, cond in enumerate(conds, start=start):
         for version, length, network in cond.networks:
@@ -243,7 +270,15 @@ def _build(conds: list[Cond], start: int, field: str) -> AddressRun:
                 later = table.later.setdefault(key, [])
                 if not later or later[-1] != position:  # a network listed twice in one rule counts once
                     later.append(position)
-    return AddressRun(start, stop, field, tuple(tables.values()))
+    return AddressRun(start, stop, field, _ordered(tables.values()))
+
+
+def _ordered(tables: Iterable[PrefixTable]) -> tuple[PrefixTable, ...]:
+    """A run's prefix tables in one order (IP version, then longest prefix first), however found."""
+    return tuple(sorted(tables, key=_ORDER))
+
+
+_ORDER = attrgetter("version", "shift")
 
 
 _NETWORK = itemgetter(2)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from podnat.netfilter import runs as run_index
 from podnat.netfilter.addresses import bulk_networks, parse_networks
 from podnat.netfilter.grammar import parse_rule
-from podnat.netfilter.model import Counters, Family, Rule
+from podnat.netfilter.model import Cond, Counters, Family, Rule
 from podnat.netfilter.packet import Packet
 from podnat.netfilter.parse import parse_ruleset
 from podnat.netfilter.runs import MIN_RUN, AddressRun, chain_runs, find_runs, representatives, spans
@@ -376,9 +376,9 @@ def test_runs_of_one_shape_are_found_in_the_text() -> None:
 
 
 def test_the_parser_hands_its_blocks_to_the_run_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    handed: list[tuple[tuple[int, int, str], ...]] = []
+    handed: list[Any] = []
 
-    def find(rules: tuple[Rule, ...], min_run: int = MIN_RUN, blocks: tuple[tuple[int, int, str], ...] = ()) -> Any:
+    def find(rules: tuple[Rule, ...], min_run: int = MIN_RUN, blocks: Any = ()) -> Any:
         handed.append(blocks)
         return find_runs(rules, min_run, blocks)
 
@@ -387,7 +387,11 @@ def test_the_parser_hands_its_blocks_to_the_run_index(monkeypatch: pytest.Monkey
     chain = ruleset.tables["nat"].chains["ISTIO_OUTPUT"]
     assert chain_runs(chain) == find_runs(chain.rules)  # the same runs as grouping every rule
     assert chain_runs(chain) is chain_runs(chain)  # built once, kept beside the chain
-    assert handed == [((7, 1008, "destination"),)]
+    assert [(start, stop, field) for start, stop, field, _ in handed[0]] == [(7, 1008, "destination")]
+    ((_, _, _, (lengths, networks)),) = handed[0]  # and the networks as it read them, for the index
+    assert lengths == [32] + [30] * 1000 and networks[:2] == [0x7F000001, 0x64400000]
+    run = chain_runs(chain)[7]
+    assert run is not None and {(t.shift, len(t.first)) for t in run.tables} == {(0, 1), (2, 1000)}
     negated = parse_ruleset(_synthetic(1000).replace("-A ISTIO_OUTPUT -d 100.", "-A ISTIO_OUTPUT ! -d 100."))
     chain_runs(negated.tables["nat"].chains["ISTIO_OUTPUT"])
     assert handed[1] == ()  # a negated address is not looked up
@@ -450,3 +454,29 @@ def test_whole_table_questions_give_the_same_answers_when_asked_of_one_rule_per_
     inbound = "-A ISTIO_INBOUND -p tcp -j ISTIO_TPROXY\n"
     returns = "".join(f"-A ISTIO_INBOUND -d 10.1.{i // 256}.{i % 256}/32 -j RETURN\n" for i in range(300))
     assert tproxy_mark(parse_ruleset(tproxy.replace(inbound, returns + inbound))) == 0x539
+
+
+def _masked(length: int, address: int) -> int:
+    return address >> (32 - length) << (32 - length)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 32), st.sampled_from([0x0A000000, 0x0A000001, 0x7F000001])), max_size=9),
+    st.integers(0, 32),
+    st.lists(st.integers(0, 2**32 - 1) | st.sampled_from([0x0A000000, 0x0A000001]), min_size=1, max_size=40),
+    st.integers(0, 20),
+)
+def test_an_index_from_the_readers_networks_equals_the_index_from_the_rules(
+    head: list[tuple[int, int]], length: int, tail: list[int], start: int
+) -> None:
+    prefixes = [n for n, _ in head] + [length] * len(tail)
+    nets = [_masked(n, a) for n, a in head] + [_masked(length, a) for a in tail]
+    conds = [Cond(f"{ipaddress.IPv4Address(a)}/{n}", False, ((4, n, a),)) for n, a in zip(prefixes, nets, strict=True)]
+    fast = run_index._from_networks((prefixes, nets), start, "destination")
+    if fast is not None:
+        assert fast == run_index._build(conds, start, "destination")
+    else:  # a network listed twice, or other lengths than the last one's but after it or more than 8
+        few = sum(n != length for n in prefixes)
+        twice = len(set(zip(prefixes, nets, strict=True))) < len(nets)
+        assert twice or few > 8 or any(n == length for n in prefixes[:few])
