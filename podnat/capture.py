@@ -13,9 +13,10 @@ empty legacy view of a pod whose rules are all in nf_tables.
 
 `nat_tables` uses the backend that holds Istio's rules (chains named ISTIO_*, any case); when both do,
 it traces the nf_tables one and says that legacy holds them too (the kernel runs both at each hook).
-When no iptables binary can be read, nft's own listing still shows iptables-nft tables (`table ip nat`
-with upper-case ISTIO_* chains), and those are recognised too, as are Istio's native tables
-(`inet istio-proxy-nat`, 1.27+).
+When no iptables binary is in the image, nft's own listing still shows iptables-nft tables (`table ip
+nat` with upper-case ISTIO_* chains), and those are recognised too, as are Istio's native tables
+(`inet istio-proxy-nat`, 1.27+). A dump that ran and failed (a table its own writer cannot print) is a
+failure, not a reason to trace what is left of it.
 """
 
 from __future__ import annotations
@@ -313,6 +314,9 @@ def nat_tables(capture: Capture) -> NatTables | NatFailure:
     if with_rules:
         backend = with_rules[0]
         v4, v6 = by_backend[backend]
+        unreadable = _unreadable((v4, v6) if backend is not Backend.LEGACY else (v4,), content)
+        if unreadable is not None:
+            return unreadable
         also = tuple(_command(by_backend[b]) for b in with_rules[1:])
         v4_text = v4.section.stdout if v4 is not None and v4.section.returncode == 0 else ""
         # iptables-nft-save warns on stderr when legacy tables exist: keep it with the dump, as a comment
@@ -335,10 +339,27 @@ def nat_tables(capture: Capture) -> NatTables | NatFailure:
     if content is NftContent.NATIVE and nft_text is not None:
         return NatTables(_nft_command(nft_text) + " (native nftables)", "", None, nft_text, None)
     if content is NftContent.IPTABLES_NFT and nft_text is not None:
+        unreadable = _unreadable((*by_backend[Backend.NFT], *by_backend[Backend.UNQUALIFIED]), content)
+        if unreadable is not None:
+            return unreadable
         # No iptables binary could read them; nft's listing of the same tables serves (same rules).
         nft_v6 = nft_text if _nft_istio_families(nft_text) & {"ip6", "inet"} else None
         return NatTables(_nft_command(nft_text) + " (iptables-nft tables)", nft_text, nft_v6, nft_text, None)
     return _failure(capture, content)
+
+
+def _unreadable(dumps: tuple[IptablesDump | None, ...], content: NftContent) -> NatFailure | None:
+    """The first of `dumps` that ran and failed (not denied, not missing): a table its own writer cannot
+    print (e.g. another tool's nft rule in iptables-nft's nat table: iptables-nft-save exits 3 with the
+    dump cut short). Tracing the rest, or nft's listing of the same tables (xtables matches and targets
+    it shows as opaque `xt` expressions), would report flows as unknown or drift: it is an error.
+    Legacy's IPv6 dump is not asked: it fails where the kernel has no ip6_tables, which is no table."""
+    failed = next((d for d in dumps if d is not None and d.state is DumpState.FAILED), None)
+    if failed is None:
+        return None
+    return NatFailure(
+        NatProblem.FAILED, failed.command, _one_line(failed.section), failed.section.returncode, nft=content
+    )
 
 
 def _failure(capture: Capture, content: NftContent) -> NatFailure:

@@ -173,3 +173,24 @@ def test_unqualified_only_where_neither_backend_exists(tmp_path: Path) -> None:
         (Backend.UNQUALIFIED, IpFamily.V4): DumpState.EMPTY,
     }
     assert capture.listeners is None
+
+
+@pytest.mark.parametrize(
+    ("name", "nft_states"),
+    [
+        # IPv6 rules print: the IPv4 table (empty of what iptables-nft-save could not print) must not be traced
+        ("nft-rules-unprintable", (DumpState.FAILED, DumpState.ISTIO)),
+        # IPv4 only: nft's listing of the same tables shows iptables' matches as opaque `xt` expressions
+        ("nft-v4-rules-unprintable", (DumpState.FAILED, DumpState.EMPTY)),
+    ],
+)
+def test_a_table_iptables_nft_save_cannot_print_is_a_failure(name: str, nft_states: tuple[DumpState, ...]) -> None:
+    """Another tool's nft rule in iptables-nft's nat table: iptables-nft-save exits 3 with the dump cut
+    short. That table is unreadable (an error for the pod), not a table to trace as unknown or drift."""
+    capture = recorded(name)
+    assert (states(name)[("nft", "v4")], states(name)[("nft", "v6")]) == nft_states
+    assert capture.nft_content is NftContent.IPTABLES_NFT
+    found = nat_tables(capture)
+    assert isinstance(found, NatFailure)
+    assert (found.problem, found.command, found.returncode) == (NatProblem.FAILED, "iptables-nft-save -c", 3)
+    assert found.detail.startswith("Error: meta sreg key not supported iptables-nft-save v1.8.9 (nf_tables): Parsing")

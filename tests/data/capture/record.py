@@ -1,6 +1,6 @@
 """Record the capture script's real output in network namespaces of this machine (root only).
 
-    sudo .venv/bin/python tests/data/capture/record.py
+    sudo .venv/bin/python tests/data/capture/record.py [SCENARIO ...]
 
 Each scenario is a fresh netns with Istio's default REDIRECT rules loaded the way some writer would
 (istio-init with iptables-nft, with iptables-legacy, both, or native nftables), some traffic to the
@@ -74,10 +74,15 @@ def run(
 
 
 def load(netns: str, writer: str) -> None:
-    if writer in ("nft", "legacy"):
-        for tool, text in (("iptables", V4), ("ip6tables", V6)):
-            result = run(netns, [f"{tool}-{writer}-restore"], input=text)
+    if writer in ("nft", "legacy", "nft-v4"):
+        backend, families = writer.removesuffix("-v4"), (("iptables", V4), ("ip6tables", V6))
+        for tool, text in families[:1] if writer.endswith("-v4") else families:
+            result = run(netns, [f"{tool}-{backend}-restore"], input=text)
             assert result.returncode == 0, result.stderr
+    elif writer == "foreign":
+        rule = "ip daddr { 192.0.2.1, 192.0.2.2 } meta mark set 0x1 counter"
+        result = run(netns, ["nft", f"add rule ip nat OUTPUT {rule}"])
+        assert result.returncode == 0, result.stderr
     elif writer == "native":
         result = run(netns, ["nft", "-f", "-"], input=NFT)
         assert result.returncode == 0, result.stderr
@@ -102,6 +107,10 @@ SCENARIOS = {
     "native-nftables": (("native",), False, True),  # --native-nftables (Istio 1.27+)
     "unprivileged": (("nft",), True, True),  # istio-proxy itself: uid 1337 without NET_ADMIN
     "nft-rules-no-nft-save": (("nft",), False, False),  # an image with only legacy binaries and nft
+    # another tool's nft rule in iptables-nft's nat table, one iptables-nft-save cannot print (exit 3)
+    "nft-rules-unprintable": (("nft", "foreign"), False, True),
+    # the same with IPv4 rules only (no table iptables-nft can print holds Istio's rules)
+    "nft-v4-rules-unprintable": (("nft-v4", "foreign"), False, True),
 }
 
 
@@ -109,7 +118,9 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("run as root: it creates network namespaces")
     script = capture_script(MARKER, 15000)
-    for name, (writers, unprivileged, with_nft_save) in SCENARIOS.items():
+    wanted = sys.argv[1:] or list(SCENARIOS)  # e.g. `record.py nft-rules-unprintable`: only that one
+    for name in wanted:
+        writers, unprivileged, with_nft_save = SCENARIOS[name]
         netns = f"podnat-rec-{os.getpid()}"
         tools = Path(f"/tmp/{netns}-tools")
         shutil.rmtree(tools, ignore_errors=True)
