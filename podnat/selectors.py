@@ -128,6 +128,26 @@ POD_FIELDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
 }
 POD_FIELDS["spec.hostNetwork"] = lambda pod: str(bool((pod.get("spec") or {}).get("hostNetwork"))).lower()
 
+# What the API server indexes for core/v1 Events (`kubectl describe` lists a pod's by involvedObject.*).
+EVENT_FIELDS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    name: _field(*name.split("."))
+    for name in (
+        "metadata.name",
+        "metadata.namespace",
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "type",
+    )
+}
+EVENT_FIELDS["source"] = _field("source", "component")
+
 
 @dataclass(frozen=True, slots=True)
 class FieldRequirement:
@@ -137,12 +157,17 @@ class FieldRequirement:
     equal: bool
     value: str
 
-    def matches(self, pod: Mapping[str, Any]) -> bool:
-        return (POD_FIELDS[self.field](pod) == self.value) == self.equal
+    def matches(
+        self, obj: Mapping[str, Any], fields: Mapping[str, Callable[[Mapping[str, Any]], str]] = POD_FIELDS
+    ) -> bool:
+        return (fields[self.field](obj) == self.value) == self.equal
 
 
-def parse_field_selector(text: str | None) -> list[FieldRequirement]:
-    """`metadata.name=x,status.phase!=Failed`; a field pods do not index is refused, as in Kubernetes."""
+def parse_field_selector(
+    text: str | None, fields: Mapping[str, Callable[[Mapping[str, Any]], str]] = POD_FIELDS
+) -> list[FieldRequirement]:
+    """`metadata.name=x,status.phase!=Failed`; a field the kind (`fields`: pods by default) does not
+    index is refused, as in Kubernetes."""
     if not text or not text.strip():
         return []
     checks: list[FieldRequirement] = []
@@ -151,13 +176,18 @@ def parse_field_selector(text: str | None) -> list[FieldRequirement]:
         if not m:
             raise SelectorError(f"invalid selector: '{text}'; can't understand '{part}'")
         field, op, value = m.groups()
-        if field not in POD_FIELDS:
+        if field not in fields:
             raise SelectorError(f"field label not supported: {field}")
         checks.append(FieldRequirement(field, op != "!=", value))
     return checks
 
 
-def selects(pod: Mapping[str, Any], labels: Iterable[LabelRequirement], fields: Iterable[FieldRequirement]) -> bool:
-    """Does `pod` carry every label term and every field term."""
-    pod_labels = (pod.get("metadata") or {}).get("labels") or {}
-    return all(r.matches(pod_labels) for r in labels) and all(f.matches(pod) for f in fields)
+def selects(
+    obj: Mapping[str, Any],
+    labels: Iterable[LabelRequirement],
+    fields: Iterable[FieldRequirement],
+    index: Mapping[str, Callable[[Mapping[str, Any]], str]] = POD_FIELDS,
+) -> bool:
+    """Does `obj` (a pod, unless `index` says which fields its kind has) carry every label and field term."""
+    obj_labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(r.matches(obj_labels) for r in labels) and all(f.matches(obj, index) for f in fields)

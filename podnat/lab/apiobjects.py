@@ -8,7 +8,7 @@ does the serving.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +51,16 @@ def unauthorized() -> ApiError:
     return ApiError(401, "Unauthorized", "Unauthorized")
 
 
-def forbidden(user: str, verb: str, resource: str, namespace: str | None, name: str | None) -> ApiError:
-    """The RBAC authorizer's refusal, naming the verb, the (sub)resource and the namespace."""
+def forbidden(
+    user: str, verb: str, resource: str, namespace: str | None, name: str | None, group: str = ""
+) -> ApiError:
+    """The RBAC authorizer's refusal, naming the verb, the (sub)resource, its API group and the namespace."""
     kind = resource.split("/", maxsplit=1)[0]
+    if group:
+        kind = f"{kind}.{group}"  # `events.events.k8s.io "x" is forbidden: ...`
     subject = f'{kind} "{name}"' if name else kind
     where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-    message = f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group ""{where}'
+    message = f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group "{group}"{where}'
     details: dict[str, Any] = {"kind": kind}
     if name:
         details = {"name": name, "kind": kind}
@@ -158,6 +162,72 @@ def exec_internal_error(message: str) -> dict[str, Any]:
     }
 
 
+# --- RBAC: the rules of Roles and ClusterRoles, bound to a subject -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """One rule of a (Cluster)Role, granted cluster-wide (`namespace` None: a ClusterRoleBinding) or in
+    one namespace (a RoleBinding). `*` matches anything, as in Kubernetes."""
+
+    api_groups: frozenset[str]
+    resources: frozenset[str]  # "pods", "pods/exec", "*"
+    verbs: frozenset[str]
+    resource_names: frozenset[str] = frozenset()  # empty: any name
+    namespace: str | None = None
+
+    def allows(self, verb: str, group: str, resource: str, namespace: str | None, name: str | None) -> bool:
+        if self.namespace is not None and namespace != self.namespace:
+            return False
+        sub = resource.partition("/")[2]
+        return (
+            bool({"*", verb} & self.verbs)
+            and bool({"*", group} & self.api_groups)
+            and bool({"*", resource, *([f"*/{sub}"] if sub else [])} & self.resources)
+            and (not self.resource_names or name in self.resource_names)
+        )
+
+
+def allowed(
+    rules: Sequence[PolicyRule], verb: str, group: str, resource: str, namespace: str | None, name: str | None
+) -> bool:
+    return any(rule.allows(verb, group, resource, namespace, name) for rule in rules)
+
+
+def service_account_rules(documents: Sequence[Mapping[str, Any]], namespace: str, name: str) -> tuple[PolicyRule, ...]:
+    """The rules RBAC grants the ServiceAccount `namespace/name`, from manifests (Roles, ClusterRoles and
+    the bindings naming it): what the API server would authorise its token for, and nothing else."""
+    by_ref = {
+        (str(d.get("kind")), (d.get("metadata") or {}).get("namespace"), (d.get("metadata") or {}).get("name")): d
+        for d in documents
+        if d.get("kind") in ("Role", "ClusterRole")
+    }
+    out: list[PolicyRule] = []
+    for binding in documents:
+        kind = binding.get("kind")
+        if kind not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        where = (binding.get("metadata") or {}).get("namespace") if kind == "RoleBinding" else None
+        if not any(
+            s.get("kind") == "ServiceAccount" and s.get("name") == name and s.get("namespace", where) == namespace
+            for s in binding.get("subjects") or []
+        ):
+            continue
+        ref = binding.get("roleRef") or {}
+        role = by_ref.get((str(ref.get("kind")), where if ref.get("kind") == "Role" else None, ref.get("name")))
+        for rule in (role or {}).get("rules") or []:
+            out.append(
+                PolicyRule(
+                    frozenset(rule.get("apiGroups") or ()),
+                    frozenset(rule.get("resources") or ()),
+                    frozenset(rule.get("verbs") or ()),
+                    frozenset(rule.get("resourceNames") or ()),
+                    where,
+                )
+            )
+    return tuple(out)
+
+
 # --- selectors (the grammar is podnat.selectors, shared with the node agent) ----------------------
 
 
@@ -169,10 +239,12 @@ def parse_label_selector(text: str | None) -> list[LabelRequirement]:
         raise bad_request(str(err)) from None
 
 
-def parse_field_selector(text: str | None) -> list[FieldRequirement]:
-    """`metadata.name=x,status.phase!=Failed`; a field pods do not index is a 400, as in Kubernetes."""
+def parse_field_selector(
+    text: str | None, fields: Mapping[str, Callable[[Mapping[str, Any]], str]] = selectors.POD_FIELDS
+) -> list[FieldRequirement]:
+    """`metadata.name=x,status.phase!=Failed`; a field the kind does not index is a 400, as in Kubernetes."""
     try:
-        return selectors.parse_field_selector(text)
+        return selectors.parse_field_selector(text, fields)
     except SelectorError as err:
         raise bad_request(str(err)) from None
 
@@ -302,6 +374,38 @@ def pod_table(
     }
 
 
+# --- Events: one store, two views -------------------------------------------------------------------
+
+
+def core_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The core/v1 view of an events.k8s.io/v1 Event, converted as the API server converts it (both
+    APIs serve the same objects): `regarding` -> `involvedObject`, `note` -> `message`,
+    `reportingController` -> `reportingComponent`, the deprecated* fields to their old names. What
+    `kubectl describe` lists (by involvedObject.*) and prints (type, reason, age from eventTime or the
+    series, from, message)."""
+    out: dict[str, Any] = {
+        "kind": "Event",
+        "apiVersion": "v1",
+        "metadata": dict(event.get("metadata") or {}),
+        "involvedObject": dict(event.get("regarding") or {}),
+        "reason": event.get("reason", ""),
+        "message": event.get("note", ""),
+        "source": dict(event.get("deprecatedSource") or {}),
+        "firstTimestamp": event.get("deprecatedFirstTimestamp"),
+        "lastTimestamp": event.get("deprecatedLastTimestamp"),
+        "type": event.get("type", ""),
+        "eventTime": event.get("eventTime"),
+        "reportingComponent": event.get("reportingController", ""),
+        "reportingInstance": event.get("reportingInstance", ""),
+    }
+    if event.get("deprecatedCount"):
+        out["count"] = event["deprecatedCount"]
+    for key in ("series", "action", "related"):
+        if event.get(key) is not None:
+            out[key] = event[key]
+    return out
+
+
 # --- discovery and kubeconfig -----------------------------------------------------------------------
 
 
@@ -313,8 +417,33 @@ def api_versions(server_address: str) -> dict[str, Any]:
     }
 
 
+EVENTS_VERSION = {"groupVersion": "events.k8s.io/v1", "version": "v1"}
+
+
 def api_group_list() -> dict[str, Any]:
-    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [events_group()]}
+
+
+def events_group() -> dict[str, Any]:
+    return {"name": "events.k8s.io", "versions": [EVENTS_VERSION], "preferredVersion": EVENTS_VERSION}
+
+
+def events_v1_resources() -> dict[str, Any]:
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "events.k8s.io/v1",
+        "resources": [
+            {
+                "name": "events",
+                "singularName": "event",
+                "namespaced": True,
+                "kind": "Event",
+                "verbs": ["create", "get", "list", "patch"],
+                "shortNames": ["ev"],
+            }
+        ],
+    }
 
 
 def core_v1_resources() -> dict[str, Any]:
@@ -335,6 +464,7 @@ def core_v1_resources() -> dict[str, Any]:
                 shortNames=["ns"],
             ),
             resource("pods", "Pod", ["get", "list"], singularName="pod", shortNames=["po"], categories=["all"]),
+            resource("events", "Event", ["get", "list"], singularName="event", shortNames=["ev"]),
             resource("pods/ephemeralcontainers", "Pod", ["get", "patch"]),
             resource("pods/exec", "PodExecOptions", ["create", "get"]),
             resource("pods/log", "Pod", ["get"]),

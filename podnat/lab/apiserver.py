@@ -1,11 +1,14 @@
 """The lab's Kubernetes API server: serves `<root>/state.json` to the official client and kubectl.
 
-HTTPS on 127.0.0.1 with a CA of its own, two bearer tokens (full access, and read-only: get/list/log
-but no pods/exec, no pods/ephemeralcontainers), v1 Status errors. Pods list/get (label and field
-selectors, the server-side Table kubectl asks for), pods/log, pods/exec over WebSocket
-(v5.channel.k8s.io and v4.channel.k8s.io; SPDY is answered with a Status), PATCH
-pods/ephemeralcontainers (which also adds the container to the state file, so exec in it runs with
-the identity it asked for). docs/kubernetes-api.md records what the clients send.
+HTTPS on 127.0.0.1 with a CA of its own, three bearer tokens (full access; read-only: get/list/log
+but no pods/exec, no pods/ephemeralcontainers; and the node agent's ServiceAccount, with exactly the
+rules manifests/agent's RBAC binds to it, read from those files), v1 Status errors (403 as RBAC words
+them). Pods list/get/watch (label and field selectors, the server-side Table kubectl asks for),
+pods/log, pods/exec over WebSocket (v5.channel.k8s.io and v4.channel.k8s.io; SPDY is answered with a
+Status), PATCH pods/ephemeralcontainers (which also adds the container to the state file, so exec in
+it runs with the identity it asked for), pods/proxy, and Events in one store served as events.k8s.io/v1
+(create, get, patch, list) and as core/v1 (get, list: what `kubectl describe` reads).
+docs/kubernetes-api.md records what the clients send.
 
     python -m podnat.lab.apiserver --root DIR [--port 0] [--latency-ms N]
 
@@ -45,7 +48,7 @@ from podnat.lab import ephemeral, execution
 from podnat.lab.apiobjects import ApiError
 from podnat.lab.certs import make_tls
 from podnat.lab.state import LabApiServer, LabContainer, LabPod, LabState
-from podnat.selectors import selects
+from podnat.selectors import EVENT_FIELDS, selects
 
 log = logging.getLogger("podnat.lab.apiserver")
 
@@ -55,7 +58,13 @@ READ_VERBS = frozenset({"get", "list", "watch"})
 PUBLIC_PATHS = frozenset({"/version", "/healthz", "/readyz", "/livez"})
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 CHUNK = 32 * 1024
+EVENTS_GROUP = "events.k8s.io"
 ADMIN, READONLY = "podnat-lab-admin", "podnat-readonly"
+# The agent's manifests (the lab authorises the agent's token with the RBAC they grant its ServiceAccount).
+AGENT_MANIFESTS = Path(
+    os.environ.get("PODNAT_AGENT_MANIFESTS", Path(__file__).resolve().parents[2] / "manifests" / "agent")
+)
+_NAMESPACED = frozenset({"Role", "RoleBinding", "ServiceAccount", "DaemonSet", "Service", "Deployment"})
 _STATUS_LISTS = (
     ("containerStatuses", "containers"),
     ("initContainerStatuses", "initContainers"),
@@ -66,10 +75,37 @@ STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 
 @dataclass(frozen=True, slots=True)
 class User:
-    """Who a bearer token is: the lab's admin, or the read-only user."""
+    """Who a bearer token is, and what RBAC lets it do (None: anything, the lab's admin)."""
 
     name: str
-    readonly: bool
+    rules: tuple[api.PolicyRule, ...] | None
+
+
+READ_ANYTHING = (api.PolicyRule(frozenset({"*"}), frozenset({"*"}), READ_VERBS),)
+
+
+def agent_identity(directory: Path = AGENT_MANIFESTS) -> User:
+    """The agent's ServiceAccount (the DaemonSet's serviceAccountName) and the rules the manifests'
+    bindings grant it: the files `kubectl apply -k manifests/agent` applies, namespaced as kustomize does."""
+    import yaml
+
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text()) or {}
+    namespace = kustomization.get("namespace")
+    documents: list[dict[str, Any]] = []
+    for resource in kustomization.get("resources") or []:
+        path = directory / str(resource)
+        if not path.is_file():
+            continue  # a base directory: not the agent's RBAC
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not isinstance(doc, dict):
+                continue
+            if namespace and doc.get("kind") in _NAMESPACED:
+                doc.setdefault("metadata", {})["namespace"] = namespace
+            documents.append(doc)
+    daemonset = next(d for d in documents if d.get("kind") == "DaemonSet")
+    account = daemonset["spec"]["template"]["spec"].get("serviceAccountName") or "default"
+    where = str(daemonset["metadata"]["namespace"])
+    return User(f"system:serviceaccount:{where}:{account}", api.service_account_rules(documents, where, account))
 
 
 # --- the state file, re-read when it changes -------------------------------------------------------
@@ -174,9 +210,13 @@ def running_container(pod: LabPod, name: str) -> LabContainer:
 class LabApi:
     """The routes, the tokens, the state and the running exec commands of one server."""
 
-    def __init__(self, root: Path, token: str, readonly_token: str, latency_ms: int = 0) -> None:
+    def __init__(
+        self, root: Path, token: str, readonly_token: str, latency_ms: int = 0, agent_token: str | None = None
+    ) -> None:
         self.store = StateStore(root)
-        self.tokens = {token: User(ADMIN, False), readonly_token: User(READONLY, True)}
+        self.tokens = {token: User(ADMIN, None), readonly_token: User(READONLY, READ_ANYTHING)}
+        if agent_token:
+            self.tokens[agent_token] = agent_identity()
         self.latency = latency_ms / 1000.0
         self.address = "127.0.0.1:0"
         self.live: set[int] = set()  # process groups of running exec commands
@@ -203,11 +243,19 @@ class LabApi:
         app.router.add_patch(f"{pod}/ephemeralcontainers", self.patch_ephemeral)
         app.router.add_get(f"{pod}/proxy", self.pod_proxy)
         app.router.add_get(f"{pod}/proxy/{{path:.*}}", self.pod_proxy)
+        app.router.add_get("/apis/events.k8s.io", self.events_api_group)
+        app.router.add_get("/apis/events.k8s.io/v1", self.events_api_resources)
         events = "/apis/events.k8s.io/v1/namespaces/{namespace}/events"
         app.router.add_post(events, self.create_event)
         app.router.add_get(events, self.list_events)
         app.router.add_get("/apis/events.k8s.io/v1/events", self.list_events)
+        app.router.add_get(f"{events}/{{name}}", self.get_event)
         app.router.add_patch(f"{events}/{{name}}", self.patch_event)
+        # The same Events as core/v1 (what `kubectl describe` reads), as the real API server serves them.
+        core_events = "/api/v1/namespaces/{namespace}/events"
+        app.router.add_get(core_events, self.list_events)
+        app.router.add_get("/api/v1/events", self.list_events)
+        app.router.add_get(f"{core_events}/{{name}}", self.get_event)
         return app
 
     @web.middleware
@@ -230,7 +278,7 @@ class LabApi:
         header = request.headers.get("Authorization", "")
         if not header:
             if request.path in PUBLIC_PATHS:
-                return User("system:anonymous", True)
+                return User("system:anonymous", ())
             raise api.unauthorized()
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer":
@@ -241,11 +289,17 @@ class LabApi:
 
     @staticmethod
     def authorize(
-        request: web.Request, verb: str, resource: str, namespace: str | None, name: str | None = None
+        request: web.Request,
+        verb: str,
+        resource: str,
+        namespace: str | None,
+        name: str | None = None,
+        group: str = "",
     ) -> None:
+        """RBAC: the user's rules allow this verb on this (sub)resource of this group there, or a 403."""
         user: User = request["user"]
-        if user.readonly and verb not in READ_VERBS:
-            raise api.forbidden(user.name, verb, resource, namespace, name)
+        if user.rules is not None and not api.allowed(user.rules, verb, group, resource, namespace, name):
+            raise api.forbidden(user.name, verb, resource, namespace, name, group)
 
     def find_pod(self, namespace: str, name: str) -> tuple[LabState, LabPod]:
         state = self.store.current()
@@ -270,6 +324,12 @@ class LabApi:
 
     async def core_resources(self, request: web.Request) -> web.Response:
         return web.json_response(api.core_v1_resources())
+
+    async def events_api_group(self, request: web.Request) -> web.Response:
+        return web.json_response({"kind": "APIGroup", "apiVersion": "v1", **api.events_group()})
+
+    async def events_api_resources(self, request: web.Request) -> web.Response:
+        return web.json_response(api.events_v1_resources())
 
     # --- namespaces ---------------------------------------------------------------------------------
 
@@ -564,7 +624,7 @@ class LabApi:
 
     async def create_event(self, request: web.Request) -> web.Response:
         namespace = request.match_info["namespace"]
-        self.authorize(request, "create", "events", namespace)
+        self.authorize(request, "create", "events", namespace, group=EVENTS_GROUP)
         event = await request.json()
         meta = event.setdefault("metadata", {})
         meta.setdefault("name", f"event.{secrets.token_hex(8)}")
@@ -581,7 +641,7 @@ class LabApi:
 
     async def patch_event(self, request: web.Request) -> web.Response:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
-        self.authorize(request, "patch", "events", namespace, name)
+        self.authorize(request, "patch", "events", namespace, name, EVENTS_GROUP)
         event = self.events.get((namespace, name))
         if event is None:
             raise api.not_found("events.events.k8s.io", name)
@@ -590,17 +650,42 @@ class LabApi:
         return web.json_response(event)
 
     async def list_events(self, request: web.Request) -> web.Response:
+        """Either view of the one store: events.k8s.io/v1, or core/v1 under /api/v1. Field selectors
+        are the core fields in both (as in Kubernetes: `involvedObject.name=`, `reason=`, ...)."""
         namespace = request.match_info.get("namespace")
-        self.authorize(request, "list", "events", namespace)
-        items = [e for (ns, _), e in self.events.items() if namespace is None or ns == namespace]
-        return web.json_response(
-            {
-                "kind": "EventList",
-                "apiVersion": "events.k8s.io/v1",
-                "metadata": {"resourceVersion": "1"},
-                "items": items,
-            }
-        )
+        core = request.path.startswith("/api/")
+        self.authorize(request, "list", "events", namespace, group="" if core else EVENTS_GROUP)
+        q = request.query
+        labels = api.parse_label_selector(q.get("labelSelector"))
+        fields = api.parse_field_selector(q.get("fieldSelector"), EVENT_FIELDS)
+        found = [
+            (event, api.core_event(event))
+            for (ns, _), event in sorted(self.events.items())
+            if namespace is None or ns == namespace
+        ]
+        items = [
+            _without_type(view if core else event)
+            for event, view in found
+            if selects(view, labels, fields, EVENT_FIELDS)
+        ]
+        start = _continue_offset(q.get("continue"))
+        limit = int(q["limit"]) if q.get("limit", "").isdigit() and int(q["limit"]) > 0 else 0
+        meta: dict[str, Any] = {"resourceVersion": "1"}
+        if limit and start + limit < len(items):
+            meta["continue"] = base64.urlsafe_b64encode(str(start + limit).encode()).decode()
+            meta["remainingItemCount"] = len(items) - start - limit
+        page = items[start : start + limit] if limit else items[start:]
+        version = "v1" if core else "events.k8s.io/v1"
+        return web.json_response({"kind": "EventList", "apiVersion": version, "metadata": meta, "items": page})
+
+    async def get_event(self, request: web.Request) -> web.Response:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        core = request.path.startswith("/api/")
+        self.authorize(request, "get", "events", namespace, name, "" if core else EVENTS_GROUP)
+        event = self.events.get((namespace, name))
+        if event is None:
+            raise api.not_found("events" if core else "events.events.k8s.io", name)
+        return web.json_response(api.core_event(event) if core else event)
 
     def _log_event(self, verb: str, event: Mapping[str, Any]) -> None:
         """Events also go to <root>/events.jsonl (a test reads when each was recorded)."""
@@ -779,15 +864,17 @@ def _continue_offset(token: str | None) -> int:
 # --- the process: bind, TLS, kubeconfig, serve ------------------------------------------------------
 
 
-def _tokens(root: Path) -> tuple[str, str]:
-    """The tokens the state already names (a restarted server keeps them), else new ones."""
+def _tokens(root: Path) -> tuple[str, str, str]:
+    """The tokens (admin, read-only, the agent's) the state already names (a restarted server keeps
+    them), else new ones."""
     try:
         state = LabState.load(root)
-        if state.apiserver and state.apiserver.token and state.apiserver.readonly_token:
-            return state.apiserver.token, state.apiserver.readonly_token
+        known = state.apiserver
+        if known and known.token and known.readonly_token and known.agent_token:
+            return known.token, known.readonly_token, known.agent_token
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    return secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
 
 
 def _lab_node(root: Path) -> tuple[str | None, str | None]:
@@ -820,7 +907,7 @@ def write_kubeconfig(path: Path, config: Mapping[str, Any]) -> None:
 
 
 async def serve(root: Path, port: int, latency_ms: int) -> None:
-    token, readonly_token = _tokens(root)
+    token, readonly_token, agent_token = _tokens(root)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -837,7 +924,7 @@ async def serve(root: Path, port: int, latency_ms: int) -> None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls.cert_file, tls.key_file)
 
-    lab = LabApi(root, token, readonly_token, latency_ms)
+    lab = LabApi(root, token, readonly_token, latency_ms, agent_token)
     lab.address = f"127.0.0.1:{port}"
     runner = web.AppRunner(lab.app(), access_log=logging.getLogger("aiohttp.access"), handle_signals=False)
     await runner.setup()
@@ -845,7 +932,7 @@ async def serve(root: Path, port: int, latency_ms: int) -> None:
     await site.start()
     if node_netns and node_ip:
         # The same server on the lab node's IP, same port: what the agent pod dials (as a pod dials
-        # kubernetes.default); its kubeconfig is kubeconfig.agent.
+        # kubernetes.default); its kubeconfig is kubeconfig.agent, with the token of its ServiceAccount.
         from podnat.lab.netns import socket_in
 
         node_sock = socket_in(node_netns)
@@ -855,7 +942,9 @@ async def serve(root: Path, port: int, latency_ms: int) -> None:
         await web.SockSite(runner, node_sock, ssl_context=context).start()
         write_kubeconfig(
             root / "kubeconfig.agent",
-            api.kubeconfig(f"https://{node_ip}:{port}", tls.ca_pem, token, ADMIN, "podnat-system"),
+            api.kubeconfig(
+                f"https://{node_ip}:{port}", tls.ca_pem, agent_token, lab.tokens[agent_token].name, "podnat-system"
+            ),
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -866,6 +955,7 @@ async def serve(root: Path, port: int, latency_ms: int) -> None:
         pid=os.getpid(),
         token=token,
         readonly_token=readonly_token,
+        agent_token=agent_token,
         kubeconfig=str(root / "kubeconfig"),
         ca_file=str(tls.ca_file),
     )

@@ -61,6 +61,7 @@ class LabApiServer:
     readonly_token: str  # a second token: may get/list/log, lacks pods/exec and ephemeralcontainers
     kubeconfig: str
     ca_file: str
+    agent_token: str = ""  # the node agent's ServiceAccount: the rules manifests/agent's RBAC grants it
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ an ephemeral container with NET_ADMIN can.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.client
 import json
 import os
@@ -329,6 +330,102 @@ def test_403_readonly_token_may_read_but_not_exec_or_debug(lab: LabApiServer) ->
     assert 'cannot patch resource "pods/ephemeralcontainers"' in status["message"]
 
 
+AGENT_USER = "system:serviceaccount:podnat-system:podnat-agent"
+
+
+def agent_kubeconfig(lab: LabApiServer, directory: Path) -> str:
+    """What the agent's pod would be given: the server, its CA, the token of its ServiceAccount."""
+    from podnat.lab import apiobjects
+    from podnat.lab.apiserver import write_kubeconfig
+
+    path = directory / "kubeconfig.agent"
+    server = f"https://127.0.0.1:{lab.port}"
+    ca = Path(lab.ca_file).read_bytes()
+    write_kubeconfig(path, apiobjects.kubeconfig(server, ca, lab.agent_token, AGENT_USER, "podnat-system"))
+    return str(path)
+
+
+def test_the_agents_token_may_do_what_manifests_agent_grants_it_and_nothing_else(
+    lab: LabApiServer, tmp_path: Path
+) -> None:
+    """The agent's own calls (its list + watch, its Events: created, then a repeat patching the series)
+    with its ServiceAccount's token succeed; exec, a debug container, pods/proxy, logs, reading Events
+    are 403s worded as RBAC words them."""
+    from podnat.agent.events import EventRecorder, KubeEvents, Notice
+    from podnat.agent.node import NodeScanner
+    from podnat.agent.service import Agent, AgentConfig, PodWatch
+    from podnat.kube.client import KubeClient, KubeOptions
+
+    kube = KubeClient.connect(KubeOptions(kubeconfig=agent_kubeconfig(lab, tmp_path), request_timeout=10))
+    agent = Agent(AgentConfig(node="lab"), NodeScanner())
+    watch = PodWatch(agent, kube)
+    version = watch.relist()
+    assert sorted(p["metadata"]["name"] for p in agent.snapshot()) == [DETAILS, REVIEWS]
+    watch.watch(version, time.monotonic() + 1)  # raises on a refusal
+    recorder = EventRecorder(KubeEvents(kube), "lab")
+    recorder.stop()
+    pod = next(p for p in agent.snapshot() if p["metadata"]["name"] == REVIEWS)
+    recorder.record(Notice(pod, "CaptureDrift", "Warning", "podnat: traffic capture is drift"))
+    recorder.record(Notice(pod, "CaptureDrift", "Warning", "podnat: traffic capture is drift"))
+    assert (recorder.created, recorder.patched) == (1, 1)
+
+    with pytest.raises(client.ApiException) as err:
+        exec_in(lab, REVIEWS, "istio-proxy", ["true"], token=lab.agent_token)
+    code, handshake = parse_handshake(str(err.value.reason))
+    assert code == 403 and handshake is not None
+    assert handshake["message"] == (
+        f'pods "{REVIEWS}" is forbidden: User "{AGENT_USER}" cannot create resource "pods/exec" in API group "" '
+        f'in the namespace "{NS}"'
+    )
+    api = client.CoreV1Api(api_client(lab.kubeconfig, token=lab.agent_token))
+    with pytest.raises(client.exceptions.ForbiddenException) as forbidden:
+        api.patch_namespaced_pod_ephemeralcontainers(REVIEWS, NS, {"spec": {"ephemeralContainers": []}})
+    assert json.loads(forbidden.value.body)["message"] == (
+        f'pods "{REVIEWS}" is forbidden: User "{AGENT_USER}" cannot patch resource "pods/ephemeralcontainers" '
+        f'in API group "" in the namespace "{NS}"'
+    )
+    refused = {
+        f"/api/v1/namespaces/{NS}/pods/{REVIEWS}:9477/proxy/v1/pods": 'cannot get resource "pods/proxy"',
+        f"/api/v1/namespaces/{NS}/pods/{REVIEWS}/log?container=app": 'cannot get resource "pods/log"',
+        "/api/v1/namespaces": 'cannot list resource "namespaces" in API group "" at the cluster scope',
+        f"/apis/events.k8s.io/v1/namespaces/{NS}/events": 'cannot list resource "events" in API group "events.k8s.io"',
+        f"/api/v1/namespaces/{NS}/events": 'cannot list resource "events" in API group ""',
+    }
+    for path, words in refused.items():
+        code, _, body = raw(lab, "GET", path, token=lab.agent_token)
+        assert code == 403 and words in status_of(body)["message"], (path, body)
+    code, _, body = raw(lab, "DELETE", f"/api/v1/namespaces/{NS}/pods/{REVIEWS}", token=lab.agent_token)
+    assert code in (403, 405), body
+
+
+def test_the_agents_rights_are_read_from_the_manifest_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop the events rule from a copy of manifests/agent: the same token may no longer record Events."""
+    import yaml
+
+    from podnat.lab.apiserver import AGENT_MANIFESTS
+
+    manifests = tmp_path / "agent"
+    shutil.copytree(AGENT_MANIFESTS, manifests)
+    role, binding = yaml.safe_load_all((manifests / "rbac.yaml").read_text())
+    role["rules"] = [r for r in role["rules"] if r["resources"] != ["events"]]
+    (manifests / "rbac.yaml").write_text(yaml.safe_dump_all([role, binding]))
+    monkeypatch.setenv("PODNAT_AGENT_MANIFESTS", str(manifests))
+    root = tmp_path / "lab"
+    root.mkdir()
+    server = start_apiserver(root, state=build_state(root))
+    try:
+        event = {"metadata": {"name": "x.1"}, "reason": "CaptureDrift", "eventTime": "2026-01-01T00:00:00.000000Z"}
+        code, _, body = raw(
+            server, "POST", f"/apis/events.k8s.io/v1/namespaces/{NS}/events", token=server.agent_token, body=event
+        )
+        assert (
+            code == 403 and 'cannot create resource "events" in API group "events.k8s.io"' in status_of(body)["message"]
+        )
+        assert raw(server, "GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Dlab", token=server.agent_token)[0] == 200
+    finally:
+        stop_apiserver(server)
+
+
 def test_404_shapes(core: client.CoreV1Api, lab: LabApiServer) -> None:
     with pytest.raises(client.exceptions.NotFoundException) as err:
         core.read_namespaced_pod("nope", NS)
@@ -543,6 +640,58 @@ def test_kubectl_errors(kubectl: Any, lab: LabApiServer) -> None:
     assert wrong.returncode == 1 and "You must be logged in to the server (Unauthorized)" in wrong.stderr
     init = kubectl("exec", REVIEWS, "-n", NS, "-c", "istio-init", "--", "true")
     assert init.returncode == 1 and 'container not found ("istio-init")' in init.stderr
+
+
+def test_kubectl_describe_pod_shows_an_events_k8s_io_event_through_core_v1(kubectl: Any, lab: LabApiServer) -> None:
+    """One store, two views: an events.k8s.io/v1 Event (the agent's kind) regarding a pod is listed by
+    core/v1 with kubectl describe's involvedObject.* field selector, and shown with its series."""
+    events = f"/apis/events.k8s.io/v1/namespaces/{NS}/events"
+    for pod, name, reason in ((REVIEWS, "r.describe", "CaptureDrift"), (DETAILS, "d.describe", "CaptureBroken")):
+        event = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": name},
+            "regarding": {"apiVersion": "v1", "kind": "Pod", "name": pod, "namespace": NS, "uid": f"lab-{NS}-{pod}"},
+            "reportingController": "podnat.dev/agent",
+            "reportingInstance": "podnat.dev/agent-lab",
+            "action": "Verify",
+            "reason": reason,
+            "type": "Warning",
+            "note": f"podnat: traffic capture of {pod} is not as Istio meant",
+            "eventTime": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+        assert raw(lab, "POST", events, body=event)[0] == 201
+    selector = urlencode(
+        {"fieldSelector": f"involvedObject.name={REVIEWS},involvedObject.namespace={NS}", "limit": 500}
+    )
+    code, _, body = raw(lab, "GET", f"/api/v1/namespaces/{NS}/events?{selector}")
+    listed = json.loads(body)
+    assert code == 200 and (listed["kind"], listed["apiVersion"]) == ("EventList", "v1")
+    mine = {e["metadata"]["name"]: e for e in listed["items"]}
+    assert {e["involvedObject"]["name"] for e in listed["items"]} == {REVIEWS} and "d.describe" not in mine
+    assert mine["r.describe"]["message"] == f"podnat: traffic capture of {REVIEWS} is not as Istio meant"
+    code, _, body = raw(lab, "GET", f"/api/v1/namespaces/{NS}/events?fieldSelector=regarding.name%3D{REVIEWS}")
+    assert code == 400 and status_of(body)["message"] == "field label not supported: regarding.name"
+
+    def described() -> list[list[str]]:
+        result = kubectl("describe", "pod", REVIEWS, "-n", NS)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.split("\nEvents:\n", 1)[1].splitlines()
+        assert lines[0].split() == ["Type", "Reason", "Age", "From", "Message"]
+        return [line.split(None, 3) for line in lines[2:] if "is not as Istio meant" in line]
+
+    (row,) = described()
+    assert row[:2] == ["Warning", "CaptureDrift"]
+    assert row[3].split(None, 1) == ["podnat.dev/agent", f"podnat: traffic capture of {REVIEWS} is not as Istio meant"]
+    series = {"series": {"count": 2, "lastObservedTime": event["eventTime"]}}
+    assert (
+        raw(
+            lab, "PATCH", f"{events}/r.describe", body=series, headers={"Content-Type": "application/merge-patch+json"}
+        )[0]
+        == 200
+    )
+    (row,) = described()
+    assert "(x2 over" in " ".join(row), row
 
 
 # --- root: real network namespaces and identities ---------------------------------------------------

@@ -202,3 +202,137 @@ def test_certificates_carry_what_strict_clients_need(tmp_path: object) -> None:
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
     server.verify_directly_issued_by(ca)
     assert files.key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_agents_service_account_gets_exactly_the_rbac_of_its_manifests() -> None:
+    """manifests/agent as kustomize applies it: the DaemonSet's ServiceAccount, the ClusterRole its
+    ClusterRoleBinding names; nothing of the CLI's Role (bound to a group) or of other subjects."""
+    from podnat.lab.apiserver import agent_identity
+
+    agent = agent_identity()
+    assert agent.name == "system:serviceaccount:podnat-system:podnat-agent"
+    assert agent.rules is not None
+    allowed = [
+        ("get", "", "pods", "bookinfo", "reviews-v1"),
+        ("list", "", "pods", None, None),
+        ("watch", "", "pods", None, None),
+        ("create", "events.k8s.io", "events", "bookinfo", None),
+        ("patch", "events.k8s.io", "events", "bookinfo", "reviews-v1.1234"),
+        ("create", "", "events", "bookinfo", None),
+        ("get", "", "namespaces", None, "bookinfo"),  # a pod's namespace labels (ambient enrolment)
+    ]
+    refused = [
+        ("create", "", "pods/exec", "bookinfo", "reviews-v1"),
+        ("patch", "", "pods/ephemeralcontainers", "bookinfo", "reviews-v1"),
+        ("get", "", "pods/proxy", "podnat-system", "podnat-agent-x"),
+        ("get", "", "pods/log", "bookinfo", "reviews-v1"),
+        ("patch", "", "pods", "bookinfo", "reviews-v1"),
+        ("delete", "", "pods", "bookinfo", "reviews-v1"),
+        ("list", "", "namespaces", None, None),
+        ("list", "events.k8s.io", "events", "bookinfo", None),
+        ("create", "", "pods", "bookinfo", None),
+    ]
+    assert [api.allowed(agent.rules, *request) for request in allowed] == [True] * len(allowed)
+    assert [api.allowed(agent.rules, *request) for request in refused] == [False] * len(refused)
+
+
+def test_rbac_rules_wildcards_subresources_names_and_role_bindings() -> None:
+    docs = [
+        {
+            "kind": "ClusterRole",
+            "metadata": {"name": "wide"},
+            "rules": [{"apiGroups": ["*"], "resources": ["*/log"], "verbs": ["get"]}],
+        },
+        {
+            "kind": "Role",
+            "metadata": {"name": "one", "namespace": "a"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["*"], "resourceNames": ["p"]}],
+        },
+        {
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "wide"},
+            "roleRef": {"kind": "ClusterRole", "name": "wide"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "ns"}],
+        },
+        {
+            "kind": "RoleBinding",
+            "metadata": {"name": "one", "namespace": "a"},
+            "roleRef": {"kind": "Role", "name": "one"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "ns"}],
+        },
+        {  # another account: grants nothing to sa
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "other"},
+            "roleRef": {"kind": "ClusterRole", "name": "wide"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sa", "namespace": "elsewhere"}],
+        },
+    ]
+    rules = api.service_account_rules(docs, "ns", "sa")
+    assert api.allowed(rules, "get", "", "pods/log", "b", "x")
+    assert not api.allowed(rules, "get", "", "pods", "b", "x")
+    assert api.allowed(rules, "delete", "", "pods", "a", "p")
+    assert not api.allowed(rules, "delete", "", "pods", "a", "q")  # another name
+    assert not api.allowed(rules, "delete", "", "pods", "b", "p")  # another namespace
+    assert api.service_account_rules(docs, "ns", "other") == ()
+
+
+def test_forbidden_names_the_api_group() -> None:
+    err = api.forbidden("system:serviceaccount:s:a", "list", "events", "bookinfo", None, "events.k8s.io")
+    assert err.status() == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'events.events.k8s.io is forbidden: User "system:serviceaccount:s:a" cannot list resource '
+        '"events" in API group "events.k8s.io" in the namespace "bookinfo"',
+        "reason": "Forbidden",
+        "details": {"kind": "events.events.k8s.io"},
+        "code": 403,
+    }
+
+
+def test_core_view_of_an_events_k8s_io_event() -> None:
+    """As the API server converts it: what `kubectl describe` selects on and prints."""
+    event = {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": "r.1", "namespace": "bookinfo"},
+        "regarding": {"apiVersion": "v1", "kind": "Pod", "name": "r", "namespace": "bookinfo", "uid": "u"},
+        "reportingController": "podnat.dev/agent",
+        "reportingInstance": "podnat.dev/agent-node",
+        "action": "Verify",
+        "reason": "CaptureDrift",
+        "type": "Warning",
+        "note": "podnat: traffic capture is drift",
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "series": {"count": 2, "lastObservedTime": "2026-01-01T00:01:00.000000Z"},
+    }
+    core = api.core_event(event)
+    assert core == {
+        "kind": "Event",
+        "apiVersion": "v1",
+        "metadata": {"name": "r.1", "namespace": "bookinfo"},
+        "involvedObject": event["regarding"],
+        "reason": "CaptureDrift",
+        "message": "podnat: traffic capture is drift",
+        "source": {},
+        "firstTimestamp": None,
+        "lastTimestamp": None,
+        "type": "Warning",
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingComponent": "podnat.dev/agent",
+        "reportingInstance": "podnat.dev/agent-node",
+        "series": event["series"],
+        "action": "Verify",
+    }
+    from podnat.selectors import EVENT_FIELDS
+
+    selector = api.parse_field_selector(
+        "involvedObject.name=r,involvedObject.namespace=bookinfo,involvedObject.kind=Pod,involvedObject.uid=u",
+        EVENT_FIELDS,
+    )
+    assert selects(core, [], selector, EVENT_FIELDS)
+    assert not selects(core, [], api.parse_field_selector("involvedObject.uid=v", EVENT_FIELDS), EVENT_FIELDS)
+    with pytest.raises(ApiError) as err:
+        api.parse_field_selector("regarding.name=r", EVENT_FIELDS)
+    assert (err.value.code, err.value.message) == (400, "field label not supported: regarding.name")
