@@ -39,6 +39,7 @@ class Failure(str, Enum):
     EMPTY_TABLE = "empty-table"
     DEBUG_CONTAINER = "debug-container"
     LOG = "log"  # the istio-init / istio-cni-node log could not be read or parsed
+    TABLE_UNREADABLE = "table-unreadable"  # iptables-save ran and failed: a table its own writer cannot print
     API_ERROR = "api-error"
 
 

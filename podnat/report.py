@@ -108,6 +108,7 @@ class Failed(PodHeader):
 
     error: str
     error_code: int
+    failure: str | None = None  # the source's kind of failure (a podnat.facts.Failure value), where one said
 
     @property
     def status(self) -> PodStatus:

@@ -81,8 +81,10 @@ ALLOWS_NEXT: frozenset[Failure] = frozenset(
     }
 )
 # The node agent is a shortcut, not a requirement: whatever went wrong asking it, the API's sources remain
-# (it is a note). Asked for by name (--source node), its failure is the pod's error like any other's.
-AGENT_ALLOWS_NEXT: frozenset[Failure] = frozenset(Failure)
+# (it is a note). Asked for by name (--source node), its failure is the pod's error like any other's. But
+# a table it read live and found unreadable is the pod's error: the next sources would read the same
+# table (exec, debug container) or the rules applied at start (the log), which would hide it.
+AGENT_ALLOWS_NEXT: frozenset[Failure] = frozenset(Failure) - {Failure.TABLE_UNREADABLE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -645,7 +647,7 @@ def _nat_error(found: NatFailure, ref: PodRef, where: str, kind: NatSource, hint
         return SourceError(Failure.API_ERROR, f"no iptables-save output from {where} of pod {ref}")
     if problem is NatProblem.FAILED:
         return SourceError(
-            Failure.API_ERROR,
+            Failure.TABLE_UNREADABLE,
             f"{found.command.split()[0]} failed in {where} of pod {ref} (exit {found.returncode}): {found.detail}",
         )
     legacy = (

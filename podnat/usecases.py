@@ -23,7 +23,7 @@ from podnat.envoy.listeners import Listener, ListenersError, istio_default_liste
 from podnat.errors import PodnatError
 from podnat.evidence import NatSource
 from podnat.exitcodes import ExitCode
-from podnat.facts import Cluster, PodFacts, PodRef, PodSource
+from podnat.facts import Cluster, PodFacts, PodRef, PodSource, SourceError
 from podnat.intent import PodIntent, intent_for_pod
 from podnat.istio.config import InterceptionConfig, IstioRelease
 from podnat.istio.explain import Explanation, Finding, Severity, ShadowMemo, captured_nameservers, explain
@@ -93,10 +93,17 @@ def inspect_pod(
     try:
         facts = source.read_facts(info, nat_source, debug_container)
     except PodnatError as exc:
-        return failed(base, exc.message, int(exc.code))
+        return _unread(base, exc)
     report = _with(explain_facts(base, facts, intent, shadows), live=facts.live)
     terminating = info.terminating
     return _with(report, notes=(*report.notes, terminating + ": its rules go with it")) if terminating else report
+
+
+def _unread(base: PodHeader, exc: PodnatError) -> Failed:
+    """A pod whose facts could not be read, with the source's kind of failure where it said one (the CLI
+    tells the agent's unreadable table from its other failures by it)."""
+    failure = exc.failure.value if isinstance(exc, SourceError) else None
+    return failed(base, exc.message, int(exc.code), failure=failure)
 
 
 # --- ambient pods ---------------------------------------------------------------------------------------
@@ -155,7 +162,7 @@ def inspect_ambient(
     try:
         facts = source.read_facts(pod, nat_source, debug_container)
     except PodnatError as exc:
-        return failed(base, exc.message, int(exc.code))
+        return _unread(base, exc)
     release, release_from = ambient_release(source, base.node)
     context = {
         **(base.context or {}),

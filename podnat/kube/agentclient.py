@@ -110,8 +110,10 @@ class AgentReader:
         facts = item.get("facts")
         if facts is None or not facts.get("nat"):
             error = (item.get("error") or {}).get("message") or f"status {item.get('status')}"
+            said = (item.get("error") or {}).get("failure")
+            failure = Failure.TABLE_UNREADABLE if said == Failure.TABLE_UNREADABLE.value else Failure.API_ERROR
             raise KubeSourceError(
-                Failure.API_ERROR, f"the podnat agent {agent_name} on node {node} could not read the pod: {error}"
+                failure, f"the podnat agent {agent_name} on node {node} could not read the pod: {error}"
             )
         from podnat.wire import facts_from_data
 

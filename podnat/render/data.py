@@ -169,6 +169,8 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
             pass
         case Failed():
             data["error"] = {"message": report.error, "exit_code": report.error_code}
+            if report.failure is not None:
+                data["error"]["failure"] = report.failure
         case _:
             assert_never(report)
     return data

@@ -476,6 +476,21 @@ def test_an_agent_podnat_may_not_ask_is_a_note_and_exec_reads_instead(fake: Fake
     assert caught.value.failure is Failure.FORBIDDEN
 
 
+def test_a_table_the_agent_read_live_and_found_unreadable_is_the_pods_error(fake: FakeCluster) -> None:
+    """Not a note to read on without it: exec would read the same table, the log the rules applied at start."""
+    fake.add_pod(make_pod())
+    privileged_proxy(fake)
+    fake.agent = SourceError(
+        Failure.TABLE_UNREADABLE,
+        "the podnat agent podnat-agent-x1 on node node-1 could not read the pod: iptables-nft-save failed in "
+        "node agent on node-1 of pod bookinfo/reviews-v1-7f9c6b-x2k4p (exit 3): Parsing nftables rule failed",
+    )
+    with pytest.raises(SourceError) as caught:
+        source_for(fake).read_facts(fake.pods[(NS, POD)], None, False)
+    assert caught.value is fake.agent and caught.value.code == 3
+    assert fake.calls == ["agent_facts"]
+
+
 def test_the_agent_s_facts_come_first(fake: FakeCluster) -> None:
     fake.add_pod(make_pod())
     reading = NatReading(NatSource.NODE, "podnat agent podnat-agent-x1 on node node-1: iptables-save -c", "x")
