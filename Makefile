@@ -46,8 +46,10 @@ demo: install
 	echo "fault injected; podnat's node agent (sweeping every 5 s) notices it without anyone running podnat:"; \
 	for i in $$(seq 30); do kubectl get --raw $$agent/metrics | grep -q 'reviews-v1.*status="drift"' && break; sleep 1; done; \
 	kubectl get --raw $$agent/metrics | grep '^podnat_pod_status{.*reviews-v1'; \
-	sleep 1; kubectl get --raw /apis/events.k8s.io/v1/namespaces/bookinfo/events | $(PY) -c \
-	  "import json,sys; [print('Event:', e['type'], e['reason'], e['regarding']['name'], '-', e['note'][:140]) for e in json.load(sys.stdin)['items']]"; \
+	rv=$$(kubectl get pods -n bookinfo -l app=reviews,version=v1 -o name); \
+	for i in $$(seq 10); do kubectl describe -n bookinfo $$rv | grep -q CaptureDrift && break; sleep 1; done; \
+	echo "kubectl describe -n bookinfo $$rv (its Events: the agent's):"; \
+	kubectl describe -n bookinfo $$rv | sed -n '/^Events:/,$$p'; \
 	$(BIN)/podnat verify -n bookinfo --html out/verify.html; rc=$$?; \
 	$(BIN)/podnat lab down; \
 	echo "verify (through the agent: no exec, no debug container) exited $$rc after the fault (1: drift found, as expected); see out/reviews-v1.svg and out/verify.html"
