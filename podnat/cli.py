@@ -916,6 +916,7 @@ def verify(
             debug_container or nat_source is NatSource.DEBUG,
             progress.advance,
             namespaces,
+            relay=html is None,  # the agent's reports as they are; the page draws each flow's trace
         )
     if html is not None:
         from podnat.render.html import verify_html

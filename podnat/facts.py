@@ -122,6 +122,7 @@ class PodFacts:
     mesh: MeshMode = MeshMode.SIDECAR  # not SIDECAR: nat/listeners are None and `notes` says why
     routing: PolicyRouting | None = None  # TPROXY pods: policy routing, read by the same exec as the table
     sockets: SocketsReading | None = None  # ambient pods: ztunnel's in-pod listeners, read by the same exec
+    relayed: Mapping[str, Any] | None = None  # the node agent's report of these facts (podnat.wire.agent_report)
 
     @property
     def live(self) -> bool | None:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from podnat.envoy.listeners import Listener
 from podnat.exitcodes import ExitCode
 from podnat.facts import PodRef
-from podnat.istio.explain import Explanation, FlowStatus, Severity
+from podnat.istio.explain import Explanation, Finding, FlowStatus, Severity, flow_types
+from podnat.istio.flows import FlowType
 from podnat.istio.pod import MeshMode
 from podnat.netfilter.model import Family, Ruleset
 
@@ -82,6 +83,15 @@ class Explained(PodHeader):
         return self.families[0].ruleset
 
     @property
+    def findings(self) -> tuple[Finding, ...]:
+        return self.explanation.findings
+
+    @property
+    def flow_statuses(self) -> dict[FlowType, FlowStatus]:
+        """The worst status per flow type of the first family (verify's table and JUnit)."""
+        return flow_types(self.explanation.flows)
+
+    @property
     def status(self) -> PodStatus:
         """The worst of its flows' statuses (every family); drift for an error finding."""
         flows = [flow for family in self.families for flow in family.explanation.flows]
@@ -115,7 +125,48 @@ class Failed(PodHeader):
         return PodStatus.ERROR
 
 
-PodReport: TypeAlias = Explained | Skipped | Failed
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Relayed(PodHeader):
+    """A pod the node agent explained, its report taken as the agent sent it (`verify` through the agent).
+
+    The header is the CLI's own (its view of the pod, the agent's label as `--source node` says it); `body`
+    is the rest of the agent's `inspect -o json` object (listeners, flows, shadowed, findings, diff, evidence,
+    second_family), which the agent made with the same code from the same facts. Only JSON, YAML, the verify
+    table and JUnit render it; a renderer that needs the traces themselves (HTML, diagrams) gets an Explained
+    (the CLI explains the facts itself then)."""
+
+    verdict: PodStatus
+    body: Mapping[str, Any]
+
+    @property
+    def status(self) -> PodStatus:
+        return self.verdict
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        """The first family's findings (where the pod's are), as Explained.explanation.findings."""
+        return tuple(
+            Finding(
+                Severity(f["severity"]),
+                str(f["message"]),
+                tuple(f.get("rules") or ()),
+                tuple(f.get("flow_types") or ()),
+            )
+            for f in self.body.get("findings") or ()
+        )
+
+    @property
+    def flow_statuses(self) -> dict[FlowType, FlowStatus]:
+        """The worst status per flow type of the first family, as `flow_types(explanation.flows)`."""
+        worst: dict[FlowType, FlowStatus] = {}
+        for flow in self.body.get("flows") or ():
+            kind, status = FlowType(flow["type"]), FlowStatus(flow.get("status") or "ok")
+            if kind not in worst or status.rank > worst[kind].rank:
+                worst[kind] = status
+        return worst
+
+
+PodReport: TypeAlias = Explained | Skipped | Failed | Relayed
 
 
 def skipped(header: PodHeader, **changes: Any) -> Skipped:
@@ -131,6 +182,11 @@ def failed(header: PodHeader, error: str, error_code: int, **changes: Any) -> Fa
 def explained(header: PodHeader, families: tuple[FamilyReport, ...], **changes: Any) -> Explained:
     """`header` as an explained pod (`changes`: header fields, `listeners`, `probe`)."""
     return Explained(**{**_header_fields(header), **changes}, families=families)
+
+
+def relayed(header: PodHeader, verdict: PodStatus, body: Mapping[str, Any], **changes: Any) -> Relayed:
+    """`header` as a pod the node agent explained (`body`: its report after the header's fields)."""
+    return Relayed(**{**_header_fields(header), **changes}, verdict=verdict, body=body)
 
 
 def _header_fields(header: PodHeader) -> dict[str, Any]:

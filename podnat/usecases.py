@@ -38,9 +38,12 @@ from podnat.report import (
     FamilyReport,
     PodHeader,
     PodReport,
+    PodStatus,
+    Relayed,
     VerifyReport,
     explained,
     failed,
+    relayed,
     skipped,
 )
 
@@ -58,13 +61,16 @@ def inspect_pod(
     debug_container: bool = False,
     namespace_labels: NamespaceLabels | None = None,
     shadows: ShadowMemo | None = None,
+    relay: bool = False,
 ) -> PodReport:
     """Read one pod's facts and explain them against its intent.
 
     The pod is read once (`pod_info`: a PodInfo as given, a raw pod read here) and the PodInfo is what the
     source, the intent and the explanation see. `namespace_labels` is asked only for a pod whose mesh mode
     its namespace decides (no sidecar, no ambient label or annotation of its own). `shadows`: the memo of
-    shadow analyses of a caller that explains many pods (verify_pods, the agent's sweep)."""
+    shadow analyses of a caller that explains many pods (verify_pods, the agent's sweep). `relay`: take the
+    node agent's report of the facts as it is where it may (`relayed_report`), instead of explaining them
+    again (verify's renderers other than HTML)."""
     ref = PodRef(pod["metadata"]["namespace"], pod["metadata"]["name"])
     try:
         info = pod_info(pod)
@@ -94,7 +100,8 @@ def inspect_pod(
         facts = source.read_facts(info, nat_source, debug_container)
     except PodnatError as exc:
         return _unread(base, exc)
-    report = _with(explain_facts(base, facts, intent, shadows), live=facts.live)
+    taken = relayed_report(base, facts) if relay else None
+    report = taken if taken is not None else _with(explain_facts(base, facts, intent, shadows), live=facts.live)
     terminating = info.terminating
     return _with(report, notes=(*report.notes, terminating + ": its rules go with it")) if terminating else report
 
@@ -376,6 +383,37 @@ def explain_facts(base: PodHeader, facts: PodFacts, intent: PodIntent, shadows: 
     return explained(base, tuple(families_read), sources=sources, listeners=listeners, notes=tuple(notes))
 
 
+def relayed_report(base: PodHeader, facts: PodFacts) -> Relayed | None:
+    """The node agent's report of `facts` (a sidecar pod's), as explain_facts would make it here; None when it
+    may differ: no report sent (an older agent, a pod not explained there, another resourceVersion:
+    podnat.wire.agent_report), or the agent saw the pod otherwise (node, IPs, mesh mode, release, capture
+    mode, proxy identity, the intent's source). The agent explained the same facts with explain_facts: only
+    the label of the table (the CLI's names the agent and when it read) and the notes of the source policy
+    before the facts' own are the CLI's."""
+    sent = facts.relayed
+    if sent is None or facts.nat is None:
+        return None
+    pod = sent.get("pod") or {}
+    header = (base.ref.namespace, base.ref.name, base.node, base.pod_ip, base.istio_version, base.capture_mode)
+    theirs = tuple(pod.get(k) for k in ("namespace", "name", "node", "ip", "istio_version", "capture_mode"))
+    same = (
+        header == theirs
+        and base.mesh == pod.get("mesh") == MeshMode.SIDECAR.value
+        and sent.get("context") == base.context
+        and (sent.get("sources") or {}).get("intent") == base.sources.get("intent")
+    )
+    if not same:
+        return None
+    return relayed(
+        base,
+        PodStatus(sent["status"]),
+        sent["body"],
+        sources={**sent["sources"], "nat": facts.nat.label},
+        notes=(*facts.notes, *sent["notes"]),
+        live=facts.live,
+    )
+
+
 def _policy_routing(facts: PodFacts, config: InterceptionConfig | None, family: Family) -> TproxyRouting:
     """One family's TPROXY policy routing, from what the capture read (or why it is not known)."""
     mark = config.tproxy_mark if config is not None else 1337
@@ -517,8 +555,10 @@ def verify_pods(
     debug_container: bool = False,
     progress: Callable[[PodReport], None] | None = None,
     namespace_labels: NamespaceLabels | None = None,
+    relay: bool = False,
 ) -> VerifyReport:
     """Inspect every pod, `concurrency` at a time; each worker uses its own source (own API clients).
+    `relay`: take the node agent's reports as they are where they may be (inspect_pod).
 
     Pods with one table (a Deployment's replicas, the injected default) share its shadow analysis: the
     run keeps one memo, gone with it."""
@@ -536,7 +576,7 @@ def verify_pods(
             # Its rules go with it, and an exec may land in a container that is stopping: not checked.
             return skipped(_pod_header(info, ref), notes=(info.terminating + ": not checked",))
         try:
-            return inspect_pod(source_factory(), info, nat_source, debug_container, namespace_labels, shadows)
+            return inspect_pod(source_factory(), info, nat_source, debug_container, namespace_labels, shadows, relay)
         except PodnatError as exc:
             meta = pod.get("metadata") or {}
             return Failed(

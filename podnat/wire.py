@@ -2,9 +2,10 @@
 explained from, as JSON.
 
 Both ends import it: the agent writes it (`agent/http.py`), the CLI's client of the agent reads it
-(`kube/agentclient.py`), so it sits below both. The CLI explains the facts itself (`explain_facts`,
-as for any other source), so a pod read through the agent renders in every output format and
-reconciles exactly as one read by exec. Pure.
+(`kube/agentclient.py`), so it sits below both. `verify` takes the agent's report as it is where it
+was made from the pod the CLI listed (`agent_report`: the same resourceVersion, the agent explained it
+with the same code); otherwise, and for what needs the traces themselves (`inspect`, `--html`), the CLI
+explains the facts itself (`explain_facts`, as for any other source). Pure.
 """
 
 from __future__ import annotations
@@ -91,3 +92,44 @@ def facts_from_data(data: Mapping[str, Any], pod: Mapping[str, Any]) -> PodFacts
         mesh=MeshMode(data.get("mesh", "sidecar")),
         sockets=SocketsReading(str(sockets["label"]), tuple(int(p) for p in sockets["ports"])) if sockets else None,
     )
+
+
+# The fields of `inspect -o json` after the header's, for an explained pod (podnat.render.data._explained_data).
+EXPLAINED_FIELDS = (
+    "listeners",
+    "flows",
+    "shadowed",
+    "findings",
+    "diff",
+    "policy_routing",
+    "evidence",
+    "probe",
+    "second_family",
+)
+_EXPLAINED = ("ok", "drift", "broken", "unknown")
+
+
+def agent_report(item: Mapping[str, Any], pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What of the agent's report of a pod the CLI can take as it is, or None when it may not.
+
+    Only a pod it explained (status ok, drift, broken or unknown), made from the pod as the CLI listed it
+    (the same `resource_version`: an older agent sends none) and from facts whose notes lead its own.
+    Returns `status`, the header fields the CLI checks against its own (`pod`, `context`, `sources`),
+    `notes` (those the explanation added after the facts'), and `body` (EXPLAINED_FIELDS, in order)."""
+    version = str((pod.get("metadata") or {}).get("resourceVersion") or "")
+    sent_pod = item.get("pod") or {}
+    facts = item.get("facts") or {}
+    if not version or str(sent_pod.get("resource_version") or "") != version or item.get("status") not in _EXPLAINED:
+        return None
+    facts_notes = list(facts.get("notes") or ())
+    notes = list(item.get("notes") or ())
+    if notes[: len(facts_notes)] != facts_notes:
+        return None
+    return {
+        "status": item["status"],
+        "pod": sent_pod,
+        "context": item.get("context"),
+        "sources": dict(item.get("sources") or {}),
+        "notes": notes[len(facts_notes) :],
+        "body": {key: item[key] for key in item if key in EXPLAINED_FIELDS},
+    }

@@ -1,7 +1,8 @@
 """The agent's HTTP server (on its pod IP): /metrics, /v1/pods, /healthz, /readyz.
 
 `/v1/pods?namespace=NS&labelSelector=SEL&fresh=1&maxAge=S&facts=1`: `{"node", "agent", "pods": [...]}`, each pod
-the object `podnat inspect -o json` prints, plus `observed_at` (RFC 3339), `mapping` (mapped,
+the object `podnat inspect -o json` prints (its `pod` with the `uid` and `resource_version` it was read
+from), plus `observed_at` (RFC 3339), `mapping` (mapped,
 unmapped, host-network, skipped) and, with `facts=1`, `facts` (the tables and listeners read; the
 CLI explains them itself). `fresh=1` reads the pods asked for now instead of serving the last sweep;
 `maxAge=S` reads now only those read more than S seconds ago.
@@ -32,6 +33,7 @@ def state_data(state: PodState, with_facts: bool) -> dict[str, Any]:
 
     data = pod_report_data(state.report)
     data["pod"]["uid"] = state.uid
+    data["pod"]["resource_version"] = (state.pod.get("metadata") or {}).get("resourceVersion")
     data["observed_at"] = datetime.datetime.fromtimestamp(state.observed_at, datetime.timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ"
     )

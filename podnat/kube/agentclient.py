@@ -4,7 +4,8 @@ The agent of a pod's node is found by label in its namespace (one list, cached);
 for every pod of that node at once, so `verify` asks each node once (`prefetch`), and `inspect` once
 for its pod. The agent reads now (`maxAge=0`, or what `--max-age` allows) and sends the facts
 (`facts=1`): the tables and
-listeners it read in the pod's namespace, which podnat explains here as for any other source.
+listeners it read in the pod's namespace, beside its report of them, which `verify` takes as it is where
+it may (podnat.wire.agent_report) and podnat explains here otherwise, as for any other source.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class AgentReader:
             raise KubeSourceError(
                 failure, f"the podnat agent {agent_name} on node {node} could not read the pod: {error}"
             )
-        from podnat.wire import facts_from_data
+        from podnat.wire import agent_report, facts_from_data
 
         found = facts_from_data(facts, pod)
         assert found.nat is not None
@@ -123,7 +124,7 @@ class AgentReader:
             f"podnat agent {agent_name} on node {node}, live at {item.get('observed_at')}: "
             + (found.nat.label.split(": ", 1)[-1])
         )
-        return replace(found, nat=replace(found.nat, label=label))
+        return replace(found, nat=replace(found.nat, label=label), relayed=agent_report(item, pod))
 
     def _node(self, node: str, namespace: str | None) -> dict[str, Mapping[str, Any]] | KubeSourceError:
         with self._lock:

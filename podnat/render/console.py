@@ -13,7 +13,7 @@ from rich.text import Text
 
 from podnat._typing import assert_never
 from podnat.istio.evidence import evidence
-from podnat.istio.explain import Explanation, FlowStatus, Severity, flow_types
+from podnat.istio.explain import Explanation, FlowStatus, Severity
 from podnat.istio.paths import FlowTrace, Outcome
 from podnat.netfilter.model import Ruleset
 
@@ -248,7 +248,12 @@ def _hanging() -> Table:
 
 def print_pod_report(report: PodReport, wide: bool = False) -> None:
     """`podnat inspect`: a header (pod, node, IP, release, capture mode, sources), flows, diff, advice."""
-    from podnat.report import Explained, Failed, Skipped  # the pod reports (and what they import): live commands only
+    from podnat.report import (
+        Explained,
+        Failed,
+        Relayed,
+        Skipped,
+    )  # the pod reports (and what they import): live commands only
 
     header = Table.grid(padding=(0, 2))
     header.add_column(style="bold")
@@ -281,6 +286,12 @@ def print_pod_report(report: PodReport, wide: bool = False) -> None:
             out.print(Text(f"not checked: {report.mesh}", style="dim"))
         case Failed():
             out.print(Text(f"error: {report.error}", style="bold red"))
+        case Relayed():  # verify's only (inspect explains the facts it is sent): the flows' verdicts
+            for flow_type, status in sorted(report.flow_statuses.items()):
+                out.print(Text(f"type {int(flow_type)}: {status.value}", style=STATUS_STYLE[status]))
+            for finding in report.findings:
+                out.print(Text(f"{finding.severity.value}: {finding.message}"))
+            out.print(Text.assemble(("status: ", "bold"), (report.status.value, _STATUS_WORD[report.status])))
         case _:
             assert_never(report)
 
@@ -339,7 +350,7 @@ _STATUS_WORD = {
 
 def print_verify(report: VerifyReport) -> None:
     """`podnat verify`: one row per pod, then the totals."""
-    from podnat.report import Explained, Failed, Skipped
+    from podnat.report import Explained, Failed, Relayed, Skipped
 
     table = Table(expand=False)
     for column in ("NAMESPACE", "POD", "STATUS", "LIVE", "FLOWS 1-6"):
@@ -348,11 +359,11 @@ def print_verify(report: VerifyReport) -> None:
     for pod in report.pods:
         flows = Text()
         match pod:
-            case Explained():
-                for flow_type, status in sorted(flow_types(pod.explanation.flows).items()):
+            case Explained() | Relayed():
+                for flow_type, status in sorted(pod.flow_statuses.items()):
                     mark = "✓" if status is FlowStatus.OK else ("?" if status is FlowStatus.UNKNOWN else "✗")
                     flows.append(f"{int(flow_type)}{mark} ", style=STATUS_STYLE[status])
-                why = next((f.message for f in pod.explanation.findings if f.severity is Severity.ERROR), "")
+                why = next((f.message for f in pod.findings if f.severity is Severity.ERROR), "")
             case Skipped():
                 why = "; ".join(pod.notes)
             case Failed():

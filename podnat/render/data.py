@@ -144,7 +144,12 @@ def diff_data(diff: RuleDiff) -> dict[str, Any]:
 
 def pod_report_data(report: PodReport) -> dict[str, Any]:
     """`podnat inspect -o json`, and each element of `verify`'s `pods`."""
-    from podnat.report import Explained, Failed, Skipped  # the pod reports (and what they import): live commands only
+    from podnat.report import (
+        Explained,
+        Failed,
+        Relayed,
+        Skipped,
+    )  # the pod reports (and what they import): live commands only
 
     data: dict[str, Any] = {
         "pod": {
@@ -171,6 +176,8 @@ def pod_report_data(report: PodReport) -> dict[str, Any]:
             data["error"] = {"message": report.error, "exit_code": report.error_code}
             if report.failure is not None:
                 data["error"]["failure"] = report.failure
+        case Relayed():
+            data.update(report.body)
         case _:
             assert_never(report)
     return data

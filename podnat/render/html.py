@@ -20,7 +20,7 @@ from podnat.istio.explain import Explanation, FlowReport, FlowStatus, Severity, 
 from podnat.istio.paths import FlowTrace
 from podnat.render.diagram import Diagram, build_diagram, flow_id, path_summary, status_word
 from podnat.render.svg import FAILING, FLOW_COLOURS, panel_svg
-from podnat.report import Explained, Failed, PodReport, PodStatus, Skipped, VerifyReport
+from podnat.report import Explained, Failed, PodReport, PodStatus, Relayed, Skipped, VerifyReport
 
 POD_MARK = {
     PodStatus.OK: "✓",
@@ -251,6 +251,8 @@ def _why(pod: PodReport) -> str:
             return "; ".join(pod.notes)
         case Failed():
             return pod.error
+        case Relayed():
+            return next((f.message for f in pod.findings if f.severity is Severity.ERROR), "")
         case _:
             assert_never(pod)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from xml.etree import ElementTree as ET
 
 from podnat._typing import assert_never
-from podnat.istio.explain import FlowStatus, flow_types
+from podnat.istio.explain import FlowStatus
 from podnat.istio.flows import FLOW_TITLES
-from podnat.report import Explained, Failed, Skipped, VerifyReport
+from podnat.report import Explained, Failed, Relayed, Skipped, VerifyReport
 
 
 def verify_junit(report: VerifyReport) -> str:
@@ -18,7 +18,7 @@ def verify_junit(report: VerifyReport) -> str:
         if suite is None:
             suite = by_namespace[pod.ref.namespace] = ET.SubElement(suites, "testsuite", name=pod.ref.namespace)
         match pod:
-            case Explained():
+            case Explained() | Relayed():
                 _flow_cases(suite, pod)
             case Skipped():
                 case = ET.SubElement(suite, "testcase", classname=str(pod.ref), name="read pod")
@@ -37,15 +37,15 @@ def verify_junit(report: VerifyReport) -> str:
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def _flow_cases(suite: ET.Element, pod: Explained) -> None:
+def _flow_cases(suite: ET.Element, pod: Explained | Relayed) -> None:
     """One test case per flow type of an explained pod (its first family's flows)."""
-    worst = flow_types(pod.explanation.flows)
+    worst = pod.flow_statuses
     for flow_type, status in sorted(worst.items()):
         case = ET.SubElement(
             suite, "testcase", classname=str(pod.ref), name=f"type {int(flow_type)}: {FLOW_TITLES[flow_type]}"
         )
         if status in (FlowStatus.DRIFT, FlowStatus.BROKEN):
-            messages = [f.message for f in pod.explanation.findings if int(flow_type) in f.flow_types]
+            messages = [f.message for f in pod.findings if int(flow_type) in f.flow_types]
             summary = f"{status.value}: " + (messages[0] if messages else "")
             failure = ET.SubElement(case, "failure", message=summary)
             failure.text = "\n".join(messages)
