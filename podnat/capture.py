@@ -226,13 +226,24 @@ def capture_script(
     *,
     listeners: bool = True,
     sockets: bool = False,
+    skip_known: bool = False,
+    proc_net: str = "/proc/net",
 ) -> str:
     """One shell run printing each reading between `MARKER begin NAME` and `MARKER end NAME RC` lines.
 
     Both stdout and stderr get the markers, so each section's stderr is attributed too. The end marker
     starts on a fresh line (`printf '\\n...'`): output without a final newline stays intact. The
     unqualified `iptables-save` runs only where neither `-nft` nor `-legacy` binary of that family
-    exists. With a `routing_table` (TPROXY pods) it also prints the policy routing."""
+    exists. With a `routing_table` (TPROXY pods) it also prints the policy routing.
+
+    With `skip_known` (the node agent's: a process each is most of what reading a pod costs it), two
+    commands are not run where what they would print is known without them (shell built-ins decide,
+    reading `proc_net`, the namespace's own /proc/net): a legacy `-save` binary that exists, where no
+    x_tables table is loaded in the namespace (its `ip_tables_names`/`ip6_tables_names` readable and
+    empty: it would print nothing and exit 0); and curl for the listeners (after `pilot-agent`, absent on
+    the node), where no TCP socket listens in the namespace (the first entry of `tcp` and `tcp6`, where
+    the kernel lists listening sockets first, is not LISTEN: `curl -sf` would be refused, print nothing
+    and exit 7)."""
 
     def section(name: str, command: str) -> str:
         return (
@@ -242,7 +253,12 @@ def capture_script(
 
     parts = []
     for name, (backend, family, command) in IPTABLES_SECTIONS.items():
-        if backend is Backend.UNQUALIFIED:
+        if backend is Backend.LEGACY and skip_known:
+            names = f"{proc_net}/{'ip_tables_names' if family is IpFamily.V4 else 'ip6_tables_names'}"
+            binary = command.split()[0]
+            skip = f"command -v {binary} >/dev/null 2>&1 && podnat_no_tables {names}"
+            parts.append(section(name, f"if {skip}; then :; else {command}; fi"))
+        elif backend is Backend.UNQUALIFIED:
             tool = "iptables" if family is IpFamily.V4 else "ip6tables"
             parts.append(
                 f"if ! command -v {tool}-nft-save >/dev/null 2>&1 && "
@@ -257,12 +273,27 @@ def capture_script(
             + " 'listeners?format=json'"
             + (f" --debug-port {port}" if port != DEFAULT_ADMIN_PORT else "")
         )
-        parts.append(section("listeners", f"{request} || curl -sf http://127.0.0.1:{port}/listeners?format=json"))
+        curl = f"curl -sf http://127.0.0.1:{port}/listeners?format=json"
+        ask = f"if podnat_listening; then {curl}; else podnat_rc 7; fi" if skip_known else curl
+        parts.append(section("listeners", f"{request} || {ask}"))
     parts.extend(section(name, command) for name, command in routing_commands(routing_table).items())
     if sockets:  # an ambient pod: the sockets ztunnel listens on in the pod's namespace
         parts.append(section("sockets", SOCKETS_COMMAND))
-    return "\n".join(parts) + "\n"
+    functions = _SKIP_FUNCTIONS.format(net=proc_net) if skip_known else ""
+    return functions + "\n".join(parts) + "\n"
 
+
+# The capture script's shell functions (built-ins only: no process). podnat_no_tables FILE: FILE is readable
+# and empty. podnat_listening: a TCP socket listens in the namespace (or it cannot be told: no file, or one unreadable).
+_SKIP_FUNCTIONS = (  # one line, before the first section's: the line numbers sh puts in its messages stay
+    'podnat_no_tables() {{ [ -r "$1" ] || return 1; podnat_l=x; read -r podnat_l 2>/dev/null <"$1"; '
+    '[ -z "$podnat_l" ]; }}; '
+    "podnat_listening() {{ podnat_n=; for podnat_f in {net}/tcp {net}/tcp6; do "
+    '[ -e "$podnat_f" ] || continue; [ -r "$podnat_f" ] || return 0; podnat_n=1; podnat_s=; '
+    '{{ read -r _; read -r _ _ _ podnat_s _; }} 2>/dev/null <"$podnat_f"; [ "$podnat_s" = 0A ] && return 0; '
+    'done; [ -z "$podnat_n" ]; }}; '
+    'podnat_rc() {{ return "$1"; }}; '
+)
 
 # Any marker's sections, compiled once.
 _SECTION = re.compile(r"^(\S+) begin (\w+)\n(.*?)\n\1 end \2 (\d+)$", re.S | re.M)

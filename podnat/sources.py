@@ -332,10 +332,12 @@ def _read_ambient(cluster: Cluster, pod: Mapping[str, Any], ref: PodRef, why: st
     return ambient_facts(pod, ref, sections, f"debug container {debug.name}", NatSource.DEBUG, (why, note))
 
 
-def ambient_script(marker: str) -> str:
+def ambient_script(marker: str, skip_known: bool = False) -> str:
     """The capture for an ambient pod: both iptables backends, nft, the policy routing of table 100 and the
-    listening sockets (ztunnel's in-pod listeners); no Envoy to ask."""
-    return capture_script(marker, routing_table=AMBIENT_ROUTE_TABLE, listeners=False, sockets=True)
+    listening sockets (ztunnel's in-pod listeners); no Envoy to ask. `skip_known`: capture_script's."""
+    return capture_script(
+        marker, routing_table=AMBIENT_ROUTE_TABLE, listeners=False, sockets=True, skip_known=skip_known
+    )
 
 
 def ambient_facts(

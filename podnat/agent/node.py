@@ -196,7 +196,7 @@ class NodePodSource:
         notes = [n for n in (why, held.note) if n]
         if mesh is MeshMode.AMBIENT:
             marker = f"podnat-{secrets.token_hex(8)}"
-            result = self.run_in(held, ["sh", "-c", ambient_script(marker)])
+            result = self.run_in(held, ["sh", "-c", ambient_script(marker, skip_known=True)])
             sections = split_sections(result, marker)
             if sections is None:
                 detail = " ".join((result.stderr or result.stdout).split())[:200]
@@ -208,7 +208,7 @@ class NodePodSource:
             return ambient_facts(pod, ref, sections, f"node agent on {self.node}", NatSource.NODE, tuple(notes))
         port, table = pod.admin_port, pod.tproxy_route_table
         marker = f"podnat-{secrets.token_hex(8)}"
-        result = self.run_in(held, ["sh", "-c", capture_script(marker, port, table)])
+        result = self.run_in(held, ["sh", "-c", capture_script(marker, port, table, skip_known=True)])
         sections = split_sections(result, marker)
         if sections is None:
             detail = " ".join((result.stderr or result.stdout).split())[:200]

@@ -287,3 +287,51 @@ def test_a_namespace_that_disappears_mid_read_fails_that_pod_only(bare: list, tm
         assert again[uid].mapping == "unmapped" and again[uid].report.status == "error"
     finally:
         remove_bare_pods(tag)
+
+
+def test_the_commands_the_agent_skips_would_print_what_it_says_in_their_place(bare: list, tmp_path: Path) -> None:
+    """In a pod with no x_tables table and no listening socket the agent runs neither legacy `-save` nor curl
+    (capture_script's skip_known): the real binaries, run in the same namespace, print the same."""
+    import shutil
+
+    from podnat.capture import capture_script, split_sections
+
+    wrappers, log = tmp_path / "bin", tmp_path / "ran"
+    wrappers.mkdir()
+    for tool in ("iptables-legacy-save", "ip6tables-legacy-save", "curl"):
+        real = shutil.which(tool)
+        require(real is not None, f"needs {tool}")
+        (wrappers / tool).write_text(f"#!/bin/sh\necho {tool} >> '{log}'\nexec '{real}' \"$@\"\n")
+        (wrappers / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{wrappers}:{os.environ['PATH']}"}
+
+    def sections(skip_known: bool) -> dict[str, tuple[str, str, int]]:
+        script = capture_script("M", 15000, skip_known=skip_known)
+        done = subprocess.run(
+            ["nsenter", f"--net=/proc/{bare[0].pid}/ns/net", "--", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=60,
+        )
+        found = split_sections(done.stdout, done.stderr, "M")
+        assert found is not None
+
+        def stable(text: str) -> str:  # iptables-save's header and footer carry the time
+            return "\n".join(line for line in text.splitlines() if not line.startswith("# "))
+
+        return {name: (stable(s.stdout), stable(s.stderr), s.returncode) for name, s in found.items()}
+
+    ran = sections(skip_known=False)
+    assert sorted(log.read_text().split()) == ["curl", "ip6tables-legacy-save", "iptables-legacy-save"]
+    log.unlink()
+    skipped = sections(skip_known=True)
+    assert not log.exists()  # none of them ran
+    # the same sections; those skipped say exactly what the binaries said (the others differ in counters only:
+    # curl's refused SYN is counted in nat OUTPUT, which the agent no longer adds to each read)
+    assert set(skipped) == set(ran)
+    assert [skipped[k] for k in ("v4_legacy", "v6_legacy", "listeners")] == [
+        ran[k] for k in ("v4_legacy", "v6_legacy", "listeners")
+    ]
+    assert ran["listeners"][2] == 7 and ran["v4_legacy"] == ("", "", 0)

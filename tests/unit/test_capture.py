@@ -4,7 +4,9 @@ the image's Debian alternative sets it)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -194,3 +196,116 @@ def test_a_table_iptables_nft_save_cannot_print_is_a_failure(name: str, nft_stat
     assert isinstance(found, NatFailure)
     assert (found.problem, found.command, found.returncode) == (NatProblem.FAILED, "iptables-nft-save -c", 3)
     assert found.detail.startswith("Error: meta sreg key not supported iptables-nft-save v1.8.9 (nf_tables): Parsing")
+
+
+# --- what the script does not run, where what it would print is known --------------------------------------
+
+TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+
+
+def _tcp(state: str | None) -> str:
+    """A /proc/net/tcp: the header, and one socket in `state` (0A: LISTEN, 01: ESTABLISHED) or none."""
+    line = f"   0: 0100007F:3A98 00000000:0000 {state} 00000000:00000000 00:00000000 00000000     0        0 1 1\n"
+    return TCP_HEADER + (line if state else "")
+
+
+def run_script(tmp_path: Path, tools: dict[str, str], net: dict[str, str | None]) -> tuple[dict[str, object], set[str]]:
+    """Run the capture script with stub `tools` (name -> what it prints) and a stub /proc/net (`net`: name ->
+    content; None: unreadable); returns its sections and the tools that ran."""
+    bin_dir, proc_net, ran = tmp_path / "bin", tmp_path / "net", tmp_path / "ran"
+    for d in (bin_dir, proc_net, ran):
+        d.mkdir(parents=True)
+    (bin_dir / "sh").symlink_to(shutil.which("sh") or "/bin/sh")
+    for name, out in tools.items():
+        stub = bin_dir / name
+        stub.write_text(f"#!/bin/sh\n: > '{ran}/{name}'\nprintf '{out}'\n")
+        stub.chmod(0o755)
+    for name, content in net.items():
+        (proc_net / name).write_text(content or "")
+        if content is None:
+            (proc_net / name).chmod(0)
+    script = capture_script("M", 15000, skip_known=True, proc_net=str(proc_net))
+    result = subprocess.run(
+        ["/bin/sh", "-c", script], env={"PATH": str(bin_dir)}, capture_output=True, text=True, check=False, timeout=20
+    )
+    from podnat.capture import split_sections
+
+    sections = split_sections(result.stdout, result.stderr, "M")
+    assert sections is not None
+    return dict(sections), {p.name for p in ran.iterdir()}
+
+
+LEGACY = {"iptables-legacy-save": "*filter\\nCOMMIT\\n", "ip6tables-legacy-save": "*filter\\nCOMMIT\\n"}
+
+
+def test_a_legacy_save_runs_unless_no_x_tables_table_is_loaded(tmp_path: Path) -> None:
+    sections, ran = run_script(tmp_path, LEGACY, {"ip_tables_names": "", "ip6_tables_names": "filter\n"})
+    assert ran == {"ip6tables-legacy-save"}  # v4: no table loaded, nothing to print
+    v4, v6 = sections["v4_legacy"], sections["v6_legacy"]
+    assert (v4.stdout, v4.stderr, v4.returncode) == ("", "", 0)  # what iptables-legacy-save prints then
+    assert (v6.stdout, v6.returncode) == ("*filter\nCOMMIT\n", 0)
+
+
+def test_a_legacy_save_runs_where_the_tables_cannot_be_told(tmp_path: Path) -> None:
+    for net, name in (({}, "absent"), ({"ip_tables_names": None, "ip6_tables_names": None}, "unreadable")):
+        if name == "unreadable" and os.geteuid() == 0:
+            continue  # root reads a mode-0 file
+        _, ran = run_script(tmp_path / name, LEGACY, net)
+        assert ran == {"iptables-legacy-save", "ip6tables-legacy-save"}, name
+
+
+def test_a_missing_legacy_binary_is_said_missing_even_with_no_table_loaded(tmp_path: Path) -> None:
+    sections, _ = run_script(tmp_path, {}, {"ip_tables_names": "", "ip6_tables_names": ""})
+    assert sections["v4_legacy"].returncode == 127 and "iptables-legacy-save" in sections["v4_legacy"].stderr
+
+
+CURL_JSON = '{"listener_statuses":[]}'
+
+
+@pytest.mark.parametrize(
+    ("tcp", "tcp6", "curl_runs"),
+    [
+        (_tcp("0A"), _tcp(None), True),  # Envoy's admin port (or anything) listens
+        (_tcp(None), _tcp("0A"), True),  # a dual-stack listener is in tcp6 only
+        (_tcp("01"), _tcp(None), False),  # connections, no listener: a connection to 127.0.0.1 is refused
+        (_tcp(None), _tcp(None), False),
+        (None, _tcp(None), True),  # unreadable: cannot be told
+    ],
+)
+def test_curl_asks_envoy_only_where_a_socket_listens(
+    tmp_path: Path, tcp: str | None, tcp6: str | None, curl_runs: bool
+) -> None:
+    if tcp is None and os.geteuid() == 0:
+        pytest.skip("root reads the unreadable stub file: run as a user")
+    sections, ran = run_script(tmp_path, {"curl": CURL_JSON}, {"tcp": tcp, "tcp6": tcp6})
+    listeners = sections["listeners"]
+    assert ("curl" in ran) is curl_runs
+    assert "pilot-agent" in listeners.stderr  # not on the node: sh said so, as before
+    if curl_runs:
+        assert (listeners.stdout, listeners.returncode) == (CURL_JSON, 0)
+    else:
+        assert (listeners.stdout, listeners.returncode) == ("", 7)  # what curl -sf prints when refused
+
+
+def test_without_skip_known_every_command_runs(tmp_path: Path) -> None:
+    """The exec path's script (istio-proxy, the debug container) runs each command, as it always did."""
+    assert "podnat_" not in capture_script("M", 15000)
+    assert "podnat_listening" in capture_script("M", 15000, skip_known=True)
+
+
+def test_curl_refused_prints_nothing_and_exits_7() -> None:
+    """What the script says in curl's place is what the real curl says to a port nothing listens on."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("no curl on this machine")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: refused
+        done = subprocess.run(
+            [curl, "-sf", f"http://127.0.0.1:{port}/listeners?format=json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=20,
+        )
+    assert (done.stdout, done.stderr, done.returncode) == ("", "", 7)
