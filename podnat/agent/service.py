@@ -29,7 +29,7 @@ from podnat.exitcodes import ExitCode
 from podnat.facts import PodFacts, PodRef
 from podnat.istio.explain import ShadowMemo
 from podnat.report import Failed, PodReport, PodStatus, Skipped
-from podnat.usecases import NamespaceLabels, inspect_pod
+from podnat.usecases import NamespaceLabels, ReportMemo, inspect_pod
 
 log = logging.getLogger("podnat.agent")
 
@@ -115,6 +115,9 @@ class Agent:
         # Shadow analyses of the tables the last full sweep met (pods share tables; a full sweep starts afresh,
         # so a table no pod has any more is forgotten); partial sweeps reuse them.
         self._shadows: ShadowMemo = {}
+        # Each pod's last report and what it was made of: a pod read as before (its rules, counters, listeners and
+        # spec unchanged) is not explained again (usecases.made_of); kept for the pods the agent keeps.
+        self._reports: ReportMemo = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
 
@@ -205,7 +208,9 @@ class Agent:
             with self._pods_lock:
                 self._changed.clear()
             self._shadows = {}
-        shadows = self._shadows
+            kept = {str(p["metadata"]["uid"]) for p in pods}
+            self._reports = {uid: made for uid, made in self._reports.items() if uid in kept}
+        shadows, reports = self._shadows, self._reports
         mapping = self.scanner.map_pods(pods) if pods else {}
         held: dict[str, PodNetns] = {}
         problems: dict[str, str] = {}
@@ -240,7 +245,12 @@ class Agent:
                     )
                 else:
                     report = inspect_pod(
-                        recorder, pod, NatSource.NODE, namespace_labels=self.namespace_labels, shadows=shadows
+                        recorder,
+                        pod,
+                        NatSource.NODE,
+                        namespace_labels=self.namespace_labels,
+                        shadows=shadows,
+                        reports=reports,
                     )
             except Exception as exc:  # one pod's failure is that pod's report
                 log.exception("pod %s: %s", _ref(pod), exc)

@@ -177,3 +177,68 @@ def test_a_report_the_agent_made_of_the_pod_seen_otherwise_is_explained_in_the_c
     assert kinds(verify(items, pods, relay=True)) == [Relayed]
     item["facts"]["notes"].append("a note of the facts the report does not lead with")
     assert kinds(verify(items, pods, relay=True)) == [Explained]
+
+
+# --- the agent's memo of reports: a pod read as before is not explained again -------------------------------
+
+
+def test_a_pod_read_as_before_keeps_its_report_and_any_change_is_explained_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import podnat.usecases
+
+    recorded = (CAPTURE / "nft-rules.stdout").read_text().replace('{"listener_statuses":[]}', LISTENERS)
+    stderr = (CAPTURE / "nft-rules.stderr").read_text()
+    now = {"stdout": recorded}
+
+    def run_in(self: NodePodSource, held: PodNetns, argv: list[str]) -> ExecResult:
+        marker = re.search(r"podnat-[0-9a-f]{16}", argv[-1])
+        assert marker is not None
+        return ExecResult(now["stdout"].replace("podnat-recorded", marker.group(0)), stderr, 0)
+
+    explained: list[str] = []
+    explain_facts = podnat.usecases.explain_facts
+
+    def counting(base: Any, facts: PodFacts, *args: Any, **kwargs: Any) -> PodReport:
+        explained.append(facts.ref.name)
+        return explain_facts(base, facts, *args, **kwargs)
+
+    monkeypatch.setattr(NodePodSource, "run_in", run_in)
+    monkeypatch.setattr(podnat.usecases, "explain_facts", counting)
+    pods = [make_pod("reviews-v1-a", "10.99.0.2"), make_pod("ratings-v1-b", "10.99.0.3")]
+    agent = Agent(AgentConfig(node=NODE), scanner=_Scanner())  # type: ignore[arg-type]
+    agent.replace_pods(pods)
+
+    def sweep(only: set[str] | None = None) -> dict[str, PodReport]:
+        explained.clear()
+        return {s.pod["metadata"]["name"]: s.report for s in agent.sweep(only)}
+
+    first = sweep()
+    assert sorted(explained) == ["ratings-v1-b", "reviews-v1-a"] and first["reviews-v1-a"].status.value == "ok"
+    # iptables-save's time comments change with every read: not what the report is made of
+    now["stdout"] = recorded.replace("on Sat Dec  5 10:17:48 2026", "on Sat Dec  5 10:18:48 2026")
+    assert now["stdout"] != recorded
+    again = sweep()
+    assert explained == [] and all(again[name] is first[name] for name in first)
+    # a packet counted: the report shows counters, so it is explained again (and says the new count)
+    now["stdout"] = recorded.replace(
+        "[0:0] -A PREROUTING -p tcp -j ISTIO_INBOUND", "[7:420] -A PREROUTING -p tcp -j ISTIO_INBOUND"
+    )
+    counted = sweep()
+    assert sorted(explained) == ["ratings-v1-b", "reviews-v1-a"]
+    assert '"packets": {' in json.dumps(verify_data(VerifyReport((counted["reviews-v1-a"],))))
+    assert counted["reviews-v1-a"] != first["reviews-v1-a"]
+    # a fault made from outside: seen on the next read (a partial sweep, as `verify` asks for, too)
+    now["stdout"] = JUMP.sub("", recorded)
+    faulted = sweep({"uid-reviews-v1-a"})
+    assert explained == ["reviews-v1-a"] and faulted["reviews-v1-a"].status.value == "drift"
+    # the pod changed (another resourceVersion, e.g. an annotation): explained again, the tables as they were
+    changed = make_pod("ratings-v1-b", "10.99.0.3", version="42")
+    changed["metadata"]["annotations"] = {"note": "x"}
+    agent.pod_event("MODIFIED", changed)
+    sweep({"uid-ratings-v1-b"})
+    assert explained == ["ratings-v1-b"]
+    # a pod gone is forgotten at the next full sweep
+    agent.pod_event("DELETED", pods[0])
+    sweep()
+    assert set(agent._reports) == {"uid-ratings-v1-b"}
