@@ -284,13 +284,15 @@ def capture_script(
 
 
 # The capture script's shell functions (built-ins only: no process). podnat_no_tables FILE: FILE is readable
-# and empty. podnat_listening: a TCP socket listens in the namespace (or it cannot be told: no file, or one unreadable).
+# and empty. podnat_listening: a TCP socket listens in the namespace (or it cannot be told: no file, one that is
+# not a regular file or unreadable, no header line).
 _SKIP_FUNCTIONS = (  # one line, before the first section's: the line numbers sh puts in its messages stay
-    'podnat_no_tables() {{ [ -r "$1" ] || return 1; podnat_l=x; read -r podnat_l 2>/dev/null <"$1"; '
+    'podnat_no_tables() {{ [ -f "$1" ] && [ -r "$1" ] || return 1; podnat_l=x; read -r podnat_l 2>/dev/null <"$1"; '
     '[ -z "$podnat_l" ]; }}; '
     "podnat_listening() {{ podnat_n=; for podnat_f in {net}/tcp {net}/tcp6; do "
-    '[ -e "$podnat_f" ] || continue; [ -r "$podnat_f" ] || return 0; podnat_n=1; podnat_s=; '
-    '{{ read -r _; read -r _ _ _ podnat_s _; }} 2>/dev/null <"$podnat_f"; [ "$podnat_s" = 0A ] && return 0; '
+    '[ -e "$podnat_f" ] || continue; [ -f "$podnat_f" ] && [ -r "$podnat_f" ] || return 0; podnat_n=1; '
+    'podnat_s=0A; {{ read -r _ && {{ read -r _ _ _ podnat_s _ || podnat_s=; }}; }} 2>/dev/null <"$podnat_f"; '
+    '[ "$podnat_s" = 0A ] && return 0; '
     'done; [ -z "$podnat_n" ]; }}; '
     'podnat_rc() {{ return "$1"; }}; '
 )
