@@ -73,6 +73,8 @@ MODES = {
     "ambient": "ambient mode: no sidecar; istio-cni's in-pod rules (ISTIO_PRERT/ISTIO_OUTPUT, marks 0x539/0x111), "
     "ip rule fwmark 0x111/0xfff lookup 100, and a ztunnel stand-in in each pod on 15001/15006/15008/15053",
     "ambient-nftables": "ambient mode with istio-cni's native nftables (1.28+): inet istio-ambient-* tables, nft -f",
+    "ambient-dual-stack": "ambient mode with an IPv6 address beside the IPv4 one: istio-cni's IPv6 rules, ip -6 rule "
+    "and table 100 too, ztunnel's stand-in on both families",
 }
 AMBIENT_FAULTS = {
     "rules-flushed": "flush and delete the in-pod chains in nat, mangle and raw (as after a node reboot)",
@@ -240,7 +242,7 @@ def lab_up(  # noqa: C901  the lab's start, step by step
         raise LabError(f"--mode {mode}: one of {', '.join(MODES)}")
     if mode in ("nftables", "ambient-nftables") and shutil.which("nft") is None:
         raise LabError(f"--mode {mode} needs nft: run `make install` (apt: nftables)")
-    if mode == "ambient" and shutil.which("ipset") is None:
+    if mode in ("ambient", "ambient-dual-stack") and shutil.which("ipset") is None:
         raise LabError(
             "--mode ambient needs ipset (istio-cni's probe set on the node): run `make install` (apt: ipset)"
         )
@@ -265,7 +267,7 @@ def lab_up(  # noqa: C901  the lab's start, step by step
     node_ns, istiod_ns = f"{prefix}node", f"{prefix}istiod"
     state = LabState(root=str(root), backend=backend, mode=mode, netns_prefix=prefix)
     state.save()  # from here on, `down` can undo whatever happens
-    dual = mode == "dual-stack"
+    dual = mode in ("dual-stack", "ambient-dual-stack")
     all_deployments, services = load_manifests()
     chosen = [d for d in all_deployments if deployments is None or d["metadata"]["name"] in deployments]
     if deployments is not None and len(chosen) != len(set(deployments)):
@@ -544,7 +546,7 @@ def _pod(
     host_if = "v" + _hash(name, 8)
     _peer_namespace(state, netns, ip, host_if, root, ip6)
     if is_ambient(mode):
-        return _ambient_pod(state, deployment, name, ip, template_hash, routes, netns, logs, backend)
+        return _ambient_pod(state, deployment, name, ip, template_hash, routes, netns, logs, backend, ip6)
     manifest = injected_pod(deployment, name, ip, template_hash, mode, ip6, lab=state.netns_prefix)
     uid = manifest["metadata"]["uid"]
     # istio-init: the rules podnat's model says Istio installs for these args, loaded for real.
@@ -623,20 +625,23 @@ def _ambient_pod(
     netns: str,
     logs: Path,
     backend: str,
+    ip6: str | None = None,
 ) -> LabPod:
     """An ambient pod: the in-pod rules and policy routing as istio-cni writes them (podnat's generator,
     loaded with iptables-restore), ztunnel's stand-in (root with NET_ADMIN, its sockets in the pod's
-    namespace as ztunnel opens them), and the app as uid 1000. No sidecar, no istio-init."""
+    namespace as ztunnel opens them), and the app as uid 1000. No sidecar, no istio-init. With `ip6`
+    (dual-stack) the IPv6 rules and routing too, and the stand-in and the app on both families."""
     root = Path(state.root)
-    manifest = ambient_pod(deployment, name, ip, template_hash, lab=state.netns_prefix)
+    manifest = ambient_pod(deployment, name, ip, template_hash, lab=state.netns_prefix, ip6=ip6)
     uid = manifest["metadata"]["uid"]
     log = logs / "istio-cni.log"
-    log.write_text(_istio_cni_ambient(manifest, netns, backend, nft=state.mode == "ambient-nftables"))
+    nft = state.mode == "ambient-nftables"
+    log.write_text(_istio_cni_ambient(manifest, netns, backend, nft=nft, ipv6=ip6 is not None))
     endpoints = {f"{route.vip}:{route.port}": list(route.endpoints) for route in routes}
     bin_dir = root / "bin"
     ztunnel_log = logs / "ztunnel.log"
     ztunnel_pid = spawn(
-        ["/usr/bin/python3", str(bin_dir / "ztunnel.py"), json.dumps(endpoints)],
+        ["/usr/bin/python3", str(bin_dir / "ztunnel.py"), json.dumps(endpoints), *(["ipv6"] if ip6 else [])],
         netns,
         0,
         0,
@@ -647,7 +652,14 @@ def _ambient_pod(
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     app_log = logs / f"{app['name']}.log"
     app_pid = spawn(
-        ["/usr/bin/python3", str(bin_dir / "app.py"), labels["app"], labels.get("version", "v1"), "9080"],
+        [
+            "/usr/bin/python3",
+            str(bin_dir / "app.py"),
+            labels["app"],
+            labels.get("version", "v1"),
+            "9080",
+            *(["ipv6"] if ip6 else []),
+        ],
         netns,
         APP_UID,
         APP_UID,
@@ -656,7 +668,7 @@ def _ambient_pod(
     )
     state.pids.extend([ztunnel_pid, app_pid])
     containers = {app["name"]: LabContainer(app["name"], APP_UID, APP_UID, log_file=str(app_log), pid=app_pid)}
-    return LabPod(NAMESPACE, name, ip, netns, manifest, containers, ztunnel_pid=ztunnel_pid)
+    return LabPod(NAMESPACE, name, ip, netns, manifest, containers, ip6=ip6, ztunnel_pid=ztunnel_pid)
 
 
 ZTUNNEL_IMAGE = "docker.io/istio/ztunnel:1.30.3"
@@ -721,31 +733,37 @@ def node_probe_snat(state: LabState) -> str:
     from podnat.istio.ambient import PROBE_IPSET, AmbientConfig, host_probe_nft_script, host_probe_restore
 
     node_ns = f"{state.netns_prefix}node"
-    name = f"{PROBE_IPSET}-v4"
-    members = [(pod.ip, str(pod.manifest["metadata"]["uid"])) for pod in state.pods]
-    config = AmbientConfig()
+    dual = any(pod.ip6 for pod in state.pods)
+    config = AmbientConfig(enable_ipv6=dual)
+    families = [("v4", "inet", "ipv4_addr", [p.ip for p in state.pods])]
+    if dual:
+        families.append(("v6", "inet6", "ipv6_addr", [p.ip6 for p in state.pods if p.ip6]))
+    uids = {ip: str(pod.manifest["metadata"]["uid"]) for pod in state.pods for ip in (pod.ip, pod.ip6) if ip}
     if state.mode == "ambient-nftables":
         table = "inet istio-ambient-nat"
-        run(
-            ["nft", "-f", "-"],
-            netns=node_ns,
-            input=f"add table {table}\nadd set {table} {name} {{ type ipv4_addr; }}\n",
-        )
+        sets = "".join(f"add set {table} {PROBE_IPSET}-{v} {{ type {kind}; }}\n" for v, _, kind, _ in families)
+        run(["nft", "-f", "-"], netns=node_ns, input=f"add table {table}\n{sets}")
         rules = host_probe_nft_script(config, PROBE_KUBELET_UID)
         run(["nft", "-f", "-"], netns=node_ns, input=rules)
-        for ip, _ in members:
-            run(["nft", "add", "element", *table.split(), name, f"{{ {ip} }}"], netns=node_ns)
+        for v, _, _, ips in families:
+            elements = f"{{ {', '.join(ips)} }}"
+            run(["nft", "add", "element", *table.split(), f"{PROBE_IPSET}-{v}", elements], netns=node_ns)
         return rules
-    run(["ipset", "create", name, "hash:ip", "family", "inet", "comment"], netns=node_ns)
-    for ip, uid in members:
-        run(["ipset", "add", name, ip, "comment", uid], netns=node_ns)
-    rules = host_probe_restore(config).v4
+    for v, family, _, ips in families:
+        run(["ipset", "create", f"{PROBE_IPSET}-{v}", "hash:ip", "family", family, "comment"], netns=node_ns)
+        for ip in ips:
+            run(["ipset", "add", f"{PROBE_IPSET}-{v}", ip, "comment", uids[ip]], netns=node_ns)
+    generated = host_probe_restore(config)
     restore, _ = _restore_tools(state.backend)
-    run([restore, "--noflush"], netns=node_ns, input=rules)
-    return rules
+    run([restore, "--noflush"], netns=node_ns, input=generated.v4)
+    if generated.v6 is not None:
+        run([restore.replace("iptables", "ip6tables", 1), "--noflush"], netns=node_ns, input=generated.v6)
+    return generated.v4 + (generated.v6 or "")
 
 
-def _istio_cni_ambient(manifest: Mapping[str, Any], netns: str, backend: str, nft: bool = False) -> str:
+def _istio_cni_ambient(
+    manifest: Mapping[str, Any], netns: str, backend: str, nft: bool = False, ipv6: bool = False
+) -> str:
     """What the istio-cni node agent does for an enrolled pod: the in-pod rules for its annotations (podnat's
     ambient generator, loaded with iptables-restore, or with `nft -f` in native nftables mode) and the policy
     routing of table 100; its log lines."""
@@ -758,19 +776,23 @@ def _istio_cni_ambient(manifest: Mapping[str, Any], netns: str, backend: str, nf
         ambient_restore,
     )
 
-    config = AmbientConfig.from_pod_annotations(manifest["metadata"].get("annotations") or {}, native_nftables=nft)
+    annotations = manifest["metadata"].get("annotations") or {}
+    config = AmbientConfig.from_pod_annotations(annotations, native_nftables=nft, ipv6=ipv6)
     if nft:
         restore, rules = "nft -f", ambient_nft_script(config)
         run(["nft", "-f", "-"], netns=netns, input=rules)
     else:
         restore, _ = _restore_tools(backend)
-        rules = ambient_restore(config).v4
+        generated = ambient_restore(config)
+        rules = generated.v4
         run([restore], netns=netns, input=rules)
-    run(
-        ["ip", "rule", "add", "fwmark", f"{CONN_MARK:#x}/{MARK_MASK:#x}", "pref", "32764", "lookup", str(ROUTE_TABLE)],
-        netns=netns,
-    )
-    run(["ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", str(ROUTE_TABLE)], netns=netns)
+        if ipv6 and generated.v6 is not None:
+            run([restore.replace("iptables", "ip6tables", 1)], netns=netns, input=generated.v6)
+            rules += generated.v6
+    fwmark = f"{CONN_MARK:#x}/{MARK_MASK:#x}"
+    for ip, default in (("-4", "0.0.0.0/0"), *((("-6", "::/0"),) if ipv6 else ())):
+        run(["ip", ip, "rule", "add", "fwmark", fwmark, "pref", "32764", "lookup", str(ROUTE_TABLE)], netns=netns)
+        run(["ip", ip, "route", "add", "local", default, "dev", "lo", "table", str(ROUTE_TABLE)], netns=netns)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
     return (
         f"{stamp}\tinfo\tcni-agent\tin-pod rules for {manifest['metadata']['name']} ({restore}):\n{rules}"
@@ -1066,11 +1088,12 @@ def _ambient_break(pod: LabPod, fault: str, iptables: str, nft: bool = False) ->
     if fault == "rules-flushed" and nft:
         for table in (NFT_NAT, NFT_MANGLE, NFT_RAW):
             run(["nft", "delete", "table", "inet", table], netns=ns, check=False)
-    elif fault == "rules-flushed":
-        for table in ("nat", "mangle", "raw"):
-            run([iptables, "-t", table, "-F"], netns=ns, check=False)
-            run([iptables, "-t", table, "-X"], netns=ns, check=False)
-    elif fault == "no-fwmark-rule":
+    elif fault == "rules-flushed":  # both families of a dual-stack pod
+        for tool in (iptables, *((iptables.replace("iptables", "ip6tables", 1),) if pod.ip6 else ())):
+            for table in ("nat", "mangle", "raw"):
+                run([tool, "-t", table, "-F"], netns=ns, check=False)
+                run([tool, "-t", table, "-X"], netns=ns, check=False)
+    elif fault == "no-fwmark-rule":  # IPv4's (a dual-stack pod keeps its IPv6 twin: one family broken)
         run(["ip", "rule", "del", "fwmark", f"{CONN_MARK:#x}/{MARK_MASK:#x}", "lookup", str(ROUTE_TABLE)], netns=ns)
     elif fault == "stop-ztunnel" and pod.ztunnel_pid:
         _kill(pod.ztunnel_pid)

@@ -29,6 +29,7 @@ class Mode(str, Enum):
     dns = "dns"
     ambient = "ambient"
     ambient_nftables = "ambient-nftables"
+    ambient_dual_stack = "ambient-dual-stack"
 
 
 class StatusOutput(str, Enum):
@@ -59,7 +60,7 @@ def up(
             "(interceptionMode TPROXY), nftables (native nftables), dual-stack "
             "(IPv4 and IPv6), dns (DNS capture to pilot-agent's 15053), "
             "ambient (no sidecar: istio-cni's in-pod rules, a ztunnel stand-in), "
-            "ambient-nftables (the same with native nftables).",
+            "ambient-nftables (the same with native nftables), ambient-dual-stack (ambient, IPv4 and IPv6).",
         ),
     ] = Mode.redirect,
     agent: Annotated[

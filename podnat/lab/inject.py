@@ -56,11 +56,13 @@ def istio_init_args(annotations: Mapping[str, str]) -> list[str]:
     return [*args, "--log_output_level=default:info"]
 
 
-def ambient_pod(deployment: Mapping[str, Any], name: str, ip: str, template_hash: str, lab: str = "") -> dict[str, Any]:
+def ambient_pod(
+    deployment: Mapping[str, Any], name: str, ip: str, template_hash: str, lab: str = "", ip6: str | None = None
+) -> dict[str, Any]:
     """The Pod the API serves in ambient mode: the Deployment's template untouched (no injection), enrolled by
     its Namespace's label istio.io/dataplane-mode=ambient (the API server's Namespace objects carry it; the pod
     has no such label of its own) and the annotation istio-cni adds once it has written the pod's rules."""
-    pod = injected_pod(deployment, name, ip, template_hash, "redirect", None, lab)
+    pod = injected_pod(deployment, name, ip, template_hash, "redirect", ip6, lab)
     meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
     meta["labels"] = {
         k: v for k, v in meta["labels"].items() if not k.startswith(("security.istio.io/", "service.istio.io/"))

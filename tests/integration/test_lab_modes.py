@@ -747,3 +747,121 @@ def _raw(lab: Lab, path: str) -> str:
         timeout=60,
         env={"HOME": str(lab.root), "PATH": "/usr/sbin:/usr/bin:/bin:/usr/local/bin"},
     ).stdout
+
+
+# --- ambient, dual-stack: the IPv6 flows through the IPv6 in-pod rules, ip -6 rule and table 100 ---------------
+
+
+@pytest.fixture(scope="module")
+def ambient_dual_lab() -> Iterator[Lab]:
+    require(shutil.which("nft") is not None, "needs nft for packet tracing (make install)")
+    with running_lab(
+        Path("/run/podnat-lab-modes-ambient-dual-stack"), "nft", mode="ambient-dual-stack", deployments=DEPLOYMENTS
+    ) as lab:
+        yield lab
+
+
+def test_ambient_dual_stack_ipv6_flows_and_a_fault_in_ipv6_only(ambient_dual_lab: Lab) -> None:
+    """Each pod's IPv6 flows (HBONE, plaintext, the reply, app -> remote, own pod IP, kubelet probe) as one real
+    connection each: the first packets `nft monitor trace` saw in the IPv6 tables are podnat's legs rule for
+    rule, the app sees the client's own address (or the probe's fd16:9254:7127:1337:ffff:ffff:ffff:ffff, SNAT'd
+    by the node's IPv6 probe rule). `podnat inspect` explains both families, every flow ok; without the IPv6
+    fwmark rule IPv6 inbound gets no answer while IPv4's does, and podnat says IPv6's type 1 is broken, IPv4's ok."""
+    from podnat.istio.ambient_paths import ZTUNNEL, ambient_flows, trace_ambient
+    from podnat.istio.flows import context_for
+    from podnat.lab.probe import connect, first_packets
+
+    lab = ambient_dual_lab
+    state = lab.state
+    node_ns, peer_ns = f"{state.netns_prefix}node", f"{state.netns_prefix}istiod"
+    peer, probe_source = state.peers["istiod6"], "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
+    failures: list[str] = []
+    checked: Counter[str] = Counter()
+
+    def snat_count() -> int:
+        text = _in(node_ns, "ip6tables-nft-save", "-c", "-t", "nat")
+        rule = next(line for line in text.splitlines() if "istio-inpod-probes-v6" in line)
+        return int(rule.split(":", 1)[0].lstrip("["))
+
+    for pod in state.pods:
+        other = next(p for p in state.pods if p.name != pod.name)
+        live = detect_and_parse(_in(pod.netns, "ip6tables-nft-save", "-c"), Family.IPV6)
+        ctx = context_for(ipaddress.ip_address(pod.ip6)).replace(proxy=ZTUNNEL)
+        ctx = ctx.replace(remote=Endpoint(ipaddress.ip_address(other.ip6), APP_PORT))
+        plaintext: FlowSpec | None = None
+        for flow in ambient_flows(ctx, dns=False):
+            spec = flow
+            key = flow.variant or str(int(flow.type))
+            url, netns, who = f"http://[{pod.ip6}]:9080/health", peer_ns, None
+            if flow.type is FlowType.REMOTE_TO_LOCAL:
+                spec = FlowSpec(
+                    flow.type,
+                    flow.name,
+                    flow.actor,
+                    flow.destination,
+                    ipaddress.ip_address(peer),
+                    flow.identity,
+                    variant=flow.variant,
+                )
+                plaintext = spec if spec.variant == "plaintext" else plaintext
+            elif spec.type is FlowType.KUBELET_PROBE:
+                netns = node_ns
+            else:
+                url, netns, who = f"http://[{spec.destination.address}]:{spec.destination.port}/health", pod.netns, 1000
+            predicted = trace_ambient(live, spec, ctx)
+            snat_before = snat_count()
+            with first_packets(pod.netns) as packets:
+                if spec.variant == "hbone":
+                    result = subprocess.run(
+                        ["ip", "netns", "exec", netns, "/usr/bin/python3", "-c", HBONE, pod.ip6],
+                        capture_output=True,
+                        text=True,
+                        timeout=20,
+                        check=False,
+                    )
+                    status, _, body = result.stdout.partition(" ")
+                    answered, client = status == "200", json.loads(body or "{}").get("client")
+                else:
+                    answer = connect(netns, url, who, who)
+                    answered, client = answer.answered, answer.json().get("client") if answer.answered else None
+            first = trace_ambient(live, plaintext, ctx) if spec.variant == "reply" and plaintext else predicted
+            want = [ref for leg in first.legs for ref in leg.rules]
+            traced = [ref for packet in packets for ref in packet.rules if packet.family == 6]
+            where = f"{pod.name} ipv6 {key}"
+            checked[key] += 1
+            if not answered:
+                failures.append(f"{where}: the connection failed")
+            if predicted.outcome is not Outcome.DELIVERED:
+                failures.append(f"{where}: podnat predicted {predicted.outcome.value}: {predicted.reason}")
+            if traced != want:
+                failures.append(f"{where}: first packets matched {traced}\n      podnat predicted {want}")
+            if spec.type is FlowType.REMOTE_TO_LOCAL and client != peer:
+                failures.append(f"{where}: the app saw {client}, not the client {peer}")
+            snat = snat_count() - snat_before
+            if spec.type is FlowType.KUBELET_PROBE and (client != probe_source or snat != 1):
+                failures.append(f"{where}: the app saw {client}, the node's IPv6 probe rule counted {snat} (want 1)")
+    assert set(checked) == {"hbone", "plaintext", "reply", "2", "own-pod-ip", "8"}
+    assert not failures, "\n".join(failures)
+    first = state.pods[0]
+    report = _ambient_inspect(lab, first, 0)
+    assert report["second_family"]["family"] == "ipv6"
+    assert {f["status"] for f in (*report["flows"], *report["second_family"]["flows"])} == {"ok"}
+    # The IPv6 fwmark rule deleted: IPv6 inbound replies leave the pod, IPv4's still come back to ztunnel.
+    _in(first.netns, "ip", "-6", "rule", "del", "fwmark", "0x111/0xfff", "lookup", "100")
+    assert not connect(peer_ns, f"http://[{first.ip6}]:9080/health", timeout=2).answered
+    assert connect(peer_ns, f"http://{first.ip}:9080/health").answered
+    report = _ambient_inspect(lab, first, 1)
+    assert _flow(report, 1, "plaintext")["status"] == "ok"
+    assert _flow(report["second_family"], 1, "plaintext")["status"] == "broken"
+    assert any(
+        "no `ip -6 rule add fwmark 0x111/0xfff lookup 100`" in f["message"] for f in report["second_family"]["findings"]
+    )
+    # `lab break rules-flushed` on a dual-stack pod flushes both families: IPv6 bypasses ztunnel too.
+    from podnat.lab.build import lab_break
+
+    lab_break(first.name, "rules-flushed", lab.root)
+    assert "ISTIO_PRERT" not in _in(first.netns, "ip6tables-nft-save")
+    assert connect(peer_ns, f"http://[{first.ip6}]:9080/health").json()["client"] == peer
+    report = _ambient_inspect(lab, first, 1)
+    for family in (report, report["second_family"]):
+        assert family["findings"][0]["message"].startswith("enrolled in ambient but its traffic bypasses ztunnel")

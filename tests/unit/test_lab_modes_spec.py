@@ -26,7 +26,7 @@ def test_every_mode_is_a_sidecar_pod_podnat_reads_as_that_mode() -> None:
         "dual-stack": ("REDIRECT", False, True, False),
         "dns": ("REDIRECT", True, False, False),
     }
-    assert set(MODES) == set(expected) | {"ambient", "ambient-nftables"}
+    assert set(MODES) == set(expected) | {"ambient", "ambient-nftables", "ambient-dual-stack"}
     for mode, (interception, dns, ipv6, nft) in expected.items():
         config = read_pod(_pod(mode, "fd00:99::10" if mode == "dual-stack" else None)).config
         assert config is not None
@@ -119,3 +119,5 @@ def test_ambient_pods_have_no_sidecar_and_are_enrolled() -> None:
     assert "istio.io/dataplane-mode" not in pod["metadata"]["labels"]  # its Namespace's label enrols it
     assert read_pod(pod).mesh is MeshMode.AMBIENT and read_pod(pod).notes == ()  # annotated by istio-cni
     assert intent_for_pod(pod).mesh == "ambient"
+    dual = ambient_pod(deployments[0], "details-v1-abc-xyz", "10.99.0.10", "abc", ip6="fd00:99::10")
+    assert read_pod(dual).pod_ips == ("10.99.0.10", "fd00:99::10") and read_pod(dual).mesh is MeshMode.AMBIENT

@@ -10,6 +10,9 @@ Every socket it opens carries mark 0x539 (SO_MARK; listeners too, so accepted so
 - 15008 (HBONE): real HBONE is HTTP/2 CONNECT inside mutual TLS; this stand-in takes a plain-TCP HTTP/1.1
   `CONNECT IP:PORT` and then tunnels to that target like 15006 does. The kernel paths are the same;
 - 15053 (DNS proxy, 127.0.0.1, UDP and TCP): A records from the pod's /etc/hosts (labdns.py).
+
+With a second argument `ipv6` (a dual-stack pod) each listener has an IPv6 twin on [::] (IPV6_TRANSPARENT,
+the original destination from IP6T_SO_ORIGINAL_DST) and the DNS proxy answers on [::1] too.
 """
 
 import contextlib
@@ -25,7 +28,9 @@ from labdns import serve_dns
 MARK = 0x539
 SO_ORIGINAL_DST = 80
 IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
 ENDPOINTS: dict[str, list[str]] = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+IPV6 = sys.argv[2:3] == ["ipv6"]
 
 
 def marked(sock: socket.socket) -> socket.socket:
@@ -34,6 +39,10 @@ def marked(sock: socket.socket) -> socket.socket:
 
 
 def original_destination(conn: socket.socket) -> tuple[str, int]:
+    if conn.family == socket.AF_INET6:  # IP6T_SO_ORIGINAL_DST (80 too): a sockaddr_in6
+        raw = conn.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+        port, address = struct.unpack("!2xH4x16s4x", raw)
+        return socket.inet_ntop(socket.AF_INET6, address), port
     raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port, address = struct.unpack("!2xH4s8x", raw)
     return socket.inet_ntoa(address), port
@@ -62,9 +71,10 @@ def pipe(a: socket.socket, b: socket.socket) -> None:
 
 def upstream(target: tuple[str, int], client: str | None) -> socket.socket:
     """A marked connection to `target`; from `client`'s address (transparent) when given."""
-    sock = marked(socket.socket())
+    v6 = ":" in target[0]
+    sock = marked(socket.socket(socket.AF_INET6 if v6 else socket.AF_INET))
     if client is not None:
-        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        transparent(sock)
         sock.bind((client, 0))
     sock.settimeout(5)
     sock.connect(target)
@@ -97,6 +107,7 @@ def hbone(conn: socket.socket, client: str) -> None:
         conn.close()
         return
     host, _, port = words[1].decode().rpartition(":")
+    host = host.strip("[]")
     try:
         target = upstream((host, int(port)), client)
     except OSError:
@@ -107,14 +118,23 @@ def hbone(conn: socket.socket, client: str) -> None:
     pipe(conn, target)
 
 
-def listen(port: int, handle: Callable[..., None]) -> None:
-    server = marked(socket.socket())
+def transparent(sock: socket.socket) -> None:
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+
+
+def listen(port: int, handle: Callable[..., None], family: socket.AddressFamily = socket.AF_INET) -> None:
+    server = marked(socket.socket(family))
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-    server.bind(("0.0.0.0", port))
+    transparent(server)
+    if family == socket.AF_INET6:
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    server.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
     server.listen(128)
     while True:
-        conn, (client, _) = server.accept()
+        conn, (client, *_) = server.accept()
         args = (conn,) if handle is outbound else (conn, client)
         threading.Thread(target=_safely, args=(handle, conn, *args), daemon=True).start()
 
@@ -127,7 +147,8 @@ def _safely(handle: Callable[..., None], conn: socket.socket, *args: object) -> 
         conn.close()
 
 
-serve_dns(mark=MARK)
-for port, handle in ((15001, outbound), (15006, inbound)):
-    threading.Thread(target=listen, args=(port, handle), daemon=True).start()
-listen(15008, hbone)
+serve_dns(ipv6=IPV6, mark=MARK)
+for port, handle in ((15001, outbound), (15006, inbound), (15008, hbone)):
+    for family in (socket.AF_INET, *((socket.AF_INET6,) if IPV6 else ())):
+        threading.Thread(target=listen, args=(port, handle, family), daemon=True).start()
+threading.Event().wait()
