@@ -56,14 +56,12 @@ def forbidden(
 ) -> ApiError:
     """The RBAC authorizer's refusal, naming the verb, the (sub)resource, its API group and the namespace."""
     kind = resource.split("/", maxsplit=1)[0]
-    if group:
-        kind = f"{kind}.{group}"  # `events.events.k8s.io "x" is forbidden: ...`
-    subject = f'{kind} "{name}"' if name else kind
+    qualified = f"{kind}.{group}" if group else kind  # `events.events.k8s.io "x" is forbidden: ...`
+    subject = f'{qualified} "{name}"' if name else qualified
     where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
     message = f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group "{group}"{where}'
-    details: dict[str, Any] = {"kind": kind}
-    if name:
-        details = {"name": name, "kind": kind}
+    # apimachinery's NewForbidden: details name the resource (as `kind`) and, outside the core group, its group
+    details: dict[str, Any] = {**({"name": name} if name else {}), **({"group": group} if group else {}), "kind": kind}
     return ApiError(403, "Forbidden", message, details)
 
 

@@ -286,7 +286,7 @@ def test_forbidden_names_the_api_group() -> None:
         "message": 'events.events.k8s.io is forbidden: User "system:serviceaccount:s:a" cannot list resource '
         '"events" in API group "events.k8s.io" in the namespace "bookinfo"',
         "reason": "Forbidden",
-        "details": {"kind": "events.events.k8s.io"},
+        "details": {"group": "events.k8s.io", "kind": "events"},
         "code": 403,
     }
 
