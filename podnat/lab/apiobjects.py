@@ -8,7 +8,7 @@ does the serving.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +195,33 @@ def allowed(
 def service_account_rules(documents: Sequence[Mapping[str, Any]], namespace: str, name: str) -> tuple[PolicyRule, ...]:
     """The rules RBAC grants the ServiceAccount `namespace/name`, from manifests (Roles, ClusterRoles and
     the bindings naming it): what the API server would authorise its token for, and nothing else."""
+    return bound_rules(
+        documents,
+        lambda s, where: (
+            s.get("kind") == "ServiceAccount" and s.get("name") == name and s.get("namespace", where) == namespace
+        ),
+    )
+
+
+def group_rules(
+    documents: Sequence[Mapping[str, Any]], group: str, bindings: Collection[tuple[str, str]] | None = None
+) -> tuple[PolicyRule, ...]:
+    """The rules RBAC grants a member of `group`, from the bindings naming that Group (only the
+    (kind, name) pairs in `bindings` when given: the ones a user was told to apply)."""
+    return bound_rules(
+        documents,
+        lambda s, where: s.get("kind") == "Group" and s.get("name") == group,
+        bindings,
+    )
+
+
+def bound_rules(
+    documents: Sequence[Mapping[str, Any]],
+    names_subject: Callable[[Mapping[str, Any], str | None], bool],
+    bindings: Collection[tuple[str, str]] | None = None,
+) -> tuple[PolicyRule, ...]:
+    """The rules of the (Cluster)Roles that the (Cluster)RoleBindings among `documents` grant to a subject
+    `names_subject(subject, binding's namespace)` accepts; a RoleBinding's grant stays in its namespace."""
     by_ref = {
         (str(d.get("kind")), (d.get("metadata") or {}).get("namespace"), (d.get("metadata") or {}).get("name")): d
         for d in documents
@@ -205,11 +232,10 @@ def service_account_rules(documents: Sequence[Mapping[str, Any]], namespace: str
         kind = binding.get("kind")
         if kind not in ("RoleBinding", "ClusterRoleBinding"):
             continue
+        if bindings is not None and (str(kind), (binding.get("metadata") or {}).get("name")) not in bindings:
+            continue
         where = (binding.get("metadata") or {}).get("namespace") if kind == "RoleBinding" else None
-        if not any(
-            s.get("kind") == "ServiceAccount" and s.get("name") == name and s.get("namespace", where) == namespace
-            for s in binding.get("subjects") or []
-        ):
+        if not any(names_subject(s, where) for s in binding.get("subjects") or []):
             continue
         ref = binding.get("roleRef") or {}
         role = by_ref.get((str(ref.get("kind")), where if ref.get("kind") == "Role" else None, ref.get("name")))

@@ -64,6 +64,12 @@ ADMIN, READONLY = "podnat-lab-admin", "podnat-readonly"
 AGENT_MANIFESTS = Path(
     os.environ.get("PODNAT_AGENT_MANIFESTS", Path(__file__).resolve().parents[2] / "manifests" / "agent")
 )
+# podnat's own RBAC (the lab's CLI user is bound as the README says: manifests/rbac + manifests/agent/cli-rbac.yaml).
+RBAC_MANIFESTS = Path(
+    os.environ.get("PODNAT_RBAC_MANIFESTS", Path(__file__).resolve().parents[2] / "manifests" / "rbac")
+)
+CLI_USER, CLI_GROUP = "podnat-user", "podnat-users"
+CLI_BINDINGS = frozenset({("ClusterRoleBinding", "podnat"), ("RoleBinding", "podnat-agent-reader")})
 _NAMESPACED = frozenset({"Role", "RoleBinding", "ServiceAccount", "DaemonSet", "Service", "Deployment"})
 _STATUS_LISTS = (
     ("containerStatuses", "containers"),
@@ -87,6 +93,29 @@ READ_ANYTHING = (api.PolicyRule(frozenset({"*"}), frozenset({"*"}), READ_VERBS),
 def agent_identity(directory: Path = AGENT_MANIFESTS) -> User:
     """The agent's ServiceAccount (the DaemonSet's serviceAccountName) and the rules the manifests'
     bindings grant it: the files `kubectl apply -k manifests/agent` applies, namespaced as kustomize does."""
+    documents = kustomized(directory)
+    daemonset = next(d for d in documents if d.get("kind") == "DaemonSet")
+    account = daemonset["spec"]["template"]["spec"].get("serviceAccountName") or "default"
+    where = str(daemonset["metadata"]["namespace"])
+    return User(f"system:serviceaccount:{where}:{account}", api.service_account_rules(documents, where, account))
+
+
+def cli_identity(rbac: Path = RBAC_MANIFESTS, agent: Path = AGENT_MANIFESTS) -> User:
+    """podnat's user, a member of the group manifests/rbac and manifests/agent/cli-rbac.yaml bind: the
+    rules of the bindings the README tells users to apply for inspect and verify (the ClusterRole podnat
+    cluster-wide, the agent's Role podnat-agent-reader in its namespace), read from those files; not
+    podnat-debug-container (bound only where --debug-container is needed)."""
+    import yaml
+
+    documents = [
+        d for f in sorted(rbac.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if isinstance(d, dict)
+    ]
+    documents += kustomized(agent)
+    return User(CLI_USER, api.group_rules(documents, CLI_GROUP, CLI_BINDINGS))
+
+
+def kustomized(directory: Path) -> list[dict[str, Any]]:
+    """The documents `kubectl apply -k directory` applies (its plain files), namespaced as kustomize does."""
     import yaml
 
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text()) or {}
@@ -102,10 +131,7 @@ def agent_identity(directory: Path = AGENT_MANIFESTS) -> User:
             if namespace and doc.get("kind") in _NAMESPACED:
                 doc.setdefault("metadata", {})["namespace"] = namespace
             documents.append(doc)
-    daemonset = next(d for d in documents if d.get("kind") == "DaemonSet")
-    account = daemonset["spec"]["template"]["spec"].get("serviceAccountName") or "default"
-    where = str(daemonset["metadata"]["namespace"])
-    return User(f"system:serviceaccount:{where}:{account}", api.service_account_rules(documents, where, account))
+    return documents
 
 
 # --- the state file, re-read when it changes -------------------------------------------------------
@@ -211,12 +237,20 @@ class LabApi:
     """The routes, the tokens, the state and the running exec commands of one server."""
 
     def __init__(
-        self, root: Path, token: str, readonly_token: str, latency_ms: int = 0, agent_token: str | None = None
+        self,
+        root: Path,
+        token: str,
+        readonly_token: str,
+        latency_ms: int = 0,
+        agent_token: str | None = None,
+        cli_token: str | None = None,
     ) -> None:
         self.store = StateStore(root)
         self.tokens = {token: User(ADMIN, None), readonly_token: User(READONLY, READ_ANYTHING)}
         if agent_token:
             self.tokens[agent_token] = agent_identity()
+        if cli_token:
+            self.tokens[cli_token] = cli_identity()
         self.latency = latency_ms / 1000.0
         self.address = "127.0.0.1:0"
         self.live: set[int] = set()  # process groups of running exec commands
@@ -864,17 +898,17 @@ def _continue_offset(token: str | None) -> int:
 # --- the process: bind, TLS, kubeconfig, serve ------------------------------------------------------
 
 
-def _tokens(root: Path) -> tuple[str, str, str]:
-    """The tokens (admin, read-only, the agent's) the state already names (a restarted server keeps
-    them), else new ones."""
+def _tokens(root: Path) -> tuple[str, str, str, str]:
+    """The tokens (admin, read-only, the agent's, podnat-user's) the state already names (a restarted
+    server keeps them), else new ones."""
     try:
         state = LabState.load(root)
         known = state.apiserver
-        if known and known.token and known.readonly_token and known.agent_token:
-            return known.token, known.readonly_token, known.agent_token
+        if known and known.token and known.readonly_token and known.agent_token and known.cli_token:
+            return known.token, known.readonly_token, known.agent_token, known.cli_token
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    return secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
 
 
 def _lab_node(root: Path) -> tuple[str | None, str | None]:
@@ -907,7 +941,7 @@ def write_kubeconfig(path: Path, config: Mapping[str, Any]) -> None:
 
 
 async def serve(root: Path, port: int, latency_ms: int) -> None:
-    token, readonly_token, agent_token = _tokens(root)
+    token, readonly_token, agent_token, cli_token = _tokens(root)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -921,10 +955,12 @@ async def serve(root: Path, port: int, latency_ms: int) -> None:
     write_kubeconfig(
         root / "kubeconfig.readonly", api.kubeconfig(server, tls.ca_pem, readonly_token, READONLY, namespace)
     )
+    # podnat as a user bound to exactly manifests/rbac's ClusterRole and the agent's reader Role.
+    write_kubeconfig(root / "kubeconfig.cli", api.kubeconfig(server, tls.ca_pem, cli_token, CLI_USER, namespace))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tls.cert_file, tls.key_file)
 
-    lab = LabApi(root, token, readonly_token, latency_ms, agent_token)
+    lab = LabApi(root, token, readonly_token, latency_ms, agent_token, cli_token)
     lab.address = f"127.0.0.1:{port}"
     runner = web.AppRunner(lab.app(), access_log=logging.getLogger("aiohttp.access"), handle_signals=False)
     await runner.setup()
@@ -956,6 +992,7 @@ async def serve(root: Path, port: int, latency_ms: int) -> None:
         token=token,
         readonly_token=readonly_token,
         agent_token=agent_token,
+        cli_token=cli_token,
         kubeconfig=str(root / "kubeconfig"),
         ca_file=str(tls.ca_file),
     )

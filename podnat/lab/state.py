@@ -62,6 +62,7 @@ class LabApiServer:
     kubeconfig: str
     ca_file: str
     agent_token: str = ""  # the node agent's ServiceAccount: the rules manifests/agent's RBAC grants it
+    cli_token: str = ""  # podnat-user: the rules manifests/rbac and manifests/agent/cli-rbac.yaml grant podnat-users
 
 
 @dataclass(slots=True)

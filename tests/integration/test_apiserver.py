@@ -398,6 +398,39 @@ def test_the_agents_token_may_do_what_manifests_agent_grants_it_and_nothing_else
     assert code in (403, 405), body
 
 
+def test_the_cli_users_kubeconfig_may_do_what_manifests_rbac_grants_and_nothing_else(lab: LabApiServer) -> None:
+    """kubeconfig.cli (podnat-user, group podnat-users): reading pods, their logs and exec as the ClusterRole
+    podnat grants; pods/proxy only in podnat-system (cli-rbac.yaml); a debug container, listing
+    namespaces, Events: 403s naming the user."""
+    path = Path(lab.kubeconfig).with_name("kubeconfig.cli")
+    api = client.CoreV1Api(api_client(str(path)))
+    assert api.read_namespaced_pod(REVIEWS, NS).metadata.name == REVIEWS
+    assert {p.metadata.name for p in api.list_pod_for_all_namespaces().items} >= {REVIEWS, DETAILS}
+    assert api.read_namespace(NS).metadata.name == NS
+    refused = {
+        f"/api/v1/namespaces/{NS}/pods/{REVIEWS}:15000/proxy/stats": (
+            f'cannot get resource "pods/proxy" in API group "" in the namespace "{NS}"'
+        ),
+        "/api/v1/namespaces": 'cannot list resource "namespaces" in API group "" at the cluster scope',
+        f"/api/v1/namespaces/{NS}/events": 'cannot list resource "events" in API group ""',
+    }
+    for where, words in refused.items():
+        code, _, body = raw(lab, "GET", where, token=lab.cli_token)
+        assert code == 403 and f'User "podnat-user" {words}' in status_of(body)["message"], (where, body)
+    with pytest.raises(client.exceptions.ForbiddenException) as forbidden:
+        api.patch_namespaced_pod_ephemeralcontainers(REVIEWS, NS, {"spec": {"ephemeralContainers": []}})
+    assert json.loads(forbidden.value.body)["message"] == (
+        f'pods "{REVIEWS}" is forbidden: User "podnat-user" cannot patch resource "pods/ephemeralcontainers" '
+        f'in API group "" in the namespace "{NS}"'
+    )
+    # the agent's namespace: its pods listed and read through pods/proxy (no agent here: past RBAC, a 404)
+    assert raw(lab, "GET", "/api/v1/namespaces/podnat-system/pods", token=lab.cli_token)[0] == 200
+    code, _, body = raw(
+        lab, "GET", "/api/v1/namespaces/podnat-system/pods/podnat-agent-x:9477/proxy/v1/pods", token=lab.cli_token
+    )
+    assert code != 403, body
+
+
 def test_the_agents_rights_are_read_from_the_manifest_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Drop the events rule from a copy of manifests/agent: the same token may no longer record Events."""
     import yaml

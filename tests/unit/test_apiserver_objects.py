@@ -204,6 +204,57 @@ def test_certificates_carry_what_strict_clients_need(tmp_path: object) -> None:
     assert files.key_file.stat().st_mode & 0o777 == 0o600
 
 
+def test_the_cli_user_gets_exactly_manifests_rbac_and_the_agent_reader_role() -> None:
+    """podnat-user (group podnat-users): the ClusterRole podnat cluster-wide and the Role podnat-agent-reader
+    in podnat-system, as manifests/rbac and manifests/agent/cli-rbac.yaml bind them; not the debug
+    container's ClusterRole (bound only where --debug-container is needed), nothing the agent holds."""
+    from podnat.lab.apiserver import cli_identity
+
+    user = cli_identity()
+    assert user.name == "podnat-user" and user.rules is not None
+    allowed = [
+        ("get", "", "pods", "bookinfo", "reviews-v1"),
+        ("list", "", "pods", None, None),
+        ("get", "", "namespaces", None, "bookinfo"),
+        ("get", "", "pods/log", "bookinfo", "reviews-v1"),
+        ("create", "", "pods/exec", "bookinfo", "reviews-v1"),
+        ("get", "", "pods/exec", "bookinfo", "reviews-v1"),
+        ("get", "", "pods/proxy", "podnat-system", "podnat-agent-x:9477"),
+    ]
+    refused = [
+        ("patch", "", "pods/ephemeralcontainers", "bookinfo", "reviews-v1"),
+        ("get", "", "pods/proxy", "bookinfo", "reviews-v1:15000"),
+        ("list", "", "namespaces", None, None),
+        ("watch", "", "pods", None, None),
+        ("list", "", "events", "bookinfo", None),
+        ("create", "events.k8s.io", "events", "bookinfo", None),
+        ("delete", "", "pods", "bookinfo", "reviews-v1"),
+        ("get", "", "secrets", "bookinfo", "x"),
+    ]
+    assert [a for a in allowed if not api.allowed(user.rules, *a)] == []
+    assert [r for r in refused if api.allowed(user.rules, *r)] == []
+
+
+def test_group_rules_follow_only_the_named_bindings_of_that_group() -> None:
+    role = {
+        "kind": "ClusterRole",
+        "metadata": {"name": "r"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+    }
+
+    def binding(kind: str, name: str, group: str, namespace: str | None = None) -> dict[str, object]:
+        meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+        subjects = [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]
+        return {"kind": kind, "metadata": meta, "roleRef": {"kind": "ClusterRole", "name": "r"}, "subjects": subjects}
+
+    docs = [role, binding("RoleBinding", "here", "g", "ns"), binding("ClusterRoleBinding", "all", "other")]
+    (rule,) = api.group_rules(docs, "g")
+    assert rule.namespace == "ns" and api.allowed([rule], "get", "", "pods", "ns", "p")
+    assert not api.allowed([rule], "get", "", "pods", "elsewhere", "p")
+    assert api.group_rules(docs, "g", {("ClusterRoleBinding", "all")}) == ()
+    assert api.group_rules(docs, "nobody") == ()
+
+
 def test_the_agents_service_account_gets_exactly_the_rbac_of_its_manifests() -> None:
     """manifests/agent as kustomize applies it: the DaemonSet's ServiceAccount, the ClusterRole its
     ClusterRoleBinding names; nothing of the CLI's Role (bound to a group) or of other subjects."""
