@@ -66,10 +66,10 @@ def podnat_kubeconfig() -> str | None:
     return os.environ.get("PODNAT_E2E_KUBECONFIG") or None
 
 
-def run_podnat(*args: str, record: str, timeout: float = 600.0) -> PodnatRun:
-    """Run podnat against the current kubeconfig, or as PODNAT_E2E_KUBECONFIG's identity when set; keep
-    stdout under out/e2e/podnat/ (CI artifact)."""
-    kubeconfig = podnat_kubeconfig()
+def run_podnat(*args: str, record: str, timeout: float = 600.0, kubeconfig: str | None = None) -> PodnatRun:
+    """Run podnat against the current kubeconfig, or as PODNAT_E2E_KUBECONFIG's identity when set (or
+    `kubeconfig`'s); keep stdout under out/e2e/podnat/ (CI artifact)."""
+    kubeconfig = kubeconfig or podnat_kubeconfig()
     argv = (*PODNAT, *args, *(("--kubeconfig", kubeconfig) if kubeconfig else ()))
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO)
     keep = OUT / "podnat"

@@ -116,7 +116,8 @@ def test_podnat_runs_as_the_serviceaccount_bound_to_manifests_rbac(cluster: Clus
     roles: what every other test's podnat could do, and not more."""
     kubeconfig = podnat_kubeconfig()
     if kubeconfig is None and not cluster.has_apps:
-        pytest.skip("the lab has no RBAC: podnat uses the lab's token there")
+        lab_user_has_exactly_manifests_rbac(cluster)
+        return
     require(
         kubeconfig is not None,
         "PODNAT_E2E_KUBECONFIG is not set: the nightly runs podnat as a ServiceAccount (make e2e-sa-kubeconfig)",
@@ -155,6 +156,54 @@ def test_podnat_runs_as_the_serviceaccount_bound_to_manifests_rbac(cluster: Clus
     ]
     assert [g for g in granted if not allowed(*g)] == []
     assert [r for r in refused if allowed(*r)] == []
+
+
+LAB_USER = "podnat-user"  # the lab's kubeconfig.cli: group podnat-users, bound as manifests/rbac/ says
+
+
+def lab_user_has_exactly_manifests_rbac(cluster: Cluster) -> None:
+    """On the lab: podnat as the user of kubeconfig.cli, whose rules the lab's API server reads from
+    manifests/rbac (ClusterRoleBinding podnat) and manifests/agent/cli-rbac.yaml (pods list, pods/proxy
+    get in podnat-system): verify and inspect pass; what those roles do not grant is a 403 in RBAC's words."""
+    lab_kubeconfig = Path(os.environ["KUBECONFIG"].split(os.pathsep)[0])
+    kubeconfig = str(lab_kubeconfig.with_name("kubeconfig.cli"))
+    require(Path(kubeconfig).is_file(), f"the lab wrote no {kubeconfig}: restart it (`podnat lab up`)")
+
+    run = run_podnat("verify", "--namespace", BOOKINFO, "-o", "json", record="rbac-verify", kubeconfig=kubeconfig)
+    assert run.returncode == 0, run.describe()
+    reports = pod_reports(run.json())
+    assert {pod_name(r) for r in reports} == {p.metadata.name for p in cluster.running_pods(BOOKINFO)}
+    for report in reports:
+        assert statuses(report) == dict.fromkeys(FLOW_TYPES, "ok"), pod_name(report)
+    pod = cluster.pod_per_workload(BOOKINFO)["reviews-v1"].metadata.name
+    run = run_podnat(
+        "inspect", pod, "--namespace", BOOKINFO, "-o", "json", record="rbac-inspect", kubeconfig=kubeconfig
+    )
+    assert run.returncode == 0, run.describe()
+    assert listener_ports(run.json()) >= ENVOY_PORTS
+
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+    assert core.read_namespaced_pod(pod, BOOKINFO).metadata.name == pod  # granted: the token works
+    refused = {
+        'cannot list resource "namespaces" in API group "" at the cluster scope': core.list_namespace,
+        f'cannot get resource "pods/proxy" in API group "" in the namespace "{BOOKINFO}"': lambda: (
+            core.connect_get_namespaced_pod_proxy_with_path(f"{pod}:15000", BOOKINFO, "stats")
+        ),
+        f'cannot patch resource "pods/ephemeralcontainers" in API group "" in the namespace "{BOOKINFO}"': lambda: (
+            core.patch_namespaced_pod_ephemeralcontainers(pod, BOOKINFO, {"spec": {"ephemeralContainers": []}})
+        ),
+        f'cannot list resource "events" in API group "" in the namespace "{BOOKINFO}"': lambda: (
+            core.list_namespaced_event(BOOKINFO)
+        ),
+    }
+    for words, call in refused.items():
+        with pytest.raises(client.ApiException) as err:
+            call()
+        assert err.value.status == 403, (words, err.value.status, err.value.body)
+        message = json.loads(err.value.body)["message"]
+        assert f'User "{LAB_USER}" {words}' in message, message
 
 
 def html_page(record: str) -> Path:

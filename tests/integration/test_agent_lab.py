@@ -105,6 +105,31 @@ def _wait(condition: Any, timeout: float, step: float = 0.2) -> float:
     return time.monotonic() - started
 
 
+def test_the_cli_reads_through_the_agent_with_exactly_the_shipped_rbac(lab: Any) -> None:
+    """First (no debug container exists yet): podnat as the lab's kubeconfig.cli user (manifests/rbac's
+    ClusterRole podnat, cli-rbac.yaml's pods/proxy in podnat-system) verifies and inspects through the
+    agent; a debug container, which that ClusterRole does not grant, is exit 3 saying what to grant."""
+    env = {**os.environ, "KUBECONFIG": str(Path(lab.apiserver.kubeconfig).with_name("kubeconfig.cli"))}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "podnat", *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+    ok = cli("verify", "-n", "bookinfo", "-o", "json")
+    assert ok.returncode == 0, ok.stderr
+    agent = f"podnat agent {lab.agent.name} on node podnat-lab"
+    assert {p["sources"]["nat"].split(",")[0] for p in json.loads(ok.stdout)["pods"]} == {agent}
+    reviews = next(p for p in lab.pods if p.name.startswith("reviews-v1-"))
+    one = cli("inspect", reviews.name, "-n", "bookinfo", "-o", "json")
+    assert one.returncode == 0 and json.loads(one.stdout)["sources"]["nat"].startswith(agent), one.stderr
+    denied = cli("inspect", reviews.name, "-n", "bookinfo", "--source", "debug", "-o", "json")
+    assert denied.returncode == 3, denied.stdout + denied.stderr
+    message = json.loads(denied.stdout)["error"]["message"]
+    assert message.startswith("cannot patch pods/ephemeralcontainers in namespace bookinfo") and (
+        "ClusterRole podnat-debug-container" in message
+    ), message
+
+
 def test_the_agents_report_equals_the_debug_containers_for_every_bookinfo_pod(lab: Any) -> None:
     from podnat.facts import NatSource, PodRef
     from podnat.render.data import pod_report_data
