@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from podnat.lab.inject import istio_init_args
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TABLE = REPO / "tests" / "data" / "default.v4.iptables-save"
 LISTENERS = {
@@ -39,26 +41,7 @@ NAMESPACE = "bench"
 def synthetic_pod(index: int) -> dict[str, Any]:
     name = f"bench-{index:03d}-7f9c6b-x{index:03d}"
     ip = f"10.98.{index // 250}.{index % 250 + 2}"
-    init_args = [
-        "istio-iptables",
-        "-p",
-        "15001",
-        "-z",
-        "15006",
-        "-u",
-        "1337",
-        "-m",
-        "REDIRECT",
-        "-i",
-        "*",
-        "-x",
-        "",
-        "-b",
-        "*",
-        "-d",
-        "15090,15021,15020",
-        "--log_output_level=default:info",
-    ]
+    init_args = istio_init_args({})  # the injection template's, for a pod with no annotations
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -263,6 +263,21 @@ def _is_nat(ref: str) -> bool:
     return "/" not in ref or ref.startswith("istio-proxy-nat/")
 
 
+def first_packet_problems(
+    where: str, answered: bool, predicted: FlowTrace, traced: list[str], want: list[str]
+) -> list[str]:
+    """An ambient connection's check: it was answered, podnat predicted it delivered, and its first packets
+    matched podnat's legs rule for rule."""
+    problems = []
+    if not answered:
+        problems.append(f"{where}: the connection failed")
+    if predicted.outcome is not Outcome.DELIVERED:
+        problems.append(f"{where}: podnat predicted {predicted.outcome.value}: {predicted.reason}")
+    if traced != want:
+        problems.append(f"{where}: first packets matched {traced}\n      podnat predicted {want}")
+    return problems
+
+
 def compare(lab: Lab, probe: Probe, seen: Observation, predicted: FlowTrace) -> list[str]:
     """What differs between podnat's prediction and what the kernel and Envoy did (empty: nothing)."""
     problems = []
@@ -595,12 +610,7 @@ def test_ambient_flows_trace_exactly_the_predicted_rules(ambient_lab: Lab) -> No
             traced = [ref for packet in packets for ref in packet.rules if packet.family == 4]
             where = f"{pod.name} {name}"
             checked[name] += 1
-            if not answered:
-                failures.append(f"{where}: the connection failed")
-            if predicted.outcome is not Outcome.DELIVERED:
-                failures.append(f"{where}: podnat predicted {predicted.outcome.value}: {predicted.reason}")
-            if traced != want:
-                failures.append(f"{where}: first packets matched {traced}\n      podnat predicted {want}")
+            failures += first_packet_problems(where, answered, predicted, traced, want)
             if spec.variant == "reply":  # the app's answer: mangle counts it, nat never sees it
                 # (Istio's nft jumps carry no `counter`: only rules with one can be seen counting)
                 countable = {r.ref for t in live.tables.values() for r in t.rules() if r.counters is not None}
@@ -829,12 +839,7 @@ def test_ambient_dual_stack_ipv6_flows_and_a_fault_in_ipv6_only(ambient_dual_lab
             traced = [ref for packet in packets for ref in packet.rules if packet.family == 6]
             where = f"{pod.name} ipv6 {key}"
             checked[key] += 1
-            if not answered:
-                failures.append(f"{where}: the connection failed")
-            if predicted.outcome is not Outcome.DELIVERED:
-                failures.append(f"{where}: podnat predicted {predicted.outcome.value}: {predicted.reason}")
-            if traced != want:
-                failures.append(f"{where}: first packets matched {traced}\n      podnat predicted {want}")
+            failures += first_packet_problems(where, answered, predicted, traced, want)
             if spec.type is FlowType.REMOTE_TO_LOCAL and client != peer:
                 failures.append(f"{where}: the app saw {client}, not the client {peer}")
             snat = snat_count() - snat_before
