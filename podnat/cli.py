@@ -765,8 +765,9 @@ MaxAge = Annotated[
     typer.Option(
         "--max-age",
         min=0,
-        help="Through the node agent: accept its reading of a pod when at most "
-        "this many seconds old (default 0: it reads the pod now).",
+        help="Through the node agent: accept its reading of a pod when checked at most "
+        "this many seconds ago (default 0: it checks the pod now, and reads it again if "
+        "its namespace changed).",
     ),
 ]
 

@@ -2,10 +2,11 @@
 
 `/v1/pods?namespace=NS&labelSelector=SEL&fresh=1&maxAge=S&facts=1`: `{"node", "agent", "pods": [...]}`, each pod
 the object `podnat inspect -o json` prints (its `pod` with the `uid` and `resource_version` it was read
-from), plus `observed_at` (RFC 3339), `mapping` (mapped,
-unmapped, host-network, skipped) and, with `facts=1`, `facts` (the tables and listeners read; the
-CLI explains them itself). `fresh=1` reads the pods asked for now instead of serving the last sweep;
-`maxAge=S` reads now only those read more than S seconds ago.
+from), plus `observed_at` (RFC 3339: when it was read), `checked_at` (when it was last read or found
+unchanged since: podnat.agent.changes), `mapping` (mapped, unmapped, host-network, skipped) and, with
+`facts=1`, `facts` (the tables and listeners read; the CLI explains them itself). `fresh=1` checks the
+pods asked for now instead of serving the last sweep (each one whose namespace changed, or which no
+check covers, is read again); `maxAge=S` checks now only those checked more than S seconds ago.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ def state_data(state: PodState, with_facts: bool) -> dict[str, Any]:
     data = pod_report_data(state.report)
     data["pod"]["uid"] = state.uid
     data["pod"]["resource_version"] = (state.pod.get("metadata") or {}).get("resourceVersion")
-    data["observed_at"] = datetime.datetime.fromtimestamp(state.observed_at, datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%fZ"
-    )
+    data["observed_at"] = _rfc3339(state.observed_at)
+    data["checked_at"] = _rfc3339(state.checked)
     data["mapping"] = state.mapping
     if with_facts and state.facts is not None:
         data["facts"] = facts_data(state.facts)
     return data
+
+
+def _rfc3339(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class AgentServer:

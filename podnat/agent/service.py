@@ -5,7 +5,12 @@
 - Sweeps: every `interval` seconds all pods; on a pod event the pods that changed (debounced); on
   request (`/v1/pods?fresh=1`) the pods asked for. One `/proc` scan maps the pods, then each pod is read
   and explained (`inspect_pod`, exactly as `podnat inspect` does) `concurrency` at a time; one pod's
-  failure is that pod's report, never the sweep's.
+  failure is that pod's report, never the sweep's. Each reading keeps how to tell later that it still
+  holds (a `Check`: the mapped process and a podnat.agent.changes stamp taken just before the read).
+- Requests (`states_for`): a pod checked longer ago than the request allows is checked now: where its
+  stamp has not moved (nothing in its namespace changed, told without a process) its reading stands,
+  checked now; otherwise, or where no stamp covers it (policy routing, legacy tables, a failed read), it
+  is read again.
 - What each sweep found goes to the metrics (podnat/agent/metrics.py) and, on a change of status to or
   from drift/broken, to a Kubernetes Event (podnat/agent/events.py).
 """
@@ -18,20 +23,31 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from podnat.agent import procmap
+from podnat.agent.changes import Stamp, Target, stamps
 from podnat.agent.node import NodePodSource, NodeScanner, PodNetns, release
 from podnat.errors import PodnatError
 from podnat.evidence import NatSource
 from podnat.exitcodes import ExitCode
 from podnat.facts import PodFacts, PodRef
 from podnat.istio.explain import ShadowMemo
+from podnat.istio.pod import MeshMode, PodSpecError, pod_info
 from podnat.report import Failed, PodReport, PodStatus, Skipped
 from podnat.usecases import NamespaceLabels, ReportMemo, inspect_pod
 
 log = logging.getLogger("podnat.agent")
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """How to tell later, without reading the pod again, that a reading still holds."""
+
+    mapped: procmap.Mapped  # the process its namespace was found through
+    admin_port: int  # Envoy's, whose listeners the stamp digests
+    stamp: Stamp  # taken just before the reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +58,14 @@ class PodState:
     pod: Mapping[str, Any]
     report: PodReport
     facts: PodFacts | None
-    observed_at: float
+    observed_at: float  # when it was read
     mapping: str  # "mapped" | "unmapped" | "host-network" | "skipped"
+    checked_at: float = 0.0  # when it was last read or found unchanged (0: observed_at)
+    check: Check | None = None  # None: only reading it again tells whether it changed
+
+    @property
+    def checked(self) -> float:
+        return self.checked_at or self.observed_at
 
 
 @dataclass(slots=True)
@@ -229,6 +251,8 @@ class Agent:
             raise _Unmapped(f"pod not mapped to a network namespace on node {self.config.node}: {reason}")
 
         node_source = NodePodSource(self.config.node, netns_of, self.config.read_timeout, self.snapshot)
+        ports = {str(p["metadata"]["uid"]): _admin_port(p) for p in pods if str(p["metadata"]["uid"]) in held}
+        before = stamps(Target(uid, held[uid].fd, port) for uid, port in ports.items() if port is not None)
 
         def one(pod: dict[str, Any]) -> PodState:
             uid = str(pod["metadata"]["uid"])
@@ -262,7 +286,19 @@ class Agent:
                 )
             if kind == "unmapped" and not isinstance(report, Failed):
                 kind = "skipped"  # not a sidecar pod (or nothing to read): nothing to map
-            return PodState(uid, pod, report, recorder.facts, time.time(), kind)
+            facts, stamp, mapped = recorder.facts, before.get(uid), mapping.get(uid)
+            check = None
+            if (
+                stamp is not None
+                and isinstance(mapped, procmap.Mapped)
+                and report.status is not PodStatus.ERROR
+                and facts is not None
+                and facts.mesh is not MeshMode.AMBIENT
+                and facts.routing is None  # `ip rule`/`ip route`: no stamp covers them
+            ):
+                check = Check(mapped, ports[uid] or 0, stamp)
+            now = time.time()
+            return PodState(uid, pod, report, facts, now, kind, now, check)
 
         try:
             with ThreadPoolExecutor(max_workers=max(1, self.config.concurrency)) as pool:
@@ -315,12 +351,44 @@ class Agent:
         if max_age is not None and uids:
             now = time.time()
             with self._pods_lock:
-                stale = {u for u in uids if u not in self.states or now - self.states[u].observed_at > max_age}
-            if stale:
-                self.sweep(stale)
+                stale = {u for u in uids if u not in self.states or now - self.states[u].checked > max_age}
+                known = [self.states[u] for u in stale if u in self.states]
+            again = stale - self._confirm(known)
+            if again:
+                self.sweep(again)
         with self._pods_lock:
             found = [self.states[u] for u in uids if u in self.states]
         return sorted(found, key=lambda s: (s.report.ref.namespace, s.report.ref.name))
+
+    def _confirm(self, known: Iterable[PodState]) -> set[str]:
+        """The UIDs of the readings in `known` that still hold (now marked checked now): the pod's spec is the
+        one read, and its namespace's stamp has not moved (or nothing was read from a namespace)."""
+        held: dict[str, tuple[PodState, PodNetns]] = {}
+        spec_only: list[PodState] = []
+        with self._pods_lock:
+            current = {s.uid: _version(self.pods.get(s.uid)) for s in known}
+        for state in known:
+            if state.report.status is PodStatus.ERROR or current[state.uid] != _version(state.pod):
+                continue
+            if state.mapping in ("host-network", "skipped"):
+                if not _namespace_decides(state.pod):
+                    spec_only.append(state)  # its report is its spec's: no namespace was read
+            elif state.check is not None:
+                try:
+                    held[state.uid] = (state, self.scanner.hold(state.check.mapped))
+                except PodnatError:
+                    continue  # the process is gone: read (and map) it again
+        try:
+            now_stamps = stamps(Target(uid, h.fd, s.check.admin_port) for uid, (s, h) in held.items() if s.check)
+        finally:
+            release(h for _, h in held.values())
+        still = spec_only + [s for uid, (s, _) in held.items() if s.check and now_stamps.get(uid) == s.check.stamp]
+        now = time.time()
+        with self._pods_lock:
+            for state in still:
+                if self.states.get(state.uid) is state:
+                    self.states[state.uid] = replace(state, checked_at=now)
+        return {s.uid for s in still}
 
 
 class _Unmapped(PodnatError):
@@ -331,6 +399,22 @@ class _Unmapped(PodnatError):
 def _ref(pod: Mapping[str, Any]) -> PodRef:
     meta = pod.get("metadata") or {}
     return PodRef(str(meta.get("namespace") or "default"), str(meta.get("name") or "?"))
+
+
+def _admin_port(pod: Mapping[str, Any]) -> int | None:
+    """Envoy's admin port in the pod (None: a spec podnat cannot read; its reading gets no check)."""
+    try:
+        return pod_info(pod).admin_port
+    except PodSpecError:
+        return None
+
+
+def _namespace_decides(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's Namespace's labels may make it ambient (the agent keeps them a while: read it again)."""
+    try:
+        return pod_info(pod).namespace_decides
+    except PodSpecError:
+        return True
 
 
 def _version(pod: Mapping[str, Any] | None) -> str | None:

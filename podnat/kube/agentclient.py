@@ -2,7 +2,8 @@
 
 The agent of a pod's node is found by label in its namespace (one list, cached); its `/v1/pods` answers
 for every pod of that node at once, so `verify` asks each node once (`prefetch`), and `inspect` once
-for its pod. The agent reads now (`maxAge=0`, or what `--max-age` allows) and sends the facts
+for its pod. The agent checks now (`maxAge=0`, or what `--max-age` allows: a pod whose namespace did
+not change since its last reading keeps it, the others are read again) and sends the facts
 (`facts=1`): the tables and
 listeners it read in the pod's namespace, beside its report of them, which `verify` takes as it is where
 it may (podnat.wire.agent_report) and podnat explains here otherwise, as for any other source.
@@ -120,8 +121,10 @@ class AgentReader:
 
         found = facts_from_data(facts, pod)
         assert found.nat is not None
+        read, checked = item.get("observed_at"), item.get("checked_at") or item.get("observed_at")
+        since = f" (read at {read}, unchanged since)" if checked != read else ""
         label = (
-            f"podnat agent {agent_name} on node {node}, live at {item.get('observed_at')}: "
+            f"podnat agent {agent_name} on node {node}, live at {checked}{since}: "
             + (found.nat.label.split(": ", 1)[-1])
         )
         return replace(found, nat=replace(found.nat, label=label), relayed=agent_report(item, pod))

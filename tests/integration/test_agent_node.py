@@ -108,50 +108,63 @@ def test_the_agent_maps_and_reads_each_pod_and_writes_nothing(bare: list) -> Non
 def test_a_fault_made_outside_flips_the_pod_and_only_that_pod(bare: list) -> None:
     agent = _agent([p.manifest for p in bare])
     target = bare[1]
-    subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            target.netns,
-            "iptables-nft",
-            "-t",
-            "nat",
-            "-D",
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "-j",
-            "ISTIO_INBOUND",
-        ],
-        check=True,
-    )
+    _inbound_jump(target.netns, "-D", "PREROUTING")
     try:
         states = {s.report.ref.name: s.report.status for s in agent.sweep()}
         name = target.manifest["metadata"]["name"]
         assert states.pop(name) in ("drift", "broken")
         assert set(states.values()) == {"ok"}
     finally:
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                target.netns,
-                "iptables-nft",
-                "-t",
-                "nat",
-                "-I",
-                "PREROUTING",
-                "1",
-                "-p",
-                "tcp",
-                "-j",
-                "ISTIO_INBOUND",
-            ],
-            check=True,
-        )
+        _inbound_jump(target.netns, "-I", "PREROUTING", "1")
     assert {s.report.status for s in agent.sweep()} == {"ok"}
+
+
+def _inbound_jump(netns: str, *where: str) -> None:
+    """Delete (`-D PREROUTING`) or put back (`-I PREROUTING 1`) the pod's jump to ISTIO_INBOUND, from outside."""
+    rule = [*where, "-p", "tcp", "-j", "ISTIO_INBOUND"]
+    subprocess.run(["ip", "netns", "exec", netns, "iptables-nft", "-t", "nat", *rule], check=True)
+
+
+def test_a_request_reads_again_only_the_pods_whose_namespace_changed(
+    bare: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`/v1/pods?maxAge=0` (states_for): a pod whose namespace did not change keeps its reading, checked now,
+    without a process; one changed from outside is read again (and drifts); a hostNetwork pod is not read."""
+    from podnat.agent.node import NodePodSource
+
+    host_pod = copy.deepcopy(bare[0].manifest)
+    host_pod["metadata"].update(name="host", uid="00000000-0000-0000-0000-000000000003")
+    host_pod["spec"]["hostNetwork"] = True
+    agent = _agent([*(p.manifest for p in bare[:3]), host_pod])
+    read = {s.uid: s for s in agent.sweep()}
+    assert all(s.check is not None for s in read.values() if s.mapping == "mapped")
+    ran: list[str] = []
+    real = NodePodSource.run_in
+    monkeypatch.setattr(
+        NodePodSource, "run_in", lambda self, held, argv: ran.append(held.uid) or real(self, held, argv)
+    )
+    time.sleep(0.01)
+    checked = {s.uid: s for s in agent.states_for(None, None, 0.0)}
+    assert ran == []
+    assert {u: s.observed_at for u, s in checked.items()} == {u: s.observed_at for u, s in read.items()}
+    assert all(s.checked_at > s.observed_at for s in checked.values())
+    target = bare[1]
+    uid = target.manifest["metadata"]["uid"]
+    _inbound_jump(target.netns, "-D", "PREROUTING")
+    try:
+        after = {s.uid: s for s in agent.states_for(None, None, 0.0)}
+        assert ran == [uid]
+        assert after[uid].report.status in ("drift", "broken") and after[uid].observed_at > read[uid].observed_at
+        assert {s.report.status for u, s in after.items() if u != uid} <= {"ok", "skipped"}
+        # a later request allowing a minute serves what the last one checked, checking nothing
+        assert [s.report.status for s in agent.states_for(None, None, 60.0)] == [
+            s.report.status for s in after.values()
+        ]
+        assert ran == [uid]
+    finally:
+        _inbound_jump(target.netns, "-I", "PREROUTING", "1")
+    assert {s.report.status for s in agent.states_for(None, None, 0.0)} <= {"ok", "skipped"}
+    assert ran == [uid, uid]
 
 
 def test_the_mapped_process_exiting_is_that_pods_error_the_rest_carry_on(bare: list) -> None:
