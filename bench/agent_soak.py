@@ -3,8 +3,9 @@
 `pods` bare pods (podnat/lab/barepods.py) on one node; before each sweep `churn` of them are deleted
 (process killed, namespace and cgroup removed, the pod dropped from the agent's list as a watch
 DELETED would) and as many new ones created; the agent (in this process, its metrics rendered each
-sweep) sweeps them. After a warm-up, the process's RSS and open file descriptors are sampled; a leak
-shows as growth. `make soak` runs 200 pods x 1,000 sweeps; CI runs a short version
+sweep) sweeps them, then answers a request for every pod checked now (`states_for`: each namespace held,
+stamped and released: podnat/agent/changes.py). After a warm-up, the process's RSS and open file
+descriptors are sampled; a leak shows as growth. `make soak` runs 200 pods x 1,000 sweeps; CI runs a short version
 (tests/integration/test_agent_soak.py).
 """
 
@@ -63,8 +64,10 @@ def soak(
                     agent.pod_event("ADDED", pod.manifest)
                 live += fresh
             states = agent.sweep()
+            # a request as the CLI makes it: each pod checked now (held, stamped, released) and kept
+            checked = agent.states_for(None, None, 0.0)
             generate_latest(metrics.registry)
-            for state in states:
+            for state in [*states, *checked]:
                 if state.report.status != "ok":
                     bad[state.report.status] = bad.get(state.report.status, 0) + 1
             if sweep > warmup:

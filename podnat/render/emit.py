@@ -7,10 +7,11 @@ YAML are written here).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from podnat.render.output import OutputFormat
 
@@ -41,6 +42,43 @@ class TableExplanation:
 
 
 Result: TypeAlias = "TableTrace | TableExplanation | PodReport | VerifyReport"
+
+
+class Progress(Protocol):
+    """verify's progress: `advance` once per pod read, inside `with`."""
+
+    def __enter__(self) -> Progress: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def advance(self, _report: object = None) -> None: ...
+
+
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def advance(self, _report: object = None) -> None:
+        return None
+
+
+def verify_progress(total: int) -> Progress:
+    """A progress bar on stderr where rich would show one (podnat.render.console.VerifyProgress), loading rich
+    only then: where stderr is no terminal and no variable rich reads (TTY_COMPATIBLE=1, FORCE_COLOR) says it
+    is one, rich would show none, and a script piping `-o json` does not pay for loading it."""
+    if os.environ.get("TTY_COMPATIBLE") != "1" and not os.environ.get("FORCE_COLOR") and not _isatty(sys.stderr):
+        return _NoProgress()
+    from podnat.render.console import VerifyProgress
+
+    return VerifyProgress(total)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def emit(result: Result, output: OutputFormat) -> None:
