@@ -7,9 +7,12 @@ request, as bench/verify_bench.py) and the agent's pod; `podnat agent` runs as a
 machine reading its /proc.
 
 Measured: the agent's full sweep (wall time from its own histogram, CPU and peak RSS of the process
-over `sweeps` sweeps), `podnat verify` through the agent (reading every pod now, the default; and
-`--max-age 3600`, the last sweep's readings) vs through exec (`--source exec`, istio-proxy given
-NET_ADMIN so that exec can read the table) at the default concurrency, and API requests per node.
+over `sweeps` sweeps, every `interval` seconds); then, against an agent started afresh at its default
+interval (60 s: no sweep runs while `verify` is timed, for either path), `podnat verify` through the
+agent (the default: every pod checked now, read again where its namespace changed; and `--max-age
+3600`, the last check's readings) vs through exec (`--source exec`, istio-proxy given NET_ADMIN so that
+exec can read the table) at the default concurrency: whole processes, `runs` of each taken in turn,
+the median; and API requests per node.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,7 +68,38 @@ def _requests(log: Path, since: int) -> list[str]:
     return [line for line in log.read_text().splitlines()[since:] if " /api/v1/" in line]
 
 
-def agent_benchmark(pods: int = 110, latency_ms: int = 50, sweeps: int = 5, interval: float = 4.0) -> dict[str, Any]:
+def _start_agent(env: dict[str, str], port: int, log: Path, interval: float | None) -> subprocess.Popen[bytes]:
+    """`podnat agent` on this machine's /proc (at its default interval where `interval` is None)."""
+    argv = [sys.executable, "-m", "podnat", "agent", "--node", NODE, "--proc", "/proc", "--address", "127.0.0.1"]
+    argv += ["--port", str(port), "--no-events", *(["--interval", f"{interval:g}"] if interval else [])]
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _swept(agent: subprocess.Popen[bytes], port: int, log: Path) -> str:
+    """The agent's metrics once its first sweep is done."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            text = _metrics(port)
+            if _metric(text, "podnat_agent_sweep_duration_seconds_count") >= 1:
+                return text
+        except OSError:
+            pass
+        if time.monotonic() > deadline or agent.poll() is not None:
+            raise RuntimeError(f"the agent did not sweep: {log.read_text()[-500:]}")
+        time.sleep(0.2)
+
+
+def _stop(agent: subprocess.Popen[bytes] | None) -> None:
+    if agent is not None and agent.poll() is None:
+        os.killpg(agent.pid, signal.SIGTERM)
+        agent.wait(10)
+
+
+def agent_benchmark(
+    pods: int = 110, latency_ms: int = 50, sweeps: int = 5, interval: float = 4.0, runs: int = 3
+) -> dict[str, Any]:
     from podnat.lab.apiserver import start_apiserver, stop_apiserver
     from podnat.lab.barepods import make_bare_pods, remove_bare_pods
     from podnat.lab.build import agent_pod_manifest
@@ -98,41 +133,8 @@ def agent_benchmark(pods: int = 110, latency_ms: int = 50, sweeps: int = 5, inte
         state.apiserver = start_apiserver(root, latency_ms=latency_ms, state=state)
         env = {**os.environ, "KUBECONFIG": state.apiserver.kubeconfig, "HOME": str(root), "POD_NAME": agent_name}
         log = root / "agent.log"
-        with log.open("wb") as out:
-            agent = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "podnat",
-                    "agent",
-                    "--node",
-                    NODE,
-                    "--proc",
-                    "/proc",
-                    "--address",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--interval",
-                    f"{interval:g}",
-                    "--no-events",
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                text = _metrics(port)
-                if _metric(text, "podnat_agent_sweep_duration_seconds_count") >= 1:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or agent.poll() is not None:
-                raise RuntimeError(f"the agent did not sweep: {log.read_text()[-500:]}")
-            time.sleep(0.2)
+        agent = _start_agent(env, port, log, interval)
+        text = _swept(agent, port, log)
         cpu_before = _cpu_seconds(agent.pid)
         count_before = _metric(text, "podnat_agent_sweep_duration_seconds_count")
         sum_before = _metric(text, "podnat_agent_sweep_duration_seconds_sum")
@@ -143,6 +145,10 @@ def agent_benchmark(pods: int = 110, latency_ms: int = 50, sweeps: int = 5, inte
         cpu_per_sweep = (_cpu_seconds(agent.pid) - cpu_before) / count
         mapped = re.search(r'podnat_agent_pods\{state="mapped"\} ([0-9.]+)', text)
         statuses = re.findall(r'podnat_pod_status\{[^}]*status="(\w+)"', text)
+        peak_rss = _peak_rss_mb(agent.pid)
+        _stop(agent)
+        agent = _start_agent(env, port, log, None)  # the default interval: no sweep while verify is timed
+        _swept(agent, port, log)
 
         podnat = [sys.executable, "-m", "podnat"]
         api_log = root / "apiserver.log"
@@ -163,9 +169,15 @@ def agent_benchmark(pods: int = 110, latency_ms: int = 50, sweeps: int = 5, inte
                 raise RuntimeError(f"verify {' '.join(extra)} failed ({done.returncode}): {done.stderr[-300:]}")
             return took, json.loads(done.stdout), _requests(api_log, since)
 
-        via_agent, agent_report, agent_requests = verify()
-        via_cache, _, _ = verify("--max-age", "3600")
-        via_exec, exec_report, exec_requests = verify("--source", "exec")
+        timed: dict[str, list[float]] = {"agent": [], "cache": [], "exec": []}
+        for _ in range(runs):  # in turn, so that a noisy moment weighs on each alike
+            took, agent_report, agent_requests = verify()
+            timed["agent"].append(took)
+            timed["cache"].append(verify("--max-age", "3600")[0])
+            took, exec_report, exec_requests = verify("--source", "exec")
+            timed["exec"].append(took)
+        sweeps_meanwhile = _metric(_metrics(port), "podnat_agent_sweep_duration_seconds_count") - 1
+        via_agent, via_cache, via_exec = (statistics.median(timed[k]) for k in ("agent", "cache", "exec"))
         sources = {p["sources"].get("nat", "").split(",")[0].split(":")[0] for p in agent_report["pods"]}
         return {
             "pods": pods,
@@ -174,9 +186,13 @@ def agent_benchmark(pods: int = 110, latency_ms: int = 50, sweeps: int = 5, inte
             "agent_sweeps_measured": int(count),
             "agent_sweep_s": round(sweep_s, 2),
             "agent_cpu_s_per_sweep": round(cpu_per_sweep, 2),
-            "agent_peak_rss_mb": _peak_rss_mb(agent.pid),
+            "agent_peak_rss_mb": peak_rss,
             "agent_pods_mapped": int(float(mapped.group(1))) if mapped else 0,
             "agent_statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
+            "verify_runs": runs,
+            "verify_via_agent_runs_s": [round(t, 2) for t in timed["agent"]],
+            "verify_via_exec_runs_s": [round(t, 2) for t in timed["exec"]],
+            "agent_sweeps_while_verify_timed": int(sweeps_meanwhile),
             "verify_via_agent_s": round(via_agent, 2),
             "verify_via_exec_s": round(via_exec, 2),
             "exec_over_agent": round(via_exec / via_agent, 1),
@@ -190,9 +206,7 @@ def agent_benchmark(pods: int = 110, latency_ms: int = 50, sweeps: int = 5, inte
             "requests_via_exec": len(exec_requests),
         }
     finally:
-        if agent is not None and agent.poll() is None:
-            os.killpg(agent.pid, signal.SIGTERM)
-            agent.wait(10)
+        _stop(agent)
         if state is not None and state.apiserver is not None:
             stop_apiserver(state.apiserver)
         remove_bare_pods(TAG)

@@ -313,9 +313,11 @@ def print_agent(a: dict[str, Any]) -> None:
     print(
         f"agent, {a['pods']} pods on one node: sweep {a['agent_sweep_s']} s wall, "
         f"{a['agent_cpu_s_per_sweep']} s CPU, peak RSS {a['agent_peak_rss_mb']} MB ({a['agent_pods_mapped']} "
-        f"mapped); verify +{a['latency_ms']} ms/request: through the agent {a['verify_via_agent_s']} s "
-        f"(last sweep's readings: {a['verify_via_agent_last_sweep_s']} s), through exec {a['verify_via_exec_s']} s "
-        f"(exec/agent {a['exec_over_agent']}x, {a['exec_over_agent_last_sweep']}x); requests: "
+        f"mapped); verify +{a['latency_ms']} ms/request, median of {a['verify_runs']}: through the agent "
+        f"{a['verify_via_agent_s']} s (last check's readings: {a['verify_via_agent_last_sweep_s']} s), "
+        f"through exec {a['verify_via_exec_s']} s (exec/agent {a['exec_over_agent']}x, "
+        f"{a['exec_over_agent_last_sweep']}x; runs {a['verify_via_agent_runs_s']} vs {a['verify_via_exec_runs_s']}, "
+        f"{a['agent_sweeps_while_verify_timed']} sweeps meanwhile); requests: "
         f"{a['requests_via_agent']} via the agent ({a['proxy_requests_per_node']} pods/proxy per node), "
         f"{a['requests_via_exec']} via exec"
     )

@@ -30,17 +30,60 @@ log = logging.getLogger("podnat.agent.http")
 
 
 def state_data(state: PodState, with_facts: bool) -> dict[str, Any]:
+    """A pod of `/v1/pods`: its reading (`reading_data`) and when it was read and checked."""
+    return {**reading_data(state, with_facts), **_when(state)}
+
+
+def reading_data(state: PodState, with_facts: bool) -> dict[str, Any]:
+    """What a pod's reading says (the same for the same report, facts and Pod objects)."""
     from podnat.render.data import pod_report_data
 
     data = pod_report_data(state.report)
     data["pod"]["uid"] = state.uid
     data["pod"]["resource_version"] = (state.pod.get("metadata") or {}).get("resourceVersion")
-    data["observed_at"] = _rfc3339(state.observed_at)
-    data["checked_at"] = _rfc3339(state.checked)
-    data["mapping"] = state.mapping
     if with_facts and state.facts is not None:
         data["facts"] = facts_data(state.facts)
     return data
+
+
+def _when(state: PodState) -> dict[str, str]:
+    return {
+        "observed_at": _rfc3339(state.observed_at),
+        "checked_at": _rfc3339(state.checked),
+        "mapping": state.mapping,
+    }
+
+
+class EncodedReadings:
+    """Each pod's reading as JSON, kept while the reading is the same objects (frozen: the same report, facts
+    and Pod encode alike; a pod read as before keeps its report, usecases.made_of), so that answering a
+    request encodes only the readings that changed and the times of each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[str, bool], tuple[object, object, object, bytes]] = {}
+
+    def pod(self, state: PodState, with_facts: bool) -> bytes:
+        key = (state.uid, with_facts)
+        with self._lock:
+            kept = self._kept.get(key)
+        if kept is not None and kept[0] is state.report and kept[1] is state.facts and kept[2] is state.pod:
+            encoded = kept[3]
+        else:
+            encoded = _json(reading_data(state, with_facts))
+            with self._lock:
+                self._kept[key] = (state.report, state.facts, state.pod, encoded)
+        return encoded[:-1] + b"," + _json(_when(state))[1:]
+
+    def keep_only(self, uids: set[str]) -> None:
+        """Forget the pods the agent no longer keeps."""
+        with self._lock:
+            for key in [k for k in self._kept if k[0] not in uids]:
+                del self._kept[key]
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def _rfc3339(when: float) -> str:
@@ -57,6 +100,7 @@ class AgentServer:
         self.metrics = metrics
         self.name = name
         self.stale_after = stale_after or (3 * agent.config.interval + 60)
+        self.encoded = EncodedReadings()
         handler = type("Handler", (_Handler,), {"server_ref": self})
         self.httpd = ThreadingHTTPServer((address, port), handler)
         self.httpd.daemon_threads = True
@@ -140,12 +184,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(503, json.dumps({"error": "the agent has not listed its pods yet"}).encode(), "application/json")
             return
         states = server.agent.states_for(query.get("namespace") or None, selector, max_age)
-        body = {
-            "node": server.agent.config.node,
-            "agent": server.name,
-            "pods": [state_data(s, with_facts) for s in states],
-        }
-        self._send(200, json.dumps(body, separators=(",", ":")).encode(), "application/json")
+        head = _json({"node": server.agent.config.node, "agent": server.name})
+        pods = b",".join(server.encoded.pod(s, with_facts) for s in states)
+        server.encoded.keep_only(server.agent.kept())
+        self._send(200, head[:-1] + b',"pods":[' + pods + b"]}", "application/json")
 
     def _send(self, code: int, body: bytes, content_type: str) -> None:
         self.send_response(code)

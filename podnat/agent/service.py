@@ -184,6 +184,11 @@ class Agent:
                 self._changed.add(uid)
         self._wake.set()
 
+    def kept(self) -> set[str]:
+        """The UIDs of the pods it has a reading of."""
+        with self._pods_lock:
+            return set(self.states)
+
     def snapshot(self) -> list[dict[str, Any]]:
         with self._pods_lock:
             return list(self.pods.values())

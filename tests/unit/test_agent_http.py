@@ -67,3 +67,52 @@ def test_pods_filtered_by_namespace_and_label_selector_and_readiness() -> None:
         assert _get(server.port, "/healthz")[0] == 503
     finally:
         server.stop()
+
+
+def test_each_pod_is_encoded_once_while_its_reading_is_the_same_and_says_what_state_data_says(
+    monkeypatch: Any,
+) -> None:
+    import dataclasses
+
+    from podnat.agent import http
+
+    agent = Agent(AgentConfig(node="n1"), scanner=None)  # type: ignore[arg-type]
+    server = AgentServer(agent, AgentMetrics(agent), "127.0.0.1", 0, "agent-1")
+    encoded: list[str] = []
+    real = http.reading_data
+    monkeypatch.setattr(http, "reading_data", lambda state, facts: encoded.append(state.uid) or real(state, facts))
+    server.start()
+    try:
+        pods = [_pod("bookinfo", "reviews-v1", "reviews"), _pod("bookinfo", "details-v1", "details")]
+        agent.replace_pods(pods)
+        for pod in pods:
+            meta = pod["metadata"]
+            report = Skipped(ref=PodRef(meta["namespace"], meta["name"]), node="n1")
+            agent.states[meta["uid"]] = PodState(meta["uid"], pod, report, None, 1.0, "skipped", 2.0)
+
+        def served() -> list[dict[str, Any]]:
+            code, body = _get(server.port, "/v1/pods")
+            assert code == 200
+            return json.loads(body)["pods"]
+
+        first = served()
+        assert sorted(encoded) == ["uid-details-v1", "uid-reviews-v1"]
+        assert first == [http.state_data(agent.states[f"uid-{n}"], False) for n in ("details-v1", "reviews-v1")]
+        encoded.clear()
+        assert (first[0]["observed_at"], first[0]["checked_at"]) == (
+            "1970-01-01T00:00:01.000000Z",
+            "1970-01-01T00:00:02.000000Z",
+        )
+        # checked again (the same reading, a new check time): served anew, not encoded again
+        state = agent.states["uid-reviews-v1"]
+        agent.states[state.uid] = dataclasses.replace(state, checked_at=3.0)
+        again = served()
+        assert again[1]["checked_at"] == "1970-01-01T00:00:03.000000Z" and encoded == []
+        # read again (a new report): encoded again; a pod gone is forgotten
+        agent.states[state.uid] = dataclasses.replace(state, report=dataclasses.replace(state.report, notes=("x",)))
+        assert served()[1]["notes"] == ["x"] and encoded == ["uid-reviews-v1"]
+        agent.pod_event("DELETED", pods[1])
+        assert [p["pod"]["name"] for p in served()] == ["reviews-v1"]
+        assert {key[0] for key in server.encoded._kept} == {"uid-reviews-v1"}
+    finally:
+        server.stop()
