@@ -891,9 +891,6 @@ def verify(
     output: VerifyOutputOpt = OutputFormat.table,
 ) -> None:
     """Check every sidecar and ambient pod: exit 0 all ok, 1 drift or broken, 3 some pods could not be read."""
-    from podnat.render.emit import verify_progress
-    from podnat.usecases import verify_pods
-
     if all_namespaces and namespace:
         raise UsageError("give --namespace or --all-namespaces, not both")
     cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
@@ -911,6 +908,9 @@ def verify(
         # A namespace that does not exist: exit 3. The same read gives its labels to the pods that need them.
         checked = pool.submit(namespaces.check, where) if where is not None else None
         listed = pool.submit(pod_source.list_pods, where, selector)
+        from podnat.render.emit import verify_progress  # loaded while the requests are on the wire
+        from podnat.usecases import verify_pods
+
         unchecked = checked.result() if checked is not None else None
         pods = listed.result()
     if nat_source in (None, NatSource.NODE):
@@ -925,6 +925,7 @@ def verify(
             progress.advance,
             namespaces,
             relay=html is None,  # the agent's reports as they are; the page draws each flow's trace
+            at_hand=cluster.agents.at_hand if nat_source in (None, NatSource.NODE) else None,
         )
     if html is not None:
         from podnat.render.html import verify_html

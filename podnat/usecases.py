@@ -601,9 +601,12 @@ def verify_pods(
     progress: Callable[[PodReport], None] | None = None,
     namespace_labels: NamespaceLabels | None = None,
     relay: bool = False,
+    at_hand: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> VerifyReport:
     """Inspect every pod, `concurrency` at a time; each worker uses its own source (own API clients).
-    `relay`: take the node agent's reports as they are where they may be (inspect_pod).
+    `relay`: take the node agent's reports as they are where they may be (inspect_pod). `at_hand`: the pods
+    whose facts are read already (the node agent's answer): they are explained in this thread while the
+    workers read the others (no I/O to wait on, which threads would only slow down).
 
     Pods with one table (a Deployment's replicas, the injected default) share its shadow analysis: the
     run keeps one memo, gone with it."""
@@ -630,12 +633,18 @@ def verify_pods(
                 error_code=int(exc.code),
             )
 
+    def done(report: PodReport) -> None:
+        reports.append(report)
+        if progress is not None:
+            progress(report)
+
+    here = [p for p in pods if at_hand(p)] if at_hand is not None else []
+    ids = {id(p) for p in here}
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = [pool.submit(one, pod) for pod in pods]
+        futures = [pool.submit(one, pod) for pod in pods if id(pod) not in ids]
+        for pod in here:
+            done(one(pod))
         for future in as_completed(futures):
-            report = future.result()
-            reports.append(report)
-            if progress is not None:
-                progress(report)
+            done(future.result())
     reports.sort(key=lambda r: (r.ref.namespace, r.ref.name))
     return VerifyReport(tuple(reports))

@@ -89,6 +89,15 @@ class AgentReader:
         with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
             list(pool.map(lambda node: self._node(node, namespace), nodes))
 
+    def at_hand(self, pod: Mapping[str, Any]) -> bool:
+        """Whether the pod's node's agent has answered already with facts of it (facts_for asks nothing)."""
+        node = str((pod.get("spec") or {}).get("nodeName") or "")
+        answered = self._nodes.get(node)
+        if answered is None or isinstance(answered, KubeSourceError):
+            return False
+        item = answered.get(str((pod.get("metadata") or {}).get("uid") or ""))
+        return item is not None and bool((item.get("facts") or {}).get("nat"))
+
     def facts_for(self, pod: Mapping[str, Any]) -> PodFacts | None:
         """The pod's facts as its node's agent read them; None when no agent runs on its node.
 

@@ -242,3 +242,32 @@ def test_a_pod_read_as_before_keeps_its_report_and_any_change_is_explained_again
     agent.pod_event("DELETED", pods[0])
     sweep()
     assert set(agent._reports) == {"uid-ratings-v1-b"}
+
+
+def test_pods_at_hand_are_explained_in_the_calling_thread_and_the_rest_by_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """verify's `at_hand`: the pods the agent answered for are done without the pool (nothing to wait on);
+    a pod it did not answer for goes to the workers; the report is the same either way."""
+    import threading
+
+    pods = [make_pod("reviews-v1-a", "10.99.0.2"), make_pod("ratings-v1-b", "10.99.0.3")]
+    items = agent_items(monkeypatch, pods, broken={"ratings-v1-b"})
+    reader = AgentReader(_Client())  # type: ignore[arg-type]
+    reader._agents = {NODE: {"metadata": {"name": "podnat-agent-x"}, "spec": {"nodeName": NODE}}}
+    reader._nodes[NODE] = {uid: item for uid, item in items.items() if item["pod"]["name"] == "reviews-v1-a"}
+    assert [reader.at_hand(p) for p in pods] == [True, False]
+    threads: dict[str, str] = {}
+
+    class Seen(_Cluster):
+        def agent_facts(self, pod: Mapping[str, Any]) -> PodFacts | None:
+            threads[pod["metadata"]["name"]] = threading.current_thread().name
+            if not self.reader.at_hand(pod):
+                self.reader._nodes[NODE] = items  # the worker's read: the agent answers for it now
+            return self.reader.facts_for(pod)
+
+    source = LiveSource(Seen(reader))  # type: ignore[arg-type]
+    report = verify_pods(lambda: source, pods, 4, relay=True, at_hand=reader.at_hand)
+    assert threads["reviews-v1-a"] == threading.current_thread().name
+    assert threads["ratings-v1-b"] != threading.current_thread().name
+    assert outputs(report) == outputs(verify(items, pods, relay=True))
