@@ -31,6 +31,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -73,7 +74,7 @@ def getgen_request(seq: int = 1) -> bytes:
 
 def generation_of(reply: bytes) -> int:
     """The generation ID in the kernel's answer to getgen_request; -errno when it answered an error."""
-    if len(reply) < _HEADER.size:
+    if len(reply) < _HEADER.size + 4:
         raise ValueError(f"netlink reply of {len(reply)} bytes")
     length, kind, _, _, _ = _HEADER.unpack_from(reply)
     if kind == NLMSG_ERROR:
@@ -92,18 +93,25 @@ def generation_of(reply: bytes) -> int:
     raise ValueError("netlink reply without NFTA_GEN_ID")
 
 
-def stamps(targets: Iterable[Target], timeout: float = 1.0) -> dict[str, Stamp | None]:
-    """Each target's stamp (None: it cannot be told here, e.g. x_tables tables are loaded; read it again)."""
+def stamps(targets: Iterable[Target], timeout: float = 1.0, budget: float = 5.0) -> dict[str, Stamp | None]:
+    """Each target's stamp (None: it cannot be told here, e.g. x_tables tables are loaded; read it again).
+
+    `timeout` bounds each answer (Envoy's above all), `budget` all of them: the targets left when it is
+    spent get None (so a node where something slow listens on the admin port is read, not waited on)."""
     todo = list(targets)
     out: dict[str, Stamp | None] = {t.key: None for t in todo}
     if not todo:
         return out
+    deadline = time.monotonic() + budget
 
     def run() -> None:  # this thread enters the pods' namespaces and ends with the last
         for target in todo:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
             try:
-                out[target.key] = _stamp_here(target, timeout)
-            except (OSError, ValueError, http.client.HTTPException):
+                out[target.key] = _stamp_here(target, min(timeout, left))
+            except Exception:  # whatever went wrong, only a reading tells: None
                 out[target.key] = None
 
     worker = threading.Thread(target=run, name="podnat-stamps", daemon=True)

@@ -98,3 +98,34 @@ def test_envoys_listeners_are_digested_where_something_listens_on_the_admin_port
         server.terminate()
         server.wait(10)
     assert _stamp(netns).listeners is None
+
+
+def test_something_silent_on_the_admin_port_costs_the_budget_not_a_wait_per_pod(netns: str) -> None:
+    from podnat.agent.changes import Target, stamps
+
+    silent = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            "-c",
+            "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 15000)); s.listen(); "
+            "print('up', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        assert silent.stdout is not None and silent.stdout.readline().strip() == "up"
+        began = time.monotonic()
+        found = stamps([Target(f"pod-{i}", fd, 15000) for i in range(20)], timeout=0.3, budget=1.0)
+        took = time.monotonic() - began
+        assert found == {f"pod-{i}": None for i in range(20)}  # none could be told: each is read again
+        assert took < 2.0, took  # 20 x 0.3 s were it not for the budget
+    finally:
+        os.close(fd)
+        silent.kill()
+        silent.wait(10)
