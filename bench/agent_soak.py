@@ -4,9 +4,9 @@
 (process killed, namespace and cgroup removed, the pod dropped from the agent's list as a watch
 DELETED would) and as many new ones created; the agent (in this process, its metrics rendered each
 sweep) sweeps them, then answers a request for every pod checked now (`states_for`: each namespace held,
-stamped and released: podnat/agent/changes.py). After a warm-up, the process's RSS and open file
-descriptors are sampled; a leak shows as growth. `make soak` runs 200 pods x 1,000 sweeps; CI runs a short version
-(tests/integration/test_agent_soak.py).
+stamped and released: podnat/agent/changes.py; its JSON as /v1/pods keeps it). After a warm-up, the
+process's RSS and open file descriptors are sampled; a leak shows as growth. `make soak` runs 200 pods
+x 1,000 sweeps; CI runs a short version (tests/integration/test_agent_soak.py).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def soak(
 ) -> dict[str, Any]:
     from prometheus_client import generate_latest
 
+    from podnat.agent.http import EncodedReadings
     from podnat.agent.metrics import AgentMetrics
     from podnat.agent.node import NodeScanner
     from podnat.agent.service import Agent, AgentConfig
@@ -43,6 +44,7 @@ def soak(
     logs = Path(tempfile.mkdtemp(prefix="podnat-soak-"))
     agent = Agent(AgentConfig(node="podnat-bench-node"), NodeScanner(Path("/proc")))
     metrics = AgentMetrics(agent)
+    encoded = EncodedReadings()  # what /v1/pods keeps of each pod's JSON
     agent.observers.append(metrics.observe)
     samples: list[tuple[int, float, int]] = []
     made = 0
@@ -64,8 +66,10 @@ def soak(
                     agent.pod_event("ADDED", pod.manifest)
                 live += fresh
             states = agent.sweep()
-            # a request as the CLI makes it: each pod checked now (held, stamped, released) and kept
+            # a request as the CLI makes it: each pod checked now (held, stamped, released), its JSON as served
             checked = agent.states_for(None, None, 0.0)
+            b",".join(encoded.pod(state, True) for state in checked)
+            encoded.keep_only(agent.kept())
             generate_latest(metrics.registry)
             for state in [*states, *checked]:
                 if state.report.status != "ok":
