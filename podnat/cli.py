@@ -914,7 +914,9 @@ def verify(
         unchecked = checked.result() if checked is not None else None
         pods = listed.result()
     if nat_source in (None, NatSource.NODE):
-        cluster.prefetch(pods)  # one request per node with a podnat agent
+        # one request per node with a podnat agent; the tables only of the pods whose report verify cannot take
+        # as it is, unless the page draws each flow's trace (--html)
+        cluster.prefetch(pods, lean=html is None)
     with verify_progress(len(pods)) as progress:
         report = verify_pods(
             lambda: pod_source,

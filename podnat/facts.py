@@ -10,7 +10,7 @@ failure allows the next) on top of it; tests swap in a fake cluster. The use cas
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -123,6 +123,9 @@ class PodFacts:
     routing: PolicyRouting | None = None  # TPROXY pods: policy routing, read by the same exec as the table
     sockets: SocketsReading | None = None  # ambient pods: ztunnel's in-pod listeners, read by the same exec
     relayed: Mapping[str, Any] | None = None  # the node agent's report of these facts (podnat.wire.agent_report)
+    # The node agent sent its report and withheld the tables it was made from (verify's lean answer): how to
+    # ask for them, where the report cannot be taken as it is and they must be explained here.
+    complete: Callable[[], PodFacts] | None = None
 
     @property
     def live(self) -> bool | None:

@@ -110,6 +110,11 @@ def inspect_pod(
     if reports is not None and uid and (before := reports.get(uid)) is not None and before[0] == made:
         return before[1]
     taken = relayed_report(base, facts) if relay else None
+    if taken is None and facts.complete is not None:
+        try:
+            facts = facts.complete()  # the agent withheld the tables its report was made of: explained here
+        except PodnatError as exc:
+            return _unread(base, exc)
     report = taken if taken is not None else _with(explain_facts(base, facts, intent, shadows), live=facts.live)
     terminating = info.terminating
     if terminating:
@@ -213,6 +218,8 @@ def inspect_ambient(
     base = _with(base, notes=(*base.notes, *pod.notes))
     try:
         facts = source.read_facts(pod, nat_source, debug_container)
+        if facts.complete is not None:  # the agent saw a sidecar pod and withheld its tables: none is relayed here
+            facts = facts.complete()
     except PodnatError as exc:
         return _unread(base, exc)
     release, release_from = ambient_release(source, base.node)

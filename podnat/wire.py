@@ -25,8 +25,16 @@ from podnat.facts import (
 from podnat.istio.pod import MeshMode
 
 
-def facts_data(facts: PodFacts) -> dict[str, Any]:
+def facts_data(facts: PodFacts, tables: bool = True) -> dict[str, Any]:
+    """`facts` as JSON. Without `tables` (verify's lean answer, for a pod whose report the CLI may take as
+    it is: `may_relay`), what the CLI labels that report with: the notes and the table's source and label,
+    `withheld` saying the rest was left out."""
     data: dict[str, Any] = {"mesh": facts.mesh.value, "notes": list(facts.notes)}
+    if not tables:
+        if facts.nat is not None:
+            data["nat"] = {"source": facts.nat.source.value, "label": facts.nat.label, "counters": facts.nat.counters}
+        data["withheld"] = True
+        return data
     if facts.nat is not None:
         nat = facts.nat
         data["nat"] = {
@@ -56,7 +64,9 @@ def facts_data(facts: PodFacts) -> dict[str, Any]:
 
 
 def facts_from_data(data: Mapping[str, Any], pod: Mapping[str, Any]) -> PodFacts:
-    """The PodFacts a `facts_data` object describes, for `pod` (the manifest the CLI listed)."""
+    """The PodFacts a `facts_data` object describes, for `pod` (the manifest the CLI listed). Withheld
+    tables (`withheld`) read as empty: such facts must be completed before anything explains them
+    (PodFacts.complete, set by the CLI's client of the agent)."""
     meta = pod.get("metadata") or {}
     ref = PodRef(str(meta.get("namespace") or "default"), str(meta.get("name") or "?"))
     nat = data.get("nat")
@@ -69,7 +79,7 @@ def facts_from_data(data: Mapping[str, Any], pod: Mapping[str, Any]) -> PodFacts
         nat=NatReading(
             source=NatSource(nat["source"]),
             label=str(nat["label"]),
-            v4=str(nat["v4"] or ""),
+            v4=str(nat.get("v4") or ""),
             v6=nat.get("v6"),
             nft=nat.get("nft"),
             counters=bool(nat.get("counters")),
@@ -107,6 +117,12 @@ EXPLAINED_FIELDS = (
     "second_family",
 )
 _EXPLAINED = ("ok", "drift", "broken", "unknown")
+
+
+def may_relay(mesh: str | None, status: str | None) -> bool:
+    """Whether a report of this mesh mode and status is one the CLI may take as it is (agent_report, and the
+    header checks of usecases.relayed_report): an explained sidecar pod. Other pods it explains itself."""
+    return mesh == MeshMode.SIDECAR.value and status in _EXPLAINED
 
 
 def agent_report(item: Mapping[str, Any], pod: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -4,7 +4,9 @@
 the object `podnat inspect -o json` prints (its `pod` with the `uid` and `resource_version` it was read
 from), plus `observed_at` (RFC 3339: when it was read), `checked_at` (when it was last read or found
 unchanged since: podnat.agent.changes), `mapping` (mapped, unmapped, host-network, skipped) and, with
-`facts=1`, `facts` (the tables and listeners read; the CLI explains them itself). `fresh=1` checks the
+`facts=1`, `facts` (the tables and listeners read; the CLI explains them itself; `facts=lean`: the
+tables only of the pods whose report the CLI cannot take as it is, `withheld` for the others, which
+verify asks for). `fresh=1` checks the
 pods asked for now instead of serving the last sweep (each one whose namespace changed, or which no
 check covers, is read again); `maxAge=S` checks now only those checked more than S seconds ago.
 """
@@ -24,25 +26,28 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from podnat.agent.metrics import AgentMetrics
 from podnat.agent.service import Agent, PodState
-from podnat.wire import facts_data
+from podnat.wire import facts_data, may_relay
 
 log = logging.getLogger("podnat.agent.http")
 
 
-def state_data(state: PodState, with_facts: bool) -> dict[str, Any]:
+def state_data(state: PodState, with_facts: bool, lean: bool = False) -> dict[str, Any]:
     """A pod of `/v1/pods`: its reading (`reading_data`) and when it was read and checked."""
-    return {**reading_data(state, with_facts), **_when(state)}
+    return {**reading_data(state, with_facts, lean), **_when(state)}
 
 
-def reading_data(state: PodState, with_facts: bool) -> dict[str, Any]:
-    """What a pod's reading says (the same for the same report, facts and Pod objects)."""
+def reading_data(state: PodState, with_facts: bool, lean: bool = False) -> dict[str, Any]:
+    """What a pod's reading says (the same for the same report, facts and Pod objects). `lean`: the facts'
+    tables only where the CLI cannot take the report as it is (podnat.wire.may_relay)."""
     from podnat.render.data import pod_report_data
 
     data = pod_report_data(state.report)
     data["pod"]["uid"] = state.uid
     data["pod"]["resource_version"] = (state.pod.get("metadata") or {}).get("resourceVersion")
     if with_facts and state.facts is not None:
-        data["facts"] = facts_data(state.facts)
+        report = state.report
+        tables = not lean or not may_relay(report.mesh, report.status.value)
+        data["facts"] = facts_data(state.facts, tables=tables)
     return data
 
 
@@ -61,16 +66,16 @@ class EncodedReadings:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kept: dict[tuple[str, bool], tuple[object, object, object, bytes]] = {}
+        self._kept: dict[tuple[str, bool, bool], tuple[object, object, object, bytes]] = {}
 
-    def pod(self, state: PodState, with_facts: bool) -> bytes:
-        key = (state.uid, with_facts)
+    def pod(self, state: PodState, with_facts: bool, lean: bool = False) -> bytes:
+        key = (state.uid, with_facts, lean)
         with self._lock:
             kept = self._kept.get(key)
         if kept is not None and kept[0] is state.report and kept[1] is state.facts and kept[2] is state.pod:
             encoded = kept[3]
         else:
-            encoded = _json(reading_data(state, with_facts))
+            encoded = _json(reading_data(state, with_facts, lean))
             with self._lock:
                 self._kept[key] = (state.report, state.facts, state.pod, encoded)
         return encoded[:-1] + b"," + _json(_when(state))[1:]
@@ -179,13 +184,14 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 self._send(400, json.dumps({"error": "maxAge: seconds, e.g. 30"}).encode(), "application/json")
                 return
-        with_facts = query.get("facts", "").lower() in ("1", "true")
+        with_facts = query.get("facts", "").lower() in ("1", "true", "lean")
+        lean = query.get("facts", "").lower() == "lean"
         if not server.agent.listed:
             self._send(503, json.dumps({"error": "the agent has not listed its pods yet"}).encode(), "application/json")
             return
         states = server.agent.states_for(query.get("namespace") or None, selector, max_age)
         head = _json({"node": server.agent.config.node, "agent": server.name})
-        pods = b",".join(server.encoded.pod(s, with_facts) for s in states)
+        pods = b",".join(server.encoded.pod(s, with_facts, lean) for s in states)
         server.encoded.keep_only(server.agent.kept())
         self._send(200, head[:-1] + b',"pods":[' + pods + b"]}", "application/json")
 

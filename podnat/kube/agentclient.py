@@ -43,7 +43,9 @@ class AgentReader:
         self.max_age = 0.0  # accept the agent's reading when at most this old (0: it reads now)
         self._agents: dict[str, Mapping[str, Any]] | None = None
         self._agents_error: str | None = None
-        self._nodes: dict[str, dict[str, Mapping[str, Any]] | KubeSourceError] = {}
+        # (node, lean) -> the agent's answer: uid -> its item (lean: verify's, the tables withheld where the
+        # report may be taken as it is)
+        self._nodes: dict[tuple[str, bool], dict[str, Mapping[str, Any]] | KubeSourceError] = {}
         self._lock = threading.Lock()
         self._node_locks: dict[str, threading.Lock] = {}
 
@@ -77,8 +79,13 @@ class AgentReader:
             self._agents = found
             return found
 
-    def prefetch(self, pods: Iterable[Mapping[str, Any]]) -> None:
-        """One request per node with an agent, for all `pods` (namespace-filtered when they share one)."""
+    def prefetch(self, pods: Iterable[Mapping[str, Any]], lean: bool = False) -> None:
+        """One request per node with an agent, for all `pods` (namespace-filtered when they share one).
+
+        `lean` (verify's, which takes the agent's reports as they are where it may): the agent withholds the
+        tables of the pods whose report the CLI may take; a pod whose report it cannot take after all (the
+        CLI listed another version of it, or sees it otherwise) gets them with one more request
+        (PodFacts.complete)."""
         pods = list(pods)
         agents = self.agents()
         namespaces = {(p.get("metadata") or {}).get("namespace") for p in pods}
@@ -87,12 +94,12 @@ class AgentReader:
         if not nodes:
             return
         with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
-            list(pool.map(lambda node: self._node(node, namespace), nodes))
+            list(pool.map(lambda node: self._node(node, namespace, lean), nodes))
 
     def at_hand(self, pod: Mapping[str, Any]) -> bool:
         """Whether the pod's node's agent has answered already with facts of it (facts_for asks nothing)."""
         node = str((pod.get("spec") or {}).get("nodeName") or "")
-        answered = self._nodes.get(node)
+        answered = self._nodes.get((node, True)) or self._nodes.get((node, False))
         if answered is None or isinstance(answered, KubeSourceError):
             return False
         item = answered.get(str((pod.get("metadata") or {}).get("uid") or ""))
@@ -102,12 +109,15 @@ class AgentReader:
         """The pod's facts as its node's agent read them; None when no agent runs on its node.
 
         Raises KubeSourceError when the agent could not be asked or could not read the pod."""
-        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-        node = str(spec.get("nodeName") or "")
+        node = str((pod.get("spec") or {}).get("nodeName") or "")
         agent = self.agents().get(node)
         if agent is None:
             return None
-        answered = self._node(node, str(meta.get("namespace") or ""))
+        return self._facts_of(pod, node, agent, lean=(node, True) in self._nodes)
+
+    def _facts_of(self, pod: Mapping[str, Any], node: str, agent: Mapping[str, Any], lean: bool) -> PodFacts:
+        meta = pod.get("metadata") or {}
+        answered = self._node(node, str(meta.get("namespace") or ""), lean)
         if isinstance(answered, KubeSourceError):
             raise answered
         item = answered.get(str(meta.get("uid") or ""))
@@ -136,20 +146,27 @@ class AgentReader:
             f"podnat agent {agent_name} on node {node}, live at {checked}{since}: "
             + (found.nat.label.split(": ", 1)[-1])
         )
-        return replace(found, nat=replace(found.nat, label=label), relayed=agent_report(item, pod))
+        found = replace(found, nat=replace(found.nat, label=label), relayed=agent_report(item, pod))
+        if facts.get("withheld"):  # what the report was made of, should it not be taken as it is
+            return replace(found, complete=lambda: self._facts_of(pod, node, agent, lean=False))
+        return found
 
-    def _node(self, node: str, namespace: str | None) -> dict[str, Mapping[str, Any]] | KubeSourceError:
+    def _node(self, node: str, namespace: str | None, lean: bool) -> dict[str, Mapping[str, Any]] | KubeSourceError:
         with self._lock:
             lock = self._node_locks.setdefault(node, threading.Lock())
         with lock:
-            if node not in self._nodes:
-                self._nodes[node] = self._ask(node, namespace)
-            return self._nodes[node]
+            if (node, lean) not in self._nodes:
+                self._nodes[node, lean] = self._ask(node, namespace, lean)
+            return self._nodes[node, lean]
 
-    def _ask(self, node: str, namespace: str | None) -> dict[str, Mapping[str, Any]] | KubeSourceError:
+    def _ask(self, node: str, namespace: str | None, lean: bool) -> dict[str, Mapping[str, Any]] | KubeSourceError:
         agent = self.agents()[node]
         name = agent["metadata"]["name"]
-        query = {"facts": "1", "maxAge": f"{self.max_age:g}", **({"namespace": namespace} if namespace else {})}
+        query = {
+            "facts": "lean" if lean else "1",
+            "maxAge": f"{self.max_age:g}",
+            **({"namespace": namespace} if namespace else {}),
+        }
         path = f"/api/v1/namespaces/{self.namespace}/pods/{name}:{_port(agent)}/proxy/v1/pods?{urlencode(query)}"
         api = self.client.api_client
         self.requests += 1

@@ -264,9 +264,9 @@ class KubeCluster:
             f"no running pod labelled {AGENT_SELECTOR} in namespace {self.agents.namespace}"
         )
 
-    def prefetch(self, pods: list[dict[str, Any]]) -> None:
-        """Before reading many pods: ask each node's agent once for all of them."""
-        self.agents.prefetch(pods)
+    def prefetch(self, pods: list[dict[str, Any]], lean: bool = False) -> None:
+        """Before reading many pods: ask each node's agent once for all of them (`lean`: AgentReader's)."""
+        self.agents.prefetch(pods, lean)
 
 
 # --- helpers of the calls above ---------------------------------------------------------------------

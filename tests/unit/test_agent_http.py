@@ -80,7 +80,7 @@ def test_each_pod_is_encoded_once_while_its_reading_is_the_same_and_says_what_st
     server = AgentServer(agent, AgentMetrics(agent), "127.0.0.1", 0, "agent-1")
     encoded: list[str] = []
     real = http.reading_data
-    monkeypatch.setattr(http, "reading_data", lambda state, facts: encoded.append(state.uid) or real(state, facts))
+    monkeypatch.setattr(http, "reading_data", lambda state, *how: encoded.append(state.uid) or real(state, *how))
     server.start()
     try:
         pods = [_pod("bookinfo", "reviews-v1", "reviews"), _pod("bookinfo", "details-v1", "details")]

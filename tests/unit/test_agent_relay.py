@@ -78,6 +78,16 @@ class _Scanner:
 def agent_items(monkeypatch: pytest.MonkeyPatch, pods: list[dict[str, Any]], broken: set[str]) -> dict[str, Any]:
     """What the agent's /v1/pods?facts=1 sends for `pods` (by uid), each read from the recorded capture with
     Envoy's standard listeners (the PREROUTING jump deleted in the pods named in `broken`)."""
+    return as_items(agent_states(monkeypatch, pods, broken))
+
+
+def as_items(states: list[Any], lean: bool = False) -> dict[str, Any]:
+    """The HTTP server's JSON of `states`, as the CLI decodes it (`lean`: /v1/pods?facts=lean)."""
+    return {s.uid: json.loads(json.dumps(state_data(s, with_facts=True, lean=lean))) for s in states}
+
+
+def agent_states(monkeypatch: pytest.MonkeyPatch, pods: list[dict[str, Any]], broken: set[str]) -> list[Any]:
+    """The agent's sweep of `pods` (agent_items')."""
     recorded = (CAPTURE / "nft-rules.stdout").read_text(), (CAPTURE / "nft-rules.stderr").read_text()
     by_pid = {100 + i: p["metadata"]["name"] for i, p in enumerate(pods)}
 
@@ -94,9 +104,10 @@ def agent_items(monkeypatch: pytest.MonkeyPatch, pods: list[dict[str, Any]], bro
     monkeypatch.setattr(NodePodSource, "run_in", run_in)
     agent = Agent(AgentConfig(node=NODE), scanner=_Scanner())  # type: ignore[arg-type]
     agent.replace_pods(pods)
-    states = agent.sweep()
-    # The HTTP server's JSON, as the CLI decodes it
-    return {s.uid: json.loads(json.dumps(state_data(s, with_facts=True))) for s in states}
+    return agent.sweep()
+
+
+ASKED: list[tuple[str, bool]] = []
 
 
 class _Client:
@@ -117,10 +128,18 @@ class _Cluster:
         raise AssertionError(f"verify through the agent called cluster.{name}")
 
 
-def verify(items: dict[str, Any], pods: list[dict[str, Any]], relay: bool) -> VerifyReport:
+def verify(
+    items: dict[str, Any], pods: list[dict[str, Any]], relay: bool, lean: dict[str, Any] | None = None
+) -> VerifyReport:
+    """verify_pods through an agent that answered `items` (facts=1), or `lean` first (facts=lean: `items` is then
+    its answer to the request for the withheld tables, each such request recorded in ASKED)."""
     reader = AgentReader(_Client())  # type: ignore[arg-type]
     reader._agents = {NODE: {"metadata": {"name": "podnat-agent-x"}, "spec": {"nodeName": NODE}}}
-    reader._nodes[NODE] = items
+    if lean is None:
+        reader._nodes[NODE, False] = items
+    else:
+        reader._nodes[NODE, True] = lean
+        reader._ask = lambda node, namespace, lean: ASKED.append((node, lean)) or items  # type: ignore[method-assign]
     source = LiveSource(_Cluster(reader))  # type: ignore[arg-type]
     return verify_pods(lambda: source, pods, 4, relay=relay)
 
@@ -255,7 +274,7 @@ def test_pods_at_hand_are_explained_in_the_calling_thread_and_the_rest_by_the_wo
     items = agent_items(monkeypatch, pods, broken={"ratings-v1-b"})
     reader = AgentReader(_Client())  # type: ignore[arg-type]
     reader._agents = {NODE: {"metadata": {"name": "podnat-agent-x"}, "spec": {"nodeName": NODE}}}
-    reader._nodes[NODE] = {uid: item for uid, item in items.items() if item["pod"]["name"] == "reviews-v1-a"}
+    reader._nodes[NODE, False] = {uid: item for uid, item in items.items() if item["pod"]["name"] == "reviews-v1-a"}
     assert [reader.at_hand(p) for p in pods] == [True, False]
     threads: dict[str, str] = {}
 
@@ -263,7 +282,7 @@ def test_pods_at_hand_are_explained_in_the_calling_thread_and_the_rest_by_the_wo
         def agent_facts(self, pod: Mapping[str, Any]) -> PodFacts | None:
             threads[pod["metadata"]["name"]] = threading.current_thread().name
             if not self.reader.at_hand(pod):
-                self.reader._nodes[NODE] = items  # the worker's read: the agent answers for it now
+                self.reader._nodes[NODE, False] = items  # the worker's read: the agent answers for it now
             return self.reader.facts_for(pod)
 
     source = LiveSource(Seen(reader))  # type: ignore[arg-type]
@@ -271,3 +290,34 @@ def test_pods_at_hand_are_explained_in_the_calling_thread_and_the_rest_by_the_wo
     assert threads["reviews-v1-a"] == threading.current_thread().name
     assert threads["ratings-v1-b"] != threading.current_thread().name
     assert outputs(report) == outputs(verify(items, pods, relay=True))
+
+
+def test_verifys_lean_answer_withholds_the_tables_it_may_take_and_asks_for_them_where_it_may_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """facts=lean: a pod whose report verify takes as it is comes without its tables (the outputs are the
+    same); one it cannot take (another version of it listed) gets them with one more request, as does a
+    run that explains every pod (--html)."""
+    pods = [make_pod("reviews-v1-a", "10.99.0.2"), make_pod("ratings-v1-b", "10.99.0.3")]
+    states = agent_states(monkeypatch, pods, broken={"ratings-v1-b"})
+    full, lean = as_items(states), as_items(states, lean=True)
+    assert all(item["facts"]["withheld"] and "v4" not in item["facts"]["nat"] for item in lean.values())
+    assert len(json.dumps(lean)) < len(json.dumps(full)) / 1.5
+    # a report verify cannot take as it is (here: a pod it skipped) comes with its tables
+    import dataclasses
+
+    from podnat.report import Skipped
+
+    skipped = dataclasses.replace(states[0], report=Skipped(ref=states[0].report.ref, node=NODE))
+    assert "v4" in state_data(skipped, with_facts=True, lean=True)["facts"]["nat"]
+    ASKED.clear()
+    assert outputs(verify(full, pods, relay=True, lean=lean)) == outputs(verify(full, pods, relay=True))
+    assert ASKED == []
+    listed = [make_pod("reviews-v1-a", "10.99.0.2"), make_pod("ratings-v1-b", "10.99.0.3", version="42")]
+    report = verify(full, listed, relay=True, lean=lean)
+    assert kinds(report) == [Explained, Relayed] and ASKED == [(NODE, False)]  # ratings-v1-b, reviews-v1-a
+    assert outputs(report) == outputs(verify(full, listed, relay=True))
+    ASKED.clear()
+    assert outputs(verify(full, pods, relay=False, lean=lean)) == outputs(verify(full, pods, relay=False))
+    assert ASKED == [(NODE, False)]  # once for the node, not once per pod
+    ASKED.clear()
