@@ -57,6 +57,7 @@ demo: install
 test: install workflows
 	$(PY) -m pytest tests/unit tests/integration tests/e2e/test_manifests.py tests/e2e/test_capture_setup.py
 	$(MAKE) --no-print-directory e2e-lab
+	$(MAKE) --no-print-directory e2e-lab-agent
 
 # The GitHub workflows against the schema check-jsonschema ships (offline: no download).
 workflows: $(STAMP)

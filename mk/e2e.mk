@@ -8,6 +8,7 @@
 #   make e2e-down               delete the kind cluster
 #   make e2e-lab                the same suite against the podnat lab (no cluster, needs root);
 #                               E2E_LAB_MODE=tproxy|nftables for the lab's other modes (make e2e-lab-modes: all)
+#   make e2e-lab-agent          the node agent's e2e tests against the lab running the agent
 #   make e2e-tools              fetch kind, kubectl and istioctl into .tools/ (done by e2e-up when missing)
 #   make e2e-tools-sums         print the sha256 lines to pin below (network; ISTIO_RELEASE=older too)
 #
@@ -99,7 +100,8 @@ $(ISTIOCTL):
 	$(call e2e_fetch,$(ISTIOCTL_URL),$(ISTIOCTL_SHA256),$(ISTIOCTL_URL).sha256,$@)
 	tar -xzf $@.download -C $(TOOLS_DIR) istioctl && mv $(TOOLS_DIR)/istioctl $@ && rm -f $@.download
 
-.PHONY: e2e-tools e2e-tools-sums e2e-up e2e e2e-dump e2e-down e2e-lab e2e-sa-kubeconfig e2e-lab-modes e2e-agent-up
+.PHONY: e2e-tools e2e-tools-sums e2e-up e2e e2e-dump e2e-down e2e-lab e2e-sa-kubeconfig e2e-lab-modes e2e-agent-up \
+	e2e-lab-agent
 
 e2e-tools: $(KIND) $(KUBECTL) $(ISTIOCTL)
 
@@ -203,6 +205,14 @@ e2e-lab:
 	$(E2E_PYTHON) -m podnat lab up --mode $(E2E_LAB_MODE) --no-agent
 	KUBECONFIG=$$($(E2E_PYTHON) -m podnat lab kubeconfig) PODNAT_E2E_OUT=$(E2E_OUT) E2E_SETUP=$(E2E_LAB_MODE) \
 	  $(E2E_PYTHON) -m pytest tests/e2e --e2e -m e2e $(E2E_PYTEST_ARGS); \
+	  rc=$$?; $(E2E_PYTHON) -m podnat lab down; exit $$rc
+
+# The node agent's e2e tests (tests/e2e/test_agent_e2e.py) on a lab running the agent as a pod of
+# podnat-system; E2E_AGENT=1: a missing agent fails them instead of skipping (part of make test: ~1 minute).
+e2e-lab-agent:
+	$(E2E_PYTHON) -m podnat lab up --mode $(E2E_LAB_MODE) --agent
+	KUBECONFIG=$$($(E2E_PYTHON) -m podnat lab kubeconfig) PODNAT_E2E_OUT=$(E2E_OUT) E2E_SETUP=$(E2E_LAB_MODE) E2E_AGENT=1 \
+	  $(E2E_PYTHON) -m pytest tests/e2e/test_agent_e2e.py --e2e -m e2e $(E2E_PYTEST_ARGS); \
 	  rc=$$?; $(E2E_PYTHON) -m podnat lab down; exit $$rc
 
 # The suite on the lab in each capture mode the lab has (not part of make test: ~2 minutes more).

@@ -487,12 +487,33 @@ def core_v1_resources() -> dict[str, Any]:
                 singularName="namespace",
                 shortNames=["ns"],
             ),
+            resource("nodes", "Node", ["get", "list"], namespaced=False, singularName="node", shortNames=["no"]),
             resource("pods", "Pod", ["get", "list"], singularName="pod", shortNames=["po"], categories=["all"]),
             resource("events", "Event", ["get", "list"], singularName="event", shortNames=["ev"]),
             resource("pods/ephemeralcontainers", "Pod", ["get", "patch"]),
             resource("pods/exec", "PodExecOptions", ["create", "get"]),
             resource("pods/log", "Pod", ["get"]),
         ],
+    }
+
+
+def node(name: str, address: str) -> dict[str, Any]:
+    """The lab's one node (this machine), Ready, as `kubectl get nodes` lists it."""
+    return {
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": name,
+            "uid": "00000000-0000-0000-0000-00000000de0e",
+            "resourceVersion": "1",
+            "creationTimestamp": "2025-04-22T00:00:00Z",
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+        },
+        "spec": {},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+            "addresses": [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": name}],
+        },
     }
 
 

@@ -7,7 +7,8 @@ them). Pods list/get/watch (label and field selectors, the server-side Table kub
 pods/log, pods/exec over WebSocket (v5.channel.k8s.io and v4.channel.k8s.io; SPDY is answered with a
 Status), PATCH pods/ephemeralcontainers (which also adds the container to the state file, so exec in
 it runs with the identity it asked for), pods/proxy, and Events in one store served as events.k8s.io/v1
-(create, get, patch, list) and as core/v1 (get, list: what `kubectl describe` reads).
+(create, get, patch, list) and as core/v1 (get, list: what `kubectl describe` reads); the one node
+(`list nodes`: this machine, Ready).
 docs/kubernetes-api.md records what the clients send.
 
     python -m podnat.lab.apiserver --root DIR [--port 0] [--latency-ms N]
@@ -47,6 +48,7 @@ from podnat.lab import apiobjects as api
 from podnat.lab import ephemeral, execution
 from podnat.lab.apiobjects import ApiError
 from podnat.lab.certs import make_tls
+from podnat.lab.inject import NODE_IP, NODE_NAME
 from podnat.lab.state import LabApiServer, LabContainer, LabPod, LabState
 from podnat.selectors import EVENT_FIELDS, selects
 
@@ -266,6 +268,7 @@ class LabApi:
         app.router.add_get("/apis", self.api_groups)
         app.router.add_get("/api/v1", self.core_resources)
         app.router.add_get("/api/v1/namespaces", self.list_namespaces)
+        app.router.add_get("/api/v1/nodes", self.list_nodes)
         app.router.add_get("/api/v1/namespaces/{namespace}", self.get_namespace)
         app.router.add_get("/api/v1/pods", self.list_pods)
         app.router.add_get("/api/v1/namespaces/{namespace}/pods", self.list_pods)
@@ -409,6 +412,18 @@ class LabApi:
         if found is None:
             raise api.not_found("namespaces", name)
         return web.json_response(found)
+
+    async def list_nodes(self, request: web.Request) -> web.Response:
+        """The one node every lab pod runs on (this machine)."""
+        self.authorize(request, "list", "nodes", None)
+        return web.json_response(
+            {
+                "kind": "NodeList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": "1"},
+                "items": [api.node(NODE_NAME, NODE_IP)],
+            }
+        )
 
     # --- pods ---------------------------------------------------------------------------------------
 

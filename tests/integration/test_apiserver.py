@@ -643,6 +643,13 @@ def test_kubectl_get_pods(kubectl: Any) -> None:
     assert missing.returncode == 1 and 'Error from server (NotFound): pods "nope" not found' in missing.stderr
 
 
+def test_kubectl_get_nodes_lists_the_one_ready_node(kubectl: Any) -> None:
+    result = kubectl("get", "nodes", "-o", "name")
+    assert (result.returncode, result.stdout.split()) == (0, ["node/podnat-lab"]), result.stderr
+    ready = '{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{end}'
+    assert kubectl("get", "nodes", "-o", f"jsonpath={ready}").stdout == "podnat-lab=True"
+
+
 def test_kubectl_logs(kubectl: Any) -> None:
     result = kubectl("logs", REVIEWS, "-n", NS, "-c", "istio-init")
     assert result.returncode == 0 and result.stdout == INIT_LOG
