@@ -10,10 +10,12 @@ for pods read now (`/v1/pods?maxAge=0`, the CLI's default) re-reads only the pod
 - the x_tables tables loaded there (`ip_tables_names`, `ip6_tables_names`): where any is loaded,
   iptables-legacy may change it without a generation, so the pod has no stamp and is read again;
 - Envoy's listeners (the admin port's `/listeners?format=json`, asked over a socket made inside the
-  namespace), as a digest; or that nothing listens on that port (the connection is refused).
-
-A pod with policy routing (TPROXY, ambient) reads `ip rule`/`ip route` too, which no generation
-covers: the agent gives it no stamp (podnat.agent.service) and reads it each time.
+  namespace), as a digest; or that nothing listens on that port (the connection is refused);
+- for a pod with policy routing (TPROXY: table 133; ambient: 100), what `ip rule` and `ip route show
+  table T` print, as a digest of the kernel's own dumps of them (RTM_GETRULE, RTM_GETROUTE over
+  rtnetlink, both families; a route's cache info and expiry, which move by themselves, left out);
+- for an ambient pod, the TCP ports something listens on (ztunnel's), read from the namespace's
+  `tcp` and `tcp6` by the same reader as the pod's reading (podnat.capture.listening_ports).
 
 The namespaces are entered with setns(2) by one short-lived thread (CAP_SYS_ADMIN, which the agent
 has for nsenter); sockets made there stay in that namespace, and /proc/thread-self/net is that
@@ -35,6 +37,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from podnat.capture import listening_ports
+
 CLONE_NEWNET = 0x40000000
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -42,7 +46,16 @@ NFT_MSG_NEWGEN = 15
 NFT_MSG_GETGEN = 16
 NFTA_GEN_ID = 1
 NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NETLINK_ROUTE = 0
+RTM_GETROUTE = 26
+RTM_GETRULE = 34
+RTA_TABLE = 15
+RTA_CACHEINFO = 12
+RTA_EXPIRES = 23
+_RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg (and fib_rule_hdr, of the same shape): family .. table .. flags
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
 _NFGENMSG = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (big-endian, 0 here)
 _ATTR = struct.Struct("=HH")  # nlattr: length, type
@@ -54,15 +67,20 @@ class Stamp:
 
     generation: int  # the nftables ruleset generation
     listeners: str | None  # status and digest of Envoy's /listeners?format=json; None: nothing listens there
+    routing_table: int | None = None  # the policy-routing table digested (None: none)
+    routing: str | None = None  # digest of the rules (all) and of that table's routes, IPv4 and IPv6
+    ports: tuple[int, ...] | None = None  # the TCP ports listened on (an ambient pod's; None: not read)
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A pod to stamp: its namespace (a held fd) and Envoy's admin port."""
+    """A pod to stamp: its namespace (a held fd), Envoy's admin port and what else its reading reads."""
 
     key: str
     fd: int
     admin_port: int
+    routing_table: int | None = None  # the policy-routing table its reading prints (TPROXY, ambient)
+    sockets: bool = False  # its reading lists the listening sockets (ambient)
 
 
 def getgen_request(seq: int = 1) -> bytes:
@@ -136,7 +154,87 @@ def _stamp_here(target: Target, timeout: float) -> Stamp | None:
         generation = generation_of(nl.recv(65536))
     if generation < 0:
         return None  # the kernel did not say (no nf_tables, or refused): read the pod
-    return Stamp(generation, _listeners_digest(target.admin_port, timeout))
+    table = target.routing_table
+    ports = None
+    if target.sockets:
+        with open(f"{net}/tcp", encoding="ascii") as v4, open(f"{net}/tcp6", encoding="ascii") as v6:  # noqa: PTH123
+            ports = listening_ports(v4.read() + v6.read())
+    return Stamp(
+        generation,
+        _listeners_digest(target.admin_port, timeout),
+        table,
+        _routing_digest(table, timeout) if table is not None else None,
+        ports,
+    )
+
+
+def dump_request(kind: int, family: int, seq: int = 1) -> bytes:
+    """An rtnetlink dump request (RTM_GETRULE, RTM_GETROUTE) for one address family."""
+    body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+    return _HEADER.pack(_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def dump_messages(data: bytes) -> tuple[list[bytes], bool]:
+    """The payloads (after nlmsghdr) of the messages in one read of a dump, and whether it ended (NLMSG_DONE).
+    Raises OSError for an NLMSG_ERROR, ValueError for a message cut short."""
+    out: list[bytes] = []
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _, _, _ = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size or offset + length > len(data):
+            raise ValueError(f"netlink message of {length} bytes at {offset} in {len(data)}")
+        if kind == NLMSG_DONE:
+            return out, True
+        if kind == NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", data, offset + _HEADER.size)
+            raise OSError(-code, os.strerror(-code) if code < 0 else "netlink error")
+        out.append(data[offset + _HEADER.size : offset + length])
+        offset += (length + 3) & ~3
+    return out, False
+
+
+def route_in_table(payload: bytes, table: int) -> bytes | None:
+    """An RTM_NEWROUTE payload as digested when its route is in `table` (the attributes that move by
+    themselves, cache info and expiry, left out); None for a route of another table."""
+    found = _RTMSG.unpack_from(payload)[4]  # rtm_table (RT_TABLE_UNSPEC, 0, where RTA_TABLE says it)
+    kept = [payload[: _RTMSG.size]]
+    offset = _RTMSG.size
+    while offset + _ATTR.size <= len(payload):
+        size, attr = _ATTR.unpack_from(payload, offset)
+        if size < _ATTR.size:
+            break
+        if attr == RTA_TABLE and size >= _ATTR.size + 4:
+            found = struct.unpack_from("=I", payload, offset + _ATTR.size)[0]
+        if attr not in (RTA_CACHEINFO, RTA_EXPIRES):
+            kept.append(payload[offset : offset + size])
+        offset += (size + 3) & ~3
+    return b"".join(kept) if found == table else None
+
+
+def _dump(kind: int, family: int, timeout: float) -> list[bytes]:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as nl:
+        nl.settimeout(timeout)
+        nl.send(dump_request(kind, family))
+        payloads: list[bytes] = []
+        while True:
+            found, done = dump_messages(nl.recv(1 << 16))
+            payloads += found
+            if done:
+                return payloads
+
+
+def _routing_digest(table: int, timeout: float) -> str:
+    """What `ip rule show` and `ip route show table T` would print here, both families, digested."""
+    digest = hashlib.blake2b(digest_size=16)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for rule in _dump(RTM_GETRULE, family, timeout):
+            digest.update(b"rule" + len(rule).to_bytes(4, "little") + rule)
+        for route in _dump(RTM_GETROUTE, family, timeout):
+            kept = route_in_table(route, table)
+            if kept is not None:
+                digest.update(b"route" + len(kept).to_bytes(4, "little") + kept)
+        digest.update(b"family")
+    return digest.hexdigest()
 
 
 def _listeners_digest(port: int, timeout: float) -> str | None:

@@ -34,8 +34,9 @@ from podnat.evidence import NatSource
 from podnat.exitcodes import ExitCode
 from podnat.facts import PodFacts, PodRef
 from podnat.istio.explain import ShadowMemo
-from podnat.istio.pod import MeshMode, PodSpecError, pod_info
+from podnat.istio.pod import MeshMode, PodSpecError, pod_info, with_namespace_labels
 from podnat.report import Failed, PodReport, PodStatus, Skipped
+from podnat.sources import AMBIENT_ROUTE_TABLE
 from podnat.usecases import NamespaceLabels, ReportMemo, inspect_pod
 
 log = logging.getLogger("podnat.agent")
@@ -46,7 +47,9 @@ class Check:
     """How to tell later, without reading the pod again, that a reading still holds."""
 
     mapped: procmap.Mapped  # the process its namespace was found through
-    admin_port: int  # Envoy's, whose listeners the stamp digests
+    target: (
+        Target  # what the stamp covers (Envoy's admin port, the routing table, sockets); its fd is a new one each time
+    )
     stamp: Stamp  # taken just before the reading
 
 
@@ -256,8 +259,8 @@ class Agent:
             raise _Unmapped(f"pod not mapped to a network namespace on node {self.config.node}: {reason}")
 
         node_source = NodePodSource(self.config.node, netns_of, self.config.read_timeout, self.snapshot)
-        ports = {str(p["metadata"]["uid"]): _admin_port(p) for p in pods if str(p["metadata"]["uid"]) in held}
-        before = stamps(Target(uid, held[uid].fd, port) for uid, port in ports.items() if port is not None)
+        targets = {uid: t for p in pods if (uid := str(p["metadata"]["uid"])) in held and (t := self._target(uid, p))}
+        before = stamps(replace(t, fd=held[uid].fd) for uid, t in targets.items())
 
         def one(pod: dict[str, Any]) -> PodState:
             uid = str(pod["metadata"]["uid"])
@@ -298,10 +301,9 @@ class Agent:
                 and isinstance(mapped, procmap.Mapped)
                 and report.status is not PodStatus.ERROR
                 and facts is not None
-                and facts.mesh is not MeshMode.AMBIENT
-                and facts.routing is None  # `ip rule`/`ip route`: no stamp covers them
+                and _covers(stamp, facts)
             ):
-                check = Check(mapped, ports[uid] or 0, stamp)
+                check = Check(mapped, targets[uid], stamp)
             now = time.time()
             return PodState(uid, pod, report, facts, now, kind, now, check)
 
@@ -384,7 +386,7 @@ class Agent:
                 except PodnatError:
                     continue  # the process is gone: read (and map) it again
         try:
-            now_stamps = stamps(Target(uid, h.fd, s.check.admin_port) for uid, (s, h) in held.items() if s.check)
+            now_stamps = stamps(replace(s.check.target, fd=h.fd) for s, h in held.values() if s.check)
         finally:
             release(h for _, h in held.values())
         still = spec_only + [s for uid, (s, _) in held.items() if s.check and now_stamps.get(uid) == s.check.stamp]
@@ -394,6 +396,21 @@ class Agent:
                 if self.states.get(state.uid) is state:
                     self.states[state.uid] = replace(state, checked_at=now)
         return {s.uid for s in still}
+
+    def _target(self, uid: str, pod: Mapping[str, Any]) -> Target | None:
+        """What a stamp of the pod covers, as its spec (and its namespace's labels, where they decide) says:
+        Envoy's admin port; for a TPROXY or ambient pod the policy routing its reading prints; for an ambient
+        one the listening sockets too. None: a spec podnat cannot read (its reading gets no check)."""
+        try:
+            info = pod_info(pod)
+        except PodSpecError:
+            return None
+        if info.namespace_decides and self.namespace_labels is not None:
+            labels = self.namespace_labels(info.namespace or "")
+            info = with_namespace_labels(info, labels) if labels is not None else info
+        if info.mesh is MeshMode.AMBIENT:
+            return Target(uid, -1, info.admin_port, AMBIENT_ROUTE_TABLE, sockets=True)
+        return Target(uid, -1, info.admin_port, info.tproxy_route_table)
 
 
 class _Unmapped(PodnatError):
@@ -406,12 +423,10 @@ def _ref(pod: Mapping[str, Any]) -> PodRef:
     return PodRef(str(meta.get("namespace") or "default"), str(meta.get("name") or "?"))
 
 
-def _admin_port(pod: Mapping[str, Any]) -> int | None:
-    """Envoy's admin port in the pod (None: a spec podnat cannot read; its reading gets no check)."""
-    try:
-        return pod_info(pod).admin_port
-    except PodSpecError:
-        return None
+def _covers(stamp: Stamp, facts: PodFacts) -> bool:
+    """Whether the stamp covers all the reading read: the same routing table (or none), sockets where read."""
+    table = facts.routing.table if facts.routing is not None else None
+    return stamp.routing_table == table and (stamp.ports is not None) == (facts.sockets is not None)
 
 
 def _namespace_decides(pod: Mapping[str, Any]) -> bool:

@@ -129,3 +129,57 @@ def test_something_silent_on_the_admin_port_costs_the_budget_not_a_wait_per_pod(
         os.close(fd)
         silent.kill()
         silent.wait(10)
+
+
+def test_policy_routing_and_listening_sockets_move_the_stamp_of_a_pod_whose_reading_prints_them(netns: str) -> None:
+    """An ambient pod's (table 100, sockets) or a TPROXY one's (table 133): `ip rule` and `ip route show table T`
+    for both families, and the ports listened on; what `ip` prints reading them, and other tables, do not."""
+    from podnat.agent.changes import Target, stamps
+
+    def stamp(table: int = 100) -> object:
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            return stamps([Target("pod", fd, 15000, table, sockets=True)])["pod"]
+        finally:
+            os.close(fd)
+
+    first = stamp()
+    assert first is not None and first.routing_table == 100 and first.ports == ()
+    _in(netns, "ip", "rule", "add", "fwmark", "0x111/0xfff", "pref", "32764", "lookup", "100")
+    ruled = stamp()
+    assert ruled.routing != first.routing
+    _in(netns, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+    routed = stamp()
+    assert routed.routing != ruled.routing
+    _in(netns, "ip", "rule", "show")
+    _in(netns, "ip", "route", "show", "table", "100")
+    _in(netns, "ip", "-6", "rule", "show")
+    assert stamp() == routed
+    _in(netns, "ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "101")  # another table
+    assert stamp() == routed
+    assert stamp(table=101).routing != routed.routing
+    _in(netns, "ip", "-6", "rule", "add", "fwmark", "0x111/0xfff", "pref", "32764", "lookup", "100")
+    six = stamp()
+    assert six.routing != routed.routing
+    listener = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            "-c",
+            "import socket, time; s = socket.socket(socket.AF_INET6); s.bind(('::', 15008)); s.listen(); "
+            "print('up', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "up"
+        listening = stamp()
+        assert listening.ports == (15008,) and listening.routing == six.routing
+    finally:
+        listener.kill()
+        listener.wait(10)
+    assert stamp() == six

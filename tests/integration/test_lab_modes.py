@@ -747,6 +747,70 @@ def test_the_agent_reads_a_pod_enrolled_by_its_namespace_alone(ambient_lab: Lab)
         _kill(agent.containers["agent"].pid)
 
 
+def test_a_request_reads_again_only_the_ambient_pod_whose_routing_or_sockets_changed(
+    ambient_lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's check without a process covers an ambient pod too (podnat.agent.changes): its policy routing
+    (`ip rule`, table 100) and listening sockets are stamped, so a request confirms the unchanged pods without
+    reading them and reads again the one where a rule was added from outside, or a socket began to listen."""
+    from podnat.agent.node import NodePodSource, NodeScanner
+    from podnat.agent.service import Agent, AgentConfig
+    from podnat.istio.pod import MeshMode
+    from podnat.lab.build import run
+    from podnat.lab.state import LabState
+
+    state = LabState.load(ambient_lab.root)
+    agent = Agent(
+        AgentConfig(node="podnat-lab"),
+        NodeScanner(Path("/proc")),
+        namespace_labels=lambda name: {"istio.io/dataplane-mode": "ambient"},
+    )
+    agent.replace_pods([p.manifest for p in state.pods])
+    read = {s.uid: s for s in agent.sweep()}
+    ambient = {s.uid: s for s in read.values() if s.facts is not None and s.facts.mesh is MeshMode.AMBIENT}
+    assert len(ambient) >= 2, {s.report.ref.name: (s.mapping, s.report.status) for s in read.values()}
+    for s in ambient.values():
+        assert s.check is not None, s.report.ref
+        assert (s.check.stamp.routing_table, s.check.stamp.routing is not None) == (100, True)
+        assert s.check.stamp.ports is not None
+    ran: list[str] = []
+    real = NodePodSource.run_in
+    monkeypatch.setattr(
+        NodePodSource, "run_in", lambda self, held, argv: ran.append(held.uid) or real(self, held, argv)
+    )
+    agent.states_for("bookinfo", None, 0.0)
+    assert ran == []
+    pods = {p.manifest["metadata"]["uid"]: p for p in state.pods}
+    first, second = sorted(ambient)[:2]
+    rule = ["ip", "rule", "add", "fwmark", "0x222/0xfff", "lookup", "100", "priority", "32001"]
+    run(rule, netns=pods[first].netns)
+    listener = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            pods[second].netns,
+            sys.executable,
+            "-c",
+            "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 15123)); s.listen(); "
+            "print('up', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "up"
+        agent.states_for("bookinfo", None, 0.0)
+        assert sorted(ran) == sorted([first, second])
+        ran.clear()
+        agent.states_for("bookinfo", None, 0.0)  # read again: stamped anew, confirmed
+        assert ran == []
+    finally:
+        listener.kill()
+        listener.wait(10)
+        run(["ip", "rule", "del", "priority", "32001"], netns=pods[first].netns)
+
+
 def _raw(lab: Lab, path: str) -> str:
     """`kubectl get --raw PATH` against the lab's API server."""
     return subprocess.run(
