@@ -105,6 +105,27 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
+@contextmanager
+def listening(netns: str, address: str, port: int) -> Iterator[None]:
+    """A TCP socket listening on address:port in `netns` (and never answering) while the block runs."""
+    import sys
+
+    family = "AF_INET6" if ":" in address else "AF_INET"
+    code = (
+        f"import socket, time; s = socket.socket(socket.{family}); s.bind(({address!r}, {port})); s.listen(); "
+        "print('up', flush=True); time.sleep(120)"
+    )
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "up"
+        yield
+    finally:
+        process.kill()
+        process.wait(10)
+
+
 def comparable_report(data: dict[str, Any]) -> dict[str, Any]:
     """A pod's report without what differs by source: where it was read, notes, input, packet counters."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import listening, require
 
 pytestmark = [pytest.mark.root]
 
@@ -103,32 +103,16 @@ def test_envoys_listeners_are_digested_where_something_listens_on_the_admin_port
 def test_something_silent_on_the_admin_port_costs_the_budget_not_a_wait_per_pod(netns: str) -> None:
     from podnat.agent.changes import Target, stamps
 
-    silent = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            sys.executable,
-            "-c",
-            "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 15000)); s.listen(); "
-            "print('up', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
     try:
-        assert silent.stdout is not None and silent.stdout.readline().strip() == "up"
-        began = time.monotonic()
-        found = stamps([Target(f"pod-{i}", fd, 15000) for i in range(20)], timeout=0.3, budget=1.0)
-        took = time.monotonic() - began
+        with listening(netns, "127.0.0.1", 15000):  # accepts, never answers
+            began = time.monotonic()
+            found = stamps([Target(f"pod-{i}", fd, 15000) for i in range(20)], timeout=0.3, budget=1.0)
+            took = time.monotonic() - began
         assert found == {f"pod-{i}": None for i in range(20)}  # none could be told: each is read again
         assert took < 2.0, took  # 20 x 0.3 s were it not for the budget
     finally:
         os.close(fd)
-        silent.kill()
-        silent.wait(10)
 
 
 def test_policy_routing_and_listening_sockets_move_the_stamp_of_a_pod_whose_reading_prints_them(netns: str) -> None:
@@ -161,25 +145,7 @@ def test_policy_routing_and_listening_sockets_move_the_stamp_of_a_pod_whose_read
     _in(netns, "ip", "-6", "rule", "add", "fwmark", "0x111/0xfff", "pref", "32764", "lookup", "100")
     six = stamp()
     assert six.routing != routed.routing
-    listener = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            sys.executable,
-            "-c",
-            "import socket, time; s = socket.socket(socket.AF_INET6); s.bind(('::', 15008)); s.listen(); "
-            "print('up', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert listener.stdout is not None and listener.stdout.readline().strip() == "up"
-        listening = stamp()
-        assert listening.ports == (15008,) and listening.routing == six.routing
-    finally:
-        listener.kill()
-        listener.wait(10)
+    with listening(netns, "::", 15008):
+        listening_now = stamp()
+        assert listening_now.ports == (15008,) and listening_now.routing == six.routing
     assert stamp() == six

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Lab, require, running_lab
+from conftest import Lab, listening, require, running_lab
 
 from podnat.facts import PodRef
 from podnat.istio.explain import captured_nameserver
@@ -784,30 +784,17 @@ def test_a_request_reads_again_only_the_ambient_pod_whose_routing_or_sockets_cha
     first, second = sorted(ambient)[:2]
     rule = ["ip", "rule", "add", "fwmark", "0x222/0xfff", "lookup", "100", "priority", "32001"]
     run(rule, netns=pods[first].netns)
-    listener = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            pods[second].netns,
-            sys.executable,
-            "-c",
-            "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 15123)); s.listen(); "
-            "print('up', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     try:
-        assert listener.stdout is not None and listener.stdout.readline().strip() == "up"
-        agent.states_for("bookinfo", None, 0.0)
+        with listening(pods[second].netns, "0.0.0.0", 15123):
+            agent.states_for("bookinfo", None, 0.0)
         assert sorted(ran) == sorted([first, second])
         ran.clear()
-        agent.states_for("bookinfo", None, 0.0)  # read again: stamped anew, confirmed
+        agent.states_for("bookinfo", None, 0.0)  # the rule as read last time; the socket gone: read again
+        assert ran == [second]
+        ran.clear()
+        agent.states_for("bookinfo", None, 0.0)  # each stamped anew at its reading: confirmed
         assert ran == []
     finally:
-        listener.kill()
-        listener.wait(10)
         run(["ip", "rule", "del", "priority", "32001"], netns=pods[first].netns)
 
 
