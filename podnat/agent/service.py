@@ -9,8 +9,8 @@
   holds (a `Check`: the mapped process and a podnat.agent.changes stamp taken just before the read).
 - Requests (`states_for`): a pod checked longer ago than the request allows is checked now: where its
   stamp has not moved (nothing in its namespace changed, told without a process) its reading stands,
-  checked now; otherwise, or where no stamp covers it (policy routing, legacy tables, a failed read), it
-  is read again.
+  checked now; otherwise, or where no stamp covers what its reading read (legacy tables, a failed
+  read), it is read again.
 - What each sweep found goes to the metrics (podnat/agent/metrics.py) and, on a change of status to or
   from drift/broken, to a Kubernetes Event (podnat/agent/events.py).
 """
@@ -47,9 +47,7 @@ class Check:
     """How to tell later, without reading the pod again, that a reading still holds."""
 
     mapped: procmap.Mapped  # the process its namespace was found through
-    target: (
-        Target  # what the stamp covers (Envoy's admin port, the routing table, sockets); its fd is a new one each time
-    )
+    target: Target  # what the stamp covers (admin port, routing table, sockets); a new fd at each check
     stamp: Stamp  # taken just before the reading
 
 
