@@ -10,7 +10,9 @@ for pods read now (`/v1/pods?maxAge=0`, the CLI's default) re-reads only the pod
 - the x_tables tables loaded there (`ip_tables_names`, `ip6_tables_names`): where any is loaded,
   iptables-legacy may change it without a generation, so the pod has no stamp and is read again;
 - Envoy's listeners (the admin port's `/listeners?format=json`, asked over a socket made inside the
-  namespace), as a digest; or that nothing listens on that port (the connection is refused);
+  namespace), as a digest, where something listens on that port; whether it does is asked of the
+  kernel (sock_diag, listening sockets only), not by connecting: a connection attempt would count
+  packets in the pod's rules (its OUTPUT chain) where nothing listens;
 - for a pod with policy routing (TPROXY: table 133; ambient: 100), what `ip rule` and `ip route show
   table T` print, as a digest of the kernel's own dumps of them (RTM_GETRULE, RTM_GETROUTE over
   rtnetlink, both families; a route's cache info and expiry, which move by themselves, left out);
@@ -50,6 +52,10 @@ NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NETLINK_ROUTE = 0
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+TCP_LISTEN = 10
+_DIAG_REQ = struct.Struct("=BBBBI")  # inet_diag_req_v2 before its sockid: family, protocol, ext, pad, states
 RTM_GETROUTE = 26
 RTM_GETRULE = 34
 RTA_TABLE = 15
@@ -161,7 +167,7 @@ def _stamp_here(target: Target, timeout: float) -> Stamp | None:
             ports = listening_ports(v4.read() + v6.read())
     return Stamp(
         generation,
-        _listeners_digest(target.admin_port, timeout),
+        _listeners_digest(target.admin_port, timeout) if target.admin_port in _listening(timeout) else None,
         table,
         _routing_digest(table, timeout) if table is not None else None,
         ports,
@@ -237,15 +243,39 @@ def _routing_digest(table: int, timeout: float) -> str:
     return digest.hexdigest()
 
 
-def _listeners_digest(port: int, timeout: float) -> str | None:
-    """Envoy's answer on the admin port of this thread's namespace, digested; None where nothing listens."""
+def listening_request(family: int, seq: int = 1) -> bytes:
+    """A sock_diag dump request for the TCP sockets of one family in LISTEN (inet_diag_req_v2)."""
+    body = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + bytes(48)  # any inet_diag_sockid
+    return _HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def local_port(payload: bytes) -> int:
+    """The local port of an inet_diag_msg (its inet_diag_sockid's sport, big-endian, after 4 bytes)."""
+    return int(struct.unpack_from(">H", payload, 4)[0])
+
+
+def _listening(timeout: float) -> set[int]:
+    """The TCP ports something listens on in this thread's namespace, IPv4 and IPv6 (no packet sent)."""
+    ports: set[int] = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(timeout)
+            nl.send(listening_request(family))
+            while True:
+                found, done = dump_messages(nl.recv(1 << 16))
+                ports.update(local_port(p) for p in found)
+                if done:
+                    break
+    return ports
+
+
+def _listeners_digest(port: int, timeout: float) -> str:
+    """Envoy's answer on the admin port of this thread's namespace (something listens there), digested."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", "/listeners?format=json")
         resp = conn.getresponse()
         body = resp.read()
-    except ConnectionRefusedError:
-        return None
     finally:
         conn.close()
     return f"{resp.status}:{hashlib.blake2b(body, digest_size=16).hexdigest()}"

@@ -69,6 +69,19 @@ def test_a_rule_change_moves_the_generation_and_reading_the_rules_does_not(netns
     assert _stamp(netns) == still
 
 
+def test_a_stamp_sends_no_packet_where_nothing_listens_on_the_admin_port(netns: str) -> None:
+    """Whether Envoy is there is asked of the kernel (sock_diag), not by connecting: no packet crosses the
+    pod's rules, so their counters (part of what a reading reads) stay as they were."""
+    _in(netns, "iptables-nft", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "RETURN")
+    before = _in(netns, "iptables-nft-save", "-c", "-t", "nat")
+    assert _stamp(netns) is not None and _stamp(netns).listeners is None
+    after = _in(netns, "iptables-nft-save", "-c", "-t", "nat")
+    assert [line for line in after.splitlines() if not line.startswith("#")] == [
+        line for line in before.splitlines() if not line.startswith("#")
+    ]
+    assert "[0:0] -A OUTPUT -p tcp -j RETURN" in after
+
+
 def test_a_legacy_table_leaves_the_namespace_without_a_stamp(netns: str) -> None:
     assert _stamp(netns) is not None
     _in(netns, "iptables-legacy", "-t", "nat", "-N", "ISTIO_INBOUND")

@@ -101,3 +101,24 @@ def test_only_the_tables_routes_are_digested_without_what_moves_by_itself() -> N
     # a route's cache info (its use counters, expiry) is left out: the same route, digested alike
     cacheinfo = struct.pack("=HH", 4 + 32, RTA_CACHEINFO) + bytes(range(32))
     assert route_in_table(routes[0] + cacheinfo, 100) == routes[0]
+
+
+# The kernel's sock_diag answer for the IPv4 TCP sockets in LISTEN of a namespace where one socket listens on
+# 127.0.0.1:15000 (then NLMSG_DONE, in the next read), read with socket.recv on Linux 6.18.44.
+KERNEL_LISTENING = bytes.fromhex(
+    "7c0000001400020001000000fb2f0000020a00003a9800007f00000100000000000000000000000000000000000000000000"
+    "000000000000000000000004000000000000000000000000000000800000000000000080a04601050008000000000008000f"
+    "00000000000c00150001000000000000000600160052000000"
+)
+
+
+def test_the_listening_sockets_are_asked_of_sock_diag_and_their_ports_read_from_its_answer() -> None:
+    from podnat.agent.changes import dump_messages, listening_request, local_port
+
+    message = listening_request(socket.AF_INET6)
+    length, kind, flags, _, _ = struct.unpack_from("=IHHII", message)
+    family, protocol, _, _, states = struct.unpack_from("=BBBBI", message, 16)
+    assert (length, kind, flags) == (len(message), 20, 0x301) and len(message) == 16 + 56
+    assert (family, protocol, states) == (socket.AF_INET6, 6, 1 << 10)  # TCP, LISTEN only
+    sockets, done = dump_messages(KERNEL_LISTENING)
+    assert [local_port(s) for s in sockets] == [15000] and not done
