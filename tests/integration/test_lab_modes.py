@@ -503,6 +503,19 @@ HBONE = (
 DEBUG_IMAGE = "docker.io/istio/proxyv2:1.30.3"
 
 
+def _hbone(netns: str, address: str) -> tuple[bool, str | None]:
+    """An HBONE CONNECT to address:15008 from `netns` (HBONE): answered with 200, and the client the app saw."""
+    result = subprocess.run(
+        ["ip", "netns", "exec", netns, "/usr/bin/python3", "-c", HBONE, address],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    status, _, body = result.stdout.partition(" ")
+    return status == "200", json.loads(body or "{}").get("client")
+
+
 @pytest.fixture(scope="module", params=("ambient", "ambient-nftables"))
 def ambient_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     require(shutil.which("nft") is not None, "needs nft for packet tracing (make install)")
@@ -583,15 +596,7 @@ def test_ambient_flows_trace_exactly_the_predicted_rules(ambient_lab: Lab) -> No
             snat_before = _probe_snat_count(lab)
             with first_packets(pod.netns) as packets:
                 if how.startswith("hbone://"):
-                    result = subprocess.run(
-                        ["ip", "netns", "exec", netns, "/usr/bin/python3", "-c", HBONE, how.removeprefix("hbone://")],
-                        capture_output=True,
-                        text=True,
-                        timeout=20,
-                        check=False,
-                    )
-                    status, _, body = result.stdout.partition(" ")
-                    answered, client = status == "200", json.loads(body or "{}").get("client")
+                    answered, client = _hbone(netns, how.removeprefix("hbone://"))
                 elif how.startswith("dns://"):
                     answer = dns_query(netns, "10.96.0.2", "details.bookinfo.svc.cluster.local", spec.proto, who.uid)
                     answered, client = answer == [lab.state.services["details"]], None
@@ -873,15 +878,7 @@ def test_ambient_dual_stack_ipv6_flows_and_a_fault_in_ipv6_only(ambient_dual_lab
             snat_before = snat_count()
             with first_packets(pod.netns) as packets:
                 if spec.variant == "hbone":
-                    result = subprocess.run(
-                        ["ip", "netns", "exec", netns, "/usr/bin/python3", "-c", HBONE, pod.ip6],
-                        capture_output=True,
-                        text=True,
-                        timeout=20,
-                        check=False,
-                    )
-                    status, _, body = result.stdout.partition(" ")
-                    answered, client = status == "200", json.loads(body or "{}").get("client")
+                    answered, client = _hbone(netns, pod.ip6)
                 else:
                     answer = connect(netns, url, who, who)
                     answered, client = answer.answered, answer.json().get("client") if answer.answered else None
