@@ -798,13 +798,20 @@ def _connect(
     kubeconfig: str | None, context: str | None, request_timeout: str | None, debug_image: str | None = None
 ) -> tuple[KubeCluster, LiveSource, str]:
     """The cluster (the Kubernetes API behind the port), the use cases' source over it, the default namespace."""
-    from podnat.kube.client import KubeClient, KubeOptions, context_namespace
-    from podnat.kube.cluster import KubeCluster
+    cluster, default_ns = _cluster(kubeconfig, context, request_timeout)
     from podnat.sources import LiveSource
 
+    return cluster, LiveSource(cluster, debug_image=debug_image), default_ns
+
+
+def _cluster(kubeconfig: str | None, context: str | None, request_timeout: str | None) -> tuple[KubeCluster, str]:
+    """The cluster and the default namespace, without the source policy (verify loads it once its first
+    requests are on the wire)."""
+    from podnat.kube.client import KubeClient, KubeOptions, context_namespace
+    from podnat.kube.cluster import KubeCluster
+
     options = KubeOptions(kubeconfig=kubeconfig, context=context, request_timeout=_timeout(request_timeout))
-    cluster = KubeCluster(KubeClient.connect(options))
-    return cluster, LiveSource(cluster, debug_image=debug_image), context_namespace(options)
+    return KubeCluster(KubeClient.connect(options)), context_namespace(options)
 
 
 @app.command()
@@ -846,7 +853,7 @@ def inspect(
         manifest = read_pod(pod_source.get_pod(PodRef(namespace or default_ns, pod)))
     except PodSpecError as exc:
         raise BadInput(str(exc)) from None
-    from podnat.sources import NamespaceLabels
+    from podnat.namespaces import NamespaceLabels
 
     report = inspect_pod(pod_source, manifest, nat_source, debug_container or probe, NamespaceLabels(cluster))
     if probe:
@@ -893,9 +900,9 @@ def verify(
     """Check every sidecar and ambient pod: exit 0 all ok, 1 drift or broken, 3 some pods could not be read."""
     if all_namespaces and namespace:
         raise UsageError("give --namespace or --all-namespaces, not both")
-    cluster, pod_source, default_ns = _connect(kubeconfig, context, request_timeout, debug_image)
+    cluster, default_ns = _cluster(kubeconfig, context, request_timeout)
     where = None if all_namespaces else (namespace or default_ns)
-    from podnat.sources import NamespaceLabels
+    from podnat.namespaces import NamespaceLabels
 
     namespaces = NamespaceLabels(cluster)
     nat_source = source
@@ -907,9 +914,13 @@ def verify(
             pool.submit(cluster.agents.agents)  # the podnat agents (kept; never raises)
         # A namespace that does not exist: exit 3. The same read gives its labels to the pods that need them.
         checked = pool.submit(namespaces.check, where) if where is not None else None
-        listed = pool.submit(pod_source.list_pods, where, selector)
-        from podnat.render.emit import verify_progress  # loaded while the requests are on the wire
+        listed = pool.submit(cluster.list_pods, where, selector)
+        # loaded while the requests are on the wire
+        from podnat.render.emit import verify_progress
+        from podnat.sources import LiveSource
         from podnat.usecases import verify_pods
+
+        pod_source = LiveSource(cluster, debug_image=debug_image)
 
         unchecked = checked.result() if checked is not None else None
         pods = listed.result()

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from podnat.errors import PodnatError
 from podnat.evidence import Evidence, NatSource
 from podnat.exitcodes import ExitCode
-from podnat.istio.pod import MeshMode  # the one vocabulary (podnat/istio/pod.py), for PodFacts.mesh
+from podnat.istio.mesh import MeshMode  # the one vocabulary (podnat.istio.pod decides it), for PodFacts.mesh
 
 
 class Failure(str, Enum):

@@ -18,7 +18,8 @@ from typing import Any
 from podnat.errors import BadInput, UsageError
 from podnat.istio.config import NEWEST_SUPPORTED, OLDEST_SUPPORTED, InterceptionConfig, InterceptionMode, IstioRelease
 from podnat.istio.flows import Identity
-from podnat.istio.pod import WORKLOAD_KINDS, MeshMode, PodInfo, PodSpecError, pod_info
+from podnat.istio.mesh import MeshMode
+from podnat.istio.pod import WORKLOAD_KINDS, PodInfo, PodSpecError, pod_info
 from podnat.netfilter.model import Family, Ruleset
 from podnat.netfilter.parse import ParseError, parse_ruleset
 

@@ -13,7 +13,7 @@ from podnat.exitcodes import ExitCode
 from podnat.facts import PodRef
 from podnat.istio.explain import Explanation, Finding, FlowStatus, Severity, flow_types
 from podnat.istio.flows import FlowType
-from podnat.istio.pod import MeshMode
+from podnat.istio.mesh import MeshMode
 from podnat.netfilter.model import Family, Ruleset
 
 if TYPE_CHECKING:  # `--probe` only

@@ -30,7 +30,8 @@ from podnat.intent import PodIntent, intent_for_pod
 from podnat.istio.config import InterceptionConfig, IstioRelease
 from podnat.istio.explain import Explanation, Finding, Severity, ShadowMemo, captured_nameservers, explain
 from podnat.istio.flows import Endpoint, PodContext, context_for
-from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, with_namespace_labels
+from podnat.istio.mesh import MeshMode
+from podnat.istio.pod import PodInfo, PodSpecError, pod_info, with_namespace_labels
 from podnat.istio.routing import TproxyRouting, tproxy_routing
 from podnat.netfilter.errors import InputError
 from podnat.netfilter.model import Family, Ruleset

@@ -22,7 +22,7 @@ from podnat.facts import (
     PolicyRouting,
     SocketsReading,
 )
-from podnat.istio.pod import MeshMode
+from podnat.istio.mesh import MeshMode
 
 
 def facts_data(facts: PodFacts, tables: bool = True) -> dict[str, Any]:

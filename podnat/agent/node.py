@@ -26,7 +26,8 @@ from podnat.agent import procmap
 from podnat.capture import capture_script
 from podnat.evidence import NatSource
 from podnat.facts import ExecResult, PodFacts, PodRef
-from podnat.istio.pod import MeshMode, pod_info
+from podnat.istio.mesh import MeshMode
+from podnat.istio.pod import pod_info
 from podnat.kube.errors import Failure, KubeSourceError
 from podnat.sources import (
     ambient_facts,

@@ -34,7 +34,8 @@ from podnat.evidence import NatSource
 from podnat.exitcodes import ExitCode
 from podnat.facts import PodFacts, PodRef
 from podnat.istio.explain import ShadowMemo
-from podnat.istio.pod import MeshMode, PodSpecError, pod_info, with_namespace_labels
+from podnat.istio.mesh import MeshMode
+from podnat.istio.pod import PodSpecError, pod_info, with_namespace_labels
 from podnat.report import Failed, PodReport, PodStatus, Skipped
 from podnat.sources import AMBIENT_ROUTE_TABLE
 from podnat.usecases import NamespaceLabels, ReportMemo, inspect_pod

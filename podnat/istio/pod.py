@@ -34,7 +34,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from enum import Enum
 from typing import Any, TypedDict
 
 from podnat.istio.config import (
@@ -50,6 +49,7 @@ from podnat.istio.config import (
     release_from_image,
 )
 from podnat.istio.flows import Identity
+from podnat.istio.mesh import MeshMode
 from podnat.netfilter.errors import InputError
 
 PROXY_CONTAINER = "istio-proxy"
@@ -185,15 +185,6 @@ class RawWorkload(TypedDict, total=False):
 
 
 # --- what podnat reads from it ---------------------------------------------------------------------------
-
-
-class MeshMode(str, Enum):
-    """How a pod is (or is not) in the mesh; only SIDECAR has sidecar rules to explain."""
-
-    SIDECAR = "sidecar"  # istio-proxy (container or native sidecar) with traffic capture
-    NO_SIDECAR = "no-sidecar"  # no istio-proxy container, not enrolled in ambient
-    AMBIENT = "ambient"  # ambient mode: ztunnel captures, there is no sidecar
-    NO_CAPTURE = "no-capture"  # istio-proxy without capture (interceptionMode NONE)
 
 
 class PodSpecError(InputError):

@@ -760,7 +760,7 @@ def test_a_request_reads_again_only_the_ambient_pod_whose_routing_or_sockets_cha
     reading them and reads again the one where a rule was added from outside, or a socket began to listen."""
     from podnat.agent.node import NodePodSource, NodeScanner
     from podnat.agent.service import Agent, AgentConfig
-    from podnat.istio.pod import MeshMode
+    from podnat.istio.mesh import MeshMode
     from podnat.lab.build import run
     from podnat.lab.state import LabState
 

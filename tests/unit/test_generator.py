@@ -15,8 +15,9 @@ from podnat.istio.config import (
     release_from_image,
 )
 from podnat.istio.generator import expected_rules
+from podnat.istio.mesh import MeshMode
 from podnat.istio.origins import rule_origin
-from podnat.istio.pod import MeshMode, read_pod
+from podnat.istio.pod import read_pod
 
 DEFAULT_ARGS = "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x \"\" -b '*' -d 15090,15021,15020"
 

@@ -17,7 +17,8 @@ from podnat.istio.explain import FlowStatus, explain
 from podnat.istio.flows import PodContext, context_for
 from podnat.istio.generator_nft import expected_nft, listing_rule, nft_listing, nft_script
 from podnat.istio.goldens import GOLDEN_CASES, CaseKind, GoldenCase, case_config
-from podnat.istio.pod import MeshMode, read_pod
+from podnat.istio.mesh import MeshMode
+from podnat.istio.pod import read_pod
 from podnat.istio.reconcile import DiffKind
 from podnat.netfilter.model import Family
 from podnat.netfilter.nft import parse_nft

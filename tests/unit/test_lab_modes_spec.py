@@ -7,7 +7,8 @@ import pytest
 
 from podnat.intent import intent_for_pod
 from podnat.istio.config import InterceptionMode
-from podnat.istio.pod import MeshMode, read_pod
+from podnat.istio.mesh import MeshMode
+from podnat.istio.pod import read_pod
 from podnat.lab.build import MODES, load_manifests
 from podnat.lab.inject import injected_pod
 from podnat.lab.sidecar import ServiceRoute, envoy_bootstrap

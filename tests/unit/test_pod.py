@@ -21,9 +21,11 @@ import podnat.istio.pod as pods
 from podnat.facts import Failure, NatReading, NatSource, PodFacts, PodRef, SourceError
 from podnat.istio.config import ConfigSource, InterceptionMode, IstioRelease
 from podnat.istio.flows import Identity
-from podnat.istio.pod import MeshMode, PodInfo, PodSpecError, pod_info, read_pod, with_namespace_labels
+from podnat.istio.mesh import MeshMode
+from podnat.istio.pod import PodInfo, PodSpecError, pod_info, read_pod, with_namespace_labels
+from podnat.namespaces import NamespaceLabels
 from podnat.render.data import pod_report_data
-from podnat.sources import AMBIENT_NOT_READ, NamespaceLabels
+from podnat.sources import AMBIENT_NOT_READ
 from podnat.usecases import inspect_pod, verify_pods
 
 DATA = Path(__file__).resolve().parent.parent / "data"

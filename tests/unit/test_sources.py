@@ -32,7 +32,8 @@ from podnat.facts import (
     PodRef,
     SourceError,
 )
-from podnat.sources import ALLOWS_NEXT, ORDER, Choice, LiveSource, check_namespace, read_facts, split_sections
+from podnat.namespaces import check_namespace
+from podnat.sources import ALLOWS_NEXT, ORDER, Choice, LiveSource, read_facts, split_sections
 
 NS = "bookinfo"
 POD = "reviews-v1-7f9c6b-x2k4p"
@@ -1057,7 +1058,7 @@ def test_a_namespace_that_does_not_exist_is_an_error_and_one_podnat_may_not_chec
 
 
 def test_verify_s_namespace_check_is_the_read_its_pods_labels_come_from(fake: FakeCluster) -> None:
-    from podnat.sources import NamespaceLabels
+    from podnat.namespaces import NamespaceLabels
 
     fake.add_pod(make_pod())
     namespaces = NamespaceLabels(fake)
