@@ -907,6 +907,9 @@ def verify(
     namespaces = NamespaceLabels(cluster)
     nat_source = source
     cluster.agents.max_age = max_age
+    if nat_source in (None, NatSource.NODE):
+        # the agents where this scope's pods were at the last run, asked now, beside the lists (agentcache.py)
+        cluster.agents.ask_ahead(where, selector, lean=html is None)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=3) as pool:  # three reads that need nothing of each other, at once

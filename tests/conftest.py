@@ -6,10 +6,12 @@ so nothing silently stops being tested.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 # (tests/data/istio/README.md says from where), so a fresh clone tests itself.
 REFERENCE = REPO / "tests" / "data" / "istio"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Where the agents were (podnat/kube/agentcache.py): a directory of the session's, never the user's cache;
+# the podnat processes the tests start inherit it.
+os.environ["PODNAT_CACHE_DIR"] = tempfile.mkdtemp(prefix="podnat-test-cache-")
+atexit.register(shutil.rmtree, os.environ["PODNAT_CACHE_DIR"], True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

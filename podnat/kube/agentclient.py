@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 from podnat.facts import PodFacts
+from podnat.kube.agentcache import AgentAt, AgentCache, cache_dir
 from podnat.kube.client import KubeClient
 from podnat.kube.errors import Action, Failure, KubeSourceError, translate
 
@@ -48,6 +49,9 @@ class AgentReader:
         self._nodes: dict[tuple[str, bool], dict[str, Mapping[str, Any]] | KubeSourceError] = {}
         self._lock = threading.Lock()
         self._node_locks: dict[str, threading.Lock] = {}
+        self.cache: AgentCache | None = None  # where the agents were at the last run (ask_ahead's)
+        self._scope: tuple[str | None, str | None] | None = None
+        self._ahead: dict[str, tuple[AgentAt, bool, _Early]] = {}  # node -> the agent asked early, lean, its answer
 
     def agents(self) -> dict[str, Mapping[str, Any]]:
         """node -> the running agent pod there; {} when there is none (or podnat may not list them)."""
@@ -79,6 +83,17 @@ class AgentReader:
             self._agents = found
             return found
 
+    def ask_ahead(self, namespace: str | None, selector: str | None, lean: bool = False) -> None:
+        """verify, before its lists come back: ask now the agents of the nodes where this scope's pods were at
+        the last run (podnat/kube/agentcache.py), each in a thread of its own. `prefetch` keeps an answer
+        where the same agent pod still runs on that node, asks the nodes this missed, and remembers both."""
+        if self.cache is None:
+            self.cache = AgentCache.for_server(self.client.server, self.namespace, cache_dir())
+        self._scope = (namespace, selector)
+        for node, agent in self.cache.agents_for(namespace, selector).items():
+            early = _Early(lambda node=node, agent=agent: self._ask_at(agent, node, namespace, lean))  # type: ignore[misc]
+            self._ahead[node] = (agent, lean, early)
+
     def prefetch(self, pods: Iterable[Mapping[str, Any]], lean: bool = False) -> None:
         """One request per node with an agent, for all `pods` (namespace-filtered when they share one).
 
@@ -91,10 +106,18 @@ class AgentReader:
         namespaces = {(p.get("metadata") or {}).get("namespace") for p in pods}
         namespace = next(iter(namespaces)) if len(namespaces) == 1 else None
         nodes = sorted({str(n) for p in pods if (n := (p.get("spec") or {}).get("nodeName")) in agents})
-        if not nodes:
-            return
-        with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
-            list(pool.map(lambda node: self._node(node, namespace, lean), nodes))
+        for node in nodes:  # an early answer stands where the agent it came from still runs there
+            if node in self._ahead and self._ahead[node][0] == _agent_at(agents[node]):
+                _, early_lean, early = self._ahead[node]
+                answered = early.result()
+                if answered is not None:
+                    self._nodes.setdefault((node, early_lean), answered)
+        if missed := [node for node in nodes if (node, lean) not in self._nodes]:
+            with ThreadPoolExecutor(max_workers=min(16, len(missed))) as pool:
+                list(pool.map(lambda node: self._node(node, namespace, lean), missed))
+        if self.cache is not None and self._scope is not None and self._agents_error is None:
+            answered_nodes = [n for n in nodes if not isinstance(self._nodes.get((n, lean)), KubeSourceError)]
+            self.cache.remember({n: _agent_at(a) for n, a in agents.items()}, *self._scope, answered_nodes)
 
     def at_hand(self, pod: Mapping[str, Any]) -> bool:
         """Whether the pod's node's agent has answered already with facts of it (facts_for asks nothing)."""
@@ -160,14 +183,18 @@ class AgentReader:
             return self._nodes[node, lean]
 
     def _ask(self, node: str, namespace: str | None, lean: bool) -> dict[str, Mapping[str, Any]] | KubeSourceError:
-        agent = self.agents()[node]
-        name = agent["metadata"]["name"]
+        return self._ask_at(_agent_at(self.agents()[node]), node, namespace, lean)
+
+    def _ask_at(
+        self, agent: AgentAt, node: str, namespace: str | None, lean: bool
+    ) -> dict[str, Mapping[str, Any]] | KubeSourceError:
+        name = agent.name
         query = {
             "facts": "lean" if lean else "1",
             "maxAge": f"{self.max_age:g}",
             **({"namespace": namespace} if namespace else {}),
         }
-        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}:{_port(agent)}/proxy/v1/pods?{urlencode(query)}"
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}:{agent.port}/proxy/v1/pods?{urlencode(query)}"
         api = self.client.api_client
         self.requests += 1
         try:
@@ -187,6 +214,31 @@ class AgentReader:
                 err.failure, f"the podnat agent {name} on node {node} could not be asked: {err.message}"
             )
         return {str(item["pod"].get("uid")): item for item in body.get("pods") or []}
+
+
+class _Early:
+    """A request sent ahead, in a daemon thread: a run that stops before it needs the answer does not wait."""
+
+    def __init__(self, call: Callable[[], dict[str, Mapping[str, Any]] | KubeSourceError]) -> None:
+        self._done = threading.Event()
+        self._answer: dict[str, Mapping[str, Any]] | KubeSourceError | None = None
+
+        def run() -> None:
+            try:
+                self._answer = call()
+            finally:
+                self._done.set()
+
+        threading.Thread(target=run, name="podnat-agent-ahead", daemon=True).start()
+
+    def result(self) -> dict[str, Mapping[str, Any]] | KubeSourceError | None:
+        """The answer (None: the call raised, which _ask_at does not)."""
+        self._done.wait()
+        return self._answer
+
+
+def _agent_at(agent: Mapping[str, Any]) -> AgentAt:
+    return AgentAt(str(agent["metadata"]["name"]), _port(agent))
 
 
 def _port(agent: Mapping[str, Any]) -> int:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -348,3 +349,96 @@ def test_the_commands_the_agent_skips_would_print_what_it_says_in_their_place(ba
         ran[k] for k in ("v4_legacy", "v6_legacy", "listeners")
     ]
     assert ran["listeners"][2] == 7 and ran["v4_legacy"] == ("", "", 0)
+
+
+def _wait_for_sweep(port: int, agent: subprocess.Popen[bytes]) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and agent.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                if re.search(r"^podnat_agent_sweep_duration_seconds_count [1-9]", resp.read().decode(), re.M):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the agent did not sweep")
+
+
+def _answered(log: Path, since: int) -> list[tuple[float, float, str]]:
+    """(arrived, answered, path) of each request the lab's API server logged since line `since`: a line's time
+    is when it was answered, its last field how long that took (podnat/lab/apiserver.py's access log)."""
+    import datetime
+
+    found = []
+    for line in log.read_text().splitlines()[since:]:
+        if m := re.match(r'(\S+ \S+) aiohttp\.access \S+ .*?"GET ([^"? ]+)\S* [^"]+" .* ([0-9.]+)$', line):
+            answered = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            found.append((answered - float(m.group(3)), answered, m.group(2)))
+    return found
+
+
+def test_verify_asks_the_agent_the_last_run_found_with_its_first_requests(bare: list, tmp_path: Path) -> None:
+    """podnat/kube/agentcache.py on a real API server (300 ms a request) and a real agent: the first run asks
+    the agent once the lists have answered (two rounds); the next asks it with the lists (one round), and
+    reports the same."""
+    from podnat.lab.apiserver import start_apiserver, stop_apiserver
+    from podnat.lab.barepods import NODE
+    from podnat.lab.build import agent_pod_manifest
+    from podnat.lab.state import LabContainer, LabPod, LabState
+
+    state = LabState(root=str(tmp_path), netns_prefix="pnb-none-")
+    for pod in bare:
+        containers = {"app": LabContainer("app", 65534, 65534, pid=pod.pid)}
+        name = pod.manifest["metadata"]["name"]
+        state.pods.append(LabPod("bench", name, pod.manifest["status"]["podIP"], pod.netns, pod.manifest, containers))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    manifest = agent_pod_manifest("podnat-agent-t", "00000000-0000-0000-0000-00000000a7e5", "127.0.0.1", port, NODE)
+    state.agent = LabPod("podnat-system", "podnat-agent-t", "127.0.0.1", "", manifest, {})
+    state.apiserver = start_apiserver(tmp_path, latency_ms=300, state=state)
+    env = {**os.environ, "KUBECONFIG": state.apiserver.kubeconfig, "PODNAT_CACHE_DIR": str(tmp_path / "cache")}
+    argv = [sys.executable, "-m", "podnat", "agent", "--node", NODE, "--proc", "/proc", "--address", "127.0.0.1"]
+    agent = subprocess.Popen(
+        [*argv, "--port", str(port), "--no-events"],
+        env={**env, "POD_NAME": "podnat-agent-t"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log = tmp_path / "apiserver.log"
+    try:
+        _wait_for_sweep(port, agent)
+        runs = []
+        for _ in range(2):
+            since = len(log.read_text().splitlines())
+            done = subprocess.run(
+                [sys.executable, "-m", "podnat", "verify", "-n", "bench", "-o", "json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            runs.append((json.loads(done.stdout), _answered(log, since)))
+        (first, cold), (second, warm) = runs
+    finally:
+        os.killpg(agent.pid, signal.SIGTERM)
+        agent.wait(10)
+        stop_apiserver(state.apiserver)
+    proxy = f"/api/v1/namespaces/podnat-system/pods/podnat-agent-t:{port}/proxy/v1/pods"
+    for report, requests in ((first, cold), (second, warm)):
+        lists = ["/api/v1/namespaces/bench", "/api/v1/namespaces/bench/pods", "/api/v1/namespaces/podnat-system/pods"]
+        assert sorted(path for _, _, path in requests) == sorted([*lists, proxy]), requests
+        assert {p["sources"]["nat"].split(",")[0] for p in report["pods"]} == {
+            f"podnat agent podnat-agent-t on node {NODE}"
+        }
+    # the first run: the agent asked once the lists had answered (two rounds); the second: all four arrived
+    # before any was answered (one round)
+    listed = max(answered for _, answered, path in cold if path != proxy)
+    assert next(arrived for arrived, _, path in cold if path == proxy) > listed, cold
+    assert max(arrived for arrived, _, _ in warm) < min(answered for _, answered, _ in warm), warm
+    assert [p["status"] for p in first["pods"]] == [p["status"] for p in second["pods"]]
