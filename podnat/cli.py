@@ -921,16 +921,21 @@ def verify(
         # loaded while the requests are on the wire
         from podnat.render.emit import verify_progress
         from podnat.sources import LiveSource
-        from podnat.usecases import verify_pods
+        from podnat.usecases import read_pods, verify_pods
 
         pod_source = LiveSource(cluster, debug_image=debug_image)
 
         unchecked = checked.result() if checked is not None else None
-        pods = listed.result()
-    if nat_source in (None, NatSource.NODE):
-        # one request per node with a podnat agent; the tables only of the pods whose report verify cannot take
-        # as it is, unless the page draws each flow's trace (--html)
-        cluster.prefetch(pods, lean=html is None)
+        listed_pods = listed.result()
+        # one request per node with a podnat agent (unless asked early and answered by the agent still there);
+        # the tables only of the pods whose report verify cannot take as it is, unless the page draws each
+        # flow's trace (--html)
+        asked = (
+            pool.submit(cluster.prefetch, listed_pods, html is None) if nat_source in (None, NatSource.NODE) else None
+        )
+        pods = read_pods(listed_pods)  # each pod's spec read while the agents answer
+        if asked is not None:
+            asked.result()
     with verify_progress(len(pods)) as progress:
         report = verify_pods(
             lambda: pod_source,

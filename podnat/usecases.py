@@ -16,7 +16,7 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -600,9 +600,21 @@ def _with(report: _Header, **changes: Any) -> _Header:
     return replace(report, **changes)
 
 
+def read_pods(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Each pod's spec read once (`pod_info`), for verify_pods: verify does it while the agents answer. A pod
+    whose spec cannot be read stays as it is, for verify_pods to report."""
+    read: list[Mapping[str, Any]] = []
+    for pod in pods:
+        try:
+            read.append(pod_info(pod))
+        except PodSpecError:
+            read.append(pod)
+    return read
+
+
 def verify_pods(
     source_factory: Callable[[], PodSource],
-    pods: list[dict[str, Any]],
+    pods: Sequence[Mapping[str, Any]],
     concurrency: int,
     nat_source: NatSource | None = None,
     debug_container: bool = False,
@@ -621,7 +633,7 @@ def verify_pods(
     reports: list[PodReport] = []
     shadows: ShadowMemo = {}
 
-    def one(pod: dict[str, Any]) -> PodReport:
+    def one(pod: Mapping[str, Any]) -> PodReport:
         meta = pod.get("metadata") or {}
         ref = PodRef(str(meta.get("namespace", "?")), str(meta.get("name", "?")))
         try:

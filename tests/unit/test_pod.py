@@ -26,7 +26,7 @@ from podnat.istio.pod import PodInfo, PodSpecError, pod_info, read_pod, with_nam
 from podnat.namespaces import NamespaceLabels
 from podnat.render.data import pod_report_data
 from podnat.sources import AMBIENT_NOT_READ
-from podnat.usecases import inspect_pod, verify_pods
+from podnat.usecases import inspect_pod, read_pods, verify_pods
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 AMBIENT_NOTE = "istio-cni has not annotated it ambient.istio.io/redirection: enabled yet"
@@ -280,6 +280,27 @@ def test_inspect_and_verify_read_each_pod_once(reads: list[Mapping[str, Any]]) -
     pods_ = [lab_pod("redirect"), lab_pod("tproxy"), without_proxy(lab_pod("nftables"))]
     result = verify_pods(AmbientSource, pods_, 2)
     assert len(result.pods) == 3 and len(reads) == 3
+
+
+def test_pods_read_ahead_are_not_read_again_and_one_that_cannot_be_read_is_reported_as_before(
+    reads: list[Mapping[str, Any]],
+) -> None:
+    """read_pods (verify reads the specs while the agents answer): verify_pods reads nothing again, and a pod
+    whose spec cannot be read is passed through for verify_pods to report, the same report as without."""
+    broken = lab_pod("redirect")
+    broken["metadata"]["name"] = "broken"
+    broken["spec"]["containers"] = "not a list"
+    pods_ = [lab_pod("redirect"), lab_pod("tproxy"), broken]
+    read = read_pods(pods_)
+    assert [type(p) for p in read] == [PodInfo, PodInfo, dict] and read[2] is broken
+    reads.clear()
+    ahead = verify_pods(AmbientSource, read, 2)
+    assert len(reads) == 1  # the broken one, tried again by verify_pods to report it
+    as_before = verify_pods(AmbientSource, pods_, 2)
+    assert [json.dumps(pod_report_data(p)) for p in ahead.pods] == [
+        json.dumps(pod_report_data(p)) for p in as_before.pods
+    ]
+    assert ahead.pods[0].status == "error" and "broken" in str(ahead.pods[0].error)
 
 
 def test_ambient_enrolled_but_not_annotated_is_ambient_to_inspect_and_verify_alike() -> None:
