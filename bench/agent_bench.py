@@ -194,6 +194,8 @@ def agent_benchmark(
             "verify_via_exec_runs_s": [round(t, 2) for t in timed["exec"]],
             "agent_sweeps_while_verify_timed": int(sweeps_meanwhile),
             "verify_via_agent_s": round(via_agent, 2),
+            # the first run knows no agent yet (podnat/kube/agentcache.py): two round trips, the others one
+            "verify_via_agent_first_run_s": round(timed["agent"][0], 2),
             "verify_via_exec_s": round(via_exec, 2),
             "exec_over_agent": round(via_exec / via_agent, 1),
             "verify_via_agent_last_sweep_s": round(via_cache, 2),
