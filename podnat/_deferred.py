@@ -18,23 +18,52 @@ classes, or a class attribute such as `Traceback.from_exception`) loads the real
 takes the stand-in's place. A class imported from the stand-in before that stays a stand-in class
 whose instances are the real class's. Importing this module defers them (a no-op for a module that
 is already loaded), so `cli.py` imports it before typer.
+
+The official Kubernetes client's package imports, when any part of it is imported, modules that the
+calls podnat makes never use (a third of a live command's start, ~70 ms: `make bench`):
+
+- `kubernetes.dynamic`, `kubernetes.informer`, `kubernetes.leaderelection`, `kubernetes.watch` (podnat
+  lists and watches with its own calls), and `kubernetes.stream` (exec: loaded when an exec is made);
+- `requests_oauthlib` and `oauthlib.oauth2` (with requests), which `kube_config` uses only to refresh
+  an OIDC token (its `OAuth2Session`, made then, loads them);
+- `dateutil.parser`, whose `parse` `ApiClient` calls only to build a model with a date from an answer
+  (podnat reads answers raw; the agent's Events are built): a forwarding function until then.
+
+They are deferred without importing their parent packages (the client's own import binds them). A
+deferred package's stand-in has the real package's `__path__`, so a submodule imported directly (e.g.
+`kubernetes.stream.ws_client`) is loaded once, from where it lives.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
-# module -> the classes typer imports from it at start
+# module -> the classes imported from it at start (typer's, the client's)
 DEFERRED: dict[str, tuple[str, ...]] = {
     "rich.markdown": ("Markdown",),
     "rich.traceback": ("Traceback",),
     "typer.rich_utils": (),
+    "kubernetes.dynamic": (),
+    "kubernetes.informer": (),
+    "kubernetes.leaderelection": (),
+    "kubernetes.watch": (),
+    "kubernetes.stream": (),
+    "requests_oauthlib": ("OAuth2Session",),
+    "oauthlib.oauth2": (),
+    "dateutil.parser": (),
 }
 # module -> the functions typer calls at start whose result it keeps for later (made on its first use)
 CALLED_AT_START: dict[str, tuple[str, ...]] = {"typer.rich_utils": ("_get_rich_console",)}
+# module -> the functions imported from it at start, called later: each call is the real function's
+FORWARDED: dict[str, tuple[str, ...]] = {"dateutil.parser": ("parse",)}
+# packages whose own import binds the stand-ins of their deferred submodules (`from . import watch`): they
+# are not imported to bind them, which would load what is deferred
+BOUND_BY_PARENT = frozenset({"kubernetes"})
 
 
 class _Later:
@@ -53,53 +82,89 @@ class _Later:
         return getattr(self._real, attr)
 
 
-def defer(name: str, classes: tuple[str, ...], called: tuple[str, ...] = ()) -> None:
-    """Put a stand-in for the module `name` (a submodule of an importable package) in sys.modules:
-    `classes` are stand-in classes, `called` functions whose result is a _Later."""
+def defer(name: str, classes: tuple[str, ...], called: tuple[str, ...] = (), forwarded: tuple[str, ...] = ()) -> None:
+    """Put a stand-in for the module `name` in sys.modules: `classes` are stand-in classes, `called`
+    functions whose result is a _Later, `forwarded` functions that call the real one."""
     if name in sys.modules:
         return
     stand_in = types.ModuleType(name, f"stand-in: the real {name} is loaded on first use")
+    path = _package_path(name)
+    if path is not None:
+        stand_in.__path__ = [path]  # a package: a submodule imported directly loads once, from where it lives
+    load = _Loader(name, stand_in)
+    stand_in.__getattr__ = load.attribute  # type: ignore[method-assign]
+    for class_name in classes:
+        setattr(stand_in, class_name, _stand_in_class(load, class_name))
+    for function_name in called:
+        setattr(stand_in, function_name, _later_function(load, function_name))
+    for function_name in forwarded:
+        setattr(stand_in, function_name, _forwarding_function(load, function_name))
+    sys.modules[name] = stand_in
+    package, _, attr = name.rpartition(".")
+    if package and package not in BOUND_BY_PARENT:
+        setattr(importlib.import_module(package), attr, stand_in)  # as an import would bind it
 
-    def load() -> types.ModuleType:
-        if sys.modules.get(name) is stand_in:
-            del sys.modules[name]
-        real = importlib.import_module(name)
-        stand_in.__dict__.update({k: v for k, v in real.__dict__.items() if k != "__getattr__"})
+
+class _Loader:
+    """Loads the real module in its stand-in's place (the stand-in then holds what the real one holds)."""
+
+    def __init__(self, name: str, stand_in: types.ModuleType) -> None:
+        self.name = name
+        self.stand_in = stand_in
+
+    def __call__(self) -> types.ModuleType:
+        if sys.modules.get(self.name) is self.stand_in:
+            del sys.modules[self.name]
+        real = importlib.import_module(self.name)
+        self.stand_in.__dict__.update({k: v for k, v in real.__dict__.items() if k != "__getattr__"})
         return real
 
-    def __getattr__(attr: str) -> Any:  # PEP 562: anything but the stand-in classes loads the real module
-        if attr.startswith("__"):  # e.g. the import system asking for __path__: not a use
+    def attribute(self, attr: str) -> Any:
+        """The stand-in's PEP 562 __getattr__: anything but its stand-in classes loads the real module."""
+        if attr.startswith("__"):  # e.g. the import system asking for __file__: not a use
             raise AttributeError(attr)
-        return getattr(load(), attr)
+        return getattr(self(), attr)
 
+
+def _stand_in_class(load: _Loader, class_name: str) -> type:
     class StandInType(type):
         def __getattr__(cls, attr: str) -> Any:  # a class attribute, e.g. Traceback.from_exception
             if attr.startswith("__"):
                 raise AttributeError(attr)
             return getattr(getattr(load(), cls.__name__), attr)
 
-    def stand_in_class(class_name: str) -> type:
-        def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
-            return getattr(load(), class_name)(*args, **kwargs)
+    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+        return getattr(load(), class_name)(*args, **kwargs)
 
-        doc = f"Stands for {name}.{class_name} until the first one is made."
-        return StandInType(class_name, (), {"__new__": __new__, "__doc__": doc, "__module__": name})
+    doc = f"Stands for {load.name}.{class_name} until the first one is made."
+    return StandInType(class_name, (), {"__new__": __new__, "__doc__": doc, "__module__": load.name})
 
-    def stand_in_function(function_name: str) -> Any:
-        def function(*args: Any, **kwargs: Any) -> _Later:
-            return _Later(lambda: getattr(load(), function_name)(*args, **kwargs))
 
-        return function
+def _later_function(load: _Loader, function_name: str) -> Any:
+    def function(*args: Any, **kwargs: Any) -> _Later:
+        return _Later(lambda: getattr(load(), function_name)(*args, **kwargs))
 
-    stand_in.__getattr__ = __getattr__  # type: ignore[method-assign]
-    for class_name in classes:
-        setattr(stand_in, class_name, stand_in_class(class_name))
-    for function_name in called:
-        setattr(stand_in, function_name, stand_in_function(function_name))
-    sys.modules[name] = stand_in
-    package, _, attr = name.rpartition(".")
-    setattr(importlib.import_module(package), attr, stand_in)  # as an import would bind it
+    return function
+
+
+def _forwarding_function(load: _Loader, function_name: str) -> Any:
+    def function(*args: Any, **kwargs: Any) -> Any:
+        return getattr(load(), function_name)(*args, **kwargs)
+
+    function.__name__ = function.__qualname__ = function_name
+    return function
+
+
+def _package_path(name: str) -> str | None:
+    """The directory of the package `name` (None: a module, or not installed), found without running it or
+    its parents: from where its top package lives."""
+    top, *rest = name.split(".")
+    found = importlib.util.find_spec(top)
+    if found is None or not found.submodule_search_locations:
+        return None
+    where = Path(next(iter(found.submodule_search_locations)), *rest)
+    return str(where) if (where / "__init__.py").is_file() else None
 
 
 for _name, _classes in DEFERRED.items():
-    defer(_name, _classes, CALLED_AT_START.get(_name, ()))
+    defer(_name, _classes, CALLED_AT_START.get(_name, ()), FORWARDED.get(_name, ()))

@@ -90,7 +90,6 @@ class KubeClient:
         self.api_client: ApiClient = ApiClient(configuration)
         self.core = RawApi(self.api_client)  # the core/v1 calls (CoreV1Api's names)
         self.apps = RawApi(self.api_client)  # the apps/v1 calls (AppsV1Api's names)
-        _set_websocket_timeout(options.timeout)
 
     @classmethod
     def connect(cls, options: KubeOptions) -> KubeClient:
@@ -114,6 +113,7 @@ class KubeClient:
         """`kubernetes.stream.stream(connect_get_namespaced_pod_exec, ...)` with `_preload_content=False`."""
         from kubernetes.stream import stream
 
+        _set_websocket_timeout(self.options.timeout)
         return stream(api.connect_get_namespaced_pod_exec, _preload_content=False, **kwargs)
 
     def close(self) -> None:

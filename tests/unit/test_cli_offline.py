@@ -254,6 +254,74 @@ def test_rich_traceback_deferred_at_start_still_works_when_used():
     assert "ZeroDivisionError" in result.stdout
 
 
+CLIENT_DEFERRED = (
+    "kubernetes.dynamic",
+    "kubernetes.informer",
+    "kubernetes.leaderelection",
+    "kubernetes.watch",
+    "kubernetes.stream",
+    "requests_oauthlib",
+    "oauthlib.oauth2",
+    "dateutil.parser",
+)
+
+
+def test_the_client_modules_podnats_calls_do_not_use_are_not_loaded_to_connect(tmp_path):
+    """podnat/_deferred.py: after loading a kubeconfig and making the client, what the calls podnat makes
+    never use is still a stand-in (nor are requests or websocket-client loaded), and the client works."""
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: t0ken}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    code = (
+        "import sys, podnat.cli\n"
+        "from podnat.kube.client import KubeClient, KubeOptions\n"
+        f"client = KubeClient.connect(KubeOptions(kubeconfig={str(kubeconfig)!r}))\n"
+        "assert client.server == 'https://127.0.0.1:6443'\n"
+        f"for name in {CLIENT_DEFERRED!r}:\n"
+        "    assert 'stand-in' in (sys.modules[name].__doc__ or ''), name\n"
+        "assert 'requests' not in sys.modules and 'websocket' not in sys.modules\n"
+        "import kubernetes\n"
+        "assert kubernetes.watch is sys.modules['kubernetes.watch']\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_deferred_client_modules_work_when_used():
+    """Each one loads on first use, once: exec's stream and its WebSocket client (a submodule imported
+    directly included), Watch, the OIDC refresh's session and its errors, the date parser behind the models."""
+    code = (
+        "import sys, podnat.cli\n"
+        "from kubernetes.config import kube_config\n"
+        "import kubernetes.stream.ws_client as ws_client\n"  # a submodule first: loaded from where it lives
+        "from kubernetes.stream import stream\n"
+        "import kubernetes.stream.ws_client as again\n"
+        "assert again is ws_client and sys.modules['kubernetes.stream.ws_client'] is ws_client\n"
+        "assert stream.func.__module__ == 'kubernetes.stream.stream'\n"
+        "from kubernetes.watch import Watch\n"
+        "import kubernetes.watch.watch\n"
+        "assert Watch is kubernetes.watch.watch.Watch\n"
+        "session = kube_config.OAuth2Session(client_id='podnat')\n"
+        "import requests_oauthlib\n"
+        "assert isinstance(session, requests_oauthlib.OAuth2Session)\n"
+        "import oauthlib.oauth2.rfc6749.errors as errors\n"
+        "assert kube_config.oauthlib.oauth2.rfc6749.errors.InvalidClientIdError is errors.InvalidClientIdError\n"
+        "from kubernetes.client import ApiClient\n"
+        "import datetime, json\n"
+        "answer = json.dumps({'eventTime': '2026-12-05T20:00:00.000000Z', 'metadata': {'name': 'e'}})\n"
+        "event = ApiClient().deserialize(answer, 'EventsV1Event', 'application/json')\n"
+        "assert event.event_time == datetime.datetime(2026, 12, 5, 20, tzinfo=datetime.timezone.utc), event\n"
+        "import kubernetes.client.api_client as api_client\n"  # the parse it imported at start: a forwarder
+        "assert api_client.parse('2026-12-05T20:00:00Z') == event.event_time\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+
+
 def test_pod_spec_reconciles_cleanly_against_its_own_default_table():
     result = podnat(
         "explain", str(DEFAULT), "--pod-spec", str(REFERENCE / "pod-specs/hello.yaml.injected"), "-o", "json"
