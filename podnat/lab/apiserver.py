@@ -162,6 +162,11 @@ class StateStore:
                 log.warning("keeping the previous state: %s unreadable (%s)", self.path, exc)
         return self._state
 
+    @property
+    def version(self) -> tuple[int, int] | None:
+        """The state file's (mtime, size) as last read or written: another one, another state."""
+        return self._stamp
+
     def save(self, state: LabState) -> None:
         state.save()
         st = self.path.stat()
@@ -248,6 +253,7 @@ class LabApi:
         cli_token: str | None = None,
     ) -> None:
         self.store = StateStore(root)
+        self._served: tuple[object, list[dict[str, Any]]] = (None, [])  # served_pods' (state version, pods)
         self.tokens = {token: User(ADMIN, None), readonly_token: User(READONLY, READ_ANYTHING)}
         if agent_token:
             self.tokens[agent_token] = agent_identity()
@@ -427,6 +433,20 @@ class LabApi:
 
     # --- pods ---------------------------------------------------------------------------------------
 
+    def served_pods(self) -> list[dict[str, Any]]:
+        """Every pod as the API serves it, by namespace and name: made once per version of the lab's state,
+        as a real API server serves lists from its cache (a list of 110 pods made each time cost ~17 ms of
+        the server's one thread). Shared: read, never changed."""
+        state = self.store.current()
+        key = (id(state), self.store.version)
+        if self._served[0] != key:
+            pods = sorted(
+                (served_pod(p) for p in state.all_pods),
+                key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]),
+            )
+            self._served = (key, pods)
+        return self._served[1]
+
     async def list_pods(self, request: web.Request) -> web.StreamResponse:
         namespace = request.match_info.get("namespace")
         q = request.query
@@ -436,10 +456,11 @@ class LabApi:
         fields = api.parse_field_selector(q.get("fieldSelector"))
 
         def matching() -> list[dict[str, Any]]:
-            state = self.store.current()
-            pods = [served_pod(p) for p in state.all_pods if namespace is None or p.namespace == namespace]
-            pods.sort(key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"]))
-            return [p for p in pods if selects(p, labels, fields)]
+            return [
+                p
+                for p in self.served_pods()
+                if (namespace is None or p["metadata"]["namespace"] == namespace) and selects(p, labels, fields)
+            ]
 
         if watching:
             return await self.watch_pods(request, matching)
