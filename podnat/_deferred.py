@@ -37,7 +37,7 @@ deferred package's stand-in has the real package's `__path__`, so a submodule im
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import importlib.machinery
 import sys
 import types
 from pathlib import Path
@@ -88,9 +88,6 @@ def defer(name: str, classes: tuple[str, ...], called: tuple[str, ...] = (), for
     if name in sys.modules:
         return
     stand_in = types.ModuleType(name, f"stand-in: the real {name} is loaded on first use")
-    path = _package_path(name)
-    if path is not None:
-        stand_in.__path__ = [path]  # a package: a submodule imported directly loads once, from where it lives
     load = _Loader(name, stand_in)
     stand_in.__getattr__ = load.attribute  # type: ignore[method-assign]
     for class_name in classes:
@@ -121,6 +118,8 @@ class _Loader:
 
     def attribute(self, attr: str) -> Any:
         """The stand-in's PEP 562 __getattr__: anything but its stand-in classes loads the real module."""
+        if attr == "__path__" and (path := _package_path(self.name)) is not None:
+            return [path]  # a package: a submodule imported directly loads once, from where it lives
         if attr.startswith("__"):  # e.g. the import system asking for __file__: not a use
             raise AttributeError(attr)
         return getattr(self(), attr)
@@ -159,7 +158,7 @@ def _package_path(name: str) -> str | None:
     """The directory of the package `name` (None: a module, or not installed), found without running it or
     its parents: from where its top package lives."""
     top, *rest = name.split(".")
-    found = importlib.util.find_spec(top)
+    found = importlib.machinery.PathFinder.find_spec(top)  # not sys.modules: it may hold the stand-in
     if found is None or not found.submodule_search_locations:
         return None
     where = Path(next(iter(found.submodule_search_locations)), *rest)
