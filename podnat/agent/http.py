@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from podnat.agent.metrics import AgentMetrics
-from podnat.agent.service import Agent, PodState
+from podnat.agent.service import Agent, PodState, SweepStats
 from podnat.wire import facts_data, may_relay
 
 log = logging.getLogger("podnat.agent.http")
@@ -69,16 +69,25 @@ class EncodedReadings:
         self._kept: dict[tuple[str, bool, bool], tuple[object, object, object, bytes]] = {}
 
     def pod(self, state: PodState, with_facts: bool, lean: bool = False) -> bytes:
+        return self._reading(state, with_facts, lean)[:-1] + b"," + _json(_when(state))[1:]
+
+    def _reading(self, state: PodState, with_facts: bool, lean: bool) -> bytes:
         key = (state.uid, with_facts, lean)
         with self._lock:
             kept = self._kept.get(key)
         if kept is not None and kept[0] is state.report and kept[1] is state.facts and kept[2] is state.pod:
-            encoded = kept[3]
-        else:
-            encoded = _json(reading_data(state, with_facts, lean))
-            with self._lock:
-                self._kept[key] = (state.report, state.facts, state.pod, encoded)
-        return encoded[:-1] + b"," + _json(_when(state))[1:]
+            return kept[3]
+        encoded = _json(reading_data(state, with_facts, lean))
+        with self._lock:
+            self._kept[key] = (state.report, state.facts, state.pod, encoded)
+        return encoded
+
+    def observe(self, states: list[PodState], previous: list[PodState], stats: SweepStats) -> None:
+        """An Agent observer: after a sweep, each reading it made encoded as `verify` asks for them
+        (facts=lean), in the sweep's thread rather than in the next request's (110 pods: ~0.1 s)."""
+        del previous, stats
+        for state in states:
+            self._reading(state, with_facts=True, lean=True)
 
     def keep_only(self, uids: set[str]) -> None:
         """Forget the pods the agent no longer keeps."""
@@ -106,6 +115,7 @@ class AgentServer:
         self.name = name
         self.stale_after = stale_after or (3 * agent.config.interval + 60)
         self.encoded = EncodedReadings()
+        agent.observers.append(self.encoded.observe)
         handler = type("Handler", (_Handler,), {"server_ref": self})
         self.httpd = ThreadingHTTPServer((address, port), handler)
         self.httpd.daemon_threads = True
