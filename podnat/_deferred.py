@@ -27,9 +27,13 @@ calls podnat makes never use (a third of a live command's start, ~70 ms: `make b
 - `requests_oauthlib` and `oauthlib.oauth2` (with requests), which `kube_config` uses only to refresh
   an OIDC token (its `OAuth2Session`, made then, loads them);
 - `dateutil.parser`, whose `parse` `ApiClient` calls only to build a model with a date from an answer
-  (podnat reads answers raw; the agent's Events are built): a forwarding function until then.
+  (podnat reads answers raw; the agent's Events are built): a forwarding function until then;
+- `kubernetes.client.api_client`, and with it pydantic (~70 ms alone): `kube_config` imports `ApiClient`
+  but makes none for a kubeconfig loaded into a Configuration; podnat's calls go through its REST layer
+  (podnat/kube/client.py: PlainApiClient). An exec, or the agent's Events, makes a real one.
 
-They are deferred without importing their parent packages (the client's own import binds them). A
+They are deferred without importing their parent packages (the client's own imports bind them, or
+find them: `kubernetes.client` resolves its names lazily). A
 deferred package's stand-in has the real package's `__path__`, so a submodule imported directly (e.g.
 `kubernetes.stream.ws_client`) is loaded once, from where it lives.
 """
@@ -56,6 +60,7 @@ DEFERRED: dict[str, tuple[str, ...]] = {
     "requests_oauthlib": ("OAuth2Session",),
     "oauthlib.oauth2": (),
     "dateutil.parser": (),
+    "kubernetes.client.api_client": ("ApiClient",),
 }
 # module -> the functions typer calls at start whose result it keeps for later (made on its first use)
 CALLED_AT_START: dict[str, tuple[str, ...]] = {"typer.rich_utils": ("_get_rich_console",)}
@@ -63,7 +68,7 @@ CALLED_AT_START: dict[str, tuple[str, ...]] = {"typer.rich_utils": ("_get_rich_c
 FORWARDED: dict[str, tuple[str, ...]] = {"dateutil.parser": ("parse",)}
 # packages whose own import binds the stand-ins of their deferred submodules (`from . import watch`): they
 # are not imported to bind them, which would load what is deferred
-BOUND_BY_PARENT = frozenset({"kubernetes"})
+BOUND_BY_PARENT = frozenset({"kubernetes", "kubernetes.client"})
 
 
 class _Later:

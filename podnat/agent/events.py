@@ -185,7 +185,7 @@ class KubeEvents:
         from kubernetes.client import EventsV1Api
         from kubernetes.client.models.events_v1_event import EventsV1Event
 
-        self.api = EventsV1Api(client.api_client)
+        self.api = EventsV1Api(client.full_api_client())
         self.event_model = EventsV1Event
         self.timeout = client.options.timeout
 

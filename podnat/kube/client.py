@@ -2,14 +2,17 @@
 
 Offline commands never import this module's dependencies: `kubernetes` is imported inside functions.
 Exec needs an ApiClient of its own per call (`kubernetes.stream.stream()` swaps `call_api` on the
-client it is given), so this hands out a fresh one for each exec and one shared client for the rest.
+client it is given), so this hands out a fresh one for each exec; the other calls share one
+PlainApiClient.
 
-The calls go through the official client's ApiClient (its Configuration from the kubeconfig, its
-authentication, request serialisation, REST and WebSocket layers and ApiException), but not through
-the generated `CoreV1Api`/`AppsV1Api` classes: their modules import about 250 pydantic model classes
-(0.3-0.9 s of a one-pod `inspect`) that podnat never builds, since it reads every answer as raw JSON
+The calls go through the official client (its Configuration from the kubeconfig, its
+authentication, REST and WebSocket layers and ApiException), but not through the generated
+`CoreV1Api`/`AppsV1Api` classes: their modules import about 250 pydantic model classes (0.3-0.9 s of
+a one-pod `inspect`) that podnat never builds, since it reads every answer as raw JSON
 (`_preload_content=False`). `RawApi` makes the same requests the generated methods make (path,
-query, headers, authentication), for the few methods podnat calls, under the same names.
+query, headers, authentication), for the few methods podnat calls, under the same names; outside
+exec it makes them with PlainApiClient, ApiClient's request building without ApiClient's module
+(which imports pydantic itself).
 """
 
 from __future__ import annotations
@@ -83,13 +86,17 @@ class KubeClient:
     """API calls over one Configuration; `exec_core()` gives each exec its own ApiClient."""
 
     def __init__(self, configuration: Configuration, options: KubeOptions) -> None:
-        from kubernetes.client import ApiClient
-
         self.configuration = configuration
         self.options = options
-        self.api_client: ApiClient = ApiClient(configuration)
+        self.api_client = PlainApiClient(configuration)
         self.core = RawApi(self.api_client)  # the core/v1 calls (CoreV1Api's names)
         self.apps = RawApi(self.api_client)  # the apps/v1 calls (AppsV1Api's names)
+
+    def full_api_client(self) -> ApiClient:
+        """The official ApiClient itself, for the generated API classes (the agent's Events)."""
+        from kubernetes.client import ApiClient
+
+        return ApiClient(self.configuration)
 
     @classmethod
     def connect(cls, options: KubeOptions) -> KubeClient:
@@ -145,12 +152,102 @@ _JSON = "application/json"  # what the generated methods' Accept lists come to (
 _PATCH = "application/json-patch+json"
 
 
+class PlainApiClient:
+    """The two steps of ApiClient that podnat's calls use, `param_serialize` and `call_api`, over the official
+    client's Configuration (its authentication: `auth_settings()`, a token refresh hook included) and REST
+    layer (RESTClientObject: TLS, client certificates, proxies, retries), without ApiClient itself: its
+    module imports pydantic for the response models podnat never builds (~70 ms of every live command's
+    start). The requests are ApiClient's, header for header (tests/unit/test_kube_client.py compares them).
+    Exec is ApiClient's (KubeClient.exec_core): kubernetes.stream works on one."""
+
+    def __init__(self, configuration: Configuration) -> None:
+        import kubernetes
+        from kubernetes.client.rest import RESTClientObject
+
+        self.configuration = configuration
+        self.rest_client = RESTClientObject(configuration)
+        self.default_headers = {"User-Agent": f"OpenAPI-Generator/{kubernetes.__version__}/python"}  # ApiClient's
+
+    def param_serialize(
+        self,
+        method: str,
+        resource_path: str,
+        path_params: dict[str, str] | None = None,
+        query_params: list[tuple[str, Any]] | None = None,
+        header_params: dict[str, str] | None = None,
+        body: Any = None,
+        post_params: list[Any] | None = None,
+        files: dict[str, Any] | None = None,
+        auth_settings: list[str] | None = None,
+        collection_formats: dict[str, str] | None = None,
+    ) -> tuple[str, str, dict[str, str], Any, list[Any] | None]:
+        """(method, url, headers, body, post_params), as ApiClient.param_serialize makes them for these
+        arguments (no files, form parameters, cookies or per-request authentication: podnat sends none)."""
+        from urllib.parse import quote
+
+        if files or post_params:
+            raise TypeError("podnat sends no files or form parameters")
+        config = self.configuration
+        headers = {**(header_params or {}), **self.default_headers}
+        for key, value in (path_params or {}).items():
+            safe = config.safe_chars_for_path_param
+            resource_path = resource_path.replace(f"{{{key}}}", quote(str(value), safe=safe))
+        queries = list(query_params or [])
+        settings: dict[str, Any] = dict(config.auth_settings())
+        for setting in (settings[name] for name in auth_settings or [] if settings.get(name)):
+            if setting["in"] == "header" and setting["type"] != "http-signature":
+                headers[setting["key"]] = setting["value"]
+            elif setting["in"] == "query":
+                queries.append((setting["key"], setting["value"]))
+            elif setting["in"] == "cookie":
+                raise TypeError("a cookie authentication setting: podnat sends none")
+        url = config.host + resource_path
+        if queries:
+            url += "?" + _url_query(queries, collection_formats or {})
+        return method, url, headers, body, post_params
+
+    def call_api(
+        self,
+        method: str,
+        url: str,
+        header_params: dict[str, str] | None = None,
+        body: Any = None,
+        post_params: list[Any] | None = None,
+        _request_timeout: Any = None,
+    ) -> Any:
+        return self.rest_client.request(
+            method, url, headers=header_params, body=body, post_params=post_params, _request_timeout=_request_timeout
+        )
+
+    def close(self) -> None:
+        self.rest_client.pool_manager.clear()
+
+
+def _url_query(params: list[tuple[str, Any]], collection_formats: dict[str, str]) -> str:
+    """ApiClient.parameters_to_url_query for the values podnat passes (strings, numbers, booleans, and
+    lists of strings in the `multi` format)."""
+    from urllib.parse import quote
+
+    def text(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    pairs: list[tuple[str, str]] = []
+    for key, value in params:
+        if isinstance(value, list):
+            if collection_formats.get(key) != "multi":
+                raise TypeError(f"{key}: a list podnat sends only as repeated parameters")
+            pairs += [(key, quote(text(v))) for v in value]
+        else:
+            pairs.append((key, quote(text(value))))
+    return "&".join(f"{key}={value}" for key, value in pairs)
+
+
 class RawApi:
     """The core/v1 and apps/v1 calls podnat makes, under the generated methods' names and arguments,
     answered raw as the generated methods answer with `_preload_content=False`: the urllib3 response
     (a WSClient for exec under `kubernetes.stream.stream`), or ApiException for a status outside 2xx."""
 
-    def __init__(self, api_client: ApiClient) -> None:
+    def __init__(self, api_client: ApiClient | PlainApiClient) -> None:
         self.api_client = api_client
 
     def list_pod_for_all_namespaces(self, **kwargs: Any) -> Any:
@@ -213,7 +310,8 @@ class RawApi:
             auth_settings=["BearerToken"],
             collection_formats={"command": "multi"},
         )
-        response = self.api_client.call_api(*request, _request_timeout=timeout)
+        method, url, headers, body, post_params = request
+        response = self.api_client.call_api(method, url, headers, body, post_params, _request_timeout=timeout)
         if not 200 <= response.status <= 299:
             from kubernetes.client.exceptions import ApiException
 

@@ -14,7 +14,7 @@ pytest.importorskip("kubernetes")
 
 from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api
 
-from podnat.kube.client import RawApi
+from podnat.kube.client import PlainApiClient, RawApi
 
 EXEC = {
     "command": ["sh", "-c", "iptables-save -c; echo '# done'"],
@@ -71,10 +71,11 @@ class _Answer:
         pass
 
 
-def _recorder() -> tuple[ApiClient, list[tuple[Any, ...]]]:
+def _recorder(plain: bool = False) -> tuple[Any, list[tuple[Any, ...]]]:
+    """An ApiClient (or podnat's PlainApiClient) whose call_api records the request instead of sending it."""
     configuration = Configuration(host="https://10.96.0.1:443")
     configuration.api_key = {"authorization": "Bearer t0ken"}
-    api_client = ApiClient(configuration)
+    api_client = PlainApiClient(configuration) if plain else ApiClient(configuration)
     sent: list[tuple[Any, ...]] = []
 
     def call_api(*request: Any, _request_timeout: Any = None) -> _Answer:
@@ -85,18 +86,52 @@ def _recorder() -> tuple[ApiClient, list[tuple[Any, ...]]]:
     return api_client, sent
 
 
+@pytest.mark.parametrize("plain", [False, True], ids=["ApiClient", "PlainApiClient"])
 @pytest.mark.parametrize(("generated", "method", "args", "kwargs"), CALLS, ids=[c[1] for c in CALLS])
 def test_raw_api_sends_what_the_generated_method_sends(
-    generated: type, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    generated: type, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], plain: bool
 ) -> None:
+    """RawApi over the official ApiClient (exec's) or over PlainApiClient (every other call's)."""
     theirs, theirs_sent = _recorder()
-    ours, ours_sent = _recorder()
+    ours, ours_sent = _recorder(plain)
     timeout = (5.0, 65.0)  # (connect, read), as the agent's watch passes it
     expected = getattr(generated(theirs), method)(*args, **kwargs, _preload_content=False, _request_timeout=timeout)
     got = getattr(RawApi(ours), method)(*args, **kwargs, _preload_content=False, _request_timeout=timeout)
     assert ours_sent == theirs_sent
     assert "Bearer t0ken" in str(ours_sent)  # the configuration's authentication is applied
     assert got == expected == _Answer.response
+
+
+def test_the_agents_request_is_the_same_over_plain_api_client() -> None:
+    """podnat/kube/agentclient.py's pods/proxy GET: PlainApiClient serializes it as ApiClient does."""
+    path = "/api/v1/namespaces/podnat-system/pods/podnat-agent-x:9477/proxy/v1/pods?facts=lean&maxAge=0"
+    serialized = [
+        client.param_serialize("GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        for client in (_recorder()[0], _recorder(plain=True)[0])
+    ]
+    assert serialized[0] == serialized[1]
+    assert serialized[1][2]["authorization"] == "Bearer t0ken"
+
+
+def test_plain_api_client_takes_the_token_from_the_refresh_hook_as_api_client_does() -> None:
+    """A kubeconfig's exec credential plugin refreshes the token through Configuration.refresh_api_key_hook."""
+    for plain in (False, True):
+        api_client, _ = _recorder(plain)
+        api_client.configuration.refresh_api_key_hook = lambda c: c.api_key.update(authorization="Bearer fr3sh")
+        headers = api_client.param_serialize("GET", "/api/v1/namespaces", auth_settings=["BearerToken"])[2]
+        assert headers["authorization"] == "Bearer fr3sh"
+
+
+def test_plain_api_client_sends_through_the_clients_rest_layer() -> None:
+    """call_api is RESTClientObject.request with ApiClient.call_api's arguments."""
+    api_client, _ = _recorder(plain=True)
+    del api_client.call_api  # the recorder's: the real one below
+    seen: list[tuple[Any, ...]] = []
+    api_client.rest_client.request = lambda *a, **k: seen.append((a, k)) or "answer"
+    assert api_client.call_api("GET", "https://h/x", {"A": "b"}, None, [], _request_timeout=5) == "answer"
+    assert seen == [
+        (("GET", "https://h/x"), {"headers": {"A": "b"}, "body": None, "post_params": [], "_request_timeout": 5})
+    ]
 
 
 def test_raw_api_raises_the_clients_api_exception_for_a_status_outside_2xx() -> None:
