@@ -34,7 +34,7 @@ def soak(
 ) -> dict[str, Any]:
     from prometheus_client import generate_latest
 
-    from podnat.agent.http import EncodedReadings
+    from podnat.agent.http import AgentServer
     from podnat.agent.metrics import AgentMetrics
     from podnat.agent.node import NodeScanner
     from podnat.agent.service import Agent, AgentConfig
@@ -44,8 +44,10 @@ def soak(
     logs = Path(tempfile.mkdtemp(prefix="podnat-soak-"))
     agent = Agent(AgentConfig(node="podnat-bench-node"), NodeScanner(Path("/proc")))
     metrics = AgentMetrics(agent)
-    encoded = EncodedReadings()  # what /v1/pods keeps of each pod's JSON
     agent.observers.append(metrics.observe)
+    # the agent's HTTP face, not started: its sweep observer encodes each reading as verify asks for it and
+    # forgets the pods gone, as in the agent; `encoded` is what /v1/pods keeps of each pod's JSON
+    encoded = AgentServer(agent, metrics, "127.0.0.1", 0, "podnat-agent-soak").encoded
     samples: list[tuple[int, float, int]] = []
     made = 0
     started = time.monotonic()
@@ -54,6 +56,7 @@ def soak(
         made = pods
         agent.replace_pods([p.manifest for p in live])
         bad: dict[str, int] = {}
+        errors: list[str] = []
         for sweep in range(1, sweeps + 1):
             if churn and sweep > 1:
                 gone, live = live[:churn], live[churn:]
@@ -68,12 +71,14 @@ def soak(
             states = agent.sweep()
             # a request as the CLI makes it: each pod checked now (held, stamped, released), its JSON as served
             checked = agent.states_for(None, None, 0.0)
-            b",".join(encoded.pod(state, True) for state in checked)
+            b",".join(encoded.pod(state, True, lean=True) for state in checked)
             encoded.keep_only(agent.kept())
             generate_latest(metrics.registry)
             for state in [*states, *checked]:
                 if state.report.status != "ok":
                     bad[state.report.status] = bad.get(state.report.status, 0) + 1
+                    if len(errors) < 10:  # what they said, not only how many
+                        errors.append(f"sweep {sweep} {state.report.ref}: {getattr(state.report, 'error', '')}")
             if sweep > warmup:
                 samples.append((sweep, _rss_mb(), _fds()))
             if progress is not None and sweep % 50 == 0:
@@ -94,6 +99,7 @@ def soak(
         "fds_end": last[2],
         "fds_max": max(s[2] for s in samples),
         "not_ok_readings": bad,
+        "not_ok_first": errors,
     }
 
 

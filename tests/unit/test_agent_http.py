@@ -114,13 +114,15 @@ def test_each_pod_is_encoded_once_while_its_reading_is_the_same_and_says_what_st
         agent.pod_event("DELETED", pods[1])
         assert [p["pod"]["name"] for p in served()] == ["reviews-v1"]
         assert {key[0] for key in server.encoded._kept} == {"uid-reviews-v1"}
-        # a sweep's readings are encoded as verify asks for them (facts=lean) by the sweep, not the request
-        assert server.encoded.observe in agent.observers
+        # a sweep's readings are encoded as verify asks for them (facts=lean) by the sweep, not the request,
+        # and what the agent no longer keeps is forgotten without a request
+        assert server.swept in agent.observers
         state = agent.states["uid-reviews-v1"]
         agent.states[state.uid] = dataclasses.replace(state, report=dataclasses.replace(state.report, notes=("y",)))
+        server.encoded._kept["uid-gone", True, True] = (None, None, None, b"{}")
         encoded.clear()
-        server.encoded.observe(list(agent.states.values()), [], SweepStats())
-        assert encoded == ["uid-reviews-v1"]
+        server.swept(list(agent.states.values()), [], SweepStats())
+        assert encoded == ["uid-reviews-v1"] and {key[0] for key in server.encoded._kept} == {"uid-reviews-v1"}
         code, body = _get(server.port, "/v1/pods?facts=lean")
         assert code == 200 and json.loads(body)["pods"][0]["notes"] == ["y"] and encoded == ["uid-reviews-v1"]
     finally:
