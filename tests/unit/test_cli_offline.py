@@ -15,6 +15,11 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT = DATA / "default.v4.iptables-save"
 
 
+def python(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` run by a fresh interpreter (what podnat loads at start is the point of these tests)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+
+
 def podnat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "250"}
     return subprocess.run(
@@ -203,7 +208,7 @@ def test_offline_commands_do_not_import_the_kubernetes_client():
         "assert 'podnat.istio.ambient' not in sys.modules, 'ambient rule model loaded for a sidecar table'\n"
         "assert 'podnat.report' not in sys.modules, 'the pod reports loaded for a saved table'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    result = python(code)
     assert result.returncode == 0, result.stderr
 
 
@@ -220,7 +225,7 @@ def test_rich_markdown_deferred_at_start_still_works_when_used():
         "assert isinstance(Markdown('x'), rich.markdown.Markdown)\n"
         "print(console.file.getvalue())\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    result = python(code)
     assert result.returncode == 0, result.stderr
     assert "Title" in result.stdout and "some text" in result.stdout
 
@@ -249,7 +254,7 @@ def test_rich_traceback_deferred_at_start_still_works_when_used():
         "assert 'pygments' in sys.modules and isinstance(made, rich.traceback.Traceback)\n"
         "print(console.file.getvalue())\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    result = python(code)
     assert result.returncode == 0, result.stderr
     assert "ZeroDivisionError" in result.stdout
 
@@ -288,7 +293,7 @@ def test_the_client_modules_podnats_calls_do_not_use_are_not_loaded_to_connect(t
         "import kubernetes\n"
         "assert kubernetes.watch is sys.modules['kubernetes.watch']\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    result = python(code)
     assert result.returncode == 0, result.stderr
 
 
@@ -319,7 +324,7 @@ def test_the_deferred_client_modules_work_when_used():
         "import kubernetes.client.api_client as api_client\n"  # the parse it imported at start: a forwarder
         "assert api_client.parse('2026-12-05T20:00:00Z') == event.event_time\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    result = python(code)
     assert result.returncode == 0, result.stderr
 
 
@@ -398,5 +403,5 @@ def test_a_named_command_is_built_alone_and_anything_else_sees_every_command():
         "assert built() == built('--help') == built('--debug', 'explain') == built('explian') == every\n"
         "assert sorted(typer.main.get_command(app).commands) == every  # the app itself is left whole\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    result = python(code)
     assert result.returncode == 0, result.stderr
