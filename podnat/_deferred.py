@@ -66,9 +66,12 @@ DEFERRED: dict[str, tuple[str, ...]] = {
 CALLED_AT_START: dict[str, tuple[str, ...]] = {"typer.rich_utils": ("_get_rich_console",)}
 # module -> the functions imported from it at start, called later: each call is the real function's
 FORWARDED: dict[str, tuple[str, ...]] = {"dateutil.parser": ("parse",)}
-# packages whose own import binds the stand-ins of their deferred submodules (`from . import watch`): they
-# are not imported to bind them, which would load what is deferred
-BOUND_BY_PARENT = frozenset({"kubernetes", "kubernetes.client"})
+# packages not imported to bind their deferred submodules' stand-ins (which would load what is deferred,
+# or cost every command's start what only a live one needs): their own import binds them (`from . import
+# watch`), they find them by name (kubernetes.client's and dateutil's lazy __getattr__), or their one user
+# reaches them through a class that loads them first (kube_config's `oauthlib.oauth2.rfc6749.errors`,
+# after an `OAuth2Session` is made)
+BOUND_BY_PARENT = frozenset({"kubernetes", "kubernetes.client", "dateutil", "oauthlib"})
 
 
 class _Later:

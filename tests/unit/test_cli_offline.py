@@ -293,6 +293,9 @@ def test_the_client_modules_podnats_calls_do_not_use_are_not_loaded_to_connect(t
         "import kubernetes\n"
         "assert kubernetes.watch is sys.modules['kubernetes.watch']\n"
     )
+    # and a command's start imports none of their parent packages
+    start = python("import sys, podnat.cli\nassert not {'kubernetes', 'oauthlib', 'dateutil'} & set(sys.modules)\n")
+    assert start.returncode == 0, start.stderr
     result = python(code)
     assert result.returncode == 0, result.stderr
 
