@@ -95,9 +95,10 @@ class AgentCache:
         if self.path is None:
             return
         old = self._read()
-        scopes = dict(old.get("scopes") or {}) if isinstance(old.get("scopes"), dict) else {}
+        found = old.get("scopes")
+        scopes = {k: v for k, v in found.items() if isinstance(v, dict)} if isinstance(found, dict) else {}
         scopes[scope_key(namespace, selector)] = {"nodes": sorted(nodes), "used": time.time()}
-        kept = sorted(scopes.items(), key=lambda kv: -float((kv[1] or {}).get("used", 0)))[:SCOPES_KEPT]
+        kept = sorted(scopes.items(), key=lambda kv: -_when_used(kv[1]))[:SCOPES_KEPT]
         data = {
             "version": 1,
             "agents": {node: {"name": a.name, "port": a.port} for node, a in sorted(agents.items())},
@@ -116,3 +117,8 @@ class AgentCache:
                 Path(temp).unlink(missing_ok=True)
                 raise
             self._data = data
+
+
+def _when_used(scope: dict[str, Any]) -> float:
+    used = scope.get("used")
+    return float(used) if isinstance(used, (int, float)) else 0.0

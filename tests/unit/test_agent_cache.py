@@ -55,7 +55,14 @@ def test_it_keeps_the_most_recently_used_scopes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    ["", "{not json", "[]", '{"version": 2}', '{"version": 1, "scopes": {"bookinfo": {"nodes": ["n1"]}}, "agents": 7}'],
+    [
+        "",
+        "{not json",
+        "[]",
+        '{"version": 2}',
+        '{"version": 1, "scopes": {"bookinfo": {"nodes": ["n1"]}}, "agents": 7}',
+        '{"version": 1, "scopes": {"bookinfo": 5, "other": {"used": "x"}}, "agents": {}}',
+    ],
 )
 def test_a_file_it_cannot_read_is_no_cache(tmp_path: Path, content: str) -> None:
     cache = AgentCache.for_server(SERVER, "podnat-system", tmp_path)
